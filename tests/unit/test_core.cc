@@ -1,0 +1,124 @@
+// Tensor views, bf16 conversion, arenas, tensor tables, CRC-32C and the
+// counter-based RNG.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <set>
+#include <string>
+
+#include "kernels/arena.h"
+#include "kernels/crc32c.h"
+#include "kernels/random.h"
+#include "kernels/tensor.h"
+
+namespace latam {
+namespace {
+
+TEST(ShapeTest, NumelRowsColsAndPrinting) {
+  const Shape s{2, 3, 5};
+  EXPECT_EQ(s.rank(), 3);
+  EXPECT_EQ(s.numel(), 30);
+  EXPECT_EQ(s.rows(), 6);
+  EXPECT_EQ(s.cols(), 5);
+  EXPECT_EQ(s.str(), "[2, 3, 5]");
+  EXPECT_EQ(Shape{}.numel(), 1);
+  EXPECT_NE(s, (Shape{6, 5}));
+}
+
+TEST(TensorTest, RowsAndReshapeAreViews) {
+  std::vector<float> data(24);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>(i);
+  const Tensor t = Tensor::Of(data.data(), {4, 6});
+  const Tensor rows = t.Rows(1, 3);
+  EXPECT_EQ(rows.shape, (Shape{2, 6}));
+  EXPECT_EQ(rows.as<float>()[0], 6.0f);
+  EXPECT_EQ(t.Reshaped({2, 12}).as<float>(), data.data());
+  EXPECT_EQ(t.str(), "f32[4, 6]@cpu");
+}
+
+TEST(TensorDeathTest, MismatchedAccessAborts) {
+  std::vector<float> data(4);
+  const Tensor t = Tensor::Of(data.data(), {4});
+  EXPECT_DEATH(t.as<int32_t>(), "tensor holds f32, accessed as i32");
+  EXPECT_DEATH(t.Reshaped({3}), "reshape");
+  EXPECT_DEATH(CheckTensor(t, DType::kF32, Shape{2, 2}, Device::kCPU, "thing"), "thing: expected f32\\[2, 2\\]");
+}
+
+TEST(BF16Test, RoundsToNearestEven) {
+  EXPECT_EQ(BF16::FromFloat(1.0f).bits, 0x3f80);
+  EXPECT_EQ(BF16::FromFloat(1.0f).ToFloat(), 1.0f);
+  // 1 + 2^-8 lies exactly halfway between bf16 1.0 and 1.0078125: ties to even (1.0).
+  EXPECT_EQ(BF16::FromFloat(1.0f + std::ldexp(1.0f, -8)).bits, 0x3f80);
+  // 1 + 3 * 2^-8 is halfway between 1.0078125 (odd) and 1.015625 (even).
+  EXPECT_EQ(BF16::FromFloat(1.0f + 3 * std::ldexp(1.0f, -8)).bits, 0x3f82);
+  EXPECT_EQ(BF16::FromFloat(-2.5f).ToFloat(), -2.5f);
+  EXPECT_TRUE(std::isnan(BF16::FromFloat(std::numeric_limits<float>::quiet_NaN()).ToFloat()));
+  EXPECT_TRUE(std::isinf(BF16::FromFloat(std::numeric_limits<float>::infinity()).ToFloat()));
+}
+
+TEST(ArenaTest, AlignedZeroedAndMovable) {
+  Arena a(Device::kCPU, 1000);
+  ASSERT_NE(a.data(), nullptr);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(a.data()) % Arena::kAlignment, 0u);
+  const auto* bytes = static_cast<const unsigned char*>(a.data());
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(bytes[i], 0);
+  void* p = a.data();
+  Arena b = std::move(a);
+  EXPECT_EQ(b.data(), p);
+  EXPECT_EQ(a.data(), nullptr);  // NOLINT(bugprone-use-after-move): moved-from state is specified
+  EXPECT_DEATH(b.View(990, DType::kF32, Shape{4}), "outside arena");
+}
+
+TEST(TensorTableTest, AdjacentEntriesAndAlignment) {
+  TensorTable t;
+  t.Add("a", DType::kF32, Shape{3});
+  t.Add("b", DType::kF32, Shape{2, 2});
+  t.Align(256);
+  t.Add("c", DType::kI32, Shape{5});
+  EXPECT_EQ(t.Find("a").offset, 0u);
+  EXPECT_EQ(t.Find("b").offset, 12u);  // contiguous with a
+  EXPECT_EQ(t.Find("c").offset, 256u);
+  EXPECT_EQ(t.total_bytes(), 256u + 20u);
+  Arena arena(Device::kCPU, t.total_bytes());
+  const Tensor b = t.Get(arena, "b");
+  EXPECT_EQ(b.shape, (Shape{2, 2}));
+  EXPECT_EQ(static_cast<char*>(b.data) - static_cast<char*>(arena.data()), 12);
+  EXPECT_DEATH(t.Add("a", DType::kF32, Shape{1}), "duplicate tensor name a");
+}
+
+TEST(Crc32cTest, KnownVectorsAndIncremental) {
+  // Standard check value of CRC-32C and the RFC 3720 test vectors.
+  EXPECT_EQ(Crc32c("123456789", 9), 0xe3069283u);
+  std::vector<unsigned char> zeros(32, 0), ones(32, 0xff), inc(32);
+  for (int i = 0; i < 32; ++i) inc[i] = static_cast<unsigned char>(i);
+  EXPECT_EQ(Crc32c(zeros.data(), 32), 0x8a9136aau);
+  EXPECT_EQ(Crc32c(ones.data(), 32), 0x62a8ab43u);
+  EXPECT_EQ(Crc32c(inc.data(), 32), 0x46dd794eu);
+  // Continuing a CRC over a split buffer gives the whole buffer's CRC.
+  EXPECT_EQ(Crc32c(inc.data() + 13, 19, Crc32c(inc.data(), 13)), 0x46dd794eu);
+}
+
+TEST(RandomTest, CounterBasedAndWellDistributed) {
+  EXPECT_EQ(UniformAt(1, 2, 3), UniformAt(1, 2, 3));
+  EXPECT_NE(UniformAt(1, 2, 3), UniformAt(1, 2, 4));
+  EXPECT_NE(StreamId("model.norm.weight"), StreamId("model.norm.weighT"));
+  // Moments of 200k normals: mean 0 +- 0.01, variance 1 +- 0.02.
+  double sum = 0.0, sq = 0.0;
+  const int n = 200000;
+  for (int i = 0; i < n; ++i) {
+    const double v = NormalAt(7, 11, static_cast<uint64_t>(i));
+    sum += v;
+    sq += v * v;
+  }
+  EXPECT_NEAR(sum / n, 0.0, 0.01);
+  EXPECT_NEAR(sq / n, 1.0, 0.02);
+  std::vector<float> a(100), b(50);
+  FillNormal(a.data(), 100, 2.0f, 9, 3, 0);
+  FillNormal(b.data(), 50, 2.0f, 9, 3, 50);  // a shard starting at element 50
+  for (int i = 0; i < 50; ++i) ASSERT_EQ(a[50 + i], b[i]);
+}
+
+}  // namespace
+}  // namespace latam
