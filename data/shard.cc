@@ -1,0 +1,165 @@
+#include "data/shard.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <bit>
+#include <cerrno>
+#include <cstring>
+
+namespace latam::data {
+
+namespace {
+
+std::string Errno() { return std::strerror(errno); }
+
+void PutU32(unsigned char* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+void PutU64(unsigned char* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+uint32_t GetU32(const unsigned char* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(p[i]) << (8 * i);
+  return v;
+}
+uint64_t GetU64(const unsigned char* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+
+static_assert(std::endian::native == std::endian::little,
+              "token shards are little-endian and are read in place; big-endian hosts are not supported");
+
+}  // namespace
+
+Result<std::unique_ptr<ShardWriter>> ShardWriter::Create(const std::string& path) {
+  const std::string tmp = path + ".tmp";
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (f == nullptr) return Status::IoError("cannot create " + tmp + ": " + Errno());
+  unsigned char header[kShardHeaderBytes] = {};
+  if (std::fwrite(header, 1, sizeof(header), f) != sizeof(header)) {
+    std::fclose(f);
+    return Status::IoError("cannot write " + tmp + ": " + Errno());
+  }
+  return std::unique_ptr<ShardWriter>(new ShardWriter(path, f));
+}
+
+ShardWriter::~ShardWriter() {
+  if (file_ != nullptr) {  // abandoned without Close(): leave no partial file
+    std::fclose(file_);
+    std::remove((path_ + ".tmp").c_str());
+  }
+}
+
+Status ShardWriter::AddDocument(std::span<const uint32_t> tokens) {
+  if (file_ == nullptr) return Status::Internal(path_ + ": AddDocument after Close");
+  if (std::fwrite(tokens.data(), sizeof(uint32_t), tokens.size(), file_) != tokens.size()) {
+    return Status::IoError("cannot write " + path_ + ".tmp: " + Errno());
+  }
+  n_tokens_ += tokens.size();
+  doc_offsets_.push_back(n_tokens_);
+  return Status::Ok();
+}
+
+Status ShardWriter::Close() {
+  const std::string tmp = path_ + ".tmp";
+  std::vector<unsigned char> index(doc_offsets_.size() * 8);
+  for (size_t i = 0; i < doc_offsets_.size(); ++i) PutU64(index.data() + 8 * i, doc_offsets_[i]);
+  unsigned char header[kShardHeaderBytes] = {};
+  std::memcpy(header, kShardMagic, 8);
+  PutU32(header + 8, kShardVersion);
+  PutU32(header + 12, kShardDTypeU32);
+  PutU64(header + 16, n_tokens_);
+  PutU64(header + 24, doc_offsets_.size() - 1);
+  bool ok = std::fwrite(index.data(), 1, index.size(), file_) == index.size();
+  ok = ok && std::fseek(file_, 0, SEEK_SET) == 0;
+  ok = ok && std::fwrite(header, 1, sizeof(header), file_) == sizeof(header);
+  ok = ok && std::fflush(file_) == 0 && fsync(fileno(file_)) == 0;
+  ok = (std::fclose(file_) == 0) && ok;
+  file_ = nullptr;
+  if (!ok) {
+    std::remove(tmp.c_str());
+    return Status::IoError("cannot write " + tmp + ": " + Errno());
+  }
+  if (std::rename(tmp.c_str(), path_.c_str()) != 0) {
+    return Status::IoError("cannot rename " + tmp + " to " + path_ + ": " + Errno());
+  }
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<ShardReader>> ShardReader::Open(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return Status::InvalidInput("cannot open token shard " + path + ": " + Errno());
+  struct stat st {};
+  if (fstat(fd, &st) != 0) {
+    ::close(fd);
+    return Status::InvalidInput("cannot stat token shard " + path + ": " + Errno());
+  }
+  const size_t size = static_cast<size_t>(st.st_size);
+  if (size < kShardHeaderBytes) {
+    ::close(fd);
+    return Status::InvalidInput(path + " is not a token shard: " + std::to_string(size) +
+                                " bytes, shorter than the 32-byte header");
+  }
+  void* map = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) return Status::IoError("cannot map " + path + ": " + Errno());
+  std::unique_ptr<ShardReader> r(new ShardReader());
+  r->path_ = path;
+  r->map_ = map;
+  r->map_bytes_ = size;
+  const auto* bytes = static_cast<const unsigned char*>(map);
+  if (std::memcmp(bytes, kShardMagic, 8) != 0) {
+    return Status::InvalidInput(path + " is not a token shard (bad magic; expected \"LATAMTOK\")");
+  }
+  const uint32_t version = GetU32(bytes + 8);
+  if (version != kShardVersion) {
+    return Status::InvalidInput(path + ": unsupported shard version " + std::to_string(version) +
+                                " (this build reads version " + std::to_string(kShardVersion) + ")");
+  }
+  const uint32_t dtype = GetU32(bytes + 12);
+  if (dtype != kShardDTypeU32) {
+    return Status::InvalidInput(path + ": unsupported token dtype code " + std::to_string(dtype));
+  }
+  r->n_tokens_ = GetU64(bytes + 16);
+  r->n_docs_ = GetU64(bytes + 24);
+  // Guard the size arithmetic against absurd header values before multiplying.
+  if (r->n_tokens_ > size / 4 || r->n_docs_ > size / 8) {
+    return Status::InvalidInput(path + ": header claims " + std::to_string(r->n_tokens_) + " tokens and " +
+                                std::to_string(r->n_docs_) + " documents, more than the file's " +
+                                std::to_string(size) + " bytes hold (truncated?)");
+  }
+  const size_t expected = kShardHeaderBytes + 4 * r->n_tokens_ + 8 * (r->n_docs_ + 1);
+  if (size != expected) {
+    return Status::InvalidInput(path + ": file is " + std::to_string(size) + " bytes but its header implies " +
+                                std::to_string(expected) + " (truncated or corrupt)");
+  }
+  r->tokens_ = reinterpret_cast<const uint32_t*>(bytes + kShardHeaderBytes);
+  r->index_ = bytes + kShardHeaderBytes + 4 * r->n_tokens_;
+  uint64_t prev = 0;
+  for (uint64_t d = 0; d <= r->n_docs_; ++d) {
+    const uint64_t off = GetU64(r->index_ + 8 * d);
+    if ((d == 0 && off != 0) || off < prev || off > r->n_tokens_ || (d == r->n_docs_ && off != r->n_tokens_)) {
+      return Status::InvalidInput(path + ": corrupt document index at entry " + std::to_string(d));
+    }
+    prev = off;
+  }
+  madvise(map, size, MADV_RANDOM);
+  return r;
+}
+
+ShardReader::~ShardReader() {
+  if (map_ != nullptr) munmap(map_, map_bytes_);
+}
+
+uint64_t ShardReader::DocOffset(uint64_t d) const {
+  LATAM_CHECK(d <= n_docs_, "document " << d << " of " << n_docs_ << " in " << path_);
+  return GetU64(index_ + 8 * d);
+}
+
+}  // namespace latam::data

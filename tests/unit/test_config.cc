@@ -1,0 +1,206 @@
+// Config loading, --set overrides and validation messages (each names its
+// field), and the --plan numbers for the presets.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "trainer/config.h"
+#include "trainer/plan.h"
+
+namespace latam {
+namespace {
+
+std::string SourcePath(const std::string& rel) { return std::string(LATAM_SOURCE_DIR) + "/" + rel; }
+
+Config Quickstart() {
+  auto c = LoadConfigFile(SourcePath("configs/quickstart.textproto"));
+  EXPECT_TRUE(c.ok()) << c.status().message();
+  return c.ok() ? *c : Config();
+}
+
+ValidationOptions NoFiles(int world = 0) {
+  ValidationOptions o;
+  o.world_size = world;
+  o.check_files = false;
+  return o;
+}
+
+TEST(ConfigTest, QuickstartLoadsAndValidates) {
+  const Config c = Quickstart();
+  EXPECT_EQ(c.model().n_layers(), 4);
+  EXPECT_TRUE(ValidateConfig(c, NoFiles(1)).ok()) << ValidateConfig(c, NoFiles(1)).message();
+}
+
+TEST(ConfigTest, ParseErrorsNameFileAndLine) {
+  const std::string path = std::filesystem::temp_directory_path() / ("bad_" + std::to_string(getpid()) + ".textproto");
+  std::ofstream(path) << "model {\n  dim: 64\n  n_layrs: 2\n}\n";
+  auto c = LoadConfigFile(path);
+  std::filesystem::remove(path);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().exit_code(), 2);
+  EXPECT_NE(c.status().message().find(path), std::string::npos) << c.status().message();
+  EXPECT_NE(c.status().message().find("line 3"), std::string::npos) << c.status().message();
+  EXPECT_NE(c.status().message().find("n_layrs"), std::string::npos) << c.status().message();
+  EXPECT_FALSE(LoadConfigFile("/nonexistent/x.textproto").ok());
+}
+
+TEST(ConfigTest, OverridesSetScalarsAndListElements) {
+  Config c = Quickstart();
+  ASSERT_TRUE(ApplyOverride(&c, "train.steps=7").ok());
+  ASSERT_TRUE(ApplyOverride(&c, "parallel.tensor=2").ok());
+  ASSERT_TRUE(ApplyOverride(&c, "optimizer.lr=1e-4").ok());
+  ASSERT_TRUE(ApplyOverride(&c, "train.device=cuda").ok());
+  ASSERT_TRUE(ApplyOverride(&c, "model.tie_embeddings=true").ok());
+  ASSERT_TRUE(ApplyOverride(&c, "data.train[0].weight=0.5").ok());
+  ASSERT_TRUE(ApplyOverride(&c, "data.train[1].path=/tmp/other.bin").ok());  // appends
+  ASSERT_TRUE(ApplyOverride(&c, "model.rope_scaling.factor=8").ok());
+  EXPECT_EQ(c.train().steps(), 7);
+  EXPECT_EQ(c.parallel().tensor(), 2);
+  EXPECT_DOUBLE_EQ(c.optimizer().lr(), 1e-4);
+  EXPECT_EQ(c.train().device(), "cuda");
+  EXPECT_TRUE(c.model().tie_embeddings());
+  EXPECT_DOUBLE_EQ(c.data().train(0).weight(), 0.5);
+  ASSERT_EQ(c.data().train_size(), 2);
+  EXPECT_EQ(c.data().train(1).path(), "/tmp/other.bin");
+  EXPECT_DOUBLE_EQ(c.model().rope_scaling().factor(), 8.0);
+}
+
+TEST(ConfigTest, BadOverridesAreInputErrors) {
+  Config c = Quickstart();
+  for (const auto& [assignment, expected] :
+       std::vector<std::pair<std::string, std::string>>{{"train.stepz=3", "has no field stepz"},
+                                                        {"train.steps=many", "cannot parse 'many'"},
+                                                        {"train.steps", "expected path=value"},
+                                                        {"data.train=x", "is a list"},
+                                                        {"data.train[5].path=x", "index 5 > size 1"},
+                                                        {"model=3", "is a message"},
+                                                        {"model.dim.x=3", "has no sub-fields"}}) {
+    const Status s = ApplyOverride(&c, assignment);
+    ASSERT_FALSE(s.ok()) << assignment;
+    EXPECT_EQ(s.exit_code(), 2);
+    EXPECT_NE(s.message().find(expected), std::string::npos) << assignment << " -> " << s.message();
+  }
+}
+
+TEST(ConfigTest, ValidationNamesTheField) {
+  for (const auto& [assignment, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"model.n_heads=5", "model.dim: 128 is not divisible by model.n_heads = 5"},
+           {"model.n_kv_heads=3", "model.n_heads: 4 is not divisible by model.n_kv_heads = 3"},
+           {"parallel.tensor=8", "model.n_heads: 4 is not divisible by parallel.tensor = 8"},
+           {"parallel.pipeline=3", "model.n_layers: 4 is not divisible by parallel.pipeline x parallel.virtual_stages"},
+           {"model.ffn_dim=350", ""},
+           {"model.vocab_size=0", "model.vocab_size: must be > 0"},
+           {"data.seq_len=1000", "data.seq_len: 1000 exceeds model.max_seq_len = 256"},
+           {"train.global_batch_size=12", "train.global_batch_size: 12 is not divisible by train.micro_batch_size"},
+           {"optimizer.lr=0", "optimizer.lr: must be > 0"},
+           {"optimizer.beta2=1", "optimizer.beta2"},
+           {"parallel.zero_stage=3", "parallel.zero_stage: must be 0 or 1"},
+           {"train.device=tpu", "train.device: must be cpu or cuda"},
+           {"train.precision=bf16", "train.precision: bf16 needs train.device=cuda"}}) {
+    Config c = Quickstart();
+    ASSERT_TRUE(ApplyOverride(&c, assignment).ok()) << assignment;
+    const Status s = ValidateConfig(c, NoFiles(1));
+    if (expected.empty()) {  // a valid change
+      EXPECT_TRUE(s.ok()) << assignment << " -> " << s.message();
+      continue;
+    }
+    ASSERT_FALSE(s.ok()) << assignment;
+    EXPECT_EQ(s.exit_code(), 2);
+    EXPECT_NE(s.message().find(expected), std::string::npos) << assignment << " -> " << s.message();
+  }
+}
+
+TEST(ConfigTest, WorldSizeMustBeTensorTimesPipelineTimesData) {
+  Config c = Quickstart();
+  ASSERT_TRUE(ApplyOverride(&c, "parallel.tensor=2").ok());
+  EXPECT_TRUE(ValidateConfig(c, NoFiles(4)).ok());  // data derived as 2
+  EXPECT_EQ(DataParallelSize(c, 4), 2);
+  const Status s = ValidateConfig(c, NoFiles(3));
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("world size 3 != tensor (2) x pipeline (1) x data (derived)"), std::string::npos)
+      << s.message();
+  ASSERT_TRUE(ApplyOverride(&c, "parallel.data=4").ok());
+  EXPECT_FALSE(ValidateConfig(c, NoFiles(4)).ok());
+  // 16 samples cannot split into micro-batches of 8 over 4 data-parallel ranks.
+  const Status batch = ValidateConfig(c, NoFiles(8));
+  ASSERT_FALSE(batch.ok());
+  EXPECT_NE(batch.message().find("train.global_batch_size"), std::string::npos) << batch.message();
+  ASSERT_TRUE(ApplyOverride(&c, "train.global_batch_size=32").ok());
+  EXPECT_TRUE(ValidateConfig(c, NoFiles(8)).ok());
+}
+
+TEST(ConfigTest, MissingDataFilesAreNamed) {
+  Config c = Quickstart();
+  ASSERT_TRUE(ApplyOverride(&c, "data.train[0].path=/nonexistent/train.bin").ok());
+  ValidationOptions o;
+  o.world_size = 1;
+  o.check_files = true;
+  const Status s = ValidateConfig(c, o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("data.train[0].path: no such file: /nonexistent/train.bin"), std::string::npos)
+      << s.message();
+}
+
+// --plan reports the published parameter counts of the presets.
+TEST(PlanTest, PresetsHavePublishedParameterCounts) {
+  for (const auto& [file, params] : std::vector<std::pair<std::string, int64_t>>{
+           {"configs/llama3-1b.textproto", 1235814400},          // Llama 3.2 1B (tied embeddings)
+           {"configs/llama3-8b.textproto", 8030261248},          // Llama 3.1 8B
+           {"configs/latam-gpt-70b.textproto", 70553706496}}) {  // Llama 3.1 70B
+    auto c = LoadConfigFile(SourcePath(file));
+    ASSERT_TRUE(c.ok()) << c.status().message();
+    auto plan = PlanJson(*c);
+    ASSERT_TRUE(plan.ok()) << file << ": " << plan.status().message();
+    const auto j = nlohmann::json::parse(*plan);
+    EXPECT_EQ(j["parameters"].get<int64_t>(), params) << file;
+    const auto& layout = j["layout"];
+    const int64_t model_parallel = layout["tensor"].get<int64_t>() * layout["pipeline"].get<int64_t>();
+    // The largest rank holds at least an even share, and at most 1.2x of it
+    // (the embedding/head stage carries an extra vocabulary shard).
+    const double share = static_cast<double>(params) / static_cast<double>(model_parallel);
+    EXPECT_GE(static_cast<double>(j["parameters_per_rank"].get<int64_t>()), share * 0.99) << file;
+    EXPECT_LE(static_cast<double>(j["parameters_per_rank"].get<int64_t>()), share * 1.2) << file;
+    EXPECT_GT(j["memory_bytes_per_rank"].get<int64_t>(), j["parameters_per_rank"].get<int64_t>() * 4) << file;
+    // 6N dominates the FLOPs per token; attention adds a few percent.
+    EXPECT_GT(j["flops_per_token"].get<double>(), 6.0 * static_cast<double>(params) * 0.9) << file;
+    EXPECT_LT(j["flops_per_token"].get<double>(), 6.0 * static_cast<double>(params) * 1.5) << file;
+  }
+}
+
+TEST(PlanTest, ExactNumbersForTheQuickstart) {
+  Config c = Quickstart();
+  auto plan = PlanJson(c);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  const auto j = nlohmann::json::parse(*plan);
+  // 2 x 512 x 128 embeddings/head + 4 x (2x128 norms + (4+2+2)x32x128 qkv +
+  // 128x128 o + 3x352x128 mlp) + 128 final norm.
+  const int64_t layer = 256 + 8 * 32 * 128 + 128 * 128 + 3 * 352 * 128;
+  EXPECT_EQ(j["parameters"].get<int64_t>(), 2 * 512 * 128 + 4 * layer + 128);
+  EXPECT_EQ(j["parameters_per_rank"].get<int64_t>(), j["parameters"].get<int64_t>());
+  const int64_t p = j["parameters"].get<int64_t>();
+  // fp32: weights 4 + gradients 4 + Adam moments 8 bytes per parameter.
+  EXPECT_EQ(j["memory_breakdown"]["weights"].get<int64_t>(), 4 * p);
+  EXPECT_EQ(j["memory_breakdown"]["gradients"].get<int64_t>(), 4 * p);
+  EXPECT_EQ(j["memory_breakdown"]["optimizer"].get<int64_t>(), 8 * p);
+  const double matmul = 4.0 * (8 * 32 * 128 + 128 * 128 + 3 * 352 * 128) + 512.0 * 128;
+  EXPECT_DOUBLE_EQ(j["flops_per_token"].get<double>(), 6.0 * matmul + 6.0 * 4 * 128 * 128);
+  EXPECT_EQ(j["layout"]["world_size"].get<int64_t>(), 1);
+}
+
+TEST(PlanTest, ZeroOneShardsOptimizerStateAcrossDataParallelRanks) {
+  Config c = Quickstart();
+  ASSERT_TRUE(ApplyOverride(&c, "parallel.data=4").ok());
+  ASSERT_TRUE(ApplyOverride(&c, "train.global_batch_size=32").ok());
+  const auto z0 = nlohmann::json::parse(*PlanJson(c));
+  ASSERT_TRUE(ApplyOverride(&c, "parallel.zero_stage=1").ok());
+  const auto z1 = nlohmann::json::parse(*PlanJson(c));
+  EXPECT_EQ(z0["memory_breakdown"]["optimizer"].get<int64_t>(), 4 * z1["memory_breakdown"]["optimizer"].get<int64_t>());
+  EXPECT_EQ(z1["layout"]["data"].get<int64_t>(), 4);
+}
+
+}  // namespace
+}  // namespace latam

@@ -1,0 +1,217 @@
+// The whole model: gradients against finite differences, and the equivalence
+// of recomputation, LM-head chunking and gradient accumulation.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "kernels/random.h"
+#include "tests/test_util.h"
+#include "trainer/model.h"
+
+namespace latam {
+namespace {
+
+ModelShape TinyShape(bool tied) {
+  ModelShape s;
+  s.vocab = 13;
+  s.dim = 16;
+  s.n_layers = 2;
+  s.n_heads = 4;
+  s.n_kv_heads = 2;
+  s.head_dim = 4;
+  s.ffn_dim = 24;
+  s.tie_embeddings = tied;
+  s.rope_theta = 10000.0;
+  s.norm_eps = 1e-5;
+  s.max_seq_len = 16;
+  // A large init makes every path of the network matter to the loss.
+  s.init_std = 0.3;
+  return s;
+}
+
+class ModelTest : public testing::RandomTest {
+ protected:
+  std::vector<int32_t> RandomIds(size_t n, int64_t vocab) {
+    std::vector<int32_t> ids(n);
+    for (auto& id : ids) id = UniformInt(0, static_cast<int>(vocab) - 1);
+    return ids;
+  }
+  // Randomises the norm gains too (they start at 1).
+  void Perturb(ParameterSet& p) {
+    for (size_t i = 0; i < p.size(); ++i) {
+      if (p.spec(i).init_std != 0.0) continue;
+      float* w = p.param(i).as<float>();
+      for (int64_t j = 0; j < p.param(i).numel(); ++j) w[j] = 1.0f + 0.2f * Normal(1)[0];
+    }
+  }
+};
+
+// For every parameter tensor and a fresh random unit direction u over it, the
+// directional derivative g.u of the mean loss must match the 4-point central
+// difference [-L(+2h) + 8L(+h) - 8L(-h) + L(-2h)] / 12h with h = 0.03
+// (truncation O(h^4) ~ 1e-7; fp32 rounding noise in L ~ 1e-6 gives ~5e-5).
+// Tolerance: 2% of |g.u| + 3e-4.
+TEST_F(ModelTest, GradientsMatchFiniteDifferences) {
+  for (bool tied : {false, true}) {
+    SCOPED_TRACE(tied ? "tied embeddings" : "untied embeddings");
+    const ModelShape shape = TinyShape(tied);
+    ActivationOptions act;
+    act.micro_batch = 2;
+    act.seq_len = 7;
+    LlamaModel model(shape, act);
+    ParameterSet& p = model.parameters();
+    p.InitWeights(seed_);
+    Perturb(p);
+    const int64_t rows = act.micro_batch * act.seq_len;
+    const auto inputs = RandomIds(rows, shape.vocab), targets = RandomIds(rows, shape.vocab);
+    const float scale = 1.0f / static_cast<float>(rows);
+
+    p.ZeroGrads();
+    model.ForwardBackward(inputs.data(), targets.data(), scale);
+    for (size_t i = 0; i < p.size(); ++i) {
+      const Tensor w = p.param(i), g = p.grad(i);
+      const int64_t n = w.numel();
+      auto u = Normal(n);
+      double norm = 0.0;
+      for (float v : u) norm += static_cast<double>(v) * v;
+      norm = std::sqrt(norm);
+      double gu = 0.0;
+      for (int64_t j = 0; j < n; ++j) {
+        u[j] = static_cast<float>(u[j] / norm);
+        gu += static_cast<double>(g.as<float>()[j]) * u[j];
+      }
+      const std::vector<float> saved(w.as<float>(), w.as<float>() + n);
+      auto loss_at = [&](double step) {
+        for (int64_t j = 0; j < n; ++j) w.as<float>()[j] = static_cast<float>(saved[j] + step * u[j]);
+        return model.ForwardLoss(inputs.data(), targets.data()) * scale;
+      };
+      const double h = 0.03;
+      const double fd = (-loss_at(2 * h) + 8 * loss_at(h) - 8 * loss_at(-h) + loss_at(-2 * h)) / (12 * h);
+      std::copy(saved.begin(), saved.end(), w.as<float>());
+      EXPECT_NEAR(gu, fd, 0.02 * std::abs(fd) + 3e-4) << p.spec(i).name;
+    }
+  }
+}
+
+// Max |g| over a flat gradient, the scale for comparing two of them: fp32
+// sums in another order differ by about 1e-6 of the largest term.
+double MaxAbs(const Tensor& t) {
+  double m = 0.0;
+  for (int64_t j = 0; j < t.numel(); ++j) m = std::max(m, static_cast<double>(std::abs(t.as<float>()[j])));
+  return m;
+}
+
+// Recomputing activations in the backward changes memory, not results: the
+// same kernels run on the same inputs, so gradients are bitwise identical.
+TEST_F(ModelTest, RecomputeGivesBitwiseIdenticalGradients) {
+  const ModelShape shape = TinyShape(false);
+  ActivationOptions base;
+  base.micro_batch = 3;
+  base.seq_len = 9;
+  ActivationOptions recompute = base;
+  recompute.recompute = true;
+  LlamaModel a(shape, base), b(shape, recompute);
+  EXPECT_LT(ActivationBytes(shape, recompute), ActivationBytes(shape, base));
+  a.parameters().InitWeights(seed_);
+  b.parameters().InitWeights(seed_);
+  const int64_t rows = base.micro_batch * base.seq_len;
+  const auto inputs = RandomIds(rows, shape.vocab), targets = RandomIds(rows, shape.vocab);
+  EXPECT_EQ(a.ForwardBackward(inputs.data(), targets.data(), 0.5f),
+            b.ForwardBackward(inputs.data(), targets.data(), 0.5f));
+  const Tensor ga = a.parameters().flat_grads(), gb = b.parameters().flat_grads();
+  ASSERT_EQ(std::memcmp(ga.data, gb.data, ga.bytes()), 0);
+}
+
+// Running the LM head in row chunks only reorders fp32 sums.
+// Tolerance: 2e-5 x max|g| + 1e-4 relative.
+TEST_F(ModelTest, HeadChunkingMatchesOneChunk) {
+  const ModelShape shape = TinyShape(false);
+  ActivationOptions base;
+  base.micro_batch = 3;
+  base.seq_len = 9;
+  ActivationOptions chunked = base;
+  chunked.logits_chunk_rows = 4;  // 27 rows in chunks of 4, 4, ..., 3
+  LlamaModel a(shape, base), b(shape, chunked);
+  a.parameters().InitWeights(seed_);
+  b.parameters().InitWeights(seed_);
+  const int64_t rows = base.micro_batch * base.seq_len;
+  const auto inputs = RandomIds(rows, shape.vocab), targets = RandomIds(rows, shape.vocab);
+  const double la = a.ForwardBackward(inputs.data(), targets.data(), 0.5f);
+  const double lb = b.ForwardBackward(inputs.data(), targets.data(), 0.5f);
+  EXPECT_NEAR(la, lb, 1e-5 * std::abs(la));
+  const Tensor ga = a.parameters().flat_grads(), gb = b.parameters().flat_grads();
+  const double atol = 2e-5 * MaxAbs(ga);
+  for (int64_t j = 0; j < ga.numel(); ++j) {
+    ASSERT_NEAR(ga.as<float>()[j], gb.as<float>()[j], atol + 1e-4 * std::abs(ga.as<float>()[j])) << j;
+  }
+}
+
+// Two micro-batches of B accumulate the same gradient as one of 2B.
+// Tolerance: 2e-5 x max|g| + 1e-4 relative.
+TEST_F(ModelTest, GradientAccumulationMatchesOneLargeBatch) {
+  const ModelShape shape = TinyShape(false);
+  ActivationOptions small, large;
+  small.micro_batch = 2;
+  small.seq_len = 8;
+  large = small;
+  large.micro_batch = 4;
+  LlamaModel a(shape, small), b(shape, large);
+  a.parameters().InitWeights(seed_);
+  b.parameters().InitWeights(seed_);
+  const int64_t rows = large.micro_batch * large.seq_len, half = rows / 2;
+  const auto inputs = RandomIds(rows, shape.vocab), targets = RandomIds(rows, shape.vocab);
+  const float scale = 1.0f / static_cast<float>(rows);
+  a.parameters().ZeroGrads();
+  b.parameters().ZeroGrads();
+  const double la = a.ForwardBackward(inputs.data(), targets.data(), scale) +
+                    a.ForwardBackward(inputs.data() + half, targets.data() + half, scale);
+  const double lb = b.ForwardBackward(inputs.data(), targets.data(), scale);
+  EXPECT_NEAR(la, lb, 1e-5 * std::abs(lb));
+  const Tensor ga = a.parameters().flat_grads(), gb = b.parameters().flat_grads();
+  const double atol = 2e-5 * MaxAbs(gb);
+  for (int64_t j = 0; j < ga.numel(); ++j) {
+    ASSERT_NEAR(ga.as<float>()[j], gb.as<float>()[j], atol + 1e-4 * std::abs(gb.as<float>()[j])) << j;
+  }
+}
+
+TEST(ModelShapeTest, ParameterNamesAndCountsFollowHuggingFace) {
+  const ModelShape s = TinyShape(false);
+  const auto specs = LlamaParameterSpecs(s);
+  ASSERT_EQ(specs.front().name, "model.embed_tokens.weight");
+  EXPECT_EQ(specs[2].name, "model.layers.0.self_attn.q_proj.weight");
+  EXPECT_EQ(specs[2].shape, (Shape{16, 16}));
+  EXPECT_EQ(specs[3].name, "model.layers.0.self_attn.k_proj.weight");
+  EXPECT_EQ(specs[3].shape, (Shape{8, 16}));
+  EXPECT_EQ(specs[9].name, "model.layers.0.mlp.down_proj.weight");
+  EXPECT_EQ(specs[9].shape, (Shape{16, 24}));
+  EXPECT_EQ(specs.back().name, "lm_head.weight");
+  int64_t total = 0;
+  for (const auto& p : specs) total += p.shape.numel();
+  EXPECT_EQ(total, s.ParameterCount());
+  ModelShape tied = s;
+  tied.tie_embeddings = true;
+  EXPECT_EQ(LlamaParameterSpecs(tied).back().name, "model.norm.weight");
+  EXPECT_EQ(tied.ParameterCount(), s.ParameterCount() - s.vocab * s.dim);
+}
+
+TEST(ModelInitTest, InitIsAFunctionOfSeedAndNameOnly) {
+  const ModelShape s = TinyShape(false);
+  ParameterSet a(LlamaParameterSpecs(s)), b(LlamaParameterSpecs(s));
+  a.InitWeights(42);
+  b.InitWeights(42);
+  const Tensor fa = a.flat_params(), fb = b.flat_params();
+  for (int64_t j = 0; j < fa.numel(); ++j) ASSERT_EQ(fa.as<float>()[j], fb.as<float>()[j]);
+  // Element j of a tensor is init_std * NormalAt(seed, StreamId(name), j).
+  const Tensor q = a.param("model.layers.1.self_attn.q_proj.weight");
+  const uint64_t stream = StreamId("model.layers.1.self_attn.q_proj.weight");
+  EXPECT_FLOAT_EQ(q.as<float>()[5], static_cast<float>(0.3 * NormalAt(42, stream, 5)));
+  // Residual output projections use init_std / sqrt(2 n_layers); norms are 1.
+  const Tensor o = a.param("model.layers.0.self_attn.o_proj.weight");
+  EXPECT_FLOAT_EQ(o.as<float>()[0],
+                  static_cast<float>(0.3 / 2.0 * NormalAt(42, StreamId("model.layers.0.self_attn.o_proj.weight"), 0)));
+  EXPECT_EQ(a.param("model.norm.weight").as<float>()[3], 1.0f);
+}
+
+}  // namespace
+}  // namespace latam

@@ -1,0 +1,261 @@
+#include "trainer/config.h"
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+namespace latam {
+
+namespace pb = google::protobuf;
+
+namespace {
+
+class CollectErrors : public pb::io::ErrorCollector {
+ public:
+  void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
+    if (first_.empty())
+      first_ = "line " + std::to_string(line + 1) + ", column " + std::to_string(column + 1) + ": " + message;
+  }
+  const std::string& first() const { return first_; }
+
+ private:
+  std::string first_;
+};
+
+}  // namespace
+
+Result<Config> LoadConfigFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Status::InvalidInput(path + ": cannot open config file");
+  std::stringstream text;
+  text << in.rdbuf();
+  Config config;
+  pb::TextFormat::Parser parser;
+  CollectErrors errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text.str(), &config)) {
+    return Status::InvalidInput(path + ": " + (errors.first().empty() ? "not a valid config" : errors.first()));
+  }
+  return config;
+}
+
+Status ApplyOverride(Config* config, const std::string& assignment) {
+  const size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    return Status::InvalidInput("--set " + assignment + ": expected path=value");
+  }
+  const std::string path = assignment.substr(0, eq);
+  const std::string value = assignment.substr(eq + 1);
+  pb::Message* msg = config;
+  std::stringstream parts(path);
+  std::string part;
+  std::vector<std::string> components;
+  while (std::getline(parts, part, '.')) components.push_back(part);
+  for (size_t i = 0; i < components.size(); ++i) {
+    std::string name = components[i];
+    int index = -1;
+    if (const size_t open = name.find('['); open != std::string::npos) {
+      const size_t close = name.find(']', open);
+      if (close != name.size() - 1) return Status::InvalidInput("--set " + path + ": malformed index in " + name);
+      try {
+        index = std::stoi(name.substr(open + 1, close - open - 1));
+      } catch (const std::exception&) {
+        return Status::InvalidInput("--set " + path + ": malformed index in " + name);
+      }
+      name = name.substr(0, open);
+    }
+    const pb::Descriptor* desc = msg->GetDescriptor();
+    const pb::FieldDescriptor* field = desc->FindFieldByName(name);
+    if (field == nullptr) return Status::InvalidInput("--set " + path + ": " + desc->name() + " has no field " + name);
+    const pb::Reflection* refl = msg->GetReflection();
+    const bool last = i + 1 == components.size();
+    if (field->is_repeated()) {
+      if (field->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE || index < 0 || last) {
+        return Status::InvalidInput("--set " + path + ": " + name + " is a list; address one element's field, e.g. " +
+                                    name + "[0].<field>");
+      }
+      const int size = refl->FieldSize(*msg, field);
+      if (index > size) {
+        return Status::InvalidInput("--set " + path + ": index " + std::to_string(index) + " > size " +
+                                    std::to_string(size) + " of " + name);
+      }
+      msg = index == size ? refl->AddMessage(msg, field) : refl->MutableRepeatedMessage(msg, field, index);
+      continue;
+    }
+    if (index >= 0) return Status::InvalidInput("--set " + path + ": " + name + " is not a list");
+    if (field->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      if (last) return Status::InvalidInput("--set " + path + ": " + name + " is a message; set one of its fields");
+      msg = refl->MutableMessage(msg, field);
+      continue;
+    }
+    if (!last) return Status::InvalidInput("--set " + path + ": " + name + " has no sub-fields");
+    if (field->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
+      refl->SetString(msg, field, value);
+    } else if (!pb::TextFormat::ParseFieldValueFromString(value, field, msg)) {
+      return Status::InvalidInput("--set " + path + ": cannot parse '" + value + "' as " + field->type_name());
+    }
+  }
+  return Status::Ok();
+}
+
+int DataParallelSize(const Config& config, int world_size) {
+  const auto& p = config.parallel();
+  if (p.data() > 0) return p.data();
+  if (world_size <= 0) return 1;
+  const int tp_pp = p.tensor() * p.pipeline();
+  return tp_pp > 0 ? world_size / tp_pp : 0;
+}
+
+namespace {
+
+// Accumulates the first validation error, with its field path.
+class Checker {
+ public:
+  void Require(bool ok, const std::string& field, const std::string& what) {
+    if (!ok && status_.ok()) status_ = Status::InvalidInput(field + ": " + what);
+  }
+  template <typename T>
+  void Positive(T value, const std::string& field) {
+    Require(value > 0, field, "must be > 0 (got " + Str(value) + ")");
+  }
+  template <typename T>
+  void Divisible(T value, const std::string& field, T by, const std::string& by_name) {
+    Require(by > 0 && value % by == 0, field, Str(value) + " is not divisible by " + by_name + " = " + Str(by));
+  }
+  template <typename T>
+  static std::string Str(T v) {
+    std::ostringstream os;
+    os << v;
+    return os.str();
+  }
+  const Status& status() const { return status_; }
+  bool ok() const { return status_.ok(); }
+
+ private:
+  Status status_;
+};
+
+}  // namespace
+
+Status ValidateConfig(const Config& config, const ValidationOptions& options) {
+  Checker c;
+  const auto& m = config.model();
+  c.Require(config.has_model(), "model", "missing");
+  c.Positive(m.vocab_size(), "model.vocab_size");
+  c.Positive(m.dim(), "model.dim");
+  c.Positive(m.n_layers(), "model.n_layers");
+  c.Positive(m.n_heads(), "model.n_heads");
+  c.Positive(m.n_kv_heads(), "model.n_kv_heads");
+  c.Positive(m.ffn_dim(), "model.ffn_dim");
+  c.Positive(m.max_seq_len(), "model.max_seq_len");
+  c.Require(m.rope_theta() > 0, "model.rope_theta", "must be > 0");
+  c.Require(m.norm_eps() > 0, "model.norm_eps", "must be > 0");
+  c.Require(m.init_std() > 0, "model.init_std", "must be > 0");
+  if (!c.ok()) return c.status();
+  c.Divisible(m.dim(), "model.dim", m.n_heads(), "model.n_heads");
+  c.Divisible(m.n_heads(), "model.n_heads", m.n_kv_heads(), "model.n_kv_heads");
+  c.Require((m.dim() / m.n_heads()) % 2 == 0, "model.dim",
+            "head dimension dim / n_heads = " + Checker::Str(m.dim() / m.n_heads()) + " must be even for RoPE");
+  if (m.has_rope_scaling() && m.rope_scaling().factor() > 0) {
+    const auto& s = m.rope_scaling();
+    c.Require(s.high_freq_factor() > s.low_freq_factor(), "model.rope_scaling.high_freq_factor",
+              "must exceed low_freq_factor");
+    c.Positive(s.low_freq_factor(), "model.rope_scaling.low_freq_factor");
+    c.Positive(s.original_max_position_embeddings(), "model.rope_scaling.original_max_position_embeddings");
+  }
+
+  const auto& p = config.parallel();
+  c.Positive(p.tensor(), "parallel.tensor");
+  c.Positive(p.pipeline(), "parallel.pipeline");
+  c.Positive(p.virtual_stages(), "parallel.virtual_stages");
+  c.Require(p.data() >= 0, "parallel.data", "must be >= 0 (0 derives it from the world size)");
+  c.Require(p.zero_stage() == 0 || p.zero_stage() == 1, "parallel.zero_stage",
+            "must be 0 or 1 (got " + Checker::Str(p.zero_stage()) + ")");
+  if (!c.ok()) return c.status();
+  c.Divisible(m.n_heads(), "model.n_heads", p.tensor(), "parallel.tensor");
+  c.Require(
+      m.n_kv_heads() % p.tensor() == 0 || p.tensor() % m.n_kv_heads() == 0, "model.n_kv_heads",
+      Checker::Str(m.n_kv_heads()) + " must divide or be divisible by parallel.tensor = " + Checker::Str(p.tensor()));
+  c.Divisible(m.ffn_dim(), "model.ffn_dim", p.tensor(), "parallel.tensor");
+  c.Divisible(m.vocab_size(), "model.vocab_size", p.tensor(), "parallel.tensor");
+  c.Divisible(m.n_layers(), "model.n_layers", p.pipeline() * p.virtual_stages(),
+              "parallel.pipeline x parallel.virtual_stages");
+  if (options.world_size > 0) {
+    const int tp_pp = p.tensor() * p.pipeline();
+    const int dp = DataParallelSize(config, options.world_size);
+    c.Require(options.world_size == tp_pp * dp, "parallel",
+              "world size " + Checker::Str(options.world_size) + " != tensor (" + Checker::Str(p.tensor()) +
+                  ") x pipeline (" + Checker::Str(p.pipeline()) + ") x data (" +
+                  (p.data() > 0 ? Checker::Str(p.data()) : "derived") + ")");
+  }
+  if (!c.ok()) return c.status();
+
+  const auto& o = config.optimizer();
+  c.Require(o.lr() > 0, "optimizer.lr", "must be > 0");
+  c.Require(o.min_lr() >= 0 && o.min_lr() <= o.lr(), "optimizer.min_lr", "must be in [0, optimizer.lr]");
+  c.Require(o.warmup_steps() >= 0, "optimizer.warmup_steps", "must be >= 0");
+  c.Require(o.weight_decay() >= 0, "optimizer.weight_decay", "must be >= 0");
+  c.Require(o.grad_clip() >= 0, "optimizer.grad_clip", "must be >= 0 (0 disables clipping)");
+  c.Require(o.beta1() >= 0 && o.beta1() < 1, "optimizer.beta1", "must be in [0, 1)");
+  c.Require(o.beta2() >= 0 && o.beta2() < 1, "optimizer.beta2", "must be in [0, 1)");
+  c.Require(o.eps() > 0, "optimizer.eps", "must be > 0");
+
+  const auto& d = config.data();
+  c.Positive(d.seq_len(), "data.seq_len");
+  c.Require(d.seq_len() <= m.max_seq_len(), "data.seq_len",
+            Checker::Str(d.seq_len()) + " exceeds model.max_seq_len = " + Checker::Str(m.max_seq_len()));
+
+  const auto& t = config.train();
+  c.Positive(t.steps(), "train.steps");
+  c.Positive(t.micro_batch_size(), "train.micro_batch_size");
+  c.Positive(t.global_batch_size(), "train.global_batch_size");
+  c.Require(t.log_every() >= 1, "train.log_every", "must be >= 1");
+  c.Require(t.eval_every() >= 0, "train.eval_every", "must be >= 0");
+  c.Require(t.eval_samples() >= 1, "train.eval_samples", "must be >= 1");
+  c.Require(t.save_every() >= 0, "train.save_every", "must be >= 0");
+  c.Require(t.keep_checkpoints() >= 1, "train.keep_checkpoints", "must be >= 1");
+  c.Require(t.device() == "cpu" || t.device() == "cuda", "train.device",
+            "must be cpu or cuda (got '" + t.device() + "')");
+  c.Require(t.precision() == "fp32" || t.precision() == "bf16", "train.precision",
+            "must be fp32 or bf16 (got '" + t.precision() + "')");
+  c.Require(!(t.device() == "cpu" && t.precision() == "bf16"), "train.precision",
+            "bf16 needs train.device=cuda; the CPU backend computes in fp32");
+  if (!c.ok()) return c.status();
+  const int dp = DataParallelSize(config, options.world_size);
+  c.Divisible(static_cast<int64_t>(t.global_batch_size()), "train.global_batch_size",
+              static_cast<int64_t>(t.micro_batch_size()) * dp, "train.micro_batch_size x data-parallel size");
+
+  if (options.check_files) {
+    c.Require(d.train_size() > 0, "data.train", "at least one training dataset is required");
+    for (int i = 0; i < d.train_size(); ++i) {
+      const std::string field = "data.train[" + std::to_string(i) + "]";
+      c.Require(!d.train(i).path().empty(), field + ".path", "missing");
+      c.Require(d.train(i).path().empty() || std::filesystem::exists(d.train(i).path()), field + ".path",
+                "no such file: " + d.train(i).path());
+      c.Require(d.train(i).weight() > 0, field + ".weight", "must be > 0");
+    }
+    for (int i = 0; i < d.eval_size(); ++i) {
+      const std::string field = "data.eval[" + std::to_string(i) + "]";
+      c.Require(!d.eval(i).name().empty(), field + ".name", "missing (it names the eval_loss/<name> metric)");
+      c.Require(!d.eval(i).path().empty(), field + ".path", "missing");
+      c.Require(d.eval(i).path().empty() || std::filesystem::exists(d.eval(i).path()), field + ".path",
+                "no such file: " + d.eval(i).path());
+    }
+    c.Require(!t.run_dir().empty(), "train.run_dir", "missing");
+  }
+  return c.status();
+}
+
+std::string ConfigToText(const Config& config) {
+  std::string out;
+  pb::TextFormat::Printer printer;
+  printer.PrintToString(config, &out);
+  return out;
+}
+
+}  // namespace latam

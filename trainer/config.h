@@ -1,0 +1,43 @@
+// Loading, overriding and validating the training configuration
+// (trainer/config.proto).
+//
+// Every error is a Status of kind kInvalidInput whose message starts with
+// the file or the dotted field path it is about, e.g.
+//   "model.n_heads: 12 is not divisible by parallel.tensor = 8".
+#pragma once
+
+#include <string>
+
+#include "kernels/status.h"
+#include "trainer/config.pb.h"
+
+namespace latam {
+
+using Config = config::Config;
+
+// Parses a text-format config file (errors name the file, line and column).
+Result<Config> LoadConfigFile(const std::string& path);
+
+// Applies one `--set` assignment "path=value". Paths are dotted field names;
+// repeated messages take an index, and the index one past the end appends:
+//   train.steps=100   parallel.tensor=2   data.train[0].weight=0.5
+Status ApplyOverride(Config* config, const std::string& assignment);
+
+struct ValidationOptions {
+  // World size to check the layout against; 0 skips the check (--plan).
+  int world_size = 0;
+  // Whether data files must exist (false for --plan).
+  bool check_files = true;
+};
+
+// Checks every value and every divisibility the layout needs.
+Status ValidateConfig(const Config& config, const ValidationOptions& options);
+
+// parallel.data, or world_size / (tensor * pipeline) when it is 0. With
+// world_size 0 (no launch, --plan) an unset parallel.data counts as 1.
+int DataParallelSize(const Config& config, int world_size);
+
+// The config in text format (what the run directory's config.textproto holds).
+std::string ConfigToText(const Config& config);
+
+}  // namespace latam

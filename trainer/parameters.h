@@ -1,0 +1,99 @@
+// The Llama model's shape and its named parameters.
+//
+// ModelShape holds the dimensions from config.model. LlamaParameterSpecs
+// lists every parameter under its canonical Hugging Face name
+// (model.embed_tokens.weight, model.layers.{i}.self_attn.q_proj.weight, ...,
+// model.norm.weight, lm_head.weight), with the HF weight layout [out, in].
+// ParameterSet places them in one parameter arena and one gradient arena
+// with identical offsets. Within a layer q_proj, k_proj, v_proj are adjacent,
+// as are gate_proj and up_proj, so each group is one fused GEMM operand:
+//   W_qkv = [q_proj; k_proj; v_proj]   [(Hq + 2 Hkv) hd, dim]
+//   W_gu  = [gate_proj; up_proj]       [2 ffn, dim]
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/arena.h"
+#include "kernels/rope.h"
+#include "trainer/config.pb.h"
+
+namespace latam {
+
+struct ModelShape {
+  int64_t vocab = 0;
+  int64_t dim = 0;
+  int64_t n_layers = 0;
+  int64_t n_heads = 0;
+  int64_t n_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t ffn_dim = 0;
+  bool tie_embeddings = false;
+  double rope_theta = 500000.0;
+  RopeScaling rope_scaling;
+  double norm_eps = 1e-5;
+  int64_t max_seq_len = 0;
+  double init_std = 0.02;
+
+  static ModelShape FromConfig(const config::ModelConfig& m);
+  int64_t qkv_dim() const { return (n_heads + 2 * n_kv_heads) * head_dim; }
+  int64_t attn_dim() const { return n_heads * head_dim; }
+  // Total number of parameters.
+  int64_t ParameterCount() const;
+};
+
+struct ParamSpec {
+  std::string name;
+  Shape shape;
+  // Normal(0, init_std) initialisation, or all ones when init_std == 0 (norms).
+  double init_std = 0.0;
+  // Decoupled weight decay applies to matrices, not to norm gains.
+  bool weight_decay = false;
+};
+
+// Every parameter of the model in arena order.
+std::vector<ParamSpec> LlamaParameterSpecs(const ModelShape& shape);
+
+// Canonical per-layer names.
+std::string LayerParamName(int64_t layer, const char* suffix);
+
+class ParameterSet {
+ public:
+  explicit ParameterSet(std::vector<ParamSpec> specs);
+
+  size_t size() const { return specs_.size(); }
+  const ParamSpec& spec(size_t i) const { return specs_[i]; }
+  const TensorTable& table() const { return table_; }
+  int64_t numel() const { return numel_; }
+
+  Tensor param(const std::string& name) const { return table_.Get(params_, name); }
+  Tensor grad(const std::string& name) const { return table_.Get(grads_, name); }
+  Tensor param(size_t i) const { return table_.Get(params_, i); }
+  Tensor grad(size_t i) const { return table_.Get(grads_, i); }
+
+  // Views spanning `count` adjacent tensors starting at `first`, viewed as
+  // [rows, cols] (the fused QKV and gate/up operands).
+  Tensor FusedParam(const std::string& first, size_t count, int64_t cols) const;
+  Tensor FusedGrad(const std::string& first, size_t count, int64_t cols) const;
+
+  // All parameters / gradients as one flat f32 tensor.
+  Tensor flat_params() const;
+  Tensor flat_grads() const;
+
+  void ZeroGrads() { grads_.Zero(); }
+  // Initialises every parameter from its spec. Element j of tensor `name`
+  // gets init_std * NormalAt(seed, StreamId(name), j): independent of the
+  // layout and of the order of initialisation.
+  void InitWeights(uint64_t seed);
+
+ private:
+  Tensor Fused(const Arena& arena, const std::string& first, size_t count, int64_t cols) const;
+  std::vector<ParamSpec> specs_;
+  TensorTable table_;
+  Arena params_;
+  Arena grads_;
+  int64_t numel_ = 0;
+};
+
+}  // namespace latam

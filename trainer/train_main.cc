@@ -1,0 +1,101 @@
+// latam-train: the trainer's command line.
+//
+//   latam-train --config FILE.textproto [--set key=value ...]
+//               [--resume auto|none|DIR] [--plan]
+//
+// --plan prints the JSON plan (trainer/plan.h) and exits without MPI, data or
+// allocation. Otherwise the process joins the MPI job and trains.
+// Exit codes: 0 ok, 2 bad input (config, data, world size), 1 other failures.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "kernels/threads.h"
+#include "parallel/mpi_env.h"
+#include "trainer/config.h"
+#include "trainer/plan.h"
+#include "trainer/trainer.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: latam-train --config FILE.textproto [--set key=value ...] [--resume auto|none|DIR] [--plan]\n";
+
+struct Args {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  std::string resume = "auto";
+  bool plan = false;
+};
+
+latam::Result<Args> ParseArgs(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&](const char* flag) -> latam::Result<std::string> {
+      if (i + 1 >= argc) return latam::Status::InvalidInput(std::string(flag) + " needs a value\n" + kUsage);
+      return std::string(argv[++i]);
+    };
+    if (arg == "--config") {
+      LATAM_ASSIGN_OR_RETURN(a.config_path, value("--config"));
+    } else if (arg == "--set") {
+      LATAM_ASSIGN_OR_RETURN(std::string v, value("--set"));
+      a.overrides.push_back(v);
+    } else if (arg == "--resume") {
+      LATAM_ASSIGN_OR_RETURN(a.resume, value("--resume"));
+    } else if (arg == "--plan") {
+      a.plan = true;
+    } else if (arg == "--help" || arg == "-h") {
+      return latam::Status::InvalidInput(kUsage);
+    } else {
+      return latam::Status::InvalidInput("unknown argument '" + arg + "'\n" + kUsage);
+    }
+  }
+  if (a.config_path.empty()) return latam::Status::InvalidInput(std::string("--config is required\n") + kUsage);
+  return a;
+}
+
+latam::Result<latam::Config> LoadConfig(const Args& args) {
+  LATAM_ASSIGN_OR_RETURN(latam::Config config, latam::LoadConfigFile(args.config_path));
+  for (const std::string& o : args.overrides) LATAM_RETURN_IF_ERROR(latam::ApplyOverride(&config, o));
+  return config;
+}
+
+int Fail(const latam::Status& s, int rank) {
+  if (rank == 0) std::fprintf(stderr, "latam-train: error: %s\n", s.message().c_str());
+  return s.exit_code();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto args = ParseArgs(argc, argv);
+  if (!args.ok()) return Fail(args.status(), 0);
+  auto config = LoadConfig(*args);
+  if (!config.ok()) return Fail(config.status(), 0);
+
+  if (args->plan) {
+    auto plan = latam::PlanJson(*config);
+    if (!plan.ok()) return Fail(plan.status(), 0);
+    std::printf("%s\n", plan->c_str());
+    return 0;
+  }
+
+  latam::MpiSession mpi(&argc, &argv);
+  if (args->resume != "auto" && args->resume != "none") {
+    return Fail(latam::Status::InvalidInput("--resume " + args->resume +
+                                            ": resuming from a checkpoint directory is not available in this build"),
+                mpi.world_rank());
+  }
+  const int threads = latam::ConfigureCpuThreads(mpi.local_size());
+  auto trainer = latam::Trainer::Create(*config, mpi);
+  if (!trainer.ok()) return Fail(trainer.status(), mpi.world_rank());
+  if (mpi.world_rank() == 0) {
+    std::printf("latam-train: %lld parameters, %d CPU threads per rank, run_dir %s\n",
+                static_cast<long long>((*trainer)->model().parameters().numel()), threads,
+                config->train().run_dir().c_str());
+  }
+  const latam::Status status = (*trainer)->Run();
+  if (!status.ok()) return Fail(status, mpi.world_rank());
+  return 0;
+}
