@@ -9,7 +9,6 @@
 // Runs on this process's OpenMP team (OMP_NUM_THREADS or all cores).
 #include <omp.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -18,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/timing.h"
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/gemm.h"
@@ -25,21 +25,6 @@
 #include "kernels/swiglu.h"
 
 namespace {
-
-// Runs fn until `seconds` have passed (after one warm-up call); returns
-// seconds per call.
-double TimeIt(const std::function<void()>& fn, double seconds) {
-  fn();
-  int iters = 0;
-  const auto start = std::chrono::steady_clock::now();
-  double elapsed = 0.0;
-  do {
-    fn();
-    ++iters;
-    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  } while (elapsed < seconds);
-  return elapsed / iters;
-}
 
 std::vector<float> Random(size_t n, float scale) {
   std::mt19937 rng(42);
@@ -86,9 +71,10 @@ int main(int argc, char** argv) {
     const Tensor yt = Tensor::Of(y.data(), {m, g.out}), dxt = Tensor::Of(dx.data(), {m, g.in});
     const Tensor dwt = Tensor::Of(dw.data(), {g.out, g.in});
     const double flops = 2.0 * static_cast<double>(m * g.in * g.out);
-    const double fwd = TimeIt([&] { latam::cpu::LinearForward(xt, wt, yt, false); }, secs);
-    const double bwd_in = TimeIt([&] { latam::cpu::LinearBackwardInput(yt, wt, dxt, false); }, secs);
-    const double bwd_w = TimeIt([&] { latam::cpu::LinearBackwardWeight(yt, xt, dwt); }, secs);
+    const double fwd = latam::bench::SecondsPerCall([&] { latam::cpu::LinearForward(xt, wt, yt, false); }, secs);
+    const double bwd_in =
+        latam::bench::SecondsPerCall([&] { latam::cpu::LinearBackwardInput(yt, wt, dxt, false); }, secs);
+    const double bwd_w = latam::bench::SecondsPerCall([&] { latam::cpu::LinearBackwardWeight(yt, xt, dwt); }, secs);
     std::printf(
         "{\"kernel\": \"gemm_%s\", \"M\": %lld, \"K\": %lld, \"N\": %lld, \"fwd_gflops\": %.1f, "
         "\"bwd_input_gflops\": %.1f, \"bwd_weight_gflops\": %.1f}\n",
@@ -114,8 +100,9 @@ int main(int argc, char** argv) {
     // the backward recomputes QK^T and adds four products (2.5x forward).
     const double pairs = static_cast<double>(batch * hq) * static_cast<double>(seq) * (seq + 1) / 2.0;
     const double fwd_flops = 4.0 * static_cast<double>(hd) * pairs;
-    const double fwd = TimeIt([&] { latam::cpu::AttentionForward(q, d, o, l, w); }, secs);
-    const double bwd = TimeIt([&] { latam::cpu::AttentionBackward(q, o, dO, l, d, dq, w); }, secs);
+    const double fwd = latam::bench::SecondsPerCall([&] { latam::cpu::AttentionForward(q, d, o, l, w); }, secs);
+    const double bwd =
+        latam::bench::SecondsPerCall([&] { latam::cpu::AttentionBackward(q, o, dO, l, d, dq, w); }, secs);
     std::printf(
         "{\"kernel\": \"attention\", \"fwd_ms\": %.3f, \"bwd_ms\": %.3f, \"fwd_gflops\": %.1f, "
         "\"bwd_gflops\": %.1f}\n",
@@ -128,8 +115,9 @@ int main(int argc, char** argv) {
     const Tensor xt = Tensor::Of(x.data(), {m, dim}), yt = Tensor::Of(y.data(), {m, dim});
     const Tensor wt = Tensor::Of(w.data(), {dim}), rt = Tensor::Of(rstd.data(), {m}),
                  dwt = Tensor::Of(dw.data(), {dim});
-    const double fwd = TimeIt([&] { latam::cpu::RmsNormForward(xt, wt, 1e-5f, yt, rt); }, secs);
-    const double bwd = TimeIt([&] { latam::cpu::RmsNormBackward(xt, xt, wt, rt, yt, false, dwt); }, secs);
+    const double fwd = latam::bench::SecondsPerCall([&] { latam::cpu::RmsNormForward(xt, wt, 1e-5f, yt, rt); }, secs);
+    const double bwd =
+        latam::bench::SecondsPerCall([&] { latam::cpu::RmsNormBackward(xt, xt, wt, rt, yt, false, dwt); }, secs);
     std::printf("{\"kernel\": \"rmsnorm\", \"fwd_ms\": %.3f, \"bwd_ms\": %.3f}\n", fwd * 1e3, bwd * 1e3);
   }
   {
@@ -137,8 +125,8 @@ int main(int argc, char** argv) {
     using latam::Tensor;
     const Tensor g = Tensor::Of(gu.data(), {m, 2 * ffn}), a = Tensor::Of(act.data(), {m, ffn});
     const Tensor dg = Tensor::Of(dgu.data(), {m, 2 * ffn});
-    const double fwd = TimeIt([&] { latam::cpu::SwigluForward(g, a); }, secs);
-    const double bwd = TimeIt([&] { latam::cpu::SwigluBackward(a, g, dg); }, secs);
+    const double fwd = latam::bench::SecondsPerCall([&] { latam::cpu::SwigluForward(g, a); }, secs);
+    const double bwd = latam::bench::SecondsPerCall([&] { latam::cpu::SwigluBackward(a, g, dg); }, secs);
     std::printf("{\"kernel\": \"swiglu\", \"fwd_ms\": %.3f, \"bwd_ms\": %.3f}\n", fwd * 1e3, bwd * 1e3);
   }
   {
@@ -148,7 +136,7 @@ int main(int argc, char** argv) {
     std::vector<float> losses(m);
     using latam::Tensor;
     const Tensor lt = Tensor::Of(logits.data(), {m, vocab});
-    const double t = TimeIt(
+    const double t = latam::bench::SecondsPerCall(
         [&] {
           latam::cpu::CrossEntropyForwardBackward(lt, Tensor::Of(targets.data(), {m}), Tensor::Of(losses.data(), {m}),
                                                   1.0f, true);

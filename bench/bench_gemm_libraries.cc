@@ -11,29 +11,12 @@
 #include <cblas.h>
 #include <oneapi/dnnl/dnnl.h>
 
-#include <chrono>
 #include <cstdio>
-#include <functional>
 #include <vector>
 
+#include "bench/timing.h"
+
 extern "C" char* openblas_get_corename(void);
-
-namespace {
-
-double GflopsOf(const std::function<void()>& fn, double flops) {
-  fn();
-  int iters = 0;
-  const auto start = std::chrono::steady_clock::now();
-  double elapsed = 0.0;
-  do {
-    fn();
-    ++iters;
-    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  } while (elapsed < 1.0);
-  return flops * iters / elapsed / 1e9;
-}
-
-}  // namespace
 
 int main() {
   struct Shape {
@@ -50,15 +33,21 @@ int main() {
     std::vector<float> c(static_cast<size_t>(s.m * s.n));
     const int64_t lda = s.ta == 'N' ? s.k : s.m, ldb = s.tb == 'N' ? s.n : s.k;
     const double flops = 2.0 * static_cast<double>(s.m * s.n * s.k);
-    const double openblas = GflopsOf(
-        [&] {
-          cblas_sgemm(CblasRowMajor, s.ta == 'N' ? CblasNoTrans : CblasTrans, s.tb == 'N' ? CblasNoTrans : CblasTrans,
-                      static_cast<int>(s.m), static_cast<int>(s.n), static_cast<int>(s.k), 1.0f, a.data(),
-                      static_cast<int>(lda), b.data(), static_cast<int>(ldb), 0.0f, c.data(), static_cast<int>(s.n));
-        },
-        flops);
-    const double onednn = GflopsOf(
-        [&] { dnnl_sgemm(s.ta, s.tb, s.m, s.n, s.k, 1.0f, a.data(), lda, b.data(), ldb, 0.0f, c.data(), s.n); }, flops);
+    const double openblas =
+        flops / 1e9 /
+        latam::bench::SecondsPerCall(
+            [&] {
+              cblas_sgemm(CblasRowMajor, s.ta == 'N' ? CblasNoTrans : CblasTrans,
+                          s.tb == 'N' ? CblasNoTrans : CblasTrans, static_cast<int>(s.m), static_cast<int>(s.n),
+                          static_cast<int>(s.k), 1.0f, a.data(), static_cast<int>(lda), b.data(), static_cast<int>(ldb),
+                          0.0f, c.data(), static_cast<int>(s.n));
+            },
+            1.0);
+    const double onednn =
+        flops / 1e9 /
+        latam::bench::SecondsPerCall(
+            [&] { dnnl_sgemm(s.ta, s.tb, s.m, s.n, s.k, 1.0f, a.data(), lda, b.data(), ldb, 0.0f, c.data(), s.n); },
+            1.0);
     std::printf(
         "{\"op\": \"%c%c\", \"M\": %lld, \"N\": %lld, \"K\": %lld, \"openblas_gflops\": %.1f, "
         "\"onednn_gflops\": %.1f}\n",

@@ -8,7 +8,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  cmake ninja-build g++ make pkg-config
+  cmake ninja-build g++
   libopenmpi-dev openmpi-bin
   protobuf-compiler libprotobuf-dev
   libdnnl-dev

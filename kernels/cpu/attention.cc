@@ -255,6 +255,15 @@ int64_t PerThreadElems(const AttentionDims& d) {
   return std::max(fwd.used(), bwd.used());
 }
 
+// This thread's slice of the caller's workspace.
+float* ThreadWorkspace(const Tensor& workspace, const AttentionDims& d) {
+  const int64_t per_thread = PerThreadElems(d);
+  LATAM_CHECK(static_cast<int64_t>(omp_get_thread_num() + 1) * per_thread <= workspace.numel(),
+              "attention workspace of " << workspace.numel() << " floats is too small for thread "
+                                        << omp_get_thread_num() << " (size it with AttentionWorkspaceElems)");
+  return workspace.as<float>() + omp_get_thread_num() * per_thread;
+}
+
 LATAM_CPU_CLONES
 void BackwardTask(const float* qkv, const float* out, const float* dout, const float* lse, float* dqkv,
                   const AttentionDims& d, const Layout& l, int b, int g, BackwardScratch& w) {
@@ -339,14 +348,6 @@ void BackwardTask(const float* qkv, const float* out, const float* dout, const f
 
 int64_t AttentionWorkspaceElems(const AttentionDims& dims, int threads) {
   return PerThreadElems(dims) * std::max(1, threads);
-}
-
-float* ThreadWorkspace(const Tensor& workspace, const AttentionDims& d) {
-  const int64_t per_thread = PerThreadElems(d);
-  LATAM_CHECK(static_cast<int64_t>(omp_get_thread_num() + 1) * per_thread <= workspace.numel(),
-              "attention workspace of " << workspace.numel() << " floats is too small for thread "
-                                        << omp_get_thread_num() << " (size it with AttentionWorkspaceElems)");
-  return workspace.as<float>() + omp_get_thread_num() * per_thread;
 }
 
 void AttentionForward(const Tensor& qkv, const AttentionDims& d, const Tensor& out, const Tensor& lse,

@@ -2,7 +2,11 @@
 // counter-based RNG.
 #include <gtest/gtest.h>
 
+#include <omp.h>
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <set>
@@ -12,6 +16,7 @@
 #include "kernels/crc32c.h"
 #include "kernels/random.h"
 #include "kernels/tensor.h"
+#include "kernels/threads.h"
 
 namespace latam {
 namespace {
@@ -118,6 +123,34 @@ TEST(RandomTest, CounterBasedAndWellDistributed) {
   FillNormal(a.data(), 100, 2.0f, 9, 3, 0);
   FillNormal(b.data(), 50, 2.0f, 9, 3, 50);  // a shard starting at element 50
   for (int i = 0; i < 50; ++i) ASSERT_EQ(a[50 + i], b[i]);
+}
+
+TEST(ThreadsTest, SplitsTheCoresBetweenLocalRanks) {
+  const char* saved = std::getenv("OMP_NUM_THREADS");
+  const std::string saved_value = saved ? saved : "";
+  unsetenv("OMP_NUM_THREADS");
+  const int cpus = AvailableCpus();
+  ASSERT_GE(cpus, 1);
+  EXPECT_EQ(ConfigureCpuThreads(1), cpus);
+  if (cpus < sysconf(_SC_NPROCESSORS_ONLN)) {
+    // Pinned by a launcher (taskset, mpirun --bind-to): the mask is this rank's share.
+    EXPECT_EQ(ConfigureCpuThreads(4), cpus);
+  } else {
+    EXPECT_EQ(ConfigureCpuThreads(cpus * 4), 1);  // never fewer than one thread
+    if (cpus >= 2) {
+      EXPECT_EQ(ConfigureCpuThreads(2), cpus / 2);
+    }
+  }
+  // An explicit OMP_NUM_THREADS wins.
+  setenv("OMP_NUM_THREADS", "3", 1);
+  omp_set_num_threads(3);
+  EXPECT_EQ(ConfigureCpuThreads(8), 3);
+  if (saved) {
+    setenv("OMP_NUM_THREADS", saved_value.c_str(), 1);
+  } else {
+    unsetenv("OMP_NUM_THREADS");
+  }
+  omp_set_num_threads(cpus);
 }
 
 }  // namespace
