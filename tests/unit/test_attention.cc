@@ -61,6 +61,18 @@ TEST_F(AttentionTest, RandomShapes) {
   }
 }
 
+// The kernels' scratch grows linearly with the sequence length (keys and
+// values of one KV head plus fixed-size tiles), never with T^2.
+TEST(AttentionMemoryTest, WorkspaceIsLinearInSequenceLength) {
+  const cpu::AttentionDims short_seq{1, 2048, 64, 8, 128}, long_seq{1, 8192, 64, 8, 128};
+  const int64_t a = cpu::AttentionWorkspaceElems(short_seq, 1), b = cpu::AttentionWorkspaceElems(long_seq, 1);
+  EXPECT_LE(b, 4 * a);
+  EXPECT_GE(b, 3 * a);
+  // 5 sequence-length buffers of head_dim floats dominate: 5 x 8192 x 128.
+  EXPECT_LT(b, 6 * 8192 * 128);
+  EXPECT_EQ(cpu::AttentionWorkspaceElems(long_seq, 4), 4 * b);
+}
+
 TEST(AttentionDeathTest, TooSmallWorkspaceAborts) {
   const cpu::AttentionDims d{1, 8, 2, 1, 8};
   std::vector<float> qkv(8 * 32), out(8 * 16), lse(16), ws(10);
