@@ -1,107 +1,349 @@
-// latam-data: token-shard tools.
+// latam-data: corpus, tokenizer and token-shard tools.
 //
-//   latam-data synthesize --out FILE --vocab V --tokens N [--branching B]
-//                         [--doc-len L] [--seed S]
-//       Writes a generated, learnable token stream (data/synthetic.h) as a
-//       shard and prints its size and its bigram entropy (the loss floor).
-//   latam-data inspect FILE
-//       Prints the shard's token and document counts and its first tokens.
+//   latam-data train-tokenizer --out tokenizer.json --vocab-size N
+//              [--min-frequency 2] [--special TOKEN]... [--text-field text] FILE...
+//   latam-data encode --tokenizer tokenizer.json --out SHARD.bin
+//              [--eos-token <|end_of_text|>] [--text-field text] FILE...
+//   latam-data tokenize --tokenizer tokenizer.json      (text on stdin -> ids)
+//   latam-data detokenize --tokenizer tokenizer.json    (ids on stdin -> text)
+//   latam-data inspect SHARD.bin [--tokenizer tokenizer.json]
+//   latam-data synthesize --out SHARD.bin --vocab V --tokens N
+//              [--branching B] [--doc-len L] [--seed S]
 //
-// Exit codes: 0 ok, 2 bad input, 1 other failures.
+// Corpus FILEs are .jsonl (one {"text": ...} document per line) or plain
+// text (one document per file). Exit codes: 0 ok, 2 bad input, 1 other.
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "data/bpe_trainer.h"
+#include "data/corpus.h"
 #include "data/shard.h"
 #include "data/synthetic.h"
+#include "data/tokenizer.h"
+#include "kernels/threads.h"
+#include "nlohmann/json.hpp"
 
 namespace {
 
+using latam::Result;
+using latam::Status;
+
 constexpr const char* kUsage =
-    "usage: latam-data synthesize --out FILE --vocab V --tokens N [--branching B] [--doc-len L] [--seed S]\n"
-    "       latam-data inspect FILE\n";
+    "usage: latam-data train-tokenizer --out tokenizer.json --vocab-size N [--min-frequency F]\n"
+    "                  [--special TOKEN]... [--text-field NAME] FILE...\n"
+    "       latam-data encode --tokenizer tokenizer.json --out SHARD.bin [--eos-token TOKEN]\n"
+    "                  [--text-field NAME] FILE...\n"
+    "       latam-data tokenize --tokenizer tokenizer.json   < text\n"
+    "       latam-data detokenize --tokenizer tokenizer.json < ids\n"
+    "       latam-data inspect SHARD.bin [--tokenizer tokenizer.json]\n"
+    "       latam-data synthesize --out SHARD.bin --vocab V --tokens N [--branching B] [--doc-len L] [--seed S]\n";
 
-int Fail(const latam::Status& s) {
-  std::fprintf(stderr, "latam-data: error: %s\n", s.message().c_str());
-  return s.exit_code();
+// Documents are handed to the parallel stages in batches of about this size.
+constexpr size_t kBatchBytes = 16 << 20;
+
+struct Args {
+  std::map<std::string, std::vector<std::string>> flags;
+  std::vector<std::string> positional;
+
+  bool Has(const std::string& name) const { return flags.count(name) != 0; }
+  std::string Get(const std::string& name, const std::string& fallback = "") const {
+    auto it = flags.find(name);
+    return it == flags.end() ? fallback : it->second.back();
+  }
+  Result<std::string> Required(const std::string& name) const {
+    if (!Has(name)) return Status::InvalidInput("--" + name + " is required\n" + kUsage);
+    return Get(name);
+  }
+  Result<int64_t> Int(const std::string& name, int64_t fallback, bool required = false) const {
+    if (!Has(name)) {
+      if (required) return Status::InvalidInput("--" + name + " is required\n" + kUsage);
+      return fallback;
+    }
+    const std::string v = Get(name);
+    char* end = nullptr;
+    const long long x = std::strtoll(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0') return Status::InvalidInput("--" + name + ": '" + v + "' is not an integer");
+    return static_cast<int64_t>(x);
+  }
+};
+
+// "--name value" flags (every name must be in `allowed`) and positional args.
+Result<Args> Parse(int argc, char** argv, const std::vector<std::string>& allowed) {
+  Args a;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--", 0) != 0) {
+      a.positional.push_back(arg);
+      continue;
+    }
+    const std::string name = arg.substr(2);
+    if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
+      return Status::InvalidInput("unknown argument " + arg + "\n" + kUsage);
+    }
+    if (i + 1 >= argc) return Status::InvalidInput(arg + " needs a value");
+    a.flags[name].push_back(argv[++i]);
+  }
+  return a;
 }
 
-// Parses "--name value" pairs; every name must be in `allowed`.
-latam::Result<std::map<std::string, std::string>> ParseFlags(int argc, char** argv, int first,
-                                                             const std::vector<std::string>& allowed) {
-  std::map<std::string, std::string> flags;
-  for (int i = first; i < argc; i += 2) {
-    const std::string name = argv[i];
-    bool known = false;
-    for (const auto& a : allowed) known = known || name == "--" + a;
-    if (!known) return latam::Status::InvalidInput("unknown argument " + name + "\n" + kUsage);
-    if (i + 1 >= argc) return latam::Status::InvalidInput(name + " needs a value");
-    flags[name.substr(2)] = argv[i + 1];
-  }
-  return flags;
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
 
-latam::Result<int64_t> IntFlag(const std::map<std::string, std::string>& flags, const std::string& name,
-                               int64_t fallback, bool required) {
-  auto it = flags.find(name);
-  if (it == flags.end()) {
-    if (required) return latam::Status::InvalidInput("--" + name + " is required");
-    return fallback;
+// Progress on stderr: rewritten in place on a terminal, a line every 10 s otherwise.
+class Progress {
+ public:
+  Progress() : tty_(isatty(2) != 0), start_(std::chrono::steady_clock::now()), last_(start_) {}
+  void Update(const std::string& line) {
+    const auto now = std::chrono::steady_clock::now();
+    if (std::chrono::duration<double>(now - last_).count() < (tty_ ? 0.5 : 10.0)) return;
+    last_ = now;
+    std::fprintf(stderr, tty_ ? "\r%s   " : "%s\n", line.c_str());
+    std::fflush(stderr);
   }
-  char* end = nullptr;
-  const long long v = std::strtoll(it->second.c_str(), &end, 10);
-  if (end == it->second.c_str() || *end != '\0') {
-    return latam::Status::InvalidInput("--" + name + ": '" + it->second + "' is not an integer");
+  void Done() {
+    if (tty_) std::fprintf(stderr, "\n");
   }
-  return static_cast<int64_t>(v);
+  double elapsed() const { return Seconds(start_); }
+
+ private:
+  bool tty_;
+  std::chrono::steady_clock::time_point start_, last_;
+};
+
+std::string Mb(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f MB", bytes / 1e6);
+  return buf;
 }
 
-latam::Status Synthesize(int argc, char** argv) {
-  LATAM_ASSIGN_OR_RETURN(auto flags,
-                         ParseFlags(argc, argv, 2, {"out", "vocab", "tokens", "branching", "doc-len", "seed"}));
-  if (flags.count("out") == 0) return latam::Status::InvalidInput("--out is required");
+// Reads the corpus files in batches of documents and calls on_batch for each.
+Status ForEachBatch(const std::vector<std::string>& files, const std::string& text_field,
+                    const std::function<Status(std::vector<std::string>&)>& on_batch) {
+  std::vector<std::string> batch;
+  size_t batch_bytes = 0;
+  Status status;
+  for (const std::string& file : files) {
+    LATAM_RETURN_IF_ERROR(latam::data::ForEachDocument(file, text_field, [&](std::string_view doc) {
+      batch.emplace_back(doc);
+      batch_bytes += doc.size();
+      if (batch_bytes >= kBatchBytes) {
+        status = on_batch(batch);
+        batch.clear();
+        batch_bytes = 0;
+      }
+      return status.ok();
+    }));
+    LATAM_RETURN_IF_ERROR(status);
+  }
+  if (!batch.empty()) LATAM_RETURN_IF_ERROR(on_batch(batch));
+  return Status::Ok();
+}
+
+// Writes text to path through a temporary file and a rename.
+Status WriteAtomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    if (!out.flush()) return Status::IoError("cannot write " + tmp);
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return Status::IoError("cannot rename " + tmp + " to " + path + ": " + ec.message());
+  return Status::Ok();
+}
+
+Status TrainTokenizer(int argc, char** argv) {
+  LATAM_ASSIGN_OR_RETURN(const Args args,
+                         Parse(argc, argv, {"out", "vocab-size", "min-frequency", "special", "text-field"}));
+  LATAM_ASSIGN_OR_RETURN(const std::string out, args.Required("out"));
+  if (args.positional.empty()) return Status::InvalidInput(std::string("no corpus files given\n") + kUsage);
+  latam::data::BpeTrainerOptions options;
+  LATAM_ASSIGN_OR_RETURN(const int64_t vocab, args.Int("vocab-size", 0, true));
+  LATAM_ASSIGN_OR_RETURN(options.min_frequency, args.Int("min-frequency", 2));
+  if (vocab <= 0 || vocab > (int64_t{1} << 31)) return Status::InvalidInput("--vocab-size must be in [1, 2^31]");
+  options.vocab_size = static_cast<int>(vocab);
+  if (args.Has("special")) options.special_tokens = args.flags.at("special");
+  LATAM_ASSIGN_OR_RETURN(auto trainer, latam::data::BpeTrainer::Create(options));
+
+  Progress progress;
+  double bytes = 0;
+  int64_t docs = 0;
+  LATAM_RETURN_IF_ERROR(ForEachBatch(args.positional, args.Get("text-field", "text"), [&](auto& batch) {
+    trainer->AddDocuments(batch);
+    docs += static_cast<int64_t>(batch.size());
+    for (const auto& d : batch) bytes += static_cast<double>(d.size());
+    progress.Update("counting words: " + Mb(bytes) + ", " + std::to_string(docs) + " documents");
+    return Status::Ok();
+  }));
+  progress.Done();
+  const double count_s = progress.elapsed();
+  LATAM_ASSIGN_OR_RETURN(const std::string json, trainer->Train());
+  LATAM_RETURN_IF_ERROR(WriteAtomically(out, json));
+  std::fprintf(stderr,
+               "train-tokenizer: %s in %lld documents, %lld unique words; %lld merges; vocabulary %d; "
+               "%.1f s counting + %.1f s merging -> %s\n",
+               Mb(bytes).c_str(), static_cast<long long>(docs), static_cast<long long>(trainer->unique_words()),
+               static_cast<long long>(trainer->merges()), options.vocab_size, count_s, progress.elapsed() - count_s,
+               out.c_str());
+  return Status::Ok();
+}
+
+Status Encode(int argc, char** argv) {
+  LATAM_ASSIGN_OR_RETURN(const Args args, Parse(argc, argv, {"tokenizer", "out", "eos-token", "text-field"}));
+  LATAM_ASSIGN_OR_RETURN(const std::string tokenizer_path, args.Required("tokenizer"));
+  LATAM_ASSIGN_OR_RETURN(const std::string out, args.Required("out"));
+  if (args.positional.empty()) return Status::InvalidInput(std::string("no corpus files given\n") + kUsage);
+  LATAM_ASSIGN_OR_RETURN(auto tok, latam::data::Tokenizer::Load(tokenizer_path));
+  const std::string eos_token = args.Get("eos-token", "<|end_of_text|>");
+  const auto eos = tok->TokenId(eos_token);
+  if (!eos) return Status::InvalidInput(tokenizer_path + ": has no token '" + eos_token + "' (set --eos-token)");
+  LATAM_ASSIGN_OR_RETURN(auto writer, latam::data::ShardWriter::Create(out));
+
+  const int threads = omp_get_max_threads();
+  std::vector<latam::data::Tokenizer::Cache> caches(static_cast<size_t>(threads));
+  Progress progress;
+  double bytes = 0;
+  int64_t docs = 0;
+  auto encode_batch = [&](std::vector<std::string>& batch) {
+    std::vector<std::vector<uint32_t>> ids(batch.size());
+#pragma omp parallel for schedule(dynamic, 8)
+    for (size_t d = 0; d < batch.size(); ++d) {
+      ids[d] = tok->Encode(batch[d], &caches[static_cast<size_t>(omp_get_thread_num())]);
+      ids[d].push_back(*eos);
+    }
+    for (size_t d = 0; d < batch.size(); ++d) {
+      LATAM_RETURN_IF_ERROR(writer->AddDocument(ids[d]));
+      bytes += static_cast<double>(batch[d].size());
+    }
+    docs += static_cast<int64_t>(batch.size());
+    progress.Update("encoding: " + Mb(bytes) + ", " + std::to_string(docs) + " documents, " +
+                    std::to_string(writer->n_tokens()) + " tokens, " + Mb(bytes / progress.elapsed()) + "/s");
+    return Status::Ok();
+  };
+  LATAM_RETURN_IF_ERROR(ForEachBatch(args.positional, args.Get("text-field", "text"), encode_batch));
+  progress.Done();
+  const uint64_t tokens = writer->n_tokens();
+  LATAM_RETURN_IF_ERROR(writer->Close());
+  const double s = progress.elapsed();
+  std::fprintf(stderr, "encode: %lld documents, %s -> %llu tokens in %.1f s (%s/s, %.0f tokens/s, %d threads) -> %s\n",
+               static_cast<long long>(docs), Mb(bytes).c_str(), static_cast<unsigned long long>(tokens), s,
+               Mb(bytes / s).c_str(), static_cast<double>(tokens) / s, threads, out.c_str());
+  return Status::Ok();
+}
+
+std::string ReadAll(std::FILE* f) {
+  std::string data;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) data.append(buf, n);
+  return data;
+}
+
+Status Tokenize(int argc, char** argv) {
+  LATAM_ASSIGN_OR_RETURN(const Args args, Parse(argc, argv, {"tokenizer"}));
+  LATAM_ASSIGN_OR_RETURN(const std::string path, args.Required("tokenizer"));
+  LATAM_ASSIGN_OR_RETURN(auto tok, latam::data::Tokenizer::Load(path));
+  const std::vector<uint32_t> ids = tok->Encode(ReadAll(stdin));
+  std::string line;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i) line += ' ';
+    line += std::to_string(ids[i]);
+  }
+  std::printf("%s\n", line.c_str());
+  return Status::Ok();
+}
+
+Status Detokenize(int argc, char** argv) {
+  LATAM_ASSIGN_OR_RETURN(const Args args, Parse(argc, argv, {"tokenizer"}));
+  LATAM_ASSIGN_OR_RETURN(const std::string path, args.Required("tokenizer"));
+  LATAM_ASSIGN_OR_RETURN(auto tok, latam::data::Tokenizer::Load(path));
+  std::istringstream in(ReadAll(stdin));
+  std::vector<uint32_t> ids;
+  std::string word;
+  while (in >> word) {
+    char* end = nullptr;
+    const unsigned long long id = std::strtoull(word.c_str(), &end, 10);
+    if (*end != '\0' || word[0] == '-' || id >= tok->vocab_size() || !tok->IsValidId(static_cast<uint32_t>(id))) {
+      return Status::InvalidInput("'" + word + "' is not a token id of " + path + " (vocabulary of " +
+                                  std::to_string(tok->vocab_size()) + ")");
+    }
+    ids.push_back(static_cast<uint32_t>(id));
+  }
+  const std::string text = tok->Decode(ids);
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  return Status::Ok();
+}
+
+Status Synthesize(int argc, char** argv) {
+  LATAM_ASSIGN_OR_RETURN(const Args args,
+                         Parse(argc, argv, {"out", "vocab", "tokens", "branching", "doc-len", "seed"}));
+  LATAM_ASSIGN_OR_RETURN(const std::string out, args.Required("out"));
   latam::data::SyntheticSpec spec;
-  LATAM_ASSIGN_OR_RETURN(const int64_t vocab, IntFlag(flags, "vocab", 0, true));
-  LATAM_ASSIGN_OR_RETURN(spec.n_tokens, IntFlag(flags, "tokens", 0, true));
-  LATAM_ASSIGN_OR_RETURN(const int64_t branching, IntFlag(flags, "branching", 4, false));
-  LATAM_ASSIGN_OR_RETURN(const int64_t doc_len, IntFlag(flags, "doc-len", 512, false));
-  LATAM_ASSIGN_OR_RETURN(const int64_t seed, IntFlag(flags, "seed", 1, false));
-  if (vocab < 3 || vocab > (int64_t{1} << 31)) return latam::Status::InvalidInput("--vocab must be in [3, 2^31]");
-  if (spec.n_tokens < 1) return latam::Status::InvalidInput("--tokens must be >= 1");
-  if (branching < 1 || branching > 64) return latam::Status::InvalidInput("--branching must be in [1, 64]");
-  if (doc_len < 2) return latam::Status::InvalidInput("--doc-len must be >= 2");
+  LATAM_ASSIGN_OR_RETURN(const int64_t vocab, args.Int("vocab", 0, true));
+  LATAM_ASSIGN_OR_RETURN(spec.n_tokens, args.Int("tokens", 0, true));
+  LATAM_ASSIGN_OR_RETURN(const int64_t branching, args.Int("branching", 4));
+  LATAM_ASSIGN_OR_RETURN(const int64_t doc_len, args.Int("doc-len", 512));
+  LATAM_ASSIGN_OR_RETURN(const int64_t seed, args.Int("seed", 1));
+  if (vocab < 3 || vocab > (int64_t{1} << 31)) return Status::InvalidInput("--vocab must be in [3, 2^31]");
+  if (spec.n_tokens < 1) return Status::InvalidInput("--tokens must be >= 1");
+  if (branching < 1 || branching > 64) return Status::InvalidInput("--branching must be in [1, 64]");
+  if (doc_len < 2) return Status::InvalidInput("--doc-len must be >= 2");
   spec.vocab = static_cast<int>(vocab);
   spec.branching = static_cast<int>(branching);
   spec.mean_doc_len = static_cast<int>(doc_len);
   spec.seed = static_cast<uint64_t>(seed);
 
   const auto docs = latam::data::GenerateSyntheticDocuments(spec);
-  LATAM_ASSIGN_OR_RETURN(auto writer, latam::data::ShardWriter::Create(flags["out"]));
+  LATAM_ASSIGN_OR_RETURN(auto writer, latam::data::ShardWriter::Create(out));
   std::vector<uint32_t> all;
   for (const auto& d : docs) {
     LATAM_RETURN_IF_ERROR(writer->AddDocument(d));
     all.insert(all.end(), d.begin(), d.end());
   }
   LATAM_RETURN_IF_ERROR(writer->Close());
-  std::printf("{\"path\": \"%s\", \"tokens\": %zu, \"documents\": %zu, \"bigram_entropy_nats\": %.4f}\n",
-              flags["out"].c_str(), all.size(), docs.size(), latam::data::EmpiricalBigramEntropy(all, spec.vocab));
-  return latam::Status::Ok();
+  std::printf("{\"path\": \"%s\", \"tokens\": %zu, \"documents\": %zu, \"bigram_entropy_nats\": %.4f}\n", out.c_str(),
+              all.size(), docs.size(), latam::data::EmpiricalBigramEntropy(all, spec.vocab));
+  return Status::Ok();
 }
 
-latam::Status Inspect(int argc, char** argv) {
-  if (argc != 3) return latam::Status::InvalidInput(std::string("inspect takes one shard path\n") + kUsage);
-  LATAM_ASSIGN_OR_RETURN(auto shard, latam::data::ShardReader::Open(argv[2]));
+Status Inspect(int argc, char** argv) {
+  LATAM_ASSIGN_OR_RETURN(const Args args, Parse(argc, argv, {"tokenizer"}));
+  if (args.positional.size() != 1) return Status::InvalidInput(std::string("inspect takes one shard path\n") + kUsage);
+  const std::string path = args.positional[0];
+  LATAM_ASSIGN_OR_RETURN(auto shard, latam::data::ShardReader::Open(path));
   uint32_t max_id = 0;
   for (uint64_t i = 0; i < shard->n_tokens(); ++i) max_id = std::max(max_id, shard->tokens()[i]);
-  std::printf("{\"path\": \"%s\", \"tokens\": %llu, \"documents\": %llu, \"max_token_id\": %u, \"first_tokens\": [",
-              argv[2], static_cast<unsigned long long>(shard->n_tokens()),
-              static_cast<unsigned long long>(shard->n_docs()), max_id);
-  const uint64_t show = std::min<uint64_t>(16, shard->n_tokens());
-  for (uint64_t i = 0; i < show; ++i) std::printf("%s%u", i ? ", " : "", shard->tokens()[i]);
-  std::printf("]}\n");
-  return latam::Status::Ok();
+  nlohmann::ordered_json j;
+  j["path"] = path;
+  j["tokens"] = shard->n_tokens();
+  j["documents"] = shard->n_docs();
+  j["max_token_id"] = max_id;
+  const uint64_t show = std::min<uint64_t>(shard->n_docs() > 0 ? shard->DocOffset(1) : 0, 64);
+  j["first_tokens"] = std::vector<uint32_t>(shard->tokens(), shard->tokens() + show);
+  if (args.Has("tokenizer")) {
+    LATAM_ASSIGN_OR_RETURN(auto tok, latam::data::Tokenizer::Load(args.Get("tokenizer")));
+    if (max_id >= tok->vocab_size()) {
+      return Status::InvalidInput(path + ": token id " + std::to_string(max_id) + " is outside the vocabulary of " +
+                                  args.Get("tokenizer"));
+    }
+    const uint64_t sample_end = std::min<uint64_t>(shard->n_docs() > 0 ? shard->DocOffset(1) : 0, 256);
+    j["sample_text"] = tok->Decode(std::vector<uint32_t>(shard->tokens(), shard->tokens() + sample_end));
+  }
+  std::printf("%s\n", j.dump().c_str());
+  return Status::Ok();
 }
 
 }  // namespace
@@ -111,14 +353,25 @@ int main(int argc, char** argv) {
     std::fputs(kUsage, stderr);
     return 2;
   }
+  latam::ConfigureCpuThreads(1);
   const std::string command = argv[1];
-  latam::Status status;
-  if (command == "synthesize") {
-    status = Synthesize(argc, argv);
+  Status status;
+  if (command == "train-tokenizer") {
+    status = TrainTokenizer(argc, argv);
+  } else if (command == "encode") {
+    status = Encode(argc, argv);
+  } else if (command == "tokenize") {
+    status = Tokenize(argc, argv);
+  } else if (command == "detokenize") {
+    status = Detokenize(argc, argv);
   } else if (command == "inspect") {
     status = Inspect(argc, argv);
+  } else if (command == "synthesize") {
+    status = Synthesize(argc, argv);
   } else {
-    status = latam::Status::InvalidInput("unknown command '" + command + "'\n" + kUsage);
+    status = Status::InvalidInput("unknown command '" + command + "'\n" + kUsage);
   }
-  return status.ok() ? 0 : Fail(status);
+  if (status.ok()) return 0;
+  std::fprintf(stderr, "latam-data: error: %s\n", status.message().c_str());
+  return status.exit_code();
 }

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs the system packages this project builds and runs with.
+# Installs the system packages this project builds and runs with, or, given
+# package names as arguments, those packages instead (the sample corpus
+# script uses this for its own).
 #
 # Idempotent: installs only what is missing. Uses apt-get (through sudo when
 # not root) on Debian/Ubuntu; on other systems it prints the packages to
@@ -7,14 +9,19 @@
 # never installed here: the build enables CUDA when it finds nvcc.
 set -euo pipefail
 
-PACKAGES=(
-  cmake ninja-build g++
-  libopenmpi-dev openmpi-bin
-  protobuf-compiler libprotobuf-dev
-  libdnnl-dev
-  libgtest-dev
-  nlohmann-json3-dev
-)
+if [ $# -gt 0 ]; then
+  PACKAGES=("$@")
+else
+  PACKAGES=(
+    cmake ninja-build g++
+    libopenmpi-dev openmpi-bin
+    protobuf-compiler libprotobuf-dev
+    libdnnl-dev
+    libgtest-dev
+    nlohmann-json3-dev
+    libpcre2-dev
+  )
+fi
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
@@ -46,4 +53,4 @@ fi
 
 echo "install-deps: installing ${missing[*]}"
 "${SUDO[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,21 @@
+// Reading text corpora document by document.
+//
+// A `.jsonl` file holds one JSON object per line whose `text_field`
+// (default "text") is one document; blank lines are skipped. Any other file
+// is read as UTF-8 text and is one document. Errors name the file and line.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "kernels/status.h"
+
+namespace latam::data {
+
+// Calls on_document(text) for every document of `path`, in file order.
+// on_document returns false to stop early.
+Status ForEachDocument(const std::string& path, const std::string& text_field,
+                       const std::function<bool(std::string_view)>& on_document);
+
+}  // namespace latam::data
