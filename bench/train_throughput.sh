@@ -5,8 +5,9 @@
 #   bench/train_throughput.sh [CONFIG] [STEPS]
 #
 # Defaults to the 7M-parameter benchmark model (bench/configs/cpu-7m.textproto)
-# for 30 steps. Generates the synthetic token stream the config reads when it
-# is missing. Reports the median over steps after the first 5 (warm-up) and
+# for 30 steps, generating the synthetic token stream it reads when missing.
+# Other configs must have their data in place (for configs/quickstart.textproto
+# run launch/prepare-sample-data.sh first). Reports the median over steps after the first 5 (warm-up) and
 # GFLOP/s = tokens/s x flops_per_token from `latam-train --plan`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,11 +24,6 @@ fi
 mkdir -p bench/data
 [ -f bench/data/synthetic-8192.bin ] ||
   "$BIN/latam-data" synthesize --out bench/data/synthetic-8192.bin --vocab 8192 --tokens 1000000 --seed 7 >/dev/null
-mkdir -p data/quickstart
-[ -f data/quickstart/train.bin ] ||
-  "$BIN/latam-data" synthesize --out data/quickstart/train.bin --vocab 512 --tokens 2000000 --seed 1 >/dev/null
-[ -f data/quickstart/eval.bin ] ||
-  "$BIN/latam-data" synthesize --out data/quickstart/eval.bin --vocab 512 --tokens 100000 --seed 1 >/dev/null
 
 RUN_DIR=$(mktemp -d /tmp/latam-bench.XXXXXX)
 trap 'rm -rf "$RUN_DIR"' EXIT

@@ -1,16 +1,32 @@
-// Stateless sample order over one token stream.
+// The stateless sample order of a training run over a mixture of datasets.
 //
-// The stream of n tokens is cut into W = (n - 1) / seq_len windows; window k
-// covers tokens [k*seq_len, k*seq_len + seq_len + 1) (inputs are the first
-// seq_len, targets the last seq_len). Sample i of the run is window
-//   Permute(seed, epoch = i / W)(i mod W)
-// where each epoch uses its own pseudo-random bijection of [0, W). Sample i
-// is a pure function of (seed, i): there is no iterator state, so resuming
-// needs only the number of consumed samples, and any split of the sample
-// indices between data-parallel ranks sees the same global order.
+// Sample i of the run is a pure function of (seed, i, weights, dataset
+// sizes): no iterator state exists, so a run resumes from the number of
+// consumed samples alone, and any split of the sample indices between
+// data-parallel ranks sees the same global order.
+//
+// Mixture. The weights are normalised and turned into exact counts n_d per
+// block of kBlock = 4096 samples (largest remainder, every dataset with a
+// positive weight getting at least one). Block b = i / kBlock is laid out by
+// a keyed permutation of its slots: slot i mod kBlock maps to t =
+// Permute(seed, b)(slot), and t's position in the concatenation [n_0 slots
+// of dataset 0, n_1 of dataset 1, ...] names the dataset d and its rank r
+// within the block. Dataset d's j-th sample is j = b n_d + r, so each
+// dataset's samples are numbered 0, 1, 2, ... without gaps or repeats and
+// the proportions hold exactly in every block.
+//
+// Windows. Dataset d's sample j reads window Permute(seed, d, e)(j mod W_d)
+// of epoch e = j / W_d (W_d = its number of windows): every window once per
+// epoch, in a new order each epoch.
+//
+// Data parallelism. Step s consumes samples [s G, (s + 1) G). Data-parallel
+// rank r of D takes the contiguous slice [s G + r G/D, s G + (r + 1) G/D).
 #pragma once
 
 #include <cstdint>
+#include <vector>
+
+#include "kernels/status.h"
 
 namespace latam::data {
 
@@ -30,18 +46,32 @@ class Permutation {
   uint64_t half_mask_;
 };
 
-class WindowSampler {
+class MixtureSampler {
  public:
-  // n_tokens >= seq_len + 1 is required (callers validate).
-  WindowSampler(uint64_t n_tokens, int seq_len, uint64_t seed);
-  uint64_t num_windows() const { return windows_; }
-  // First token of the window that sample `sample_index` reads.
-  uint64_t WindowStart(uint64_t sample_index) const;
+  static constexpr uint64_t kBlock = 4096;
+
+  struct Draw {
+    int dataset;
+    uint64_t window;  // window index within the dataset
+  };
+
+  // weights[d] > 0 and windows[d] > 0 for every dataset (callers validate);
+  // at most kBlock datasets.
+  MixtureSampler(const std::vector<double>& weights, const std::vector<uint64_t>& windows, uint64_t seed);
+
+  Draw Sample(uint64_t sample_index) const;
+  // Samples of dataset d in every block of kBlock.
+  const std::vector<uint64_t>& per_block() const { return per_block_; }
 
  private:
-  uint64_t windows_;
-  int seq_len_;
+  std::vector<uint64_t> windows_;
+  std::vector<uint64_t> per_block_;
+  std::vector<uint64_t> block_offsets_;  // prefix sums of per_block_
   uint64_t seed_;
 };
+
+// The global sample indices data-parallel rank `rank` of `ranks` trains on
+// in step `step` (global batch of `global_batch` samples).
+std::vector<uint64_t> DataParallelSamples(uint64_t step, uint64_t global_batch, int rank, int ranks);
 
 }  // namespace latam::data

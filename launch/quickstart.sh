@@ -1,27 +1,45 @@
 #!/usr/bin/env bash
-# Quickstart: installs what is missing, builds Release into build/, generates
-# a learnable token stream, and trains the `quickstart` model on this
-# machine's CPUs. Extra arguments go to latam-train (e.g. --set train.steps=50).
+# Quickstart: installs what is missing, builds Release into build/, builds the
+# Latin American sample corpus, trains a tokenizer, tokenizes, and trains the
+# `quickstart` model on this machine's CPUs with a language mixture
+# (es/pt/indigenous), reporting the eval loss of each language.
+#
+# Extra arguments go to latam-train (e.g. --set train.steps=50). Environment:
+#   LATAM_BUILD_DIR  build directory (default build)
+#   LATAM_DATA_DIR   where the corpus and shards go (default data)
+#   LATAM_RUNS_DIR   where run directories go (default runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./launch/install-deps.sh
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j "$(nproc)" --target latam-train latam-data
+BUILD=${LATAM_BUILD_DIR:-build}
+DATA=${LATAM_DATA_DIR:-data}
+RUNS=${LATAM_RUNS_DIR:-runs}
 
-DATA=data/quickstart
-mkdir -p "$DATA"
-# Until the tokenizer and sample corpus land, the quickstart trains on a
-# generated Markov-chain stream whose bigram entropy (printed here) is the
-# loss a perfect model reaches.
-[ -f "$DATA/train.bin" ] || build/bin/latam-data synthesize --out "$DATA/train.bin" --vocab 512 --tokens 2000000 --seed 1
-[ -f "$DATA/eval.bin" ] || build/bin/latam-data synthesize --out "$DATA/eval.bin" --vocab 512 --tokens 100000 --seed 1
+./launch/install-deps.sh
+[ -f "$BUILD/CMakeCache.txt" ] || cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$BUILD" -j "$(nproc)" --target latam-train latam-data
+
+LATAM_BUILD_DIR=$BUILD launch/prepare-sample-data.sh "$DATA/sample" "$DATA/quickstart" 4096
 
 if [ "$(id -u)" -eq 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
-RUN_DIR=runs/quickstart-$(date +%Y%m%d-%H%M%S)
+RUN_DIR=$RUNS/quickstart-$(date +%Y%m%d-%H%M%S)
+overrides=(--set train.run_dir="$RUN_DIR" --set data.tokenizer="$DATA/quickstart/tokenizer.json")
+i=0
+for g in es pt indigenous; do
+  overrides+=(--set "data.train[$i].path=$DATA/quickstart/$g-train.bin" --set "data.eval[$i].path=$DATA/quickstart/$g-eval.bin")
+  i=$((i + 1))
+done
 # --bind-to none: the trainer sizes its own OpenMP team to the node's cores.
-mpirun -np 1 --bind-to none build/bin/latam-train --config configs/quickstart.textproto \
-  --set train.run_dir="$RUN_DIR" "$@"
+mpirun -np 1 --bind-to none "$BUILD/bin/latam-train" --config configs/quickstart.textproto "${overrides[@]}" "$@"
+
+# Per-language eval loss, first and last evaluation.
+first=$(grep -m1 '"eval_loss"' "$RUN_DIR/metrics.jsonl")
+last=$(grep '"eval_loss"' "$RUN_DIR/metrics.jsonl" | tail -n 1)
+for g in es pt indigenous; do
+  a=$(sed -E "s/.*\"eval_loss\/$g\":([0-9.e+-]+).*/\1/" <<<"$first")
+  b=$(sed -E "s/.*\"eval_loss\/$g\":([0-9.e+-]+).*/\1/" <<<"$last")
+  printf 'quickstart: eval_loss/%-10s %s -> %s\n' "$g" "$a" "$b"
+done
 echo "quickstart: metrics in $RUN_DIR/metrics.jsonl (TensorBoard: tensorboard --logdir $RUN_DIR)"

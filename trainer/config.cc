@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <vector>
 
@@ -96,8 +97,20 @@ Status ApplyOverride(Config* config, const std::string& assignment) {
     if (!last) return Status::InvalidInput("--set " + path + ": " + name + " has no sub-fields");
     if (field->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
       refl->SetString(msg, field, value);
-    } else if (!pb::TextFormat::ParseFieldValueFromString(value, field, msg)) {
-      return Status::InvalidInput("--set " + path + ": cannot parse '" + value + "' as " + field->type_name());
+    } else {
+      // Parse "name: value" into an empty message of the same type (errors are
+      // collected, not logged), then merge the one field it sets.
+      std::unique_ptr<pb::Message> scratch(msg->New());
+      pb::TextFormat::Parser parser;
+      CollectErrors errors;
+      parser.RecordErrorsTo(&errors);
+      std::vector<const pb::FieldDescriptor*> set_fields;
+      const bool parsed = parser.ParseFromString(field->name() + ": " + value, scratch.get());
+      if (parsed) scratch->GetReflection()->ListFields(*scratch, &set_fields);
+      if (!parsed || set_fields.size() != 1) {
+        return Status::InvalidInput("--set " + path + ": cannot parse '" + value + "' as " + field->type_name());
+      }
+      msg->MergeFrom(*scratch);
     }
   }
   return Status::Ok();
@@ -246,6 +259,8 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
       c.Require(d.eval(i).path().empty() || std::filesystem::exists(d.eval(i).path()), field + ".path",
                 "no such file: " + d.eval(i).path());
     }
+    c.Require(d.tokenizer().empty() || std::filesystem::exists(d.tokenizer()), "data.tokenizer",
+              "no such file: " + d.tokenizer());
     c.Require(!t.run_dir().empty(), "train.run_dir", "missing");
   }
   return c.status();

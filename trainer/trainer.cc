@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 
+#include "data/tokenizer.h"
 #include "kernels/grad_norm.h"
 
 namespace latam {
@@ -56,14 +57,27 @@ Status Trainer::Init() {
     return Status::InvalidInput("train.save_every: checkpoint saving is not available in this build; set it to 0");
   }
   const auto& d = config_.data();
-  if (d.train_size() != 1) {
-    return Status::InvalidInput("data.train: this build trains on exactly one dataset (got " +
-                                std::to_string(d.train_size()) + ")");
-  }
   const int64_t vocab = config_.model().vocab_size();
-  LATAM_ASSIGN_OR_RETURN(train_data_, data::TokenDataset::Open(d.train(0).path(), d.seq_len(), d.seed(), vocab));
+  if (!d.tokenizer().empty()) {
+    // The shards were written with this tokenizer: its ids must fit the model.
+    LATAM_ASSIGN_OR_RETURN(auto tokenizer, data::Tokenizer::Load(d.tokenizer()));
+    if (tokenizer->vocab_size() > vocab) {
+      return Status::InvalidInput("model.vocab_size: " + std::to_string(vocab) + " is smaller than the " +
+                                  std::to_string(tokenizer->vocab_size()) + " tokens of data.tokenizer " +
+                                  d.tokenizer());
+    }
+  }
+  std::vector<double> weights;
+  std::vector<uint64_t> windows;
+  for (const auto& t : d.train()) {
+    LATAM_ASSIGN_OR_RETURN(auto ds, data::TokenDataset::Open(t.path(), d.seq_len(), vocab));
+    weights.push_back(t.weight());
+    windows.push_back(ds->num_windows());
+    train_data_.push_back(std::move(ds));
+  }
+  sampler_ = std::make_unique<data::MixtureSampler>(weights, windows, d.seed());
   for (const auto& e : d.eval()) {
-    LATAM_ASSIGN_OR_RETURN(auto ds, data::TokenDataset::Open(e.path(), d.seq_len(), d.seed(), vocab));
+    LATAM_ASSIGN_OR_RETURN(auto ds, data::TokenDataset::Open(e.path(), d.seq_len(), vocab));
     eval_data_.push_back(std::move(ds));
   }
 
@@ -100,10 +114,13 @@ Result<StepResult> Trainer::Step() {
   ParameterSet& params = model_->parameters();
   params.ZeroGrads();
   double loss_sum = 0.0;
+  const std::vector<uint64_t> samples =
+      data::DataParallelSamples(static_cast<uint64_t>(step_), static_cast<uint64_t>(global_batch), 0, 1);
   for (int64_t first = 0; first < global_batch; first += micro) {
     for (int64_t b = 0; b < micro; ++b) {
-      const uint64_t sample = static_cast<uint64_t>(step_ * global_batch + first + b);
-      LATAM_RETURN_IF_ERROR(train_data_->Sample(sample, inputs_.data() + b * seq_len, targets_.data() + b * seq_len));
+      const data::MixtureSampler::Draw draw = sampler_->Sample(samples[static_cast<size_t>(first + b)]);
+      LATAM_RETURN_IF_ERROR(train_data_[static_cast<size_t>(draw.dataset)]->ReadWindow(
+          draw.window, inputs_.data() + b * seq_len, targets_.data() + b * seq_len));
     }
     loss_sum += model_->ForwardBackward(inputs_.data(), targets_.data(), grad_scale);
   }
@@ -136,8 +153,9 @@ Result<std::vector<double>> Trainer::Evaluate() {
       std::fill(targets_.begin(), targets_.end(), -1);
       const int64_t n = std::min(micro, samples - first);
       for (int64_t b = 0; b < n; ++b) {
-        LATAM_RETURN_IF_ERROR(
-            ds->Window(static_cast<uint64_t>(first + b), inputs_.data() + b * seq_len, targets_.data() + b * seq_len));
+        // Evaluation reads the dataset's first windows in file order.
+        LATAM_RETURN_IF_ERROR(ds->ReadWindow(static_cast<uint64_t>(first + b) % ds->num_windows(),
+                                             inputs_.data() + b * seq_len, targets_.data() + b * seq_len));
       }
       sum += model_->ForwardLoss(inputs_.data(), targets_.data());
       count += static_cast<double>(n * seq_len);

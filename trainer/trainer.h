@@ -1,7 +1,8 @@
 // The training loop.
 //
-// Step s consumes samples [s*G, (s+1)*G) of the sampler (G =
-// train.global_batch_size) in micro-batches of train.micro_batch_size,
+// Step s consumes samples [s*G, (s+1)*G) of the mixture sampler
+// (data/sampler.h; G = train.global_batch_size) in micro-batches of
+// train.micro_batch_size,
 // accumulating gradients; the reported loss is the mean over all G*seq_len
 // tokens. Then: global gradient norm, clipping to optimizer.grad_clip,
 // AdamW with the warmup + cosine learning rate. Rank 0 writes metrics.jsonl,
@@ -15,7 +16,8 @@
 #include <memory>
 #include <vector>
 
-#include "data/loader.h"
+#include "data/dataset.h"
+#include "data/sampler.h"
 #include "kernels/status.h"
 #include "parallel/mpi_env.h"
 #include "trainer/config.h"
@@ -57,7 +59,8 @@ class Trainer {
 
   Config config_;
   const MpiSession& mpi_;
-  std::unique_ptr<data::TokenDataset> train_data_;
+  std::vector<std::unique_ptr<data::TokenDataset>> train_data_;
+  std::unique_ptr<data::MixtureSampler> sampler_;
   std::vector<std::unique_ptr<data::TokenDataset>> eval_data_;
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<AdamWOptimizer> optimizer_;

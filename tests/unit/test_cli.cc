@@ -4,7 +4,6 @@
 // pass their CRC checks).
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -14,7 +13,10 @@
 #include <set>
 #include <sstream>
 
+#include "data/shard.h"
+#include "data/tokenizer.h"
 #include "kernels/crc32c.h"
+#include "tests/subprocess.h"
 #include "trainer/config.h"
 #include "trainer/tensorboard.pb.h"
 
@@ -23,17 +25,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string ReadFile(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using RunResult = testing::CommandResult;
+using testing::ReadFileBytes;
 
 class CliTest : public ::testing::Test {
  protected:
@@ -45,17 +38,7 @@ class CliTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  RunResult Run(const std::string& args) {
-    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
-    const std::string cmd =
-        "cd " + std::string(LATAM_SOURCE_DIR) + " && " + args + " >" + out.string() + " 2>" + err.string();
-    const int status = std::system(cmd.c_str());
-    RunResult r;
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = ReadFile(out);
-    r.err = ReadFile(err);
-    return r;
-  }
+  RunResult Run(const std::string& args) { return testing::RunCommand(args, LATAM_SOURCE_DIR, dir_); }
   static std::string Bin(const std::string& name) { return std::string(LATAM_BIN_DIR) + "/" + name; }
 
   // A shard of a learnable stream and the quickstart config pointed at it.
@@ -70,6 +53,16 @@ class CliTest : public ::testing::Test {
            " --set data.train[0].path=" + (dir_ / "train.bin").string() +
            " --set data.eval[0].path=" + (dir_ / "eval.bin").string() +
            " --set train.run_dir=" + (dir_ / "run").string() + " --set train.eval_every=20 --set train.log_every=5";
+  }
+
+  // Points every train and eval dataset of the quickstart config at files in dir_.
+  std::string DataOverrides(const std::string& train, const std::string& eval) const {
+    std::string s = " --set data.tokenizer=";  // the synthetic shards have no tokenizer
+    for (int i = 0; i < 3; ++i) {
+      s += " --set data.train[" + std::to_string(i) + "].path=" + (dir_ / train).string() + " --set data.eval[" +
+           std::to_string(i) + "].path=" + (dir_ / eval).string();
+    }
+    return s;
   }
 
   fs::path dir_;
@@ -112,14 +105,105 @@ TEST_F(CliTest, BadInputExitsTwoNamingTheProblem) {
 
 TEST_F(CliTest, TokenIdsOutsideTheVocabularyAreBadInput) {
   const RunResult gen =
-      Run(Bin("latam-data") + " synthesize --out " + (dir_ / "big.bin").string() + " --vocab 1000 --tokens 50000");
+      Run(Bin("latam-data") + " synthesize --out " + (dir_ / "big.bin").string() + " --vocab 8000 --tokens 50000");
   ASSERT_EQ(gen.exit_code, 0) << gen.err;
   const RunResult r = Run(Bin("latam-train") + " --config configs/quickstart.textproto --set train.steps=2" +
-                          " --set data.train[0].path=" + (dir_ / "big.bin").string() + " --set train.run_dir=" +
-                          (dir_ / "run").string() + " --set data.eval[0].path=" + (dir_ / "big.bin").string());
+                          DataOverrides("big.bin", "big.bin") + " --set train.run_dir=" + (dir_ / "run").string());
   EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
   EXPECT_NE(r.err.find("big.bin: token"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("outside model.vocab_size = 512"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("outside model.vocab_size = 4096"), std::string::npos) << r.err;
+}
+
+// train-tokenizer -> encode -> inspect, and tokenize/detokenize, as a user
+// runs them; the shard holds exactly the tokenizer's ids plus EOS per document.
+TEST_F(CliTest, DataPipelineFromCorpusToShards) {
+  std::vector<std::string> docs;
+  {
+    std::ofstream jsonl(dir_ / "corpus.jsonl");
+    for (int i = 0; i < 40; ++i) {
+      docs.push_back("Documento " + std::to_string(i) + ": el niño y la niña leen; a ação do coração, \"ñandú\".");
+      jsonl << "{\"text\": \""
+            << "Documento " << i << ": el niño y la niña leen; a ação do coração, \\\"ñandú\\\".\", \"id\": " << i
+            << "}\n";
+      if (i == 10) jsonl << "\n";  // blank lines are skipped
+    }
+  }
+  const std::string plain = "Texto plano en un archivo: una línea.\r\nOtra línea con 123456 y 🙂.\n";
+  std::ofstream(dir_ / "plain.txt", std::ios::binary) << plain;
+  docs.push_back(plain);
+  const std::string corpus = (dir_ / "corpus.jsonl").string() + " " + (dir_ / "plain.txt").string();
+  const std::string tok = (dir_ / "tok.json").string();
+
+  RunResult r = Run(Bin("latam-data") + " train-tokenizer --out " + tok + " --vocab-size 320 " + corpus);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("41 documents"), std::string::npos) << r.err;
+  r = Run(Bin("latam-data") + " encode --tokenizer " + tok + " --out " + (dir_ / "s.bin").string() + " " + corpus);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("encode: 41 documents"), std::string::npos) << r.err;
+
+  auto tokenizer = data::Tokenizer::Load(tok);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().message();
+  auto shard = data::ShardReader::Open((dir_ / "s.bin").string());
+  ASSERT_TRUE(shard.ok()) << shard.status().message();
+  ASSERT_EQ((*shard)->n_docs(), docs.size());
+  const uint32_t eos = *(*tokenizer)->TokenId("<|end_of_text|>");
+  for (size_t d = 0; d < docs.size(); ++d) {
+    std::vector<uint32_t> expected = (*tokenizer)->Encode(docs[d]);
+    expected.push_back(eos);
+    const std::vector<uint32_t> got((*shard)->tokens() + (*shard)->DocOffset(d),
+                                    (*shard)->tokens() + (*shard)->DocOffset(d + 1));
+    ASSERT_EQ(got, expected) << "document " << d;
+  }
+
+  r = Run(Bin("latam-data") + " inspect " + (dir_ / "s.bin").string() + " --tokenizer " + tok);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto info = nlohmann::json::parse(r.out);
+  EXPECT_EQ(info["documents"].get<int>(), 41);
+  EXPECT_EQ(info["sample_text"].get<std::string>(), docs[0] + "<|end_of_text|>");
+
+  // tokenize | detokenize gives the text back.
+  std::ofstream(dir_ / "in.txt", std::ios::binary) << plain;
+  r = Run(Bin("latam-data") + " tokenize --tokenizer " + tok + " < " + (dir_ / "in.txt").string() + " | " +
+          Bin("latam-data") + " detokenize --tokenizer " + tok);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, plain);
+
+  // A model vocabulary smaller than the tokenizer's is refused at start-up.
+  r = Run(Bin("latam-train") + " --config configs/quickstart.textproto" + DataOverrides("s.bin", "s.bin") +
+          " --set data.tokenizer=" + tok +
+          " --set model.vocab_size=256 --set train.run_dir=" + (dir_ / "run").string());
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("model.vocab_size: 256 is smaller than the " + std::to_string((*tokenizer)->vocab_size()) +
+                       " tokens of data.tokenizer"),
+            std::string::npos)
+      << r.err;
+
+  // Bad input: exit 2 with the file, line, field or id named.
+  std::ofstream(dir_ / "bad.jsonl") << "{\"text\": \"ok\"}\n{\"text\": 5}\n";
+  std::ofstream(dir_ / "broken.jsonl") << "{\"text\": \"ok\"}\n{\"text\": \"x\"\n";
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {" encode --tokenizer " + tok + " --out " + (dir_ / "x.bin").string() + " " + (dir_ / "bad.jsonl").string(),
+       "bad.jsonl:2: no string field \"text\""},
+      {" encode --tokenizer " + tok + " --out " + (dir_ / "x.bin").string() + " " + (dir_ / "broken.jsonl").string(),
+       "broken.jsonl:2: not valid JSON"},
+      {" encode --tokenizer " + tok + " --out " + (dir_ / "x.bin").string() + " --eos-token '<nope>' " + corpus,
+       "has no token '<nope>'"},
+      {" encode --tokenizer /nope/tok.json --out x.bin " + corpus, "/nope/tok.json: cannot open tokenizer file"},
+      {" train-tokenizer --out " + (dir_ / "t2.json").string() + " --vocab-size 10 " + corpus, "--vocab-size 10"},
+      {" train-tokenizer --vocab-size 1000 " + corpus, "--out is required"},
+      {" tokenize --tokenizer " + (dir_ / "plain.txt").string() + " < /dev/null", "plain.txt: not valid JSON"},
+  };
+  for (const auto& [args, expected] : bad) {
+    r = Run(Bin("latam-data") + args);
+    EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
+    EXPECT_NE(r.err.find(expected), std::string::npos) << args << "\nstderr: " << r.err;
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "x.bin")) << "a failed encode must not leave a shard behind";
+  EXPECT_FALSE(fs::exists(dir_ / "x.bin.tmp"));
+  std::ofstream(dir_ / "ids.txt") << "1 2 99999";
+  r = Run(Bin("latam-data") + " detokenize --tokenizer " + tok + " < " + (dir_ / "ids.txt").string());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("'99999' is not a token id"), std::string::npos) << r.err;
 }
 
 TEST_F(CliTest, ShortTrainingRunWritesMetricsConfigAndTensorBoard) {
@@ -142,7 +226,9 @@ TEST_F(CliTest, ShortTrainingRunWritesMetricsConfigAndTensorBoard) {
       losses.push_back(j["loss"].get<double>());
     } else {
       ASSERT_TRUE(j.contains("eval_loss")) << line;
-      ASSERT_TRUE(j.contains("eval_loss/synthetic")) << line;
+      for (const char* name : {"eval_loss/es", "eval_loss/pt", "eval_loss/indigenous"}) {
+        ASSERT_TRUE(j.contains(name)) << name << " missing in " << line;
+      }
       eval_steps.push_back(j["step"].get<int64_t>());
     }
   }
@@ -162,7 +248,7 @@ TEST_F(CliTest, ShortTrainingRunWritesMetricsConfigAndTensorBoard) {
     if (e.path().filename().string().rfind("events.out.tfevents.", 0) == 0) events = e.path();
   }
   ASSERT_FALSE(events.empty());
-  const std::string data = ReadFile(events);
+  const std::string data = ReadFileBytes(events);
   size_t pos = 0, records = 0;
   std::set<std::string> tags;
   while (pos < data.size()) {
@@ -185,7 +271,7 @@ TEST_F(CliTest, ShortTrainingRunWritesMetricsConfigAndTensorBoard) {
     ++records;
   }
   EXPECT_GT(records, 5u);
-  EXPECT_TRUE(tags.count("loss") && tags.count("grad_norm") && tags.count("eval_loss/synthetic"));
+  EXPECT_TRUE(tags.count("loss") && tags.count("grad_norm") && tags.count("eval_loss/es"));
 }
 
 }  // namespace

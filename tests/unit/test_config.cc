@@ -56,7 +56,7 @@ TEST(ConfigTest, OverridesSetScalarsAndListElements) {
   ASSERT_TRUE(ApplyOverride(&c, "train.device=cuda").ok());
   ASSERT_TRUE(ApplyOverride(&c, "model.tie_embeddings=true").ok());
   ASSERT_TRUE(ApplyOverride(&c, "data.train[0].weight=0.5").ok());
-  ASSERT_TRUE(ApplyOverride(&c, "data.train[1].path=/tmp/other.bin").ok());  // appends
+  ASSERT_TRUE(ApplyOverride(&c, "data.train[3].path=/tmp/other.bin").ok());  // appends
   ASSERT_TRUE(ApplyOverride(&c, "model.rope_scaling.factor=8").ok());
   EXPECT_EQ(c.train().steps(), 7);
   EXPECT_EQ(c.parallel().tensor(), 2);
@@ -64,8 +64,8 @@ TEST(ConfigTest, OverridesSetScalarsAndListElements) {
   EXPECT_EQ(c.train().device(), "cuda");
   EXPECT_TRUE(c.model().tie_embeddings());
   EXPECT_DOUBLE_EQ(c.data().train(0).weight(), 0.5);
-  ASSERT_EQ(c.data().train_size(), 2);
-  EXPECT_EQ(c.data().train(1).path(), "/tmp/other.bin");
+  ASSERT_EQ(c.data().train_size(), 4);
+  EXPECT_EQ(c.data().train(3).path(), "/tmp/other.bin");
   EXPECT_DOUBLE_EQ(c.model().rope_scaling().factor(), 8.0);
 }
 
@@ -74,9 +74,10 @@ TEST(ConfigTest, BadOverridesAreInputErrors) {
   for (const auto& [assignment, expected] :
        std::vector<std::pair<std::string, std::string>>{{"train.stepz=3", "has no field stepz"},
                                                         {"train.steps=many", "cannot parse 'many'"},
+                                                        {"train.steps=5 seed: 7", "cannot parse '5 seed: 7'"},
                                                         {"train.steps", "expected path=value"},
                                                         {"data.train=x", "is a list"},
-                                                        {"data.train[5].path=x", "index 5 > size 1"},
+                                                        {"data.train[5].path=x", "index 5 > size 3"},
                                                         {"model=3", "is a message"},
                                                         {"model.dim.x=3", "has no sub-fields"}}) {
     const Status s = ApplyOverride(&c, assignment);
@@ -176,17 +177,17 @@ TEST(PlanTest, ExactNumbersForTheQuickstart) {
   auto plan = PlanJson(c);
   ASSERT_TRUE(plan.ok()) << plan.status().message();
   const auto j = nlohmann::json::parse(*plan);
-  // 2 x 512 x 128 embeddings/head + 4 x (2x128 norms + (4+2+2)x32x128 qkv +
+  // 2 x 4096 x 128 embeddings/head + 4 x (2x128 norms + (4+2+2)x32x128 qkv +
   // 128x128 o + 3x352x128 mlp) + 128 final norm.
   const int64_t layer = 256 + 8 * 32 * 128 + 128 * 128 + 3 * 352 * 128;
-  EXPECT_EQ(j["parameters"].get<int64_t>(), 2 * 512 * 128 + 4 * layer + 128);
+  EXPECT_EQ(j["parameters"].get<int64_t>(), 2 * 4096 * 128 + 4 * layer + 128);
   EXPECT_EQ(j["parameters_per_rank"].get<int64_t>(), j["parameters"].get<int64_t>());
   const int64_t p = j["parameters"].get<int64_t>();
   // fp32: weights 4 + gradients 4 + Adam moments 8 bytes per parameter.
   EXPECT_EQ(j["memory_breakdown"]["weights"].get<int64_t>(), 4 * p);
   EXPECT_EQ(j["memory_breakdown"]["gradients"].get<int64_t>(), 4 * p);
   EXPECT_EQ(j["memory_breakdown"]["optimizer"].get<int64_t>(), 8 * p);
-  const double matmul = 4.0 * (8 * 32 * 128 + 128 * 128 + 3 * 352 * 128) + 512.0 * 128;
+  const double matmul = 4.0 * (8 * 32 * 128 + 128 * 128 + 3 * 352 * 128) + 4096.0 * 128;
   EXPECT_DOUBLE_EQ(j["flops_per_token"].get<double>(), 6.0 * matmul + 6.0 * 4 * 128 * 128);
   EXPECT_EQ(j["layout"]["world_size"].get<int64_t>(), 1);
 }

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <set>
 
-#include "data/loader.h"
+#include "data/dataset.h"
 #include "data/sampler.h"
 #include "data/shard.h"
 #include "data/synthetic.h"
@@ -120,54 +120,120 @@ TEST_F(DataTest, PermutationIsABijection) {
   EXPECT_LT(same, 20);
 }
 
-TEST_F(DataTest, SamplerVisitsEveryWindowOncePerEpochAndIsStateless) {
-  const uint64_t n_tokens = 10 * 16 + 5;  // 10 windows of 16+1 tokens
-  const WindowSampler s(n_tokens, 16, seed_);
-  ASSERT_EQ(s.num_windows(), 10u);
-  for (uint64_t epoch = 0; epoch < 3; ++epoch) {
-    std::set<uint64_t> starts;
-    for (uint64_t i = epoch * 10; i < (epoch + 1) * 10; ++i) {
-      const uint64_t start = s.WindowStart(i);
-      EXPECT_EQ(start % 16, 0u);
-      EXPECT_LE(start + 17, n_tokens) << "a window must never read past the stream's end";
-      starts.insert(start);
-    }
-    EXPECT_EQ(starts.size(), 10u) << "epoch " << epoch;
-  }
-  // A second sampler with the same seed agrees at any index, in any order.
-  const WindowSampler again(n_tokens, 16, seed_);
-  for (uint64_t i : {uint64_t{29}, uint64_t{0}, uint64_t{17}}) EXPECT_EQ(s.WindowStart(i), again.WindowStart(i));
+TEST_F(DataTest, MixtureBlockCountsAreExactLargestRemainder) {
+  const MixtureSampler m({0.5, 0.3, 0.2}, {100, 100, 100}, seed_);
+  // 0.3 x 4096 = 1228.8 and 0.2 x 4096 = 819.2: the larger remainder gets the spare slot.
+  EXPECT_EQ(m.per_block(), (std::vector<uint64_t>{2048, 1229, 819}));
+  // A tiny weight still gets a slot in every block.
+  const MixtureSampler tiny({1.0, 1e-9}, {10, 10}, seed_);
+  EXPECT_EQ(tiny.per_block(), (std::vector<uint64_t>{4095, 1}));
 }
 
-TEST_F(DataTest, DatasetSamplesAreShiftedWindowsAndIdsAreChecked) {
-  std::vector<uint32_t> doc(100);
-  for (size_t i = 0; i < doc.size(); ++i) doc[i] = static_cast<uint32_t>(i % 50);
-  const std::string path = WriteShard("c.bin", {doc});
-  auto ds = TokenDataset::Open(path, 8, seed_, 50);
-  ASSERT_TRUE(ds.ok()) << ds.status().message();
-  std::vector<int32_t> in(8), tg(8);
-  for (uint64_t i = 0; i < 30; ++i) {
-    ASSERT_TRUE((*ds)->Sample(i, in.data(), tg.data()).ok());
-    for (int t = 0; t < 8; ++t) {
-      EXPECT_EQ(tg[t], (in[t] + 1) % 50);
-      if (t > 0) {
-        EXPECT_EQ(in[t], tg[t - 1]);
-      }
+TEST_F(DataTest, MixtureProportionsHoldOverAnyRange) {
+  const std::vector<double> weights = {0.55, 0.3, 0.15};
+  const MixtureSampler m(weights, {5000, 300, 7}, seed_);
+  const uint64_t first = static_cast<uint64_t>(UniformInt(0, 100000)), n = 20000;
+  std::vector<double> counts(3, 0.0);
+  for (uint64_t i = first; i < first + n; ++i) ++counts[static_cast<size_t>(m.Sample(i).dataset)];
+  // Exact per 4096-sample block; a range that is not block-aligned is off by at most one block's share.
+  for (size_t d = 0; d < 3; ++d) EXPECT_NEAR(counts[d] / n, weights[d], 0.01) << "dataset " << d;
+}
+
+TEST_F(DataTest, EachDatasetVisitsEveryWindowOncePerEpoch) {
+  const std::vector<uint64_t> windows = {7, 1000, 50};
+  const MixtureSampler m({0.2, 0.5, 0.3}, windows, seed_);
+  std::vector<std::vector<uint64_t>> seen(3);
+  for (uint64_t i = 0; i < 3 * MixtureSampler::kBlock; ++i) {
+    const auto draw = m.Sample(i);
+    ASSERT_LT(draw.window, windows[static_cast<size_t>(draw.dataset)]);
+    seen[static_cast<size_t>(draw.dataset)].push_back(draw.window);
+  }
+  for (size_t d = 0; d < 3; ++d) {
+    std::vector<uint64_t> per_window(windows[d], 0);
+    for (uint64_t w : seen[d]) ++per_window[w];
+    const uint64_t full_epochs = seen[d].size() / windows[d];
+    for (uint64_t w = 0; w < windows[d]; ++w) {
+      // Every window appears once per completed epoch, plus at most once in the partial one.
+      EXPECT_GE(per_window[w], full_epochs) << "dataset " << d << " window " << w;
+      EXPECT_LE(per_window[w], full_epochs + 1) << "dataset " << d << " window " << w;
     }
   }
-  // A vocabulary smaller than the data's ids is a bad-input error.
-  auto small = TokenDataset::Open(path, 8, seed_, 10);
+}
+
+TEST_F(DataTest, SampleOrderIsStatelessAcrossResumeAndDataParallelSizes) {
+  const MixtureSampler m({0.7, 0.3}, {900, 400}, seed_);
+  const uint64_t global_batch = 16, steps = 40;
+  // The uninterrupted run's order.
+  std::vector<std::pair<int, uint64_t>> reference;
+  for (uint64_t step = 0; step < steps; ++step) {
+    for (uint64_t i : DataParallelSamples(step, global_batch, 0, 1)) {
+      const auto d = m.Sample(i);
+      reference.emplace_back(d.dataset, d.window);
+    }
+  }
+  for (int ranks : {1, 2, 4}) {
+    // Resume at step 17 with a fresh sampler; each step's slices over the
+    // ranks, concatenated in rank order, must give the reference order.
+    const MixtureSampler resumed({0.7, 0.3}, {900, 400}, seed_);
+    std::vector<std::pair<int, uint64_t>> got(reference.begin(), reference.begin() + 17 * global_batch);
+    for (uint64_t step = 17; step < steps; ++step) {
+      for (int r = 0; r < ranks; ++r) {
+        const auto slice = DataParallelSamples(step, global_batch, r, ranks);
+        ASSERT_EQ(slice.size(), global_batch / static_cast<uint64_t>(ranks));
+        for (uint64_t i : slice) {
+          const auto d = resumed.Sample(i);
+          got.emplace_back(d.dataset, d.window);
+        }
+      }
+    }
+    EXPECT_EQ(got, reference) << ranks << " data-parallel ranks";
+  }
+}
+
+TEST_F(DataTest, DatasetOfShardsReadsWindowsWithinEachShard) {
+  // Three shards whose tokens count up from different bases, so a token's
+  // value tells which shard and position it came from.
+  fs::create_directories(dir_ / "ds");
+  const std::vector<uint32_t> sizes = {45, 17, 8};  // 8 tokens: no window of 8+1
+  for (size_t s = 0; s < sizes.size(); ++s) {
+    std::vector<uint32_t> doc(sizes[s]);
+    for (uint32_t k = 0; k < sizes[s]; ++k) doc[k] = static_cast<uint32_t>(1000 * s + k);
+    WriteShard("ds/part-" + std::to_string(s) + ".bin", {doc});
+  }
+  std::ofstream(dir_ / "ds" / "README.txt") << "not a shard";  // ignored: not *.bin
+  auto ds = TokenDataset::Open((dir_ / "ds").string(), 8, 5000);
+  ASSERT_TRUE(ds.ok()) << ds.status().message();
+  EXPECT_EQ((*ds)->num_shards(), 3u);
+  EXPECT_EQ((*ds)->num_tokens(), 70u);
+  EXPECT_EQ((*ds)->num_windows(), 44u / 8 + 16u / 8);  // 5 + 2 + 0
+  std::vector<int32_t> in(8), tg(8);
+  for (uint64_t w = 0; w < (*ds)->num_windows(); ++w) {
+    ASSERT_TRUE((*ds)->ReadWindow(w, in.data(), tg.data()).ok());
+    const int32_t shard = in[0] / 1000;
+    const int32_t offset = in[0] % 1000;
+    EXPECT_EQ(offset % 8, 0) << "window " << w;
+    for (int t = 0; t < 8; ++t) {
+      EXPECT_EQ(in[t], in[0] + t);
+      EXPECT_EQ(tg[t], in[t] + 1);
+    }
+    EXPECT_LT(static_cast<uint32_t>(offset + 8), sizes[static_cast<size_t>(shard)]) << "read past shard end";
+  }
+  // The ids are checked against the vocabulary.
+  auto small = TokenDataset::Open((dir_ / "ds").string(), 8, 1000);
   ASSERT_TRUE(small.ok());
-  Status bad = Status::Ok();
-  for (uint64_t i = 0; i < 12 && bad.ok(); ++i) bad = (*small)->Window(i, in.data(), tg.data());
+  const Status bad = (*small)->ReadWindow(5, in.data(), tg.data());  // first window of part-1
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.exit_code(), 2);
-  EXPECT_NE(bad.message().find("outside model.vocab_size = 10"), std::string::npos) << bad.message();
-  EXPECT_NE(bad.message().find("c.bin"), std::string::npos);
-  // Too short for one window.
-  auto short_ds = TokenDataset::Open(path, 100, seed_, 50);
+  EXPECT_NE(bad.message().find("part-1.bin: token 0 has id 1000, outside model.vocab_size = 1000"), std::string::npos)
+      << bad.message();
+  // Errors: too short, empty directory.
+  auto short_ds = TokenDataset::Open((dir_ / "ds" / "part-2.bin").string(), 8, 5000);
   ASSERT_FALSE(short_ds.ok());
   EXPECT_NE(short_ds.status().message().find("fewer than one sample"), std::string::npos);
+  fs::create_directories(dir_ / "empty");
+  auto empty = TokenDataset::Open((dir_ / "empty").string(), 8, 5000);
+  ASSERT_FALSE(empty.ok());
+  EXPECT_NE(empty.status().message().find("no *.bin token shards"), std::string::npos);
 }
 
 TEST_F(DataTest, SyntheticStreamHasTheDesignedEntropy) {
