@@ -50,9 +50,8 @@ class CliTest : public ::testing::Test {
                                    " --vocab 512 --tokens 20000 --seed 3");
     EXPECT_EQ(gen_eval.exit_code, 0) << gen_eval.err;
     return Bin("latam-train") + " --config configs/quickstart.textproto --set train.steps=" + std::to_string(steps) +
-           " --set data.train[0].path=" + (dir_ / "train.bin").string() +
-           " --set data.eval[0].path=" + (dir_ / "eval.bin").string() +
-           " --set train.run_dir=" + (dir_ / "run").string() + " --set train.eval_every=20 --set train.log_every=5";
+           DataOverrides("train.bin", "eval.bin") + " --set train.run_dir=" + (dir_ / "run").string() +
+           " --set train.eval_every=20 --set train.log_every=5";
   }
 
   // Points every train and eval dataset of the quickstart config at files in dir_.
