@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Quickstart: installs what is missing, builds Release into build/, builds the
 # Latin American sample corpus, trains a tokenizer, tokenizes, and trains the
-# `quickstart` model on this machine's CPUs with a language mixture
-# (es/pt/indigenous), reporting the eval loss of each language.
+# `quickstart` model on this machine's CPUs with 4 MPI ranks (2-way tensor x
+# 2-way pipeline parallelism) on a language mixture (es/pt/indigenous),
+# reporting the eval loss of each language.
 #
 # Extra arguments go to latam-train (e.g. --set train.steps=50). Environment:
 #   LATAM_BUILD_DIR  build directory (default build)
@@ -31,8 +32,10 @@ for g in es pt indigenous; do
   overrides+=(--set "data.train[$i].path=$DATA/quickstart/$g-train.bin" --set "data.eval[$i].path=$DATA/quickstart/$g-eval.bin")
   i=$((i + 1))
 done
-# --bind-to none: the trainer sizes its own OpenMP team to the node's cores.
-mpirun -np 1 --bind-to none "$BUILD/bin/latam-train" --config configs/quickstart.textproto "${overrides[@]}" "$@"
+# 4 ranks on any number of cores (--oversubscribe); --bind-to none lets each
+# rank size its OpenMP team to its share of the node's cores.
+mpirun -np 4 --oversubscribe --bind-to none "$BUILD/bin/latam-train" --config configs/quickstart.textproto \
+  "${overrides[@]}" "$@"
 
 # Per-language eval loss, first and last evaluation.
 first=$(grep -m1 '"eval_loss"' "$RUN_DIR/metrics.jsonl")

@@ -242,6 +242,16 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   const int dp = DataParallelSize(config, options.world_size);
   c.Divisible(static_cast<int64_t>(t.global_batch_size()), "train.global_batch_size",
               static_cast<int64_t>(t.micro_batch_size()) * dp, "train.micro_batch_size x data-parallel size");
+  if (p.virtual_stages() > 1 && c.ok()) {
+    c.Require(p.pipeline() > 1, "parallel.virtual_stages", "needs parallel.pipeline > 1");
+    // The interleaved schedule moves micro-batches through the stages in groups of `pipeline`.
+    const int64_t micro_batches = t.global_batch_size() / (static_cast<int64_t>(t.micro_batch_size()) * dp);
+    c.Require(micro_batches % p.pipeline() == 0, "train.global_batch_size",
+              "gives " + Checker::Str(micro_batches) +
+                  " micro-batches per data-parallel rank; interleaved "
+                  "pipelining (parallel.virtual_stages > 1) needs a multiple of parallel.pipeline = " +
+                  Checker::Str(p.pipeline()));
+  }
 
   if (options.check_files) {
     c.Require(d.train_size() > 0, "data.train", "at least one training dataset is required");

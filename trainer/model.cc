@@ -1,11 +1,13 @@
 #include "trainer/model.h"
 
-#include <algorithm>
-#include <cstring>
-
 #include <omp.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
 #include "kernels/cross_entropy.h"
+#include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
 #include "kernels/rmsnorm.h"
@@ -18,228 +20,364 @@ namespace {
 // The LM head runs over chunks of at most this many logits (64 MB in fp32).
 constexpr int64_t kLogitsChunkElems = int64_t{1} << 24;
 
-int64_t LogitsRows(const ModelShape& s, const ActivationOptions& o) {
+int64_t LogitsRows(const ModelLayout& l, const ActivationOptions& o) {
   const int64_t rows = o.micro_batch * o.seq_len;
   if (o.logits_chunk_rows > 0) return std::min(rows, o.logits_chunk_rows);
-  return std::min(rows, std::max<int64_t>(64, kLogitsChunkElems / s.vocab));
+  return std::min(rows, std::max<int64_t>(64, kLogitsChunkElems / l.vocab));
 }
 
-std::string LayerActName(int64_t layer, bool shared, const char* what) {
-  return (shared ? std::string("shared.") : "layer." + std::to_string(layer) + ".") + what;
+int SlotsOf(const ActivationOptions& o, size_t chunk) { return o.slots.empty() ? 1 : o.slots.at(chunk); }
+
+cpu::AttentionDims LocalAttentionDims(const ModelShape& s, const ModelLayout& l, const ActivationOptions& o) {
+  return cpu::AttentionDims{static_cast<int>(o.micro_batch), static_cast<int>(o.seq_len), static_cast<int>(l.heads),
+                            static_cast<int>(l.kv_heads), static_cast<int>(s.head_dim)};
+}
+
+// "c<chunk>.<rest>" and "c<chunk>.s<slot>.<rest>" (built by appending: GCC 12
+// warns spuriously about operator+ chains of std::string at -O3).
+std::string Name(size_t chunk, const std::string& rest) {
+  std::string name = "c";
+  name.append(std::to_string(chunk)).append(".").append(rest);
+  return name;
+}
+std::string SlotName(size_t chunk, int slot, const std::string& rest) {
+  std::string inner = "s";
+  inner.append(std::to_string(slot)).append(".").append(rest);
+  return Name(chunk, inner);
+}
+
+// Adds one set of saved layer activations under `prefix`.
+void AddLayerActivations(TensorTable* t, const std::string& prefix, const ModelShape& s, const ModelLayout& l,
+                         const ActivationOptions& o) {
+  const int64_t m = o.micro_batch * o.seq_len, qkv = (l.heads + 2 * l.kv_heads) * s.head_dim;
+  auto add = [&](const char* what, Shape shape) {
+    t->Align(Arena::kAlignment);
+    t->Add(prefix + what, DType::kF32, shape);
+  };
+  add("xn", Shape{m, s.dim});
+  add("rstd1", Shape{m});
+  add("qkv", Shape{m, qkv});
+  add("att", Shape{m, l.heads * s.head_dim});
+  add("lse", Shape{o.micro_batch, l.heads, o.seq_len});
+  add("h", Shape{m, s.dim});
+  add("hn", Shape{m, s.dim});
+  add("rstd2", Shape{m});
+  add("gu", Shape{m, 2 * l.ffn});
+  add("act", Shape{m, l.ffn});
 }
 
 // The activation arena's layout. Every tensor starts on a 256-byte boundary.
-TensorTable BuildActivationTable(const ModelShape& s, const ActivationOptions& o) {
+TensorTable BuildActivationTable(const ModelShape& s, const ModelLayout& l, const ActivationOptions& o) {
   const int64_t m = o.micro_batch * o.seq_len;
   TensorTable t;
   auto add = [&t](const std::string& name, DType dtype, Shape shape) {
     t.Align(Arena::kAlignment);
     t.Add(name, dtype, shape);
   };
-  add("ids", DType::kI32, Shape{m});
-  add("targets", DType::kI32, Shape{m});
-  for (int64_t l = 0; l <= s.n_layers; ++l) add("x." + std::to_string(l), DType::kF32, Shape{m, s.dim});
-  const int64_t saved_sets = o.recompute ? 1 : s.n_layers;
-  for (int64_t l = 0; l < saved_sets; ++l) {
-    add(LayerActName(l, o.recompute, "xn"), DType::kF32, Shape{m, s.dim});
-    add(LayerActName(l, o.recompute, "rstd1"), DType::kF32, Shape{m});
-    add(LayerActName(l, o.recompute, "qkv"), DType::kF32, Shape{m, s.qkv_dim()});
-    add(LayerActName(l, o.recompute, "att"), DType::kF32, Shape{m, s.attn_dim()});
-    add(LayerActName(l, o.recompute, "lse"), DType::kF32, Shape{o.micro_batch, s.n_heads, o.seq_len});
-    add(LayerActName(l, o.recompute, "h"), DType::kF32, Shape{m, s.dim});
-    add(LayerActName(l, o.recompute, "hn"), DType::kF32, Shape{m, s.dim});
-    add(LayerActName(l, o.recompute, "rstd2"), DType::kF32, Shape{m});
-    add(LayerActName(l, o.recompute, "gu"), DType::kF32, Shape{m, 2 * s.ffn_dim});
-    add(LayerActName(l, o.recompute, "act"), DType::kF32, Shape{m, s.ffn_dim});
+  for (size_t c = 0; c < l.chunks.size(); ++c) {
+    const ChunkInfo& info = l.chunks[c];
+    const int64_t n = info.layer_end - info.layer_begin;
+    for (int slot = 0; slot < SlotsOf(o, c); ++slot) {
+      for (int64_t k = 0; k <= n; ++k) add(SlotName(c, slot, "x." + std::to_string(k)), DType::kF32, Shape{m, s.dim});
+      if (!o.recompute) {
+        for (int64_t k = 0; k < n; ++k) {
+          AddLayerActivations(&t, SlotName(c, slot, "layer." + std::to_string(k) + "."), s, l, o);
+        }
+      }
+      if (info.first) add(SlotName(c, slot, "ids"), DType::kI32, Shape{m});
+      add(SlotName(c, slot, "grad"), DType::kF32, Shape{m, s.dim});
+    }
+    if (o.recompute) AddLayerActivations(&t, Name(c, "scratch."), s, l, o);
   }
-  add("xf", DType::kF32, Shape{m, s.dim});
-  add("rstdf", DType::kF32, Shape{m});
-  add("logits", DType::kF32, Shape{LogitsRows(s, o), s.vocab});
-  add("losses", DType::kF32, Shape{m});
+  if (l.holds_head()) {
+    const int64_t rows = LogitsRows(l, o);
+    add("targets", DType::kI32, Shape{m});
+    add("xf", DType::kF32, Shape{m, s.dim});
+    add("rstdf", DType::kF32, Shape{m});
+    add("logits", DType::kF32, Shape{rows, l.vocab});
+    add("row_stats", DType::kF32, Shape{3 * rows});
+    add("lse", DType::kF32, Shape{rows});
+  }
   // Gradient scratch, shared by all layers.
-  add("dres", DType::kF32, Shape{m, s.dim});
   add("dnorm", DType::kF32, Shape{m, s.dim});
-  add("dqkv", DType::kF32, Shape{m, s.qkv_dim()});
-  add("datt", DType::kF32, Shape{m, s.attn_dim()});
-  add("dgu", DType::kF32, Shape{m, 2 * s.ffn_dim});
-  add("dact", DType::kF32, Shape{m, s.ffn_dim});
-  const cpu::AttentionDims dims{static_cast<int>(o.micro_batch), static_cast<int>(o.seq_len),
-                                static_cast<int>(s.n_heads), static_cast<int>(s.n_kv_heads),
-                                static_cast<int>(s.head_dim)};
+  add("dqkv", DType::kF32, Shape{m, (l.heads + 2 * l.kv_heads) * s.head_dim});
+  add("datt", DType::kF32, Shape{m, l.heads * s.head_dim});
+  add("dgu", DType::kF32, Shape{m, 2 * l.ffn});
+  add("dact", DType::kF32, Shape{m, l.ffn});
+  add("partial", DType::kF32, Shape{m, s.dim});
   add("attn_workspace", DType::kF32,
-      Shape{cpu::AttentionWorkspaceElems(dims, o.cpu_threads > 0 ? o.cpu_threads : omp_get_max_threads())});
+      Shape{cpu::AttentionWorkspaceElems(LocalAttentionDims(s, l, o),
+                                         o.cpu_threads > 0 ? o.cpu_threads : omp_get_max_threads())});
   return t;
-}
-
-void Copy(const Tensor& dst, const Tensor& src) {
-  LATAM_CHECK(dst.bytes() == src.bytes(), "copy " << src.str() << " -> " << dst.str());
-  std::memcpy(dst.data, src.data, src.bytes());
 }
 
 }  // namespace
 
-size_t ActivationBytes(const ModelShape& shape, const ActivationOptions& options) {
-  return BuildActivationTable(shape, options).total_bytes();
+size_t ActivationBytes(const ModelShape& shape, const ModelLayout& layout, const ActivationOptions& options) {
+  return BuildActivationTable(shape, layout, options).total_bytes();
 }
 
 LlamaModel::LlamaModel(const ModelShape& shape, const ActivationOptions& options)
-    : shape_(shape),
-      options_(options),
-      rows_(options.micro_batch * options.seq_len),
-      logits_rows_(LogitsRows(shape, options)),
-      rope_(BuildRopeTable(shape.rope_theta, static_cast<int>(shape.head_dim), static_cast<int>(options.seq_len),
-                           shape.rope_scaling)),
-      params_(LlamaParameterSpecs(shape)),
-      act_table_(BuildActivationTable(shape, options)),
-      act_arena_(Device::kCPU, act_table_.total_bytes()) {
-  attn_dims_.batch = static_cast<int>(options.micro_batch);
-  attn_dims_.seq_len = static_cast<int>(options.seq_len);
-  attn_dims_.n_heads = static_cast<int>(shape.n_heads);
-  attn_dims_.n_kv_heads = static_cast<int>(shape.n_kv_heads);
-  attn_dims_.head_dim = static_cast<int>(shape.head_dim);
+    : shape_(shape), layout_(ModelLayout::Single(shape)), self_comm_(std::make_unique<SelfCommunicator>("tp")) {
+  comms_.tp = self_comm_.get();
+  Build(options, 1);
+}
 
-  for (int64_t l = 0; l < shape.n_layers; ++l) {
-    for (bool grad : {false, true}) {
-      auto get = [&](const char* suffix) {
-        return grad ? params_.grad(LayerParamName(l, suffix)) : params_.param(LayerParamName(l, suffix));
-      };
-      auto fused = [&](const char* suffix, size_t count) {
-        return grad ? params_.FusedGrad(LayerParamName(l, suffix), count, shape.dim)
-                    : params_.FusedParam(LayerParamName(l, suffix), count, shape.dim);
-      };
-      LayerWeights w;
-      w.attn_norm = get("input_layernorm.weight");
-      w.qkv = fused("self_attn.q_proj.weight", 3);
-      w.o = get("self_attn.o_proj.weight");
-      w.mlp_norm = get("post_attention_layernorm.weight");
-      w.gate_up = fused("mlp.gate_proj.weight", 2);
-      w.down = get("mlp.down_proj.weight");
-      (grad ? weight_grads_ : weights_).push_back(w);
+LlamaModel::LlamaModel(const ModelShape& shape, const ModelLayout& layout, const ActivationOptions& options,
+                       ModelComms comms, int64_t param_pad_to)
+    : shape_(shape), layout_(layout), comms_(comms) {
+  LATAM_CHECK(comms_.tp != nullptr && comms_.tp->size() == layout.tp, "tensor-parallel group of "
+                                                                          << (comms_.tp ? comms_.tp->size() : 0)
+                                                                          << " ranks for layout tp=" << layout.tp);
+  LATAM_CHECK(
+      layout.kv_replicas == 1 || (comms_.kv_replicas != nullptr && comms_.kv_replicas->size() == layout.kv_replicas),
+      "replicated KV heads need a group of " << layout.kv_replicas << " ranks");
+  Build(options, param_pad_to);
+}
+
+void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to) {
+  options_ = options;
+  rows_ = options.micro_batch * options.seq_len;
+  logits_rows_ = LogitsRows(layout_, options);
+  attn_dims_ = LocalAttentionDims(shape_, layout_, options);
+  rope_ = BuildRopeTable(shape_.rope_theta, static_cast<int>(shape_.head_dim), static_cast<int>(options.seq_len),
+                         shape_.rope_scaling);
+  params_ = std::make_unique<ParameterSet>(LlamaParameterSpecs(shape_, layout_), param_pad_to);
+  act_table_ = BuildActivationTable(shape_, layout_, options);
+  act_arena_ = Arena(Device::kCPU, act_table_.total_bytes());
+
+  const int64_t dim = shape_.dim;
+  for (const ChunkInfo& c : layout_.chunks) {
+    for (int64_t layer = c.layer_begin; layer < c.layer_end; ++layer) {
+      for (bool grad : {false, true}) {
+        auto get = [&](const char* suffix) {
+          return grad ? params_->grad(LayerParamName(layer, suffix)) : params_->param(LayerParamName(layer, suffix));
+        };
+        auto fused = [&](const char* suffix, size_t count) {
+          return grad ? params_->FusedGrad(LayerParamName(layer, suffix), count, dim)
+                      : params_->FusedParam(LayerParamName(layer, suffix), count, dim);
+        };
+        LayerWeights w;
+        w.attn_norm = get("input_layernorm.weight");
+        w.qkv = fused("self_attn.q_proj.weight", 3);
+        w.kv = fused("self_attn.k_proj.weight", 2);
+        w.o = get("self_attn.o_proj.weight");
+        w.mlp_norm = get("post_attention_layernorm.weight");
+        w.gate_up = fused("mlp.gate_proj.weight", 2);
+        w.down = get("mlp.down_proj.weight");
+        (grad ? weight_grads_ : weights_).push_back(w);
+      }
     }
   }
-  embed_ = params_.param("model.embed_tokens.weight");
-  embed_grad_ = params_.grad("model.embed_tokens.weight");
-  const char* head_name = shape.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-  head_ = params_.param(head_name);
-  head_grad_ = params_.grad(head_name);
-  final_norm_ = params_.param("model.norm.weight");
-  final_norm_grad_ = params_.grad("model.norm.weight");
+  if (params_->table().Contains("model.embed_tokens.weight")) {
+    embed_ = params_->param("model.embed_tokens.weight");
+    embed_grad_ = params_->grad("model.embed_tokens.weight");
+  }
+  if (layout_.holds_head()) {
+    const char* head_name = shape_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    head_ = params_->param(head_name);
+    head_grad_ = params_->grad(head_name);
+    final_norm_ = params_->param("model.norm.weight");
+    final_norm_grad_ = params_->grad("model.norm.weight");
+  }
 
   auto act = [this](const std::string& name) { return act_table_.Get(act_arena_, name); };
-  for (int64_t l = 0; l <= shape.n_layers; ++l) residual_.push_back(act("x." + std::to_string(l)));
-  const int64_t saved_sets = options.recompute ? 1 : shape.n_layers;
-  for (int64_t l = 0; l < saved_sets; ++l) {
-    auto get = [&](const char* what) { return act(LayerActName(l, options.recompute, what)); };
-    layer_acts_.push_back(LayerActivations{get("xn"), get("rstd1"), get("qkv"), get("att"), get("lse"), get("h"),
-                                           get("hn"), get("rstd2"), get("gu"), get("act")});
+  auto layer_acts = [&](const std::string& prefix) {
+    auto get = [&](const char* what) { return act(prefix + what); };
+    return LayerActivations{get("xn"), get("rstd1"), get("qkv"),   get("att"), get("lse"),
+                            get("h"),  get("hn"),    get("rstd2"), get("gu"),  get("act")};
+  };
+  int64_t local_layer = 0;
+  for (size_t c = 0; c < layout_.chunks.size(); ++c) {
+    const ChunkInfo& info = layout_.chunks[c];
+    Chunk chunk;
+    chunk.first_layer = local_layer;
+    chunk.n_layers = info.layer_end - info.layer_begin;
+    local_layer += chunk.n_layers;
+    for (int s = 0; s < SlotsOf(options, c); ++s) {
+      Slot slot;
+      for (int64_t k = 0; k <= chunk.n_layers; ++k) slot.x.push_back(act(SlotName(c, s, "x." + std::to_string(k))));
+      if (!options.recompute) {
+        for (int64_t k = 0; k < chunk.n_layers; ++k) {
+          slot.saved.push_back(layer_acts(SlotName(c, s, "layer." + std::to_string(k) + ".")));
+        }
+      }
+      if (info.first) slot.ids = act(SlotName(c, s, "ids"));
+      slot.grad = act(SlotName(c, s, "grad"));
+      chunk.slots.push_back(std::move(slot));
+    }
+    if (options.recompute) chunk.scratch = layer_acts(Name(c, "scratch."));
+    chunks_.push_back(std::move(chunk));
   }
-  ids_ = act("ids");
-  targets_ = act("targets");
-  xf_ = act("xf");
-  rstdf_ = act("rstdf");
-  logits_ = act("logits");
-  losses_ = act("losses");
-  dres_ = act("dres");
+  if (layout_.holds_head()) {
+    targets_ = act("targets");
+    xf_ = act("xf");
+    rstdf_ = act("rstdf");
+    logits_ = act("logits");
+    row_stats_ = act("row_stats");
+    lse_ = act("lse");
+  }
   dnorm_ = act("dnorm");
   dqkv_ = act("dqkv");
   datt_ = act("datt");
   dgu_ = act("dgu");
   dact_ = act("dact");
+  partial_ = act("partial");
   attn_workspace_ = act("attn_workspace");
 }
 
-const LlamaModel::LayerActivations& LlamaModel::ActivationsFor(int64_t layer) const {
-  return layer_acts_[static_cast<size_t>(options_.recompute ? 0 : layer)];
+Tensor LlamaModel::Input(int chunk, int slot) const {
+  return chunks_[static_cast<size_t>(chunk)].slots[static_cast<size_t>(slot)].x.front();
+}
+Tensor LlamaModel::Output(int chunk, int slot) const {
+  return chunks_[static_cast<size_t>(chunk)].slots[static_cast<size_t>(slot)].x.back();
+}
+Tensor LlamaModel::Grad(int chunk, int slot) const {
+  return chunks_[static_cast<size_t>(chunk)].slots[static_cast<size_t>(slot)].grad;
 }
 
-void LlamaModel::EmbedForward(const int32_t* inputs) {
-  std::memcpy(ids_.data, inputs, ids_.bytes());
-  cpu::EmbeddingForward(ids_, embed_, 0, residual_[0]);
+const LlamaModel::LayerActivations& LlamaModel::Saved(const Chunk& c, const Slot& s, int64_t k) const {
+  return options_.recompute ? c.scratch : s.saved[static_cast<size_t>(k)];
 }
 
-void LlamaModel::LayerForward(int64_t layer, const LayerActivations& a) {
-  const LayerWeights& w = weights_[static_cast<size_t>(layer)];
-  const Tensor& x = residual_[static_cast<size_t>(layer)];
-  const Tensor& x_next = residual_[static_cast<size_t>(layer + 1)];
+void LlamaModel::LayerForward(int64_t local_layer, const Tensor& x, const Tensor& x_next, const LayerActivations& a) {
+  const LayerWeights& w = weights_[static_cast<size_t>(local_layer)];
   const float eps = static_cast<float>(shape_.norm_eps);
-  // Attention block: h = x + o_proj(attn(rope(qkv(norm(x))))).
+  // Attention block: h = x + o_proj(attn(rope(qkv(norm(x))))); o_proj is
+  // row-parallel, so its partial products are summed over tensor parallelism.
   cpu::RmsNormForward(x, w.attn_norm, eps, a.xn, a.rstd1);
   cpu::LinearForward(a.xn, w.qkv, a.qkv, false);
   cpu::RopeForward(a.qkv, attn_dims_.seq_len, attn_dims_.n_heads + attn_dims_.n_kv_heads, rope_);
   cpu::AttentionForward(a.qkv, attn_dims_, a.att, a.lse, attn_workspace_);
-  Copy(a.h, x);
-  cpu::LinearForward(a.att, w.o, a.h, true);
-  // MLP block: x_next = h + down(swiglu(gate_up(norm(h)))).
+  cpu::LinearForward(a.att, w.o, partial_, false);
+  comms_.tp->AllReduceSync(partial_, ReduceOp::kSum);
+  cpu::Add(x, partial_, a.h);
+  // MLP block: x_next = h + down(swiglu(gate_up(norm(h)))); down is row-parallel.
   cpu::RmsNormForward(a.h, w.mlp_norm, eps, a.hn, a.rstd2);
   cpu::LinearForward(a.hn, w.gate_up, a.gu, false);
   cpu::SwigluForward(a.gu, a.act);
-  Copy(x_next, a.h);
-  cpu::LinearForward(a.act, w.down, x_next, true);
+  cpu::LinearForward(a.act, w.down, partial_, false);
+  comms_.tp->AllReduceSync(partial_, ReduceOp::kSum);
+  cpu::Add(a.h, partial_, x_next);
 }
 
-// On entry dres_ = dL/dx_{l+1}; on exit dres_ = dL/dx_l.
-void LlamaModel::LayerBackward(int64_t layer, const LayerActivations& a) {
-  const LayerWeights& w = weights_[static_cast<size_t>(layer)];
-  const LayerWeights& g = weight_grads_[static_cast<size_t>(layer)];
-  const Tensor& x = residual_[static_cast<size_t>(layer)];
-  // MLP block. dres carries dL/dh through the residual connection.
-  cpu::LinearBackwardInput(dres_, w.down, dact_, false);
-  cpu::LinearBackwardWeight(dres_, a.act, g.down);
+// On entry `grad` = dL/dx_{l+1}; on exit `grad` = dL/dx_l.
+void LlamaModel::LayerBackward(int64_t local_layer, const Tensor& x, const Tensor& grad, const LayerActivations& a) {
+  const LayerWeights& w = weights_[static_cast<size_t>(local_layer)];
+  const LayerWeights& g = weight_grads_[static_cast<size_t>(local_layer)];
+  // MLP block; `grad` also carries dL/dh through the residual connection.
+  // The gate/up projection is column-parallel: its input gradient is summed
+  // over tensor parallelism before the norm's backward.
+  cpu::LinearBackwardInput(grad, w.down, dact_, false);
+  cpu::LinearBackwardWeight(grad, a.act, g.down);
   cpu::SwigluBackward(dact_, a.gu, dgu_);
   cpu::LinearBackwardInput(dgu_, w.gate_up, dnorm_, false);
+  comms_.tp->AllReduceSync(dnorm_, ReduceOp::kSum);
   cpu::LinearBackwardWeight(dgu_, a.hn, g.gate_up);
-  cpu::RmsNormBackward(dnorm_, a.h, w.mlp_norm, a.rstd2, dres_, true, g.mlp_norm);
-  // Attention block. dres now holds dL/dh.
-  cpu::LinearBackwardInput(dres_, w.o, datt_, false);
-  cpu::LinearBackwardWeight(dres_, a.att, g.o);
+  cpu::RmsNormBackward(dnorm_, a.h, w.mlp_norm, a.rstd2, grad, true, g.mlp_norm);
+  // Attention block; `grad` now holds dL/dh.
+  cpu::LinearBackwardInput(grad, w.o, datt_, false);
+  cpu::LinearBackwardWeight(grad, a.att, g.o);
   cpu::AttentionBackward(a.qkv, a.att, datt_, a.lse, attn_dims_, dqkv_, attn_workspace_);
   cpu::RopeBackward(dqkv_, attn_dims_.seq_len, attn_dims_.n_heads + attn_dims_.n_kv_heads, rope_);
   cpu::LinearBackwardInput(dqkv_, w.qkv, dnorm_, false);
+  comms_.tp->AllReduceSync(dnorm_, ReduceOp::kSum);
   cpu::LinearBackwardWeight(dqkv_, a.xn, g.qkv);
-  cpu::RmsNormBackward(dnorm_, x, w.attn_norm, a.rstd1, dres_, true, g.attn_norm);
+  cpu::RmsNormBackward(dnorm_, x, w.attn_norm, a.rstd1, grad, true, g.attn_norm);
 }
 
-double LlamaModel::HeadAndLoss(const int32_t* targets, float grad_scale, bool with_grads) {
-  const Tensor& x_last = residual_.back();
+double LlamaModel::HeadForward(const Tensor& x_last, const int32_t* targets, float grad_scale, bool with_grads,
+                               const Tensor& grad_out) {
   cpu::RmsNormForward(x_last, final_norm_, static_cast<float>(shape_.norm_eps), xf_, rstdf_);
   std::memcpy(targets_.data, targets, targets_.bytes());
   double loss = 0.0;
   for (int64_t r0 = 0; r0 < rows_; r0 += logits_rows_) {
-    const int64_t r1 = std::min(rows_, r0 + logits_rows_);
+    const int64_t r1 = std::min(rows_, r0 + logits_rows_), n = r1 - r0;
     const Tensor xf = xf_.Rows(r0, r1);
-    const Tensor logits = logits_.Rows(0, r1 - r0);
-    const Tensor losses = losses_.Rows(r0, r1);
+    const Tensor logits = logits_.Rows(0, n);
+    const Tensor tgt = targets_.Rows(r0, r1);
+    const Tensor row_max = row_stats_.Rows(0, n);
+    const Tensor sum_and_target = row_stats_.Rows(logits_rows_, logits_rows_ + 2 * n);
+    const Tensor sumexp = row_stats_.Rows(logits_rows_, logits_rows_ + n);
+    const Tensor target_logit = row_stats_.Rows(logits_rows_ + n, logits_rows_ + 2 * n);
+    const Tensor lse = lse_.Rows(0, n);
+    // Vocab-parallel cross-entropy: per-row statistics combined over shards.
     cpu::LinearForward(xf, head_, logits, false);
-    cpu::CrossEntropyForwardBackward(logits, targets_.Rows(r0, r1), losses, grad_scale, with_grads);
+    cpu::LogitsRowMax(logits, row_max);
+    comms_.tp->AllReduceSync(row_max, ReduceOp::kMax);
+    cpu::LogitsRowSumExp(logits, row_max, tgt, layout_.vocab_offset, shape_.vocab, sumexp, target_logit);
+    comms_.tp->AllReduceSync(sum_and_target, ReduceOp::kSum);
+    const float *mx = row_max.as<float>(), *se = sumexp.as<float>(), *tl = target_logit.as<float>();
+    const int32_t* t = tgt.as<int32_t>();
+    float* l = lse.as<float>();
+    for (int64_t r = 0; r < n; ++r) {
+      l[r] = mx[r] + std::log(se[r]);
+      if (t[r] >= 0) loss += static_cast<double>(l[r]) - static_cast<double>(tl[r]);
+    }
     if (with_grads) {
-      // logits now holds dL/dlogits for this chunk.
+      // logits now becomes dL/dlogits for this chunk; the head is
+      // column-parallel, so dxf is summed over tensor parallelism below.
+      cpu::SoftmaxCrossEntropyBackward(logits, tgt, layout_.vocab_offset, lse, grad_scale);
       cpu::LinearBackwardInput(logits, head_, dnorm_.Rows(r0, r1), false);
       cpu::LinearBackwardWeight(logits, xf, head_grad_);
     }
   }
-  const float* l = losses_.as<float>();
-  for (int64_t r = 0; r < rows_; ++r) loss += l[r];
-  if (with_grads) cpu::RmsNormBackward(dnorm_, x_last, final_norm_, rstdf_, dres_, false, final_norm_grad_);
+  if (with_grads) {
+    comms_.tp->AllReduceSync(dnorm_, ReduceOp::kSum);
+    cpu::RmsNormBackward(dnorm_, x_last, final_norm_, rstdf_, grad_out, false, final_norm_grad_);
+  }
   return loss;
 }
 
-double LlamaModel::ForwardBackward(const int32_t* inputs, const int32_t* targets, float grad_scale) {
-  EmbedForward(inputs);
-  for (int64_t l = 0; l < shape_.n_layers; ++l) LayerForward(l, ActivationsFor(l));
-  const double loss = HeadAndLoss(targets, grad_scale, true);
-  for (int64_t l = shape_.n_layers - 1; l >= 0; --l) {
-    // The shared activation set still holds the last layer's forward.
-    if (options_.recompute && l + 1 < shape_.n_layers) LayerForward(l, ActivationsFor(l));
-    LayerBackward(l, ActivationsFor(l));
+double LlamaModel::Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, float grad_scale,
+                           bool with_grads) {
+  const ChunkInfo& info = layout_.chunks[static_cast<size_t>(chunk)];
+  Chunk& c = chunks_[static_cast<size_t>(chunk)];
+  Slot& s = c.slots[static_cast<size_t>(slot)];
+  if (info.first) {
+    // Vocab-parallel embedding: each rank fills the rows of its ids, zeros elsewhere.
+    std::memcpy(s.ids.data, ids, s.ids.bytes());
+    cpu::EmbeddingForward(s.ids, embed_, layout_.vocab_offset, s.x.front());
+    comms_.tp->AllReduceSync(s.x.front(), ReduceOp::kSum);
   }
-  cpu::EmbeddingBackward(ids_, dres_, 0, embed_grad_);
+  for (int64_t k = 0; k < c.n_layers; ++k) {
+    LayerForward(c.first_layer + k, s.x[static_cast<size_t>(k)], s.x[static_cast<size_t>(k + 1)], Saved(c, s, k));
+  }
+  if (!info.last) return 0.0;
+  return HeadForward(s.x.back(), targets, grad_scale, with_grads, s.grad);
+}
+
+void LlamaModel::Backward(int chunk, int slot) {
+  const ChunkInfo& info = layout_.chunks[static_cast<size_t>(chunk)];
+  Chunk& c = chunks_[static_cast<size_t>(chunk)];
+  Slot& s = c.slots[static_cast<size_t>(slot)];
+  for (int64_t k = c.n_layers - 1; k >= 0; --k) {
+    const Tensor& x = s.x[static_cast<size_t>(k)];
+    // The recompute scratch may hold another layer or micro-batch: re-run
+    // this layer's forward from its saved input first.
+    if (options_.recompute) LayerForward(c.first_layer + k, x, s.x[static_cast<size_t>(k + 1)], c.scratch);
+    LayerBackward(c.first_layer + k, x, s.grad, Saved(c, s, k));
+  }
+  if (info.first) cpu::EmbeddingBackward(s.ids, s.grad, layout_.vocab_offset, embed_grad_);
+}
+
+void LlamaModel::ReduceReplicaGradients() {
+  if (layout_.kv_replicas == 1) return;
+  for (const LayerWeights& g : weight_grads_) comms_.kv_replicas->AllReduceSync(g.kv, ReduceOp::kSum);
+}
+
+double LlamaModel::ForwardBackward(const int32_t* inputs, const int32_t* targets, float grad_scale) {
+  LATAM_CHECK(num_chunks() == 1 && layout_.chunks[0].first && layout_.chunks[0].last,
+              "ForwardBackward needs the whole model in one chunk");
+  const double loss = Forward(0, 0, inputs, targets, grad_scale, true);
+  Backward(0, 0);
   return loss;
 }
 
 double LlamaModel::ForwardLoss(const int32_t* inputs, const int32_t* targets) {
-  EmbedForward(inputs);
-  for (int64_t l = 0; l < shape_.n_layers; ++l) LayerForward(l, ActivationsFor(l));
-  return HeadAndLoss(targets, 0.0f, false);
+  LATAM_CHECK(num_chunks() == 1 && layout_.chunks[0].first && layout_.chunks[0].last,
+              "ForwardLoss needs the whole model in one chunk");
+  return Forward(0, 0, inputs, targets, 0.0f, false);
 }
 
 }  // namespace latam

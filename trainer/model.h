@@ -1,24 +1,41 @@
-// The Llama-3 transformer on the CPU with an explicit backward pass.
+// The Llama-3 transformer on the CPU with an explicit backward pass, as the
+// shard one rank holds (trainer/layout.h): some pipeline chunks of layers,
+// tensor-parallel slices of their weights, and the embedding / head when
+// its chunks are the first / last.
 //
-//   x_0     = embed(tokens)
+//   x_0     = embed(tokens)                          (vocab-parallel: all-reduce over TP)
 //   for each layer l:
 //     h     = x_l + o_proj(attention(rope(qkv_proj(rmsnorm(x_l)))))
 //     x_l+1 = h + down_proj(swiglu(gate_up_proj(rmsnorm(h))))
 //   logits  = lm_head(rmsnorm(x_L))      (lm_head = embed_tokens when tied)
 //   loss    = sum over tokens of cross_entropy(logits, targets)
 //
-// ForwardBackward runs one micro-batch of [micro_batch, seq_len] tokens and
-// ADDS grad_scale * d(loss)/d(theta) into the gradient arena (so gradient
-// accumulation over micro-batches is a sequence of calls between
-// ZeroGrads()). The LM head and the loss run in row chunks; each chunk's
-// logits buffer is overwritten in place by its gradient, and the head's
-// backward for that chunk runs immediately, so the full [tokens, vocab]
-// logits never exist at once.
+// Tensor parallelism (Megatron; T ranks, comm = the tensor-parallel group):
+//   column-parallel  y_t = x W_t^T          (x replicated; Q/K/V, gate/up, head)
+//                    backward: dx = sum_t dy_t W_t       -> all-reduce dx
+//   row-parallel     y = sum_t x_t W_t^T    (o_proj, down_proj) -> all-reduce y
+//                    backward: dx_t = dy W_t             (dy replicated)
+//   vocab-parallel   cross-entropy combines per-row max / sum-exp / target
+//                    logit over the vocabulary shards (kernels/cross_entropy.h);
+//                    the full logits are never gathered.
 //
-// Activations live in one arena sized at construction (ActivationBytes gives
-// the same number without building a model, for --plan). With recompute,
-// only each layer's input is kept and the layer's forward is re-run before
-// its backward.
+// Pipeline interface. A micro-batch runs chunk by chunk: Forward(chunk,
+// slot) reads token ids (first chunk) or the activation in Input(chunk,
+// slot) and leaves its output in Output(chunk, slot); the last chunk also
+// runs the LM head, the loss and, with gradients, their backward, leaving
+// dL/dx_L in Grad(chunk, slot). Backward(chunk, slot) turns the gradient in
+// Grad(chunk, slot) (received from the next chunk, or left by the head) into
+// the gradient of the chunk's input, left in the same buffer for the
+// previous chunk. Each chunk keeps `slots` micro-batches' activations, for
+// the micro-batches a pipeline schedule keeps in flight. Backward ADDS into
+// the gradient arena, so gradient accumulation is a series of micro-batches
+// between ZeroGrads(). The LM head runs in row chunks whose logits buffer
+// is overwritten in place by its gradient.
+//
+// Activations live in one arena sized at construction (ActivationBytes
+// gives the same number without building a model, for --plan). With
+// recompute only each layer's input is kept per slot and the layer's forward
+// is re-run before its backward.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +45,8 @@
 #include "kernels/arena.h"
 #include "kernels/attention.h"
 #include "kernels/rope.h"
+#include "parallel/communicator.h"
+#include "trainer/layout.h"
 #include "trainer/parameters.h"
 
 namespace latam {
@@ -41,59 +60,97 @@ struct ActivationOptions {
   // OpenMP threads the CPU attention workspace is sized for; 0 means
   // omp_get_max_threads() at construction.
   int cpu_threads = 0;
+  // Micro-batches in flight per local chunk; empty means one per chunk.
+  std::vector<int> slots;
 };
 
-// Bytes of the activation arena LlamaModel allocates for these options.
-size_t ActivationBytes(const ModelShape& shape, const ActivationOptions& options);
+// Bytes of the activation arena a LlamaModel with this layout allocates.
+size_t ActivationBytes(const ModelShape& shape, const ModelLayout& layout, const ActivationOptions& options);
+
+// The groups the model computes with.
+struct ModelComms {
+  Communicator* tp = nullptr;           // tensor-parallel group (size layout.tp)
+  Communicator* kv_replicas = nullptr;  // ranks holding the same KV heads, when layout.kv_replicas > 1
+};
 
 class LlamaModel {
  public:
+  // The whole model on one process (one chunk, no communication).
   LlamaModel(const ModelShape& shape, const ActivationOptions& options);
+  // The shard of `layout`; comms must outlive the model. The parameter and
+  // gradient arenas are padded to a multiple of `param_pad_to` elements
+  // (ZeRO-1 shards them over data-parallel ranks).
+  LlamaModel(const ModelShape& shape, const ModelLayout& layout, const ActivationOptions& options, ModelComms comms,
+             int64_t param_pad_to = 1);
 
   const ModelShape& shape() const { return shape_; }
-  ParameterSet& parameters() { return params_; }
-  const ParameterSet& parameters() const { return params_; }
+  const ModelLayout& layout() const { return layout_; }
+  ParameterSet& parameters() { return *params_; }
+  const ParameterSet& parameters() const { return *params_; }
   int64_t tokens_per_micro_batch() const { return rows_; }
+  int num_chunks() const { return static_cast<int>(layout_.chunks.size()); }
+  int slots(int chunk) const { return static_cast<int>(chunks_[static_cast<size_t>(chunk)].slots.size()); }
 
-  // inputs and targets hold micro_batch * seq_len ids each (targets < 0 are
-  // ignored). Returns the sum of the token losses in this micro-batch.
+  Tensor Input(int chunk, int slot) const;
+  Tensor Output(int chunk, int slot) const;
+  Tensor Grad(int chunk, int slot) const;
+
+  // Returns the sum of the token losses for the last chunk, 0 otherwise.
+  double Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, float grad_scale, bool with_grads);
+  void Backward(int chunk, int slot);
+  // After the micro-batches of a step: sums the gradients of replicated KV
+  // heads over their replicas.
+  void ReduceReplicaGradients();
+
+  // Whole-model conveniences for a single chunk that is both first and last.
   double ForwardBackward(const int32_t* inputs, const int32_t* targets, float grad_scale);
-  // Loss only: no gradients are touched.
   double ForwardLoss(const int32_t* inputs, const int32_t* targets);
 
  private:
   struct LayerWeights {
-    Tensor attn_norm, qkv, o, mlp_norm, gate_up, down;
+    Tensor attn_norm, qkv, o, mlp_norm, gate_up, down, kv;
   };
-  // Per-layer saved activations (or one shared set when recomputing).
   struct LayerActivations {
     Tensor xn, rstd1, qkv, att, lse, h, hn, rstd2, gu, act;
   };
+  struct Slot {
+    std::vector<Tensor> x;                // x_0 .. x_n of the chunk's n layers
+    std::vector<LayerActivations> saved;  // per layer, unless recomputing
+    Tensor ids;                           // first chunk: the micro-batch's ids
+    Tensor grad;                          // gradient at the chunk's output, then input
+  };
+  struct Chunk {
+    int64_t first_layer = 0;  // local layer index of its first layer
+    int64_t n_layers = 0;
+    std::vector<Slot> slots;
+    LayerActivations scratch;  // with recompute
+  };
 
-  void EmbedForward(const int32_t* inputs);
-  void LayerForward(int64_t layer, const LayerActivations& a);
-  void LayerBackward(int64_t layer, const LayerActivations& a);
-  // Final norm, head and loss; with grads, also the head's backward and the
-  // final norm's backward into dres_.
-  double HeadAndLoss(const int32_t* targets, float grad_scale, bool with_grads);
-  const LayerActivations& ActivationsFor(int64_t layer) const;
+  void Build(const ActivationOptions& options, int64_t param_pad_to);
+  const LayerActivations& Saved(const Chunk& c, const Slot& s, int64_t k) const;
+  void LayerForward(int64_t local_layer, const Tensor& x, const Tensor& x_next, const LayerActivations& a);
+  void LayerBackward(int64_t local_layer, const Tensor& x, const Tensor& grad, const LayerActivations& a);
+  double HeadForward(const Tensor& x_last, const int32_t* targets, float grad_scale, bool with_grads,
+                     const Tensor& grad_out);
 
   ModelShape shape_;
+  ModelLayout layout_;
   ActivationOptions options_;
+  std::unique_ptr<SelfCommunicator> self_comm_;  // for the single-process constructor
+  ModelComms comms_;
   int64_t rows_;         // tokens per micro-batch
   int64_t logits_rows_;  // rows per LM-head chunk
   cpu::AttentionDims attn_dims_;
   RopeTable rope_;
-  ParameterSet params_;
-  std::vector<LayerWeights> weights_, weight_grads_;
+  std::unique_ptr<ParameterSet> params_;
+  std::vector<LayerWeights> weights_, weight_grads_;  // per local layer
   Tensor embed_, embed_grad_, head_, head_grad_, final_norm_, final_norm_grad_;
 
   TensorTable act_table_;
   Arena act_arena_;
-  std::vector<Tensor> residual_;  // x_0 .. x_L, each [rows, dim]
-  std::vector<LayerActivations> layer_acts_;
-  Tensor ids_, targets_, xf_, rstdf_, logits_, losses_;
-  Tensor dres_, dnorm_, dqkv_, datt_, dgu_, dact_, attn_workspace_;
+  std::vector<Chunk> chunks_;
+  Tensor targets_, xf_, rstdf_, logits_, row_stats_, lse_;
+  Tensor dnorm_, dqkv_, datt_, dgu_, dact_, partial_, attn_workspace_;
 };
 
 }  // namespace latam

@@ -1,14 +1,27 @@
-// AdamW over a ParameterSet, the learning-rate schedule, and global
-// gradient-norm clipping.
+// AdamW over a rank's ParameterSet with data-parallel gradient reduction
+// (ZeRO stage 0 or 1), the global gradient norm, clipping, and the
+// learning-rate schedule.
 //
-// The optimizer keeps exp_avg and exp_avg_sq in two arenas laid out like the
-// parameters (one flat buffer each, same offsets). Weight decay applies to
-// the tensors whose ParamSpec says so (matrices), not to norm gains.
+// ZeRO-0: gradients are all-reduced over the data-parallel group and every
+//   replica updates all its parameters (Adam moments for all of them).
+// ZeRO-1: the flat gradient buffer (padded to a multiple of D) is
+//   reduce-scattered, so replica r holds the summed gradients of elements
+//   [r S, (r+1) S) (S = padded size / D) and keeps Adam moments for those
+//   only; it updates that slice of the parameters and all-gathers the
+//   updated parameters from every replica.
+// Gradient norm: sum of squares of every parameter counted once
+//   (ParamSpec::counted excludes replicas: TP copies of the norm gains,
+//   replicated KV heads, the tied embedding's copy), summed over the
+//   model-parallel group (ZeRO-0; data-parallel replicas hold equal sums) or
+//   over the whole world (ZeRO-1; each replica holds a different slice).
+// Weight decay applies to the tensors whose ParamSpec says so.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels/arena.h"
+#include "parallel/communicator.h"
 #include "trainer/config.pb.h"
 #include "trainer/parameters.h"
 
@@ -23,23 +36,43 @@ double LearningRate(const config::OptimizerConfig& o, int64_t step, int64_t tota
 // `max_norm` (1 when already below it, or when max_norm is 0).
 float ClipFactor(double grad_norm, double max_norm);
 
+struct OptimizerComms {
+  Communicator* dp = nullptr;          // data-parallel replicas of this shard
+  Communicator* norm_group = nullptr;  // ranks whose norm sums add up: model-parallel (ZeRO-0) or world (ZeRO-1)
+};
+
 class AdamWOptimizer {
  public:
+  // The single-process optimizer (no data parallelism).
   AdamWOptimizer(ParameterSet* params, const config::OptimizerConfig& config);
+  // params must be padded to a multiple of comms.dp->size() for ZeRO-1.
+  AdamWOptimizer(ParameterSet* params, const config::OptimizerConfig& config, int zero_stage, OptimizerComms comms);
 
-  // One update with learning rate `lr`, after multiplying every gradient by
-  // grad_factor (the clipping factor). Increments step().
+  // Sums the gradients over data parallelism (ZeRO-1: into this rank's slice).
+  void ReduceGradients();
+  // The global gradient norm (after ReduceGradients).
+  double GradNorm();
+  // Multiplies the (reduced) gradients by grad_factor, applies AdamW with
+  // learning rate `lr`, and (ZeRO-1) all-gathers the parameters.
   void Step(float lr, float grad_factor);
   int64_t step() const { return step_; }
 
-  Tensor exp_avg(size_t i) const { return params_->table().Get(exp_avg_, i); }
-  Tensor exp_avg_sq(size_t i) const { return params_->table().Get(exp_avg_sq_, i); }
-
  private:
+  // A piece of one tensor inside this rank's slice of the flat buffers.
+  struct Segment {
+    size_t tensor;
+    int64_t begin, end;  // flat element range
+  };
+  void Init();
+
   ParameterSet* params_;
   config::OptimizerConfig config_;
-  Arena exp_avg_;
-  Arena exp_avg_sq_;
+  int zero_stage_ = 0;
+  std::unique_ptr<SelfCommunicator> self_dp_, self_norm_;
+  OptimizerComms comms_;
+  int64_t slice_begin_ = 0, slice_size_ = 0;  // this rank's slice of the flat buffers
+  std::vector<Segment> segments_;
+  Arena exp_avg_, exp_avg_sq_, slice_grads_;  // over the slice
   int64_t step_ = 0;
 };
 

@@ -41,37 +41,15 @@ std::string LayerParamName(int64_t layer, const char* suffix) {
   return "model.layers." + std::to_string(layer) + "." + suffix;
 }
 
-std::vector<ParamSpec> LlamaParameterSpecs(const ModelShape& s) {
-  const double std = s.init_std;
-  // Residual output projections: scaled so the residual stream's variance
-  // does not grow with depth (GPT-2 / Megatron rule).
-  const double out_std = s.init_std / std::sqrt(2.0 * static_cast<double>(s.n_layers));
-  std::vector<ParamSpec> specs;
-  specs.push_back({"model.embed_tokens.weight", Shape{s.vocab, s.dim}, std, true});
-  for (int64_t l = 0; l < s.n_layers; ++l) {
-    specs.push_back({LayerParamName(l, "input_layernorm.weight"), Shape{s.dim}, 0.0, false});
-    specs.push_back({LayerParamName(l, "self_attn.q_proj.weight"), Shape{s.n_heads * s.head_dim, s.dim}, std, true});
-    specs.push_back({LayerParamName(l, "self_attn.k_proj.weight"), Shape{s.n_kv_heads * s.head_dim, s.dim}, std, true});
-    specs.push_back({LayerParamName(l, "self_attn.v_proj.weight"), Shape{s.n_kv_heads * s.head_dim, s.dim}, std, true});
-    specs.push_back(
-        {LayerParamName(l, "self_attn.o_proj.weight"), Shape{s.dim, s.n_heads * s.head_dim}, out_std, true});
-    specs.push_back({LayerParamName(l, "post_attention_layernorm.weight"), Shape{s.dim}, 0.0, false});
-    specs.push_back({LayerParamName(l, "mlp.gate_proj.weight"), Shape{s.ffn_dim, s.dim}, std, true});
-    specs.push_back({LayerParamName(l, "mlp.up_proj.weight"), Shape{s.ffn_dim, s.dim}, std, true});
-    specs.push_back({LayerParamName(l, "mlp.down_proj.weight"), Shape{s.dim, s.ffn_dim}, out_std, true});
-  }
-  specs.push_back({"model.norm.weight", Shape{s.dim}, 0.0, false});
-  if (!s.tie_embeddings) specs.push_back({"lm_head.weight", Shape{s.vocab, s.dim}, std, true});
-  return specs;
-}
-
-ParameterSet::ParameterSet(std::vector<ParamSpec> specs) : specs_(std::move(specs)) {
+ParameterSet::ParameterSet(std::vector<ParamSpec> specs, int64_t pad_to) : specs_(std::move(specs)) {
   for (const ParamSpec& p : specs_) {
     table_.Add(p.name, DType::kF32, p.shape);
     numel_ += p.shape.numel();
   }
-  params_ = Arena(Device::kCPU, table_.total_bytes());
-  grads_ = Arena(Device::kCPU, table_.total_bytes());
+  LATAM_CHECK(pad_to >= 1, "pad_to " << pad_to);
+  padded_numel_ = (numel_ + pad_to - 1) / pad_to * pad_to;
+  params_ = Arena(Device::kCPU, static_cast<size_t>(padded_numel_) * sizeof(float));
+  grads_ = Arena(Device::kCPU, static_cast<size_t>(padded_numel_) * sizeof(float));
 }
 
 Tensor ParameterSet::Fused(const Arena& arena, const std::string& first, size_t count, int64_t cols) const {
@@ -100,6 +78,8 @@ Tensor ParameterSet::FusedGrad(const std::string& first, size_t count, int64_t c
 
 Tensor ParameterSet::flat_params() const { return params_.View(0, DType::kF32, Shape{numel_}); }
 Tensor ParameterSet::flat_grads() const { return grads_.View(0, DType::kF32, Shape{numel_}); }
+Tensor ParameterSet::padded_params() const { return params_.View(0, DType::kF32, Shape{padded_numel_}); }
+Tensor ParameterSet::padded_grads() const { return grads_.View(0, DType::kF32, Shape{padded_numel_}); }
 
 void ParameterSet::InitWeights(uint64_t seed) {
   for (size_t i = 0; i < specs_.size(); ++i) {
@@ -108,8 +88,20 @@ void ParameterSet::InitWeights(uint64_t seed) {
     float* data = t.as<float>();
     if (p.init_std == 0.0) {
       for (int64_t j = 0; j < t.numel(); ++j) data[j] = 1.0f;
+      continue;
+    }
+    const float std = static_cast<float>(p.init_std);
+    const uint64_t stream = StreamId(p.name);
+    if (p.shard_dim == 1) {
+      // A block of columns: each local row is a contiguous run of the global row.
+      const int64_t rows = t.shape.rows(), cols = t.shape.cols(), global_cols = p.global_shape.cols();
+      for (int64_t r = 0; r < rows; ++r) {
+        FillNormal(data + r * cols, cols, std, seed, stream, static_cast<uint64_t>(r * global_cols + p.shard_offset));
+      }
     } else {
-      FillNormal(data, t.numel(), static_cast<float>(p.init_std), seed, StreamId(p.name), 0);
+      // The whole tensor, or a block of rows: one contiguous run.
+      const int64_t first = p.shard_dim == 0 ? p.shard_offset * p.global_shape.cols() : 0;
+      FillNormal(data, t.numel(), std, seed, stream, static_cast<uint64_t>(first));
     }
   }
 }

@@ -45,22 +45,33 @@ struct ModelShape {
 
 struct ParamSpec {
   std::string name;
-  Shape shape;
+  Shape shape;  // this rank's block
   // Normal(0, init_std) initialisation, or all ones when init_std == 0 (norms).
   double init_std = 0.0;
   // Decoupled weight decay applies to matrices, not to norm gains.
   bool weight_decay = false;
+  // Where the block sits in the full tensor: split along `shard_dim` (0 rows,
+  // 1 columns; -1 = the whole tensor) starting at `shard_offset`.
+  Shape global_shape;
+  int shard_dim = -1;
+  int64_t shard_offset = 0;
+  // Whether this copy counts in the global gradient norm (replicas of one
+  // tensor count once: the norm gains on tensor-parallel rank 0, a replicated
+  // KV head on its first rank, a tied embedding on the first stage).
+  bool counted = true;
+  // A KV projection replicated over tensor-parallel ranks: its gradient is
+  // summed over the replicas.
+  bool kv_replica = false;
 };
-
-// Every parameter of the model in arena order.
-std::vector<ParamSpec> LlamaParameterSpecs(const ModelShape& shape);
 
 // Canonical per-layer names.
 std::string LayerParamName(int64_t layer, const char* suffix);
 
 class ParameterSet {
  public:
-  explicit ParameterSet(std::vector<ParamSpec> specs);
+  // `pad_to` rounds both arenas up to a multiple of that many elements
+  // (ZeRO-1 shards the flat buffers evenly over data-parallel ranks).
+  explicit ParameterSet(std::vector<ParamSpec> specs, int64_t pad_to = 1);
 
   size_t size() const { return specs_.size(); }
   const ParamSpec& spec(size_t i) const { return specs_[i]; }
@@ -77,14 +88,18 @@ class ParameterSet {
   Tensor FusedParam(const std::string& first, size_t count, int64_t cols) const;
   Tensor FusedGrad(const std::string& first, size_t count, int64_t cols) const;
 
-  // All parameters / gradients as one flat f32 tensor.
+  // All parameters / gradients as one flat f32 tensor (numel() elements),
+  // and the same including the zero padding (padded_numel()).
   Tensor flat_params() const;
   Tensor flat_grads() const;
+  Tensor padded_params() const;
+  Tensor padded_grads() const;
+  int64_t padded_numel() const { return padded_numel_; }
 
   void ZeroGrads() { grads_.Zero(); }
-  // Initialises every parameter from its spec. Element j of tensor `name`
-  // gets init_std * NormalAt(seed, StreamId(name), j): independent of the
-  // layout and of the order of initialisation.
+  // Initialises every parameter from its spec. Element j of the full tensor
+  // `name` gets init_std * NormalAt(seed, StreamId(name), j), so every
+  // layout draws the same weights.
   void InitWeights(uint64_t seed);
 
  private:
@@ -94,6 +109,7 @@ class ParameterSet {
   Arena params_;
   Arena grads_;
   int64_t numel_ = 0;
+  int64_t padded_numel_ = 0;
 };
 
 }  // namespace latam

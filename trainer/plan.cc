@@ -3,30 +3,18 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "trainer/layout.h"
 #include "trainer/model.h"
 #include "trainer/parameters.h"
+#include "trainer/pipeline.h"
 
 namespace latam {
 
 namespace {
 
-// Parameters held by one rank of pipeline stage `stage` (TP-sharded).
-int64_t StageParameters(const ModelShape& s, int64_t tp, int64_t pp, int64_t stage) {
-  const int64_t kv_per_rank = s.n_kv_heads >= tp ? s.n_kv_heads / tp : 1;  // replicated when fewer than TP
-  const int64_t layer = 2 * s.dim                                          // norms (replicated)
-                        + (s.n_heads / tp) * s.head_dim * s.dim            // q
-                        + 2 * kv_per_rank * s.head_dim * s.dim             // k, v
-                        + s.dim * (s.n_heads / tp) * s.head_dim            // o
-                        + 3 * (s.ffn_dim / tp) * s.dim;                    // gate, up, down
-  int64_t n = (s.n_layers / pp) * layer;
-  const int64_t vocab_shard = (s.vocab / tp) * s.dim;
-  if (stage == 0) n += vocab_shard;
-  if (stage == pp - 1) {
-    n += s.dim;  // final norm
-    // An untied head lives on the last stage; a tied one is held there as a
-    // copy of the embedding when the pipeline has more than one stage.
-    if (!s.tie_embeddings || pp > 1) n += vocab_shard;
-  }
+int64_t CountParameters(const std::vector<ParamSpec>& specs) {
+  int64_t n = 0;
+  for (const ParamSpec& p : specs) n += p.shape.numel();
   return n;
 }
 
@@ -47,25 +35,26 @@ Result<std::string> PlanJson(const Config& config) {
   const int64_t tp = p.tensor(), pp = p.pipeline(), dp = DataParallelSize(config, 0);
   const bool bf16 = config.train().precision() == "bf16";
 
-  int64_t per_rank = 0;
-  for (int64_t stage : {int64_t{0}, pp - 1}) per_rank = std::max(per_rank, StageParameters(s, tp, pp, stage));
-
-  // Activations: the local model of one rank (TP-local widths, its layers).
-  ModelShape local = s;
-  local.n_layers = s.n_layers / pp;
-  local.n_heads = s.n_heads / tp;
-  local.n_kv_heads = s.n_kv_heads >= tp ? s.n_kv_heads / tp : 1;
-  local.ffn_dim = s.ffn_dim / tp;
-  local.vocab = s.vocab / tp;
+  const int64_t micro = config.train().micro_batch_size();
+  const int micro_batches = static_cast<int>(config.train().global_batch_size() / (micro * dp));
   ActivationOptions act;
-  act.micro_batch = config.train().micro_batch_size();
+  act.micro_batch = micro;
   act.seq_len = config.data().seq_len();
   act.recompute = config.train().recompute();
   act.cpu_threads = 1;
-  const int64_t micro_batches = config.train().global_batch_size() / (act.micro_batch * dp);
-  const int64_t in_flight = std::min<int64_t>(pp, std::max<int64_t>(1, micro_batches));
-  const double act_bytes =
-      static_cast<double>(ActivationBytes(local, act)) * static_cast<double>(in_flight) * (bf16 ? 0.5 : 1.0);
+  // The largest rank is a tensor-parallel rank of the first or the last
+  // pipeline stage (they add the embedding and the head); its activations
+  // are those of the slots its pipeline schedule keeps in flight.
+  int64_t per_rank = 0;
+  double act_bytes = 0.0;
+  for (int stage : {0, static_cast<int>(pp) - 1}) {
+    const ModelLayout layout =
+        ModelLayout::Make(s, static_cast<int>(tp), 0, static_cast<int>(pp), stage, p.virtual_stages());
+    per_rank = std::max(per_rank, CountParameters(LlamaParameterSpecs(s, layout)));
+    act.slots =
+        SlotsNeeded(BuildSchedule(static_cast<int>(pp), stage, p.virtual_stages(), micro_batches), p.virtual_stages());
+    act_bytes = std::max(act_bytes, static_cast<double>(ActivationBytes(s, layout, act)) * (bf16 ? 0.5 : 1.0));
+  }
 
   const double weights = static_cast<double>(per_rank) * (bf16 ? 2.0 : 4.0);
   const double grads = static_cast<double>(per_rank) * 4.0;
@@ -91,6 +80,7 @@ Result<std::string> PlanJson(const Config& config) {
                  {"world_size", tp * pp * dp}};
   j["precision"] = config.train().precision();
   j["micro_batch_size"] = act.micro_batch;
+  j["micro_batches_per_step"] = micro_batches;
   j["seq_len"] = act.seq_len;
   j["tokens_per_step"] = static_cast<int64_t>(config.train().global_batch_size()) * act.seq_len;
   return j.dump();

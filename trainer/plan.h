@@ -8,10 +8,10 @@
 //   gradients   parameters_per_rank x 4 (fp32 accumulation)
 //   optimizer   parameters_per_rank x (8 Adam moments + 4 fp32 master for
 //               bf16), divided by the data-parallel size under ZeRO-1
-//   activations what the model's activation arena holds for one
-//               micro-batch (ActivationBytes, with TP-local widths) times the
-//               micro-batches a 1F1B stage keeps in flight (pipeline size),
-//               halved for bf16
+//   activations what the rank's activation arena holds (ActivationBytes:
+//               its TP-local widths, its chunks, and one slot per
+//               micro-batch its pipeline schedule keeps in flight), halved
+//               for bf16
 // flops_per_token is training FLOPs: 6 x (matmul parameters) plus causal
 // attention 6 x n_layers x seq_len x (n_heads x head_dim) (QK^T and PV,
 // forward and backward, half the positions masked).

@@ -91,9 +91,13 @@ int main(int argc, char** argv) {
   auto trainer = latam::Trainer::Create(*config, mpi);
   if (!trainer.ok()) return Fail(trainer.status(), mpi.world_rank());
   if (mpi.world_rank() == 0) {
-    std::printf("latam-train: %lld parameters, %d CPU threads per rank, run_dir %s\n",
-                static_cast<long long>((*trainer)->model().parameters().numel()), threads,
-                config->train().run_dir().c_str());
+    const auto& p = config->parallel();
+    std::printf(
+        "latam-train: %lld parameters, %d ranks (tensor %d x pipeline %d x data %d, %d virtual stages, ZeRO-%d), "
+        "%d CPU threads per rank, %d micro-batches per step, run_dir %s\n",
+        static_cast<long long>(latam::ModelShape::FromConfig(config->model()).ParameterCount()), mpi.world_size(),
+        p.tensor(), p.pipeline(), latam::DataParallelSize(*config, mpi.world_size()), p.virtual_stages(),
+        p.zero_stage(), threads, (*trainer)->engine().micro_batches(), config->train().run_dir().c_str());
   }
   const latam::Status status = (*trainer)->Run();
   if (!status.ok()) return Fail(status, mpi.world_rank());

@@ -1,14 +1,12 @@
 #include "trainer/trainer.h"
 
-#include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
 
 #include "data/tokenizer.h"
-#include "kernels/grad_norm.h"
+#include "parallel/mpi_communicator.h"
 
 namespace latam {
 
@@ -30,6 +28,15 @@ Status WriteFileAtomically(const std::string& path, const std::string& text) {
   return Status::Ok();
 }
 
+// Collective: every rank gets `local` if it failed, or a note that another
+// rank failed, so that no rank goes on into a collective the others skip.
+Status AgreeOnStatus(const Status& local, Communicator& world) {
+  const double failures = world.AllReduceScalar(local.ok() ? 0.0 : 1.0, ReduceOp::kSum);
+  if (!local.ok()) return local;
+  if (failures > 0) return Status::InvalidInput("stopped because another rank found an input error (see its message)");
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const MpiSession& mpi) {
@@ -38,24 +45,7 @@ Result<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const Mpi
   return t;
 }
 
-Status Trainer::Init() {
-  ValidationOptions options;
-  options.world_size = mpi_.world_size();
-  options.check_files = true;
-  LATAM_RETURN_IF_ERROR(ValidateConfig(config_, options));
-  const auto& p = config_.parallel();
-  if (mpi_.world_size() != 1 || p.tensor() != 1 || p.pipeline() != 1 || DataParallelSize(config_, 1) != 1) {
-    return Status::InvalidInput(
-        "parallel: this build trains on a single rank (tensor = pipeline = data = 1, one MPI process); got world "
-        "size " +
-        std::to_string(mpi_.world_size()));
-  }
-  if (config_.train().device() != "cpu") {
-    return Status::InvalidInput("train.device: only cpu training is available in this build");
-  }
-  if (config_.train().save_every() > 0) {
-    return Status::InvalidInput("train.save_every: checkpoint saving is not available in this build; set it to 0");
-  }
+Status Trainer::OpenData() {
   const auto& d = config_.data();
   const int64_t vocab = config_.model().vocab_size();
   if (!d.tokenizer().empty()) {
@@ -80,101 +70,67 @@ Status Trainer::Init() {
     LATAM_ASSIGN_OR_RETURN(auto ds, data::TokenDataset::Open(e.path(), d.seq_len(), vocab));
     eval_data_.push_back(std::move(ds));
   }
-
-  const std::string& run_dir = config_.train().run_dir();
-  std::error_code ec;
-  fs::create_directories(run_dir, ec);
-  if (ec) return Status::InvalidInput("train.run_dir: cannot create " + run_dir + ": " + ec.message());
   if (mpi_.world_rank() == 0) {
+    const std::string& run_dir = config_.train().run_dir();
+    std::error_code ec;
+    fs::create_directories(run_dir, ec);
+    if (ec) return Status::InvalidInput("train.run_dir: cannot create " + run_dir + ": " + ec.message());
     LATAM_RETURN_IF_ERROR(WriteFileAtomically(run_dir + "/config.textproto", ConfigToText(config_)));
     LATAM_ASSIGN_OR_RETURN(metrics_, MetricsWriter::Create(run_dir));
   }
-
-  ActivationOptions act;
-  act.micro_batch = config_.train().micro_batch_size();
-  act.seq_len = d.seq_len();
-  act.recompute = config_.train().recompute();
-  model_ = std::make_unique<LlamaModel>(ModelShape::FromConfig(config_.model()), act);
-  model_->parameters().InitWeights(config_.train().seed());
-  optimizer_ = std::make_unique<AdamWOptimizer>(&model_->parameters(), config_.optimizer());
-  inputs_.resize(static_cast<size_t>(model_->tokens_per_micro_batch()));
-  targets_.resize(inputs_.size());
   return Status::Ok();
 }
 
-Result<StepResult> Trainer::Step() {
-  const auto start = std::chrono::steady_clock::now();
-  const auto& t = config_.train();
-  const int64_t seq_len = config_.data().seq_len();
-  const int64_t global_batch = t.global_batch_size();
-  const int64_t micro = t.micro_batch_size();
-  const double tokens = static_cast<double>(global_batch * seq_len);
-  const float grad_scale = static_cast<float>(1.0 / tokens);
-
-  ParameterSet& params = model_->parameters();
-  params.ZeroGrads();
-  double loss_sum = 0.0;
-  const std::vector<uint64_t> samples =
-      data::DataParallelSamples(static_cast<uint64_t>(step_), static_cast<uint64_t>(global_batch), 0, 1);
-  for (int64_t first = 0; first < global_batch; first += micro) {
-    for (int64_t b = 0; b < micro; ++b) {
-      const data::MixtureSampler::Draw draw = sampler_->Sample(samples[static_cast<size_t>(first + b)]);
-      LATAM_RETURN_IF_ERROR(train_data_[static_cast<size_t>(draw.dataset)]->ReadWindow(
-          draw.window, inputs_.data() + b * seq_len, targets_.data() + b * seq_len));
-    }
-    loss_sum += model_->ForwardBackward(inputs_.data(), targets_.data(), grad_scale);
+Status Trainer::Init() {
+  // Config errors are the same on every rank: each rank returns without
+  // communicating (so a wrong world size cannot hang the job).
+  ValidationOptions options;
+  options.world_size = mpi_.world_size();
+  options.check_files = true;
+  LATAM_RETURN_IF_ERROR(ValidateConfig(config_, options));
+  if (config_.train().device() != "cpu") {
+    return Status::InvalidInput("train.device: only cpu training is available in this build");
   }
-  StepResult r;
-  r.loss = loss_sum / tokens;
-  if (!std::isfinite(r.loss)) {
-    return Status::Internal("loss is " + std::to_string(r.loss) + " at step " + std::to_string(step_ + 1) +
-                            " (diverged); lower optimizer.lr or check the data");
+  if (config_.train().save_every() > 0) {
+    return Status::InvalidInput("train.save_every: checkpoint saving is not available in this build; set it to 0");
   }
-  r.grad_norm = std::sqrt(cpu::SumOfSquares(params.flat_grads()));
-  r.lr = LearningRate(config_.optimizer(), step_, t.steps());
-  optimizer_->Step(static_cast<float>(r.lr), ClipFactor(r.grad_norm, config_.optimizer().grad_clip()));
-  ++step_;
-  r.step = step_;
-  r.step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  r.tokens_per_s = tokens / (r.step_ms / 1000.0);
-  return r;
+  const auto& p = config_.parallel();
+  grid_ =
+      std::make_unique<ProcessGrid>(std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world"),
+                                    GridShape{p.tensor(), p.pipeline(), DataParallelSize(config_, mpi_.world_size())});
+  LATAM_RETURN_IF_ERROR(AgreeOnStatus(OpenData(), grid_->world()));
+  engine_ = std::make_unique<Engine>(config_, grid_.get());
+  return Status::Ok();
 }
 
 Result<std::vector<double>> Trainer::Evaluate() {
-  const int64_t seq_len = config_.data().seq_len();
-  const int64_t micro = config_.train().micro_batch_size();
-  const int64_t samples = config_.train().eval_samples();
   std::vector<double> losses;
-  double total = 0.0, total_tokens = 0.0;
+  double total = 0.0, count = 0.0;
+  const int64_t samples = config_.train().eval_samples();
   for (const auto& ds : eval_data_) {
-    double sum = 0.0, count = 0.0;
-    for (int64_t first = 0; first < samples; first += micro) {
-      // A last partial micro-batch is padded with ignored targets.
-      std::fill(targets_.begin(), targets_.end(), -1);
-      const int64_t n = std::min(micro, samples - first);
-      for (int64_t b = 0; b < n; ++b) {
-        // Evaluation reads the dataset's first windows in file order.
-        LATAM_RETURN_IF_ERROR(ds->ReadWindow(static_cast<uint64_t>(first + b) % ds->num_windows(),
-                                             inputs_.data() + b * seq_len, targets_.data() + b * seq_len));
-      }
-      sum += model_->ForwardLoss(inputs_.data(), targets_.data());
-      count += static_cast<double>(n * seq_len);
-    }
-    losses.push_back(sum / count);
-    total += sum;
-    total_tokens += count;
+    // Evaluation reads the dataset's first windows in file order.
+    auto sample = [&](uint64_t k, int32_t* ids, int32_t* targets) {
+      return ds->ReadWindow(k % ds->num_windows(), ids, targets);
+    };
+    LATAM_ASSIGN_OR_RETURN(const double loss, engine_->Evaluate(samples, sample));
+    losses.push_back(loss);
+    total += loss * static_cast<double>(samples);
+    count += static_cast<double>(samples);
   }
-  losses.push_back(total_tokens > 0 ? total / total_tokens : 0.0);
+  losses.push_back(count > 0 ? total / count : 0.0);
   return losses;
 }
 
-void Trainer::Log(const StepResult& r) {
+void Trainer::Log(const StepResult& r, const CommStats& tp, const CommStats& pp, const CommStats& dp) {
   if (metrics_ == nullptr) return;
   metrics_->Write(r.step, {{"loss", r.loss},
                            {"lr", r.lr},
                            {"grad_norm", r.grad_norm},
                            {"tokens_per_s", r.tokens_per_s},
-                           {"step_ms", r.step_ms}});
+                           {"step_ms", r.step_ms},
+                           {"comm_bytes/tp", static_cast<double>(tp.total_bytes())},
+                           {"comm_bytes/pp", static_cast<double>(pp.total_bytes())},
+                           {"comm_bytes/dp", static_cast<double>(dp.total_bytes())}});
   std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | %.1f ms\n",
               static_cast<long long>(r.step), static_cast<long long>(config_.train().steps()), r.loss, r.lr,
               r.grad_norm, r.tokens_per_s, r.step_ms);
@@ -183,9 +139,16 @@ void Trainer::Log(const StepResult& r) {
 
 Status Trainer::Run() {
   const auto& t = config_.train();
-  while (step_ < t.steps()) {
-    LATAM_ASSIGN_OR_RETURN(const StepResult r, Step());
-    if (r.step % t.log_every() == 0 || r.step == t.steps() || r.step == 1) Log(r);
+  auto sample = [&](uint64_t index, int32_t* ids, int32_t* targets) {
+    const data::MixtureSampler::Draw draw = sampler_->Sample(index);
+    return train_data_[static_cast<size_t>(draw.dataset)]->ReadWindow(draw.window, ids, targets);
+  };
+  for (int64_t step = 0; step < t.steps(); ++step) {
+    grid_->ResetStats();
+    LATAM_ASSIGN_OR_RETURN(const StepResult r, engine_->Step(step, sample));
+    if (r.step % t.log_every() == 0 || r.step == t.steps() || r.step == 1) {
+      Log(r, grid_->tp().stats(), grid_->pp().stats(), grid_->dp().stats());
+    }
     if (!eval_data_.empty() && t.eval_every() > 0 && (r.step % t.eval_every() == 0 || r.step == t.steps())) {
       LATAM_ASSIGN_OR_RETURN(const std::vector<double> losses, Evaluate());
       std::map<std::string, double> values{{"eval_loss", losses.back()}};

@@ -56,7 +56,9 @@ class CliTest : public ::testing::Test {
 
   // Points every train and eval dataset of the quickstart config at files in dir_.
   std::string DataOverrides(const std::string& train, const std::string& eval) const {
-    std::string s = " --set data.tokenizer=";  // the synthetic shards have no tokenizer
+    // One process (the quickstart file is laid out for 4 ranks); the
+    // synthetic shards have no tokenizer.
+    std::string s = " --set parallel.tensor=1 --set parallel.pipeline=1 --set data.tokenizer=";
     for (int i = 0; i < 3; ++i) {
       s += " --set data.train[" + std::to_string(i) + "].path=" + (dir_ / train).string() + " --set data.eval[" +
            std::to_string(i) + "].path=" + (dir_ / eval).string();
@@ -86,7 +88,8 @@ TEST_F(CliTest, BadInputExitsTwoNamingTheProblem) {
        "model.n_heads: 4 is not divisible by parallel.tensor = 3"},
       {Bin("latam-train") + " --config configs/quickstart.textproto --plan --set train.steps=0",
        "train.steps: must be > 0"},
-      {Bin("latam-train") + " --config configs/quickstart.textproto --set data.train[0].path=/nope/x.bin",
+      {Bin("latam-train") + " --config configs/quickstart.textproto --set parallel.tensor=1 --set parallel.pipeline=1" +
+           " --set data.train[0].path=/nope/x.bin",
        "data.train[0].path: no such file: /nope/x.bin"},
       {Bin("latam-train") + " --config /nope/config.textproto", "/nope/config.textproto: cannot open"},
       {Bin("latam-train") + " --config configs/quickstart.textproto --bogus", "unknown argument '--bogus'"},

@@ -16,10 +16,18 @@ namespace {
 
 std::string SourcePath(const std::string& rel) { return std::string(LATAM_SOURCE_DIR) + "/" + rel; }
 
-Config Quickstart() {
+Config QuickstartAsIs() {
   auto c = LoadConfigFile(SourcePath("configs/quickstart.textproto"));
   EXPECT_TRUE(c.ok()) << c.status().message();
   return c.ok() ? *c : Config();
+}
+
+// The quickstart model on one rank (the file itself is laid out for 4).
+Config Quickstart() {
+  Config c = QuickstartAsIs();
+  c.mutable_parallel()->set_tensor(1);
+  c.mutable_parallel()->set_pipeline(1);
+  return c;
 }
 
 ValidationOptions NoFiles(int world = 0) {
@@ -30,9 +38,11 @@ ValidationOptions NoFiles(int world = 0) {
 }
 
 TEST(ConfigTest, QuickstartLoadsAndValidates) {
-  const Config c = Quickstart();
+  const Config c = QuickstartAsIs();
   EXPECT_EQ(c.model().n_layers(), 4);
-  EXPECT_TRUE(ValidateConfig(c, NoFiles(1)).ok()) << ValidateConfig(c, NoFiles(1)).message();
+  EXPECT_EQ(c.parallel().tensor() * c.parallel().pipeline(), 4);
+  EXPECT_TRUE(ValidateConfig(c, NoFiles(4)).ok()) << ValidateConfig(c, NoFiles(4)).message();
+  EXPECT_FALSE(ValidateConfig(c, NoFiles(1)).ok());
 }
 
 TEST(ConfigTest, ParseErrorsNameFileAndLine) {
@@ -96,7 +106,7 @@ TEST(ConfigTest, ValidationNamesTheField) {
            {"model.ffn_dim=350", ""},
            {"model.vocab_size=0", "model.vocab_size: must be > 0"},
            {"data.seq_len=1000", "data.seq_len: 1000 exceeds model.max_seq_len = 256"},
-           {"train.global_batch_size=12", "train.global_batch_size: 12 is not divisible by train.micro_batch_size"},
+           {"train.global_batch_size=10", "train.global_batch_size: 10 is not divisible by train.micro_batch_size"},
            {"optimizer.lr=0", "optimizer.lr: must be > 0"},
            {"optimizer.beta2=1", "optimizer.beta2"},
            {"parallel.zero_stage=3", "parallel.zero_stage: must be 0 or 1"},
@@ -126,7 +136,8 @@ TEST(ConfigTest, WorldSizeMustBeTensorTimesPipelineTimesData) {
       << s.message();
   ASSERT_TRUE(ApplyOverride(&c, "parallel.data=4").ok());
   EXPECT_FALSE(ValidateConfig(c, NoFiles(4)).ok());
-  // 16 samples cannot split into micro-batches of 8 over 4 data-parallel ranks.
+  // 8 samples cannot split into micro-batches of 4 over 4 data-parallel ranks.
+  ASSERT_TRUE(ApplyOverride(&c, "train.global_batch_size=8").ok());
   const Status batch = ValidateConfig(c, NoFiles(8));
   ASSERT_FALSE(batch.ok());
   EXPECT_NE(batch.message().find("train.global_batch_size"), std::string::npos) << batch.message();

@@ -2,6 +2,7 @@
 // references.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -79,30 +80,69 @@ TEST_F(ElementwiseTest, EmbeddingForwardBackwardWithVocabShard) {
   EXPECT_TRUE(testing::AllClose(dtable, expected, 1e-5, 1e-6));
 }
 
-// Cross-entropy tolerance: losses 2e-5 absolute + 1e-5 relative; gradients
-// 1e-6 absolute (they are scaled probabilities).
-TEST_F(ElementwiseTest, CrossEntropyMatchesReference) {
+// Vocab-parallel cross-entropy: the vocabulary is cut into 1, 2 or 3 shards
+// (uneven), each shard's statistics are combined as the tensor-parallel
+// all-reduces would (max, then sums), and the per-shard gradients put side by
+// side must equal the reference over the whole vocabulary.
+// Tolerance: losses 2e-5 absolute + 1e-5 relative; gradients 1e-6 absolute
+// + 1e-4 relative (they are scaled probabilities).
+TEST_F(ElementwiseTest, VocabParallelCrossEntropyMatchesReference) {
   for (const int64_t v : {int64_t{7}, int64_t{1000}, int64_t{4099}}) {
-    const int64_t rows = 31;
-    auto logits = Normal(rows * v, 4.0f);
-    logits[5] = 80.0f;  // an extreme logit must not overflow
-    std::vector<int32_t> targets(rows);
-    for (auto& t : targets) t = UniformInt(0, static_cast<int>(v) - 1);
-    targets[3] = -1;  // ignored row
-    const double scale = 1.0 / 29.0;
-    ref::Vec loss_ref, grad_ref;
-    ref::CrossEntropy(testing::ToDouble(logits), targets, v, scale, &loss_ref, &grad_ref);
+    for (const int shards : {1, 2, 3}) {
+      SCOPED_TRACE(::testing::Message() << "V=" << v << " shards=" << shards);
+      const int64_t rows = 31;
+      auto logits = Normal(rows * v, 4.0f);
+      logits[5] = 80.0f;  // an extreme logit must not overflow
+      std::vector<int32_t> targets(rows);
+      for (auto& t : targets) t = UniformInt(0, static_cast<int>(v) - 1);
+      targets[3] = -1;  // ignored row
+      const double scale = 1.0 / 29.0;
+      ref::Vec loss_ref, grad_ref;
+      ref::CrossEntropy(testing::ToDouble(logits), targets, v, scale, &loss_ref, &grad_ref);
 
-    std::vector<float> losses(rows), work = logits;
-    cpu::CrossEntropyForwardBackward(Tensor::Of(work.data(), {rows, v}), Tensor::Of(targets.data(), {rows}),
-                                     Tensor::Of(losses.data(), {rows}), static_cast<float>(scale), false);
-    EXPECT_EQ(work, logits) << "compute_grad=false must leave the logits untouched";
-    EXPECT_TRUE(testing::AllClose(losses, loss_ref, 2e-5, 1e-5)) << "V=" << v;
-
-    cpu::CrossEntropyForwardBackward(Tensor::Of(work.data(), {rows, v}), Tensor::Of(targets.data(), {rows}),
-                                     Tensor::Of(losses.data(), {rows}), static_cast<float>(scale), true);
-    EXPECT_TRUE(testing::AllClose(losses, loss_ref, 2e-5, 1e-5)) << "V=" << v;
-    EXPECT_TRUE(testing::AllClose(work, grad_ref, 1e-6, 1e-4)) << "V=" << v;
+      // Shard k holds columns [begin[k], begin[k+1]) as its own [rows, width] buffer.
+      std::vector<int64_t> begin;
+      for (int k = 0; k <= shards; ++k) begin.push_back(v * k / shards);
+      std::vector<std::vector<float>> part(static_cast<size_t>(shards));
+      for (int k = 0; k < shards; ++k) {
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t c = begin[k]; c < begin[k + 1]; ++c) part[static_cast<size_t>(k)].push_back(logits[r * v + c]);
+        }
+      }
+      auto shard = [&](int k) {
+        return Tensor::Of(part[static_cast<size_t>(k)].data(), {rows, begin[k + 1] - begin[k]});
+      };
+      const Tensor tgt = Tensor::Of(targets.data(), {rows});
+      std::vector<float> gmax(rows, -1e30f), stat(rows), sumexp(rows, 0.0f), tlogit(rows, 0.0f), t2(rows);
+      for (int k = 0; k < shards; ++k) {
+        cpu::LogitsRowMax(shard(k), Tensor::Of(stat.data(), {rows}));
+        for (int64_t r = 0; r < rows; ++r) gmax[r] = std::max(gmax[r], stat[r]);
+      }
+      for (int k = 0; k < shards; ++k) {
+        cpu::LogitsRowSumExp(shard(k), Tensor::Of(gmax.data(), {rows}), tgt, begin[k], v,
+                             Tensor::Of(stat.data(), {rows}), Tensor::Of(t2.data(), {rows}));
+        for (int64_t r = 0; r < rows; ++r) {
+          sumexp[r] += stat[r];
+          tlogit[r] += t2[r];
+        }
+      }
+      std::vector<float> lse(rows), loss(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        lse[r] = gmax[r] + std::log(sumexp[r]);
+        loss[r] = targets[r] < 0 ? 0.0f : lse[r] - tlogit[r];
+      }
+      EXPECT_TRUE(testing::AllClose(loss, loss_ref, 2e-5, 1e-5));
+      std::vector<float> grad(static_cast<size_t>(rows * v));
+      for (int k = 0; k < shards; ++k) {
+        cpu::SoftmaxCrossEntropyBackward(shard(k), tgt, begin[k], Tensor::Of(lse.data(), {rows}),
+                                         static_cast<float>(scale));
+        const int64_t w = begin[k + 1] - begin[k];
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t c = 0; c < w; ++c) grad[r * v + begin[k] + c] = part[static_cast<size_t>(k)][r * w + c];
+        }
+      }
+      EXPECT_TRUE(testing::AllClose(grad, grad_ref, 1e-6, 1e-4));
+    }
   }
 }
 

@@ -7,6 +7,7 @@
 
 #include "kernels/random.h"
 #include "tests/test_util.h"
+#include "trainer/layout.h"
 #include "trainer/model.h"
 
 namespace latam {
@@ -112,7 +113,8 @@ TEST_F(ModelTest, RecomputeGivesBitwiseIdenticalGradients) {
   ActivationOptions recompute = base;
   recompute.recompute = true;
   LlamaModel a(shape, base), b(shape, recompute);
-  EXPECT_LT(ActivationBytes(shape, recompute), ActivationBytes(shape, base));
+  EXPECT_LT(ActivationBytes(shape, ModelLayout::Single(shape), recompute),
+            ActivationBytes(shape, ModelLayout::Single(shape), base));
   a.parameters().InitWeights(seed_);
   b.parameters().InitWeights(seed_);
   const int64_t rows = base.micro_batch * base.seq_len;
@@ -177,7 +179,7 @@ TEST_F(ModelTest, GradientAccumulationMatchesOneLargeBatch) {
 
 TEST(ModelShapeTest, ParameterNamesAndCountsFollowHuggingFace) {
   const ModelShape s = TinyShape(false);
-  const auto specs = LlamaParameterSpecs(s);
+  const auto specs = LlamaParameterSpecs(s, ModelLayout::Single(s));
   ASSERT_EQ(specs.front().name, "model.embed_tokens.weight");
   EXPECT_EQ(specs[2].name, "model.layers.0.self_attn.q_proj.weight");
   EXPECT_EQ(specs[2].shape, (Shape{16, 16}));
@@ -191,13 +193,13 @@ TEST(ModelShapeTest, ParameterNamesAndCountsFollowHuggingFace) {
   EXPECT_EQ(total, s.ParameterCount());
   ModelShape tied = s;
   tied.tie_embeddings = true;
-  EXPECT_EQ(LlamaParameterSpecs(tied).back().name, "model.norm.weight");
+  EXPECT_EQ(LlamaParameterSpecs(tied, ModelLayout::Single(tied)).back().name, "model.norm.weight");
   EXPECT_EQ(tied.ParameterCount(), s.ParameterCount() - s.vocab * s.dim);
 }
 
 TEST(ModelInitTest, InitIsAFunctionOfSeedAndNameOnly) {
   const ModelShape s = TinyShape(false);
-  ParameterSet a(LlamaParameterSpecs(s)), b(LlamaParameterSpecs(s));
+  ParameterSet a(LlamaParameterSpecs(s, ModelLayout::Single(s))), b(LlamaParameterSpecs(s, ModelLayout::Single(s)));
   a.InitWeights(42);
   b.InitWeights(42);
   const Tensor fa = a.flat_params(), fb = b.flat_params();

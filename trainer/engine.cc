@@ -1,0 +1,122 @@
+#include "trainer/engine.h"
+
+#include <chrono>
+#include <cmath>
+
+#include "data/sampler.h"
+
+namespace latam {
+
+Engine::Engine(const Config& config, ProcessGrid* grid) : config_(config), grid_(grid) {
+  const auto& p = config.parallel();
+  const GridShape& g = grid->shape();
+  LATAM_CHECK(g.tensor == p.tensor() && g.pipeline == p.pipeline(),
+              "grid " << g.tensor << "x" << g.pipeline << " does not match the config");
+  const ModelShape shape = ModelShape::FromConfig(config.model());
+  const ModelLayout layout =
+      ModelLayout::Make(shape, g.tensor, grid->tp_rank(), g.pipeline, grid->pp_rank(), p.virtual_stages());
+  const int64_t micro = config.train().micro_batch_size();
+  micro_batches_ = static_cast<int>(config.train().global_batch_size() / (micro * g.data));
+
+  // Ranks sharing replicated KV heads, and the two copies of a tied embedding.
+  kv_group_ = grid->tp().Split(grid->tp_rank() / layout.kv_replicas, grid->tp_rank(), "kv");
+  const bool embedding_holder =
+      shape.tie_embeddings && g.pipeline > 1 && (grid->pp_rank() == 0 || grid->pp_rank() == g.pipeline - 1);
+  embedding_group_ = grid->pp().Split(embedding_holder ? 0 : -1, grid->pp_rank(), "embedding");
+
+  ActivationOptions act;
+  act.micro_batch = micro;
+  act.seq_len = config.data().seq_len();
+  act.recompute = config.train().recompute();
+  act.slots =
+      SlotsNeeded(BuildSchedule(g.pipeline, grid->pp_rank(), p.virtual_stages(), micro_batches_), p.virtual_stages());
+  ModelComms comms;
+  comms.tp = &grid->tp();
+  comms.kv_replicas = layout.kv_replicas > 1 ? kv_group_.get() : nullptr;
+  const int zero = p.zero_stage();
+  model_ = std::make_unique<LlamaModel>(shape, layout, act, comms, zero == 1 ? g.data : 1);
+  model_->parameters().InitWeights(config.train().seed());
+  executor_ = std::make_unique<PipelineExecutor>(model_.get(), &grid->pp(), micro_batches_);
+  OptimizerComms oc;
+  oc.dp = &grid->dp();
+  oc.norm_group = zero == 1 ? &grid->world() : &grid->model_parallel();
+  optimizer_ = std::make_unique<AdamWOptimizer>(&model_->parameters(), config.optimizer(), zero, oc);
+}
+
+Result<StepResult> Engine::Step(int64_t step, const SampleFn& sample) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto& t = config_.train();
+  const int64_t seq_len = config_.data().seq_len(), micro = t.micro_batch_size();
+  const double tokens = static_cast<double>(t.global_batch_size() * seq_len);
+  const std::vector<uint64_t> samples = data::DataParallelSamples(
+      static_cast<uint64_t>(step), static_cast<uint64_t>(t.global_batch_size()), grid_->dp_rank(), grid_->shape().data);
+
+  Status status;
+  auto fetch = [&](int m, int32_t* ids, int32_t* targets) {
+    for (int64_t b = 0; b < micro && status.ok(); ++b) {
+      status = sample(samples[static_cast<size_t>(m * micro + b)], ids + b * seq_len, targets + b * seq_len);
+    }
+  };
+  model_->parameters().ZeroGrads();
+  const double local_loss = executor_->TrainStep(fetch, static_cast<float>(1.0 / tokens));
+  // A data error on any rank stops every rank, after the step's communication.
+  const double bad = grid_->world().AllReduceScalar(status.ok() ? 0.0 : 1.0, ReduceOp::kSum);
+  if (!status.ok()) return status;
+  if (bad > 0) return Status::InvalidInput("a data error on another rank stopped the step");
+
+  model_->ReduceReplicaGradients();
+  if (embedding_group_ != nullptr) {
+    embedding_group_->AllReduceSync(model_->parameters().grad("model.embed_tokens.weight"), ReduceOp::kSum);
+  }
+  optimizer_->ReduceGradients();
+  StepResult r;
+  r.grad_norm = optimizer_->GradNorm();
+  r.lr = LearningRate(config_.optimizer(), step, t.steps());
+  optimizer_->Step(static_cast<float>(r.lr), ClipFactor(r.grad_norm, config_.optimizer().grad_clip()));
+  // The loss of a token is computed identically by every tensor-parallel rank
+  // of the last stage; count it once.
+  const bool reports = model_->layout().holds_head() && grid_->tp_rank() == 0;
+  r.loss = grid_->world().AllReduceScalar(reports ? local_loss : 0.0, ReduceOp::kSum) / tokens;
+  r.step = step + 1;
+  r.step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  r.tokens_per_s = tokens / (r.step_ms / 1000.0);
+  if (!std::isfinite(r.loss)) {
+    return Status::Internal("loss is " + std::to_string(r.loss) + " at step " + std::to_string(r.step) +
+                            " (diverged); lower optimizer.lr or check the data");
+  }
+  return r;
+}
+
+Result<double> Engine::Evaluate(int64_t n, const SampleFn& sample) {
+  const int64_t seq_len = config_.data().seq_len(), micro = config_.train().micro_batch_size();
+  const int d = grid_->shape().data, r = grid_->dp_rank();
+  // Replica r evaluates samples r, r + D, r + 2D, ...; every replica runs the
+  // same number of micro-batches (short ones padded with ignored targets).
+  const int64_t per_rank = (n + d - 1) / d;
+  const int micro_batches = static_cast<int>((per_rank + micro - 1) / micro);
+  PipelineExecutor eval(model_.get(), &grid_->pp(), micro_batches);
+  Status status;
+  double local_tokens = 0.0;
+  auto fetch = [&](int m, int32_t* ids, int32_t* targets) {
+    for (int64_t b = 0; b < micro; ++b) {
+      const int64_t k = (m * micro + b) * d + r;
+      if (k < n && status.ok()) {
+        status = sample(static_cast<uint64_t>(k), ids + b * seq_len, targets + b * seq_len);
+        local_tokens += static_cast<double>(seq_len);
+      } else {
+        std::fill(ids + b * seq_len, ids + (b + 1) * seq_len, 0);
+        std::fill(targets + b * seq_len, targets + (b + 1) * seq_len, -1);
+      }
+    }
+  };
+  const double local_loss = eval.EvalStep(fetch);
+  const double bad = grid_->world().AllReduceScalar(status.ok() ? 0.0 : 1.0, ReduceOp::kSum);
+  if (!status.ok()) return status;
+  if (bad > 0) return Status::InvalidInput("a data error on another rank stopped the evaluation");
+  const bool reports = model_->layout().holds_head() && grid_->tp_rank() == 0;
+  const double loss = grid_->world().AllReduceScalar(reports ? local_loss : 0.0, ReduceOp::kSum);
+  const double count = grid_->world().AllReduceScalar(reports ? local_tokens : 0.0, ReduceOp::kSum);
+  return count > 0 ? loss / count : 0.0;
+}
+
+}  // namespace latam

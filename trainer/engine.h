@@ -1,0 +1,73 @@
+// Engine: one rank's part of a distributed training job. It owns the model
+// shard, the pipeline executor and the optimizer, built from the config and
+// the process grid, and runs optimizer steps and evaluations.
+//
+// A step (global batch G samples of seq_len tokens, D data-parallel ranks,
+// micro-batches of b samples):
+//   1. data-parallel rank r takes samples [s G + r G/D, s G + (r+1) G/D) in
+//      m = G / (D b) micro-batches (data/sampler.h);
+//   2. the pipeline schedule runs their forward and backward passes, every
+//      gradient scaled by 1 / (G seq_len) so that the sum over all ranks is
+//      the gradient of the mean token loss;
+//   3. replicated KV heads sum their gradients over their replicas, and a
+//      tied embedding sums the gradients of its first- and last-stage copies;
+//   4. the optimizer reduces gradients over data parallelism, takes the
+//      global norm, clips and updates (trainer/optimizer.h).
+// Any layout therefore computes the same losses and parameters as one
+// process, up to floating-point summation order.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "kernels/status.h"
+#include "parallel/grid.h"
+#include "trainer/config.h"
+#include "trainer/model.h"
+#include "trainer/optimizer.h"
+#include "trainer/pipeline.h"
+
+namespace latam {
+
+struct StepResult {
+  int64_t step = 0;  // optimizer steps completed
+  double loss = 0.0;
+  double grad_norm = 0.0;
+  double lr = 0.0;
+  double step_ms = 0.0;
+  double tokens_per_s = 0.0;
+};
+
+class Engine {
+ public:
+  // Fills ids and targets (seq_len each) of global sample `index`.
+  using SampleFn = std::function<Status(uint64_t index, int32_t* ids, int32_t* targets)>;
+
+  // The grid's shape must match the config's layout (ValidateConfig first).
+  Engine(const Config& config, ProcessGrid* grid);
+
+  // One optimizer step (step = the number of steps already taken). Every
+  // rank returns the same StepResult.
+  Result<StepResult> Step(int64_t step, const SampleFn& sample);
+  // Mean token loss over samples [0, n) of `sample` (targets < 0 are
+  // ignored), split over data-parallel ranks; every rank returns it.
+  Result<double> Evaluate(int64_t n, const SampleFn& sample);
+
+  LlamaModel& model() { return *model_; }
+  AdamWOptimizer& optimizer() { return *optimizer_; }
+  const PipelineExecutor& executor() const { return *executor_; }
+  ProcessGrid& grid() { return *grid_; }
+  int micro_batches() const { return micro_batches_; }
+
+ private:
+  Config config_;
+  ProcessGrid* grid_;
+  std::unique_ptr<Communicator> kv_group_, embedding_group_;
+  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<PipelineExecutor> executor_;
+  std::unique_ptr<AdamWOptimizer> optimizer_;
+  int micro_batches_ = 0;
+};
+
+}  // namespace latam
