@@ -94,7 +94,6 @@ Result<double> Engine::Evaluate(int64_t n, const SampleFn& sample) {
   // same number of micro-batches (short ones padded with ignored targets).
   const int64_t per_rank = (n + d - 1) / d;
   const int micro_batches = static_cast<int>((per_rank + micro - 1) / micro);
-  PipelineExecutor eval(model_.get(), &grid_->pp(), micro_batches);
   Status status;
   double local_tokens = 0.0;
   auto fetch = [&](int m, int32_t* ids, int32_t* targets) {
@@ -109,7 +108,7 @@ Result<double> Engine::Evaluate(int64_t n, const SampleFn& sample) {
       }
     }
   };
-  const double local_loss = eval.EvalStep(fetch);
+  const double local_loss = executor_->EvalStep(micro_batches, fetch);
   const double bad = grid_->world().AllReduceScalar(status.ok() ? 0.0 : 1.0, ReduceOp::kSum);
   if (!status.ok()) return status;
   if (bad > 0) return Status::InvalidInput("a data error on another rank stopped the evaluation");

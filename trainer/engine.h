@@ -56,7 +56,6 @@ class Engine {
 
   LlamaModel& model() { return *model_; }
   AdamWOptimizer& optimizer() { return *optimizer_; }
-  const PipelineExecutor& executor() const { return *executor_; }
   ProcessGrid& grid() { return *grid_; }
   int micro_batches() const { return micro_batches_; }
 

@@ -69,8 +69,7 @@ std::vector<int> SlotsNeeded(const std::vector<PipelineAction>& schedule, int vi
   return peak;
 }
 
-PipelineExecutor::PipelineExecutor(LlamaModel* model, Communicator* pp, int micro_batches)
-    : model_(model), pp_(pp), micro_batches_(micro_batches) {
+PipelineExecutor::PipelineExecutor(LlamaModel* model, Communicator* pp, int micro_batches) : model_(model), pp_(pp) {
   const ModelLayout& l = model->layout();
   LATAM_CHECK(pp->size() == l.pp, "pipeline group of " << pp->size() << " ranks for a layout of " << l.pp);
   schedule_ = BuildSchedule(l.pp, l.pp_rank, l.virtual_stages, micro_batches);
@@ -132,10 +131,10 @@ double PipelineExecutor::TrainStep(const FetchFn& fetch, float grad_scale) {
   return Run(schedule_, fetch, grad_scale, true);
 }
 
-double PipelineExecutor::EvalStep(const FetchFn& fetch) {
+double PipelineExecutor::EvalStep(int micro_batches, const FetchFn& fetch) {
   // Every micro-batch through the rank's chunks in pipeline order, one slot.
   std::vector<PipelineAction> forwards;
-  for (int m = 0; m < micro_batches_; ++m) {
+  for (int m = 0; m < micro_batches; ++m) {
     for (int c = 0; c < model_->num_chunks(); ++c) forwards.push_back({PipelineAction::kForward, c, m, 0});
   }
   return Run(forwards, fetch, 0.0f, false);

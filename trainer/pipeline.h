@@ -52,13 +52,16 @@ class PipelineExecutor {
   // Fills ids and targets (micro_batch x seq_len each) of micro-batch `micro`.
   using FetchFn = std::function<void(int micro, int32_t* ids, int32_t* targets)>;
 
+  // Checks that the model has the activation slots that the training
+  // schedule of `micro_batches` micro-batches needs.
   PipelineExecutor(LlamaModel* model, Communicator* pp, int micro_batches);
 
   // Runs forward and backward of every micro-batch; returns the sum of the
   // token losses computed on this rank (non-zero only on the last stage).
   double TrainStep(const FetchFn& fetch, float grad_scale);
-  // Forward only, no gradients (evaluation); same return value.
-  double EvalStep(const FetchFn& fetch);
+  // Forward only, no gradients, of `micro_batches` micro-batches, one at a
+  // time through the pipeline (evaluation; one slot per chunk is enough).
+  double EvalStep(int micro_batches, const FetchFn& fetch);
 
   const std::vector<PipelineAction>& schedule() const { return schedule_; }
 
@@ -69,7 +72,6 @@ class PipelineExecutor {
 
   LlamaModel* model_;
   Communicator* pp_;
-  int micro_batches_;
   std::vector<PipelineAction> schedule_;
   std::vector<std::vector<std::vector<std::unique_ptr<Request>>>> pending_;  // [chunk][slot] sends in flight
   std::vector<int32_t> ids_, targets_;

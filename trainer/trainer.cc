@@ -121,16 +121,19 @@ Result<std::vector<double>> Trainer::Evaluate() {
   return losses;
 }
 
-void Trainer::Log(const StepResult& r, const CommStats& tp, const CommStats& pp, const CommStats& dp) {
+void Trainer::Log(const StepResult& r) {
   if (metrics_ == nullptr) return;
+  // Bytes this rank handed to each group's collectives in the step; a group
+  // of one rank moves nothing.
+  auto moved = [](const Communicator& c) { return c.size() > 1 ? static_cast<double>(c.stats().total_bytes()) : 0.0; };
   metrics_->Write(r.step, {{"loss", r.loss},
                            {"lr", r.lr},
                            {"grad_norm", r.grad_norm},
                            {"tokens_per_s", r.tokens_per_s},
                            {"step_ms", r.step_ms},
-                           {"comm_bytes/tp", static_cast<double>(tp.total_bytes())},
-                           {"comm_bytes/pp", static_cast<double>(pp.total_bytes())},
-                           {"comm_bytes/dp", static_cast<double>(dp.total_bytes())}});
+                           {"comm_bytes/tp", moved(grid_->tp())},
+                           {"comm_bytes/pp", moved(grid_->pp())},
+                           {"comm_bytes/dp", moved(grid_->dp())}});
   std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | %.1f ms\n",
               static_cast<long long>(r.step), static_cast<long long>(config_.train().steps()), r.loss, r.lr,
               r.grad_norm, r.tokens_per_s, r.step_ms);
@@ -147,7 +150,7 @@ Status Trainer::Run() {
     grid_->ResetStats();
     LATAM_ASSIGN_OR_RETURN(const StepResult r, engine_->Step(step, sample));
     if (r.step % t.log_every() == 0 || r.step == t.steps() || r.step == 1) {
-      Log(r, grid_->tp().stats(), grid_->pp().stats(), grid_->dp().stats());
+      Log(r);
     }
     if (!eval_data_.empty() && t.eval_every() > 0 && (r.step % t.eval_every() == 0 || r.step == t.steps())) {
       LATAM_ASSIGN_OR_RETURN(const std::vector<double> losses, Evaluate());

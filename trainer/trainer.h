@@ -44,7 +44,7 @@ class Trainer {
   Trainer(const Config& config, const MpiSession& mpi) : config_(config), mpi_(mpi) {}
   Status Init();
   Status OpenData();
-  void Log(const StepResult& r, const CommStats& tp, const CommStats& pp, const CommStats& dp);
+  void Log(const StepResult& r);
 
   Config config_;
   const MpiSession& mpi_;

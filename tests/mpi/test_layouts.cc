@@ -11,6 +11,7 @@
 //     single process's tensor to 1e-4 (relative to the tensor's scale);
 //   - the tensor-, pipeline- and data-parallel groups moved exactly the
 //     bytes the layout implies (formulas below).
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -133,6 +134,11 @@ int main(int argc, char** argv) {
   const ModelShape shape = ModelShape::FromConfig(config.model());
   const ModelLayout& layout = engine.model().layout();
   const int64_t m = 2 * 16, dim = shape.dim, micro_batches = engine.micro_batches();
+  // Stage p of a 1F1B pipeline keeps at most P - p micro-batches' activations.
+  if (vs == 1) {
+    t.Eq(engine.model().slots(0), static_cast<int>(std::min<int64_t>(pp - grid.pp_rank(), micro_batches)),
+         "activation slots");
+  }
   for (int64_t step = 0; step < kSteps; ++step) {
     grid.ResetStats();
     auto r = engine.Step(step, Sample);
@@ -173,6 +179,15 @@ int main(int argc, char** argv) {
       t.Eq(grid.dp().stats().bytes_of(CommOp::kReduceScatter), 4 * params.padded_numel(), "reduce-scatter bytes" + at);
       t.Eq(grid.dp().stats().bytes_of(CommOp::kAllGather), 4 * params.padded_numel(), "all-gather bytes" + at);
     }
+  }
+
+  // Evaluation over more micro-batches than a training step has, split over
+  // data-parallel ranks with a short last micro-batch, gives the single
+  // process's mean loss.
+  auto eval = engine.Evaluate(41, Sample);
+  auto eval_ref = single.Evaluate(41, Sample);
+  if (t.Check(eval.ok() && eval_ref.ok(), "evaluation failed")) {
+    t.Near(*eval, *eval_ref, 2e-5 * std::abs(*eval_ref), "eval loss");
   }
 
   // Every block of this rank equals the single process's slice of it.
