@@ -79,12 +79,12 @@ MixtureSampler::Draw MixtureSampler::Sample(uint64_t i) const {
   return Draw{static_cast<int>(d), windows(j % windows_[d])};
 }
 
-std::vector<uint64_t> DataParallelSamples(uint64_t step, uint64_t global_batch, int rank, int ranks) {
+std::vector<uint64_t> DataParallelSamples(uint64_t first_sample, uint64_t global_batch, int rank, int ranks) {
   LATAM_CHECK(ranks > 0 && rank >= 0 && rank < ranks && global_batch % static_cast<uint64_t>(ranks) == 0,
               "rank " << rank << " of " << ranks << " for a global batch of " << global_batch);
   const uint64_t per_rank = global_batch / static_cast<uint64_t>(ranks);
   std::vector<uint64_t> samples(per_rank);
-  for (uint64_t k = 0; k < per_rank; ++k) samples[k] = step * global_batch + static_cast<uint64_t>(rank) * per_rank + k;
+  for (uint64_t k = 0; k < per_rank; ++k) samples[k] = first_sample + static_cast<uint64_t>(rank) * per_rank + k;
   return samples;
 }
 

@@ -71,7 +71,10 @@ class MixtureSampler {
 };
 
 // The global sample indices data-parallel rank `rank` of `ranks` trains on
-// in step `step` (global batch of `global_batch` samples).
-std::vector<uint64_t> DataParallelSamples(uint64_t step, uint64_t global_batch, int rank, int ranks);
+// in the step whose global batch is samples [first_sample, first_sample +
+// global_batch): a contiguous slice of global_batch / ranks of them. A run
+// that resumes continues from the consumed-sample count, so the order holds
+// whatever the data-parallel size or global batch of each segment.
+std::vector<uint64_t> DataParallelSamples(uint64_t first_sample, uint64_t global_batch, int rank, int ranks);
 
 }  // namespace latam::data

@@ -18,6 +18,7 @@ enum class StatusCode {
   kInvalidInput,  // bad config, data, checkpoint, world size: exit code 2
   kIoError,       // the OS refused a read or write: exit code 1
   kInternal,      // anything else: exit code 1
+  kPreempted,     // stopped by a preemption signal after saving: exit code 3 (requeue)
 };
 
 class [[nodiscard]] Status {
@@ -27,17 +28,20 @@ class [[nodiscard]] Status {
   static Status InvalidInput(std::string message) { return Status(StatusCode::kInvalidInput, std::move(message)); }
   static Status IoError(std::string message) { return Status(StatusCode::kIoError, std::move(message)); }
   static Status Internal(std::string message) { return Status(StatusCode::kInternal, std::move(message)); }
+  static Status Preempted(std::string message) { return Status(StatusCode::kPreempted, std::move(message)); }
 
   bool ok() const { return code_ == StatusCode::kOk; }
   StatusCode code() const { return code_; }
   const std::string& message() const { return message_; }
-  // Process exit code for this status: 0 ok, 2 bad input, 1 otherwise.
+  // Process exit code for this status: 0 ok, 2 bad input, 3 preempted, 1 otherwise.
   int exit_code() const {
     switch (code_) {
       case StatusCode::kOk:
         return 0;
       case StatusCode::kInvalidInput:
         return 2;
+      case StatusCode::kPreempted:
+        return 3;
       default:
         return 1;
     }

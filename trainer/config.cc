@@ -232,6 +232,8 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   c.Require(t.eval_samples() >= 1, "train.eval_samples", "must be >= 1");
   c.Require(t.save_every() >= 0, "train.save_every", "must be >= 0");
   c.Require(t.keep_checkpoints() >= 1, "train.keep_checkpoints", "must be >= 1");
+  c.Require(t.init_load() == "weights" || t.init_load() == "optimizer" || t.init_load() == "all", "train.init_load",
+            "must be weights, optimizer or all (got '" + t.init_load() + "')");
   c.Require(t.device() == "cpu" || t.device() == "cuda", "train.device",
             "must be cpu or cuda (got '" + t.device() + "')");
   c.Require(t.precision() == "fp32" || t.precision() == "bf16", "train.precision",
@@ -272,6 +274,8 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
     c.Require(d.tokenizer().empty() || std::filesystem::exists(d.tokenizer()), "data.tokenizer",
               "no such file: " + d.tokenizer());
     c.Require(!t.run_dir().empty(), "train.run_dir", "missing");
+    c.Require(t.init_from().empty() || std::filesystem::is_directory(t.init_from()), "train.init_from",
+              "no such directory: " + t.init_from());
   }
   return c.status();
 }

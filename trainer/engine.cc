@@ -43,13 +43,13 @@ Engine::Engine(const Config& config, ProcessGrid* grid) : config_(config), grid_
   optimizer_ = std::make_unique<AdamWOptimizer>(&model_->parameters(), config.optimizer(), zero, oc);
 }
 
-Result<StepResult> Engine::Step(int64_t step, const SampleFn& sample) {
+Result<StepResult> Engine::Step(int64_t step, uint64_t first_sample, const SampleFn& sample) {
   const auto start = std::chrono::steady_clock::now();
   const auto& t = config_.train();
   const int64_t seq_len = config_.data().seq_len(), micro = t.micro_batch_size();
   const double tokens = static_cast<double>(t.global_batch_size() * seq_len);
   const std::vector<uint64_t> samples = data::DataParallelSamples(
-      static_cast<uint64_t>(step), static_cast<uint64_t>(t.global_batch_size()), grid_->dp_rank(), grid_->shape().data);
+      first_sample, static_cast<uint64_t>(t.global_batch_size()), grid_->dp_rank(), grid_->shape().data);
 
   Status status;
   auto fetch = [&](int m, int32_t* ids, int32_t* targets) {

@@ -4,8 +4,9 @@
 //
 // A step (global batch G samples of seq_len tokens, D data-parallel ranks,
 // micro-batches of b samples):
-//   1. data-parallel rank r takes samples [s G + r G/D, s G + (r+1) G/D) in
-//      m = G / (D b) micro-batches (data/sampler.h);
+//   1. data-parallel rank r takes samples [c + r G/D, c + (r+1) G/D) in
+//      m = G / (D b) micro-batches, c = the samples consumed before the
+//      step (s G when G never changed; data/sampler.h);
 //   2. the pipeline schedule runs their forward and backward passes, every
 //      gradient scaled by 1 / (G seq_len) so that the sum over all ranks is
 //      the gradient of the mean token loss;
@@ -47,15 +48,17 @@ class Engine {
   // The grid's shape must match the config's layout (ValidateConfig first).
   Engine(const Config& config, ProcessGrid* grid);
 
-  // One optimizer step (step = the number of steps already taken). Every
-  // rank returns the same StepResult.
-  Result<StepResult> Step(int64_t step, const SampleFn& sample);
+  // One optimizer step on global samples [first_sample, first_sample + G)
+  // (step = the number of steps already taken: it sets the learning rate).
+  // Every rank returns the same StepResult.
+  Result<StepResult> Step(int64_t step, uint64_t first_sample, const SampleFn& sample);
   // Mean token loss over samples [0, n) of `sample` (targets < 0 are
   // ignored), split over data-parallel ranks; every rank returns it.
   Result<double> Evaluate(int64_t n, const SampleFn& sample);
 
   LlamaModel& model() { return *model_; }
   AdamWOptimizer& optimizer() { return *optimizer_; }
+  const Config& config() const { return config_; }
   ProcessGrid& grid() { return *grid_; }
   int micro_batches() const { return micro_batches_; }
 

@@ -62,6 +62,22 @@ void AdamWOptimizer::Init() {
   }
 }
 
+std::vector<AdamWOptimizer::MomentSlice> AdamWOptimizer::Moments() const {
+  std::vector<MomentSlice> out;
+  float* m = static_cast<float*>(exp_avg_.data());
+  float* v = static_cast<float*>(exp_avg_sq_.data());
+  for (const Segment& s : segments_) {
+    out.push_back({s.tensor, s.begin, s.end, m + (s.begin - slice_begin_), v + (s.begin - slice_begin_)});
+  }
+  return out;
+}
+
+void AdamWOptimizer::ResetMoments() {
+  exp_avg_.Zero();
+  exp_avg_sq_.Zero();
+  step_ = 0;
+}
+
 void AdamWOptimizer::ReduceGradients() {
   if (zero_stage_ == 1) {
     comms_.dp->ReduceScatter(params_->padded_grads(), slice_grads_.View(0, DType::kF32, Shape{slice_size_}))->Wait();

@@ -56,6 +56,23 @@ class AdamWOptimizer {
   // learning rate `lr`, and (ZeRO-1) all-gathers the parameters.
   void Step(float lr, float grad_factor);
   int64_t step() const { return step_; }
+  // Restores the step counter (bias correction) when resuming.
+  void set_step(int64_t step) { step_ = step; }
+  int zero_stage() const { return zero_stage_; }
+
+  // The Adam moments this rank keeps, one entry per piece of a parameter
+  // tensor: flat elements [begin, end) of the parameter arena (ZeRO-0: every
+  // tensor whole; ZeRO-1: the pieces inside this rank's slice) and their
+  // exp_avg / exp_avg_sq storage. Checkpoints save and restore them in place.
+  struct MomentSlice {
+    size_t tensor;
+    int64_t begin, end;
+    float* exp_avg;
+    float* exp_avg_sq;
+  };
+  std::vector<MomentSlice> Moments() const;
+  // Sets every moment to zero (a fresh optimizer).
+  void ResetMoments();
 
  private:
   // A piece of one tensor inside this rank's slice of the flat buffers.

@@ -5,7 +5,12 @@
 //
 // --plan prints the JSON plan (trainer/plan.h) and exits without MPI, data or
 // allocation. Otherwise the process joins the MPI job and trains.
-// Exit codes: 0 ok, 2 bad input (config, data, world size), 1 other failures.
+// --resume auto (default) continues from run_dir/checkpoints/latest when it
+// exists; none refuses a run_dir that has checkpoints; DIR loads that
+// checkpoint (a step directory or a checkpoints/ directory) under the
+// config's layout.
+// Exit codes: 0 ok, 2 bad input (config, data, world size, checkpoint),
+// 3 preempted by SIGTERM/SIGUSR1 after saving, 1 other failures.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -62,7 +67,8 @@ latam::Result<latam::Config> LoadConfig(const Args& args) {
 }
 
 int Fail(const latam::Status& s, int rank) {
-  if (rank == 0) std::fprintf(stderr, "latam-train: error: %s\n", s.message().c_str());
+  const char* kind = s.code() == latam::StatusCode::kPreempted ? "preempted" : "error";
+  if (rank == 0) std::fprintf(stderr, "latam-train: %s: %s\n", kind, s.message().c_str());
   return s.exit_code();
 }
 
@@ -82,13 +88,8 @@ int main(int argc, char** argv) {
   }
 
   latam::MpiSession mpi(&argc, &argv);
-  if (args->resume != "auto" && args->resume != "none") {
-    return Fail(latam::Status::InvalidInput("--resume " + args->resume +
-                                            ": resuming from a checkpoint directory is not available in this build"),
-                mpi.world_rank());
-  }
   const int threads = latam::ConfigureCpuThreads(mpi.local_size());
-  auto trainer = latam::Trainer::Create(*config, mpi);
+  auto trainer = latam::Trainer::Create(*config, mpi, args->resume);
   if (!trainer.ok()) return Fail(trainer.status(), mpi.world_rank());
   if (mpi.world_rank() == 0) {
     const auto& p = config->parallel();

@@ -1,5 +1,6 @@
 #include "trainer/trainer.h"
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -7,6 +8,7 @@
 
 #include "data/tokenizer.h"
 #include "parallel/mpi_communicator.h"
+#include "trainer/signals.h"
 
 namespace latam {
 
@@ -39,9 +41,10 @@ Status AgreeOnStatus(const Status& local, Communicator& world) {
 
 }  // namespace
 
-Result<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const MpiSession& mpi) {
+Result<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const MpiSession& mpi,
+                                                 const std::string& resume) {
   std::unique_ptr<Trainer> t(new Trainer(config, mpi));
-  LATAM_RETURN_IF_ERROR(t->Init());
+  LATAM_RETURN_IF_ERROR(t->Init(resume));
   return t;
 }
 
@@ -81,7 +84,7 @@ Status Trainer::OpenData() {
   return Status::Ok();
 }
 
-Status Trainer::Init() {
+Status Trainer::Init(const std::string& resume) {
   // Config errors are the same on every rank: each rank returns without
   // communicating (so a wrong world size cannot hang the job).
   ValidationOptions options;
@@ -91,15 +94,106 @@ Status Trainer::Init() {
   if (config_.train().device() != "cpu") {
     return Status::InvalidInput("train.device: only cpu training is available in this build");
   }
-  if (config_.train().save_every() > 0) {
-    return Status::InvalidInput("train.save_every: checkpoint saving is not available in this build; set it to 0");
-  }
   const auto& p = config_.parallel();
   grid_ =
       std::make_unique<ProcessGrid>(std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world"),
                                     GridShape{p.tensor(), p.pipeline(), DataParallelSize(config_, mpi_.world_size())});
   LATAM_RETURN_IF_ERROR(AgreeOnStatus(OpenData(), grid_->world()));
   engine_ = std::make_unique<Engine>(config_, grid_.get());
+  LATAM_RETURN_IF_ERROR(AgreeOnStatus(Restore(resume), grid_->world()));
+  saver_ = std::make_unique<ckpt::CheckpointSaver>(config_.train().run_dir() + "/checkpoints", &grid_->world(),
+                                                   config_.train().keep_checkpoints(), config_.data().tokenizer());
+  return Status::Ok();
+}
+
+Status Trainer::Restore(const std::string& resume) {
+  const auto& t = config_.train();
+  const std::string own = t.run_dir() + "/checkpoints";
+  const bool has_own = fs::exists(own + "/" + ckpt::kLatestFile);
+  std::string source;
+  ckpt::LoadWhat what = ckpt::LoadWhat::kAll;
+  if (resume == "auto" && has_own) {
+    source = own;
+  } else if (resume == "auto" || resume == "none") {
+    if (has_own) {
+      return Status::InvalidInput("train.run_dir " + t.run_dir() +
+                                  " already has checkpoints; continue it with --resume auto, or use a new run_dir");
+    }
+    if (t.init_from().empty()) return Status::Ok();
+    source = t.init_from();
+    LATAM_ASSIGN_OR_RETURN(what, ckpt::ParseLoadWhat(t.init_load()));
+  } else {
+    source = resume;
+  }
+  LATAM_ASSIGN_OR_RETURN(auto reader, ckpt::CheckpointReader::Open(source));
+  const std::vector<ckpt::StatePiece> pieces =
+      ckpt::EngineState(engine_->model().parameters(), &engine_->optimizer(), grid_->dp_rank());
+  LATAM_ASSIGN_OR_RETURN(const ckpt::LoadResult loaded,
+                         ckpt::LoadState(*reader, config_.model(), pieces, &engine_->optimizer(), what));
+  start_step_ = loaded.step;
+  last_saved_step_ = what == ckpt::LoadWhat::kAll ? loaded.step : -1;
+  consumed_ = loaded.consumed_samples;
+  if (start_step_ > t.steps()) {
+    return Status::InvalidInput("train.steps: " + std::to_string(t.steps()) + " is below the step " +
+                                std::to_string(start_step_) + " of checkpoint " + reader->dir());
+  }
+  if (mpi_.world_rank() == 0) {
+    const ckpt::Layout& l = reader->manifest().layout();
+    std::printf("latam-train: loaded %s from %s (step %lld, %llu samples consumed, saved as tensor %d x pipeline %d x "
+                "data %d, %d virtual stages, ZeRO-%d%s)\n",
+                what == ckpt::LoadWhat::kAll ? "everything" : what == ckpt::LoadWhat::kWeights ? "weights" : "weights and optimizer",
+                reader->dir().c_str(), static_cast<long long>(reader->manifest().step()),
+                static_cast<unsigned long long>(reader->manifest().consumed_samples()), l.tensor(), l.pipeline(),
+                l.data(), l.virtual_stages(), l.zero_stage(), loaded.moments_loaded ? "" : "; fresh optimizer state");
+    std::fflush(stdout);
+  }
+  return Status::Ok();
+}
+
+Status Trainer::StartSave(int64_t step) {
+  const auto& p = config_.parallel();
+  ckpt::Checkpoint h;
+  h.set_format_version(ckpt::kFormatVersion);
+  h.set_step(step);
+  h.set_consumed_samples(consumed_);
+  *h.mutable_model() = config_.model();
+  ckpt::Layout* l = h.mutable_layout();
+  l->set_tensor(p.tensor());
+  l->set_pipeline(p.pipeline());
+  l->set_data(grid_->shape().data);
+  l->set_virtual_stages(p.virtual_stages());
+  l->set_zero_stage(p.zero_stage());
+  ckpt::OptimizerState* o = h.mutable_optimizer();
+  *o->mutable_hyper() = config_.optimizer();
+  o->set_step(engine_->optimizer().step());
+  o->set_has_moments(true);
+  ckpt::DataState* d = h.mutable_data();
+  d->set_consumed_samples(consumed_);
+  d->set_seed(config_.data().seed());
+  *d->mutable_train() = config_.data().train();
+  h.set_rng_seed(config_.train().seed());
+  h.set_config_text(ConfigToText(config_));
+  h.set_created_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count());
+  last_saved_step_ = step;
+  return saver_->Start(
+      h, ckpt::EngineState(engine_->model().parameters(), &engine_->optimizer(), grid_->dp_rank()));
+}
+
+Status Trainer::PollSave(bool wait) {
+  LATAM_ASSIGN_OR_RETURN(const std::optional<ckpt::SaveStats> done, saver_->Poll(wait));
+  if (!done || metrics_ == nullptr) return Status::Ok();
+  const double mb = static_cast<double>(done->bytes) / 1e6;
+  const double per_s = done->write_s > 0 ? static_cast<double>(done->bytes) / done->write_s : 0.0;
+  metrics_->Write(done->step, {{"checkpoint/bytes", static_cast<double>(done->bytes)},
+                               {"checkpoint/write_s", done->write_s},
+                               {"checkpoint/bytes_per_s", per_s},
+                               {"checkpoint/snapshot_ms", done->snapshot_ms},
+                               {"checkpoint/save_s", done->total_s}});
+  std::printf("saved %s | %.1f MB written in %.2f s (%.1f MB/s) | training paused %.1f ms\n", done->dir.c_str(), mb,
+              done->write_s, per_s / 1e6, done->snapshot_ms);
+  std::fflush(stdout);
   return Status::Ok();
 }
 
@@ -146,9 +240,11 @@ Status Trainer::Run() {
     const data::MixtureSampler::Draw draw = sampler_->Sample(index);
     return train_data_[static_cast<size_t>(draw.dataset)]->ReadWindow(draw.window, ids, targets);
   };
-  for (int64_t step = 0; step < t.steps(); ++step) {
+  InstallPreemptionHandlers();
+  for (int64_t step = start_step_; step < t.steps(); ++step) {
     grid_->ResetStats();
-    LATAM_ASSIGN_OR_RETURN(const StepResult r, engine_->Step(step, sample));
+    LATAM_ASSIGN_OR_RETURN(const StepResult r, engine_->Step(step, consumed_, sample));
+    consumed_ += static_cast<uint64_t>(t.global_batch_size());
     if (r.step % t.log_every() == 0 || r.step == t.steps() || r.step == 1) {
       Log(r);
     }
@@ -167,8 +263,18 @@ Status Trainer::Run() {
         std::fflush(stdout);
       }
     }
+    LATAM_RETURN_IF_ERROR(PollSave(false));
+    // Every rank stops after the same step, however the signal reached them.
+    const bool stop = grid_->world().AllReduceScalar(PreemptionRequested() ? 1.0 : 0.0, ReduceOp::kMax) > 0;
+    const bool scheduled = t.save_every() > 0 && (r.step % t.save_every() == 0 || r.step == t.steps());
+    if (stop || scheduled) LATAM_RETURN_IF_ERROR(StartSave(r.step));
+    if (stop) {
+      LATAM_RETURN_IF_ERROR(PollSave(true));
+      return Status::Preempted("stopped by signal " + std::to_string(PreemptionSignal()) + " after step " +
+                               std::to_string(r.step) + " and saved a checkpoint; resume with --resume auto");
+    }
   }
-  return Status::Ok();
+  return PollSave(true);
 }
 
 }  // namespace latam

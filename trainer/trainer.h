@@ -9,12 +9,20 @@
 // train.eval_every steps the mean loss on train.eval_samples windows of each
 // data.eval dataset is logged as eval_loss/<name> (and their token-weighted
 // mean as eval_loss).
+//
+// Checkpoints (checkpoint/state.h): every train.save_every steps and at the
+// end the state is saved asynchronously to run_dir/checkpoints/step_XXXXXXXX;
+// on SIGTERM or SIGUSR1 the loop finishes its step, saves, and Run returns
+// a Preempted status (exit code 3). At start the run resumes from its own
+// checkpoints/latest (--resume auto), a given checkpoint (--resume DIR), or
+// starts from train.init_from (continued pretraining).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <vector>
 
+#include "checkpoint/state.h"
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "kernels/status.h"
@@ -31,7 +39,9 @@ class Trainer {
   // Validates the config against the world, builds the grid and the engine,
   // opens the data and (rank 0) the run directory. Collective: every rank
   // returns an error when any rank found one.
-  static Result<std::unique_ptr<Trainer>> Create(const Config& config, const MpiSession& mpi);
+  // `resume` is "auto", "none" or a checkpoint directory (latam-train --resume).
+  static Result<std::unique_ptr<Trainer>> Create(const Config& config, const MpiSession& mpi,
+                                                 const std::string& resume = "auto");
 
   // Trains for train.steps steps.
   Status Run();
@@ -39,11 +49,17 @@ class Trainer {
   Result<std::vector<double>> Evaluate();
 
   Engine& engine() { return *engine_; }
+  // The step training starts from (after a resume) and the samples consumed.
+  int64_t start_step() const { return start_step_; }
+  uint64_t consumed_samples() const { return consumed_; }
 
  private:
   Trainer(const Config& config, const MpiSession& mpi) : config_(config), mpi_(mpi) {}
-  Status Init();
+  Status Init(const std::string& resume);
   Status OpenData();
+  Status Restore(const std::string& resume);
+  Status StartSave(int64_t step);
+  Status PollSave(bool wait);
   void Log(const StepResult& r);
 
   Config config_;
@@ -54,6 +70,10 @@ class Trainer {
   std::unique_ptr<data::MixtureSampler> sampler_;
   std::vector<std::unique_ptr<data::TokenDataset>> eval_data_;
   std::unique_ptr<MetricsWriter> metrics_;
+  std::unique_ptr<ckpt::CheckpointSaver> saver_;
+  int64_t start_step_ = 0;
+  int64_t last_saved_step_ = -1;
+  uint64_t consumed_ = 0;
 };
 
 }  // namespace latam

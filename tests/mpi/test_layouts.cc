@@ -141,8 +141,8 @@ int main(int argc, char** argv) {
   }
   for (int64_t step = 0; step < kSteps; ++step) {
     grid.ResetStats();
-    auto r = engine.Step(step, Sample);
-    auto ref = single.Step(step, Sample);
+    auto r = engine.Step(step, static_cast<uint64_t>(step) * 16, Sample);
+    auto ref = single.Step(step, static_cast<uint64_t>(step) * 16, Sample);
     if (!t.Check(r.ok() && ref.ok(), "step " + std::to_string(step) + " failed")) break;
     const std::string at = " at step " + std::to_string(step + 1);
     t.Near(r->loss, ref->loss, 2e-5 * std::abs(ref->loss), "loss" + at);

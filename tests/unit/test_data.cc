@@ -166,7 +166,7 @@ TEST_F(DataTest, SampleOrderIsStatelessAcrossResumeAndDataParallelSizes) {
   // The uninterrupted run's order.
   std::vector<std::pair<int, uint64_t>> reference;
   for (uint64_t step = 0; step < steps; ++step) {
-    for (uint64_t i : DataParallelSamples(step, global_batch, 0, 1)) {
+    for (uint64_t i : DataParallelSamples(step * global_batch, global_batch, 0, 1)) {
       const auto d = m.Sample(i);
       reference.emplace_back(d.dataset, d.window);
     }
@@ -178,7 +178,7 @@ TEST_F(DataTest, SampleOrderIsStatelessAcrossResumeAndDataParallelSizes) {
     std::vector<std::pair<int, uint64_t>> got(reference.begin(), reference.begin() + 17 * global_batch);
     for (uint64_t step = 17; step < steps; ++step) {
       for (int r = 0; r < ranks; ++r) {
-        const auto slice = DataParallelSamples(step, global_batch, r, ranks);
+        const auto slice = DataParallelSamples(step * global_batch, global_batch, r, ranks);
         ASSERT_EQ(slice.size(), global_batch / static_cast<uint64_t>(ranks));
         for (uint64_t i : slice) {
           const auto d = resumed.Sample(i);

@@ -1,0 +1,181 @@
+#include "checkpoint/convert.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string_view>
+
+#include "checkpoint/hf_config.h"
+#include "checkpoint/state.h"
+#include "data/tokenizer.h"
+#include "trainer/layout.h"
+
+namespace latam::ckpt {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+bool IsMoment(const std::string& name) {
+  auto ends_with = [&](std::string_view suffix) {
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return ends_with(kExpAvgSuffix) || ends_with(kExpAvgSqSuffix);
+}
+
+// (group, layer, position within a layer) of a canonical name.
+std::tuple<int, int64_t, int, std::string> SortKey(const std::string& name) {
+  static const char* kLayerOrder[] = {"input_layernorm.weight",  "self_attn.q_proj.weight",
+                                      "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                                      "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+                                      "mlp.gate_proj.weight",    "mlp.up_proj.weight",
+                                      "mlp.down_proj.weight"};
+  if (name.rfind("model.embed_tokens.", 0) == 0) return {0, 0, 0, name};
+  const std::string prefix = "model.layers.";
+  if (name.rfind(prefix, 0) == 0) {
+    const size_t dot = name.find('.', prefix.size());
+    const std::string number = name.substr(prefix.size(), dot - prefix.size());
+    const int64_t layer = std::all_of(number.begin(), number.end(), ::isdigit) && !number.empty() ? std::stoll(number) : 0;
+    const std::string rest = dot == std::string::npos ? "" : name.substr(dot + 1);
+    for (int k = 0; k < 9; ++k) {
+      if (rest == kLayerOrder[k]) return {1, layer, k, name};
+    }
+    return {1, layer, 9, name};
+  }
+  if (name.rfind("model.norm.", 0) == 0) return {2, 0, 0, name};
+  if (name.rfind("lm_head.", 0) == 0) return {3, 0, 0, name};
+  return {4, 0, 0, name};
+}
+
+Status RequireEmptyOutput(const std::string& dir) {
+  std::error_code ec;
+  if (fs::exists(dir, ec) && !(fs::is_directory(dir, ec) && fs::is_empty(dir, ec))) {
+    return Status::InvalidInput(dir + ": exists and is not empty; choose a new output directory");
+  }
+  fs::create_directories(dir, ec);
+  if (ec) return Status::IoError("cannot create " + dir + ": " + ec.message());
+  return Status::Ok();
+}
+
+}  // namespace
+
+bool CanonicalLess(const std::string& a, const std::string& b) { return SortKey(a) < SortKey(b); }
+
+Status ExportHf(const std::string& checkpoint, const std::string& out_dir, const ExportOptions& options) {
+  LATAM_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(checkpoint));
+  const Checkpoint& m = reader->manifest();
+  std::vector<HfTensorSpec> specs;
+  for (const TensorRecord& t : m.tensors()) {
+    if (!IsMoment(t.name())) specs.push_back({t.name(), {t.shape().begin(), t.shape().end()}});
+  }
+  std::sort(specs.begin(), specs.end(),
+            [](const HfTensorSpec& a, const HfTensorSpec& b) { return CanonicalLess(a.name, b.name); });
+  LATAM_RETURN_IF_ERROR(RequireEmptyOutput(out_dir));
+  auto produce = [&](const std::string& name, std::vector<float>* data) -> Status {
+    const TensorRecord* t = reader->Find(name);
+    const Block whole = WholeBlock({t->shape().begin(), t->shape().end()});
+    data->resize(static_cast<size_t>(whole.numel()));
+    return reader->Read(name, whole, data->data());
+  };
+  LATAM_RETURN_IF_ERROR(WriteHfWeights(out_dir, specs, options.dtype, produce, options.max_shard_bytes));
+
+  int64_t bos = -1, eos = -1;
+  if (!m.tokenizer_file().empty()) {
+    const std::string tokenizer = reader->dir() + "/" + m.tokenizer_file();
+    LATAM_ASSIGN_OR_RETURN(auto tok, data::Tokenizer::Load(tokenizer));
+    if (auto id = tok->TokenId("<|begin_of_text|>")) bos = *id;
+    if (auto id = tok->TokenId("<|end_of_text|>")) eos = *id;
+    std::error_code ec;
+    fs::copy_file(tokenizer, out_dir + "/tokenizer.json", ec);
+    if (ec) return Status::IoError("cannot copy " + tokenizer + " to " + out_dir + ": " + ec.message());
+  }
+  const std::string dtype = options.dtype == StDType::kBF16 ? "bfloat16" : "float32";
+  return WriteFileDurably(out_dir + "/config.json", HfConfigJson(m.model(), dtype, bos, eos));
+}
+
+Status ImportHf(const std::string& hf_dir, const std::string& out_dir) {
+  LATAM_ASSIGN_OR_RETURN(const HfConfig hf, ParseHfConfig(hf_dir + "/config.json"));
+  LATAM_ASSIGN_OR_RETURN(auto weights, HfWeights::Open(hf_dir));
+  const ModelShape shape = ModelShape::FromConfig(hf.model);
+  const std::vector<ParamSpec> specs = LlamaParameterSpecs(shape, ModelLayout::Single(shape));
+  // Check every tensor before writing anything.
+  for (const ParamSpec& p : specs) {
+    const StEntry* e = weights->Find(p.name);
+    if (e == nullptr) return Status::InvalidInput(hf_dir + ": tensor " + p.name + " is missing");
+    std::vector<int64_t> want;
+    for (int d = 0; d < p.global_shape.rank(); ++d) want.push_back(p.global_shape[d]);
+    if (e->shape != want) {
+      return Status::InvalidInput(hf_dir + ": tensor " + p.name + " has shape " + WholeBlock(e->shape).ToString() +
+                                  ", config.json implies " + WholeBlock(want).ToString());
+    }
+  }
+  LATAM_RETURN_IF_ERROR(RequireEmptyOutput(out_dir));
+  Checkpoint index;
+  LATAM_ASSIGN_OR_RETURN(auto writer, ShardFileWriter::Create(out_dir, RankFileName(0)));
+  std::vector<char> raw;
+  std::vector<float> widened;
+  for (const ParamSpec& p : specs) {
+    const StEntry* e = weights->Find(p.name);
+    const Block whole = WholeBlock(e->shape);
+    DType dtype = DType::F32;
+    const void* data = nullptr;
+    if (e->dtype == StDType::kF16) {
+      widened.resize(static_cast<size_t>(whole.numel()));
+      LATAM_RETURN_IF_ERROR(weights->ReadF32(p.name, widened.data()));
+      data = widened.data();
+    } else {
+      raw.resize(static_cast<size_t>(e->bytes()));
+      LATAM_RETURN_IF_ERROR(weights->ReadRaw(p.name, raw.data()));
+      dtype = e->dtype == StDType::kBF16 ? DType::BF16 : DType::F32;
+      data = raw.data();
+    }
+    LATAM_ASSIGN_OR_RETURN(const Shard shard, writer->Append(data, dtype, whole));
+    TensorRecord* t = index.add_tensors();
+    t->set_name(p.name);
+    t->set_dtype(dtype);
+    for (int64_t d : e->shape) t->add_shape(d);
+    *t->add_shards() = shard;
+  }
+  LATAM_RETURN_IF_ERROR(writer->Close());
+  LATAM_RETURN_IF_ERROR(WriteFileDurably(out_dir + "/" + RankIndexName(0), index.SerializeAsString()));
+
+  Checkpoint header;
+  header.set_format_version(kFormatVersion);
+  header.set_step(0);
+  header.set_consumed_samples(0);
+  *header.mutable_model() = hf.model;
+  Layout* l = header.mutable_layout();
+  l->set_tensor(1);
+  l->set_pipeline(1);
+  l->set_data(1);
+  l->set_virtual_stages(1);
+  l->set_zero_stage(0);
+  header.mutable_optimizer()->set_step(0);
+  header.mutable_optimizer()->set_has_moments(false);
+  const std::string tokenizer = hf_dir + "/tokenizer.json";
+  if (fs::exists(tokenizer)) {
+    std::error_code ec;
+    fs::copy_file(tokenizer, out_dir + "/tokenizer.json", ec);
+    if (ec) return Status::IoError("cannot copy " + tokenizer + " to " + out_dir + ": " + ec.message());
+    header.set_tokenizer_file("tokenizer.json");
+  }
+  return WriteManifest(out_dir, 1, header);
+}
+
+Result<LoadedModel> LoadModel(const std::string& checkpoint) {
+  LATAM_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(checkpoint));
+  LoadedModel out;
+  out.manifest = reader->manifest();
+  out.manifest.clear_tensors();
+  out.shape = ModelShape::FromConfig(out.manifest.model());
+  out.params = std::make_unique<ParameterSet>(LlamaParameterSpecs(out.shape, ModelLayout::Single(out.shape)));
+  LATAM_ASSIGN_OR_RETURN(const LoadResult loaded, LoadState(*reader, out.manifest.model(),
+                                                             EngineState(*out.params, nullptr, 0), nullptr,
+                                                             LoadWhat::kWeights));
+  (void)loaded;
+  if (!out.manifest.tokenizer_file().empty()) out.tokenizer_path = reader->dir() + "/" + out.manifest.tokenizer_file();
+  return out;
+}
+
+}  // namespace latam::ckpt

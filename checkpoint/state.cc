@@ -1,0 +1,331 @@
+#include "checkpoint/state.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace latam::ckpt {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+double NowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::vector<int64_t> Dims(const Shape& s) {
+  std::vector<int64_t> d;
+  for (int i = 0; i < s.rank(); ++i) d.push_back(s[i]);
+  return d;
+}
+
+// The block of the global tensor that a parameter's local copy is.
+Block ParamBlock(const ParamSpec& p) {
+  Block b{std::vector<int64_t>(static_cast<size_t>(p.global_shape.rank()), 0), Dims(p.shape)};
+  if (p.shard_dim >= 0) b.offset[static_cast<size_t>(p.shard_dim)] = p.shard_offset;
+  return b;
+}
+
+}  // namespace
+
+std::vector<std::pair<Block, int64_t>> FlatRangeBlocks(const Block& origin, int64_t begin, int64_t end) {
+  std::vector<std::pair<Block, int64_t>> out;  // block, first flat element
+  if (origin.extent.size() == 1) {
+    out.push_back({Block{{origin.offset[0] + begin}, {end - begin}}, begin});
+    return out;
+  }
+  const int64_t cols = origin.extent[1];
+  auto rect = [&](int64_t row, int64_t rows, int64_t col, int64_t ncols) {
+    out.push_back({Block{{origin.offset[0] + row, origin.offset[1] + col}, {rows, ncols}}, row * cols + col});
+  };
+  int64_t pos = begin;
+  if (pos % cols != 0) {
+    const int64_t row = pos / cols, col = pos % cols;
+    const int64_t n = std::min(cols - col, end - pos);
+    rect(row, 1, col, n);
+    pos += n;
+  }
+  if (end - pos >= cols) {
+    const int64_t rows = (end - pos) / cols;
+    rect(pos / cols, rows, 0, cols);
+    pos += rows * cols;
+  }
+  if (pos < end) rect(pos / cols, 1, 0, end - pos);
+  return out;
+}
+
+namespace {
+
+std::string Trimmed(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+// The step directory name `latest` points at, or "".
+std::string LatestName(const std::string& checkpoints_dir) {
+  std::ifstream in(checkpoints_dir + "/" + kLatestFile);
+  std::stringstream s;
+  s << in.rdbuf();
+  return Trimmed(s.str());
+}
+
+// Test hook: milliseconds to sleep before writing each block, so that tests
+// can kill a rank in the middle of a save.
+int WriteDelayMs() {
+  const char* v = std::getenv("LATAM_CHECKPOINT_WRITE_DELAY_MS");
+  return v == nullptr ? 0 : std::atoi(v);
+}
+
+}  // namespace
+
+std::vector<StatePiece> EngineState(const ParameterSet& params, const AdamWOptimizer* optimizer, int dp_rank) {
+  std::vector<StatePiece> pieces;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const ParamSpec& p = params.spec(i);
+    pieces.push_back({p.name, Dims(p.global_shape), ParamBlock(p), params.param(i).as<float>(),
+                      p.counted && dp_rank == 0, false});
+  }
+  if (optimizer == nullptr) return pieces;
+  const bool zero1 = optimizer->zero_stage() == 1;
+  for (const AdamWOptimizer::MomentSlice& m : optimizer->Moments()) {
+    const ParamSpec& p = params.spec(m.tensor);
+    const int64_t tensor_begin = static_cast<int64_t>(params.table().entry(m.tensor).offset / sizeof(float));
+    const bool saved = p.counted && (zero1 || dp_rank == 0);
+    for (const auto& [block, first] : FlatRangeBlocks(ParamBlock(p), m.begin - tensor_begin, m.end - tensor_begin)) {
+      const int64_t at = first - (m.begin - tensor_begin);
+      pieces.push_back({p.name + kExpAvgSuffix, Dims(p.global_shape), block, m.exp_avg + at, saved, true});
+      pieces.push_back({p.name + kExpAvgSqSuffix, Dims(p.global_shape), block, m.exp_avg_sq + at, saved, true});
+    }
+  }
+  return pieces;
+}
+
+Result<LoadWhat> ParseLoadWhat(const std::string& text) {
+  if (text == "weights") return LoadWhat::kWeights;
+  if (text == "optimizer") return LoadWhat::kWeightsAndOptimizer;
+  if (text == "all") return LoadWhat::kAll;
+  return Status::InvalidInput("train.init_load: '" + text + "' is not one of weights, optimizer, all");
+}
+
+Status CheckSameModel(const Checkpoint& manifest, const config::ModelConfig& model, const std::string& where) {
+  const config::ModelConfig& saved = manifest.model();
+  auto differs = [&](const char* field, int64_t a, int64_t b) -> Status {
+    if (a == b) return Status::Ok();
+    return Status::InvalidInput("checkpoint " + where + " holds a different model: model." + field + " is " +
+                                std::to_string(a) + " there and " + std::to_string(b) + " in the config");
+  };
+  LATAM_RETURN_IF_ERROR(differs("vocab_size", saved.vocab_size(), model.vocab_size()));
+  LATAM_RETURN_IF_ERROR(differs("dim", saved.dim(), model.dim()));
+  LATAM_RETURN_IF_ERROR(differs("n_layers", saved.n_layers(), model.n_layers()));
+  LATAM_RETURN_IF_ERROR(differs("n_heads", saved.n_heads(), model.n_heads()));
+  LATAM_RETURN_IF_ERROR(differs("n_kv_heads", saved.n_kv_heads(), model.n_kv_heads()));
+  LATAM_RETURN_IF_ERROR(differs("ffn_dim", saved.ffn_dim(), model.ffn_dim()));
+  LATAM_RETURN_IF_ERROR(differs("tie_embeddings", saved.tie_embeddings(), model.tie_embeddings()));
+  return Status::Ok();
+}
+
+Result<LoadResult> LoadState(CheckpointReader& reader, const config::ModelConfig& model,
+                             const std::vector<StatePiece>& pieces, AdamWOptimizer* optimizer, LoadWhat what) {
+  const Checkpoint& m = reader.manifest();
+  LATAM_RETURN_IF_ERROR(CheckSameModel(m, model, reader.dir()));
+  LoadResult r;
+  r.moments_loaded = what != LoadWhat::kWeights && m.optimizer().has_moments() && optimizer != nullptr;
+  for (const StatePiece& p : pieces) {
+    if (p.moment && !r.moments_loaded) continue;
+    const TensorRecord* t = reader.Find(p.name);
+    if (t == nullptr) return Status::InvalidInput("checkpoint " + reader.dir() + ": tensor " + p.name + " is missing");
+    const std::vector<int64_t> stored(t->shape().begin(), t->shape().end());
+    if (stored != p.global_shape) {
+      return Status::InvalidInput("checkpoint " + reader.dir() + ": tensor " + p.name + " has shape " +
+                                  WholeBlock(stored).ToString() + ", the model expects " +
+                                  WholeBlock(p.global_shape).ToString());
+    }
+    LATAM_RETURN_IF_ERROR(reader.Read(p.name, p.block, p.data));
+  }
+  if (optimizer != nullptr) {
+    if (r.moments_loaded) {
+      optimizer->set_step(m.optimizer().step());
+    } else {
+      optimizer->ResetMoments();
+    }
+  }
+  if (what == LoadWhat::kAll) {
+    r.step = m.step();
+    r.consumed_samples = m.consumed_samples();
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------------------
+// CheckpointSaver
+// ---------------------------------------------------------------------------
+
+CheckpointSaver::CheckpointSaver(std::string checkpoints_dir, Communicator* world, int keep, std::string tokenizer)
+    : checkpoints_dir_(std::move(checkpoints_dir)), world_(world), keep_(keep), tokenizer_(std::move(tokenizer)) {}
+
+CheckpointSaver::~CheckpointSaver() {
+  if (writer_.joinable()) writer_.join();
+}
+
+Status CheckpointSaver::PrepareDirectory(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(checkpoints_dir_, ec);
+  if (ec) return Status::IoError("cannot create " + checkpoints_dir_ + ": " + ec.message());
+  if (fs::exists(dir, ec)) {
+    // Only a leftover (a save interrupted by a crash, or a step of an
+    // abandoned history) can be here; the checkpoint `latest` names never is.
+    if (LatestName(checkpoints_dir_) == fs::path(dir).filename().string()) {
+      return Status::Internal("refusing to overwrite " + dir + ", the latest complete checkpoint");
+    }
+    fs::remove_all(dir, ec);
+    if (ec) return Status::IoError("cannot remove stale " + dir + ": " + ec.message());
+  }
+  fs::create_directories(dir, ec);
+  if (ec) return Status::IoError("cannot create " + dir + ": " + ec.message());
+  if (!tokenizer_.empty()) {
+    fs::copy_file(tokenizer_, dir + "/tokenizer.json", fs::copy_options::overwrite_existing, ec);
+    if (ec) return Status::IoError("cannot copy " + tokenizer_ + " into " + dir + ": " + ec.message());
+  }
+  return Status::Ok();
+}
+
+Status CheckpointSaver::Start(const Checkpoint& header, const std::vector<StatePiece>& pieces) {
+  if (in_flight_) {
+    LATAM_ASSIGN_OR_RETURN(const std::optional<SaveStats> done, Poll(true));
+    (void)done;
+  }
+  start_time_ = NowSeconds();
+  header_ = header;
+  header_.set_tokenizer_file(tokenizer_.empty() ? "" : "tokenizer.json");
+  step_dir_ = checkpoints_dir_ + "/" + StepDirName(header.step());
+  Status prepared = world_->rank() == 0 ? PrepareDirectory(step_dir_) : Status::Ok();
+  if (world_->AllReduceScalar(prepared.ok() ? 0.0 : 1.0, ReduceOp::kSum) > 0) {
+    return prepared.ok() ? Status::IoError("rank 0 could not create " + step_dir_) : prepared;
+  }
+
+  // Snapshot: the blocks this rank writes, copied so training can go on.
+  snapshot_pieces_.clear();
+  size_t total = 0;
+  for (const StatePiece& p : pieces) {
+    if (!p.saved_here) continue;
+    snapshot_pieces_.push_back(p);
+    total += static_cast<size_t>(p.block.numel());
+  }
+  snapshot_.resize(total);
+  size_t at = 0;
+  for (StatePiece& p : snapshot_pieces_) {
+    std::copy_n(p.data, p.block.numel(), snapshot_.data() + at);
+    p.data = snapshot_.data() + at;
+    at += static_cast<size_t>(p.block.numel());
+  }
+  snapshot_ms_ = (NowSeconds() - start_time_) * 1000.0;
+
+  written_ = false;
+  in_flight_ = true;
+  const int rank = world_->rank();
+  writer_ = std::thread([this, rank] {
+    const double begin = NowSeconds();
+    uint64_t bytes = 0;
+    write_status_ = WriteRankShards(step_dir_, rank, snapshot_pieces_, &bytes);
+    bytes_ = bytes;
+    write_s_ = NowSeconds() - begin;
+    written_ = true;
+  });
+  return Status::Ok();
+}
+
+Status WriteRankShards(const std::string& step_dir, int rank, const std::vector<StatePiece>& pieces,
+                       uint64_t* bytes) {
+  const int delay_ms = WriteDelayMs();
+  Checkpoint index;
+  LATAM_ASSIGN_OR_RETURN(auto writer, ShardFileWriter::Create(step_dir, RankFileName(rank)));
+  for (const StatePiece& p : pieces) {
+    if (!p.saved_here) continue;
+    if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    LATAM_ASSIGN_OR_RETURN(const Shard shard, writer->Append(p.data, DType::F32, p.block));
+    TensorRecord* t = index.add_tensors();
+    t->set_name(p.name);
+    t->set_dtype(DType::F32);
+    for (int64_t d : p.global_shape) t->add_shape(d);
+    *t->add_shards() = shard;
+  }
+  if (bytes != nullptr) *bytes = writer->bytes_written();
+  LATAM_RETURN_IF_ERROR(writer->Close());
+  return WriteFileDurably(step_dir + "/" + RankIndexName(rank), index.SerializeAsString());
+}
+
+Status WriteManifest(const std::string& step_dir, int ranks, const Checkpoint& header) {
+  Checkpoint manifest = header;
+  manifest.clear_tensors();
+  LATAM_RETURN_IF_ERROR(MergeRankIndexes(step_dir, ranks, &manifest));
+  LATAM_RETURN_IF_ERROR(WriteFileDurably(step_dir + "/" + kManifestFile, manifest.SerializeAsString()));
+  for (int r = 0; r < ranks; ++r) {
+    std::error_code ec;
+    fs::remove(step_dir + "/" + RankIndexName(r), ec);
+  }
+  return Status::Ok();
+}
+
+Status WriteLatest(const std::string& checkpoints_dir, const std::string& step_dir_name) {
+  return WriteFileDurably(checkpoints_dir + "/" + kLatestFile, step_dir_name + "\n");
+}
+
+Result<std::optional<SaveStats>> CheckpointSaver::Poll(bool wait) {
+  if (!in_flight_) return std::optional<SaveStats>();
+  if (wait && writer_.joinable()) writer_.join();
+  const double pending = world_->AllReduceScalar(written_ ? 0.0 : 1.0, ReduceOp::kSum);
+  if (pending > 0) return std::optional<SaveStats>();
+  if (writer_.joinable()) writer_.join();
+  in_flight_ = false;
+  snapshot_pieces_.clear();
+  snapshot_.clear();
+  snapshot_.shrink_to_fit();
+  const double failed = world_->AllReduceScalar(write_status_.ok() ? 0.0 : 1.0, ReduceOp::kSum);
+  if (failed > 0) {
+    return write_status_.ok() ? Status::IoError("another rank could not write its part of " + step_dir_)
+                              : write_status_;
+  }
+  SaveStats stats;
+  stats.step = header_.step();
+  stats.dir = step_dir_;
+  stats.snapshot_ms = snapshot_ms_;
+  stats.write_s = world_->AllReduceScalar(write_s_, ReduceOp::kMax);
+  stats.bytes = static_cast<uint64_t>(world_->AllReduceScalar(static_cast<double>(bytes_), ReduceOp::kSum));
+  Status finalized = world_->rank() == 0 ? Finalize() : Status::Ok();
+  if (world_->AllReduceScalar(finalized.ok() ? 0.0 : 1.0, ReduceOp::kSum) > 0) {
+    return finalized.ok() ? Status::IoError("rank 0 could not complete " + step_dir_) : finalized;
+  }
+  stats.total_s = NowSeconds() - start_time_;
+  return std::optional<SaveStats>(stats);
+}
+
+Status CheckpointSaver::Finalize() {
+  LATAM_RETURN_IF_ERROR(WriteManifest(step_dir_, world_->size(), header_));
+  LATAM_RETURN_IF_ERROR(WriteLatest(checkpoints_dir_, StepDirName(header_.step())));
+  ApplyRetention();
+  return Status::Ok();
+}
+
+void CheckpointSaver::ApplyRetention() {
+  const std::string latest = LatestName(checkpoints_dir_);
+  std::vector<std::string> complete, stale;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(checkpoints_dir_, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || name.rfind("step_", 0) != 0 || name == latest) continue;
+    (fs::exists(entry.path() / kManifestFile) ? complete : stale).push_back(name);
+  }
+  // Incomplete directories are leftovers of interrupted saves.
+  for (const std::string& name : stale) fs::remove_all(checkpoints_dir_ + "/" + name, ec);
+  if (keep_ <= 0) return;
+  // step_XXXXXXXX names sort by step; keep the newest keep - 1 besides latest.
+  std::sort(complete.begin(), complete.end());
+  const size_t others = static_cast<size_t>(keep_ - 1);
+  for (size_t i = 0; i + others < complete.size(); ++i) fs::remove_all(checkpoints_dir_ + "/" + complete[i], ec);
+}
+
+}  // namespace latam::ckpt

@@ -1,0 +1,447 @@
+#include "checkpoint/store.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "kernels/crc32c.h"
+#include "kernels/tensor.h"
+
+namespace latam::ckpt {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string ErrnoText() { return std::strerror(errno); }
+
+Status WriteAll(int fd, const char* data, size_t n, const std::string& path) {
+  while (n > 0) {
+    const ssize_t w = ::write(fd, data, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return Status::IoError("cannot write " + path + ": " + ErrnoText());
+    }
+    data += w;
+    n -= static_cast<size_t>(w);
+  }
+  return Status::Ok();
+}
+
+Status FsyncDirectory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return Status::IoError("cannot open directory " + dir + ": " + ErrnoText());
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return Status::IoError("cannot fsync directory " + dir + ": " + ErrnoText());
+  return Status::Ok();
+}
+
+std::vector<int64_t> ShapeOf(const TensorRecord& t) { return {t.shape().begin(), t.shape().end()}; }
+
+Block BlockOf(const Shard& s) {
+  return Block{{s.dim_offset().begin(), s.dim_offset().end()}, {s.dim_extent().begin(), s.dim_extent().end()}};
+}
+
+// Row-major element index of `point` inside block `b`.
+int64_t IndexIn(const Block& b, const std::vector<int64_t>& point) {
+  int64_t index = 0;
+  for (size_t d = 0; d < b.offset.size(); ++d) index = index * b.extent[d] + (point[d] - b.offset[d]);
+  return index;
+}
+
+void ConvertToF32(const char* src, DType dtype, int64_t n, float* out) {
+  if (dtype == DType::F32) {
+    std::memcpy(out, src, static_cast<size_t>(n) * sizeof(float));
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    latam::BF16 b;
+    std::memcpy(&b.bits, src + i * 2, 2);
+    out[i] = b.ToFloat();
+  }
+}
+
+}  // namespace
+
+int64_t Block::numel() const {
+  int64_t n = 1;
+  for (int64_t e : extent) n *= e;
+  return n;
+}
+
+std::string Block::ToString() const {
+  std::string s = "[";
+  for (size_t d = 0; d < offset.size(); ++d) {
+    if (d > 0) s += ", ";
+    s += std::to_string(offset[d]) + ":" + std::to_string(offset[d] + extent[d]);
+  }
+  return s + "]";
+}
+
+Block WholeBlock(const std::vector<int64_t>& shape) { return Block{std::vector<int64_t>(shape.size(), 0), shape}; }
+
+std::optional<Block> Intersect(const Block& a, const Block& b) {
+  if (a.offset.size() != b.offset.size()) return std::nullopt;
+  Block r;
+  for (size_t d = 0; d < a.offset.size(); ++d) {
+    const int64_t lo = std::max(a.offset[d], b.offset[d]);
+    const int64_t hi = std::min(a.offset[d] + a.extent[d], b.offset[d] + b.extent[d]);
+    if (lo >= hi) return std::nullopt;
+    r.offset.push_back(lo);
+    r.extent.push_back(hi - lo);
+  }
+  return r;
+}
+
+std::string StepDirName(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "step_%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+std::string RankFileName(int rank) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "rank_%05d.bin", rank);
+  return buf;
+}
+
+std::string RankIndexName(int rank) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "rank_%05d.index.pb", rank);
+  return buf;
+}
+
+size_t DTypeBytes(DType dtype) { return dtype == DType::BF16 ? 2 : 4; }
+
+// ---------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------
+
+Result<std::unique_ptr<ShardFileWriter>> ShardFileWriter::Create(const std::string& dir, const std::string& file_name) {
+  const std::string path = dir + "/" + file_name;
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::IoError("cannot create " + path + ": " + ErrnoText());
+  return std::unique_ptr<ShardFileWriter>(new ShardFileWriter(path, file_name, fd));
+}
+
+ShardFileWriter::~ShardFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Result<Shard> ShardFileWriter::Append(const void* data, DType dtype, const Block& block) {
+  const uint64_t length = static_cast<uint64_t>(block.numel()) * DTypeBytes(dtype);
+  Shard s;
+  s.set_file(file_name_);
+  s.set_offset(offset_);
+  s.set_length(length);
+  for (size_t d = 0; d < block.offset.size(); ++d) {
+    s.add_dim_offset(block.offset[d]);
+    s.add_dim_extent(block.extent[d]);
+  }
+  s.set_chunk_bytes(kChunkBytes);
+  const char* bytes = static_cast<const char*>(data);
+  uint32_t whole = 0;
+  for (uint64_t c = 0; c < length; c += kChunkBytes) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(kChunkBytes, length - c));
+    s.add_chunk_crc32c(Crc32c(bytes + c, n));
+    whole = Crc32c(bytes + c, n, whole);
+  }
+  s.set_crc32c(whole);
+  LATAM_RETURN_IF_ERROR(WriteAll(fd_, bytes, static_cast<size_t>(length), path_));
+  offset_ += length;
+  return s;
+}
+
+Status ShardFileWriter::Close() {
+  if (fd_ < 0) return Status::Ok();
+  const int sync = ::fsync(fd_);
+  const int close = ::close(fd_);
+  fd_ = -1;
+  if (sync != 0 || close != 0) return Status::IoError("cannot flush " + path_ + ": " + ErrnoText());
+  return Status::Ok();
+}
+
+Status WriteFileDurably(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::IoError("cannot create " + tmp + ": " + ErrnoText());
+  Status s = WriteAll(fd, bytes.data(), bytes.size(), tmp);
+  if (s.ok() && ::fsync(fd) != 0) s = Status::IoError("cannot fsync " + tmp + ": " + ErrnoText());
+  ::close(fd);
+  if (!s.ok()) return s;
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    return Status::IoError("cannot rename " + tmp + " to " + path + ": " + ErrnoText());
+  }
+  return FsyncDirectory(fs::path(path).parent_path().string());
+}
+
+namespace {
+
+Result<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::InvalidInput("cannot open " + path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+Status MergeRankIndexes(const std::string& dir, int ranks, Checkpoint* manifest) {
+  std::map<std::string, int> position;
+  for (int r = 0; r < ranks; ++r) {
+    const std::string path = dir + "/" + RankIndexName(r);
+    LATAM_ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(path));
+    Checkpoint index;
+    if (!index.ParseFromString(bytes)) return Status::IoError("cannot parse " + path);
+    for (const TensorRecord& t : index.tensors()) {
+      auto it = position.find(t.name());
+      if (it == position.end()) {
+        position[t.name()] = manifest->tensors_size();
+        *manifest->add_tensors() = t;
+        continue;
+      }
+      TensorRecord* merged = manifest->mutable_tensors(it->second);
+      if (ShapeOf(*merged) != ShapeOf(t) || merged->dtype() != t.dtype()) {
+        return Status::Internal("tensor " + t.name() + ": ranks disagree on its shape or dtype (" + path + ")");
+      }
+      for (const Shard& s : t.shards()) *merged->add_shards() = s;
+    }
+  }
+  for (const TensorRecord& t : manifest->tensors()) {
+    int64_t stored = 0;
+    for (const Shard& s : t.shards()) stored += BlockOf(s).numel();
+    if (stored != WholeBlock(ShapeOf(t)).numel()) {
+      return Status::Internal("tensor " + t.name() + ": the ranks stored " + std::to_string(stored) + " of its " +
+                              std::to_string(WholeBlock(ShapeOf(t)).numel()) + " elements");
+    }
+  }
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------
+// Reading
+// ---------------------------------------------------------------------------
+
+Result<std::string> ResolveCheckpointDir(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_directory(path, ec)) return Status::InvalidInput("checkpoint " + path + ": no such directory");
+  if (fs::exists(fs::path(path) / kManifestFile, ec)) return path;
+  std::string checkpoints = path;
+  if (!fs::exists(fs::path(path) / kLatestFile, ec) && fs::is_directory(fs::path(path) / "checkpoints", ec)) {
+    checkpoints = (fs::path(path) / "checkpoints").string();
+  }
+  const fs::path latest = fs::path(checkpoints) / kLatestFile;
+  if (!fs::exists(latest, ec)) {
+    return Status::InvalidInput("checkpoint " + path + ": not a checkpoint (no " + kManifestFile + ", no " +
+                                kLatestFile + " file naming one)");
+  }
+  LATAM_ASSIGN_OR_RETURN(std::string name, ReadWholeFile(latest.string()));
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  if (name.empty() || name.find('/') != std::string::npos) {
+    return Status::InvalidInput("checkpoint " + latest.string() + ": does not name a step directory");
+  }
+  const std::string dir = (fs::path(checkpoints) / name).string();
+  if (!fs::exists(fs::path(dir) / kManifestFile, ec)) {
+    return Status::InvalidInput("checkpoint " + latest.string() + " names " + dir + ", which has no " + kManifestFile);
+  }
+  return dir;
+}
+
+Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& path) {
+  LATAM_ASSIGN_OR_RETURN(const std::string dir, ResolveCheckpointDir(path));
+  std::unique_ptr<CheckpointReader> r(new CheckpointReader());
+  r->dir_ = dir;
+  const std::string manifest_path = dir + "/" + kManifestFile;
+  LATAM_ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(manifest_path));
+  if (!r->manifest_.ParseFromString(bytes)) {
+    return Status::InvalidInput("checkpoint " + manifest_path + ": not a valid manifest (protobuf parse failed)");
+  }
+  LATAM_RETURN_IF_ERROR(r->Validate());
+  return r;
+}
+
+CheckpointReader::~CheckpointReader() {
+  for (const auto& [name, fd] : fds_) ::close(fd);
+}
+
+const TensorRecord* CheckpointReader::Find(const std::string& name) const {
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &manifest_.tensors(static_cast<int>(it->second));
+}
+
+Status CheckpointReader::Validate() {
+  const std::string where = "checkpoint " + dir_ + "/" + kManifestFile;
+  if (manifest_.format_version() != kFormatVersion) {
+    return Status::InvalidInput(where + ": format version " + std::to_string(manifest_.format_version()) +
+                                ", this build reads version " + std::to_string(kFormatVersion));
+  }
+  if (!manifest_.has_model() || manifest_.tensors_size() == 0) {
+    return Status::InvalidInput(where + ": has no model config or no tensors");
+  }
+  std::map<std::string, uint64_t> file_sizes;
+  for (int i = 0; i < manifest_.tensors_size(); ++i) {
+    const TensorRecord& t = manifest_.tensors(i);
+    if (!by_name_.emplace(t.name(), static_cast<size_t>(i)).second) {
+      return Status::InvalidInput(where + ": tensor " + t.name() + " listed twice");
+    }
+    const std::vector<int64_t> shape = ShapeOf(t);
+    const Block whole = WholeBlock(shape);
+    int64_t covered = 0;
+    for (int k = 0; k < t.shards_size(); ++k) {
+      const Shard& s = t.shards(k);
+      const std::string shard_where = "tensor " + t.name() + " in " + dir_ + "/" + s.file();
+      const Block b = BlockOf(s);
+      if (b.offset.size() != shape.size() || b.extent.size() != shape.size()) {
+        return Status::InvalidInput(shard_where + ": shard rank does not match the tensor's");
+      }
+      const std::optional<Block> inside = Intersect(b, whole);
+      if (!inside || inside->numel() != b.numel()) {
+        return Status::InvalidInput(shard_where + ": shard " + b.ToString() + " lies outside the tensor");
+      }
+      if (s.length() != static_cast<uint64_t>(b.numel()) * DTypeBytes(t.dtype()) || s.chunk_bytes() == 0 ||
+          static_cast<uint64_t>(s.chunk_crc32c_size()) != (s.length() + s.chunk_bytes() - 1) / s.chunk_bytes() ||
+          s.file().empty() || s.file().find('/') != std::string::npos) {
+        return Status::InvalidInput(shard_where + ": inconsistent shard record");
+      }
+      for (int j = 0; j < k; ++j) {
+        if (Intersect(b, BlockOf(t.shards(j)))) {
+          return Status::InvalidInput(shard_where + ": shards " + b.ToString() + " and " +
+                                      BlockOf(t.shards(j)).ToString() + " overlap");
+        }
+      }
+      covered += b.numel();
+      auto size = file_sizes.find(s.file());
+      if (size == file_sizes.end()) {
+        struct stat st;
+        const std::string path = dir_ + "/" + s.file();
+        if (::stat(path.c_str(), &st) != 0) {
+          return Status::InvalidInput("tensor " + t.name() + ": shard file " + path + " is missing");
+        }
+        size = file_sizes.emplace(s.file(), static_cast<uint64_t>(st.st_size)).first;
+      }
+      if (s.offset() + s.length() > size->second) {
+        return Status::InvalidInput(shard_where + ": file is truncated (" + std::to_string(size->second) +
+                                    " bytes, the shard ends at byte " + std::to_string(s.offset() + s.length()) + ")");
+      }
+    }
+    if (covered != whole.numel()) {
+      return Status::InvalidInput(where + ": tensor " + t.name() + " has " + std::to_string(covered) + " of its " +
+                                  std::to_string(whole.numel()) + " elements stored");
+    }
+  }
+  return Status::Ok();
+}
+
+Result<int> CheckpointReader::FileDescriptor(const std::string& file) {
+  auto it = fds_.find(file);
+  if (it != fds_.end()) return it->second;
+  const std::string path = dir_ + "/" + file;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::InvalidInput("cannot open shard file " + path + ": " + ErrnoText());
+  fds_[file] = fd;
+  return fd;
+}
+
+// Reads bytes [begin, end) of shard `s`, extended to whole checksum chunks,
+// into *buf, verifying each chunk; *buf_begin is the shard byte at buf[0].
+Status CheckpointReader::ReadSpan(const TensorRecord& t, const Shard& s, uint64_t begin, uint64_t end,
+                                  std::vector<char>* buf, uint64_t* buf_begin) {
+  const uint64_t chunk = s.chunk_bytes();
+  const uint64_t first_chunk = begin / chunk, last_chunk = (end + chunk - 1) / chunk;
+  const uint64_t span_begin = first_chunk * chunk, span_end = std::min(last_chunk * chunk, s.length());
+  buf->resize(static_cast<size_t>(span_end - span_begin));
+  LATAM_ASSIGN_OR_RETURN(const int fd, FileDescriptor(s.file()));
+  const std::string path = dir_ + "/" + s.file();
+  uint64_t done = 0;
+  while (done < buf->size()) {
+    const ssize_t n = ::pread(fd, buf->data() + done, buf->size() - done, static_cast<off_t>(s.offset() + span_begin + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Status::InvalidInput("tensor " + t.name() + ": cannot read " + path + " (truncated?)");
+    done += static_cast<uint64_t>(n);
+  }
+  bytes_read_ += done;
+  for (uint64_t c = first_chunk; c < last_chunk; ++c) {
+    const uint64_t lo = c * chunk - span_begin, hi = std::min((c + 1) * chunk, s.length()) - span_begin;
+    if (Crc32c(buf->data() + lo, static_cast<size_t>(hi - lo)) != s.chunk_crc32c(static_cast<int>(c))) {
+      return Status::InvalidInput("tensor " + t.name() + ": checksum mismatch in " + path + " (bytes " +
+                                  std::to_string(s.offset() + c * chunk) + ".." +
+                                  std::to_string(s.offset() + c * chunk + (hi - lo)) + "): the file is corrupt");
+    }
+  }
+  *buf_begin = span_begin;
+  return Status::Ok();
+}
+
+Status CheckpointReader::Read(const std::string& name, const Block& want, float* out) {
+  const TensorRecord* t = Find(name);
+  if (t == nullptr) return Status::InvalidInput("checkpoint " + dir_ + ": has no tensor " + name);
+  if (want.offset.size() != static_cast<size_t>(t->shape_size())) {
+    return Status::InvalidInput("tensor " + name + ": has " + std::to_string(t->shape_size()) +
+                                " dimensions in checkpoint " + dir_ + ", the model expects " +
+                                std::to_string(want.offset.size()));
+  }
+  const std::optional<Block> inside = Intersect(want, WholeBlock(ShapeOf(*t)));
+  if (!inside || inside->numel() != want.numel()) {
+    return Status::InvalidInput("tensor " + name + ": block " + want.ToString() + " is outside its shape in checkpoint " +
+                                dir_ + " (saved for a different model?)");
+  }
+  const size_t esize = DTypeBytes(t->dtype());
+  const size_t rank = want.offset.size();
+  int64_t filled = 0;
+  std::vector<char> buf;
+  for (const Shard& s : t->shards()) {
+    const Block stored = BlockOf(s);
+    const std::optional<Block> common = Intersect(want, stored);
+    if (!common) continue;
+    std::vector<int64_t> last(rank);
+    for (size_t d = 0; d < rank; ++d) last[d] = common->offset[d] + common->extent[d] - 1;
+    const uint64_t begin = static_cast<uint64_t>(IndexIn(stored, common->offset)) * esize;
+    const uint64_t end = static_cast<uint64_t>(IndexIn(stored, last) + 1) * esize;
+    uint64_t buf_begin = 0;
+    LATAM_RETURN_IF_ERROR(ReadSpan(*t, s, begin, end, &buf, &buf_begin));
+    // Copy the intersection run by run along the last dimension.
+    const int64_t run = rank == 0 ? 1 : common->extent[rank - 1];
+    std::vector<int64_t> point = common->offset;
+    const int64_t runs = common->numel() / std::max<int64_t>(run, 1);
+    for (int64_t k = 0; k < runs; ++k) {
+      const uint64_t src = static_cast<uint64_t>(IndexIn(stored, point)) * esize - buf_begin;
+      ConvertToF32(buf.data() + src, t->dtype(), run, out + IndexIn(want, point));
+      for (size_t d = rank - 1; d-- > 0;) {  // advance the leading dimensions
+        if (++point[d] < common->offset[d] + common->extent[d]) break;
+        point[d] = common->offset[d];
+      }
+    }
+    filled += common->numel();
+  }
+  if (filled != want.numel()) {
+    return Status::InvalidInput("tensor " + name + ": the shards of checkpoint " + dir_ + " do not cover block " +
+                                want.ToString());
+  }
+  return Status::Ok();
+}
+
+Status CheckpointReader::VerifyAll() {
+  std::vector<char> buf;
+  for (const TensorRecord& t : manifest_.tensors()) {
+    for (const Shard& s : t.shards()) {
+      uint64_t buf_begin = 0;
+      LATAM_RETURN_IF_ERROR(ReadSpan(t, s, 0, s.length(), &buf, &buf_begin));
+      if (Crc32c(buf.data(), buf.size()) != s.crc32c()) {
+        return Status::InvalidInput("tensor " + t.name() + ": checksum mismatch in " + dir_ + "/" + s.file());
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace latam::ckpt

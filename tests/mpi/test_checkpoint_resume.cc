@@ -1,0 +1,223 @@
+// Checkpoints as a user meets them, with latam-train under mpirun:
+//   - a run saved as TP2 x PP2 x DP1 resumes as TP1 x PP1 x DP4,
+//     TP4 x PP1 x DP2 and TP1 x PP4 x DP2 (two virtual stages, ZeRO-1), and
+//     from there back to TP2 x PP2: the losses match the uninterrupted run
+//     to fp32 tolerance, the consumed-sample count continues exactly, and the
+//     final parameters agree;
+//   - resuming under the same layout is bitwise identical (losses and every
+//     byte of the next checkpoint);
+//   - kill -9 of a rank in the middle of a save leaves `latest` on the
+//     previous complete checkpoint, and resuming from it reproduces the
+//     uninterrupted run bitwise;
+//   - SIGUSR1 finishes the step, saves and exits 3; --resume auto continues.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "checkpoint/store.h"
+#include "tests/subprocess.h"
+
+namespace latam {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ResumeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("latam_resume_" + std::to_string(getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    const auto gen = Run(Bin("latam-data") + " synthesize --out " + (dir_ / "train.bin").string() +
+                         " --vocab 512 --tokens 200000 --seed 5");
+    ASSERT_EQ(gen.exit_code, 0) << gen.err;
+  }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+
+  testing::CommandResult Run(const std::string& command) { return testing::RunCommand(command, LATAM_SOURCE_DIR, dir_); }
+  static std::string Bin(const std::string& name) { return std::string(LATAM_BIN_DIR) + "/" + name; }
+
+  // latam-train on `ranks` processes with layout "T P D VS ZERO" for `steps`
+  // steps into run directory `run`, saving every 4 steps.
+  std::string TrainCommand(int ranks, const std::string& run, int tp, int pp, int vs, int zero, int steps) const {
+    std::string c = std::string(LATAM_MPIRUN) + " -np " + std::to_string(ranks) + " " + Bin("latam-train") +
+                    " --config configs/quickstart.textproto --set data.tokenizer= --set model.vocab_size=512" +
+                    " --set model.dim=64 --set model.n_layers=8 --set model.n_heads=4 --set model.n_kv_heads=2" +
+                    " --set model.ffn_dim=128 --set data.seq_len=32 --set train.micro_batch_size=2" +
+                    " --set train.global_batch_size=16 --set optimizer.warmup_steps=2 --set train.eval_every=0" +
+                    " --set train.save_every=4 --set train.keep_checkpoints=10 --set train.log_every=1" +
+                    " --set parallel.tensor=" + std::to_string(tp) + " --set parallel.pipeline=" + std::to_string(pp) +
+                    " --set parallel.virtual_stages=" + std::to_string(vs) +
+                    " --set parallel.zero_stage=" + std::to_string(zero) + " --set train.steps=" +
+                    std::to_string(steps) + " --set train.run_dir=" + (dir_ / run).string();
+    for (int i = 0; i < 3; ++i) {
+      c += " --set data.train[" + std::to_string(i) + "].path=" + (dir_ / "train.bin").string() + " --set data.eval[" +
+           std::to_string(i) + "].path=" + (dir_ / "train.bin").string();
+    }
+    return c;
+  }
+
+  // step -> loss from a run's metrics.jsonl.
+  std::map<int64_t, double> Losses(const std::string& run) const {
+    std::map<int64_t, double> out;
+    std::ifstream in(dir_ / run / "metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto j = nlohmann::json::parse(line);
+      if (j.contains("loss")) out[j["step"].get<int64_t>()] = j["loss"].get<double>();
+    }
+    return out;
+  }
+
+  ckpt::Checkpoint Manifest(const std::string& step_dir) const {
+    auto r = ckpt::CheckpointReader::Open((dir_ / step_dir).string());
+    EXPECT_TRUE(r.ok()) << r.status().message();
+    return r.ok() ? (*r)->manifest() : ckpt::Checkpoint();
+  }
+
+  // Whether two step directories hold byte-identical shard files.
+  bool SameShards(const std::string& a, const std::string& b) const {
+    int files = 0;
+    for (const auto& e : fs::directory_iterator(dir_ / a)) {
+      const std::string name = e.path().filename().string();
+      if (name.rfind("rank_", 0) != 0) continue;
+      ++files;
+      if (testing::ReadFileBytes(e.path()) != testing::ReadFileBytes(dir_ / b / name)) return false;
+    }
+    return files > 0;
+  }
+
+  fs::path dir_;
+};
+
+void ExpectLossesMatch(const std::map<int64_t, double>& got, const std::map<int64_t, double>& want, int64_t first,
+                       int64_t last, double rel_tol) {
+  for (int64_t s = first; s <= last; ++s) {
+    ASSERT_TRUE(got.count(s) && want.count(s)) << "step " << s;
+    EXPECT_NEAR(got.at(s), want.at(s), rel_tol * std::abs(want.at(s))) << "step " << s;
+  }
+}
+
+TEST_F(ResumeTest, ReshardsAcrossLayoutsAndBack) {
+  // The uninterrupted run: TP2 x PP2 x DP1, checkpoints at 4, 8, 12.
+  auto a = Run(TrainCommand(4, "a", 2, 2, 1, 0, 12));
+  ASSERT_EQ(a.exit_code, 0) << a.out << a.err;
+  const auto ref = Losses("a");
+  const std::string a4 = "a/checkpoints/step_00000004";
+  EXPECT_EQ(Manifest(a4).consumed_samples(), 64u);
+  EXPECT_EQ(Manifest(a4).layout().tensor(), 2);
+
+  // Same layout: bitwise.
+  auto same = Run(TrainCommand(4, "same", 2, 2, 1, 0, 12) + " --resume " + (dir_ / a4).string());
+  ASSERT_EQ(same.exit_code, 0) << same.out << same.err;
+  EXPECT_NE(same.out.find("loaded everything from"), std::string::npos) << same.out;
+  const auto same_losses = Losses("same");
+  EXPECT_EQ(same_losses.begin()->first, 5);
+  for (int64_t s = 5; s <= 12; ++s) EXPECT_EQ(same_losses.at(s), ref.at(s)) << "step " << s;
+  EXPECT_TRUE(SameShards("a/checkpoints/step_00000012", "same/checkpoints/step_00000012"));
+
+  // Other layouts, from step 4 to the end (train.steps sets the learning-rate
+  // schedule, so every run keeps 12).
+  struct Target {
+    const char* run;
+    int ranks, tp, pp, vs, zero;
+  };
+  for (const Target& t : {Target{"dp4", 4, 1, 1, 1, 0}, Target{"tp4", 8, 4, 1, 1, 1}, Target{"pp4", 8, 1, 4, 2, 1}}) {
+    auto r = Run(TrainCommand(t.ranks, t.run, t.tp, t.pp, t.vs, t.zero, 12) + " --resume " + (dir_ / a4).string());
+    ASSERT_EQ(r.exit_code, 0) << t.run << "\n" << r.out << r.err;
+    ExpectLossesMatch(Losses(t.run), ref, 5, 12, 5e-5);
+    const ckpt::Checkpoint m = Manifest(std::string(t.run) + "/checkpoints/step_00000008");
+    EXPECT_EQ(m.consumed_samples(), 128u) << t.run;
+    EXPECT_EQ(m.layout().tensor(), t.tp);
+    EXPECT_EQ(m.layout().zero_stage(), t.zero);
+  }
+
+  // And back: the ZeRO-1, virtual-stage checkpoint of TP1 x PP4 x DP2 into
+  // TP2 x PP2 x DP1, on to step 12.
+  auto back = Run(TrainCommand(4, "back", 2, 2, 1, 0, 12) + " --resume " +
+                  (dir_ / "pp4/checkpoints/step_00000008").string());
+  ASSERT_EQ(back.exit_code, 0) << back.out << back.err;
+  ExpectLossesMatch(Losses("back"), ref, 9, 12, 5e-5);
+
+  // Final parameters and moments against the uninterrupted run.
+  auto ra = ckpt::CheckpointReader::Open((dir_ / "a/checkpoints").string());
+  auto rb = ckpt::CheckpointReader::Open((dir_ / "back/checkpoints").string());
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  EXPECT_EQ((*rb)->manifest().step(), 12);
+  EXPECT_EQ((*rb)->manifest().consumed_samples(), 192u);
+  ASSERT_EQ((*ra)->manifest().tensors_size(), (*rb)->manifest().tensors_size());
+  for (const ckpt::TensorRecord& t : (*ra)->manifest().tensors()) {
+    const ckpt::Block whole = ckpt::WholeBlock({t.shape().begin(), t.shape().end()});
+    std::vector<float> x(static_cast<size_t>(whole.numel())), y(x.size());
+    ASSERT_TRUE((*ra)->Read(t.name(), whole, x.data()).ok());
+    ASSERT_TRUE((*rb)->Read(t.name(), whole, y.data()).ok()) << t.name();
+    double scale = 0.0, diff = 0.0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      scale = std::max(scale, static_cast<double>(std::abs(x[i])));
+      diff = std::max(diff, static_cast<double>(std::abs(x[i] - y[i])));
+    }
+    EXPECT_LE(diff, 1e-3 * scale + 1e-7) << t.name();
+  }
+}
+
+TEST_F(ResumeTest, KillDuringSaveKeepsPreviousCheckpoint) {
+  auto full = Run(TrainCommand(2, "full", 2, 1, 1, 0, 12));
+  ASSERT_EQ(full.exit_code, 0) << full.out << full.err;
+
+  // Slow writes (a test hook) so the save of step 8 is still being written
+  // when one rank is killed.
+  const std::string run = (dir_ / "crash").string();
+  // mpirun's children are the ranks; one of them gets SIGKILL.
+  const std::string script = "LATAM_CHECKPOINT_WRITE_DELAY_MS=15 " + TrainCommand(2, "crash", 2, 1, 1, 0, 12) +
+                             " & job=$!; for i in $(seq 1200); do [ -d " + run +
+                             "/checkpoints/step_00000008 ] && break; sleep 0.05; done; sleep 0.3; "
+                             "kill -9 $(pgrep -P $job | tail -1); wait $job; echo exit=$?";
+  auto crash = Run("(" + script + ")");
+  EXPECT_EQ(crash.out.find("exit=0"), std::string::npos) << crash.out << crash.err;
+  std::ifstream latest(run + "/checkpoints/latest");
+  std::string name;
+  latest >> name;
+  EXPECT_EQ(name, "step_00000004");
+  EXPECT_FALSE(fs::exists(run + "/checkpoints/step_00000008/manifest.pb"));
+
+  auto resumed = Run(TrainCommand(2, "crash", 2, 1, 1, 0, 12));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.out << resumed.err;
+  EXPECT_NE(resumed.out.find("step 4,"), std::string::npos) << resumed.out;
+  EXPECT_TRUE(SameShards("full/checkpoints/step_00000012", "crash/checkpoints/step_00000012"));
+  EXPECT_TRUE(fs::exists(run + "/checkpoints/step_00000008/manifest.pb"));
+}
+
+TEST_F(ResumeTest, SignalSavesAndExitsThree) {
+  const std::string run = (dir_ / "sig").string();
+  const std::string script = TrainCommand(2, "sig", 1, 2, 1, 0, 100000) +
+                             " & job=$!; for i in $(seq 1200); do grep -q '\"step\":3[,}]' " + run +
+                             "/metrics.jsonl 2>/dev/null && break; sleep 0.05; done; "
+                             "kill -USR1 $job; wait $job; echo exit=$?";
+  auto sig = Run("(" + script + ")");
+  ASSERT_NE(sig.out.find("exit=3"), std::string::npos) << sig.out << sig.err;
+  EXPECT_NE((sig.out + sig.err).find("latam-train: preempted"), std::string::npos) << sig.err;
+  auto reader = ckpt::CheckpointReader::Open(run + "/checkpoints");
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  const int64_t saved = (*reader)->manifest().step();
+  EXPECT_GE(saved, 3);
+  EXPECT_EQ((*reader)->manifest().consumed_samples(), static_cast<uint64_t>(saved) * 16);
+
+  auto resumed = Run(TrainCommand(2, "sig", 1, 2, 1, 0, static_cast<int>(saved) + 2));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.out << resumed.err;
+  const auto losses = Losses("sig");
+  EXPECT_TRUE(losses.count(saved + 2));
+  EXPECT_NE(resumed.out.find("step " + std::to_string(saved) + ","), std::string::npos) << resumed.out;
+}
+
+}  // namespace
+}  // namespace latam

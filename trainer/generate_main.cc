@@ -1,0 +1,126 @@
+// latam-generate: continues a prompt with a checkpointed model.
+//
+//   latam-generate --checkpoint DIR --prompt TEXT [--max-new-tokens N]
+//                  [--temperature T] [--top-p P] [--seed S] [--tokenizer FILE]
+//
+// One process, any saved layout: the checkpoint's tensors are read whole
+// into the single-process layout (checkpoint/convert.h) and the text is
+// produced with a key/value cache (trainer/generate.h). The tokenizer is the
+// one saved with the checkpoint unless --tokenizer is given. Temperature 0
+// is greedy. Prints the continuation (not the prompt) on stdout; generation
+// stops early at the tokenizer's end-of-text token.
+// Exit codes: 0 ok, 2 bad input (checkpoint, tokenizer, arguments), 1 other.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "checkpoint/convert.h"
+#include "data/tokenizer.h"
+#include "kernels/threads.h"
+#include "trainer/generate.h"
+
+namespace {
+
+using latam::Result;
+using latam::Status;
+
+constexpr const char* kUsage =
+    "usage: latam-generate --checkpoint DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-p P]\n"
+    "                      [--seed S] [--tokenizer FILE]\n";
+
+struct Args {
+  std::string checkpoint, prompt, tokenizer;
+  bool has_prompt = false;
+  latam::GenerateOptions options;
+};
+
+Result<double> Number(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0') return Status::InvalidInput(flag + " " + text + ": not a number");
+  return v;
+}
+
+Result<Args> ParseArgs(int argc, char** argv) {
+  Args a;
+  a.options.max_new_tokens = 64;
+  a.options.temperature = 0.8;
+  a.options.top_p = 0.95;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") return Status::InvalidInput(kUsage);
+    if (i + 1 >= argc) return Status::InvalidInput("unknown or incomplete argument '" + arg + "'\n" + kUsage);
+    const std::string value = argv[++i];
+    if (arg == "--checkpoint") {
+      a.checkpoint = value;
+    } else if (arg == "--prompt") {
+      a.prompt = value;
+      a.has_prompt = true;
+    } else if (arg == "--tokenizer") {
+      a.tokenizer = value;
+    } else if (arg == "--max-new-tokens") {
+      LATAM_ASSIGN_OR_RETURN(const double v, Number(arg, value));
+      a.options.max_new_tokens = static_cast<int64_t>(v);
+    } else if (arg == "--temperature") {
+      LATAM_ASSIGN_OR_RETURN(a.options.temperature, Number(arg, value));
+    } else if (arg == "--top-p") {
+      LATAM_ASSIGN_OR_RETURN(a.options.top_p, Number(arg, value));
+    } else if (arg == "--seed") {
+      LATAM_ASSIGN_OR_RETURN(const double v, Number(arg, value));
+      a.options.seed = static_cast<uint64_t>(v);
+    } else {
+      return Status::InvalidInput("unknown argument '" + arg + "'\n" + kUsage);
+    }
+  }
+  if (a.checkpoint.empty()) return Status::InvalidInput(std::string("--checkpoint is required\n") + kUsage);
+  if (!a.has_prompt) return Status::InvalidInput(std::string("--prompt is required\n") + kUsage);
+  return a;
+}
+
+Status Main(int argc, char** argv) {
+  LATAM_ASSIGN_OR_RETURN(const Args args, ParseArgs(argc, argv));
+  LATAM_ASSIGN_OR_RETURN(const latam::ckpt::LoadedModel model, latam::ckpt::LoadModel(args.checkpoint));
+  const std::string tokenizer_path = args.tokenizer.empty() ? model.tokenizer_path : args.tokenizer;
+  if (tokenizer_path.empty()) {
+    return Status::InvalidInput("checkpoint " + args.checkpoint + " has no tokenizer.json; pass --tokenizer FILE");
+  }
+  LATAM_ASSIGN_OR_RETURN(auto tokenizer, latam::data::Tokenizer::Load(tokenizer_path));
+  if (tokenizer->vocab_size() > static_cast<uint32_t>(model.shape.vocab)) {
+    return Status::InvalidInput("tokenizer " + tokenizer_path + " has " + std::to_string(tokenizer->vocab_size()) +
+                                " tokens, more than the model's vocabulary of " + std::to_string(model.shape.vocab));
+  }
+  std::vector<int32_t> prompt;
+  for (uint32_t id : tokenizer->Encode(args.prompt)) prompt.push_back(static_cast<int32_t>(id));
+  if (prompt.empty()) {
+    // An empty prompt starts from the beginning-of-text token when there is one.
+    if (auto bos = tokenizer->TokenId("<|begin_of_text|>")) prompt.push_back(static_cast<int32_t>(*bos));
+  }
+  if (prompt.empty()) return Status::InvalidInput("--prompt: empty, and the tokenizer has no <|begin_of_text|>");
+  latam::GenerateOptions options = args.options;
+  for (const char* stop : {"<|end_of_text|>", "<|eot_id|>"}) {
+    if (auto id = tokenizer->TokenId(stop)) options.stop_ids.push_back(static_cast<int32_t>(*id));
+  }
+  const int64_t context = static_cast<int64_t>(prompt.size()) + std::max<int64_t>(options.max_new_tokens, 1);
+  latam::Generator generator(model.shape, *model.params, context);
+  LATAM_ASSIGN_OR_RETURN(std::vector<int32_t> out, generator.Generate(prompt, options));
+  std::vector<uint32_t> ids;
+  for (int32_t id : out) {
+    if (std::find(options.stop_ids.begin(), options.stop_ids.end(), id) != options.stop_ids.end()) break;
+    // The model's vocabulary may be padded beyond the tokenizer's.
+    if (tokenizer->IsValidId(static_cast<uint32_t>(id))) ids.push_back(static_cast<uint32_t>(id));
+  }
+  std::printf("%s\n", tokenizer->Decode(ids).c_str());
+  return Status::Ok();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  latam::ConfigureCpuThreads(1);
+  const Status s = Main(argc, argv);
+  if (s.ok()) return 0;
+  std::fprintf(stderr, "latam-generate: error: %s\n", s.message().c_str());
+  return s.exit_code();
+}
