@@ -3,7 +3,8 @@
 # Latin American sample corpus, trains a tokenizer, tokenizes, and trains the
 # `quickstart` model on this machine's CPUs with 4 MPI ranks (2-way tensor x
 # 2-way pipeline parallelism) on a language mixture (es/pt/indigenous),
-# reporting the eval loss of each language.
+# reporting the eval loss of each language, saving checkpoints every 200
+# steps, and ending with the trained model's continuation of a Spanish prompt.
 #
 # Extra arguments go to latam-train (e.g. --set train.steps=50). Environment:
 #   LATAM_BUILD_DIR  build directory (default build)
@@ -18,7 +19,7 @@ RUNS=${LATAM_RUNS_DIR:-runs}
 
 ./launch/install-deps.sh
 [ -f "$BUILD/CMakeCache.txt" ] || cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$BUILD" -j "$(nproc)" --target latam-train latam-data
+cmake --build "$BUILD" -j "$(nproc)" --target latam-train latam-data latam-ckpt latam-generate
 
 LATAM_BUILD_DIR=$BUILD launch/prepare-sample-data.sh "$DATA/sample" "$DATA/quickstart" 4096
 
@@ -46,3 +47,10 @@ for g in es pt indigenous; do
   printf 'quickstart: eval_loss/%-10s %s -> %s\n' "$g" "$a" "$b"
 done
 echo "quickstart: metrics in $RUN_DIR/metrics.jsonl (TensorBoard: tensorboard --logdir $RUN_DIR)"
+echo "quickstart: checkpoint $RUN_DIR/checkpoints/$(cat "$RUN_DIR/checkpoints/latest") (inspect: $BUILD/bin/latam-ckpt info $RUN_DIR)"
+
+# The trained model continues a Spanish prompt (one process, any saved layout).
+prompt="La historia de América Latina"
+continuation=$("$BUILD/bin/latam-generate" --checkpoint "$RUN_DIR" --prompt "$prompt" \
+  --max-new-tokens 48 --temperature 0.7 --top-p 0.9 --seed 1)
+echo "quickstart: generated: $prompt$continuation"

@@ -22,7 +22,7 @@ fi
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 LATAM_BUILD_DIR=$BUILD LATAM_DATA_DIR=$T/data LATAM_RUNS_DIR=$T/runs ./launch/quickstart.sh \
-  --set train.steps=150 --set train.eval_every=50 --set train.log_every=10 >"$T/log" 2>&1 ||
+  --set train.steps=150 --set train.eval_every=50 --set train.log_every=10 --set train.save_every=50 >"$T/log" 2>&1 ||
   { tail -n 40 "$T/log" >&2; fail "quickstart.sh exited non-zero"; }
 tail -n 8 "$T/log"
 
@@ -41,3 +41,13 @@ for lang in es pt indigenous; do
   echo "eval_loss/$lang: $first -> $last"
 done
 echo "quickstart: train loss $first_loss -> $last_loss"
+
+# Checkpoints at steps 100 and 150 (the last two kept), and a continuation.
+run_dir=$(dirname "$metrics")
+[ "$(cat "$run_dir/checkpoints/latest")" = step_00000150 ] || fail "latest does not name step_00000150"
+[ -d "$run_dir/checkpoints/step_00000100" ] && [ ! -e "$run_dir/checkpoints/step_00000050" ] ||
+  fail "train.keep_checkpoints=2 should keep steps 100 and 150 only"
+"$BUILD/bin/latam-ckpt" verify "$run_dir" || fail "latam-ckpt verify failed on $run_dir"
+generated=$(grep '^quickstart: generated: ' "$T/log" | sed 's/^quickstart: generated: La historia de América Latina//')
+[ "${#generated}" -ge 10 ] || fail "no generated continuation in the quickstart output"
+echo "generated continuation: $generated"
