@@ -215,6 +215,7 @@ Status CheckpointSaver::Start(const Checkpoint& header, const std::vector<StateP
     snapshot_pieces_.push_back(p);
     total += static_cast<size_t>(p.block.numel());
   }
+  // The buffer is kept between saves: only the first one pays for its pages.
   snapshot_.resize(total);
   size_t at = 0;
   for (StatePiece& p : snapshot_pieces_) {
@@ -282,8 +283,6 @@ Result<std::optional<SaveStats>> CheckpointSaver::Poll(bool wait) {
   if (writer_.joinable()) writer_.join();
   in_flight_ = false;
   snapshot_pieces_.clear();
-  snapshot_.clear();
-  snapshot_.shrink_to_fit();
   const double failed = world_->AllReduceScalar(write_status_.ok() ? 0.0 : 1.0, ReduceOp::kSum);
   if (failed > 0) {
     return write_status_.ok() ? Status::IoError("another rank could not write its part of " + step_dir_)

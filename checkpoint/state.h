@@ -20,7 +20,8 @@
 // Saving protocol (CheckpointSaver; all ranks, main thread):
 //   1. Start(): rank 0 creates checkpoints/step_XXXXXXXX/ (removing a stale
 //      incomplete one) and copies the tokenizer; all ranks agree; each rank
-//      copies its blocks to host memory and a background thread writes
+//      copies its blocks to host memory (a buffer kept for the next save:
+//      one more copy of the rank's state) and a background thread writes
 //      rank_NNNNN.bin and rank_NNNNN.index.pb and fsyncs them. Training goes on.
 //   2. Poll() between steps: when every rank has finished writing (agreed by
 //      an all-reduce, so MPI is only called from the main thread), rank 0

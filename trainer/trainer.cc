@@ -125,6 +125,7 @@ Status Trainer::Restore(const std::string& resume) {
   } else {
     source = resume;
   }
+  const auto load_start = std::chrono::steady_clock::now();
   LATAM_ASSIGN_OR_RETURN(auto reader, ckpt::CheckpointReader::Open(source));
   const std::vector<ckpt::StatePiece> pieces =
       ckpt::EngineState(engine_->model().parameters(), &engine_->optimizer(), grid_->dp_rank());
@@ -139,6 +140,10 @@ Status Trainer::Restore(const std::string& resume) {
   }
   if (mpi_.world_rank() == 0) {
     const ckpt::Layout& l = reader->manifest().layout();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+    std::printf("latam-train: rank 0 read %.1f MB in %.2f s\n", static_cast<double>(reader->bytes_read()) / 1e6,
+                seconds);
     std::printf("latam-train: loaded %s from %s (step %lld, %llu samples consumed, saved as tensor %d x pipeline %d x "
                 "data %d, %d virtual stages, ZeRO-%d%s)\n",
                 what == ckpt::LoadWhat::kAll ? "everything" : what == ckpt::LoadWhat::kWeights ? "weights" : "weights and optimizer",
