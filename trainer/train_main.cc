@@ -19,6 +19,7 @@
 #include "parallel/mpi_env.h"
 #include "trainer/config.h"
 #include "trainer/plan.h"
+#include "trainer/signals.h"
 #include "trainer/trainer.h"
 
 namespace {
@@ -88,6 +89,9 @@ int main(int argc, char** argv) {
   }
 
   latam::MpiSession mpi(&argc, &argv);
+  // From here on a pre-emption signal is a request to save and stop (checked
+  // after each step), also while the model is being built or loaded.
+  latam::InstallPreemptionHandlers();
   const int threads = latam::ConfigureCpuThreads(mpi.local_size());
   auto trainer = latam::Trainer::Create(*config, mpi, args->resume);
   if (!trainer.ok()) return Fail(trainer.status(), mpi.world_rank());

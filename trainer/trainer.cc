@@ -245,7 +245,6 @@ Status Trainer::Run() {
     const data::MixtureSampler::Draw draw = sampler_->Sample(index);
     return train_data_[static_cast<size_t>(draw.dataset)]->ReadWindow(draw.window, ids, targets);
   };
-  InstallPreemptionHandlers();
   for (int64_t step = start_step_; step < t.steps(); ++step) {
     grid_->ResetStats();
     LATAM_ASSIGN_OR_RETURN(const StepResult r, engine_->Step(step, consumed_, sample));

@@ -43,7 +43,8 @@ class Trainer {
   static Result<std::unique_ptr<Trainer>> Create(const Config& config, const MpiSession& mpi,
                                                  const std::string& resume = "auto");
 
-  // Trains for train.steps steps.
+  // Trains up to step train.steps. Returns a Preempted status (after saving)
+  // when a signal was noted by InstallPreemptionHandlers (trainer/signals.h).
   Status Run();
   // Mean loss per eval dataset (in config order) and their token-weighted mean.
   Result<std::vector<double>> Evaluate();

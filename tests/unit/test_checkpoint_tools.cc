@@ -205,6 +205,21 @@ TEST_F(CheckpointToolsTest, ContinuedPretrainingFromImportedModel) {
       << again.out;
 }
 
+// The sampler continues from the consumed-sample count, so a resumed
+// segment may use another global batch.
+TEST_F(CheckpointToolsTest, GlobalBatchMayChangeOnResume) {
+  PrepareData();
+  ASSERT_EQ(Run(Train("run", 5)).exit_code, 0);
+  auto resumed = Run(Train("run", 7) + " --set train.global_batch_size=16");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("(step 5, 40 samples consumed"), std::string::npos) << resumed.out;
+  auto info = Run(Bin("latam-ckpt") + " info " + Path("run"));
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  const auto j = nlohmann::json::parse(info.out);
+  EXPECT_EQ(j["step"].get<int>(), 7);
+  EXPECT_EQ(j["consumed_samples"].get<int>(), 40 + 2 * 16);
+}
+
 TEST_F(CheckpointToolsTest, BadCheckpointsExitTwoNamingTensorAndFile) {
   PrepareData();
   ASSERT_EQ(Run(Train("run", 5)).exit_code, 0);
