@@ -1,28 +1,35 @@
 #include "trainer/signals.h"
 
+#include <pthread.h>
+
+#include <atomic>
 #include <csignal>
+#include <thread>
 
 namespace latam {
 
 namespace {
 
-volatile std::sig_atomic_t g_signal = 0;
-
-extern "C" void OnPreemptionSignal(int signal) { g_signal = signal; }
+std::atomic<int> g_signal{0};
 
 }  // namespace
 
-void InstallPreemptionHandlers() {
-  struct sigaction action = {};
-  action.sa_handler = OnPreemptionSignal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  sigaction(SIGTERM, &action, nullptr);
-  sigaction(SIGUSR1, &action, nullptr);
+void WatchPreemptionSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::thread([set] {
+    for (;;) {
+      int signal = 0;
+      if (sigwait(&set, &signal) == 0) g_signal = signal;
+    }
+  }).detach();
 }
 
-bool PreemptionRequested() { return g_signal != 0; }
+bool PreemptionRequested() { return g_signal.load() != 0; }
 
-int PreemptionSignal() { return g_signal; }
+int PreemptionSignal() { return g_signal.load(); }
 
 }  // namespace latam

@@ -88,10 +88,10 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  latam::MpiSession mpi(&argc, &argv);
   // From here on a pre-emption signal is a request to save and stop (checked
-  // after each step), also while the model is being built or loaded.
-  latam::InstallPreemptionHandlers();
+  // after each step), also while MPI starts and the model is built or loaded.
+  latam::WatchPreemptionSignals();
+  latam::MpiSession mpi(&argc, &argv);
   const int threads = latam::ConfigureCpuThreads(mpi.local_size());
   auto trainer = latam::Trainer::Create(*config, mpi, args->resume);
   if (!trainer.ok()) return Fail(trainer.status(), mpi.world_rank());

@@ -44,7 +44,7 @@ class Trainer {
                                                  const std::string& resume = "auto");
 
   // Trains up to step train.steps. Returns a Preempted status (after saving)
-  // when a signal was noted by InstallPreemptionHandlers (trainer/signals.h).
+  // when a signal was noted by WatchPreemptionSignals (trainer/signals.h).
   Status Run();
   // Mean loss per eval dataset (in config order) and their token-weighted mean.
   Result<std::vector<double>> Evaluate();

@@ -6,9 +6,11 @@
 # ones. The job trains the quickstart layout (4 ranks: tensor 2 x pipeline 2)
 # for 20 steps on synthetic data through launch/latam-run and `srun
 # --mpi=pmix`; the test checks its exit code, its log and its metrics. A
-# second job, with a stand-in trainer, checks preemption: SIGUSR1 to the
-# batch script reaches the ranks, they exit 3, the script requeues the job
-# and the requeued job runs in the same run directory.
+# second job checks preemption with the real trainer, both ways: SIGUSR1 to
+# the batch script (the ranks save and exit 3, the script requeues the job)
+# and `scontrol requeue` (SIGTERM, the ranks save, Slurm requeues); each
+# requeued run must resume from the step saved before it, and the job must
+# complete with every step logged and checkpoints/latest at the last step.
 #
 # Needs root (munged and slurmd run as root here) and the Debian packages
 # slurmctld, slurmd, slurm-client, munge and libpmix-dev (Slurm's PMIx
@@ -25,7 +27,7 @@ REPO=$(pwd)
 fail() { echo "FAIL: $*" >&2; exit 1; }
 skip() { echo "SKIP: $*"; exit 77; }
 
-[ -x "$BIN/latam-train" ] && [ -x "$BIN/latam-data" ] || fail "no latam-train/latam-data in $BIN"
+if [ ! -x "$BIN/latam-train" ] || [ ! -x "$BIN/latam-data" ]; then fail "no latam-train/latam-data in $BIN"; fi
 [ "$(id -u)" -eq 0 ] || skip "needs root to run munged and slurmd"
 ./launch/install-deps.sh slurmctld slurmd slurm-client munge libpmix-dev >/dev/null 2>&1 ||
   skip "cannot install slurmctld slurmd slurm-client munge libpmix-dev"
@@ -98,8 +100,9 @@ munged --foreground --force --key-file="$T/munge/munge.key" --socket="$MUNGE_SOC
   >"$T/munged.stderr" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do [ -S "$MUNGE_SOCKET" ] && break; sleep 0.1; done
-[ -S "$MUNGE_SOCKET" ] && munge --socket="$MUNGE_SOCKET" -n | unmunge --socket="$MUNGE_SOCKET" >/dev/null 2>&1 ||
-  { logs; skip "munged does not start here"; }
+if [ ! -S "$MUNGE_SOCKET" ] || ! munge --socket="$MUNGE_SOCKET" -n | unmunge --socket="$MUNGE_SOCKET" >/dev/null 2>&1; then
+  logs; skip "munged does not start here"
+fi
 
 # Two free TCP ports for slurmctld and slurmd.
 in_use=$( (ss -Htan 2>/dev/null || netstat -tan 2>/dev/null) | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /:[0-9]+$/) { sub(/.*:/, "", $i); print $i } }' | sort -u)
@@ -209,8 +212,9 @@ job=$(LATAM_TRAIN=$BIN/latam-train LATAM_RUNS_DIR=$T/runs submit launch/slurm/la
   "${data_args[@]}" --set train.steps=20 --set train.eval_every=10 --set train.log_every=1) || exit 1
 log=$T/logs/latam-cpu-$job.out
 wait_job "$job" 120
-[ "$state" = COMPLETED ] && grep -q 'ExitCode=0:0' <<<"$info" ||
-  { grep -E 'JobState|ExitCode' <<<"$info"; show_job; fail "job $job did not complete with exit code 0 ($state)"; }
+if [ "$state" != COMPLETED ] || ! grep -q 'ExitCode=0:0' <<<"$info"; then
+  grep -E 'JobState|ExitCode' <<<"$info"; show_job; fail "job $job did not complete with exit code 0 ($state)"
+fi
 grep -q '4 ranks (tensor 2 x pipeline 2 x data 1' "$log" ||
   { show_job; fail "the job output lacks the 4-rank layout line"; }
 grep -q 'latam-run: slurm launcher, 4 ranks' "$log" || { show_job; fail "latam-run did not take the Slurm path"; }
@@ -227,44 +231,84 @@ evals=$(grep -c '"eval_loss"' "$metrics")
 [ "$evals" -eq 2 ] || { show_job; fail "expected eval lines at steps 10 and 20, found $evals"; }
 echo "slurm: job $job trained 4 ranks in $((SECONDS - start)) s from submission, loss $first -> $last, $evals evals"
 
-# Preemption: a stand-in trainer whose ranks wait for SIGUSR1 on the job's
-# first run and exit 3 on it, as the trainer will after saving, and exit 0
-# at once on the requeued run. The test sends SIGUSR1 to the batch script
-# only, as `--signal=B:USR1@...` does before the time limit; the script must
-# forward it to the ranks through srun, requeue the job on exit code 3, and
-# the requeued job must run in the same run directory. Submitted from outside
-# the checkout, so that the script finds the checkout through `scontrol show job`.
-cat >"$T/fake-train" <<'EOF'
-#!/usr/bin/env bash
-dir=""
-for a in "$@"; do case "$a" in train.run_dir=*) dir=${a#train.run_dir=} ;; esac; done
-rank=${SLURM_PROCID:-0}
-if [ "${SLURM_RESTART_COUNT:-0}" -ge 1 ]; then
-  [ "$rank" -ne 0 ] || echo "restart ${SLURM_RESTART_COUNT} in $dir" >>"$dir/runs.txt"
-  exit 0
-fi
-trap '[ "$rank" -ne 0 ] || echo "restart 0 in $dir: SIGUSR1" >>"$dir/runs.txt"; exit 3' USR1
-touch "$dir/ready.$rank"
-for _ in $(seq 600); do sleep 0.1; done
-exit 0
-EOF
-chmod +x "$T/fake-train"
+# Preemption, both ways Slurm does it, on one job of the real trainer
+# (tensor 2 x pipeline 2, a checkpoint only when preempted and at the end):
+# 1. SIGUSR1 to the batch script only, as `--signal=B:USR1@...` sends it
+#    before the time limit (here `scancel --signal=USR1 --batch`): the script
+#    passes it through latam-run and srun to the ranks, which save and exit
+#    3; the script requeues the job, and the requeued job resumes from the
+#    checkpoint in the same run directory.
+# 2. `scontrol requeue` on the resumed job: Slurm sends SIGTERM to the job's
+#    processes; the ranks save and exit 3, the script does not requeue (Slurm
+#    does), and the job resumes again and runs to its last step.
+# Submitted from outside the checkout, so that the script finds the checkout
+# through `scontrol show job`.
+steps=30
 start=$SECONDS
-job=$(cd "$T" && LATAM_TRAIN=$T/fake-train LATAM_RUNS_DIR=$T/runs submit "$REPO/launch/slurm/latam-cpu.sbatch") || exit 1
+job=$(cd "$T" && LATAM_TRAIN=$BIN/latam-train LATAM_RUNS_DIR=$T/runs submit "$REPO/launch/slurm/latam-cpu.sbatch" \
+  "${data_args[@]}" --set model.vocab_size=512 --set train.eval_every=0 --set train.log_every=1 \
+  --set train.steps=$steps --set train.save_every=1000) || exit 1
 log=$T/logs/latam-cpu-$job.out
 run_dir=$T/runs/latam-cpu-$job
-for _ in $(seq 200); do
-  [ "$(ls "$run_dir"/ready.* 2>/dev/null | wc -l)" -eq 4 ] && break
-  sleep 0.1
-done
-[ "$(ls "$run_dir"/ready.* 2>/dev/null | wc -l)" -eq 4 ] || { show_job; fail "the 4 stand-in ranks of job $job did not start"; }
+metric_steps() { sed -n 's/^{"step":\([0-9]*\),.*"loss".*/\1/p' "$run_dir/metrics.jsonl" 2>/dev/null; }
+wait_steps() {  # n timeout_s: until metrics.jsonl has a training line for step n or later
+  local deadline=$((SECONDS + $2)) last
+  while :; do
+    last=$(metric_steps | sort -n | tail -n 1)
+    [ "${last:-0}" -lt "$1" ] || return 0
+    [ "$SECONDS" -lt "$deadline" ] || { show_job; fail "job $job did not reach step $1 in $2 s"; }
+    info=$(scontrol show job "$job" 2>/dev/null)
+    case "$(sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p' <<<"$info")" in
+      COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY) show_job; fail "job $job ended before step $1" ;;
+    esac
+    restarts=$(sed -n 's/.*Restarts=\([0-9]*\).*/\1/p' <<<"$info")
+    if grep -q 'JobState=PENDING' <<<"$info" && [ "${restarts:-0}" -ge 1 ]; then
+      scontrol update JobId="$job" StartTime=now >/dev/null 2>&1
+    fi
+    sleep 0.2
+  done
+}
+# Steps of the checkpoints the trainer said it saved when preempted, in order.
+saved_steps() { sed -n 's/.*latam-train: preempted: stopped by signal [0-9]* after step \([0-9]*\) .*/\1/p' "$log"; }
+
+wait_steps 3 120
 scancel --signal=USR1 --batch "$job" || fail "scancel --signal=USR1 --batch $job failed"
-wait_job "$job" 60
-[ "$state" = COMPLETED ] || { show_job; fail "preempted job $job ended $state"; }
-runs=$run_dir/runs.txt
-[ "$(grep -c . "$runs" 2>/dev/null)" -eq 2 ] && grep -q 'restart 0 .*SIGUSR1' "$runs" && grep -q 'restart 1' "$runs" ||
-  { cat "$runs"; show_job; fail "expected a SIGUSR1 run and a requeued run of job $job in one run directory"; }
-grep -q "requeueing job $job" "$log" || { show_job; fail "no requeue message in the job output"; }
+deadline=$((SECONDS + 60))
+until [ -n "$(saved_steps)" ]; do
+  [ "$SECONDS" -lt "$deadline" ] || { show_job; fail "job $job: no preemption after SIGUSR1"; }
+  sleep 0.2
+done
+first=$(saved_steps | head -n 1)
+wait_steps $((first + 3)) 120
+scontrol requeue "$job" || fail "scontrol requeue $job failed"
+wait_job "$job" 180
+if [ "$state" != COMPLETED ] || ! grep -q 'ExitCode=0:0' <<<"$info"; then
+  grep -E 'JobState|ExitCode|Restarts' <<<"$info"; show_job; fail "preempted job $job did not complete with exit code 0 ($state)"
+fi
+grep -q 'Restarts=2' <<<"$info" || { grep Restarts <<<"$info"; show_job; fail "job $job was not restarted twice"; }
+[ "$(saved_steps | wc -l)" -eq 2 ] || { show_job; fail "expected two preemptions of job $job"; }
+second=$(saved_steps | tail -n 1)
+ckpt() { printf '%s/checkpoints/step_%08d' "$run_dir" "$1"; }
+grep -q "stopped by signal 10 after step $first " "$log" || { show_job; fail "the first preemption was not by SIGUSR1"; }
+# The ranks get SIGTERM from Slurm and SIGUSR1 from latam-run; either may be the one they name.
+grep -qE "stopped by signal (10|15) after step $second " "$log" || { show_job; fail "no second preemption"; }
+grep -q "SIGUSR1 (time limit near or preemption)" "$log" || { show_job; fail "the batch script did not catch SIGUSR1"; }
+grep -q "SIGTERM (job cancelled, requeued or preempted by Slurm)" "$log" ||
+  { show_job; fail "the batch script did not catch the SIGTERM of scontrol requeue"; }
+[ "$(grep -c "requeueing job $job" "$log")" -eq 1 ] ||
+  { show_job; fail "expected the script to requeue job $job once (after SIGUSR1, not after SIGTERM)"; }
+grep -q "latam-train: loaded everything from $(ckpt "$first") (step $first," "$log" ||
+  { show_job; fail "the first requeued run did not resume from step $first"; }
+grep -q "latam-train: loaded everything from $(ckpt "$second") (step $second," "$log" ||
+  { show_job; fail "the second requeued run did not resume from step $second"; }
+grep -q "restart 2," "$log" || { show_job; fail "no third run (restart 2) in the job output"; }
+logged=$(metric_steps | sort -n | uniq)
+if [ "$(wc -l <<<"$logged")" -ne "$steps" ] || [ "$(tail -n 1 <<<"$logged")" -ne "$steps" ]; then
+  show_job; fail "metrics.jsonl of job $job lacks some of steps 1..$steps"
+fi
+[ "$(cat "$run_dir/checkpoints/latest" 2>/dev/null)" = "$(basename "$(ckpt "$steps")")" ] ||
+  { show_job; fail "checkpoints/latest of job $job is not step $steps"; }
 grep -q "checkout $REPO," "$log" || { show_job; fail "the job submitted from $T did not find the checkout $REPO"; }
-echo "slurm: job $job forwarded SIGUSR1, exited 3, was requeued and completed in its run directory in $((SECONDS - start)) s"
+echo "slurm: job $job saved at step $first on SIGUSR1 (script requeued it) and at step $second on scontrol requeue" \
+  "(SIGTERM, Slurm requeued it), resumed both times and finished step $steps in $((SECONDS - start)) s"
 echo "PASS"

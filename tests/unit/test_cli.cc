@@ -226,6 +226,13 @@ TEST_F(CliTest, ShortTrainingRunWritesMetricsConfigAndTensorBoard) {
         ASSERT_TRUE(j.contains(key)) << key << " missing in " << line;
       }
       losses.push_back(j["loss"].get<double>());
+    } else if (j.contains("checkpoint/bytes")) {
+      // The quickstart config saves at its last step.
+      for (const char* key : {"checkpoint/write_s", "checkpoint/bytes_per_s", "checkpoint/snapshot_ms",
+                              "checkpoint/save_s"}) {
+        ASSERT_TRUE(j.contains(key)) << key << " missing in " << line;
+      }
+      EXPECT_GT(j["checkpoint/bytes"].get<double>(), 0.0);
     } else {
       ASSERT_TRUE(j.contains("eval_loss")) << line;
       for (const char* name : {"eval_loss/es", "eval_loss/pt", "eval_loss/indigenous"}) {
