@@ -1,4 +1,5 @@
-// Running commands from tests: exit code, stdout and stderr.
+// Running commands from tests (exit code, stdout and stderr) and reading
+// what a training run wrote.
 #pragma once
 
 #include <sys/wait.h>
@@ -6,7 +7,10 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <cstdint>
 #include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 
@@ -37,6 +41,18 @@ inline CommandResult RunCommand(const std::string& command, const std::filesyste
   r.out = ReadFileBytes(out);
   r.err = ReadFileBytes(err);
   return r;
+}
+
+// step -> loss of the training lines of a run's metrics.jsonl.
+inline std::map<int64_t, double> TrainingLosses(const std::filesystem::path& metrics_jsonl) {
+  std::map<int64_t, double> out;
+  std::ifstream in(metrics_jsonl);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out[j["step"].get<int64_t>()] = j["loss"].get<double>();
+  }
+  return out;
 }
 
 // Whether `program` is on PATH.

@@ -69,14 +69,7 @@ class ResumeTest : public ::testing::Test {
 
   // step -> loss from a run's metrics.jsonl.
   std::map<int64_t, double> Losses(const std::string& run) const {
-    std::map<int64_t, double> out;
-    std::ifstream in(dir_ / run / "metrics.jsonl");
-    std::string line;
-    while (std::getline(in, line)) {
-      const auto j = nlohmann::json::parse(line);
-      if (j.contains("loss")) out[j["step"].get<int64_t>()] = j["loss"].get<double>();
-    }
-    return out;
+    return testing::TrainingLosses(dir_ / run / "metrics.jsonl");
   }
 
   ckpt::Checkpoint Manifest(const std::string& step_dir) const {
