@@ -52,5 +52,5 @@ echo "quickstart: checkpoint $RUN_DIR/checkpoints/$(cat "$RUN_DIR/checkpoints/la
 # The trained model continues a Spanish prompt (one process, any saved layout).
 prompt="La historia de América Latina"
 continuation=$("$BUILD/bin/latam-generate" --checkpoint "$RUN_DIR" --prompt "$prompt" \
-  --max-new-tokens 48 --temperature 0.7 --top-p 0.9 --seed 1)
+  --max-new-tokens 48 --min-new-tokens 24 --temperature 0.7 --top-p 0.9 --seed 1)
 echo "quickstart: generated: $prompt$continuation"

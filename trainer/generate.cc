@@ -293,6 +293,11 @@ Result<std::vector<int32_t>> Generator::Generate(const std::vector<int32_t>& pro
   Run(prompt.data(), static_cast<int64_t>(prompt.size()), false, logits_.data());
   const uint64_t stream = StreamId("generate");
   for (int64_t k = 0; k < options.max_new_tokens; ++k) {
+    if (k < options.min_new_tokens) {
+      for (int32_t stop : options.stop_ids) {
+        if (stop >= 0 && stop < shape_.vocab) logits_[static_cast<size_t>(stop)] = -std::numeric_limits<float>::infinity();
+      }
+    }
     const double u = UniformAt(options.seed, stream, static_cast<uint64_t>(k));
     const int32_t token = SampleToken(logits_, options.temperature, options.top_p, u, &probs_, &order_);
     out.push_back(token);

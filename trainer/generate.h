@@ -46,6 +46,9 @@ struct GenerateOptions {
   double top_p = 0.95;       // nucleus sampling; 1 = off
   uint64_t seed = 1234;
   std::vector<int32_t> stop_ids;  // generation stops after emitting one of these
+  // The first min_new_tokens tokens are never stop ids (their logits are
+  // set to -inf), so a prompt that ends a sentence still gets a continuation.
+  int64_t min_new_tokens = 0;
 };
 
 class Generator {

@@ -1,14 +1,16 @@
 // latam-generate: continues a prompt with a checkpointed model.
 //
 //   latam-generate --checkpoint DIR --prompt TEXT [--max-new-tokens N]
-//                  [--temperature T] [--top-p P] [--seed S] [--tokenizer FILE]
+//                  [--min-new-tokens N] [--temperature T] [--top-p P]
+//                  [--seed S] [--tokenizer FILE]
 //
 // One process, any saved layout: the checkpoint's tensors are read whole
 // into the single-process layout (checkpoint/convert.h) and the text is
 // produced with a key/value cache (trainer/generate.h). The tokenizer is the
 // one saved with the checkpoint unless --tokenizer is given. Temperature 0
 // is greedy. Prints the continuation (not the prompt) on stdout; generation
-// stops early at the tokenizer's end-of-text token.
+// stops early at the tokenizer's end-of-text token, but not before
+// --min-new-tokens tokens (default 0).
 // Exit codes: 0 ok, 2 bad input (checkpoint, tokenizer, arguments), 1 other.
 #include <algorithm>
 #include <cstdio>
@@ -27,8 +29,8 @@ using latam::Result;
 using latam::Status;
 
 constexpr const char* kUsage =
-    "usage: latam-generate --checkpoint DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-p P]\n"
-    "                      [--seed S] [--tokenizer FILE]\n";
+    "usage: latam-generate --checkpoint DIR --prompt TEXT [--max-new-tokens N] [--min-new-tokens N]\n"
+    "                      [--temperature T] [--top-p P] [--seed S] [--tokenizer FILE]\n";
 
 struct Args {
   std::string checkpoint, prompt, tokenizer;
@@ -63,6 +65,9 @@ Result<Args> ParseArgs(int argc, char** argv) {
     } else if (arg == "--max-new-tokens") {
       LATAM_ASSIGN_OR_RETURN(const double v, Number(arg, value));
       a.options.max_new_tokens = static_cast<int64_t>(v);
+    } else if (arg == "--min-new-tokens") {
+      LATAM_ASSIGN_OR_RETURN(const double v, Number(arg, value));
+      a.options.min_new_tokens = static_cast<int64_t>(v);
     } else if (arg == "--temperature") {
       LATAM_ASSIGN_OR_RETURN(a.options.temperature, Number(arg, value));
     } else if (arg == "--top-p") {

@@ -265,6 +265,17 @@ TEST_F(Generate, GreedyFollowsArgmaxOfFeed) {
   ASSERT_TRUE(stopped.ok());
   const size_t first_stop = static_cast<size_t>(std::find(out->begin(), out->end(), (*out)[3]) - out->begin());
   EXPECT_EQ(*stopped, std::vector<int32_t>(out->begin(), out->begin() + static_cast<std::ptrdiff_t>(first_stop + 1)));
+  // min_new_tokens: the stop id cannot come before then; until its first
+  // occurrence the output is the same, and the position where it stopped now
+  // holds the best other token.
+  options.min_new_tokens = static_cast<int64_t>(first_stop) + 1;
+  auto later = gen.Generate(prompt, options);
+  ASSERT_TRUE(later.ok());
+  ASSERT_GT(later->size(), first_stop + 1);
+  for (size_t k = 0; k <= first_stop; ++k) EXPECT_NE((*later)[k], (*out)[3]) << k;
+  EXPECT_EQ(std::vector<int32_t>(later->begin(), later->begin() + static_cast<std::ptrdiff_t>(first_stop)),
+            std::vector<int32_t>(out->begin(), out->begin() + static_cast<std::ptrdiff_t>(first_stop)));
+  options.min_new_tokens = 0;
   options.max_new_tokens = 0;
   auto none = gen.Generate(prompt, options);
   ASSERT_TRUE(none.ok());
