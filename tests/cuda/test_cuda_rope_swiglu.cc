@@ -1,0 +1,265 @@
+// CUDA RoPE and SwiGLU against the CPU kernels on the same inputs: f32 and
+// bf16, shapes that take the 16-byte path and shapes that fall back to
+// scalar (row widths not a multiple of the pack, pointers off 16-byte
+// alignment), odd row counts. RoPE is also run backward over its own forward
+// output, which must give back the input.
+//
+// Every device buffer sits between guard bytes, and outputs start as NaN
+// (all bytes 0xff, a NaN in f32 and in bf16), so an unwritten element or a
+// stray write fails.
+//
+// Tolerances. f32: 1e-5 abs + 1e-5 rel (the GPU and the CPU differ only in
+// fp32 rounding order, FMA contraction and expf against the CPU's polynomial
+// exp, all near 1e-7 relative). bf16: the CPU kernel runs on the
+// bf16-rounded inputs; the GPU output is rounded to bf16 once, which is
+// within half a bf16 ulp (2^-9 to 2^-8 relative), so 1e-5 abs + 2^-7 rel
+// (one ulp at most). RoPE round trip: each element of a rotated pair
+// (x[i], x[i + half]) within rel * |(x[i], x[i + half])| + 1e-6, rel = 1e-5
+// for f32 and 2^-6 for bf16 (the forward's bf16 rounding, about 2^-8 of the
+// pair's norm, is spread over the pair by the back rotation; the backward
+// rounds once more); the unrotated columns are compared bit for bit.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/cuda/rope.h"
+#include "kernels/cuda/swiglu.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+#include "tests/cuda/cuda_test_util.h"
+#include "tests/test_util.h"
+
+namespace latam {
+namespace {
+
+struct Tolerance {
+  double atol, rtol;
+};
+
+template <typename T>
+constexpr Tolerance kTolerance = std::is_same_v<T, BF16> ? Tolerance{1e-5, 1.0 / 128} : Tolerance{1e-5, 1e-5};
+
+template <typename T>
+constexpr double kRoundTripRel = std::is_same_v<T, BF16> ? 1.0 / 64 : 1e-5;
+
+template <typename T>
+std::vector<T> FromFloats(const std::vector<float>& v) {
+  if constexpr (std::is_same_v<T, BF16>) {
+    return testing::ToBF16(v);
+  } else {
+    return v;
+  }
+}
+
+template <typename T>
+std::vector<float> ToFloats(const std::vector<T>& v) {
+  if constexpr (std::is_same_v<T, BF16>) {
+    return testing::ToFloat(v);
+  } else {
+    return v;
+  }
+}
+
+// The values of v as the test dtype holds them.
+template <typename T>
+std::vector<float> RoundTo(const std::vector<float>& v) {
+  return ToFloats<T>(FromFloats<T>(v));
+}
+
+constexpr size_t kGuardBytes = 64;
+constexpr unsigned char kPoison = 0xff;
+
+// n elements of T on the device at a byte offset inside a larger arena whose
+// other bytes are all kPoison. misalign moves the data one element off
+// 16-byte alignment, which rules out the vectorised path.
+template <typename T>
+class DeviceBuffer {
+ public:
+  // Every element poisoned.
+  DeviceBuffer(size_t n, bool misalign)
+      : n_(n),
+        offset_(kGuardBytes + (misalign ? sizeof(T) : 0)),
+        arena_(Device::kCUDA, offset_ + n * sizeof(T) + kGuardBytes) {
+    CUDA_CHECK(cudaMemset(arena_.data(), kPoison, arena_.size()));
+  }
+  DeviceBuffer(const std::vector<float>& host, bool misalign) : DeviceBuffer(host.size(), misalign) {
+    const std::vector<T> values = FromFloats<T>(host);
+    CUDA_CHECK(
+        cudaMemcpy(static_cast<char*>(arena_.data()) + offset_, values.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
+  }
+
+  Tensor View(Shape shape) const { return arena_.View(offset_, DTypeOf<T>::value, shape); }
+
+  std::vector<float> Read() const {
+    std::vector<T> host(n_);
+    CUDA_CHECK(cudaMemcpy(host.data(), static_cast<const char*>(arena_.data()) + offset_, n_ * sizeof(T),
+                          cudaMemcpyDeviceToHost));
+    return ToFloats<T>(host);
+  }
+
+  ::testing::AssertionResult GuardsIntact() const {
+    std::vector<unsigned char> bytes(arena_.size());
+    CUDA_CHECK(cudaMemcpy(bytes.data(), arena_.data(), bytes.size(), cudaMemcpyDeviceToHost));
+    const size_t end = offset_ + n_ * sizeof(T);
+    for (size_t i = 0; i < bytes.size(); ++i) {
+      if ((i < offset_ || i >= end) && bytes[i] != kPoison) {
+        return ::testing::AssertionFailure()
+               << "byte " << i << " outside the data [" << offset_ << ", " << end << ") was written";
+      }
+    }
+    return ::testing::AssertionSuccess();
+  }
+
+ private:
+  size_t n_;
+  size_t offset_;
+  Arena arena_;
+};
+
+// backward(forward(x)) against x, with the pair-wise bound described at the
+// top of the file for rotated columns and bit equality for the others.
+::testing::AssertionResult RoundTripClose(const std::vector<float>& actual, const std::vector<float>& x,
+                                          int64_t row_width, int n_rot_heads, int head_dim, double rel) {
+  const int half = head_dim / 2;
+  const int64_t rotated = static_cast<int64_t>(n_rot_heads) * head_dim;
+  size_t bad = 0, first = 0;
+  for (size_t k = 0; k < x.size(); ++k) {
+    const int64_t col = static_cast<int64_t>(k) % row_width;
+    bool ok;
+    if (col < rotated) {
+      const size_t partner = col % head_dim < half ? k + half : k - half;
+      const double norm = std::hypot(static_cast<double>(x[k]), static_cast<double>(x[partner]));
+      ok = std::abs(static_cast<double>(actual[k]) - x[k]) <= rel * norm + 1e-6;  // false for NaN
+    } else {
+      ok = std::memcmp(&actual[k], &x[k], sizeof(float)) == 0;
+    }
+    if (!ok) {
+      if (bad == 0) first = k;
+      ++bad;
+    }
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << bad << " of " << x.size() << " elements differ; first at " << first
+                                       << " (column " << static_cast<int64_t>(first) % row_width << "): actual "
+                                       << actual[first] << " expected " << x[first];
+}
+
+class CudaRopeTest : public testing::RandomTest {
+ protected:
+  // x is the fused QKV activation [batch * seq_len, (n_heads + 2 n_kv_heads)
+  // head_dim + extra_cols]; Q and K heads are rotated.
+  template <typename T>
+  void Run(int64_t batch, int seq_len, int n_heads, int n_kv_heads, int head_dim, int64_t extra_cols, bool misalign) {
+    const int64_t rows = batch * seq_len;
+    const int64_t row_width = static_cast<int64_t>(n_heads + 2 * n_kv_heads) * head_dim + extra_cols;
+    const int n_rot_heads = n_heads + n_kv_heads;
+    SCOPED_TRACE(::testing::Message() << DTypeName(DTypeOf<T>::value) << " rows=" << rows << " seq_len=" << seq_len
+                                      << " row_width=" << row_width << " head_dim=" << head_dim
+                                      << " n_rot_heads=" << n_rot_heads << " misalign=" << misalign);
+    RopeScaling scaling;
+    scaling.factor = 8.0;
+    const RopeTable table = BuildRopeTable(500000.0, head_dim, seq_len + 5, scaling);
+    const auto x = RoundTo<T>(Normal(rows * row_width)), dy = RoundTo<T>(Normal(rows * row_width));
+
+    auto y_expected = x, dx_expected = dy;
+    cpu::RopeForward(Tensor::Of(y_expected.data(), {rows, row_width}), seq_len, n_rot_heads, table);
+    cpu::RopeBackward(Tensor::Of(dx_expected.data(), {rows, row_width}), seq_len, n_rot_heads, table);
+
+    const size_t table_offset = misalign ? sizeof(float) : 0;
+    Arena table_arena(Device::kCUDA, table_offset + cuda::RopeTableBytes(table));
+    const cuda::RopeDeviceTable device_table = cuda::UploadRopeTable(table, table_arena, table_offset, nullptr);
+    DeviceBuffer<T> xd(x, misalign), dyd(dy, misalign);
+    const Tensor xt = xd.View({rows, row_width}), dyt = dyd.View({rows, row_width});
+
+    cuda::RopeForward(xt, seq_len, n_rot_heads, device_table, nullptr);
+    cuda::RopeBackward(dyt, seq_len, n_rot_heads, device_table, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const Tolerance tol = kTolerance<T>;
+    EXPECT_TRUE(testing::AllClose(xd.Read(), testing::ToDouble(y_expected), tol.atol, tol.rtol)) << "forward";
+    EXPECT_TRUE(testing::AllClose(dyd.Read(), testing::ToDouble(dx_expected), tol.atol, tol.rtol)) << "backward";
+
+    cuda::RopeBackward(xt, seq_len, n_rot_heads, device_table, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_TRUE(RoundTripClose(xd.Read(), x, row_width, n_rot_heads, head_dim, kRoundTripRel<T>)) << "round trip";
+    EXPECT_TRUE(xd.GuardsIntact());
+    EXPECT_TRUE(dyd.GuardsIntact());
+  }
+};
+
+TEST_F(CudaRopeTest, Float32MatchesCpuAndRoundTrips) {
+  LATAM_REQUIRE_GPU();
+  Run<float>(3, 7, 4, 2, 64, 0, false);    // 21 rows, float4 path
+  Run<float>(1, 33, 8, 2, 128, 0, false);  // Llama 3 head_dim
+  Run<float>(5, 3, 3, 1, 6, 0, false);     // half = 3: scalar
+  Run<float>(3, 7, 4, 2, 64, 3, false);    // row width 515: scalar
+  Run<float>(3, 7, 4, 2, 64, 0, true);     // misaligned x and table: scalar
+}
+
+TEST_F(CudaRopeTest, BFloat16MatchesCpuAndRoundTrips) {
+  LATAM_REQUIRE_GPU();
+  Run<BF16>(3, 7, 4, 2, 64, 0, false);    // 21 rows, 8 x bf16 path
+  Run<BF16>(1, 33, 8, 2, 128, 0, false);  // Llama 3 head_dim
+  Run<BF16>(5, 3, 3, 1, 8, 0, false);     // half = 4: scalar for bf16
+  Run<BF16>(3, 7, 4, 2, 64, 4, false);    // row width 516: scalar
+  Run<BF16>(3, 7, 4, 2, 64, 0, true);     // misaligned x and table: scalar
+}
+
+class CudaSwigluTest : public testing::RandomTest {
+ protected:
+  template <typename T>
+  void Run(int64_t rows, int64_t f, bool misalign) {
+    SCOPED_TRACE(::testing::Message() << DTypeName(DTypeOf<T>::value) << " rows=" << rows << " f=" << f
+                                      << " misalign=" << misalign);
+    // Gate spread wide enough to reach sigmoid's saturated tails.
+    auto gu = Normal(rows * 2 * f);
+    for (int64_t m = 0; m < rows; ++m) {
+      for (int64_t j = 0; j < f; ++j) gu[m * 2 * f + j] *= 4.0f;
+    }
+    gu = RoundTo<T>(gu);
+    auto dout = RoundTo<T>(Normal(rows * f));
+
+    std::vector<float> out_expected(rows * f), dgu_expected(rows * 2 * f);
+    cpu::SwigluForward(Tensor::Of(gu.data(), {rows, 2 * f}), Tensor::Of(out_expected.data(), {rows, f}));
+    cpu::SwigluBackward(Tensor::Of(dout.data(), {rows, f}), Tensor::Of(gu.data(), {rows, 2 * f}),
+                        Tensor::Of(dgu_expected.data(), {rows, 2 * f}));
+
+    DeviceBuffer<T> gud(gu, misalign), doutd(dout, misalign);
+    DeviceBuffer<T> outd(rows * f, misalign), dgud(rows * 2 * f, misalign);
+    cuda::SwigluForward(gud.View({rows, 2 * f}), outd.View({rows, f}), nullptr);
+    cuda::SwigluBackward(doutd.View({rows, f}), gud.View({rows, 2 * f}), dgud.View({rows, 2 * f}), nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const Tolerance tol = kTolerance<T>;
+    EXPECT_TRUE(testing::AllClose(outd.Read(), testing::ToDouble(out_expected), tol.atol, tol.rtol)) << "out";
+    EXPECT_TRUE(testing::AllClose(dgud.Read(), testing::ToDouble(dgu_expected), tol.atol, tol.rtol)) << "dgu";
+    EXPECT_TRUE(gud.GuardsIntact());
+    EXPECT_TRUE(doutd.GuardsIntact());
+    EXPECT_TRUE(outd.GuardsIntact());
+    EXPECT_TRUE(dgud.GuardsIntact());
+  }
+};
+
+TEST_F(CudaSwigluTest, Float32MatchesCpu) {
+  LATAM_REQUIRE_GPU();
+  Run<float>(37, 64, false);   // float4 path
+  Run<float>(21, 100, false);  // float4 path, F not a multiple of 8
+  Run<float>(21, 99, false);   // scalar
+  Run<float>(5, 1, false);     // scalar, one column
+  Run<float>(9, 256, true);    // misaligned: scalar
+  Run<float>(3, 4096, false);  // wide rows
+}
+
+TEST_F(CudaSwigluTest, BFloat16MatchesCpu) {
+  LATAM_REQUIRE_GPU();
+  Run<BF16>(37, 64, false);   // 8 x bf16 path
+  Run<BF16>(15, 8, false);    // one pack per row
+  Run<BF16>(21, 100, false);  // scalar (100 % 8 != 0)
+  Run<BF16>(5, 1, false);     // scalar, one column
+  Run<BF16>(9, 256, true);    // misaligned: scalar
+  Run<BF16>(3, 4096, false);  // wide rows
+}
+
+}  // namespace
+}  // namespace latam
