@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "kernels/arena.h"
@@ -49,5 +50,34 @@ inline std::vector<float> ToFloat(const std::vector<BF16>& v) {
   for (size_t i = 0; i < v.size(); ++i) out[i] = v[i].ToFloat();
   return out;
 }
+
+// Test values as elements of T (f32 or bf16, rounded to nearest even), and back.
+template <typename T>
+std::vector<T> FromFloats(const std::vector<float>& v) {
+  if constexpr (std::is_same_v<T, BF16>) {
+    return ToBF16(v);
+  } else {
+    return v;
+  }
+}
+
+template <typename T>
+std::vector<float> ToFloats(const std::vector<T>& v) {
+  if constexpr (std::is_same_v<T, BF16>) {
+    return ToFloat(v);
+  } else {
+    return v;
+  }
+}
+
+// The values of v as T holds them.
+template <typename T>
+std::vector<float> RoundTo(const std::vector<float>& v) {
+  return ToFloats(FromFloats<T>(v));
+}
+
+// Every byte 0xff: a NaN in f32 and bf16 (-1 in int32), so an element a
+// kernel leaves unwritten fails the comparison.
+inline void Poison(const Arena& a) { CUDA_CHECK(cudaMemset(a.data(), 0xff, a.size())); }
 
 }  // namespace latam::testing

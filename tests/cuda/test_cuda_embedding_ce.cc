@@ -36,12 +36,14 @@
 namespace latam {
 namespace {
 
+using testing::FromFloats;
+using testing::Poison;
+using testing::RoundTo;
 using testing::ToDevice;
+using testing::ToFloats;
 using testing::ToHost;
 using testing::View;
 
-// Every byte 0xff: a NaN in f32 and in bf16, -1 in int32.
-void Poison(const Arena& a) { CUDA_CHECK(cudaMemset(a.data(), 0xff, a.size())); }
 
 // A poisoned device arena holding `host` from byte `offset` on; offset 4
 // leaves the data off 16-byte alignment, which forces the scalar paths.
@@ -60,31 +62,6 @@ std::vector<T> ToHostAt(const Arena& a, size_t offset, size_t n) {
   CUDA_CHECK(
       cudaMemcpy(host.data(), static_cast<const char*>(a.data()) + offset, n * sizeof(T), cudaMemcpyDeviceToHost));
   return host;
-}
-
-// Values representable in T, as floats.
-template <typename T>
-std::vector<float> RoundTo(std::vector<float> v) {
-  if constexpr (std::is_same_v<T, BF16>) v = testing::ToFloat(testing::ToBF16(v));
-  return v;
-}
-
-template <typename T>
-std::vector<T> ToT(const std::vector<float>& v) {
-  if constexpr (std::is_same_v<T, BF16>) {
-    return testing::ToBF16(v);
-  } else {
-    return v;
-  }
-}
-
-template <typename T>
-std::vector<float> FromT(const std::vector<T>& v) {
-  if constexpr (std::is_same_v<T, BF16>) {
-    return testing::ToFloat(v);
-  } else {
-    return v;
-  }
 }
 
 ::testing::AssertionResult Exact(const std::vector<float>& actual, const std::vector<float>& expected) {
@@ -123,13 +100,13 @@ class CudaEmbeddingTest : public testing::RandomTest {
     cpu::EmbeddingForward(Tensor::Of(ids_cpu.data(), {m}), Tensor::Of(table.data(), {v_local, d}), vocab_begin,
                           Tensor::Of(expected.data(), {m, d}));
 
-    Arena ids_d = ToDevice(ids), table_d = ToDeviceAt(ToT<T>(table), offset);
+    Arena ids_d = ToDevice(ids), table_d = ToDeviceAt(FromFloats<T>(table), offset);
     Arena out_d(Device::kCUDA, offset + m * d * sizeof(T));
     Poison(out_d);
     cuda::EmbeddingForward(View<int32_t>(ids_d, {m}), table_d.View(offset, DTypeOf<T>::value, {v_local, d}),
                            vocab_begin, out_d.View(offset, DTypeOf<T>::value, {m, d}), nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
-    EXPECT_TRUE(Exact(FromT(ToHostAt<T>(out_d, offset, m * d)), expected));
+    EXPECT_TRUE(Exact(ToFloats(ToHostAt<T>(out_d, offset, m * d)), expected));
   }
 
   // Backward into dtable[v_local, d] (f32, accumulated) from dout[m, d] in
@@ -148,7 +125,7 @@ class CudaEmbeddingTest : public testing::RandomTest {
                            Tensor::Of(expected.data(), {v_local, d}));
 
     const int64_t ws_elems = cuda::EmbeddingBackwardWorkspaceElems(m);
-    Arena ids_d = ToDevice(ids), dout_d = ToDeviceAt(ToT<T>(dout), offset);
+    Arena ids_d = ToDevice(ids), dout_d = ToDeviceAt(FromFloats<T>(dout), offset);
     Arena ws(Device::kCUDA, ws_elems * sizeof(int32_t));
     std::vector<std::vector<float>> runs;
     for (const int pattern : {0xff, 0x5a}) {
@@ -253,7 +230,7 @@ class CudaCrossEntropyTest : public testing::RandomTest {
     }
     cpu::SoftmaxCrossEntropyBackward(logits_t, targets_t, vocab_begin, Tensor::Of(lse.data(), {m}), grad_scale);
 
-    Arena logits_d = ToDeviceAt(ToT<T>(logits), offset), targets_d = ToDevice(targets);
+    Arena logits_d = ToDeviceAt(FromFloats<T>(logits), offset), targets_d = ToDevice(targets);
     Arena gmax_d = ToDevice(gmax), lse_d = ToDevice(lse), error_d = ToDevice(std::vector<int32_t>{0});
     Arena max_d(Device::kCUDA, m * sizeof(float)), sumexp_d(Device::kCUDA, m * sizeof(float)),
         tlogit_d(Device::kCUDA, m * sizeof(float));
@@ -273,7 +250,7 @@ class CudaCrossEntropyTest : public testing::RandomTest {
 
     cuda::SoftmaxCrossEntropyBackward(logits_dt, targets_dt, vocab_begin, View<float>(lse_d, {m}), grad_scale, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
-    const std::vector<float> grad = FromT(ToHostAt<T>(logits_d, offset, m * v_local));
+    const std::vector<float> grad = ToFloats(ToHostAt<T>(logits_d, offset, m * v_local));
     EXPECT_TRUE(testing::AllClose(grad, testing::ToDouble(logits_cpu), 1e-7 * grad_scale, grad_rtol));
     for (int64_t r = 0; r < m; ++r) {
       if (targets[r] >= 0) continue;

@@ -24,7 +24,11 @@
 namespace latam {
 namespace {
 
+using testing::FromFloats;
+using testing::Poison;
+using testing::RoundTo;
 using testing::ToDevice;
+using testing::ToFloats;
 using testing::ToHost;
 using testing::View;
 
@@ -44,31 +48,6 @@ Tolerance ToleranceFor(int64_t k) {
   }
 }
 
-// The values as T would hold them.
-template <typename T>
-std::vector<float> RoundTo(std::vector<float> v) {
-  if constexpr (std::is_same_v<T, BF16>) v = testing::ToFloat(testing::ToBF16(v));
-  return v;
-}
-
-template <typename T>
-std::vector<T> Encode(const std::vector<float>& v) {
-  if constexpr (std::is_same_v<T, BF16>) {
-    return testing::ToBF16(v);
-  } else {
-    return v;
-  }
-}
-
-template <typename T>
-std::vector<float> Decode(const std::vector<T>& v) {
-  if constexpr (std::is_same_v<T, BF16>) {
-    return testing::ToFloat(v);
-  } else {
-    return v;
-  }
-}
-
 // Columns [0, n) of m rows with row stride ld.
 std::vector<float> Region(const std::vector<float>& v, int64_t m, int64_t n, int64_t ld) {
   std::vector<float> out;
@@ -80,7 +59,6 @@ std::vector<float> Region(const std::vector<float>& v, int64_t m, int64_t n, int
 }
 
 // Sets every byte to 0xff: NaN in f32 and in bf16.
-void Poison(const Arena& a) { CUDA_CHECK(cudaMemset(a.data(), 0xff, a.size())); }
 
 class CudaGemmTest : public testing::RandomTest {
  protected:
@@ -109,8 +87,8 @@ class CudaGemmTest : public testing::RandomTest {
       out.insert(out.end(), v.begin(), v.end());
       return out;
     };
-    Arena ad = ToDevice(Encode<In>(with_offset(a))), bd = ToDevice(Encode<In>(with_offset(b)));
-    Arena cd = ToDevice(Encode<Out>(with_offset(c0)));
+    Arena ad = ToDevice(FromFloats<In>(with_offset(a))), bd = ToDevice(FromFloats<In>(with_offset(b)));
+    Arena cd = ToDevice(FromFloats<Out>(with_offset(c0)));
     if (beta == 0.0f) Poison(cd);
     cuda::GemmArgs args;
     args.trans_a = trans_a;
@@ -131,7 +109,7 @@ class CudaGemmTest : public testing::RandomTest {
     ctx.Gemm(args, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
 
-    const auto all = Decode<Out>(ToHost<Out>(cd, static_cast<size_t>(offset + c_size)));
+    const auto all = ToFloats<Out>(ToHost<Out>(cd, static_cast<size_t>(offset + c_size)));
     const std::vector<float> c(all.begin() + offset, all.end());
     const Tolerance tol = ToleranceFor<In, Out>(k);
     EXPECT_TRUE(
@@ -178,9 +156,9 @@ class CudaGemmTest : public testing::RandomTest {
     cpu::LinearBackwardWeight(Tensor::Of(cpu_dy.data(), {tokens, out}), Tensor::Of(cpu_x.data(), {tokens, in}),
                               Tensor::Of(dw.data(), {out, in}));
 
-    Arena xd = ToDevice(Encode<T>(x)), wd = ToDevice(Encode<T>(w)), dyd = ToDevice(Encode<T>(dy));
-    Arena biasd = ToDevice(Encode<T>(bias));
-    Arena yd = ToDevice(Encode<T>(y0)), dxd = ToDevice(Encode<T>(dx0)), dwd = ToDevice(dw0);
+    Arena xd = ToDevice(FromFloats<T>(x)), wd = ToDevice(FromFloats<T>(w)), dyd = ToDevice(FromFloats<T>(dy));
+    Arena biasd = ToDevice(FromFloats<T>(bias));
+    Arena yd = ToDevice(FromFloats<T>(y0)), dxd = ToDevice(FromFloats<T>(dx0)), dwd = ToDevice(dw0);
     if (!accumulate) {
       Poison(yd);
       Poison(dxd);
@@ -199,8 +177,8 @@ class CudaGemmTest : public testing::RandomTest {
     CUDA_CHECK(cudaDeviceSynchronize());
 
     const Tolerance ty = ToleranceFor<T, T>(in), tdx = ToleranceFor<T, T>(out), tdw = ToleranceFor<T, float>(tokens);
-    EXPECT_TRUE(testing::AllClose(Decode<T>(ToHost<T>(yd, y.size())), testing::ToDouble(y), ty.atol, ty.rtol));
-    EXPECT_TRUE(testing::AllClose(Decode<T>(ToHost<T>(dxd, dx.size())), testing::ToDouble(dx), tdx.atol, tdx.rtol));
+    EXPECT_TRUE(testing::AllClose(ToFloats<T>(ToHost<T>(yd, y.size())), testing::ToDouble(y), ty.atol, ty.rtol));
+    EXPECT_TRUE(testing::AllClose(ToFloats<T>(ToHost<T>(dxd, dx.size())), testing::ToDouble(dx), tdx.atol, tdx.rtol));
     EXPECT_TRUE(testing::AllClose(ToHost<float>(dwd, dw.size()), testing::ToDouble(dw), tdw.atol, tdw.rtol));
   }
 };

@@ -35,6 +35,10 @@
 namespace latam {
 namespace {
 
+using testing::FromFloats;
+using testing::RoundTo;
+using testing::ToFloats;
+
 struct Tolerance {
   double atol, rtol;
 };
@@ -45,29 +49,6 @@ constexpr Tolerance kTolerance = std::is_same_v<T, BF16> ? Tolerance{1e-5, 1.0 /
 template <typename T>
 constexpr double kRoundTripRel = std::is_same_v<T, BF16> ? 1.0 / 64 : 1e-5;
 
-template <typename T>
-std::vector<T> FromFloats(const std::vector<float>& v) {
-  if constexpr (std::is_same_v<T, BF16>) {
-    return testing::ToBF16(v);
-  } else {
-    return v;
-  }
-}
-
-template <typename T>
-std::vector<float> ToFloats(const std::vector<T>& v) {
-  if constexpr (std::is_same_v<T, BF16>) {
-    return testing::ToFloat(v);
-  } else {
-    return v;
-  }
-}
-
-// The values of v as the test dtype holds them.
-template <typename T>
-std::vector<float> RoundTo(const std::vector<float>& v) {
-  return ToFloats<T>(FromFloats<T>(v));
-}
 
 constexpr size_t kGuardBytes = 64;
 constexpr unsigned char kPoison = 0xff;
