@@ -5,7 +5,7 @@
 //     to fp32 tolerance, the consumed-sample count continues exactly, and the
 //     final parameters agree;
 //   - resuming under the same layout is bitwise identical (losses and every
-//     byte of the next checkpoint);
+//     byte of the next checkpoint), ZeRO-1 slices included;
 //   - kill -9 of a rank in the middle of a save leaves `latest` on the
 //     previous complete checkpoint, and resuming from it reproduces the
 //     uninterrupted run bitwise;
@@ -161,6 +161,18 @@ TEST_F(ResumeTest, ReshardsAcrossLayoutsAndBack) {
     }
     EXPECT_LE(diff, 1e-3 * scale + 1e-7) << t.name();
   }
+}
+
+// ZeRO-1 with virtual stages: each replica's moment slice comes back exactly.
+TEST_F(ResumeTest, ZeroOneResumesBitwise) {
+  auto full = Run(TrainCommand(4, "full", 1, 2, 2, 1, 8));
+  ASSERT_EQ(full.exit_code, 0) << full.out << full.err;
+  auto resumed = Run(TrainCommand(4, "resumed", 1, 2, 2, 1, 8) + " --resume " +
+                     (dir_ / "full/checkpoints/step_00000004").string());
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.out << resumed.err;
+  const auto a = Losses("full"), b = Losses("resumed");
+  for (int64_t s = 5; s <= 8; ++s) EXPECT_EQ(a.at(s), b.at(s)) << "step " << s;
+  EXPECT_TRUE(SameShards("full/checkpoints/step_00000008", "resumed/checkpoints/step_00000008"));
 }
 
 TEST_F(ResumeTest, KillDuringSaveKeepsPreviousCheckpoint) {
