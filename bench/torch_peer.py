@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""PyTorch peer of bench/bench_cuda_kernels: the same shapes, same JSON lines.
+
+    python3 bench/torch_peer.py [--quick] [--filter SUBSTRING] [--reps N]
+                                [--warmup N] [--sdpa-backends]
+
+Times, on the same GPU and with the same row names ("kernel", "shape") as
+bench_cuda_kernels, so that bench/run_gpu_bench.sh can join the two:
+  - bf16 GEMMs with torch.matmul: y = x W^T, dx = dy W, dW = dy^T x (dW in
+    f32 when this torch's mm takes out_dtype, else bf16: see "dtype");
+  - causal bf16 attention with torch.nn.functional.scaled_dot_product_attention
+    (is_causal=True) on [B, T, H, d] tensors viewed as [B, H, T, d], the
+    forward alone and forward+backward; backward = total - forward (medians).
+Attention FLOPs follow the FlashAttention papers: forward 4 B T^2 H d, halved
+when causal; backward 2.5x the forward. Each row is the median of `reps`
+back-to-back calls bracketed by CUDA events, after `warmup` calls.
+
+--sdpa-backends also times each SDPA backend alone (impl "torch-flash",
+"torch-cudnn", "torch-efficient"); the plain "torch" rows use torch's choice.
+Without torch or a CUDA GPU it prints why on stderr and exits 0.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+
+GEMM_TOKENS = 8192
+ATTENTION_TOKENS = 16384
+ATTENTION_WIDTH = 2048
+
+MODELS = [
+    # name, dim, ffn, heads, kv_heads, vocab
+    ("llama3-1b", 2048, 8192, 32, 8, 128256),
+    ("llama3-8b", 4096, 14336, 32, 8, 128256),
+]
+
+
+def wanted(args, kernel, shape):
+    return not args.filter or args.filter in f"{kernel} {shape}"
+
+
+def emit(impl, kernel, shape, dtype, ms, flops, reps):
+    row = {"impl": impl, "kernel": kernel, "shape": shape, "dtype": dtype, "ms": round(ms, 4)}
+    if flops > 0 and ms > 0:
+        row["tflops"] = round(flops / (ms * 1e-3) / 1e12, 1)
+    row["reps"] = reps
+    print(json.dumps(row), flush=True)
+
+
+def median_ms(torch, fn, args):
+    for _ in range(args.warmup):
+        fn()
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(args.reps + 1)]
+    events[0].record()
+    for i in range(args.reps):
+        fn()
+        events[i + 1].record()
+    events[-1].synchronize()
+    return statistics.median(events[i].elapsed_time(events[i + 1]) for i in range(args.reps))
+
+
+def mm_f32_out(torch):
+    """Returns a bf16 x bf16 -> f32 matmul if this torch has one, else None."""
+    a = torch.randn(64, 64, device="cuda", dtype=torch.bfloat16)
+    try:
+        out = torch.mm(a, a, out_dtype=torch.float32)
+        if out.dtype == torch.float32:
+            return lambda x, y: torch.mm(x, y, out_dtype=torch.float32)
+    except (TypeError, RuntimeError):
+        pass
+    return None
+
+
+def bench_gemms(torch, args):
+    mm32 = mm_f32_out(torch)
+    models = MODELS[:1] if args.quick else MODELS
+    for name, dim, ffn, heads, kv_heads, vocab in models:
+        hd = dim // heads
+        linears = [
+            ("qkv", dim, (heads + 2 * kv_heads) * hd),
+            ("o", heads * hd, dim),
+            ("gate_up", dim, 2 * ffn),
+            ("down", ffn, dim),
+            ("lm_head", dim, vocab),
+        ]
+        for lname, n_in, n_out in linears:
+            shape = f"{name} {lname} T={GEMM_TOKENS} in={n_in} out={n_out}"
+            want = {k: wanted(args, k, shape) for k in ("gemm_fwd", "gemm_bwd_input", "gemm_bwd_weight")}
+            if not any(want.values()):
+                continue
+            t = GEMM_TOKENS
+            x = torch.randn(t, n_in, device="cuda", dtype=torch.bfloat16)
+            w = torch.randn(n_out, n_in, device="cuda", dtype=torch.bfloat16) * 0.02
+            dy = torch.randn(t, n_out, device="cuda", dtype=torch.bfloat16)
+            flops = 2.0 * t * n_in * n_out
+            if want["gemm_fwd"]:
+                ms = median_ms(torch, lambda: torch.matmul(x, w.t()), args)
+                emit("torch", "gemm_fwd", shape, "bf16", ms, flops, args.reps)
+            if want["gemm_bwd_input"]:
+                ms = median_ms(torch, lambda: torch.matmul(dy, w), args)
+                emit("torch", "gemm_bwd_input", shape, "bf16", ms, flops, args.reps)
+            if want["gemm_bwd_weight"]:
+                if mm32 is not None:
+                    ms = median_ms(torch, lambda: mm32(dy.t(), x), args)
+                    dtype = "bf16->f32"
+                else:
+                    ms = median_ms(torch, lambda: torch.matmul(dy.t(), x), args)
+                    dtype = "bf16"
+                emit("torch", "gemm_bwd_weight", shape, dtype, ms, flops, args.reps)
+            del x, w, dy
+            torch.cuda.empty_cache()
+
+
+def attention_cases(quick):
+    seqs = [1024, 4096] if quick else [512, 1024, 2048, 4096, 8192]
+    cases = [(t, hd, 0) for hd in (64, 128) for t in seqs]
+    if not quick:  # grouped-query attention, 4 query heads per KV head (llama3)
+        cases += [(t, hd, ATTENTION_WIDTH // hd // 4) for hd in (64, 128) for t in (2048, 8192)]
+    return cases
+
+
+def sdpa_backends(torch):
+    """(impl name, context factory) for each SDPA backend to time alone."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        return []
+    out = []
+    for impl, attr in (("torch-flash", "FLASH_ATTENTION"), ("torch-cudnn", "CUDNN_ATTENTION"),
+                       ("torch-efficient", "EFFICIENT_ATTENTION")):
+        backend = getattr(SDPBackend, attr, None)
+        if backend is not None:
+            out.append((impl, lambda b=backend: sdpa_kernel([b])))
+    return out
+
+
+def bench_attention(torch, args):
+    import contextlib
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    variants = [("torch", contextlib.nullcontext)]
+    if args.sdpa_backends:
+        variants += sdpa_backends(torch)
+    for seq, hd, kv in attention_cases(args.quick):
+        b, h = ATTENTION_TOKENS // seq, ATTENTION_WIDTH // hd
+        hkv = kv if kv else h
+        shape = f"B={b} T={seq} H={h} Hkv={hkv} d={hd} causal"
+        want_fwd, want_bwd = wanted(args, "attention_fwd", shape), wanted(args, "attention_bwd", shape)
+        if not want_fwd and not want_bwd:
+            continue
+        # Token-major [B, T, heads, d] as in our fused QKV rows, viewed [B, heads, T, d].
+        def make(heads):
+            return (torch.randn(b, seq, heads, hd, device="cuda", dtype=torch.bfloat16)
+                    .transpose(1, 2).requires_grad_(True))
+        q, k, v = make(h), make(hkv), make(hkv)
+        dout = torch.randn(b, seq, h, hd, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        extra = {"enable_gqa": True} if hkv != h else {}
+        fwd_flops = 4.0 * b * seq * seq * h * hd / 2.0
+
+        def forward():
+            with torch.no_grad():
+                return sdpa(q, k, v, is_causal=True, **extra)
+
+        def forward_backward():
+            out = sdpa(q, k, v, is_causal=True, **extra)
+            return torch.autograd.grad(out, (q, k, v), dout)
+
+        for impl, context in variants:
+            try:
+                with context():
+                    fwd_ms = median_ms(torch, forward, args)
+                    total_ms = median_ms(torch, forward_backward, args) if want_bwd else 0.0
+            except (RuntimeError, TypeError) as err:
+                print(f"torch_peer: {impl} {shape}: {str(err).splitlines()[0] if str(err) else err!r}",
+                      file=sys.stderr)
+                continue
+            if want_fwd:
+                emit(impl, "attention_fwd", shape, "bf16", fwd_ms, fwd_flops, args.reps)
+            if want_bwd:
+                emit(impl, "attention_bwd", shape, "bf16", total_ms - fwd_ms, 2.5 * fwd_flops, args.reps)
+        del q, k, v, dout
+        torch.cuda.empty_cache()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+    parser.add_argument("--filter", default="", help="keep rows whose 'kernel shape' contains this")
+    parser.add_argument("--reps", type=int, default=None, help="timed calls per row (20; 5 with --quick)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
+    parser.add_argument("--sdpa-backends", action="store_true", help="also time each SDPA backend alone")
+    args = parser.parse_args()
+    if args.reps is None:
+        args.reps = 5 if args.quick else 20
+    args.reps = max(1, args.reps)
+    args.warmup = max(0, args.warmup)
+
+    try:
+        import torch
+    except ImportError:
+        print("torch_peer: PyTorch is not installed, nothing to benchmark", file=sys.stderr)
+        return 0
+    if not torch.cuda.is_available():
+        print("torch_peer: no CUDA GPU visible to PyTorch, nothing to benchmark", file=sys.stderr)
+        return 0
+
+    # Sum bf16 products in fp32 throughout, as our cuBLASLt GEMMs do.
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    props = torch.cuda.get_device_properties(0)
+    print(json.dumps({"impl": "torch", "device": props.name, "torch": torch.__version__,
+                      "cuda": torch.version.cuda, "sms": props.multi_processor_count,
+                      "quick": args.quick}), flush=True)
+    torch.manual_seed(0)
+    bench_gemms(torch, args)
+    bench_attention(torch, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
