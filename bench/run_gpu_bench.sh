@@ -10,21 +10,19 @@
 # --quick and --filter go to both programs; --sdpa-backends (torch only) also
 # times each SDPA backend alone (extra "torch-flash", ... columns).
 #
-# On the lent GPU machine (it has PyTorch and nvcc but no MPI, so the
-# project's own CMake build is not expected to work there):
+# On a GPU machine that lacks MPI or the project's other build dependencies
+# (only CUDA and, for the peer, PyTorch are needed there):
 #
-#   1. Here, in a build configured with LATAM_CUDA=ON (no GPU needed):
+#   1. On a build machine, in a build configured with LATAM_CUDA=ON (no GPU
+#      needed):
 #        cmake --build build --target bench_cuda_kernels
 #        mkdir -p build-gpubench && cp build/bin/bench_cuda_kernels build-gpubench/
-#      build-gpubench/ is ignored by git (/build*/ in .gitignore), so it
-#      travels only when carried. The binary needs libcudart.so.13 and
-#      libcublasLt.so.13, which the machine's CUDA has.
-#   2. One device call:
-#        command: bash bench/run_gpu_bench.sh $OUT/bench.jsonl | tee $OUT/bench.md
-#        carry:   ["build-gpubench"]
-#      The table ends the reply's output; bench.jsonl and bench.md come back
-#      under the reply's files. The full run takes a few minutes; --quick
-#      well under one.
+#      build-gpubench/ is ignored by git (/build*/ in .gitignore); copy it
+#      with the checkout. The binary needs libcudart.so.13 and
+#      libcublasLt.so.13 from the GPU machine's CUDA.
+#   2. On the GPU machine:
+#        bash bench/run_gpu_bench.sh bench.jsonl | tee bench.md
+#      The full run takes a few minutes; --quick well under one.
 #
 # The binary is looked for in $BENCH_CUDA_KERNELS, build-gpubench/ and
 # build/bin/. If none of them starts there (a missing or too new system
