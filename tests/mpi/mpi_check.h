@@ -8,8 +8,12 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <optional>
 #include <sstream>
 #include <string>
+
+#include "parallel/grid.h"
 
 namespace latam::testing {
 
@@ -56,5 +60,20 @@ class MpiChecks {
   int checks_ = 0;
   int failures_ = 0;
 };
+
+// The grid shape of a collective test's arguments TENSOR PIPELINE DATA,
+// which must multiply to the world size; nullopt (after printing why) if not.
+inline std::optional<GridShape> GridShapeFromArgs(int argc, char** argv, const char* program, int world_size) {
+  if (argc != 4) {
+    std::fprintf(stderr, "usage: %s TENSOR PIPELINE DATA\n", program);
+    return std::nullopt;
+  }
+  const GridShape shape{std::atoi(argv[1]), std::atoi(argv[2]), std::atoi(argv[3])};
+  if (shape.world() != world_size) {
+    std::fprintf(stderr, "world %d != %d x %d x %d\n", world_size, shape.tensor, shape.pipeline, shape.data);
+    return std::nullopt;
+  }
+  return shape;
+}
 
 }  // namespace latam::testing

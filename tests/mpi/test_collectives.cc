@@ -103,15 +103,9 @@ void CheckCollectives(Communicator& c, testing::MpiChecks& t) {
 int main(int argc, char** argv) {
   latam::MpiSession mpi(&argc, &argv);
   latam::testing::MpiChecks t("collectives");
-  if (argc != 4) {
-    std::fprintf(stderr, "usage: test_collectives TENSOR PIPELINE DATA\n");
-    return 2;
-  }
-  const latam::GridShape shape{std::atoi(argv[1]), std::atoi(argv[2]), std::atoi(argv[3])};
-  if (shape.world() != mpi.world_size()) {
-    std::fprintf(stderr, "world %d != %d x %d x %d\n", mpi.world_size(), shape.tensor, shape.pipeline, shape.data);
-    return 2;
-  }
+  const auto parsed = latam::testing::GridShapeFromArgs(argc, argv, "test_collectives", mpi.world_size());
+  if (!parsed) return 2;
+  const latam::GridShape shape = *parsed;
   latam::ProcessGrid grid(std::make_unique<latam::MpiCommunicator>(MPI_COMM_WORLD, "world"), shape);
   const int w = mpi.world_rank();
   // Megatron order: tensor innermost, then pipeline, then data.
