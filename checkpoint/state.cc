@@ -80,6 +80,9 @@ int WriteDelayMs() {
   return v == nullptr ? 0 : std::atoi(v);
 }
 
+// The piece's live elements as a flat tensor.
+Tensor PieceTensor(const StatePiece& p) { return Tensor::Of(p.data, Shape{p.block.numel()}, p.device); }
+
 }  // namespace
 
 std::vector<StatePiece> EngineState(const ParameterSet& params, const AdamWOptimizer* optimizer, int dp_rank) {
@@ -87,7 +90,7 @@ std::vector<StatePiece> EngineState(const ParameterSet& params, const AdamWOptim
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamSpec& p = params.spec(i);
     pieces.push_back({p.name, Dims(p.global_shape), ParamBlock(p), params.param(i).as<float>(),
-                      p.counted && dp_rank == 0, false});
+                      p.counted && dp_rank == 0, false, params.device()});
   }
   if (optimizer == nullptr) return pieces;
   const bool zero1 = optimizer->zero_stage() == 1;
@@ -97,8 +100,10 @@ std::vector<StatePiece> EngineState(const ParameterSet& params, const AdamWOptim
     const bool saved = p.counted && (zero1 || dp_rank == 0);
     for (const auto& [block, first] : FlatRangeBlocks(ParamBlock(p), m.begin - tensor_begin, m.end - tensor_begin)) {
       const int64_t at = first - (m.begin - tensor_begin);
-      pieces.push_back({p.name + kExpAvgSuffix, Dims(p.global_shape), block, m.exp_avg + at, saved, true});
-      pieces.push_back({p.name + kExpAvgSqSuffix, Dims(p.global_shape), block, m.exp_avg_sq + at, saved, true});
+      pieces.push_back({p.name + kExpAvgSuffix, Dims(p.global_shape), block, m.exp_avg + at, saved, true,
+                        params.device()});
+      pieces.push_back({p.name + kExpAvgSqSuffix, Dims(p.global_shape), block, m.exp_avg_sq + at, saved, true,
+                        params.device()});
     }
   }
   return pieces;
@@ -134,6 +139,7 @@ Result<LoadResult> LoadState(CheckpointReader& reader, const config::ModelConfig
   LATAM_RETURN_IF_ERROR(CheckSameModel(m, model, reader.dir()));
   LoadResult r;
   r.moments_loaded = what != LoadWhat::kWeights && m.optimizer().has_moments() && optimizer != nullptr;
+  std::vector<float> staging;
   for (const StatePiece& p : pieces) {
     if (p.moment && !r.moments_loaded) continue;
     const TensorRecord* t = reader.Find(p.name);
@@ -144,7 +150,14 @@ Result<LoadResult> LoadState(CheckpointReader& reader, const config::ModelConfig
                                   WholeBlock(stored).ToString() + ", the model expects " +
                                   WholeBlock(p.global_shape).ToString());
     }
-    LATAM_RETURN_IF_ERROR(reader.Read(p.name, p.block, p.data));
+    if (p.device == Device::kCPU) {
+      LATAM_RETURN_IF_ERROR(reader.Read(p.name, p.block, p.data));
+    } else {
+      // Device memory: read into host memory, then one copy.
+      staging.resize(static_cast<size_t>(p.block.numel()));
+      LATAM_RETURN_IF_ERROR(reader.Read(p.name, p.block, staging.data()));
+      CopyTensor(PieceTensor(p), Tensor::Of(staging.data(), Shape{p.block.numel()}));
+    }
   }
   if (optimizer != nullptr) {
     if (r.moments_loaded) {
@@ -219,7 +232,12 @@ Status CheckpointSaver::Start(const Checkpoint& header, const std::vector<StateP
   snapshot_.resize(total);
   size_t at = 0;
   for (StatePiece& p : snapshot_pieces_) {
-    std::copy_n(p.data, p.block.numel(), snapshot_.data() + at);
+    if (p.device == Device::kCPU) {
+      std::copy_n(p.data, p.block.numel(), snapshot_.data() + at);
+    } else {
+      CopyTensor(Tensor::Of(snapshot_.data() + at, Shape{p.block.numel()}), PieceTensor(p));
+    }
+    p.device = Device::kCPU;
     p.data = snapshot_.data() + at;
     at += static_cast<size_t>(p.block.numel());
   }

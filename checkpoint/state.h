@@ -59,6 +59,7 @@ struct StatePiece {
   float* data = nullptr;  // the block's elements, row-major, in live memory
   bool saved_here = false;
   bool moment = false;
+  Device device = Device::kCPU;  // where `data` lives (a CUDA run's state is on its GPU)
 };
 
 // Splits flat elements [begin, end) of a block `origin` (1-D or 2-D, its

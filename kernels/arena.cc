@@ -71,8 +71,35 @@ void Arena::Zero() {
   } else {
 #ifdef LATAM_HAVE_CUDA
     CUDA_CHECK(cudaMemset(data_, 0, size_));
+    CUDA_CHECK(cudaDeviceSynchronize());
 #endif
   }
+}
+
+void Arena::ZeroAsync([[maybe_unused]] void* stream) {
+  if (size_ == 0) return;
+  if (device_ == Device::kCPU) {
+    std::memset(data_, 0, size_);
+  } else {
+#ifdef LATAM_HAVE_CUDA
+    CUDA_CHECK(cudaMemsetAsync(data_, 0, size_, static_cast<cudaStream_t>(stream)));
+#endif
+  }
+}
+
+void CopyTensor(const Tensor& dst, const Tensor& src) {
+  LATAM_CHECK(dst.bytes() == src.bytes(), "copy of " << src.str() << " into " << dst.str());
+  if (dst.bytes() == 0) return;
+  if (dst.device == Device::kCPU && src.device == Device::kCPU) {
+    std::memcpy(dst.data, src.data, dst.bytes());
+    return;
+  }
+#ifdef LATAM_HAVE_CUDA
+  CUDA_CHECK(cudaDeviceSynchronize());
+  CUDA_CHECK(cudaMemcpy(dst.data, src.data, dst.bytes(), cudaMemcpyDefault));
+#else
+  LATAM_CHECK(false, "copy of a device tensor in a build without CUDA");
+#endif
 }
 
 size_t TensorTable::Add(const std::string& name, DType dtype, Shape shape) {

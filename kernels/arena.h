@@ -36,8 +36,12 @@ class Arena {
 
   // A view of `shape` elements of `dtype` starting `offset` bytes in.
   Tensor View(size_t offset, DType dtype, Shape shape) const;
-  // Sets every byte to zero.
+  // Sets every byte to zero; returns once done (a device arena synchronises
+  // the device).
   void Zero();
+  // Sets every byte to zero, enqueued on `stream` (a cudaStream_t) for a
+  // device arena; a host arena is zeroed at once.
+  void ZeroAsync(void* stream);
 
  private:
   void Release();
@@ -45,6 +49,12 @@ class Arena {
   size_t size_ = 0;
   Device device_ = Device::kCPU;
 };
+
+// Copies src into dst (equal byte sizes; any pair of devices) and returns
+// once the copy is done. Device copies synchronise the whole device first, so
+// they see every kernel already enqueued on any stream: for set-up,
+// checkpoints and tests, not for the step loop.
+void CopyTensor(const Tensor& dst, const Tensor& src);
 
 // Named tensors at fixed offsets of an arena-sized block. Add() every tensor
 // first, then allocate one Arena of total_bytes() and take views with Get().

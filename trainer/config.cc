@@ -240,6 +240,13 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
             "must be fp32 or bf16 (got '" + t.precision() + "')");
   c.Require(!(t.device() == "cpu" && t.precision() == "bf16"), "train.precision",
             "bf16 needs train.device=cuda; the CPU backend computes in fp32");
+  if (t.device() == "cuda") {
+    // The CUDA kernels move rows in 16-byte packs (kernels/cuda/attention.h).
+    const int64_t head_dim = m.dim() / m.n_heads();
+    c.Require(head_dim % 8 == 0 && head_dim <= 256, "model.dim",
+              "head dimension dim / n_heads = " + Checker::Str(head_dim) +
+                  " must be a multiple of 8 and at most 256 for train.device=cuda");
+  }
   if (!c.ok()) return c.status();
   const int dp = DataParallelSize(config, options.world_size);
   c.Divisible(static_cast<int64_t>(t.global_batch_size()), "train.global_batch_size",

@@ -7,7 +7,7 @@
 
 namespace latam {
 
-Engine::Engine(const Config& config, ProcessGrid* grid) : config_(config), grid_(grid) {
+Engine::Engine(const Config& config, ProcessGrid* grid, void* stream) : config_(config), grid_(grid) {
   const auto& p = config.parallel();
   const GridShape& g = grid->shape();
   LATAM_CHECK(g.tensor == p.tensor() && g.pipeline == p.pipeline(),
@@ -28,6 +28,11 @@ Engine::Engine(const Config& config, ProcessGrid* grid) : config_(config), grid_
   act.micro_batch = micro;
   act.seq_len = config.data().seq_len();
   act.recompute = config.train().recompute();
+  if (config.train().device() == "cuda") {
+    act.device = Device::kCUDA;
+    act.dtype = config.train().precision() == "bf16" ? DType::kBF16 : DType::kF32;
+    act.stream = stream;
+  }
   act.slots =
       SlotsNeeded(BuildSchedule(g.pipeline, grid->pp_rank(), p.virtual_stages(), micro_batches_), p.virtual_stages());
   ModelComms comms;

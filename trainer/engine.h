@@ -46,7 +46,10 @@ class Engine {
   using SampleFn = std::function<Status(uint64_t index, int32_t* ids, int32_t* targets)>;
 
   // The grid's shape must match the config's layout (ValidateConfig first).
-  Engine(const Config& config, ProcessGrid* grid);
+  // With train.device=cuda, `stream` is the rank's compute stream (a
+  // cudaStream_t from ComputeDevice, bound to its GPU; the grid's
+  // communicators must be NCCL ones ordered after it); otherwise nullptr.
+  Engine(const Config& config, ProcessGrid* grid, void* stream = nullptr);
 
   // One optimizer step on global samples [first_sample, first_sample + G)
   // (step = the number of steps already taken: it sets the learning rate).

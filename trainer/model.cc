@@ -1,17 +1,6 @@
 #include "trainer/model.h"
 
-#include <omp.h>
-
 #include <algorithm>
-#include <cmath>
-#include <cstring>
-
-#include "kernels/cross_entropy.h"
-#include "kernels/elementwise.h"
-#include "kernels/embedding.h"
-#include "kernels/gemm.h"
-#include "kernels/rmsnorm.h"
-#include "kernels/swiglu.h"
 
 namespace latam {
 
@@ -28,9 +17,15 @@ int64_t LogitsRows(const ModelLayout& l, const ActivationOptions& o) {
 
 int SlotsOf(const ActivationOptions& o, size_t chunk) { return o.slots.empty() ? 1 : o.slots.at(chunk); }
 
-cpu::AttentionDims LocalAttentionDims(const ModelShape& s, const ModelLayout& l, const ActivationOptions& o) {
-  return cpu::AttentionDims{static_cast<int>(o.micro_batch), static_cast<int>(o.seq_len), static_cast<int>(l.heads),
-                            static_cast<int>(l.kv_heads), static_cast<int>(s.head_dim)};
+OpsShape LocalOpsShape(const ModelShape& s, const ModelLayout& l, const ActivationOptions& o) {
+  OpsShape shape;
+  shape.attention = cpu::AttentionDims{static_cast<int>(o.micro_batch), static_cast<int>(o.seq_len),
+                                       static_cast<int>(l.heads), static_cast<int>(l.kv_heads),
+                                       static_cast<int>(s.head_dim)};
+  shape.dim = s.dim;
+  shape.max_logits_rows = l.holds_head() ? LogitsRows(l, o) : 0;
+  shape.cpu_threads = o.cpu_threads;
+  return shape;
 }
 
 // "c<chunk>.<rest>" and "c<chunk>.s<slot>.<rest>" (built by appending: GCC 12
@@ -50,20 +45,21 @@ std::string SlotName(size_t chunk, int slot, const std::string& rest) {
 void AddLayerActivations(TensorTable* t, const std::string& prefix, const ModelShape& s, const ModelLayout& l,
                          const ActivationOptions& o) {
   const int64_t m = o.micro_batch * o.seq_len, qkv = (l.heads + 2 * l.kv_heads) * s.head_dim;
-  auto add = [&](const char* what, Shape shape) {
+  auto add = [&](const char* what, DType dtype, Shape shape) {
     t->Align(Arena::kAlignment);
-    t->Add(prefix + what, DType::kF32, shape);
+    t->Add(prefix + what, dtype, shape);
   };
-  add("xn", Shape{m, s.dim});
-  add("rstd1", Shape{m});
-  add("qkv", Shape{m, qkv});
-  add("att", Shape{m, l.heads * s.head_dim});
-  add("lse", Shape{o.micro_batch, l.heads, o.seq_len});
-  add("h", Shape{m, s.dim});
-  add("hn", Shape{m, s.dim});
-  add("rstd2", Shape{m});
-  add("gu", Shape{m, 2 * l.ffn});
-  add("act", Shape{m, l.ffn});
+  const DType act = o.dtype;
+  add("xn", act, Shape{m, s.dim});
+  add("rstd1", DType::kF32, Shape{m});
+  add("qkv", act, Shape{m, qkv});
+  add("att", act, Shape{m, l.heads * s.head_dim});
+  add("lse", DType::kF32, Shape{o.micro_batch, l.heads, o.seq_len});
+  add("h", act, Shape{m, s.dim});
+  add("hn", act, Shape{m, s.dim});
+  add("rstd2", DType::kF32, Shape{m});
+  add("gu", act, Shape{m, 2 * l.ffn});
+  add("act", act, Shape{m, l.ffn});
 }
 
 // The activation arena's layout. Every tensor starts on a 256-byte boundary.
@@ -78,43 +74,41 @@ TensorTable BuildActivationTable(const ModelShape& s, const ModelLayout& l, cons
     const ChunkInfo& info = l.chunks[c];
     const int64_t n = info.layer_end - info.layer_begin;
     for (int slot = 0; slot < SlotsOf(o, c); ++slot) {
-      for (int64_t k = 0; k <= n; ++k) add(SlotName(c, slot, "x." + std::to_string(k)), DType::kF32, Shape{m, s.dim});
+      for (int64_t k = 0; k <= n; ++k) add(SlotName(c, slot, "x." + std::to_string(k)), o.dtype, Shape{m, s.dim});
       if (!o.recompute) {
         for (int64_t k = 0; k < n; ++k) {
           AddLayerActivations(&t, SlotName(c, slot, "layer." + std::to_string(k) + "."), s, l, o);
         }
       }
       if (info.first) add(SlotName(c, slot, "ids"), DType::kI32, Shape{m});
-      add(SlotName(c, slot, "grad"), DType::kF32, Shape{m, s.dim});
+      add(SlotName(c, slot, "grad"), o.dtype, Shape{m, s.dim});
     }
     if (o.recompute) AddLayerActivations(&t, Name(c, "scratch."), s, l, o);
   }
   if (l.holds_head()) {
     const int64_t rows = LogitsRows(l, o);
     add("targets", DType::kI32, Shape{m});
-    add("xf", DType::kF32, Shape{m, s.dim});
+    add("xf", o.dtype, Shape{m, s.dim});
     add("rstdf", DType::kF32, Shape{m});
-    add("logits", DType::kF32, Shape{rows, l.vocab});
+    add("logits", o.dtype, Shape{rows, l.vocab});
     add("row_stats", DType::kF32, Shape{3 * rows});
     add("lse", DType::kF32, Shape{rows});
   }
   // Gradient scratch, shared by all layers.
-  add("dnorm", DType::kF32, Shape{m, s.dim});
-  add("dqkv", DType::kF32, Shape{m, (l.heads + 2 * l.kv_heads) * s.head_dim});
-  add("datt", DType::kF32, Shape{m, l.heads * s.head_dim});
-  add("dgu", DType::kF32, Shape{m, 2 * l.ffn});
-  add("dact", DType::kF32, Shape{m, l.ffn});
-  add("partial", DType::kF32, Shape{m, s.dim});
-  add("attn_workspace", DType::kF32,
-      Shape{cpu::AttentionWorkspaceElems(LocalAttentionDims(s, l, o),
-                                         o.cpu_threads > 0 ? o.cpu_threads : omp_get_max_threads())});
+  add("dnorm", o.dtype, Shape{m, s.dim});
+  add("dqkv", o.dtype, Shape{m, (l.heads + 2 * l.kv_heads) * s.head_dim});
+  add("datt", o.dtype, Shape{m, l.heads * s.head_dim});
+  add("dgu", o.dtype, Shape{m, 2 * l.ffn});
+  add("dact", o.dtype, Shape{m, l.ffn});
+  add("partial", o.dtype, Shape{m, s.dim});
   return t;
 }
 
 }  // namespace
 
 size_t ActivationBytes(const ModelShape& shape, const ModelLayout& layout, const ActivationOptions& options) {
-  return BuildActivationTable(shape, layout, options).total_bytes();
+  return BuildActivationTable(shape, layout, options).total_bytes() +
+         OpsWorkspaceBytes(options.device, LocalOpsShape(shape, layout, options));
 }
 
 LlamaModel::LlamaModel(const ModelShape& shape, const ActivationOptions& options)
@@ -139,23 +133,33 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to) {
   options_ = options;
   rows_ = options.micro_batch * options.seq_len;
   logits_rows_ = LogitsRows(layout_, options);
-  attn_dims_ = LocalAttentionDims(shape_, layout_, options);
-  rope_ = BuildRopeTable(shape_.rope_theta, static_cast<int>(shape_.head_dim), static_cast<int>(options.seq_len),
-                         shape_.rope_scaling);
-  params_ = std::make_unique<ParameterSet>(LlamaParameterSpecs(shape_, layout_), param_pad_to);
+  const OpsShape ops_shape = LocalOpsShape(shape_, layout_, options);
+  n_rot_heads_ = ops_shape.attention.n_heads + ops_shape.attention.n_kv_heads;
+  const RopeTable rope = BuildRopeTable(shape_.rope_theta, static_cast<int>(shape_.head_dim),
+                                        static_cast<int>(options.seq_len), shape_.rope_scaling);
+  if (options.device == Device::kCPU) {
+    LATAM_CHECK(options.dtype == DType::kF32, "CPU activations are f32, not " << DTypeName(options.dtype));
+    ops_ = MakeCpuOps(ops_shape, rope);
+  } else {
+    ops_ = MakeCudaOps(ops_shape, rope, options.dtype, options.stream);
+  }
+  params_ = std::make_unique<ParameterSet>(LlamaParameterSpecs(shape_, layout_), param_pad_to,
+                                           ParameterPlacement{options.device, options.dtype, options.stream});
   act_table_ = BuildActivationTable(shape_, layout_, options);
-  act_arena_ = Arena(Device::kCPU, act_table_.total_bytes());
+  act_arena_ = Arena(options.device, act_table_.total_bytes());
 
   const int64_t dim = shape_.dim;
   for (const ChunkInfo& c : layout_.chunks) {
     for (int64_t layer = c.layer_begin; layer < c.layer_end; ++layer) {
       for (bool grad : {false, true}) {
+        // The kernels read the compute copy of the weights and add into
+        // the f32 gradients.
         auto get = [&](const char* suffix) {
-          return grad ? params_->grad(LayerParamName(layer, suffix)) : params_->param(LayerParamName(layer, suffix));
+          return grad ? params_->grad(LayerParamName(layer, suffix)) : params_->compute(LayerParamName(layer, suffix));
         };
         auto fused = [&](const char* suffix, size_t count) {
           return grad ? params_->FusedGrad(LayerParamName(layer, suffix), count, dim)
-                      : params_->FusedParam(LayerParamName(layer, suffix), count, dim);
+                      : params_->FusedCompute(LayerParamName(layer, suffix), count, dim);
         };
         LayerWeights w;
         w.attn_norm = get("input_layernorm.weight");
@@ -170,14 +174,14 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to) {
     }
   }
   if (params_->table().Contains("model.embed_tokens.weight")) {
-    embed_ = params_->param("model.embed_tokens.weight");
+    embed_ = params_->compute("model.embed_tokens.weight");
     embed_grad_ = params_->grad("model.embed_tokens.weight");
   }
   if (layout_.holds_head()) {
     const char* head_name = shape_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-    head_ = params_->param(head_name);
+    head_ = params_->compute(head_name);
     head_grad_ = params_->grad(head_name);
-    final_norm_ = params_->param("model.norm.weight");
+    final_norm_ = params_->compute("model.norm.weight");
     final_norm_grad_ = params_->grad("model.norm.weight");
   }
 
@@ -223,7 +227,6 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to) {
   dgu_ = act("dgu");
   dact_ = act("dact");
   partial_ = act("partial");
-  attn_workspace_ = act("attn_workspace");
 }
 
 Tensor LlamaModel::Input(int chunk, int slot) const {
@@ -245,20 +248,20 @@ void LlamaModel::LayerForward(int64_t local_layer, const Tensor& x, const Tensor
   const float eps = static_cast<float>(shape_.norm_eps);
   // Attention block: h = x + o_proj(attn(rope(qkv(norm(x))))); o_proj is
   // row-parallel, so its partial products are summed over tensor parallelism.
-  cpu::RmsNormForward(x, w.attn_norm, eps, a.xn, a.rstd1);
-  cpu::LinearForward(a.xn, w.qkv, a.qkv, false);
-  cpu::RopeForward(a.qkv, attn_dims_.seq_len, attn_dims_.n_heads + attn_dims_.n_kv_heads, rope_);
-  cpu::AttentionForward(a.qkv, attn_dims_, a.att, a.lse, attn_workspace_);
-  cpu::LinearForward(a.att, w.o, partial_, false);
+  ops_->RmsNormForward(x, w.attn_norm, eps, a.xn, a.rstd1);
+  ops_->LinearForward(a.xn, w.qkv, a.qkv, false);
+  ops_->RopeForward(a.qkv, n_rot_heads_);
+  ops_->AttentionForward(a.qkv, a.att, a.lse);
+  ops_->LinearForward(a.att, w.o, partial_, false);
   comms_.tp->AllReduceSync(partial_, ReduceOp::kSum);
-  cpu::Add(x, partial_, a.h);
+  ops_->Add(x, partial_, a.h);
   // MLP block: x_next = h + down(swiglu(gate_up(norm(h)))); down is row-parallel.
-  cpu::RmsNormForward(a.h, w.mlp_norm, eps, a.hn, a.rstd2);
-  cpu::LinearForward(a.hn, w.gate_up, a.gu, false);
-  cpu::SwigluForward(a.gu, a.act);
-  cpu::LinearForward(a.act, w.down, partial_, false);
+  ops_->RmsNormForward(a.h, w.mlp_norm, eps, a.hn, a.rstd2);
+  ops_->LinearForward(a.hn, w.gate_up, a.gu, false);
+  ops_->SwigluForward(a.gu, a.act);
+  ops_->LinearForward(a.act, w.down, partial_, false);
   comms_.tp->AllReduceSync(partial_, ReduceOp::kSum);
-  cpu::Add(a.h, partial_, x_next);
+  ops_->Add(a.h, partial_, x_next);
 }
 
 // On entry `grad` = dL/dx_{l+1}; on exit `grad` = dL/dx_l.
@@ -268,29 +271,28 @@ void LlamaModel::LayerBackward(int64_t local_layer, const Tensor& x, const Tenso
   // MLP block; `grad` also carries dL/dh through the residual connection.
   // The gate/up projection is column-parallel: its input gradient is summed
   // over tensor parallelism before the norm's backward.
-  cpu::LinearBackwardInput(grad, w.down, dact_, false);
-  cpu::LinearBackwardWeight(grad, a.act, g.down);
-  cpu::SwigluBackward(dact_, a.gu, dgu_);
-  cpu::LinearBackwardInput(dgu_, w.gate_up, dnorm_, false);
+  ops_->LinearBackwardInput(grad, w.down, dact_, false);
+  ops_->LinearBackwardWeight(grad, a.act, g.down);
+  ops_->SwigluBackward(dact_, a.gu, dgu_);
+  ops_->LinearBackwardInput(dgu_, w.gate_up, dnorm_, false);
   comms_.tp->AllReduceSync(dnorm_, ReduceOp::kSum);
-  cpu::LinearBackwardWeight(dgu_, a.hn, g.gate_up);
-  cpu::RmsNormBackward(dnorm_, a.h, w.mlp_norm, a.rstd2, grad, true, g.mlp_norm);
+  ops_->LinearBackwardWeight(dgu_, a.hn, g.gate_up);
+  ops_->RmsNormBackward(dnorm_, a.h, w.mlp_norm, a.rstd2, grad, true, g.mlp_norm);
   // Attention block; `grad` now holds dL/dh.
-  cpu::LinearBackwardInput(grad, w.o, datt_, false);
-  cpu::LinearBackwardWeight(grad, a.att, g.o);
-  cpu::AttentionBackward(a.qkv, a.att, datt_, a.lse, attn_dims_, dqkv_, attn_workspace_);
-  cpu::RopeBackward(dqkv_, attn_dims_.seq_len, attn_dims_.n_heads + attn_dims_.n_kv_heads, rope_);
-  cpu::LinearBackwardInput(dqkv_, w.qkv, dnorm_, false);
+  ops_->LinearBackwardInput(grad, w.o, datt_, false);
+  ops_->LinearBackwardWeight(grad, a.att, g.o);
+  ops_->AttentionBackward(a.qkv, a.att, datt_, a.lse, dqkv_);
+  ops_->RopeBackward(dqkv_, n_rot_heads_);
+  ops_->LinearBackwardInput(dqkv_, w.qkv, dnorm_, false);
   comms_.tp->AllReduceSync(dnorm_, ReduceOp::kSum);
-  cpu::LinearBackwardWeight(dqkv_, a.xn, g.qkv);
-  cpu::RmsNormBackward(dnorm_, x, w.attn_norm, a.rstd1, grad, true, g.attn_norm);
+  ops_->LinearBackwardWeight(dqkv_, a.xn, g.qkv);
+  ops_->RmsNormBackward(dnorm_, x, w.attn_norm, a.rstd1, grad, true, g.attn_norm);
 }
 
-double LlamaModel::HeadForward(const Tensor& x_last, const int32_t* targets, float grad_scale, bool with_grads,
+void LlamaModel::HeadForward(const Tensor& x_last, const int32_t* targets, float grad_scale, bool with_grads,
                                const Tensor& grad_out) {
-  cpu::RmsNormForward(x_last, final_norm_, static_cast<float>(shape_.norm_eps), xf_, rstdf_);
-  std::memcpy(targets_.data, targets, targets_.bytes());
-  double loss = 0.0;
+  ops_->RmsNormForward(x_last, final_norm_, static_cast<float>(shape_.norm_eps), xf_, rstdf_);
+  ops_->UploadIds(targets, targets_);
   for (int64_t r0 = 0; r0 < rows_; r0 += logits_rows_) {
     const int64_t r1 = std::min(rows_, r0 + logits_rows_), n = r1 - r0;
     const Tensor xf = xf_.Rows(r0, r1);
@@ -302,49 +304,42 @@ double LlamaModel::HeadForward(const Tensor& x_last, const int32_t* targets, flo
     const Tensor target_logit = row_stats_.Rows(logits_rows_ + n, logits_rows_ + 2 * n);
     const Tensor lse = lse_.Rows(0, n);
     // Vocab-parallel cross-entropy: per-row statistics combined over shards.
-    cpu::LinearForward(xf, head_, logits, false);
-    cpu::LogitsRowMax(logits, row_max);
+    ops_->LinearForward(xf, head_, logits, false);
+    ops_->LogitsRowMax(logits, row_max);
     comms_.tp->AllReduceSync(row_max, ReduceOp::kMax);
-    cpu::LogitsRowSumExp(logits, row_max, tgt, layout_.vocab_offset, shape_.vocab, sumexp, target_logit);
+    ops_->LogitsRowSumExp(logits, row_max, tgt, layout_.vocab_offset, shape_.vocab, sumexp, target_logit);
     comms_.tp->AllReduceSync(sum_and_target, ReduceOp::kSum);
-    const float *mx = row_max.as<float>(), *se = sumexp.as<float>(), *tl = target_logit.as<float>();
-    const int32_t* t = tgt.as<int32_t>();
-    float* l = lse.as<float>();
-    for (int64_t r = 0; r < n; ++r) {
-      l[r] = mx[r] + std::log(se[r]);
-      if (t[r] >= 0) loss += static_cast<double>(l[r]) - static_cast<double>(tl[r]);
-    }
+    ops_->CrossEntropyLoss(row_max, sumexp, target_logit, tgt, lse);
     if (with_grads) {
       // logits now becomes dL/dlogits for this chunk; the head is
       // column-parallel, so dxf is summed over tensor parallelism below.
-      cpu::SoftmaxCrossEntropyBackward(logits, tgt, layout_.vocab_offset, lse, grad_scale);
-      cpu::LinearBackwardInput(logits, head_, dnorm_.Rows(r0, r1), false);
-      cpu::LinearBackwardWeight(logits, xf, head_grad_);
+      ops_->SoftmaxCrossEntropyBackward(logits, tgt, layout_.vocab_offset, lse, grad_scale);
+      ops_->LinearBackwardInput(logits, head_, dnorm_.Rows(r0, r1), false);
+      ops_->LinearBackwardWeight(logits, xf, head_grad_);
     }
   }
   if (with_grads) {
     comms_.tp->AllReduceSync(dnorm_, ReduceOp::kSum);
-    cpu::RmsNormBackward(dnorm_, x_last, final_norm_, rstdf_, grad_out, false, final_norm_grad_);
+    ops_->RmsNormBackward(dnorm_, x_last, final_norm_, rstdf_, grad_out, false, final_norm_grad_);
   }
-  return loss;
 }
 
-double LlamaModel::Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, float grad_scale,
+void LlamaModel::Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, float grad_scale,
                            bool with_grads) {
   const ChunkInfo& info = layout_.chunks[static_cast<size_t>(chunk)];
   Chunk& c = chunks_[static_cast<size_t>(chunk)];
   Slot& s = c.slots[static_cast<size_t>(slot)];
   if (info.first) {
     // Vocab-parallel embedding: each rank fills the rows of its ids, zeros elsewhere.
-    std::memcpy(s.ids.data, ids, s.ids.bytes());
-    cpu::EmbeddingForward(s.ids, embed_, layout_.vocab_offset, s.x.front());
+    ops_->UploadIds(ids, s.ids);
+    ops_->EmbeddingForward(s.ids, embed_, layout_.vocab_offset, s.x.front());
     comms_.tp->AllReduceSync(s.x.front(), ReduceOp::kSum);
   }
   for (int64_t k = 0; k < c.n_layers; ++k) {
     LayerForward(c.first_layer + k, s.x[static_cast<size_t>(k)], s.x[static_cast<size_t>(k + 1)], Saved(c, s, k));
   }
-  if (!info.last) return 0.0;
-  return HeadForward(s.x.back(), targets, grad_scale, with_grads, s.grad);
+  if (!info.last) return;
+  HeadForward(s.x.back(), targets, grad_scale, with_grads, s.grad);
 }
 
 void LlamaModel::Backward(int chunk, int slot) {
@@ -358,7 +353,7 @@ void LlamaModel::Backward(int chunk, int slot) {
     if (options_.recompute) LayerForward(c.first_layer + k, x, s.x[static_cast<size_t>(k + 1)], c.scratch);
     LayerBackward(c.first_layer + k, x, s.grad, Saved(c, s, k));
   }
-  if (info.first) cpu::EmbeddingBackward(s.ids, s.grad, layout_.vocab_offset, embed_grad_);
+  if (info.first) ops_->EmbeddingBackward(s.ids, s.grad, layout_.vocab_offset, embed_grad_);
 }
 
 void LlamaModel::ReduceReplicaGradients() {
@@ -369,15 +364,16 @@ void LlamaModel::ReduceReplicaGradients() {
 double LlamaModel::ForwardBackward(const int32_t* inputs, const int32_t* targets, float grad_scale) {
   LATAM_CHECK(num_chunks() == 1 && layout_.chunks[0].first && layout_.chunks[0].last,
               "ForwardBackward needs the whole model in one chunk");
-  const double loss = Forward(0, 0, inputs, targets, grad_scale, true);
+  Forward(0, 0, inputs, targets, grad_scale, true);
   Backward(0, 0);
-  return loss;
+  return TakeLoss();
 }
 
 double LlamaModel::ForwardLoss(const int32_t* inputs, const int32_t* targets) {
   LATAM_CHECK(num_chunks() == 1 && layout_.chunks[0].first && layout_.chunks[0].last,
               "ForwardLoss needs the whole model in one chunk");
-  return Forward(0, 0, inputs, targets, 0.0f, false);
+  Forward(0, 0, inputs, targets, 0.0f, false);
+  return TakeLoss();
 }
 
 }  // namespace latam

@@ -19,11 +19,18 @@
 //                    logit over the vocabulary shards (kernels/cross_entropy.h);
 //                    the full logits are never gathered.
 //
+// Device. The model computes through ModelOps (trainer/model_ops.h): fp32
+// reference kernels on the CPU, or CUDA kernels on one compute stream with
+// activations in ActivationOptions::dtype (bf16 or f32); its parameter,
+// gradient and activation arenas live on that device. Token ids and targets
+// come from host memory. The code below is the same for both devices.
+//
 // Pipeline interface. A micro-batch runs chunk by chunk: Forward(chunk,
 // slot) reads token ids (first chunk) or the activation in Input(chunk,
 // slot) and leaves its output in Output(chunk, slot); the last chunk also
 // runs the LM head, the loss and, with gradients, their backward, leaving
-// dL/dx_L in Grad(chunk, slot). Backward(chunk, slot) turns the gradient in
+// dL/dx_L in Grad(chunk, slot). The token losses are summed on the device;
+// TakeLoss() returns the sum since its last call (and waits for the device). Backward(chunk, slot) turns the gradient in
 // Grad(chunk, slot) (received from the next chunk, or left by the head) into
 // the gradient of the chunk's input, left in the same buffer for the
 // previous chunk. Each chunk keeps `slots` micro-batches' activations, for
@@ -43,10 +50,9 @@
 #include <vector>
 
 #include "kernels/arena.h"
-#include "kernels/attention.h"
-#include "kernels/rope.h"
 #include "parallel/communicator.h"
 #include "trainer/layout.h"
+#include "trainer/model_ops.h"
 #include "trainer/parameters.h"
 
 namespace latam {
@@ -62,9 +68,16 @@ struct ActivationOptions {
   int cpu_threads = 0;
   // Micro-batches in flight per local chunk; empty means one per chunk.
   std::vector<int> slots;
+  // Where the model computes: kCPU (f32 only) or kCUDA, with activations and
+  // the compute copy of the weights in `dtype` (kBF16 or kF32), on `stream`
+  // (a cudaStream_t; nullptr is the legacy default stream).
+  Device device = Device::kCPU;
+  DType dtype = DType::kF32;
+  void* stream = nullptr;
 };
 
-// Bytes of the activation arena a LlamaModel with this layout allocates.
+// Bytes of the activation arena and kernel workspaces a LlamaModel with this
+// layout allocates.
 size_t ActivationBytes(const ModelShape& shape, const ModelLayout& layout, const ActivationOptions& options);
 
 // The groups the model computes with.
@@ -95,14 +108,20 @@ class LlamaModel {
   Tensor Output(int chunk, int slot) const;
   Tensor Grad(int chunk, int slot) const;
 
-  // Returns the sum of the token losses for the last chunk, 0 otherwise.
-  double Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, float grad_scale, bool with_grads);
+  // ids and targets (host, tokens_per_micro_batch() each) are read by the
+  // first and the last chunk.
+  void Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, float grad_scale, bool with_grads);
   void Backward(int chunk, int slot);
   // After the micro-batches of a step: sums the gradients of replicated KV
   // heads over their replicas.
   void ReduceReplicaGradients();
+  // Sum of the token losses of the last chunk's forwards since the last
+  // call (0 on other ranks).
+  double TakeLoss() { return ops_->TakeLoss(); }
+  ModelOps& ops() { return *ops_; }
 
-  // Whole-model conveniences for a single chunk that is both first and last.
+  // Whole-model conveniences for a single chunk that is both first and last;
+  // they return the summed token loss.
   double ForwardBackward(const int32_t* inputs, const int32_t* targets, float grad_scale);
   double ForwardLoss(const int32_t* inputs, const int32_t* targets);
 
@@ -130,7 +149,7 @@ class LlamaModel {
   const LayerActivations& Saved(const Chunk& c, const Slot& s, int64_t k) const;
   void LayerForward(int64_t local_layer, const Tensor& x, const Tensor& x_next, const LayerActivations& a);
   void LayerBackward(int64_t local_layer, const Tensor& x, const Tensor& grad, const LayerActivations& a);
-  double HeadForward(const Tensor& x_last, const int32_t* targets, float grad_scale, bool with_grads,
+  void HeadForward(const Tensor& x_last, const int32_t* targets, float grad_scale, bool with_grads,
                      const Tensor& grad_out);
 
   ModelShape shape_;
@@ -140,8 +159,8 @@ class LlamaModel {
   ModelComms comms_;
   int64_t rows_;         // tokens per micro-batch
   int64_t logits_rows_;  // rows per LM-head chunk
-  cpu::AttentionDims attn_dims_;
-  RopeTable rope_;
+  int n_rot_heads_;  // query and key heads of the local fused QKV rows
+  std::unique_ptr<ModelOps> ops_;
   std::unique_ptr<ParameterSet> params_;
   std::vector<LayerWeights> weights_, weight_grads_;  // per local layer
   Tensor embed_, embed_grad_, head_, head_grad_, final_norm_, final_norm_grad_;
@@ -150,7 +169,7 @@ class LlamaModel {
   Arena act_arena_;
   std::vector<Chunk> chunks_;
   Tensor targets_, xf_, rstdf_, logits_, row_stats_, lse_;
-  Tensor dnorm_, dqkv_, datt_, dgu_, dact_, partial_, attn_workspace_;
+  Tensor dnorm_, dqkv_, datt_, dgu_, dact_, partial_;
 };
 
 }  // namespace latam

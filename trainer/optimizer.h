@@ -15,6 +15,13 @@
 //   model-parallel group (ZeRO-0; data-parallel replicas hold equal sums) or
 //   over the whole world (ZeRO-1; each replica holds a different slice).
 // Weight decay applies to the tensors whose ParamSpec says so.
+//
+// Device. The moments live where the ParameterSet does. On CUDA the norm and
+// the update are one multi-tensor launch each over a table of this rank's
+// segments (kernels/cuda/optimizer.h), enqueued on the parameters' stream;
+// the update also refreshes the bf16 compute copy (ZeRO-0), or the copy is
+// re-cast after the all-gather of the updated fp32 weights (ZeRO-1). Only
+// GradNorm() waits for the device (it needs the norm on the host to clip).
 #pragma once
 
 #include <cstdint>
@@ -81,6 +88,8 @@ class AdamWOptimizer {
     int64_t begin, end;  // flat element range
   };
   void Init();
+  Tensor SliceGrads() const;
+  void BuildDeviceTable();  // CUDA only
 
   ParameterSet* params_;
   config::OptimizerConfig config_;
@@ -90,6 +99,7 @@ class AdamWOptimizer {
   int64_t slice_begin_ = 0, slice_size_ = 0;  // this rank's slice of the flat buffers
   std::vector<Segment> segments_;
   Arena exp_avg_, exp_avg_sq_, slice_grads_;  // over the slice
+  Arena device_segments_, norm_scratch_;       // CUDA: segment table; norm partials and sum
   int64_t step_ = 0;
 };
 

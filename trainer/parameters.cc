@@ -4,6 +4,10 @@
 
 #include "kernels/random.h"
 
+#ifdef LATAM_HAVE_CUDA
+#include "kernels/cuda/elementwise.h"
+#endif
+
 namespace latam {
 
 ModelShape ModelShape::FromConfig(const config::ModelConfig& m) {
@@ -41,50 +45,88 @@ std::string LayerParamName(int64_t layer, const char* suffix) {
   return "model.layers." + std::to_string(layer) + "." + suffix;
 }
 
-ParameterSet::ParameterSet(std::vector<ParamSpec> specs, int64_t pad_to) : specs_(std::move(specs)) {
+ParameterSet::ParameterSet(std::vector<ParamSpec> specs, int64_t pad_to, ParameterPlacement placement)
+    : specs_(std::move(specs)), placement_(placement) {
+  LATAM_CHECK(placement.compute_dtype == DType::kF32 || placement.compute_dtype == DType::kBF16,
+              "compute dtype " << DTypeName(placement.compute_dtype));
+  LATAM_CHECK(placement.compute_dtype == DType::kF32 || placement.device == Device::kCUDA,
+              "a bf16 compute copy needs the CUDA device");
   for (const ParamSpec& p : specs_) {
     table_.Add(p.name, DType::kF32, p.shape);
+    compute_table_.Add(p.name, placement.compute_dtype, p.shape);
     numel_ += p.shape.numel();
   }
   LATAM_CHECK(pad_to >= 1, "pad_to " << pad_to);
   padded_numel_ = (numel_ + pad_to - 1) / pad_to * pad_to;
-  params_ = Arena(Device::kCPU, static_cast<size_t>(padded_numel_) * sizeof(float));
-  grads_ = Arena(Device::kCPU, static_cast<size_t>(padded_numel_) * sizeof(float));
+  params_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * sizeof(float));
+  grads_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * sizeof(float));
+  if (placement.compute_dtype != DType::kF32) {
+    compute_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * DTypeSize(placement.compute_dtype));
+  }
 }
 
-Tensor ParameterSet::Fused(const Arena& arena, const std::string& first, size_t count, int64_t cols) const {
-  const TensorTable::Entry& e = table_.Find(first);
+Tensor ParameterSet::compute(const std::string& name) const {
+  return placement_.compute_dtype == DType::kF32 ? param(name) : compute_table_.Get(compute_, name);
+}
+
+Tensor ParameterSet::Fused(const TensorTable& table, const Arena& arena, const std::string& first, size_t count,
+                           int64_t cols) const {
+  const TensorTable::Entry& e = table.Find(first);
   size_t index = 0;
-  while (table_.entry(index).name != first) ++index;
+  while (table.entry(index).name != first) ++index;
   int64_t rows = 0;
   size_t expected_offset = e.offset;
   for (size_t i = index; i < index + count; ++i) {
-    const TensorTable::Entry& part = table_.entry(i);
+    const TensorTable::Entry& part = table.entry(i);
     LATAM_CHECK(part.offset == expected_offset && part.shape.cols() == cols,
                 part.name << " is not adjacent to " << first << " with " << cols << " columns");
     rows += part.shape.rows();
-    expected_offset += static_cast<size_t>(part.shape.numel()) * sizeof(float);
+    expected_offset += static_cast<size_t>(part.shape.numel()) * DTypeSize(e.dtype);
   }
-  return arena.View(e.offset, DType::kF32, Shape{rows, cols});
+  return arena.View(e.offset, e.dtype, Shape{rows, cols});
 }
 
 Tensor ParameterSet::FusedParam(const std::string& first, size_t count, int64_t cols) const {
-  return Fused(params_, first, count, cols);
+  return Fused(table_, params_, first, count, cols);
 }
 
 Tensor ParameterSet::FusedGrad(const std::string& first, size_t count, int64_t cols) const {
-  return Fused(grads_, first, count, cols);
+  return Fused(table_, grads_, first, count, cols);
+}
+
+Tensor ParameterSet::FusedCompute(const std::string& first, size_t count, int64_t cols) const {
+  return placement_.compute_dtype == DType::kF32 ? FusedParam(first, count, cols)
+                                                 : Fused(compute_table_, compute_, first, count, cols);
 }
 
 Tensor ParameterSet::flat_params() const { return params_.View(0, DType::kF32, Shape{numel_}); }
 Tensor ParameterSet::flat_grads() const { return grads_.View(0, DType::kF32, Shape{numel_}); }
 Tensor ParameterSet::padded_params() const { return params_.View(0, DType::kF32, Shape{padded_numel_}); }
 Tensor ParameterSet::padded_grads() const { return grads_.View(0, DType::kF32, Shape{padded_numel_}); }
+Tensor ParameterSet::padded_compute() const {
+  return placement_.compute_dtype == DType::kF32
+             ? padded_params()
+             : compute_.View(0, placement_.compute_dtype, Shape{padded_numel_});
+}
+
+void ParameterSet::SyncCompute() {
+  if (placement_.compute_dtype == DType::kF32) return;
+#ifdef LATAM_HAVE_CUDA
+  cuda::Cast(padded_params(), padded_compute(), static_cast<cudaStream_t>(placement_.stream));
+#endif
+}
 
 void ParameterSet::InitWeights(uint64_t seed) {
+  // Drawn on the host; a device set is filled with one copy afterwards.
+  Arena host;
+  const Arena* target = &params_;
+  if (placement_.device != Device::kCPU) {
+    host = Arena(Device::kCPU, params_.size());
+    target = &host;
+  }
   for (size_t i = 0; i < specs_.size(); ++i) {
     const ParamSpec& p = specs_[i];
-    const Tensor t = param(i);
+    const Tensor t = table_.Get(*target, i);
     float* data = t.as<float>();
     if (p.init_std == 0.0) {
       for (int64_t j = 0; j < t.numel(); ++j) data[j] = 1.0f;
@@ -104,6 +146,10 @@ void ParameterSet::InitWeights(uint64_t seed) {
       FillNormal(data, t.numel(), std, seed, stream, static_cast<uint64_t>(first));
     }
   }
+  if (target != &params_) {
+    CopyTensor(padded_params(), host.View(0, DType::kF32, Shape{padded_numel_}));
+  }
+  SyncCompute();
 }
 
 }  // namespace latam

@@ -67,47 +67,76 @@ struct ParamSpec {
 // Canonical per-layer names.
 std::string LayerParamName(int64_t layer, const char* suffix);
 
+// Where a ParameterSet lives and what the model computes with.
+//   device         kCPU or kCUDA: the parameter (fp32 master weights) and
+//                  gradient (fp32) arenas live there;
+//   compute_dtype  kF32: the kernels read the master weights themselves;
+//                  kBF16 (CUDA): they read a bf16 copy in a third arena,
+//                  refreshed by SyncCompute() and by the optimizer;
+//   stream         the CUDA compute stream that zeroing and casts are
+//                  enqueued on (a cudaStream_t; nullptr = legacy default).
+struct ParameterPlacement {
+  Device device = Device::kCPU;
+  DType compute_dtype = DType::kF32;
+  void* stream = nullptr;
+};
+
 class ParameterSet {
  public:
-  // `pad_to` rounds both arenas up to a multiple of that many elements
+  // `pad_to` rounds the arenas up to a multiple of that many elements
   // (ZeRO-1 shards the flat buffers evenly over data-parallel ranks).
-  explicit ParameterSet(std::vector<ParamSpec> specs, int64_t pad_to = 1);
+  explicit ParameterSet(std::vector<ParamSpec> specs, int64_t pad_to = 1, ParameterPlacement placement = {});
 
   size_t size() const { return specs_.size(); }
   const ParamSpec& spec(size_t i) const { return specs_[i]; }
   const TensorTable& table() const { return table_; }
   int64_t numel() const { return numel_; }
+  const ParameterPlacement& placement() const { return placement_; }
+  Device device() const { return placement_.device; }
 
   Tensor param(const std::string& name) const { return table_.Get(params_, name); }
   Tensor grad(const std::string& name) const { return table_.Get(grads_, name); }
   Tensor param(size_t i) const { return table_.Get(params_, i); }
   Tensor grad(size_t i) const { return table_.Get(grads_, i); }
+  // The weights the kernels read: param() itself, or its bf16 copy.
+  Tensor compute(const std::string& name) const;
 
   // Views spanning `count` adjacent tensors starting at `first`, viewed as
   // [rows, cols] (the fused QKV and gate/up operands).
   Tensor FusedParam(const std::string& first, size_t count, int64_t cols) const;
   Tensor FusedGrad(const std::string& first, size_t count, int64_t cols) const;
+  Tensor FusedCompute(const std::string& first, size_t count, int64_t cols) const;
 
   // All parameters / gradients as one flat f32 tensor (numel() elements),
-  // and the same including the zero padding (padded_numel()).
+  // and the same including the zero padding (padded_numel()). Element i of
+  // the compute copy (padded_compute()) is element i of the parameters.
   Tensor flat_params() const;
   Tensor flat_grads() const;
   Tensor padded_params() const;
   Tensor padded_grads() const;
+  Tensor padded_compute() const;
   int64_t padded_numel() const { return padded_numel_; }
 
-  void ZeroGrads() { grads_.Zero(); }
-  // Initialises every parameter from its spec. Element j of the full tensor
-  // `name` gets init_std * NormalAt(seed, StreamId(name), j), so every
-  // layout draws the same weights.
+  // Enqueued on the placement's stream (immediate on the CPU).
+  void ZeroGrads() { grads_.ZeroAsync(placement_.stream); }
+  // Rounds the master weights into the bf16 copy (no-op for kF32), enqueued
+  // on the placement's stream. Call after writing the parameters other than
+  // through the optimizer (initialisation, checkpoint load).
+  void SyncCompute();
+  // Initialises every parameter from its spec, then SyncCompute(). Element j
+  // of the full tensor `name` gets init_std * NormalAt(seed, StreamId(name),
+  // j), so every layout and device draws the same weights.
   void InitWeights(uint64_t seed);
 
  private:
-  Tensor Fused(const Arena& arena, const std::string& first, size_t count, int64_t cols) const;
+  Tensor Fused(const TensorTable& table, const Arena& arena, const std::string& first, size_t count,
+               int64_t cols) const;
   std::vector<ParamSpec> specs_;
-  TensorTable table_;
+  ParameterPlacement placement_;
+  TensorTable table_, compute_table_;
   Arena params_;
   Arena grads_;
+  Arena compute_;  // only with a bf16 compute dtype
   int64_t numel_ = 0;
   int64_t padded_numel_ = 0;
 };

@@ -99,7 +99,6 @@ double PipelineExecutor::Run(const std::vector<PipelineAction>& schedule, const 
                              bool with_grads) {
   const ModelLayout& l = model_->layout();
   const int next = (l.pp_rank + 1) % l.pp, prev = (l.pp_rank + l.pp - 1) % l.pp;
-  double loss = 0.0;
   for (const PipelineAction& a : schedule) {
     const ChunkInfo& info = l.chunks[static_cast<size_t>(a.chunk)];
     const int g = info.global_index;
@@ -107,7 +106,7 @@ double PipelineExecutor::Run(const std::vector<PipelineAction>& schedule, const 
     if (a.kind == PipelineAction::kForward) {
       if (info.first || info.last) fetch(a.micro, ids_.data(), targets_.data());
       if (!info.first) pp_->Recv(model_->Input(a.chunk, a.slot), prev, Tag(a.micro, g, 0))->Wait();
-      loss += model_->Forward(a.chunk, a.slot, ids_.data(), targets_.data(), grad_scale, with_grads);
+      model_->Forward(a.chunk, a.slot, ids_.data(), targets_.data(), grad_scale, with_grads);
       if (!info.last) {
         pending_[static_cast<size_t>(a.chunk)][static_cast<size_t>(a.slot)].push_back(
             pp_->Send(model_->Output(a.chunk, a.slot), next, Tag(a.micro, g + 1, 0)));
@@ -124,7 +123,7 @@ double PipelineExecutor::Run(const std::vector<PipelineAction>& schedule, const 
   for (int c = 0; c < model_->num_chunks(); ++c) {
     for (int s = 0; s < model_->slots(c); ++s) WaitSends(c, s);
   }
-  return loss;
+  return model_->TakeLoss();
 }
 
 double PipelineExecutor::TrainStep(const FetchFn& fetch, float grad_scale) {

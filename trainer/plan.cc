@@ -25,6 +25,11 @@ int64_t MatmulParameters(const ModelShape& s) {
 
 }  // namespace
 
+double TrainingFlopsPerToken(const ModelShape& s, int64_t seq_len) {
+  return 6.0 * static_cast<double>(MatmulParameters(s)) +
+         6.0 * static_cast<double>(s.n_layers) * static_cast<double>(seq_len) * static_cast<double>(s.attn_dim());
+}
+
 Result<std::string> PlanJson(const Config& config) {
   ValidationOptions options;
   options.world_size = 0;
@@ -42,6 +47,10 @@ Result<std::string> PlanJson(const Config& config) {
   act.seq_len = config.data().seq_len();
   act.recompute = config.train().recompute();
   act.cpu_threads = 1;
+  if (config.train().device() == "cuda") {
+    act.device = Device::kCUDA;
+    act.dtype = bf16 ? DType::kBF16 : DType::kF32;
+  }
   // The largest rank is a tensor-parallel rank of the first or the last
   // pipeline stage (they add the embedding and the head); its activations
   // are those of the slots its pipeline schedule keeps in flight.
@@ -53,15 +62,13 @@ Result<std::string> PlanJson(const Config& config) {
     per_rank = std::max(per_rank, CountParameters(LlamaParameterSpecs(s, layout)));
     act.slots =
         SlotsNeeded(BuildSchedule(static_cast<int>(pp), stage, p.virtual_stages(), micro_batches), p.virtual_stages());
-    act_bytes = std::max(act_bytes, static_cast<double>(ActivationBytes(s, layout, act)) * (bf16 ? 0.5 : 1.0));
+    act_bytes = std::max(act_bytes, static_cast<double>(ActivationBytes(s, layout, act)));
   }
 
-  const double weights = static_cast<double>(per_rank) * (bf16 ? 2.0 : 4.0);
+  const double weights = static_cast<double>(per_rank) * (bf16 ? 6.0 : 4.0);
   const double grads = static_cast<double>(per_rank) * 4.0;
-  const double optimizer = static_cast<double>(per_rank) * ((bf16 ? 12.0 : 8.0) / (p.zero_stage() == 1 ? dp : 1));
-  const double flops = 6.0 * static_cast<double>(MatmulParameters(s)) + 6.0 * static_cast<double>(s.n_layers) *
-                                                                            static_cast<double>(act.seq_len) *
-                                                                            static_cast<double>(s.attn_dim());
+  const double optimizer = static_cast<double>(per_rank) * 8.0 / static_cast<double>(p.zero_stage() == 1 ? dp : 1);
+  const double flops = TrainingFlopsPerToken(s, act.seq_len);
 
   nlohmann::ordered_json j;
   j["parameters"] = s.ParameterCount();

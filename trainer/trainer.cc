@@ -8,6 +8,10 @@
 
 #include "data/tokenizer.h"
 #include "parallel/mpi_communicator.h"
+#include "trainer/plan.h"
+#ifdef LATAM_HAVE_NCCL
+#include "parallel/nccl_communicator.h"
+#endif
 #include "trainer/signals.h"
 
 namespace latam {
@@ -91,19 +95,36 @@ Status Trainer::Init(const std::string& resume) {
   options.world_size = mpi_.world_size();
   options.check_files = true;
   LATAM_RETURN_IF_ERROR(ValidateConfig(config_, options));
-  if (config_.train().device() != "cpu") {
-    return Status::InvalidInput("train.device: only cpu training is available in this build");
-  }
   const auto& p = config_.parallel();
-  grid_ =
-      std::make_unique<ProcessGrid>(std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world"),
-                                    GridShape{p.tensor(), p.pipeline(), DataParallelSize(config_, mpi_.world_size())});
+  LATAM_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> world, OpenWorld());
+  grid_ = std::make_unique<ProcessGrid>(std::move(world), GridShape{p.tensor(), p.pipeline(),
+                                                                    DataParallelSize(config_, mpi_.world_size())});
   LATAM_RETURN_IF_ERROR(AgreeOnStatus(OpenData(), grid_->world()));
-  engine_ = std::make_unique<Engine>(config_, grid_.get());
+  engine_ = std::make_unique<Engine>(config_, grid_.get(), device_ != nullptr ? device_->stream() : nullptr);
   LATAM_RETURN_IF_ERROR(AgreeOnStatus(Restore(resume), grid_->world()));
   saver_ = std::make_unique<ckpt::CheckpointSaver>(config_.train().run_dir() + "/checkpoints", &grid_->world(),
                                                    config_.train().keep_checkpoints(), config_.data().tokenizer());
   return Status::Ok();
+}
+
+Result<std::unique_ptr<Communicator>> Trainer::OpenWorld() {
+  if (config_.train().device() != "cuda") return std::unique_ptr<Communicator>(new MpiCommunicator(MPI_COMM_WORLD, "world"));
+  // Every rank learns whether every rank got its GPU before NCCL is set up.
+  Result<std::unique_ptr<ComputeDevice>> device =
+      ComputeDevice::Open(mpi_.local_rank(), mpi_.local_size(), mpi_.world_rank());
+  {
+    MpiCommunicator agree(MPI_COMM_WORLD, "world");
+    LATAM_RETURN_IF_ERROR(AgreeOnStatus(device.status(), agree));
+  }
+  device_ = std::move(device).value();
+#ifdef LATAM_HAVE_NCCL
+  LATAM_ASSIGN_OR_RETURN(const NcclOptions options, NcclOptionsFromEnvironment());
+  return std::unique_ptr<Communicator>(new NcclCommunicator(
+      MPI_COMM_WORLD, "world", static_cast<cudaStream_t>(device_->stream()), options));
+#else
+  return Status::InvalidInput("train.device=cuda needs the NCCL communicator: this build has none (install NCCL, "
+                              "configure with LATAM_NCCL=ON)");
+#endif
 }
 
 Status Trainer::Restore(const std::string& resume) {
@@ -131,6 +152,7 @@ Status Trainer::Restore(const std::string& resume) {
       ckpt::EngineState(engine_->model().parameters(), &engine_->optimizer(), grid_->dp_rank());
   LATAM_ASSIGN_OR_RETURN(const ckpt::LoadResult loaded,
                          ckpt::LoadState(*reader, config_.model(), pieces, &engine_->optimizer(), what));
+  engine_->model().parameters().SyncCompute();
   start_step_ = loaded.step;
   last_saved_step_ = what == ckpt::LoadWhat::kAll ? loaded.step : -1;
   consumed_ = loaded.consumed_samples;
@@ -225,14 +247,23 @@ void Trainer::Log(const StepResult& r) {
   // Bytes this rank handed to each group's collectives in the step; a group
   // of one rank moves nothing.
   auto moved = [](const Communicator& c) { return c.size() > 1 ? static_cast<double>(c.stats().total_bytes()) : 0.0; };
-  metrics_->Write(r.step, {{"loss", r.loss},
-                           {"lr", r.lr},
-                           {"grad_norm", r.grad_norm},
-                           {"tokens_per_s", r.tokens_per_s},
-                           {"step_ms", r.step_ms},
-                           {"comm_bytes/tp", moved(grid_->tp())},
-                           {"comm_bytes/pp", moved(grid_->pp())},
-                           {"comm_bytes/dp", moved(grid_->dp())}});
+  std::map<std::string, double> values{{"loss", r.loss},
+                                       {"lr", r.lr},
+                                       {"grad_norm", r.grad_norm},
+                                       {"tokens_per_s", r.tokens_per_s},
+                                       {"step_ms", r.step_ms},
+                                       {"comm_bytes/tp", moved(grid_->tp())},
+                                       {"comm_bytes/pp", moved(grid_->pp())},
+                                       {"comm_bytes/dp", moved(grid_->dp())}};
+  if (device_ != nullptr) {
+    // Model FLOPs utilisation of the job's GPUs (rank 0's GPU stands for
+    // the peak memory of every rank).
+    const double flops = TrainingFlopsPerToken(ModelShape::FromConfig(config_.model()), config_.data().seq_len());
+    const double peak = ComputeDevice::PeakFlops(config_.train().precision() == "bf16") * mpi_.world_size();
+    values["mfu"] = r.tokens_per_s * flops / peak;
+    values["gpu_peak_memory_bytes"] = static_cast<double>(device_->PeakMemoryBytes());
+  }
+  metrics_->Write(r.step, values);
   std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad_norm %.3f | %.0f tok/s | %.1f ms\n",
               static_cast<long long>(r.step), static_cast<long long>(config_.train().steps()), r.loss, r.lr,
               r.grad_norm, r.tokens_per_s, r.step_ms);
@@ -248,6 +279,7 @@ Status Trainer::Run() {
   for (int64_t step = start_step_; step < t.steps(); ++step) {
     grid_->ResetStats();
     LATAM_ASSIGN_OR_RETURN(const StepResult r, engine_->Step(step, consumed_, sample));
+    if (device_ != nullptr) device_->SampleMemory();
     consumed_ += static_cast<uint64_t>(t.global_batch_size());
     if (r.step % t.log_every() == 0 || r.step == t.steps() || r.step == 1) {
       Log(r);

@@ -29,6 +29,7 @@
 #include "parallel/grid.h"
 #include "parallel/mpi_env.h"
 #include "trainer/config.h"
+#include "trainer/compute_device.h"
 #include "trainer/engine.h"
 #include "trainer/metrics.h"
 
@@ -58,6 +59,9 @@ class Trainer {
   Trainer(const Config& config, const MpiSession& mpi) : config_(config), mpi_(mpi) {}
   Status Init(const std::string& resume);
   Status OpenData();
+  // The world communicator: MPI for the CPU; for CUDA, binds the rank's GPU
+  // (device_) and returns an NCCL communicator ordered after its stream.
+  Result<std::unique_ptr<Communicator>> OpenWorld();
   Status Restore(const std::string& resume);
   Status StartSave(int64_t step);
   Status PollSave(bool wait);
@@ -65,6 +69,7 @@ class Trainer {
 
   Config config_;
   const MpiSession& mpi_;
+  std::unique_ptr<ComputeDevice> device_;  // train.device=cuda; outlives the grid and the engine
   std::unique_ptr<ProcessGrid> grid_;
   std::unique_ptr<Engine> engine_;
   std::vector<std::unique_ptr<data::TokenDataset>> train_data_;

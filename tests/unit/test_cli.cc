@@ -20,6 +20,10 @@
 #include "trainer/config.h"
 #include "trainer/tensorboard.pb.h"
 
+#ifdef LATAM_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#endif
+
 namespace latam {
 namespace {
 
@@ -114,6 +118,47 @@ TEST_F(CliTest, TokenIdsOutsideTheVocabularyAreBadInput) {
   EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
   EXPECT_NE(r.err.find("big.bin: token"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("outside model.vocab_size = 4096"), std::string::npos) << r.err;
+}
+
+bool GpuVisible() {
+#ifdef LATAM_HAVE_CUDA
+  return cuda::DeviceCount() > 0;
+#else
+  return false;
+#endif
+}
+
+// train.device=cuda trains on the GPU (metrics carry mfu) and its checkpoint
+// resumes on the CPU; without a GPU the run stops before any allocation
+// with exit 2, naming the rank and the key.
+TEST_F(CliTest, CudaDeviceTrainsOrNamesTheMissingGpu) {
+  const std::string gpu = PrepareRun(4) + " --set train.device=cuda --set train.precision=bf16 --set train.save_every=4";
+  const RunResult r = Run(gpu);
+  if (!GpuVisible()) {
+    EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+    EXPECT_NE(r.err.find("train.device=cuda: rank 0"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(dir_ / "run" / "checkpoints")) << "nothing is written before the device check";
+    return;
+  }
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  std::ifstream metrics(dir_ / "run" / "metrics.jsonl");
+  std::string line;
+  int with_mfu = 0;
+  while (std::getline(metrics, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("loss")) continue;
+    ASSERT_TRUE(j.contains("mfu")) << line;
+    EXPECT_GT(j["mfu"].get<double>(), 0.0);
+    ++with_mfu;
+  }
+  EXPECT_GT(with_mfu, 0);
+  const std::map<int64_t, double> gpu_losses = testing::TrainingLosses(dir_ / "run" / "metrics.jsonl");
+  // The GPU checkpoint of step 4 resumes on the CPU, in fp32.
+  const RunResult cpu = Run(PrepareRun(6) + " --set train.log_every=1 --resume auto");
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.out << cpu.err;
+  const std::map<int64_t, double> losses = testing::TrainingLosses(dir_ / "run" / "metrics.jsonl");
+  ASSERT_TRUE(losses.count(5) && gpu_losses.count(4)) << cpu.out;
+  EXPECT_NEAR(losses.at(5), gpu_losses.at(4), 0.1 * gpu_losses.at(4));
 }
 
 // train-tokenizer -> encode -> inspect, and tokenize/detokenize, as a user

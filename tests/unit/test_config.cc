@@ -203,6 +203,24 @@ TEST(PlanTest, ExactNumbersForTheQuickstart) {
   EXPECT_EQ(j["layout"]["world_size"].get<int64_t>(), 1);
 }
 
+// bf16 on CUDA: fp32 master weights plus their bf16 copy (6 bytes), fp32
+// gradients and moments; bf16 activations take less than fp32 ones.
+TEST(PlanTest, Bf16OnCudaCountsTheMasterWeightsAndTheCopy) {
+  Config c = Quickstart();
+  ASSERT_TRUE(ApplyOverride(&c, "train.device=cuda").ok());
+  const auto f32 = nlohmann::json::parse(*PlanJson(c));
+  ASSERT_TRUE(ApplyOverride(&c, "train.precision=bf16").ok());
+  const auto bf16 = nlohmann::json::parse(*PlanJson(c));
+  const int64_t p = bf16["parameters_per_rank"].get<int64_t>();
+  EXPECT_EQ(bf16["memory_breakdown"]["weights"].get<int64_t>(), 6 * p);
+  EXPECT_EQ(bf16["memory_breakdown"]["gradients"].get<int64_t>(), 4 * p);
+  EXPECT_EQ(bf16["memory_breakdown"]["optimizer"].get<int64_t>(), 8 * p);
+  EXPECT_EQ(f32["memory_breakdown"]["weights"].get<int64_t>(), 4 * p);
+  EXPECT_LT(bf16["memory_breakdown"]["activations"].get<int64_t>(),
+            f32["memory_breakdown"]["activations"].get<int64_t>());
+  EXPECT_EQ(bf16["precision"].get<std::string>(), "bf16");
+}
+
 TEST(PlanTest, ZeroOneShardsOptimizerStateAcrossDataParallelRanks) {
   Config c = Quickstart();
   ASSERT_TRUE(ApplyOverride(&c, "parallel.data=4").ok());

@@ -1,0 +1,71 @@
+#include "trainer/compute_device.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+
+#ifdef LATAM_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
+#endif
+
+namespace latam {
+
+Result<std::unique_ptr<ComputeDevice>> ComputeDevice::Open([[maybe_unused]] int local_rank,
+                                                           [[maybe_unused]] int local_size, int world_rank) {
+#ifdef LATAM_HAVE_CUDA
+  const int count = cuda::DeviceCount();
+  if (count < local_size) {
+    return Status::InvalidInput("train.device=cuda: rank " + std::to_string(world_rank) + " sees " +
+                                std::to_string(count) + " CUDA GPU(s) for " + std::to_string(local_size) +
+                                " ranks on its node (one GPU per rank; check CUDA_VISIBLE_DEVICES and -np)");
+  }
+  std::unique_ptr<ComputeDevice> d(new ComputeDevice());
+  d->ordinal_ = local_rank;
+  CUDA_CHECK(cudaSetDevice(local_rank));
+  cudaStream_t stream = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  d->stream_ = stream;
+  d->SampleMemory();
+  return d;
+#else
+  return Status::InvalidInput("train.device=cuda: rank " + std::to_string(world_rank) +
+                              " runs a build without CUDA (configure with LATAM_CUDA=ON where nvcc exists)");
+#endif
+}
+
+ComputeDevice::~ComputeDevice() {
+#ifdef LATAM_HAVE_CUDA
+  if (stream_ != nullptr) {
+    cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
+    cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+  }
+#endif
+}
+
+void ComputeDevice::Synchronize() const {
+#ifdef LATAM_HAVE_CUDA
+  CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)));
+#endif
+}
+
+double ComputeDevice::PeakFlops(bool bf16) {
+  if (const char* env = std::getenv("LATAM_PEAK_TFLOPS"); env != nullptr && std::atof(env) > 0) {
+    return std::atof(env) * 1e12;
+  }
+  return bf16 ? 989e12 : 67e12;
+}
+
+size_t ComputeDevice::PeakMemoryBytes() const { return peak_used_; }
+
+void ComputeDevice::SampleMemory() {
+#ifdef LATAM_HAVE_CUDA
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  peak_used_ = std::max(peak_used_, total_bytes - free_bytes);
+#endif
+}
+
+}  // namespace latam
