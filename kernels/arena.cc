@@ -120,6 +120,12 @@ const TensorTable::Entry& TensorTable::Find(const std::string& name) const {
   return entries_[it->second];
 }
 
+size_t TensorTable::IndexOf(const std::string& name) const {
+  auto it = index_.find(name);
+  LATAM_CHECK(it != index_.end(), "no tensor named " << name);
+  return it->second;
+}
+
 Tensor TensorTable::Get(const Arena& arena, const std::string& name) const {
   const Entry& e = Find(name);
   return arena.View(e.offset, e.dtype, e.shape);

@@ -83,6 +83,7 @@ class TensorTable {
   const std::vector<Entry>& entries() const { return entries_; }
   bool Contains(const std::string& name) const { return index_.count(name) != 0; }
   const Entry& Find(const std::string& name) const;  // aborts if absent
+  size_t IndexOf(const std::string& name) const;     // aborts if absent
 
   Tensor Get(const Arena& arena, const std::string& name) const;
   Tensor Get(const Arena& arena, size_t index) const;

@@ -39,13 +39,31 @@ Engine::Engine(const Config& config, ProcessGrid* grid, void* stream) : config_(
   comms.tp = &grid->tp();
   comms.kv_replicas = layout.kv_replicas > 1 ? kv_group_.get() : nullptr;
   const int zero = p.zero_stage();
-  model_ = std::make_unique<LlamaModel>(shape, layout, act, comms, zero == 1 ? g.data : 1);
+  const int64_t bucket_elems = static_cast<int64_t>(p.grad_bucket_mb() * 1e6 / sizeof(float));
+  model_ = std::make_unique<LlamaModel>(shape, layout, act, comms, zero == 1 ? g.data : 1, bucket_elems);
   model_->parameters().InitWeights(config.train().seed());
   executor_ = std::make_unique<PipelineExecutor>(model_.get(), &grid->pp(), micro_batches_);
   OptimizerComms oc;
   oc.dp = &grid->dp();
   oc.norm_group = zero == 1 ? &grid->world() : &grid->model_parallel();
   optimizer_ = std::make_unique<AdamWOptimizer>(&model_->parameters(), config.optimizer(), zero, oc);
+  // Gradients go to the data-parallel reduction as the backward pass
+  // completes them, except a tied embedding split over the first and last
+  // stages: its two copies are summed after the pipeline, then reduced.
+  if (embedding_group_ != nullptr) {
+    tied_embedding_ = model_->parameters().table().IndexOf("model.embed_tokens.weight");
+  }
+  model_->OnGradientsFinal([this](const std::vector<size_t>& tensors) {
+    if (embedding_group_ == nullptr) {
+      optimizer_->GradientsFinal(tensors);
+      return;
+    }
+    std::vector<size_t> now;
+    for (size_t t : tensors) {
+      if (t != tied_embedding_) now.push_back(t);
+    }
+    optimizer_->GradientsFinal(now);
+  });
 }
 
 Result<StepResult> Engine::Step(int64_t step, uint64_t first_sample, const SampleFn& sample) {
@@ -63,17 +81,18 @@ Result<StepResult> Engine::Step(int64_t step, uint64_t first_sample, const Sampl
     }
   };
   model_->parameters().ZeroGrads();
+  optimizer_->BeginGradientReduction();
   const double local_loss = executor_->TrainStep(fetch, static_cast<float>(1.0 / tokens));
+  if (embedding_group_ != nullptr) {
+    embedding_group_->AllReduceSync(model_->parameters().grad(tied_embedding_), ReduceOp::kSum);
+    optimizer_->GradientsFinal({tied_embedding_});
+  }
+  optimizer_->FinishGradientReduction();
   // A data error on any rank stops every rank, after the step's communication.
   const double bad = grid_->world().AllReduceScalar(status.ok() ? 0.0 : 1.0, ReduceOp::kSum);
   if (!status.ok()) return status;
   if (bad > 0) return Status::InvalidInput("a data error on another rank stopped the step");
 
-  model_->ReduceReplicaGradients();
-  if (embedding_group_ != nullptr) {
-    embedding_group_->AllReduceSync(model_->parameters().grad("model.embed_tokens.weight"), ReduceOp::kSum);
-  }
-  optimizer_->ReduceGradients();
   StepResult r;
   r.grad_norm = optimizer_->GradNorm();
   r.lr = LearningRate(config_.optimizer(), step, t.steps());

@@ -10,10 +10,13 @@
 //   2. the pipeline schedule runs their forward and backward passes, every
 //      gradient scaled by 1 / (G seq_len) so that the sum over all ranks is
 //      the gradient of the mean token loss;
-//   3. replicated KV heads sum their gradients over their replicas, and a
-//      tied embedding sums the gradients of its first- and last-stage copies;
-//   4. the optimizer reduces gradients over data parallelism, takes the
-//      global norm, clips and updates (trainer/optimizer.h).
+//   3. during the last micro-batch's backward pass, each layer's gradients,
+//      once complete (replicated KV heads summed over their replicas), go to
+//      the optimizer's bucketed data-parallel reduction, which overlaps with
+//      the rest of the backward pass; a tied embedding split over the first
+//      and last stages sums its two copies after the pipeline, then joins it;
+//   4. the optimizer takes the global norm, clips and updates
+//      (trainer/optimizer.h).
 // Any layout therefore computes the same losses and parameters as one
 // process, up to floating-point summation order.
 #pragma once
@@ -73,6 +76,7 @@ class Engine {
   std::unique_ptr<PipelineExecutor> executor_;
   std::unique_ptr<AdamWOptimizer> optimizer_;
   int micro_batches_ = 0;
+  size_t tied_embedding_ = 0;  // its parameter index, when embedding_group_ exists
 };
 
 }  // namespace latam

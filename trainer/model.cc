@@ -114,11 +114,11 @@ size_t ActivationBytes(const ModelShape& shape, const ModelLayout& layout, const
 LlamaModel::LlamaModel(const ModelShape& shape, const ActivationOptions& options)
     : shape_(shape), layout_(ModelLayout::Single(shape)), self_comm_(std::make_unique<SelfCommunicator>("tp")) {
   comms_.tp = self_comm_.get();
-  Build(options, 1);
+  Build(options, 1, 0);
 }
 
 LlamaModel::LlamaModel(const ModelShape& shape, const ModelLayout& layout, const ActivationOptions& options,
-                       ModelComms comms, int64_t param_pad_to)
+                       ModelComms comms, int64_t param_pad_to, int64_t grad_bucket_elems)
     : shape_(shape), layout_(layout), comms_(comms) {
   LATAM_CHECK(comms_.tp != nullptr && comms_.tp->size() == layout.tp, "tensor-parallel group of "
                                                                           << (comms_.tp ? comms_.tp->size() : 0)
@@ -126,10 +126,10 @@ LlamaModel::LlamaModel(const ModelShape& shape, const ModelLayout& layout, const
   LATAM_CHECK(
       layout.kv_replicas == 1 || (comms_.kv_replicas != nullptr && comms_.kv_replicas->size() == layout.kv_replicas),
       "replicated KV heads need a group of " << layout.kv_replicas << " ranks");
-  Build(options, param_pad_to);
+  Build(options, param_pad_to, grad_bucket_elems);
 }
 
-void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to) {
+void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, int64_t grad_bucket_elems) {
   options_ = options;
   rows_ = options.micro_batch * options.seq_len;
   logits_rows_ = LogitsRows(layout_, options);
@@ -144,7 +144,8 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to) {
     ops_ = MakeCudaOps(ops_shape, rope, options.dtype, options.stream);
   }
   params_ = std::make_unique<ParameterSet>(LlamaParameterSpecs(shape_, layout_), param_pad_to,
-                                           ParameterPlacement{options.device, options.dtype, options.stream});
+                                           ParameterPlacement{options.device, options.dtype, options.stream},
+                                           grad_bucket_elems);
   act_table_ = BuildActivationTable(shape_, layout_, options);
   act_arena_ = Arena(options.device, act_table_.total_bytes());
 
@@ -173,6 +174,28 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to) {
       }
     }
   }
+  // Which tensors become final together (see OnGradientsFinal).
+  const TensorTable& table = params_->table();
+  for (const ChunkInfo& c : layout_.chunks) {
+    for (int64_t layer = c.layer_begin; layer < c.layer_end; ++layer) {
+      const std::string prefix = LayerParamName(layer, "");
+      std::vector<size_t> group;
+      for (size_t i = 0; i < params_->size(); ++i) {
+        if (params_->spec(i).name.rfind(prefix, 0) == 0) group.push_back(i);
+      }
+      layer_tensors_.push_back(group);
+    }
+  }
+  if (layout_.holds_head()) {
+    head_tensors_.push_back(table.IndexOf("model.norm.weight"));
+    // A tied LM head is the embedding: final with it on the first stage, or
+    // as the last stage's copy here.
+    if (!shape_.tie_embeddings) head_tensors_.push_back(table.IndexOf("lm_head.weight"));
+    if (shape_.tie_embeddings && !layout_.holds_embedding()) {
+      head_tensors_.push_back(table.IndexOf("model.embed_tokens.weight"));
+    }
+  }
+  if (layout_.holds_embedding()) embedding_tensors_.push_back(table.IndexOf("model.embed_tokens.weight"));
   if (params_->table().Contains("model.embed_tokens.weight")) {
     embed_ = params_->compute("model.embed_tokens.weight");
     embed_grad_ = params_->grad("model.embed_tokens.weight");
@@ -254,9 +277,8 @@ void LlamaModel::LayerForward(int64_t local_layer, const Tensor& x, const Tensor
   ops_->AttentionForward(a.qkv, a.att, a.lse);
   ops_->LinearForward(a.att, w.o, partial_, false);
   comms_.tp->AllReduceSync(partial_, ReduceOp::kSum);
-  ops_->Add(x, partial_, a.h);
   // MLP block: x_next = h + down(swiglu(gate_up(norm(h)))); down is row-parallel.
-  ops_->RmsNormForward(a.h, w.mlp_norm, eps, a.hn, a.rstd2);
+  ops_->AddRmsNormForward(x, partial_, w.mlp_norm, eps, a.h, a.hn, a.rstd2);
   ops_->LinearForward(a.hn, w.gate_up, a.gu, false);
   ops_->SwigluForward(a.gu, a.act);
   ops_->LinearForward(a.act, w.down, partial_, false);
@@ -325,7 +347,7 @@ void LlamaModel::HeadForward(const Tensor& x_last, const int32_t* targets, float
 }
 
 void LlamaModel::Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, float grad_scale,
-                           bool with_grads) {
+                         bool with_grads, bool last_micro_batch) {
   const ChunkInfo& info = layout_.chunks[static_cast<size_t>(chunk)];
   Chunk& c = chunks_[static_cast<size_t>(chunk)];
   Slot& s = c.slots[static_cast<size_t>(slot)];
@@ -340,9 +362,14 @@ void LlamaModel::Forward(int chunk, int slot, const int32_t* ids, const int32_t*
   }
   if (!info.last) return;
   HeadForward(s.x.back(), targets, grad_scale, with_grads, s.grad);
+  if (with_grads && last_micro_batch) ReportFinal(head_tensors_);
 }
 
-void LlamaModel::Backward(int chunk, int slot) {
+void LlamaModel::ReportFinal(const std::vector<size_t>& tensors) const {
+  if (gradients_final_ && !tensors.empty()) gradients_final_(tensors);
+}
+
+void LlamaModel::Backward(int chunk, int slot, bool last_micro_batch) {
   const ChunkInfo& info = layout_.chunks[static_cast<size_t>(chunk)];
   Chunk& c = chunks_[static_cast<size_t>(chunk)];
   Slot& s = c.slots[static_cast<size_t>(slot)];
@@ -352,27 +379,32 @@ void LlamaModel::Backward(int chunk, int slot) {
     // this layer's forward from its saved input first.
     if (options_.recompute) LayerForward(c.first_layer + k, x, s.x[static_cast<size_t>(k + 1)], c.scratch);
     LayerBackward(c.first_layer + k, x, s.grad, Saved(c, s, k));
+    if (last_micro_batch) {
+      // The layer's gradients are complete; replicated KV heads first sum
+      // theirs over the replicas (every replica runs the same schedule).
+      const size_t layer = static_cast<size_t>(c.first_layer + k);
+      if (layout_.kv_replicas > 1) comms_.kv_replicas->AllReduceSync(weight_grads_[layer].kv, ReduceOp::kSum);
+      ReportFinal(layer_tensors_[layer]);
+    }
   }
-  if (info.first) ops_->EmbeddingBackward(s.ids, s.grad, layout_.vocab_offset, embed_grad_);
-}
-
-void LlamaModel::ReduceReplicaGradients() {
-  if (layout_.kv_replicas == 1) return;
-  for (const LayerWeights& g : weight_grads_) comms_.kv_replicas->AllReduceSync(g.kv, ReduceOp::kSum);
+  if (info.first) {
+    ops_->EmbeddingBackward(s.ids, s.grad, layout_.vocab_offset, embed_grad_);
+    if (last_micro_batch) ReportFinal(embedding_tensors_);
+  }
 }
 
 double LlamaModel::ForwardBackward(const int32_t* inputs, const int32_t* targets, float grad_scale) {
   LATAM_CHECK(num_chunks() == 1 && layout_.chunks[0].first && layout_.chunks[0].last,
               "ForwardBackward needs the whole model in one chunk");
-  Forward(0, 0, inputs, targets, grad_scale, true);
-  Backward(0, 0);
+  Forward(0, 0, inputs, targets, grad_scale, true, true);
+  Backward(0, 0, true);
   return TakeLoss();
 }
 
 double LlamaModel::ForwardLoss(const int32_t* inputs, const int32_t* targets) {
   LATAM_CHECK(num_chunks() == 1 && layout_.chunks[0].first && layout_.chunks[0].last,
               "ForwardLoss needs the whole model in one chunk");
-  Forward(0, 0, inputs, targets, 0.0f, false);
+  Forward(0, 0, inputs, targets, 0.0f, false, false);
   return TakeLoss();
 }
 

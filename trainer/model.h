@@ -36,7 +36,12 @@
 // previous chunk. Each chunk keeps `slots` micro-batches' activations, for
 // the micro-batches a pipeline schedule keeps in flight. Backward ADDS into
 // the gradient arena, so gradient accumulation is a series of micro-batches
-// between ZeroGrads(). The LM head runs in row chunks whose logits buffer
+// between ZeroGrads(). On the step's last micro-batch (`last_micro_batch`)
+// the model reports each group of tensors whose gradients are then complete
+// to the OnGradientsFinal callback (a layer's as soon as its backward is
+// done, the head's after the loss backward, the embedding's at the very
+// end), after summing a layer's replicated KV-head gradients over their
+// replicas; the optimizer starts reducing them over data parallelism there. The LM head runs in row chunks whose logits buffer
 // is overwritten in place by its gradient.
 //
 // Activations live in one arena sized at construction (ActivationBytes
@@ -46,6 +51,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -93,8 +99,10 @@ class LlamaModel {
   // The shard of `layout`; comms must outlive the model. The parameter and
   // gradient arenas are padded to a multiple of `param_pad_to` elements
   // (ZeRO-1 shards them over data-parallel ranks).
+  // grad_bucket_elems sizes the gradient buckets (GradBucket,
+  // trainer/parameters.h; 0: one bucket).
   LlamaModel(const ModelShape& shape, const ModelLayout& layout, const ActivationOptions& options, ModelComms comms,
-             int64_t param_pad_to = 1);
+             int64_t param_pad_to = 1, int64_t grad_bucket_elems = 0);
 
   const ModelShape& shape() const { return shape_; }
   const ModelLayout& layout() const { return layout_; }
@@ -110,11 +118,13 @@ class LlamaModel {
 
   // ids and targets (host, tokens_per_micro_batch() each) are read by the
   // first and the last chunk.
-  void Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, float grad_scale, bool with_grads);
-  void Backward(int chunk, int slot);
-  // After the micro-batches of a step: sums the gradients of replicated KV
-  // heads over their replicas.
-  void ReduceReplicaGradients();
+  void Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, float grad_scale, bool with_grads,
+               bool last_micro_batch);
+  void Backward(int chunk, int slot, bool last_micro_batch);
+  // Called with parameter indices (ParameterSet order) whose gradients are
+  // complete for the step; see above.
+  using GradientsFinalFn = std::function<void(const std::vector<size_t>& tensors)>;
+  void OnGradientsFinal(GradientsFinalFn fn) { gradients_final_ = std::move(fn); }
   // Sum of the token losses of the last chunk's forwards since the last
   // call (0 on other ranks).
   double TakeLoss() { return ops_->TakeLoss(); }
@@ -145,7 +155,7 @@ class LlamaModel {
     LayerActivations scratch;  // with recompute
   };
 
-  void Build(const ActivationOptions& options, int64_t param_pad_to);
+  void Build(const ActivationOptions& options, int64_t param_pad_to, int64_t grad_bucket_elems);
   const LayerActivations& Saved(const Chunk& c, const Slot& s, int64_t k) const;
   void LayerForward(int64_t local_layer, const Tensor& x, const Tensor& x_next, const LayerActivations& a);
   void LayerBackward(int64_t local_layer, const Tensor& x, const Tensor& grad, const LayerActivations& a);
@@ -170,6 +180,12 @@ class LlamaModel {
   std::vector<Chunk> chunks_;
   Tensor targets_, xf_, rstdf_, logits_, row_stats_, lse_;
   Tensor dnorm_, dqkv_, datt_, dgu_, dact_, partial_;
+  // Parameter indices reported final together: per local layer, the head's,
+  // the embedding's.
+  std::vector<std::vector<size_t>> layer_tensors_;
+  std::vector<size_t> head_tensors_, embedding_tensors_;
+  GradientsFinalFn gradients_final_;
+  void ReportFinal(const std::vector<size_t>& tensors) const;
 };
 
 }  // namespace latam

@@ -70,6 +70,10 @@ class ModelOps {
                                  const Tensor& dqkv) = 0;
   // out = a + b (out may alias a or b).
   virtual void Add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // h = x + r, then y, rstd = RMSNorm(h, w) (kernels/cuda/fused_norm.h: one
+  // pass on the GPU). h, y, rstd overwritten; y must not alias x, r or h.
+  virtual void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, float eps, const Tensor& h,
+                                 const Tensor& y, const Tensor& rstd) = 0;
   // kernels/swiglu.h: out overwritten; dgu overwritten.
   virtual void SwigluForward(const Tensor& gu, const Tensor& out) = 0;
   virtual void SwigluBackward(const Tensor& dout, const Tensor& gu, const Tensor& dgu) = 0;

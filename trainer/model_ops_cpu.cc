@@ -66,6 +66,11 @@ class CpuOps final : public ModelOps {
     cpu::AttentionBackward(qkv, out, dout, lse, shape_.attention, dqkv, workspace_);
   }
   void Add(const Tensor& a, const Tensor& b, const Tensor& out) override { cpu::Add(a, b, out); }
+  void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, float eps, const Tensor& h,
+                         const Tensor& y, const Tensor& rstd) override {
+    cpu::Add(x, r, h);
+    cpu::RmsNormForward(h, w, eps, y, rstd);
+  }
   void SwigluForward(const Tensor& gu, const Tensor& out) override { cpu::SwigluForward(gu, out); }
   void SwigluBackward(const Tensor& dout, const Tensor& gu, const Tensor& dgu) override {
     cpu::SwigluBackward(dout, gu, dgu);

@@ -9,6 +9,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/embedding.h"
+#include "kernels/cuda/fused_norm.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope.h"
@@ -107,6 +108,10 @@ class CudaOps final : public ModelOps {
     cuda::AttentionBackward(qkv, out, dout, lse, shape_.attention, dqkv, attention_ws_, stream_);
   }
   void Add(const Tensor& a, const Tensor& b, const Tensor& out) override { cuda::Add(a, b, out, stream_); }
+  void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, float eps, const Tensor& h,
+                         const Tensor& y, const Tensor& rstd) override {
+    cuda::AddRmsNormForward(x, r, w, eps, h, y, rstd, stream_);
+  }
   void SwigluForward(const Tensor& gu, const Tensor& out) override { cuda::SwigluForward(gu, out, stream_); }
   void SwigluBackward(const Tensor& dout, const Tensor& gu, const Tensor& dgu) override {
     cuda::SwigluBackward(dout, gu, dgu, stream_);

@@ -48,36 +48,44 @@ AdamWOptimizer::AdamWOptimizer(ParameterSet* params, const config::OptimizerConf
 
 void AdamWOptimizer::Init() {
   const int d = comms_.dp->size(), r = comms_.dp->rank();
-  if (zero_stage_ == 1) {
-    LATAM_CHECK(params_->padded_numel() % d == 0,
-                "parameters padded to " << params_->padded_numel() << ", not a multiple of " << d << " replicas");
-    slice_size_ = params_->padded_numel() / d;
-    slice_begin_ = r * slice_size_;
-    slice_grads_ = Arena(params_->device(), static_cast<size_t>(slice_size_) * sizeof(float));
-  } else {
-    slice_begin_ = 0;
-    slice_size_ = params_->numel();
+  const std::vector<GradBucket>& buckets = params_->buckets();
+  // The elements this rank updates ("owned"), bucket by bucket: all of them
+  // (ZeRO-0), or share r of every bucket (ZeRO-1). The owned gradients,
+  // moments and the segments' owned_at index one buffer in bucket order.
+  int64_t at = 0;
+  for (const GradBucket& b : buckets) {
+    int64_t own_begin = b.begin, own_end = b.end;
+    if (zero_stage_ == 1) {
+      LATAM_CHECK((b.end - b.begin) % d == 0,
+                  "gradient bucket of " << b.end - b.begin << " elements, not a multiple of " << d << " replicas");
+      const int64_t share = (b.end - b.begin) / d;
+      own_begin = b.begin + r * share;
+      own_end = own_begin + share;
+    }
+    bucket_owned_at_.push_back(at);
+    for (size_t i = b.first_tensor; i < b.end_tensor; ++i) {
+      const int64_t begin = params_->flat_offset(i), end = begin + params_->param(i).numel();
+      const int64_t lo = std::max(begin, own_begin), hi = std::min(end, own_end);
+      if (lo < hi) segments_.push_back({i, lo, hi, at + (lo - own_begin)});
+    }
+    at += own_end - own_begin;
   }
-  exp_avg_ = Arena(params_->device(), static_cast<size_t>(slice_size_) * sizeof(float));
-  exp_avg_sq_ = Arena(params_->device(), static_cast<size_t>(slice_size_) * sizeof(float));
-  const int64_t slice_end = slice_begin_ + slice_size_;
-  for (size_t i = 0; i < params_->size(); ++i) {
-    const int64_t begin = static_cast<int64_t>(params_->table().entry(i).offset / sizeof(float));
-    const int64_t end = begin + params_->param(i).numel();
-    const int64_t b = std::max(begin, slice_begin_), e = std::min(end, slice_end);
-    if (b < e) segments_.push_back({i, b, e});
-  }
+  owned_size_ = at;
+  if (zero_stage_ == 1) slice_grads_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
+  exp_avg_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
+  exp_avg_sq_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
+  pending_.assign(buckets.size(), 0);
   if (params_->device() == Device::kCUDA) BuildDeviceTable();
 }
 
-Tensor AdamWOptimizer::SliceGrads() const {
-  return zero_stage_ == 1 ? slice_grads_.View(0, DType::kF32, Shape{slice_size_}) : params_->flat_grads();
+Tensor AdamWOptimizer::OwnedGrads() const {
+  return zero_stage_ == 1 ? slice_grads_.View(0, DType::kF32, Shape{owned_size_}) : params_->padded_grads();
 }
 
 void AdamWOptimizer::BuildDeviceTable() {
 #ifdef LATAM_HAVE_CUDA
   // The arenas never move, so the table is built once.
-  const Tensor grads = SliceGrads();
+  float* grads = OwnedGrads().as<float>();
   float* params = params_->padded_params().as<float>();
   float* m = static_cast<float*>(exp_avg_.data());
   float* v = static_cast<float*>(exp_avg_sq_.data());
@@ -87,12 +95,11 @@ void AdamWOptimizer::BuildDeviceTable() {
                    : nullptr;
   std::vector<cuda::OptimizerSegment> table;
   for (const Segment& s : segments_) {
-    const int64_t at = s.begin - slice_begin_;
     cuda::OptimizerSegment seg{};
     seg.param = params + s.begin;
-    seg.grad = grads.as<float>() + at;
-    seg.exp_avg = m + at;
-    seg.exp_avg_sq = v + at;
+    seg.grad = grads + s.owned_at;
+    seg.exp_avg = m + s.owned_at;
+    seg.exp_avg_sq = v + s.owned_at;
     seg.param_bf16 = copy != nullptr ? copy + s.begin : nullptr;
     seg.numel = s.end - s.begin;
     seg.weight_decay = params_->spec(s.tensor).weight_decay ? 1 : 0;
@@ -114,9 +121,7 @@ std::vector<AdamWOptimizer::MomentSlice> AdamWOptimizer::Moments() const {
   std::vector<MomentSlice> out;
   float* m = static_cast<float*>(exp_avg_.data());
   float* v = static_cast<float*>(exp_avg_sq_.data());
-  for (const Segment& s : segments_) {
-    out.push_back({s.tensor, s.begin, s.end, m + (s.begin - slice_begin_), v + (s.begin - slice_begin_)});
-  }
+  for (const Segment& s : segments_) out.push_back({s.tensor, s.begin, s.end, m + s.owned_at, v + s.owned_at});
   return out;
 }
 
@@ -126,16 +131,54 @@ void AdamWOptimizer::ResetMoments() {
   step_ = 0;
 }
 
-void AdamWOptimizer::ReduceGradients() {
-  if (zero_stage_ == 1) {
-    comms_.dp->ReduceScatter(params_->padded_grads(), slice_grads_.View(0, DType::kF32, Shape{slice_size_}))->Wait();
-  } else {
-    comms_.dp->AllReduceSync(params_->flat_grads(), ReduceOp::kSum);
+void AdamWOptimizer::BeginGradientReduction() {
+  LATAM_CHECK(in_flight_.empty(), "a gradient reduction is already in progress");
+  const std::vector<GradBucket>& buckets = params_->buckets();
+  for (size_t b = 0; b < buckets.size(); ++b) {
+    pending_[b] = static_cast<int>(buckets[b].end_tensor - buckets[b].first_tensor);
+  }
+  final_.assign(params_->size(), false);
+}
+
+void AdamWOptimizer::GradientsFinal(const std::vector<size_t>& tensors) {
+  for (size_t t : tensors) {
+    LATAM_CHECK(!final_.at(t), params_->spec(t).name << "'s gradient was declared final twice in one step");
+    final_[t] = true;
+    const size_t b = params_->bucket_of(t);
+    if (--pending_[b] == 0) ReduceBucket(b);
   }
 }
 
+void AdamWOptimizer::ReduceBucket(size_t b) {
+  const GradBucket& bucket = params_->buckets()[b];
+  const Tensor grads = params_->padded_grads().Rows(bucket.begin, bucket.end);
+  if (zero_stage_ == 1) {
+    const int64_t share = (bucket.end - bucket.begin) / comms_.dp->size();
+    const int64_t at = bucket_owned_at_[b];
+    in_flight_.push_back(comms_.dp->ReduceScatter(grads, OwnedGrads().Rows(at, at + share)));
+  } else {
+    in_flight_.push_back(comms_.dp->AllReduce(grads, ReduceOp::kSum));
+  }
+}
+
+void AdamWOptimizer::FinishGradientReduction() {
+  for (size_t t = 0; t < final_.size(); ++t) {
+    LATAM_CHECK(final_[t], params_->spec(t).name << "'s gradient was never declared final in this step");
+  }
+  for (auto& request : in_flight_) request->Wait();
+  in_flight_.clear();
+}
+
+void AdamWOptimizer::ReduceGradients() {
+  BeginGradientReduction();
+  std::vector<size_t> all(params_->size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  GradientsFinal(all);
+  FinishGradientReduction();
+}
+
 double AdamWOptimizer::GradNorm() {
-  const Tensor grads = SliceGrads();
+  const Tensor grads = OwnedGrads();
   double sum = 0.0;
 #ifdef LATAM_HAVE_CUDA
   if (params_->device() == Device::kCUDA) {
@@ -155,14 +198,28 @@ double AdamWOptimizer::GradNorm() {
 #endif
   for (const Segment& s : segments_) {
     if (!params_->spec(s.tensor).counted) continue;
-    sum += cpu::SumOfSquares(grads.Rows(s.begin - slice_begin_, s.end - slice_begin_));
+    sum += cpu::SumOfSquares(grads.Rows(s.owned_at, s.owned_at + (s.end - s.begin)));
   }
   return std::sqrt(comms_.norm_group->AllReduceScalar(sum, ReduceOp::kSum));
 }
 
+void AdamWOptimizer::GatherParameters() {
+  if (zero_stage_ != 1) return;
+  const Tensor params = params_->padded_params();
+  const int d = comms_.dp->size(), r = comms_.dp->rank();
+  for (const GradBucket& b : params_->buckets()) {
+    const int64_t share = (b.end - b.begin) / d;
+    in_flight_.push_back(comms_.dp->AllGather(params.Rows(b.begin + r * share, b.begin + (r + 1) * share),
+                                              params.Rows(b.begin, b.end)));
+  }
+  for (auto& request : in_flight_) request->Wait();
+  in_flight_.clear();
+  params_->SyncCompute();
+}
+
 void AdamWOptimizer::Step(float lr, float grad_factor) {
   ++step_;
-  const Tensor grads = SliceGrads();
+  const Tensor grads = OwnedGrads();
   const Tensor params = params_->padded_params();
   AdamWHyper h;
   h.lr = lr;
@@ -178,24 +235,19 @@ void AdamWOptimizer::Step(float lr, float grad_factor) {
                              static_cast<int>(segments_.size()), h, grad_factor,
                              static_cast<cudaStream_t>(params_->placement().stream));
     }
-    if (zero_stage_ == 1) {
-      comms_.dp->AllGather(params.Rows(slice_begin_, slice_begin_ + slice_size_), params)->Wait();
-      params_->SyncCompute();
-    }
+    GatherParameters();
     return;
   }
 #endif
   if (grad_factor != 1.0f) cpu::Scale(grads, grad_factor);
-  const Tensor m = exp_avg_.View(0, DType::kF32, Shape{slice_size_});
-  const Tensor v = exp_avg_sq_.View(0, DType::kF32, Shape{slice_size_});
+  const Tensor m = exp_avg_.View(0, DType::kF32, Shape{owned_size_});
+  const Tensor v = exp_avg_sq_.View(0, DType::kF32, Shape{owned_size_});
   for (const Segment& s : segments_) {
     h.weight_decay = params_->spec(s.tensor).weight_decay ? static_cast<float>(config_.weight_decay()) : 0.0f;
-    const int64_t b = s.begin - slice_begin_, e = s.end - slice_begin_;
+    const int64_t b = s.owned_at, e = s.owned_at + (s.end - s.begin);
     cpu::AdamWUpdate(params.Rows(s.begin, s.end), grads.Rows(b, e), m.Rows(b, e), v.Rows(b, e), h);
   }
-  if (zero_stage_ == 1) {
-    comms_.dp->AllGather(params.Rows(slice_begin_, slice_begin_ + slice_size_), params)->Wait();
-  }
+  GatherParameters();
 }
 
 }  // namespace latam

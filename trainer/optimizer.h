@@ -2,13 +2,18 @@
 // (ZeRO stage 0 or 1), the global gradient norm, clipping, and the
 // learning-rate schedule.
 //
-// ZeRO-0: gradients are all-reduced over the data-parallel group and every
+// Gradients are reduced bucket by bucket (GradBucket, trainer/parameters.h):
+// the engine declares tensors' gradients final as the last micro-batch's
+// backward pass finishes them (GradientsFinal), and a bucket's collective is
+// issued as soon as all its tensors are final, so it runs while the backward
+// pass goes on (on GPUs on the data-parallel communicator's own stream; with
+// MPI as a non-blocking collective). FinishGradientReduction waits for all.
+// ZeRO-0: each bucket is all-reduced over the data-parallel group and every
 //   replica updates all its parameters (Adam moments for all of them).
-// ZeRO-1: the flat gradient buffer (padded to a multiple of D) is
-//   reduce-scattered, so replica r holds the summed gradients of elements
-//   [r S, (r+1) S) (S = padded size / D) and keeps Adam moments for those
-//   only; it updates that slice of the parameters and all-gathers the
-//   updated parameters from every replica.
+// ZeRO-1: each bucket (padded to a multiple of D elements) is
+//   reduce-scattered, so replica r holds the summed gradients of share r of
+//   every bucket and keeps Adam moments for those only; it updates those
+//   parameters and all-gathers every bucket from the replicas.
 // Gradient norm: sum of squares of every parameter counted once
 //   (ParamSpec::counted excludes replicas: TP copies of the norm gains,
 //   replicated KV heads, the tied embedding's copy), summed over the
@@ -55,7 +60,15 @@ class AdamWOptimizer {
   // params must be padded to a multiple of comms.dp->size() for ZeRO-1.
   AdamWOptimizer(ParameterSet* params, const config::OptimizerConfig& config, int zero_stage, OptimizerComms comms);
 
-  // Sums the gradients over data parallelism (ZeRO-1: into this rank's slice).
+  // Sums the gradients over data parallelism (ZeRO-1: into this rank's
+  // shares), bucket by bucket as their tensors are declared final:
+  //   BeginGradientReduction(); GradientsFinal(...) for every tensor exactly
+  //   once; FinishGradientReduction().
+  // Every replica must declare tensors in the same order (the same schedule
+  // does). ReduceGradients() does all three at once.
+  void BeginGradientReduction();
+  void GradientsFinal(const std::vector<size_t>& tensors);
+  void FinishGradientReduction();
   void ReduceGradients();
   // The global gradient norm (after ReduceGradients).
   double GradNorm();
@@ -69,8 +82,9 @@ class AdamWOptimizer {
 
   // The Adam moments this rank keeps, one entry per piece of a parameter
   // tensor: flat elements [begin, end) of the parameter arena (ZeRO-0: every
-  // tensor whole; ZeRO-1: the pieces inside this rank's slice) and their
-  // exp_avg / exp_avg_sq storage. Checkpoints save and restore them in place.
+  // tensor whole; ZeRO-1: the pieces inside this rank's bucket shares) and
+  // their exp_avg / exp_avg_sq storage. Checkpoints save and restore them in
+  // place.
   struct MomentSlice {
     size_t tensor;
     int64_t begin, end;
@@ -82,13 +96,18 @@ class AdamWOptimizer {
   void ResetMoments();
 
  private:
-  // A piece of one tensor inside this rank's slice of the flat buffers.
+  // A piece of one tensor that this rank updates.
   struct Segment {
     size_t tensor;
-    int64_t begin, end;  // flat element range
+    int64_t begin, end;  // flat element range of the parameter arena
+    int64_t owned_at;    // its first element in the owned gradients and moments
   };
   void Init();
-  Tensor SliceGrads() const;
+  // The summed gradients this rank updates from: the gradient arena (ZeRO-0)
+  // or its bucket shares, in bucket order (ZeRO-1).
+  Tensor OwnedGrads() const;
+  void ReduceBucket(size_t bucket);
+  void GatherParameters();  // ZeRO-1: all-gathers every bucket, then refreshes the compute copy
   void BuildDeviceTable();  // CUDA only
 
   ParameterSet* params_;
@@ -96,9 +115,15 @@ class AdamWOptimizer {
   int zero_stage_ = 0;
   std::unique_ptr<SelfCommunicator> self_dp_, self_norm_;
   OptimizerComms comms_;
-  int64_t slice_begin_ = 0, slice_size_ = 0;  // this rank's slice of the flat buffers
+  int64_t owned_size_ = 0;               // elements this rank updates
+  std::vector<int64_t> bucket_owned_at_;  // per bucket: its owned range's offset in the owned buffers
   std::vector<Segment> segments_;
-  Arena exp_avg_, exp_avg_sq_, slice_grads_;  // over the slice
+  Arena exp_avg_, exp_avg_sq_, slice_grads_;  // over the owned elements (slice_grads_: ZeRO-1 only)
+  // The reduction in progress: tensors still to be declared final per
+  // bucket, which tensors were, and the collectives issued.
+  std::vector<int> pending_;
+  std::vector<bool> final_;
+  std::vector<std::unique_ptr<Request>> in_flight_;
   Arena device_segments_, norm_scratch_;       // CUDA: segment table; norm partials and sum
   int64_t step_ = 0;
 };

@@ -45,19 +45,62 @@ std::string LayerParamName(int64_t layer, const char* suffix) {
   return "model.layers." + std::to_string(layer) + "." + suffix;
 }
 
-ParameterSet::ParameterSet(std::vector<ParamSpec> specs, int64_t pad_to, ParameterPlacement placement)
+namespace {
+
+// Tensors of one layer share a key; the final norm and the LM head share
+// "head"; anything else (the embedding) is its own key.
+std::string BucketKey(const std::string& name) {
+  const std::string layers = "model.layers.";
+  if (name.rfind(layers, 0) == 0) return name.substr(0, name.find('.', layers.size()));
+  if (name == "model.norm.weight" || name == "lm_head.weight") return "head";
+  return name;
+}
+
+}  // namespace
+
+ParameterSet::ParameterSet(std::vector<ParamSpec> specs, int64_t pad_to, ParameterPlacement placement,
+                           int64_t bucket_elems)
     : specs_(std::move(specs)), placement_(placement) {
   LATAM_CHECK(placement.compute_dtype == DType::kF32 || placement.compute_dtype == DType::kBF16,
               "compute dtype " << DTypeName(placement.compute_dtype));
   LATAM_CHECK(placement.compute_dtype == DType::kF32 || placement.device == Device::kCUDA,
               "a bf16 compute copy needs the CUDA device");
-  for (const ParamSpec& p : specs_) {
+  LATAM_CHECK(pad_to >= 1, "pad_to " << pad_to);
+  // Both tables get the same padding at the end of every bucket, so element
+  // offsets agree between the f32 arenas and the compute copy.
+  auto close_bucket = [&](size_t end_tensor) {
+    table_.Align(static_cast<size_t>(pad_to) * sizeof(float));
+    compute_table_.Align(static_cast<size_t>(pad_to) * DTypeSize(placement.compute_dtype));
+    GradBucket b;
+    b.begin = buckets_.empty() ? 0 : buckets_.back().end;
+    b.end = static_cast<int64_t>(table_.total_bytes() / sizeof(float));
+    b.first_tensor = buckets_.empty() ? 0 : buckets_.back().end_tensor;
+    b.end_tensor = end_tensor;
+    buckets_.push_back(b);
+  };
+  auto is_layer = [](const std::string& key) { return key.rfind("model.layers.", 0) == 0; };
+  int64_t in_bucket = 0;
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    const ParamSpec& p = specs_[i];
+    if (i > 0 && bucket_elems > 0) {
+      // A new group closes the bucket when either group is not a layer, or
+      // when the bucket is full.
+      const std::string key = BucketKey(p.name), prev = BucketKey(specs_[i - 1].name);
+      if (key != prev && (!is_layer(key) || !is_layer(prev) || in_bucket >= bucket_elems)) {
+        close_bucket(i);
+        in_bucket = 0;
+      }
+    }
     table_.Add(p.name, DType::kF32, p.shape);
     compute_table_.Add(p.name, placement.compute_dtype, p.shape);
     numel_ += p.shape.numel();
+    in_bucket += p.shape.numel();
   }
-  LATAM_CHECK(pad_to >= 1, "pad_to " << pad_to);
-  padded_numel_ = (numel_ + pad_to - 1) / pad_to * pad_to;
+  close_bucket(specs_.size());
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    bucket_of_.insert(bucket_of_.end(), buckets_[b].end_tensor - buckets_[b].first_tensor, b);
+  }
+  padded_numel_ = static_cast<int64_t>(table_.total_bytes() / sizeof(float));
   params_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * sizeof(float));
   grads_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * sizeof(float));
   if (placement.compute_dtype != DType::kF32) {
@@ -99,8 +142,6 @@ Tensor ParameterSet::FusedCompute(const std::string& first, size_t count, int64_
                                                  : Fused(compute_table_, compute_, first, count, cols);
 }
 
-Tensor ParameterSet::flat_params() const { return params_.View(0, DType::kF32, Shape{numel_}); }
-Tensor ParameterSet::flat_grads() const { return grads_.View(0, DType::kF32, Shape{numel_}); }
 Tensor ParameterSet::padded_params() const { return params_.View(0, DType::kF32, Shape{padded_numel_}); }
 Tensor ParameterSet::padded_grads() const { return grads_.View(0, DType::kF32, Shape{padded_numel_}); }
 Tensor ParameterSet::padded_compute() const {

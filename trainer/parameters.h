@@ -81,17 +81,36 @@ struct ParameterPlacement {
   void* stream = nullptr;
 };
 
+// Gradient buckets: runs of whole tensors whose gradients are reduced over
+// data parallelism by one collective, as soon as all of them are final
+// (trainer/optimizer.h). A layer's tensors always share a bucket; the
+// embedding and the head (final norm, LM head) each get a bucket of their
+// own; consecutive layers share one until it holds at least `bucket_elems`
+// elements (0: the whole set is one bucket). The backward pass finishes the
+// layers last to first, so a bucket is ready when its first layer is done.
+// Each bucket is padded to a multiple of `pad_to` elements, so ZeRO-1 can
+// shard every bucket evenly over the data-parallel ranks.
+struct GradBucket {
+  int64_t begin = 0, end = 0;                // flat elements [begin, end), padding included
+  size_t first_tensor = 0, end_tensor = 0;  // tensor indices [first_tensor, end_tensor)
+};
+
 class ParameterSet {
  public:
-  // `pad_to` rounds the arenas up to a multiple of that many elements
-  // (ZeRO-1 shards the flat buffers evenly over data-parallel ranks).
-  explicit ParameterSet(std::vector<ParamSpec> specs, int64_t pad_to = 1, ParameterPlacement placement = {});
+  // `pad_to` rounds every gradient bucket up to a multiple of that many
+  // elements (ZeRO-1 shards each bucket evenly over data-parallel ranks).
+  explicit ParameterSet(std::vector<ParamSpec> specs, int64_t pad_to = 1, ParameterPlacement placement = {},
+                        int64_t bucket_elems = 0);
 
   size_t size() const { return specs_.size(); }
   const ParamSpec& spec(size_t i) const { return specs_[i]; }
   const TensorTable& table() const { return table_; }
   int64_t numel() const { return numel_; }
   const ParameterPlacement& placement() const { return placement_; }
+  const std::vector<GradBucket>& buckets() const { return buckets_; }
+  size_t bucket_of(size_t tensor) const { return bucket_of_[tensor]; }
+  // First flat element of tensor i.
+  int64_t flat_offset(size_t i) const { return static_cast<int64_t>(table_.entry(i).offset / sizeof(float)); }
   Device device() const { return placement_.device; }
 
   Tensor param(const std::string& name) const { return table_.Get(params_, name); }
@@ -107,11 +126,9 @@ class ParameterSet {
   Tensor FusedGrad(const std::string& first, size_t count, int64_t cols) const;
   Tensor FusedCompute(const std::string& first, size_t count, int64_t cols) const;
 
-  // All parameters / gradients as one flat f32 tensor (numel() elements),
-  // and the same including the zero padding (padded_numel()). Element i of
-  // the compute copy (padded_compute()) is element i of the parameters.
-  Tensor flat_params() const;
-  Tensor flat_grads() const;
+  // All parameters / gradients as one flat f32 tensor, padding included
+  // (padded_numel() elements; the padding stays zero). Element i of the
+  // compute copy (padded_compute()) is element i of the parameters.
   Tensor padded_params() const;
   Tensor padded_grads() const;
   Tensor padded_compute() const;
@@ -134,6 +151,8 @@ class ParameterSet {
   std::vector<ParamSpec> specs_;
   ParameterPlacement placement_;
   TensorTable table_, compute_table_;
+  std::vector<GradBucket> buckets_;
+  std::vector<size_t> bucket_of_;
   Arena params_;
   Arena grads_;
   Arena compute_;  // only with a bf16 compute dtype

@@ -99,6 +99,10 @@ double PipelineExecutor::Run(const std::vector<PipelineAction>& schedule, const 
                              bool with_grads) {
   const ModelLayout& l = model_->layout();
   const int next = (l.pp_rank + 1) % l.pp, prev = (l.pp_rank + l.pp - 1) % l.pp;
+  // Every chunk runs the micro-batches in order, so the last one's passes
+  // complete the step's gradients.
+  int last = 0;
+  for (const PipelineAction& a : schedule) last = std::max(last, a.micro);
   for (const PipelineAction& a : schedule) {
     const ChunkInfo& info = l.chunks[static_cast<size_t>(a.chunk)];
     const int g = info.global_index;
@@ -106,14 +110,14 @@ double PipelineExecutor::Run(const std::vector<PipelineAction>& schedule, const 
     if (a.kind == PipelineAction::kForward) {
       if (info.first || info.last) fetch(a.micro, ids_.data(), targets_.data());
       if (!info.first) pp_->Recv(model_->Input(a.chunk, a.slot), prev, Tag(a.micro, g, 0))->Wait();
-      model_->Forward(a.chunk, a.slot, ids_.data(), targets_.data(), grad_scale, with_grads);
+      model_->Forward(a.chunk, a.slot, ids_.data(), targets_.data(), grad_scale, with_grads, a.micro == last);
       if (!info.last) {
         pending_[static_cast<size_t>(a.chunk)][static_cast<size_t>(a.slot)].push_back(
             pp_->Send(model_->Output(a.chunk, a.slot), next, Tag(a.micro, g + 1, 0)));
       }
     } else {
       if (!info.last) pp_->Recv(model_->Grad(a.chunk, a.slot), next, Tag(a.micro, g, 1))->Wait();
-      model_->Backward(a.chunk, a.slot);
+      model_->Backward(a.chunk, a.slot, a.micro == last);
       if (!info.first) {
         pending_[static_cast<size_t>(a.chunk)][static_cast<size_t>(a.slot)].push_back(
             pp_->Send(model_->Grad(a.chunk, a.slot), prev, Tag(a.micro, g - 1, 1)));

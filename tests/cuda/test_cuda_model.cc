@@ -132,7 +132,7 @@ TEST_F(CudaModelTest, RecomputeIsBitwiseIdentical) {
   const size_t rows = static_cast<size_t>(a.tokens_per_micro_batch());
   const std::vector<int32_t> ids = RandomIds(rows, shape.vocab), targets = RandomIds(rows, shape.vocab);
   EXPECT_EQ(a.ForwardBackward(ids.data(), targets.data(), 0.5f), b.ForwardBackward(ids.data(), targets.data(), 0.5f));
-  EXPECT_EQ(Host(a.parameters().flat_grads()), Host(b.parameters().flat_grads()));
+  EXPECT_EQ(Host(a.parameters().padded_grads()), Host(b.parameters().padded_grads()));
 }
 
 // Ten AdamW steps on a fixed batch: the bf16 GPU run follows the fp32 CPU
@@ -172,9 +172,9 @@ TEST_F(CudaModelTest, Bf16TrainingFollowsCpu) {
     last = lg;
   }
   EXPECT_LT(last, first * 2.0 / 3.0);
-  EXPECT_LT(RelativeL2(Host(gpu.parameters().flat_params()), Host(cpu.parameters().flat_params())), 2e-2);
+  EXPECT_LT(RelativeL2(Host(gpu.parameters().padded_params()), Host(cpu.parameters().padded_params())), 2e-2);
   // The bf16 copy the kernels read is the master weights rounded.
-  const std::vector<float> master = Host(gpu.parameters().flat_params());
+  const std::vector<float> master = Host(gpu.parameters().padded_params());
   std::vector<BF16> copy(master.size());
   CopyTensor(Tensor::Of(copy.data(), Shape{static_cast<int64_t>(copy.size())}),
              gpu.parameters().padded_compute().Rows(0, static_cast<int64_t>(copy.size())));

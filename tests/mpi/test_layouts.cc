@@ -1,6 +1,12 @@
 // Any parallel layout trains exactly like one process.
 //
-//   mpirun -np T*P*D test_layouts TENSOR PIPELINE DATA VIRTUAL_STAGES ZERO_STAGE TIED RECOMPUTE
+//   mpirun -np T*P*D test_layouts TENSOR PIPELINE DATA VIRTUAL_STAGES ZERO_STAGE TIED RECOMPUTE [DEVICE]
+//
+// DEVICE is cpu (the default: MPI communicators) or cuda: one GPU per rank,
+// NCCL communicators, fp32 on the GPU, and the single-process reference on
+// the same GPU (the GPU model against the CPU model is
+// tests/cuda/test_cuda_model.cc). Without a GPU for every rank (or without
+// NCCL in the build) every rank exits 77, ctest's skip code.
 //
 // Every rank trains a tiny model (8 layers, 4 query / 2 KV heads, so TP=4
 // replicates KV heads) for 6 optimizer steps of 8 micro-batches' worth of
@@ -22,13 +28,26 @@
 #include "parallel/mpi_communicator.h"
 #include "parallel/mpi_env.h"
 #include "tests/mpi/mpi_check.h"
+#include "trainer/compute_device.h"
 #include "trainer/config.h"
 #include "trainer/engine.h"
+
+#ifdef LATAM_HAVE_NCCL
+#include "parallel/nccl_communicator.h"
+#endif
 
 namespace latam {
 namespace {
 
 constexpr int kSteps = 6;
+
+// The layouts cycle through three gradient-bucket sizes: one bucket for the
+// whole shard (0), about two layers per bucket (0.05 MB; a layer holds 31 KB
+// of gradients before tensor parallelism), and one bucket per layer.
+double BucketMb(int tp, int pp, int dp, int vs) {
+  const double sizes[] = {0.0, 0.05, 1e-6};
+  return sizes[(7 * tp + 3 * pp + dp + vs) % 3];
+}
 
 Config TinyConfig(int tp, int pp, int dp, int vs, int zero, bool tied, bool recompute) {
   Config c;
@@ -49,6 +68,7 @@ Config TinyConfig(int tp, int pp, int dp, int vs, int zero, bool tied, bool reco
   p->set_data(dp);
   p->set_virtual_stages(vs);
   p->set_zero_stage(zero);
+  p->set_grad_bucket_mb(BucketMb(tp, pp, dp, vs));
   auto* o = c.mutable_optimizer();
   o->set_lr(1e-2);
   o->set_min_lr(1e-3);
@@ -81,9 +101,18 @@ Status Sample(uint64_t index, int32_t* ids, int32_t* targets) {
   return Status::Ok();
 }
 
+// A host copy of a parameter tensor (on either device).
+std::vector<float> Host(const Tensor& t) {
+  std::vector<float> out(static_cast<size_t>(t.numel()));
+  CopyTensor(Tensor::Of(out.data(), t.shape), t);
+  return out;
+}
+
 // The block of `full` (a tensor of the single-process model) that spec covers.
-std::vector<float> Slice(const Tensor& full, const ParamSpec& spec) {
+std::vector<float> Slice(const Tensor& full_tensor, const ParamSpec& spec) {
   std::vector<float> out;
+  std::vector<float> host = Host(full_tensor);
+  const Tensor full = Tensor::Of(host.data(), full_tensor.shape);
   const float* f = full.as<float>();
   const int64_t rows = spec.shape.rows(), cols = spec.shape.cols(), full_cols = full.shape.cols();
   for (int64_t r = 0; r < rows; ++r) {
@@ -106,18 +135,24 @@ int main(int argc, char** argv) {
   // ranks than cores, one thread each; spinning OpenMP teams would starve the
   // ranks they share a core with).
   ConfigureCpuThreads(mpi.local_size());
-  if (argc != 8) {
-    std::fprintf(stderr, "usage: test_layouts TENSOR PIPELINE DATA VIRTUAL_STAGES ZERO TIED RECOMPUTE\n");
+  if (argc != 8 && argc != 9) {
+    std::fprintf(stderr, "usage: test_layouts TENSOR PIPELINE DATA VIRTUAL_STAGES ZERO TIED RECOMPUTE [cpu|cuda]\n");
     return 2;
   }
+  const bool cuda = argc == 9 && std::string(argv[8]) == "cuda";
   const int tp = std::atoi(argv[1]), pp = std::atoi(argv[2]), dp = std::atoi(argv[3]), vs = std::atoi(argv[4]);
   const int zero = std::atoi(argv[5]);
   const bool tied = std::atoi(argv[6]) != 0, recompute = std::atoi(argv[7]) != 0;
   const std::string name = "layout tp" + std::to_string(tp) + " pp" + std::to_string(pp) + " dp" + std::to_string(dp) +
                            " vs" + std::to_string(vs) + " zero" + std::to_string(zero) + (tied ? " tied" : "") +
-                           (recompute ? " recompute" : "");
+                           (recompute ? " recompute" : "") + " buckets " +
+                           std::to_string(BucketMb(tp, pp, dp, vs)) + " MB" + (cuda ? " cuda" : "");
   testing::MpiChecks t(name);
-  const Config config = TinyConfig(tp, pp, dp, vs, zero, tied, recompute);
+  Config config = TinyConfig(tp, pp, dp, vs, zero, tied, recompute);
+  Config single_config = TinyConfig(1, 1, 1, 1, 0, tied, false);
+  if (cuda) {
+    for (Config* c : {&config, &single_config}) c->mutable_train()->set_device("cuda");
+  }
   ValidationOptions vo;
   vo.world_size = mpi.world_size();
   vo.check_files = false;
@@ -126,10 +161,31 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  ProcessGrid grid(std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world"), GridShape{tp, pp, dp});
-  Engine engine(config, &grid);
+  std::unique_ptr<ComputeDevice> device;
+  std::unique_ptr<Communicator> world = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world");
+  if (cuda) {
+    Result<std::unique_ptr<ComputeDevice>> opened =
+        ComputeDevice::Open(mpi.local_rank(), mpi.local_size(), mpi.world_rank());
+#ifndef LATAM_HAVE_NCCL
+    opened = Status::InvalidInput("this build has no NCCL");
+#endif
+    if (world->AllReduceScalar(opened.ok() ? 0.0 : 1.0, ReduceOp::kSum) > 0) {
+      if (mpi.world_rank() == 0) {
+        std::printf("%s: skipped (%s)\n", name.c_str(),
+                    opened.ok() ? "another rank has no GPU" : opened.status().message().c_str());
+      }
+      return 77;
+    }
+    device = std::move(opened).value();
+#ifdef LATAM_HAVE_NCCL
+    world = std::make_unique<NcclCommunicator>(MPI_COMM_WORLD, "world", static_cast<cudaStream_t>(device->stream()));
+#endif
+  }
+  void* stream = device != nullptr ? device->stream() : nullptr;
+  ProcessGrid grid(std::move(world), GridShape{tp, pp, dp});
+  Engine engine(config, &grid, stream);
   auto single_grid = ProcessGrid::Single();
-  Engine single(TinyConfig(1, 1, 1, 1, 0, tied, false), single_grid.get());
+  Engine single(single_config, single_grid.get(), stream);
 
   const ModelShape shape = ModelShape::FromConfig(config.model());
   const ModelLayout& layout = engine.model().layout();
@@ -198,7 +254,7 @@ int main(int argc, char** argv) {
     const Tensor full = whole.param(spec.name);
     if (!t.Eq(full.shape.str(), spec.global_shape.str(), spec.name + " global shape")) continue;
     const std::vector<float> expected = Slice(full, spec);
-    const float* got = mine.param(i).as<float>();
+    const std::vector<float> got = Host(mine.param(i));
     double scale = 0.0, worst = 0.0;
     for (float v : expected) scale = std::max(scale, static_cast<double>(std::abs(v)));
     for (size_t k = 0; k < expected.size(); ++k)

@@ -134,7 +134,7 @@ TEST_F(CheckpointTest, WeightsReshardAcrossLayoutsBitwise) {
             ASSERT_TRUE(r.ok()) << r.status().message();
             EXPECT_EQ(r->step, 7);
             EXPECT_EQ(r->consumed_samples, 112u);
-            ASSERT_EQ(std::memcmp(loaded.flat_params().data, expected.flat_params().data,
+            ASSERT_EQ(std::memcmp(loaded.padded_params().data, expected.padded_params().data,
                                   static_cast<size_t>(loaded.numel()) * sizeof(float)),
                       0)
                 << "tp " << target.tp << " pp " << target.pp << " vs " << target.vs << " rank " << t << "," << p;
@@ -272,7 +272,7 @@ TEST_F(CheckpointTest, SaverKeepsLatestAndRetention) {
         m.exp_avg_sq[i] = static_cast<float>(step * i % 11);
       }
     }
-    params.flat_params().as<float>()[0] = static_cast<float>(step);
+    params.padded_params().as<float>()[0] = static_cast<float>(step);
     opt.set_step(step);
     Checkpoint h = Header(model);
     h.set_step(step);
@@ -280,7 +280,7 @@ TEST_F(CheckpointTest, SaverKeepsLatestAndRetention) {
     h.mutable_optimizer()->set_has_moments(true);
     ASSERT_TRUE(saver.Start(h, EngineState(params, &opt, 0)).ok());
     // The snapshot is taken: changing the live state does not change the save.
-    params.flat_params().as<float>()[0] = -1.0f;
+    params.padded_params().as<float>()[0] = -1.0f;
     auto done = saver.Poll(true);
     ASSERT_TRUE(done.ok()) << done.status().message();
     ASSERT_TRUE(done->has_value());
@@ -303,9 +303,9 @@ TEST_F(CheckpointTest, SaverKeepsLatestAndRetention) {
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_TRUE(r->moments_loaded);
   EXPECT_EQ(fresh_opt.step(), 6);
-  EXPECT_EQ(fresh.flat_params().as<float>()[0], 6.0f);
-  params.flat_params().as<float>()[0] = 6.0f;
-  EXPECT_EQ(std::memcmp(fresh.flat_params().data, params.flat_params().data,
+  EXPECT_EQ(fresh.padded_params().as<float>()[0], 6.0f);
+  params.padded_params().as<float>()[0] = 6.0f;
+  EXPECT_EQ(std::memcmp(fresh.padded_params().data, params.padded_params().data,
                         static_cast<size_t>(params.numel()) * sizeof(float)),
             0);
   const auto a = opt.Moments(), b = fresh_opt.Moments();

@@ -121,7 +121,7 @@ TEST_F(ModelTest, RecomputeGivesBitwiseIdenticalGradients) {
   const auto inputs = RandomIds(rows, shape.vocab), targets = RandomIds(rows, shape.vocab);
   EXPECT_EQ(a.ForwardBackward(inputs.data(), targets.data(), 0.5f),
             b.ForwardBackward(inputs.data(), targets.data(), 0.5f));
-  const Tensor ga = a.parameters().flat_grads(), gb = b.parameters().flat_grads();
+  const Tensor ga = a.parameters().padded_grads(), gb = b.parameters().padded_grads();
   ASSERT_EQ(std::memcmp(ga.data, gb.data, ga.bytes()), 0);
 }
 
@@ -142,7 +142,7 @@ TEST_F(ModelTest, HeadChunkingMatchesOneChunk) {
   const double la = a.ForwardBackward(inputs.data(), targets.data(), 0.5f);
   const double lb = b.ForwardBackward(inputs.data(), targets.data(), 0.5f);
   EXPECT_NEAR(la, lb, 1e-5 * std::abs(la));
-  const Tensor ga = a.parameters().flat_grads(), gb = b.parameters().flat_grads();
+  const Tensor ga = a.parameters().padded_grads(), gb = b.parameters().padded_grads();
   const double atol = 2e-5 * MaxAbs(ga);
   for (int64_t j = 0; j < ga.numel(); ++j) {
     ASSERT_NEAR(ga.as<float>()[j], gb.as<float>()[j], atol + 1e-4 * std::abs(ga.as<float>()[j])) << j;
@@ -170,7 +170,7 @@ TEST_F(ModelTest, GradientAccumulationMatchesOneLargeBatch) {
                     a.ForwardBackward(inputs.data() + half, targets.data() + half, scale);
   const double lb = b.ForwardBackward(inputs.data(), targets.data(), scale);
   EXPECT_NEAR(la, lb, 1e-5 * std::abs(lb));
-  const Tensor ga = a.parameters().flat_grads(), gb = b.parameters().flat_grads();
+  const Tensor ga = a.parameters().padded_grads(), gb = b.parameters().padded_grads();
   const double atol = 2e-5 * MaxAbs(gb);
   for (int64_t j = 0; j < ga.numel(); ++j) {
     ASSERT_NEAR(ga.as<float>()[j], gb.as<float>()[j], atol + 1e-4 * std::abs(gb.as<float>()[j])) << j;
@@ -202,7 +202,7 @@ TEST(ModelInitTest, InitIsAFunctionOfSeedAndNameOnly) {
   ParameterSet a(LlamaParameterSpecs(s, ModelLayout::Single(s))), b(LlamaParameterSpecs(s, ModelLayout::Single(s)));
   a.InitWeights(42);
   b.InitWeights(42);
-  const Tensor fa = a.flat_params(), fb = b.flat_params();
+  const Tensor fa = a.padded_params(), fb = b.padded_params();
   for (int64_t j = 0; j < fa.numel(); ++j) ASSERT_EQ(fa.as<float>()[j], fb.as<float>()[j]);
   // Element j of a tensor is init_std * NormalAt(seed, StreamId(name), j).
   const Tensor q = a.param("model.layers.1.self_attn.q_proj.weight");

@@ -63,7 +63,7 @@ TEST(TrainingTest, LossFallsToTheStreamsEntropyFloor) {
     }
     model.parameters().ZeroGrads();
     const double loss = model.ForwardBackward(inputs.data(), targets.data(), 1.0f / static_cast<float>(rows)) / rows;
-    const double norm = std::sqrt(cpu::SumOfSquares(model.parameters().flat_grads()));
+    const double norm = std::sqrt(cpu::SumOfSquares(model.parameters().padded_grads()));
     opt.Step(static_cast<float>(LearningRate(oc, step, steps)), ClipFactor(norm, 1.0));
     if (step == 0) first_loss = loss;
     if (step >= steps - 10) last_losses += loss / 10.0;
