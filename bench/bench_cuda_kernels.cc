@@ -11,12 +11,18 @@
 //   - "gbps" for the memory-bound kernels: the fewest bytes each must move
 //     (every input read once, every output written once), over the time.
 // "kernel" and "shape" name a row; bench/torch_peer.py prints the same names
-// for the PyTorch versions, and bench/run_gpu_bench.sh joins the two.
+// for the PyTorch versions, and bench/run_gpu_bench.sh joins the two. "impl"
+// is "ours" for every row but the simple attention kernel's ("ours-simple");
+// attention rows also carry "variant": "latam-flash" (the tensor-core kernel,
+// kernels/cuda/flash_attention.h) or "latam-simple" (kernels/cuda/attention.h).
 //
-// --quick keeps the llama3-1b shapes and fewer attention lengths, with fewer
-// repetitions; --filter keeps the rows whose "kernel shape" contains the
-// substring (and allocates nothing for the others). With no CUDA GPU visible
-// it says so on stderr and exits 0.
+// --quick keeps the llama3-1b shapes and fewer attention shapes (T 2k and 8k,
+// head dim 128), with fewer repetitions; --filter keeps the rows whose
+// "kernel shape" contains the substring (and allocates nothing for the
+// others), e.g. "attention_" for the attention rows alone; given more than
+// once, a row must contain every substring ("--filter attention_ --filter
+// full": the non-causal attention rows). With no CUDA GPU visible it says so
+// on stderr and exits 0.
 //
 // Inputs are random (never zeros) and every buffer is far larger than the L2
 // cache, except the small per-row statistics: the memory-bound kernels run
@@ -40,6 +46,7 @@
 #include "kernels/cuda/cross_entropy.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/fused_norm.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/optimizer.h"
@@ -58,7 +65,7 @@ using latam::Tensor;
 
 struct Options {
   bool quick = false;
-  std::string filter;
+  std::vector<std::string> filters;  // a row must contain each
   int reps = 20;
   int warmup = 3;
 };
@@ -86,7 +93,11 @@ constexpr int64_t kAttentionTokens = 16384;
 constexpr int64_t kAttentionWidth = 2048;
 
 bool Wanted(const Options& opt, const std::string& kernel, const std::string& shape) {
-  return opt.filter.empty() || (kernel + " " + shape).find(opt.filter) != std::string::npos;
+  const std::string row = kernel + " " + shape;
+  for (const std::string& f : opt.filters) {
+    if (row.find(f) == std::string::npos) return false;
+  }
+  return true;
 }
 
 std::string JsonEscape(const std::string& s) {
@@ -98,15 +109,21 @@ std::string JsonEscape(const std::string& s) {
   return out;
 }
 
-// One result line; flops and bytes are per call (0: not reported).
-void Emit(const std::string& kernel, const std::string& shape, const char* dtype, double ms, double flops, double bytes,
-          int reps) {
-  std::printf("{\"impl\": \"ours\", \"kernel\": \"%s\", \"shape\": \"%s\", \"dtype\": \"%s\", \"ms\": %.4f",
+// One result line of implementation `impl`; flops and bytes are per call (0:
+// not reported); `extra` is appended as it is (", \"key\": value" pairs).
+void EmitImpl(const char* impl, const std::string& kernel, const std::string& shape, const char* dtype, double ms,
+              double flops, double bytes, int reps, const std::string& extra) {
+  std::printf("{\"impl\": \"%s\", \"kernel\": \"%s\", \"shape\": \"%s\", \"dtype\": \"%s\", \"ms\": %.4f", impl,
               JsonEscape(kernel).c_str(), JsonEscape(shape).c_str(), dtype, ms);
   if (flops > 0) std::printf(", \"tflops\": %.1f", flops / (ms * 1e-3) / 1e12);
   if (bytes > 0) std::printf(", \"gbps\": %.1f", bytes / (ms * 1e-3) / 1e9);
-  std::printf(", \"reps\": %d}\n", reps);
+  std::printf("%s, \"reps\": %d}\n", extra.c_str(), reps);
   std::fflush(stdout);
+}
+
+void Emit(const std::string& kernel, const std::string& shape, const char* dtype, double ms, double flops, double bytes,
+          int reps) {
+  EmitImpl("ours", kernel, shape, dtype, ms, flops, bytes, reps, "");
 }
 
 // Median milliseconds of `reps` back-to-back calls of fn on `stream`, each
@@ -235,48 +252,163 @@ void BenchGemms(const Options& opt, cudaStream_t stream) {
 }
 
 // ---------------------------------------------------------------------------
-// Causal flash attention, bf16, B * T = 16k tokens, H * d = 2048.
+// Runs the simple causal kernel on `qkv` into buffers of its own and returns
+// JSON fields comparing its out and lse with the flash kernel's (`out`, `lse`,
+// computed from the same qkv): the largest absolute differences, the largest
+// |out| of the simple kernel for scale, and "agrees_with_simple", true within
+// loose bounds (out: 3e-2 of that scale, as the flash kernel's test; lse:
+// 1e-3 + 1e-3 |lse| per element; no NaN or infinity, whose count is
+// "nonfinite_vs_simple"); false is also said on stderr.
+std::string CompareWithSimple(const Tensor& qkv, const latam::cuda::AttentionDims& dims, const Tensor& out,
+                              const Tensor& lse, const std::string& shape, cudaStream_t stream) {
+  DeviceTensor ref_out(DType::kBF16, out.shape), ref_lse(DType::kF32, lse.shape);
+  latam::cuda::AttentionForward(qkv, dims, ref_out.t, ref_lse.t, stream);
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  const size_t n_out = static_cast<size_t>(out.numel()), n_lse = static_cast<size_t>(lse.numel());
+  std::vector<latam::BF16> got(n_out), want(n_out);
+  std::vector<float> got_lse(n_lse), want_lse(n_lse);
+  CUDA_CHECK(cudaMemcpy(got.data(), out.data, n_out * sizeof(latam::BF16), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(want.data(), ref_out.t.data, n_out * sizeof(latam::BF16), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(got_lse.data(), lse.data, n_lse * sizeof(float), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(want_lse.data(), ref_lse.t.data, n_lse * sizeof(float), cudaMemcpyDeviceToHost));
+  // Differences over the pairs where both are finite; the others are counted.
+  double out_diff = 0, out_scale = 0, lse_diff = 0;
+  int64_t nonfinite = 0;
+  bool agrees = true;
+  for (size_t i = 0; i < n_out; ++i) {
+    const double g = got[i].ToFloat(), w = want[i].ToFloat();
+    if (!std::isfinite(g) || !std::isfinite(w)) {
+      ++nonfinite;
+      continue;
+    }
+    out_diff = std::max(out_diff, std::fabs(g - w));
+    out_scale = std::max(out_scale, std::fabs(w));
+  }
+  for (size_t i = 0; i < n_lse; ++i) {
+    const double g = got_lse[i], w = want_lse[i];
+    if (!std::isfinite(g) || !std::isfinite(w)) {
+      ++nonfinite;
+      continue;
+    }
+    lse_diff = std::max(lse_diff, std::fabs(g - w));
+    if (std::fabs(g - w) > 1e-3 + 1e-3 * std::fabs(w)) agrees = false;
+  }
+  if (nonfinite > 0 || out_diff > 3e-2 * out_scale) agrees = false;
+  if (!agrees) {
+    std::fprintf(stderr,
+                 "bench_cuda_kernels: WARNING: flash and simple attention forwards differ on %s: "
+                 "max|d out| %.3g (max|out| %.3g), max|d lse| %.3g, %lld non-finite\n",
+                 shape.c_str(), out_diff, out_scale, lse_diff, static_cast<long long>(nonfinite));
+  }
+  char buf[256];
+  std::snprintf(buf, sizeof(buf),
+                ", \"out_max_abs_diff_vs_simple\": %.3g, \"out_max_abs_simple\": %.3g, "
+                "\"lse_max_abs_diff_vs_simple\": %.3g, \"nonfinite_vs_simple\": %lld, \"agrees_with_simple\": %s",
+                out_diff, out_scale, lse_diff, static_cast<long long>(nonfinite), agrees ? "true" : "false");
+  return buf;
+}
+
+// Attention, bf16, B * T = 16k tokens, H * d = 2048, T from 512 to 16k, head
+// dims 64 and 128, causal ("causal" in the shape) and not ("full"), plus
+// grouped-query shapes (4 query heads per KV head, as llama3).
+//   - The tensor-core kernel (impl "ours", variant "latam-flash") on every
+//     shape: attention_fwd, attention_bwd (given the forward's out and lse)
+//     and attention_fwd_bwd (one forward then one backward per call).
+//   - The simple kernel (impl "ours-simple", variant "latam-simple"), which
+//     is causal only: attention_fwd and attention_bwd on the causal shapes.
+// FLOPs as in the FlashAttention papers: forward 4 B T^2 H d, halved when
+// causal; backward 2.5x the forward; forward + backward 3.5x.
+// On causal shapes the flash forward row also reports how far its out and
+// lse are from the simple kernel's on the same inputs (max |difference|, and
+// max |out| of the simple kernel for scale), with "agrees_with_simple".
 void BenchAttention(const Options& opt, cudaStream_t stream) {
+  namespace lc = latam::cuda;
   struct Case {
     int64_t seq, head_dim, kv_heads;  // kv_heads 0: as many as query heads
+    bool causal;
   };
   std::vector<Case> cases;
   const std::vector<int64_t> seqs =
-      opt.quick ? std::vector<int64_t>{1024, 4096} : std::vector<int64_t>{512, 1024, 2048, 4096, 8192};
-  for (const int64_t hd : {int64_t{64}, int64_t{128}}) {
-    for (const int64_t t : seqs) cases.push_back({t, hd, 0});
-  }
-  if (!opt.quick) {  // grouped-query attention, 4 query heads per KV head (llama3)
-    for (const int64_t hd : {int64_t{64}, int64_t{128}}) {
-      for (const int64_t t : {int64_t{2048}, int64_t{8192}}) cases.push_back({t, hd, kAttentionWidth / hd / 4});
+      opt.quick ? std::vector<int64_t>{2048, 8192} : std::vector<int64_t>{512, 1024, 2048, 4096, 8192, 16384};
+  const std::vector<int64_t> head_dims = opt.quick ? std::vector<int64_t>{128} : std::vector<int64_t>{64, 128};
+  for (const bool causal : {true, false}) {
+    for (const int64_t hd : head_dims) {
+      for (const int64_t t : seqs) cases.push_back({t, hd, 0, causal});
     }
   }
+  if (!opt.quick) {  // grouped-query attention, 4 query heads per KV head (llama3)
+    for (const bool causal : {true, false}) {
+      for (const int64_t hd : head_dims) {
+        for (const int64_t t : {int64_t{2048}, int64_t{8192}}) {
+          cases.push_back({t, hd, kAttentionWidth / hd / 4, causal});
+        }
+      }
+    }
+  }
+  const std::string flash_variant = ", \"variant\": \"latam-flash\"";
+  const std::string simple_variant = ", \"variant\": \"latam-simple\"";
   for (const Case& c : cases) {
     const int64_t b = kAttentionTokens / c.seq, h = kAttentionWidth / c.head_dim;
     const int64_t hkv = c.kv_heads == 0 ? h : c.kv_heads;
-    const std::string shape =
-        "B=" + Str(b) + " T=" + Str(c.seq) + " H=" + Str(h) + " Hkv=" + Str(hkv) + " d=" + Str(c.head_dim) + " causal";
-    const bool want_fwd = Wanted(opt, "attention_fwd", shape), want_bwd = Wanted(opt, "attention_bwd", shape);
-    if (!want_fwd && !want_bwd) continue;
-    const latam::cuda::AttentionDims dims{static_cast<int>(b), static_cast<int>(c.seq), static_cast<int>(h),
-                                          static_cast<int>(hkv), static_cast<int>(c.head_dim)};
+    const std::string shape = "B=" + Str(b) + " T=" + Str(c.seq) + " H=" + Str(h) + " Hkv=" + Str(hkv) +
+                              " d=" + Str(c.head_dim) + (c.causal ? " causal" : " full");
+    const bool want_fwd = Wanted(opt, "attention_fwd", shape), want_bwd = Wanted(opt, "attention_bwd", shape),
+               want_fwd_bwd = Wanted(opt, "attention_fwd_bwd", shape);
+    if (!want_fwd && !want_bwd && !want_fwd_bwd) continue;
+    const lc::AttentionDims dims{static_cast<int>(b), static_cast<int>(c.seq), static_cast<int>(h),
+                                 static_cast<int>(hkv), static_cast<int>(c.head_dim)};
+    const bool flash = lc::FlashAttentionSupports(dims, DType::kBF16);
+    const bool simple = c.causal;  // the simple kernel has no non-causal mode
+    if (!flash) std::fprintf(stderr, "bench_cuda_kernels: flash attention does not take %s, skipped\n", shape.c_str());
+    if (!flash && !simple) continue;
     const int64_t rows = b * c.seq, width = (h + 2 * hkv) * c.head_dim;
     DeviceTensor qkv(DType::kBF16, {rows, width}), out(DType::kBF16, {rows, h * c.head_dim});
     DeviceTensor dout(DType::kBF16, {rows, h * c.head_dim}), dqkv(DType::kBF16, {rows, width});
     DeviceTensor lse(DType::kF32, {b, h, c.seq});
-    DeviceTensor ws(DType::kF32, {latam::cuda::AttentionBackwardWorkspaceElems(dims)});
+    DeviceTensor ws(DType::kF32, {std::max(lc::AttentionBackwardWorkspaceElems(dims),
+                                           lc::FlashAttentionBackwardWorkspaceElems(dims))});
     FillRandom(qkv.t, 1.0f, false, 11, stream);
     FillRandom(dout.t, 1.0f, false, 12, stream);
     const double fwd_flops = 4.0 * static_cast<double>(b) * static_cast<double>(c.seq) * static_cast<double>(c.seq) *
-                             static_cast<double>(h) * static_cast<double>(c.head_dim) / 2.0;
-    auto forward = [&] { latam::cuda::AttentionForward(qkv.t, dims, out.t, lse.t, stream); };
-    if (want_fwd) Emit("attention_fwd", shape, "bf16", MedianMs(forward, opt, stream), fwd_flops, 0, opt.reps);
-    if (want_bwd) {
-      forward();
-      const double ms =
-          MedianMs([&] { latam::cuda::AttentionBackward(qkv.t, out.t, dout.t, lse.t, dims, dqkv.t, ws.t, stream); },
-                   opt, stream);
-      Emit("attention_bwd", shape, "bf16", ms, 2.5 * fwd_flops, 0, opt.reps);
+                             static_cast<double>(h) * static_cast<double>(c.head_dim) / (c.causal ? 2.0 : 1.0);
+    auto simple_forward = [&] { lc::AttentionForward(qkv.t, dims, out.t, lse.t, stream); };
+    auto simple_backward = [&] { lc::AttentionBackward(qkv.t, out.t, dout.t, lse.t, dims, dqkv.t, ws.t, stream); };
+    auto flash_forward = [&] { lc::FlashAttentionForward(qkv.t, dims, c.causal, out.t, lse.t, stream); };
+    auto flash_backward = [&] {
+      lc::FlashAttentionBackward(qkv.t, out.t, dout.t, lse.t, dims, c.causal, dqkv.t, ws.t, stream);
+    };
+    if (flash) {
+      if (want_fwd) {
+        const double ms = MedianMs(flash_forward, opt, stream);
+        std::string extra = flash_variant;
+        if (simple) extra += CompareWithSimple(qkv.t, dims, out.t, lse.t, shape, stream);
+        EmitImpl("ours", "attention_fwd", shape, "bf16", ms, fwd_flops, 0, opt.reps, extra);
+      }
+      if (want_bwd) {
+        flash_forward();
+        EmitImpl("ours", "attention_bwd", shape, "bf16", MedianMs(flash_backward, opt, stream), 2.5 * fwd_flops, 0,
+                 opt.reps, flash_variant);
+      }
+      if (want_fwd_bwd) {
+        const double ms = MedianMs(
+            [&] {
+              flash_forward();
+              flash_backward();
+            },
+            opt, stream);
+        EmitImpl("ours", "attention_fwd_bwd", shape, "bf16", ms, 3.5 * fwd_flops, 0, opt.reps, flash_variant);
+      }
+    }
+    if (simple) {
+      if (want_fwd) {
+        EmitImpl("ours-simple", "attention_fwd", shape, "bf16", MedianMs(simple_forward, opt, stream), fwd_flops, 0,
+                 opt.reps, simple_variant);
+      }
+      if (want_bwd) {
+        simple_forward();
+        EmitImpl("ours-simple", "attention_bwd", shape, "bf16", MedianMs(simple_backward, opt, stream), 2.5 * fwd_flops,
+                 0, opt.reps, simple_variant);
+      }
     }
   }
 }
@@ -515,7 +647,8 @@ void BenchOptimizer(const Options& opt, cudaStream_t stream) {
 void Usage() {
   std::fprintf(stderr,
                "usage: bench_cuda_kernels [--quick] [--filter SUBSTRING] [--reps N] [--warmup N]\n"
-               "  prints one JSON line per (kernel, shape): median ms and TFLOP/s or GB/s\n");
+               "  prints one JSON line per (kernel, shape): median ms and TFLOP/s or GB/s\n"
+               "  --filter S keeps the rows whose \"kernel shape\" contains S (repeatable: all of them)\n");
 }
 
 }  // namespace
@@ -529,7 +662,7 @@ int main(int argc, char** argv) {
     if (arg == "--quick") {
       opt.quick = true;
     } else if (arg == "--filter" && has_value) {
-      opt.filter = argv[++i];
+      opt.filters.emplace_back(argv[++i]);
     } else if (arg == "--reps" && has_value) {
       opt.reps = std::max(1, std::atoi(argv[++i]));
       reps_set = true;

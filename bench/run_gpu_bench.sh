@@ -7,8 +7,18 @@
 #
 #   bash bench/run_gpu_bench.sh RAW_JSONL [--quick] [--filter SUBSTRING] [--sdpa-backends]
 #
-# --quick and --filter go to both programs; --sdpa-backends (torch only) also
+# --quick and --filter go to both programs (--filter may be repeated: a row
+# must then contain every substring); --sdpa-backends (torch only) also
 # times each SDPA backend alone (extra "torch-flash", ... columns).
+#
+# Attention rows (attention_fwd, attention_bwd, attention_fwd_bwd; shapes
+# ending in "causal" or "full"): "ours" is the tensor-core kernel
+# (latam-flash) against torch's scaled_dot_product_attention, so the ratio
+# column is flash vs torch; where the simple causal kernel (impl
+# "ours-simple") was timed too, the "simple" columns show it and
+# simple_ms / ours_ms, the flash kernel's gain over it. Then a second table
+# lists the attention rows alone, in TFLOP/s. bench/attention.sh runs just
+# the attention part.
 #
 # On a GPU machine that lacks MPI or the project's other build dependencies
 # (only CUDA and, for the peer, PyTorch are needed there):
@@ -71,7 +81,8 @@ build_here() {
   mkdir -p "$out"
   echo "run_gpu_bench: compiling bench_cuda_kernels with $nvcc into $out" >&2
   local pids=() cu
-  for cu in device rmsnorm rope swiglu cross_entropy attention fused_norm optimizer; do
+  for cu in device rmsnorm rope swiglu cross_entropy attention flash_attention flash_attention_backward fused_norm \
+    optimizer; do
     "$nvcc" -O3 -std=c++17 --expt-relaxed-constexpr -DLATAM_HAVE_CUDA=1 -I"$root" \
       -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90 \
       -c "kernels/cuda/$cu.cu" -o "$out/$cu.o" >&2 &
@@ -168,19 +179,78 @@ def ms(r):
     return "-" if r is None else f"{r['ms']:.3f}"
 
 
+def ratio(slow, fast):
+    """slow ms / fast ms: above 1 when `fast` is faster."""
+    if slow and fast and slow["ms"] > 0 and fast["ms"] > 0:
+        return f"{slow['ms'] / fast['ms']:.2f}"
+    return "-"
+
+
+simple = "ours-simple"
+has_simple = any(simple in v for v in rows.values())
+extra = [i for i in extra if i != simple]
 header = ["kernel", "shape", "dtype", "ours ms", "ours rate", "torch ms", "torch rate", "torch_ms/ours_ms"]
+if has_simple:
+    header += ["simple ms", "simple rate", "simple_ms/ours_ms"]
 header += [f"{i} rate" for i in extra]
 print("| " + " | ".join(header) + " |")
 print("|" + "|".join(["---"] * len(header)) + "|")
 for key in order:
     impls = rows[key]
     ours, torch = impls.get("ours"), impls.get("torch")
-    ratio = "-"
-    if ours and torch and ours["ms"] > 0 and torch["ms"] > 0:
-        ratio = f"{torch['ms'] / ours['ms']:.2f}"
-    dtype = (ours or torch or {}).get("dtype", "")
-    cells = [key[0], key[1], dtype, ms(ours), rate(ours), ms(torch), rate(torch), ratio]
+    dtype = (ours or torch or impls.get(simple) or {}).get("dtype", "")
+    cells = [key[0], key[1], dtype, ms(ours), rate(ours), ms(torch), rate(torch), ratio(torch, ours)]
+    if has_simple:
+        s = impls.get(simple)
+        cells += [ms(s), rate(s), ratio(s, ours)]
     cells += [rate(impls.get(i)) for i in extra]
     print("| " + " | ".join(cells) + " |")
+
+# Attention alone, TFLOP/s (FlashAttention convention: forward 4 B T^2 H d,
+# halved when causal; backward 2.5x; forward+backward 3.5x), one line per
+# (shape, pass): flash vs torch, and the simple kernel where it ran.
+attention = [k for k in order if k[0].startswith("attention_")]
+if attention:
+    def tflops(r):
+        return "-" if r is None or "tflops" not in r else f"{r['tflops']:.1f}"
+
+    def shape_fields(shape):
+        f = dict(p.split("=", 1) for p in shape.split() if "=" in p)
+        return f, ("causal" if shape.endswith("causal") else "full")
+
+    print()
+    print("Attention, bf16, TFLOP/s (forward 4 B T^2 H d, halved when causal; backward 2.5x; fwd+bwd 3.5x)")
+    print()
+    head = ["pass", "mask", "d", "T", "B", "H", "Hkv", "latam-flash", "torch", "flash/torch", "latam-simple",
+            "flash/simple"]
+    head += [i for i in extra]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join(["---"] * len(head)) + "|")
+    passes = {"attention_fwd": "fwd", "attention_bwd": "bwd", "attention_fwd_bwd": "fwd+bwd"}
+    def sort_key(k):
+        f, mask = shape_fields(k[1])
+        return (list(passes).index(k[0]) if k[0] in passes else 9, mask != "causal", f.get("Hkv") != f.get("H"),
+                int(f.get("d", 0)), int(f.get("T", 0)))
+    warnings = []
+    for key in sorted(attention, key=sort_key):
+        impls = rows[key]
+        f, mask = shape_fields(key[1])
+        flash, torch, s = impls.get("ours"), impls.get("torch"), impls.get(simple)
+        cells = [passes.get(key[0], key[0]), mask, f.get("d", "?"), f.get("T", "?"), f.get("B", "?"),
+                 f.get("H", "?"), f.get("Hkv", "?"), tflops(flash), tflops(torch), ratio(torch, flash), tflops(s),
+                 ratio(s, flash)]
+        cells += [tflops(impls.get(i)) for i in extra]
+        print("| " + " | ".join(cells) + " |")
+        if flash and flash.get("agrees_with_simple") is False:
+            warnings.append(f"{key[1]}: max|d out| {flash.get('out_max_abs_diff_vs_simple')} "
+                            f"(max|out| {flash.get('out_max_abs_simple')}), "
+                            f"max|d lse| {flash.get('lse_max_abs_diff_vs_simple')}, "
+                            f"{flash.get('nonfinite_vs_simple')} non-finite")
+    checked = [k for k in attention if rows[k].get("ours", {}).get("agrees_with_simple") is not None]
+    print()
+    if warnings:
+        print("WARNING: the flash forward differs from the simple kernel's on " + "; ".join(warnings))
+    elif checked:
+        print(f"The flash forward agrees with the simple kernel's on all {len(checked)} causal shapes checked.")
 EOF
 exit "$status"

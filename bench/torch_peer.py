@@ -8,12 +8,16 @@ Times, on the same GPU and with the same row names ("kernel", "shape") as
 bench_cuda_kernels, so that bench/run_gpu_bench.sh can join the two:
   - bf16 GEMMs with torch.matmul: y = x W^T, dx = dy W, dW = dy^T x (dW in
     f32 when this torch's mm takes out_dtype, else bf16: see "dtype");
-  - causal bf16 attention with torch.nn.functional.scaled_dot_product_attention
-    (is_causal=True) on [B, T, H, d] tensors viewed as [B, H, T, d], the
-    forward alone and forward+backward; backward = total - forward (medians).
+  - bf16 attention with torch.nn.functional.scaled_dot_product_attention on
+    [B, T, H, d] tensors viewed as [B, H, T, d], B T = 16k, H d = 2048, T from
+    512 to 16k, head dims 64 and 128, is_causal=True (shape "... causal") and
+    False ("... full"), plus grouped-query shapes (enable_gqa): the forward
+    alone ("attention_fwd"), forward+backward ("attention_fwd_bwd") and
+    backward = forward+backward - forward ("attention_bwd", of the medians).
 Attention FLOPs follow the FlashAttention papers: forward 4 B T^2 H d, halved
-when causal; backward 2.5x the forward. Each row is the median of `reps`
-back-to-back calls bracketed by CUDA events, after `warmup` calls.
+when causal; backward 2.5x the forward; forward+backward 3.5x. Each row is
+the median of `reps` back-to-back calls bracketed by CUDA events, after
+`warmup` calls.
 
 --sdpa-backends also times each SDPA backend alone (impl "torch-flash",
 "torch-cudnn", "torch-efficient"); the plain "torch" rows use torch's choice.
@@ -37,7 +41,8 @@ MODELS = [
 
 
 def wanted(args, kernel, shape):
-    return not args.filter or args.filter in f"{kernel} {shape}"
+    row = f"{kernel} {shape}"
+    return all(f in row for f in args.filter)
 
 
 def emit(impl, kernel, shape, dtype, ms, flops, reps):
@@ -113,10 +118,14 @@ def bench_gemms(torch, args):
 
 
 def attention_cases(quick):
-    seqs = [1024, 4096] if quick else [512, 1024, 2048, 4096, 8192]
-    cases = [(t, hd, 0) for hd in (64, 128) for t in seqs]
+    """(seq, head_dim, kv_heads or 0 for as many as query heads, causal), in
+    bench_cuda_kernels' order."""
+    seqs = [2048, 8192] if quick else [512, 1024, 2048, 4096, 8192, 16384]
+    head_dims = (128,) if quick else (64, 128)
+    cases = [(t, hd, 0, causal) for causal in (True, False) for hd in head_dims for t in seqs]
     if not quick:  # grouped-query attention, 4 query heads per KV head (llama3)
-        cases += [(t, hd, ATTENTION_WIDTH // hd // 4) for hd in (64, 128) for t in (2048, 8192)]
+        cases += [(t, hd, ATTENTION_WIDTH // hd // 4, causal)
+                  for causal in (True, False) for hd in head_dims for t in (2048, 8192)]
     return cases
 
 
@@ -142,12 +151,13 @@ def bench_attention(torch, args):
     variants = [("torch", contextlib.nullcontext)]
     if args.sdpa_backends:
         variants += sdpa_backends(torch)
-    for seq, hd, kv in attention_cases(args.quick):
+    for seq, hd, kv, causal in attention_cases(args.quick):
         b, h = ATTENTION_TOKENS // seq, ATTENTION_WIDTH // hd
         hkv = kv if kv else h
-        shape = f"B={b} T={seq} H={h} Hkv={hkv} d={hd} causal"
+        shape = f"B={b} T={seq} H={h} Hkv={hkv} d={hd} {'causal' if causal else 'full'}"
         want_fwd, want_bwd = wanted(args, "attention_fwd", shape), wanted(args, "attention_bwd", shape)
-        if not want_fwd and not want_bwd:
+        want_fwd_bwd = wanted(args, "attention_fwd_bwd", shape)
+        if not want_fwd and not want_bwd and not want_fwd_bwd:
             continue
         # Token-major [B, T, heads, d] as in our fused QKV rows, viewed [B, heads, T, d].
         def make(heads):
@@ -156,29 +166,32 @@ def bench_attention(torch, args):
         q, k, v = make(h), make(hkv), make(hkv)
         dout = torch.randn(b, seq, h, hd, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
         extra = {"enable_gqa": True} if hkv != h else {}
-        fwd_flops = 4.0 * b * seq * seq * h * hd / 2.0
+        fwd_flops = 4.0 * b * seq * seq * h * hd / (2.0 if causal else 1.0)
 
         def forward():
             with torch.no_grad():
-                return sdpa(q, k, v, is_causal=True, **extra)
+                return sdpa(q, k, v, is_causal=causal, **extra)
 
         def forward_backward():
-            out = sdpa(q, k, v, is_causal=True, **extra)
+            out = sdpa(q, k, v, is_causal=causal, **extra)
             return torch.autograd.grad(out, (q, k, v), dout)
 
         for impl, context in variants:
             try:
                 with context():
-                    fwd_ms = median_ms(torch, forward, args)
-                    total_ms = median_ms(torch, forward_backward, args) if want_bwd else 0.0
+                    fwd_ms = median_ms(torch, forward, args) if want_fwd or want_bwd else 0.0
+                    total_ms = median_ms(torch, forward_backward, args) if want_bwd or want_fwd_bwd else 0.0
             except (RuntimeError, TypeError) as err:
                 print(f"torch_peer: {impl} {shape}: {str(err).splitlines()[0] if str(err) else err!r}",
                       file=sys.stderr)
+                torch.cuda.empty_cache()
                 continue
             if want_fwd:
                 emit(impl, "attention_fwd", shape, "bf16", fwd_ms, fwd_flops, args.reps)
             if want_bwd:
                 emit(impl, "attention_bwd", shape, "bf16", total_ms - fwd_ms, 2.5 * fwd_flops, args.reps)
+            if want_fwd_bwd:
+                emit(impl, "attention_fwd_bwd", shape, "bf16", total_ms, 3.5 * fwd_flops, args.reps)
         del q, k, v, dout
         torch.cuda.empty_cache()
 
@@ -186,7 +199,8 @@ def bench_attention(torch, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
-    parser.add_argument("--filter", default="", help="keep rows whose 'kernel shape' contains this")
+    parser.add_argument("--filter", action="append", default=[],
+                        help="keep rows whose 'kernel shape' contains this (repeatable: all of them)")
     parser.add_argument("--reps", type=int, default=None, help="timed calls per row (20; 5 with --quick)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
     parser.add_argument("--sdpa-backends", action="store_true", help="also time each SDPA backend alone")

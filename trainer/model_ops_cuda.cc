@@ -1,7 +1,14 @@
 // ModelOps on a CUDA device: the kernels of kernels/cuda, enqueued on one
 // compute stream, with cuBLASLt GEMMs through one GemmContext (its plan cache
-// fills during the first step; no allocation after that).
+// fills during the first step; no allocation after that). Attention runs the
+// tensor-core kernel (kernels/cuda/flash_attention.h) wherever it applies
+// (bf16, head dim 64 or 128) and the simple tiled kernel otherwise;
+// LATAM_ATTENTION=simple forces the simple one.
 #include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/arena.h"
 #include "kernels/cuda/attention.h"
@@ -9,6 +16,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/embedding.h"
+#include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/fused_norm.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/rmsnorm.h"
@@ -28,7 +36,8 @@ struct CudaWorkspaceLayout {
   int64_t attention_elems = 0, norm_elems = 0, embedding_elems = 0;
 
   CudaWorkspaceLayout(const OpsShape& shape, size_t rope_bytes) {
-    attention_elems = cuda::AttentionBackwardWorkspaceElems(shape.attention);
+    attention_elems = std::max(cuda::AttentionBackwardWorkspaceElems(shape.attention),
+                               cuda::FlashAttentionBackwardWorkspaceElems(shape.attention));
     norm_elems = cuda::RmsNormBackwardWorkspaceElems(shape.rows(), shape.dim);
     embedding_elems = cuda::EmbeddingBackwardWorkspaceElems(shape.rows());
     size_t at = 0;
@@ -59,6 +68,9 @@ class CudaOps final : public ModelOps {
       : shape_(shape), dtype_(dtype), stream_(stream), layout_(shape, cuda::RopeTableBytes(rope)) {
     LATAM_CHECK(dtype == DType::kBF16 || dtype == DType::kF32,
                 "CUDA activations must be bf16 or f32, got " << DTypeName(dtype));
+    const char* choice = std::getenv("LATAM_ATTENTION");
+    flash_ = cuda::FlashAttentionSupports(shape.attention, dtype) &&
+             !(choice != nullptr && std::strcmp(choice, "simple") == 0);
     arena_ = Arena(Device::kCUDA, layout_.total);
     attention_ws_ = arena_.View(layout_.attention, DType::kF32, Shape{layout_.attention_elems});
     norm_ws_ = arena_.View(layout_.norm, DType::kF32, Shape{layout_.norm_elems});
@@ -101,11 +113,19 @@ class CudaOps final : public ModelOps {
     cuda::RopeBackward(dqkv, shape_.attention.seq_len, n_rot_heads, rope_, stream_);
   }
   void AttentionForward(const Tensor& qkv, const Tensor& out, const Tensor& lse) override {
-    cuda::AttentionForward(qkv, shape_.attention, out, lse, stream_);
+    if (flash_) {
+      cuda::FlashAttentionForward(qkv, shape_.attention, true, out, lse, stream_);
+    } else {
+      cuda::AttentionForward(qkv, shape_.attention, out, lse, stream_);
+    }
   }
   void AttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
                          const Tensor& dqkv) override {
-    cuda::AttentionBackward(qkv, out, dout, lse, shape_.attention, dqkv, attention_ws_, stream_);
+    if (flash_) {
+      cuda::FlashAttentionBackward(qkv, out, dout, lse, shape_.attention, true, dqkv, attention_ws_, stream_);
+    } else {
+      cuda::AttentionBackward(qkv, out, dout, lse, shape_.attention, dqkv, attention_ws_, stream_);
+    }
   }
   void Add(const Tensor& a, const Tensor& b, const Tensor& out) override { cuda::Add(a, b, out, stream_); }
   void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, float eps, const Tensor& h,
@@ -159,6 +179,7 @@ class CudaOps final : public ModelOps {
   Tensor attention_ws_, norm_ws_, embedding_ws_, target_error_;
   cuda::RopeDeviceTable rope_;
   double* loss_ = nullptr;
+  bool flash_ = false;  // the tensor-core attention kernel applies
 };
 
 }  // namespace

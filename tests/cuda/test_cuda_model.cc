@@ -22,27 +22,28 @@
 namespace latam {
 namespace {
 
-ModelShape SmallShape(bool tied) {
+// Head dim 32 runs the simple attention kernel; 64 the tensor-core one.
+ModelShape SmallShape(bool tied, int64_t head_dim = 32) {
   ModelShape s;
   s.vocab = 512;
-  s.dim = 128;
+  s.dim = 4 * head_dim;
   s.n_layers = 2;
   s.n_heads = 4;
   s.n_kv_heads = 2;
-  s.head_dim = 32;
+  s.head_dim = head_dim;
   s.ffn_dim = 384;
   s.tie_embeddings = tied;
   s.rope_theta = 10000.0;
   s.norm_eps = 1e-5;
-  s.max_seq_len = 64;
+  s.max_seq_len = 96;
   s.init_std = 0.05;
   return s;
 }
 
-ActivationOptions Options(Device device, DType dtype) {
+ActivationOptions Options(Device device, DType dtype, int64_t seq_len = 64) {
   ActivationOptions a;
   a.micro_batch = 2;
-  a.seq_len = 64;
+  a.seq_len = seq_len;
   a.device = device;
   a.dtype = dtype;
   return a;
@@ -73,10 +74,11 @@ class CudaModelTest : public testing::RandomTest {
     return ids;
   }
 
-  void CompareOneStep(DType dtype, bool tied, bool recompute, double loss_rtol, double grad_rtol) {
-    const ModelShape shape = SmallShape(tied);
-    ActivationOptions cpu_act = Options(Device::kCPU, DType::kF32);
-    ActivationOptions gpu_act = Options(Device::kCUDA, dtype);
+  void CompareOneStep(DType dtype, bool tied, bool recompute, double loss_rtol, double grad_rtol,
+                      int64_t head_dim = 32, int64_t seq_len = 64) {
+    const ModelShape shape = SmallShape(tied, head_dim);
+    ActivationOptions cpu_act = Options(Device::kCPU, DType::kF32, seq_len);
+    ActivationOptions gpu_act = Options(Device::kCUDA, dtype, seq_len);
     gpu_act.recompute = recompute;
     LlamaModel cpu(shape, cpu_act);
     LlamaModel gpu(shape, gpu_act);
@@ -116,6 +118,13 @@ TEST_F(CudaModelTest, Bf16ForwardBackwardMatchesCpu) {
   LATAM_REQUIRE_GPU();
   CompareOneStep(DType::kBF16, false, false, 1e-2, 8e-2);
   CompareOneStep(DType::kBF16, true, true, 1e-2, 8e-2);
+}
+
+// Head dim 64 in bf16 takes the tensor-core attention kernels; 96 tokens
+// leave a partial tile.
+TEST_F(CudaModelTest, Bf16WithFlashAttentionMatchesCpu) {
+  LATAM_REQUIRE_GPU();
+  CompareOneStep(DType::kBF16, false, false, 1e-2, 8e-2, 64, 96);
 }
 
 // Recomputation re-runs the same kernels on the same inputs: the GPU's

@@ -1,0 +1,96 @@
+// Pieces shared by the tensor-core attention kernels (forward in
+// flash_attention.cu, backward in flash_attention_backward.cu). Internal to
+// kernels/cuda.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/attention.h"
+#include "kernels/cuda/mma.cuh"
+#include "kernels/tensor.h"
+
+#ifndef LATAM_CUDA_EMULATION
+#include <cuda_bf16.h>
+
+#include "kernels/cuda/cuda_check.h"
+#endif
+
+namespace latam::cuda::flash {
+
+constexpr int kBlockM = 64;  // query rows per tile (4 warps x 16 rows)
+constexpr int kBlockN = 64;  // keys per tile
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+
+// Index arithmetic: element offsets into qkv (row-major [B*T, row_stride])
+// and out / dout ([B*T, out_stride]).
+struct FlashGeometry {
+  int batch;
+  int seq_len;
+  int n_heads;         // query heads
+  int group;           // query heads per KV head
+  int64_t row_stride;  // elements per token row of qkv
+  int64_t k_col;       // first column of the key heads
+  int64_t v_col;       // first column of the value heads
+  int64_t out_stride;  // elements per token row of out
+  float scale;         // 1 / sqrt(head_dim)
+  float scale_log2;    // log2(e) / sqrt(head_dim)
+  bool causal;
+};
+
+inline FlashGeometry MakeFlashGeometry(const cpu::AttentionDims& d, bool causal) {
+  FlashGeometry g;
+  g.batch = d.batch;
+  g.seq_len = d.seq_len;
+  g.n_heads = d.n_heads;
+  g.group = d.n_heads / d.n_kv_heads;
+  g.row_stride = static_cast<int64_t>(d.n_heads + 2 * d.n_kv_heads) * d.head_dim;
+  g.k_col = static_cast<int64_t>(d.n_heads) * d.head_dim;
+  g.v_col = static_cast<int64_t>(d.n_heads + d.n_kv_heads) * d.head_dim;
+  g.out_stride = static_cast<int64_t>(d.n_heads) * d.head_dim;
+  g.scale = 1.0f / std::sqrt(static_cast<float>(d.head_dim));
+  g.scale_log2 = g.scale * 1.4426950408889634f;
+  g.causal = causal;
+  return g;
+}
+
+// Fatal checks of the shapes, dtypes and alignment every entry point shares.
+void CheckFlashTensors(const Tensor& qkv, const cpu::AttentionDims& d, const Tensor& out, const Tensor& lse);
+
+// The block's dynamic shared memory.
+__device__ __forceinline__ unsigned char* DynamicShared() {
+#ifdef LATAM_CUDA_EMULATION
+  return simt::SharedMemory();
+#else
+  extern __shared__ __align__(128) unsigned char shared[];
+  return shared;
+#endif
+}
+
+// Starts cp.async copies of rows [row0, row0 + kRows) of one head (kHd
+// columns, rows `stride` elements apart from `src`) into a swizzled tile;
+// rows at or past `rows_valid` are zero-filled. The caller commits and waits.
+template <int kHd, int kRows>
+__device__ __forceinline__ void LoadTile(__nv_bfloat16* tile, const __nv_bfloat16* src, int64_t stride, int row0,
+                                         int rows_valid) {
+  constexpr int kChunks = kHd / 8;
+  for (int i = static_cast<int>(threadIdx.x); i < kRows * kChunks; i += kThreads) {
+    const int r = i / kChunks, c = i % kChunks;
+    const bool valid = row0 + r < rows_valid;
+    const __nv_bfloat16* from = valid ? src + static_cast<int64_t>(row0 + r) * stride + c * 8 : src;
+    mma::CpAsync16(tile + mma::Swizzle<kHd>(r, c), from, valid);
+  }
+}
+
+#ifndef LATAM_CUDA_EMULATION
+// Opts a kernel into more than the default 48 KB of dynamic shared memory.
+template <typename Kernel>
+void AllowSharedBytes(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024) {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  }
+}
+#endif
+
+}  // namespace latam::cuda::flash

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs the CUDA kernel tests under compute-sanitizer on a GPU machine:
+# memcheck (out-of-bounds and misaligned accesses, leaks) over every CUDA
+# test, racecheck and synccheck (shared-memory hazards, barriers) over the
+# kernels that use shared memory.
+#
+#   tests/cuda/sanitize.sh [BIN_DIR]        (default build/bin)
+#
+# Exits non-zero if a tool reports an error. Without a GPU the tests skip,
+# so the run says nothing: it exits 77 (ctest's skip code) instead.
+set -euo pipefail
+BIN=${1:-build/bin}
+SANITIZER=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
+if [ ! -x "$SANITIZER" ]; then
+  echo "sanitize.sh: compute-sanitizer not found (set COMPUTE_SANITIZER)" >&2
+  exit 2
+fi
+if ! "$BIN/latam_cuda_tests" --gtest_list_tests >/dev/null 2>&1; then
+  echo "sanitize.sh: $BIN/latam_cuda_tests does not run" >&2
+  exit 2
+fi
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "sanitize.sh: no GPU visible; nothing to check" >&2
+  exit 77
+fi
+# Shared-memory kernels: attention (both), RMSNorm / fused norm partials,
+# the embedding sort, cross-entropy and gradient-norm block reductions.
+SHARED='*Attention*:*Rms*:*Norm*:*Embedding*:*CrossEntropy*:*GradSumOfSquares*'
+status=0
+run() {
+  echo "== compute-sanitizer $*" >&2
+  "$SANITIZER" --error-exitcode 1 "$@" || status=1
+}
+run --tool memcheck --leak-check full "$BIN/latam_cuda_tests"
+run --tool racecheck --racecheck-report all "$BIN/latam_cuda_tests" --gtest_filter="$SHARED"
+run --tool synccheck "$BIN/latam_cuda_tests" --gtest_filter="$SHARED"
+exit "$status"
