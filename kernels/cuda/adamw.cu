@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 
 namespace latam::cuda {
 
@@ -88,18 +89,17 @@ void AdamWUpdate(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
   if (vec && n >= 4) {
     const int64_t n4 = n / 4;
     const int blocks = static_cast<int>(std::min<int64_t>((n4 + kThreads - 1) / kThreads, 65535));
-    AdamWVec4Kernel<<<blocks, kThreads, 0, stream>>>(
-        static_cast<float4*>(param.data), static_cast<const float4*>(grad.data), static_cast<float4*>(exp_avg.data),
-        static_cast<float4*>(exp_avg_sq.data), write_bf16 ? static_cast<__nv_bfloat162*>(param_bf16.data) : nullptr, n4,
-        a);
+    Launch(AdamWVec4Kernel, blocks, kThreads, 0, stream, static_cast<float4*>(param.data),
+           static_cast<const float4*>(grad.data), static_cast<float4*>(exp_avg.data),
+           static_cast<float4*>(exp_avg_sq.data), write_bf16 ? static_cast<__nv_bfloat162*>(param_bf16.data) : nullptr,
+           n4, a);
     CUDA_CHECK_LAUNCH();
     done = n4 * 4;
   }
   if (done < n) {
     const int blocks = static_cast<int>(std::min<int64_t>((n - done + kThreads - 1) / kThreads, 65535));
-    AdamWScalarKernel<<<blocks, kThreads, 0, stream>>>(
-        param.as<float>(), grad.as<float>(), exp_avg.as<float>(), exp_avg_sq.as<float>(),
-        write_bf16 ? static_cast<__nv_bfloat16*>(param_bf16.data) : nullptr, done, n, a);
+    Launch(AdamWScalarKernel, blocks, kThreads, 0, stream, param.as<float>(), grad.as<float>(), exp_avg.as<float>(),
+           exp_avg_sq.as<float>(), write_bf16 ? static_cast<__nv_bfloat16*>(param_bf16.data) : nullptr, done, n, a);
     CUDA_CHECK_LAUNCH();
   }
 }

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/vec.cuh"
 
 namespace latam::cuda {
@@ -126,7 +127,7 @@ template <typename T, int kMaxHd>
 __global__ void __launch_bounds__(Threads<kMaxHd>::kCount)
     AttentionForwardKernel(const T* __restrict__ qkv, T* __restrict__ out, float* __restrict__ lse, Geometry g) {
   using Th = Threads<kMaxHd>;
-  extern __shared__ float smem[];
+  float* smem = DynamicShared<float>();
   const int hd = g.head_dim, ld = hd + 1, seq_len = g.seq_len;
   float* sq = smem;
   float* sk = sq + kTile * ld;
@@ -247,7 +248,7 @@ __global__ void __launch_bounds__(Threads<kMaxHd>::kCount)
     AttentionBackwardQueryKernel(const T* __restrict__ qkv, const T* __restrict__ dout, const float* __restrict__ lse,
                                  const float* __restrict__ dsum, T* __restrict__ dqkv, Geometry g) {
   using Th = Threads<kMaxHd>;
-  extern __shared__ float smem[];
+  float* smem = DynamicShared<float>();
   const int hd = g.head_dim, ld = hd + 1, seq_len = g.seq_len;
   float* sq = smem;
   float* sdo = sq + kTile * ld;
@@ -339,7 +340,7 @@ __global__ void __launch_bounds__(Threads<kMaxHd>::kCount)
                                     const float* __restrict__ lse, const float* __restrict__ dsum, T* __restrict__ dqkv,
                                     Geometry g) {
   using Th = Threads<kMaxHd>;
-  extern __shared__ float smem[];
+  float* smem = DynamicShared<float>();
   const int hd = g.head_dim, ld = hd + 1, seq_len = g.seq_len;
   float* sk = smem;
   float* sv = sk + kTile * ld;
@@ -453,8 +454,8 @@ void LaunchForward(const Tensor& qkv, const AttentionDims& d, const Tensor& out,
                    cudaStream_t stream) {
   const size_t bytes = 3 * TileBytes(d.head_dim) + kScoreTileBytes;
   AllowSharedBytes(AttentionForwardKernel<T, kMaxHd>, bytes);
-  AttentionForwardKernel<T, kMaxHd><<<TileGrid(d, d.n_heads), Threads<kMaxHd>::kCount, bytes, stream>>>(
-      static_cast<const T*>(qkv.data), static_cast<T*>(out.data), lse.as<float>(), MakeGeometry(d));
+  Launch(AttentionForwardKernel<T, kMaxHd>, TileGrid(d, d.n_heads), Threads<kMaxHd>::kCount, bytes, stream,
+         static_cast<const T*>(qkv.data), static_cast<T*>(out.data), lse.as<float>(), MakeGeometry(d));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -469,20 +470,20 @@ void LaunchBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, co
 
   const int64_t items = static_cast<int64_t>(d.batch) * d.seq_len * d.n_heads;
   const int64_t row_dot_blocks = (items + kRowDotThreads / 32 - 1) / (kRowDotThreads / 32);
-  RowDotKernel<T><<<static_cast<unsigned>(row_dot_blocks), kRowDotThreads, 0, stream>>>(static_cast<const T*>(out.data),
-                                                                                        dout_p, dsum, g, items);
+  Launch(RowDotKernel<T>, static_cast<unsigned>(row_dot_blocks), kRowDotThreads, 0, stream,
+         static_cast<const T*>(out.data), dout_p, dsum, g, items);
   CUDA_CHECK_LAUNCH();
 
   const size_t query_bytes = 4 * TileBytes(d.head_dim) + kScoreTileBytes;
   AllowSharedBytes(AttentionBackwardQueryKernel<T, kMaxHd>, query_bytes);
-  AttentionBackwardQueryKernel<T, kMaxHd><<<TileGrid(d, d.n_heads), Threads<kMaxHd>::kCount, query_bytes, stream>>>(
-      qkv_p, dout_p, lse.as<float>(), dsum, dqkv_p, g);
+  Launch(AttentionBackwardQueryKernel<T, kMaxHd>, TileGrid(d, d.n_heads), Threads<kMaxHd>::kCount, query_bytes, stream,
+         qkv_p, dout_p, lse.as<float>(), dsum, dqkv_p, g);
   CUDA_CHECK_LAUNCH();
 
   const size_t kv_bytes = 4 * TileBytes(d.head_dim) + 2 * kScoreTileBytes + 2 * kTile * sizeof(float);
   AllowSharedBytes(AttentionBackwardKeyValueKernel<T, kMaxHd>, kv_bytes);
-  AttentionBackwardKeyValueKernel<T, kMaxHd><<<TileGrid(d, d.n_kv_heads), Threads<kMaxHd>::kCount, kv_bytes, stream>>>(
-      qkv_p, dout_p, lse.as<float>(), dsum, dqkv_p, g);
+  Launch(AttentionBackwardKeyValueKernel<T, kMaxHd>, TileGrid(d, d.n_kv_heads), Threads<kMaxHd>::kCount, kv_bytes,
+         stream, qkv_p, dout_p, lse.as<float>(), dsum, dqkv_p, g);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/vec.cuh"
 
 namespace latam::cuda {
@@ -132,9 +133,9 @@ void LaunchRowMax(const Tensor& logits, const Tensor& row_max, cudaStream_t stre
   if (rows == 0) return;
   const T* x = static_cast<const T*>(logits.data);
   if (VecOk(logits, v, Pack<T>::kN)) {
-    RowMaxKernel<T, true><<<rows, kThreads, 0, stream>>>(x, row_max.as<float>(), v);
+    Launch(RowMaxKernel<T, true>, rows, kThreads, 0, stream, x, row_max.as<float>(), v);
   } else {
-    RowMaxKernel<T, false><<<rows, kThreads, 0, stream>>>(x, row_max.as<float>(), v);
+    Launch(RowMaxKernel<T, false>, rows, kThreads, 0, stream, x, row_max.as<float>(), v);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -148,13 +149,11 @@ void LaunchRowSumExp(const Tensor& logits, const Tensor& global_max, const Tenso
   if (rows == 0) return;
   const T* x = static_cast<const T*>(logits.data);
   if (VecOk(logits, v, Pack<T>::kN)) {
-    RowSumExpKernel<T, true><<<rows, kThreads, 0, stream>>>(x, global_max.as<float>(), targets.as<int32_t>(),
-                                                            vocab_begin, vocab, row_sumexp.as<float>(),
-                                                            target_logit.as<float>(), target_error.as<int32_t>(), v);
+    Launch(RowSumExpKernel<T, true>, rows, kThreads, 0, stream, x, global_max.as<float>(), targets.as<int32_t>(),
+           vocab_begin, vocab, row_sumexp.as<float>(), target_logit.as<float>(), target_error.as<int32_t>(), v);
   } else {
-    RowSumExpKernel<T, false><<<rows, kThreads, 0, stream>>>(x, global_max.as<float>(), targets.as<int32_t>(),
-                                                             vocab_begin, vocab, row_sumexp.as<float>(),
-                                                             target_logit.as<float>(), target_error.as<int32_t>(), v);
+    Launch(RowSumExpKernel<T, false>, rows, kThreads, 0, stream, x, global_max.as<float>(), targets.as<int32_t>(),
+           vocab_begin, vocab, row_sumexp.as<float>(), target_logit.as<float>(), target_error.as<int32_t>(), v);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -167,11 +166,11 @@ void LaunchBackward(const Tensor& logits, const Tensor& targets, int64_t vocab_b
   if (rows == 0) return;
   T* x = static_cast<T*>(logits.data);
   if (VecOk(logits, v, Pack<T>::kN)) {
-    BackwardKernel<T, true>
-        <<<rows, kThreads, 0, stream>>>(x, targets.as<int32_t>(), vocab_begin, lse.as<float>(), grad_scale, v);
+    Launch(BackwardKernel<T, true>, rows, kThreads, 0, stream, x, targets.as<int32_t>(), vocab_begin, lse.as<float>(),
+           grad_scale, v);
   } else {
-    BackwardKernel<T, false>
-        <<<rows, kThreads, 0, stream>>>(x, targets.as<int32_t>(), vocab_begin, lse.as<float>(), grad_scale, v);
+    Launch(BackwardKernel<T, false>, rows, kThreads, 0, stream, x, targets.as<int32_t>(), vocab_begin, lse.as<float>(),
+           grad_scale, v);
   }
   CUDA_CHECK_LAUNCH();
 }

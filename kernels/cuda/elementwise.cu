@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/vec.cuh"
 
 namespace latam::cuda {
@@ -152,8 +153,8 @@ void LaunchAdd(const Tensor& a, const Tensor& b, const Tensor& out, cudaStream_t
   const int64_t n = a.numel();
   const int64_t n_items = VectorItems(n, Aligned16(a.data) && Aligned16(b.data) && Aligned16(out.data));
   const int64_t n_scalar = n - n_items * kItem;
-  AddKernel<T><<<Blocks(std::max(n_items, n_scalar)), kThreads, 0, stream>>>(
-      static_cast<const T*>(a.data), static_cast<const T*>(b.data), static_cast<T*>(out.data), n_items, n);
+  Launch(AddKernel<T>, Blocks(std::max(n_items, n_scalar)), kThreads, 0, stream, static_cast<const T*>(a.data),
+         static_cast<const T*>(b.data), static_cast<T*>(out.data), n_items, n);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -162,8 +163,8 @@ void LaunchCast(const Tensor& in, const Tensor& out, cudaStream_t stream) {
   const int64_t n = in.numel();
   const int64_t n_items = VectorItems(n, Aligned16(in.data) && Aligned16(out.data));
   const int64_t n_scalar = n - n_items * kItem;
-  CastKernel<In, Out><<<Blocks(std::max(n_items, n_scalar)), kThreads, 0, stream>>>(
-      static_cast<const In*>(in.data), static_cast<Out*>(out.data), n_items, n);
+  Launch(CastKernel<In, Out>, Blocks(std::max(n_items, n_scalar)), kThreads, 0, stream, static_cast<const In*>(in.data),
+         static_cast<Out*>(out.data), n_items, n);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -221,9 +222,8 @@ void CrossEntropyLoss(const Tensor& row_max, const Tensor& row_sumexp, const Ten
       !Overlap(lse, row_max) && !Overlap(lse, row_sumexp) && !Overlap(lse, target_logit) && !Overlap(lse, targets),
       "cuda cross-entropy loss: lse overlaps an input");
   if (rows.numel() == 0) return;
-  CrossEntropyLossKernel<<<1, kLossThreads, 0, stream>>>(row_max.as<float>(), row_sumexp.as<float>(),
-                                                         target_logit.as<float>(), targets.as<int32_t>(),
-                                                         lse.as<float>(), loss_sum, rows.numel());
+  Launch(CrossEntropyLossKernel, 1, kLossThreads, 0, stream, row_max.as<float>(), row_sumexp.as<float>(),
+         target_logit.as<float>(), targets.as<int32_t>(), lse.as<float>(), loss_sum, rows.numel());
   CUDA_CHECK_LAUNCH();
 }
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/vec.cuh"
 
 namespace latam::cuda {
@@ -126,15 +127,15 @@ __global__ void BitonicGlobalStepKernel(uint64_t* __restrict__ keys, int64_t n_k
 void SortKeys(uint64_t* keys, int64_t n_keys, cudaStream_t stream) {
   const int tile = static_cast<int>(std::min<int64_t>(n_keys, kSortTile));
   const int64_t n_tiles = n_keys / tile;
-  BitonicTileKernel<<<n_tiles, kSortThreads, 0, stream>>>(keys, tile, 0);
+  Launch(BitonicTileKernel, n_tiles, kSortThreads, 0, stream, keys, tile, 0);
   CUDA_CHECK_LAUNCH();
   const int64_t step_blocks = (n_keys / 2 + kStepThreads - 1) / kStepThreads;
   for (int64_t k = 2 * static_cast<int64_t>(tile); k <= n_keys; k <<= 1) {
     for (int64_t j = k >> 1; j >= tile; j >>= 1) {
-      BitonicGlobalStepKernel<<<step_blocks, kStepThreads, 0, stream>>>(keys, n_keys, k, j);
+      Launch(BitonicGlobalStepKernel, step_blocks, kStepThreads, 0, stream, keys, n_keys, k, j);
       CUDA_CHECK_LAUNCH();
     }
-    BitonicTileKernel<<<n_tiles, kSortThreads, 0, stream>>>(keys, tile, k);
+    Launch(BitonicTileKernel, n_tiles, kSortThreads, 0, stream, keys, tile, k);
     CUDA_CHECK_LAUNCH();
   }
 }
@@ -189,7 +190,7 @@ __global__ void EmbeddingBackwardKernel(const uint64_t* __restrict__ keys, int64
     const uint64_t id = key >> 32;
     if (key == kNoKey) break;  // sorted: only padding follows
     if (p > 0 && (keys[p - 1] >> 32) == id) continue;
-    float acc[kN];
+    float acc[kN] = {};  // loaded below where active
     float* dst = dtable + static_cast<int64_t>(id) * d + c;
     if (active) LoadF32<kN>(dst, acc);
     for (int64_t q0 = p;; q0 += kRunChunk) {
@@ -230,9 +231,9 @@ void LaunchForward(const Tensor& ids, const Tensor& table, int64_t vocab_begin, 
   const T* w = static_cast<const T*>(table.data);
   T* o = static_cast<T*>(out.data);
   if (vec) {
-    EmbeddingForwardKernel<T, true><<<m, kForwardThreads, 0, stream>>>(id, w, o, vocab_begin, v_local, d);
+    Launch(EmbeddingForwardKernel<T, true>, m, kForwardThreads, 0, stream, id, w, o, vocab_begin, v_local, d);
   } else {
-    EmbeddingForwardKernel<T, false><<<m, kForwardThreads, 0, stream>>>(id, w, o, vocab_begin, v_local, d);
+    Launch(EmbeddingForwardKernel<T, false>, m, kForwardThreads, 0, stream, id, w, o, vocab_begin, v_local, d);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -248,9 +249,9 @@ void LaunchBackward(const uint64_t* keys, int64_t n_keys, const Tensor& dout, co
                   static_cast<unsigned>((d + band - 1) / band));
   const T* g = static_cast<const T*>(dout.data);
   if (vec) {
-    EmbeddingBackwardKernel<T, true><<<grid, kBandThreads, 0, stream>>>(keys, n_keys, g, dtable.as<float>(), d);
+    Launch(EmbeddingBackwardKernel<T, true>, grid, kBandThreads, 0, stream, keys, n_keys, g, dtable.as<float>(), d);
   } else {
-    EmbeddingBackwardKernel<T, false><<<grid, kBandThreads, 0, stream>>>(keys, n_keys, g, dtable.as<float>(), d);
+    Launch(EmbeddingBackwardKernel<T, false>, grid, kBandThreads, 0, stream, keys, n_keys, g, dtable.as<float>(), d);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -297,8 +298,8 @@ void EmbeddingBackward(const Tensor& ids, const Tensor& dout, int64_t vocab_begi
   if (m == 0 || d == 0) return;
   const int64_t n_keys = NextPow2(m);
   uint64_t* keys = static_cast<uint64_t*>(workspace.data);
-  SortKeysInitKernel<<<(n_keys + kStepThreads - 1) / kStepThreads, kStepThreads, 0, stream>>>(
-      ids.as<int32_t>(), m, vocab_begin, v_local, keys, n_keys);
+  Launch(SortKeysInitKernel, (n_keys + kStepThreads - 1) / kStepThreads, kStepThreads, 0, stream, ids.as<int32_t>(), m,
+         vocab_begin, v_local, keys, n_keys);
   CUDA_CHECK_LAUNCH();
   SortKeys(keys, n_keys, stream);
   if (dout.dtype == DType::kF32) {

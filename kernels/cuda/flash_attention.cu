@@ -9,6 +9,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/flash_attention_kernels.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace latam::cuda {
 
@@ -47,9 +48,8 @@ void LaunchFlashForward(const Tensor& qkv, const cpu::AttentionDims& d, bool cau
   flash::AllowSharedBytes(flash::FlashForwardKernel<kHd>, bytes);
   const dim3 grid(static_cast<unsigned>((d.seq_len + kBlockM - 1) / kBlockM), static_cast<unsigned>(d.n_heads),
                   static_cast<unsigned>(d.batch));
-  flash::FlashForwardKernel<kHd><<<grid, kThreads, bytes, stream>>>(static_cast<const bf16*>(qkv.data),
-                                                             static_cast<bf16*>(out.data), lse.as<float>(),
-                                                             flash::MakeFlashGeometry(d, causal));
+  Launch(flash::FlashForwardKernel<kHd>, grid, kThreads, bytes, stream, static_cast<const bf16*>(qkv.data),
+         static_cast<bf16*>(out.data), lse.as<float>(), flash::MakeFlashGeometry(d, causal));
   CUDA_CHECK_LAUNCH();
 }
 

@@ -8,6 +8,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/flash_attention_kernels.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace latam::cuda {
 
@@ -34,21 +35,21 @@ void LaunchFlashBackward(const Tensor& qkv, const Tensor& out, const Tensor& dou
   const int64_t threads = items * (kHd / 8);
   const int64_t dot_blocks = (threads + flash::kRowDotThreads - 1) / flash::kRowDotThreads;
   LATAM_CHECK(dot_blocks <= 0x7fffffff, "flash attention backward: too many rows for the D kernel's grid");
-  flash::FlashRowDotKernel<kHd><<<static_cast<unsigned>(dot_blocks), flash::kRowDotThreads, 0, stream>>>(
-      static_cast<const bf16*>(out.data), dout_p, dsum, items, d.n_heads, d.seq_len);
+  Launch(flash::FlashRowDotKernel<kHd>, static_cast<unsigned>(dot_blocks), flash::kRowDotThreads, 0, stream,
+         static_cast<const bf16*>(out.data), dout_p, dsum, items, d.n_heads, d.seq_len);
   CUDA_CHECK_LAUNCH();
 
   const size_t kv_bytes = flash::KeyValueSmemBytes<kHd>();
   flash::AllowSharedBytes(flash::FlashKeyValueKernel<kHd>, kv_bytes);
-  flash::FlashKeyValueKernel<kHd><<<dim3(n_tiles, static_cast<unsigned>(d.n_kv_heads), static_cast<unsigned>(d.batch)),
-                             kThreads, kv_bytes, stream>>>(qkv_p, dout_p, lse_p, dsum, dqkv_p, g);
+  Launch(flash::FlashKeyValueKernel<kHd>,
+         dim3(n_tiles, static_cast<unsigned>(d.n_kv_heads), static_cast<unsigned>(d.batch)), kThreads, kv_bytes, stream,
+         qkv_p, dout_p, lse_p, dsum, dqkv_p, g);
   CUDA_CHECK_LAUNCH();
 
   const size_t q_bytes = flash::QuerySmemBytes<kHd>();
   flash::AllowSharedBytes(flash::FlashQueryKernel<kHd>, q_bytes);
-  flash::FlashQueryKernel<kHd>
-      <<<dim3(n_tiles, static_cast<unsigned>(d.n_heads), static_cast<unsigned>(d.batch)), kThreads, q_bytes, stream>>>(
-          qkv_p, dout_p, lse_p, dsum, dqkv_p, g);
+  Launch(flash::FlashQueryKernel<kHd>, dim3(n_tiles, static_cast<unsigned>(d.n_heads), static_cast<unsigned>(d.batch)),
+         kThreads, q_bytes, stream, qkv_p, dout_p, lse_p, dsum, dqkv_p, g);
   CUDA_CHECK_LAUNCH();
 }
 

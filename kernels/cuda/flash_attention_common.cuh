@@ -7,14 +7,15 @@
 #include <cstdint>
 
 #include "kernels/attention.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/tensor.h"
 
-#ifndef LATAM_CUDA_EMULATION
+// In emulation builds cuda_bf16.h and cuda_runtime.h (through cuda_check.h)
+// are kernels/cuda/emulation/include's.
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/cuda_check.h"
-#endif
 
 namespace latam::cuda::flash {
 
@@ -58,15 +59,8 @@ inline FlashGeometry MakeFlashGeometry(const cpu::AttentionDims& d, bool causal)
 // Fatal checks of the shapes, dtypes and alignment every entry point shares.
 void CheckFlashTensors(const Tensor& qkv, const cpu::AttentionDims& d, const Tensor& out, const Tensor& lse);
 
-// The block's dynamic shared memory.
-__device__ __forceinline__ unsigned char* DynamicShared() {
-#ifdef LATAM_CUDA_EMULATION
-  return simt::SharedMemory();
-#else
-  extern __shared__ __align__(128) unsigned char shared[];
-  return shared;
-#endif
-}
+// The block's dynamic shared memory (cuda::DynamicShared in launch.cuh).
+__device__ __forceinline__ unsigned char* DynamicShared() { return cuda::DynamicShared<unsigned char>(); }
 
 // Starts cp.async copies of rows [row0, row0 + kRows) of one head (kHd
 // columns, rows `stride` elements apart from `src`) into a swizzled tile;
@@ -83,7 +77,6 @@ __device__ __forceinline__ void LoadTile(__nv_bfloat16* tile, const __nv_bfloat1
   }
 }
 
-#ifndef LATAM_CUDA_EMULATION
 // Opts a kernel into more than the default 48 KB of dynamic shared memory.
 template <typename Kernel>
 void AllowSharedBytes(Kernel kernel, size_t bytes) {
@@ -91,6 +84,5 @@ void AllowSharedBytes(Kernel kernel, size_t bytes) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
   }
 }
-#endif
 
 }  // namespace latam::cuda::flash

@@ -5,6 +5,7 @@
 #include <initializer_list>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/vec.cuh"
 
 namespace latam::cuda {
@@ -73,7 +74,7 @@ __global__ void AddRmsNormBackwardKernel(const T* __restrict__ dy, const T* __re
                                          const float* __restrict__ rstd, const T* dh_in, T* dh,
                                          float* __restrict__ partial, int64_t rows, int d) {
   using G = Group<T, kN>;
-  extern __shared__ float dw_shared[];
+  float* dw_shared = DynamicShared<float>();
   __shared__ float red[32];
   const int n = d / kN;
   const G* wg = reinterpret_cast<const G*>(w);
@@ -140,9 +141,9 @@ template <typename T, int kN>
 void LaunchForward(const Tensor& x, const Tensor& r, const Tensor& w, float eps, const Tensor& h, const Tensor& y,
                    const Tensor& rstd, cudaStream_t stream) {
   const int64_t rows = x.shape.rows();
-  AddRmsNormForwardKernel<T, kN><<<rows, kThreads, 0, stream>>>(
-      static_cast<const T*>(x.data), static_cast<const T*>(r.data), static_cast<const T*>(w.data),
-      static_cast<T*>(h.data), static_cast<T*>(y.data), rstd.as<float>(), static_cast<int>(x.shape.cols()), eps);
+  Launch(AddRmsNormForwardKernel<T, kN>, rows, kThreads, 0, stream, static_cast<const T*>(x.data),
+         static_cast<const T*>(r.data), static_cast<const T*>(w.data), static_cast<T*>(h.data), static_cast<T*>(y.data),
+         rstd.as<float>(), static_cast<int>(x.shape.cols()), eps);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -167,12 +168,12 @@ void LaunchBackward(const Tensor& dy, const Tensor& h, const Tensor& w, const Te
     CUDA_CHECK(cudaFuncSetAttribute(AddRmsNormBackwardKernel<T, kN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(shared_bytes)));
   }
-  AddRmsNormBackwardKernel<T, kN><<<n_blocks, kThreads, shared_bytes, stream>>>(
-      static_cast<const T*>(dy.data), static_cast<const T*>(h.data), static_cast<const T*>(w.data), rstd.as<float>(),
-      static_cast<const T*>(dh_in.data), static_cast<T*>(dh.data), workspace.as<float>(), rows, d);
+  Launch(AddRmsNormBackwardKernel<T, kN>, n_blocks, kThreads, shared_bytes, stream, static_cast<const T*>(dy.data),
+         static_cast<const T*>(h.data), static_cast<const T*>(w.data), rstd.as<float>(),
+         static_cast<const T*>(dh_in.data), static_cast<T*>(dh.data), workspace.as<float>(), rows, d);
   CUDA_CHECK_LAUNCH();
-  SumPartialsKernel<<<(d + kThreads - 1) / kThreads, kThreads, 0, stream>>>(workspace.as<float>(), n_blocks, d,
-                                                                            dw.as<float>());
+  Launch(SumPartialsKernel, (d + kThreads - 1) / kThreads, kThreads, 0, stream, workspace.as<float>(), n_blocks, d,
+         dw.as<float>());
   CUDA_CHECK_LAUNCH();
 }
 

@@ -1,6 +1,8 @@
 #include "kernels/cuda/gemm.h"
 
+#ifndef LATAM_CUDA_EMULATION
 #include <cublasLt.h>
+#endif
 
 #include <cstdint>
 #include <functional>
@@ -9,12 +11,15 @@
 
 #include "kernels/arena.h"
 #include "kernels/check.h"
+#ifndef LATAM_CUDA_EMULATION
 #include "kernels/cuda/cublas_check.h"
+#endif
 
 namespace latam::cuda {
 
 namespace {
 
+#ifndef LATAM_CUDA_EMULATION
 cudaDataType_t CudaDataType(DType dtype) {
   switch (dtype) {
     case DType::kF32:
@@ -27,6 +32,7 @@ cudaDataType_t CudaDataType(DType dtype) {
   LATAM_CHECK(false, "GEMM operands must be f32 or bf16, got " << DTypeName(dtype));
   return CUDA_R_32F;
 }
+#endif
 
 // The largest power of two, at most 256 (cuBLASLt's default assumption),
 // that divides the address. Kernels that need more alignment are excluded by
@@ -71,6 +77,40 @@ struct PlanKeyHash {
   }
 };
 
+#ifdef LATAM_CUDA_EMULATION
+// The emulation has no cuBLASLt: a plan is only its cache entry.
+struct Plan {};
+
+// C = alpha op(A) op(B) + beta C (+ bias), on the host, products summed in
+// fp32 in k order; a bf16 C is rounded once at the end, as gemm.h states.
+float LoadElement(const void* base, int64_t index, DType dtype) {
+  if (dtype == DType::kF32) return static_cast<const float*>(base)[index];
+  return simt::Bf16ToFloat(static_cast<const uint16_t*>(base)[index]);
+}
+void StoreElement(void* base, int64_t index, DType dtype, float v) {
+  if (dtype == DType::kF32) {
+    static_cast<float*>(base)[index] = v;
+  } else {
+    static_cast<uint16_t*>(base)[index] = simt::RoundToBf16(v);
+  }
+}
+void EmulatedGemm(const GemmArgs& g) {
+  for (int64_t i = 0; i < g.m; ++i) {
+    for (int64_t j = 0; j < g.n; ++j) {
+      float sum = 0.0f;
+      for (int64_t k = 0; k < g.k; ++k) {
+        const float a = LoadElement(g.a, g.trans_a ? k * g.lda + i : i * g.lda + k, g.ab_dtype);
+        const float b = LoadElement(g.b, g.trans_b ? j * g.ldb + k : k * g.ldb + j, g.ab_dtype);
+        sum += a * b;
+      }
+      float c = g.alpha * sum;
+      if (g.beta != 0.0f) c += g.beta * LoadElement(g.c, i * g.ldc + j, g.c_dtype);
+      if (g.epilogue == GemmEpilogue::kBias) c += LoadElement(g.bias, j, g.c_dtype);
+      StoreElement(g.c, i * g.ldc + j, g.c_dtype, c);
+    }
+  }
+}
+#else
 // The cuBLASLt descriptors of one key (in cuBLASLt's column-major terms, see
 // the mapping in gemm.h) and the algorithm the heuristic chose for them.
 struct Plan {
@@ -90,6 +130,7 @@ struct Plan {
     if (desc != nullptr) CUBLAS_CHECK(cublasLtMatmulDescDestroy(desc));
   }
 };
+#endif
 
 void CheckArgs(const GemmArgs& args) {
   LATAM_CHECK(args.ab_dtype == DType::kBF16 || args.ab_dtype == DType::kF32,
@@ -139,10 +180,17 @@ PlanKey KeyOf(const GemmArgs& args) {
 }  // namespace
 
 struct GemmContext::Impl {
-  cublasLtHandle_t handle = nullptr;
   Arena workspace;
   std::unordered_map<PlanKey, std::unique_ptr<Plan>, PlanKeyHash> plans;
   int64_t heuristic_calls = 0;
+#ifdef LATAM_CUDA_EMULATION
+  std::unique_ptr<Plan> CreatePlan(const GemmArgs&) {
+    ++heuristic_calls;
+    return std::make_unique<Plan>();
+  }
+};
+#else
+  cublasLtHandle_t handle = nullptr;
 
   // Creates the descriptors for `args` and asks the heuristic for its best
   // algorithm within the workspace. Allocates (host memory).
@@ -220,9 +268,12 @@ struct GemmContext::Impl {
     if (handle != nullptr) CUBLAS_CHECK(cublasLtDestroy(handle));
   }
 };
+#endif
 
 GemmContext::GemmContext(size_t workspace_bytes) : impl_(std::make_unique<Impl>()) {
+#ifndef LATAM_CUDA_EMULATION
   CUBLAS_CHECK(cublasLtCreate(&impl_->handle));
+#endif
   impl_->workspace = Arena(Device::kCUDA, workspace_bytes);
 }
 
@@ -241,6 +292,10 @@ void GemmContext::Gemm(const GemmArgs& args, cudaStream_t stream) {
   const PlanKey key = KeyOf(args);
   auto it = impl_->plans.find(key);
   if (it == impl_->plans.end()) it = impl_->plans.emplace(key, impl_->CreatePlan(args)).first;
+#ifdef LATAM_CUDA_EMULATION
+  (void)stream;
+  EmulatedGemm(args);
+#else
   const Plan& plan = *it->second;
   if (args.epilogue == GemmEpilogue::kBias) {
     // Same alignment as the pointer the plan was made with (it is in the key).
@@ -251,6 +306,7 @@ void GemmContext::Gemm(const GemmArgs& args, cudaStream_t stream) {
   CUBLAS_CHECK(cublasLtMatmul(impl_->handle, plan.desc, &args.alpha, args.b, plan.a_layout, args.a, plan.b_layout,
                               &args.beta, args.c, plan.c_layout, args.c, plan.c_layout, &plan.algo,
                               impl_->workspace.data(), impl_->workspace.size(), stream));
+#endif
 }
 
 namespace {

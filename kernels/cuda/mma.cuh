@@ -47,14 +47,14 @@ inline void LdMatrixX4Emulated(uint32_t (&r)[4], const void* row_address, bool t
   simt::Warp& w = simt::CurrentWarp();
   const int lane = simt::Lane(), g = lane / 4, q = lane % 4;
   w.pointers[lane] = row_address;
-  w.barrier.arrive_and_wait();
+  simt::WarpBarrier();
   for (int i = 0; i < 4; ++i) {
     auto at = [&](int row, int col) { return static_cast<const uint16_t*>(w.pointers[8 * i + row])[col]; };
     const uint32_t lo = trans ? at(2 * q, g) : at(g, 2 * q);
     const uint32_t hi = trans ? at(2 * q + 1, g) : at(g, 2 * q + 1);
     r[i] = lo | (hi << 16);
   }
-  w.barrier.arrive_and_wait();
+  simt::WarpBarrier();
 }
 
 inline void LdMatrixX4(uint32_t (&r)[4], const void* row_address) { LdMatrixX4Emulated(r, row_address, false); }

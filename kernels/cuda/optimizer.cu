@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 
 namespace latam::cuda {
 
@@ -34,7 +35,7 @@ __device__ __forceinline__ void ForEachOwnedChunk(const OptimizerSegment* segmen
   for (int s0 = 0; s0 < n_segments; s0 += kStage) {
     const int count = min(kStage, n_segments - s0);
     __syncthreads();  // the previous batch is no longer read
-    if (threadIdx.x < count) stage[threadIdx.x] = segments[s0 + threadIdx.x];
+    if (static_cast<int>(threadIdx.x) < count) stage[threadIdx.x] = segments[s0 + threadIdx.x];
     __syncthreads();
     for (int s = 0; s < count; ++s) {
       const OptimizerSegment& seg = stage[s];
@@ -168,7 +169,7 @@ void MultiTensorAdamW(const OptimizerSegment* segments, int n_segments, const Ad
   a.bias1 = static_cast<float>(1.0 - std::pow(static_cast<double>(h.beta1), static_cast<double>(h.step)));
   a.bias2 = static_cast<float>(1.0 - std::pow(static_cast<double>(h.beta2), static_cast<double>(h.step)));
   a.grad_scale = grad_scale;
-  MultiTensorAdamWKernel<<<kBlocks, kThreads, 0, stream>>>(segments, n_segments, a);
+  Launch(MultiTensorAdamWKernel, kBlocks, kThreads, 0, stream, segments, n_segments, a);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -179,9 +180,9 @@ void GradSumOfSquares(const OptimizerSegment* segments, int n_segments, double* 
   LATAM_CHECK(n_segments >= 0, "gradient sum of squares: " << n_segments << " segments");
   LATAM_CHECK(segments != nullptr || n_segments == 0, "gradient sum of squares: no segment table");
   LATAM_CHECK(workspace != nullptr && sum != nullptr, "gradient sum of squares: missing workspace or output");
-  SumOfSquaresKernel<<<kBlocks, kThreads, 0, stream>>>(segments, n_segments, workspace);
+  Launch(SumOfSquaresKernel, kBlocks, kThreads, 0, stream, segments, n_segments, workspace);
   CUDA_CHECK_LAUNCH();
-  SumPartialsKernel<<<1, kThreads, 0, stream>>>(workspace, kBlocks, sum);
+  Launch(SumPartialsKernel, 1, kThreads, 0, stream, workspace, kBlocks, sum);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/vec.cuh"
 
 namespace latam::cuda {
@@ -64,7 +65,7 @@ template <typename T>
 __global__ void RmsNormBackwardKernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
                                       const float* __restrict__ rstd, T* __restrict__ dx, bool accumulate,
                                       float* __restrict__ partial, int64_t rows, int d) {
-  extern __shared__ float dw_shared[];
+  float* dw_shared = DynamicShared<float>();
   __shared__ float red[32];
   for (int i = threadIdx.x; i < d; i += blockDim.x) dw_shared[i] = 0.0f;
   const int64_t row_begin = static_cast<int64_t>(blockIdx.x) * kBackwardRows;
@@ -110,13 +111,11 @@ void LaunchForward(const Tensor& x, const Tensor& w, float eps, const Tensor& y,
                    reinterpret_cast<uintptr_t>(y.data) % 16 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
   if (rows == 0) return;
   if (vec) {
-    RmsNormForwardKernel<T, true><<<rows, kThreads, 0, stream>>>(static_cast<const T*>(x.data),
-                                                                 static_cast<const T*>(w.data), static_cast<T*>(y.data),
-                                                                 rstd.as<float>(), d, eps);
+    Launch(RmsNormForwardKernel<T, true>, rows, kThreads, 0, stream, static_cast<const T*>(x.data),
+           static_cast<const T*>(w.data), static_cast<T*>(y.data), rstd.as<float>(), d, eps);
   } else {
-    RmsNormForwardKernel<T, false><<<rows, kThreads, 0, stream>>>(static_cast<const T*>(x.data),
-                                                                  static_cast<const T*>(w.data),
-                                                                  static_cast<T*>(y.data), rstd.as<float>(), d, eps);
+    Launch(RmsNormForwardKernel<T, false>, rows, kThreads, 0, stream, static_cast<const T*>(x.data),
+           static_cast<const T*>(w.data), static_cast<T*>(y.data), rstd.as<float>(), d, eps);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -133,12 +132,12 @@ void LaunchBackward(const Tensor& dy, const Tensor& x, const Tensor& w, const Te
     CUDA_CHECK(cudaFuncSetAttribute(RmsNormBackwardKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(shared_bytes)));
   }
-  RmsNormBackwardKernel<T><<<n_blocks, kThreads, shared_bytes, stream>>>(
-      static_cast<const T*>(dy.data), static_cast<const T*>(x.data), static_cast<const T*>(w.data), rstd.as<float>(),
-      static_cast<T*>(dx.data), accumulate, workspace.as<float>(), rows, d);
+  Launch(RmsNormBackwardKernel<T>, n_blocks, kThreads, shared_bytes, stream, static_cast<const T*>(dy.data),
+         static_cast<const T*>(x.data), static_cast<const T*>(w.data), rstd.as<float>(), static_cast<T*>(dx.data),
+         accumulate, workspace.as<float>(), rows, d);
   CUDA_CHECK_LAUNCH();
-  SumPartialsKernel<<<(d + kThreads - 1) / kThreads, kThreads, 0, stream>>>(workspace.as<float>(), n_blocks, d,
-                                                                            dw.as<float>());
+  Launch(SumPartialsKernel, (d + kThreads - 1) / kThreads, kThreads, 0, stream, workspace.as<float>(), n_blocks, d,
+         dw.as<float>());
   CUDA_CHECK_LAUNCH();
 }
 

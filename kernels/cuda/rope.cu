@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/vec.cuh"
 
 namespace latam::cuda {
@@ -94,8 +95,8 @@ __global__ void RopeKernel(T* __restrict__ x, const float* __restrict__ cos_tabl
 bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 template <typename T>
-void Launch(const Tensor& x, int seq_len, int n_rot_heads, const RopeDeviceTable& table, float direction,
-            cudaStream_t stream) {
+void LaunchRope(const Tensor& x, int seq_len, int n_rot_heads, const RopeDeviceTable& table, float direction,
+                cudaStream_t stream) {
   const int64_t rows = x.shape.rows();
   const int64_t row_width = x.shape.cols();
   const int half = table.head_dim() / 2;
@@ -110,11 +111,11 @@ void Launch(const Tensor& x, int seq_len, int n_rot_heads, const RopeDeviceTable
   const float* cos_table = table.cos.as<float>();
   const float* sin_table = table.sin.as<float>();
   if (vec) {
-    RopeKernel<T, true><<<blocks, kThreads, 0, stream>>>(static_cast<T*>(x.data), cos_table, sin_table, rows, row_width,
-                                                         seq_len, n_rot_heads, half, direction);
+    Launch(RopeKernel<T, true>, blocks, kThreads, 0, stream, static_cast<T*>(x.data), cos_table, sin_table, rows,
+           row_width, seq_len, n_rot_heads, half, direction);
   } else {
-    RopeKernel<T, false><<<blocks, kThreads, 0, stream>>>(static_cast<T*>(x.data), cos_table, sin_table, rows,
-                                                          row_width, seq_len, n_rot_heads, half, direction);
+    Launch(RopeKernel<T, false>, blocks, kThreads, 0, stream, static_cast<T*>(x.data), cos_table, sin_table, rows,
+           row_width, seq_len, n_rot_heads, half, direction);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -133,9 +134,9 @@ void Rotate(const Tensor& x, int seq_len, int n_rot_heads, const RopeDeviceTable
   LATAM_CHECK(n_rot_heads >= 0 && static_cast<int64_t>(n_rot_heads) * table.head_dim() <= x.shape.cols(),
               n_rot_heads << " heads of " << table.head_dim() << " exceed row width " << x.shape.cols());
   if (x.dtype == DType::kF32) {
-    Launch<float>(x, seq_len, n_rot_heads, table, direction, stream);
+    LaunchRope<float>(x, seq_len, n_rot_heads, table, direction, stream);
   } else {
-    Launch<__nv_bfloat16>(x, seq_len, n_rot_heads, table, direction, stream);
+    LaunchRope<__nv_bfloat16>(x, seq_len, n_rot_heads, table, direction, stream);
   }
 }
 

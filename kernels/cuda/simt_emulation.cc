@@ -1,6 +1,10 @@
 #include "kernels/cuda/simt_emulation.h"
 
-#include <thread>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <memory>
+#include <vector>
 
 #include "kernels/check.h"
 
@@ -9,35 +13,167 @@ thread_local latam::simt::Dim3 threadIdx, blockIdx, blockDim, gridDim;
 namespace latam::simt {
 
 namespace {
-thread_local Block* current_block = nullptr;
+
+// Fiber stacks: the kernels keep their fragments and accumulators (a few KB)
+// and the emulated mma rebuilds 16 x 16 tiles on the stack.
+constexpr size_t kStackBytes = 128 * 1024;
+
+enum class Wait { kNone, kBlock, kWarp, kDone };
+
+struct Fiber {
+  ucontext_t context;
+  unsigned char* stack = nullptr;
+  Wait wait = Wait::kNone;
+  uint64_t generation = 0;  // of the barrier it waits at
+};
+
+// One block in flight: its fibers, barrier state and shared memory.
+struct Runner {
+  ucontext_t scheduler;
+  std::vector<Fiber> fibers;
+  std::vector<Warp> warps;
+  std::vector<uint64_t> warp_generation;
+  std::vector<unsigned> warp_arrived;
+  uint64_t block_generation = 0;
+  unsigned block_arrived = 0;
+  int block_count = 0;   // __syncthreads_count accumulator of the current barrier
+  int count_result = 0;  // its result, valid once the barrier released
+  std::vector<unsigned char> shared;
+  const std::function<void()>* body = nullptr;
+  unsigned current = 0;
+};
+
+thread_local Runner* runner = nullptr;
+// Stacks are reused across launches (allocated, never zeroed).
+thread_local std::vector<std::unique_ptr<unsigned char[]>> stack_pool;
+
+void FiberMain() {
+  (*runner->body)();
+  runner->fibers[runner->current].wait = Wait::kDone;
+  swapcontext(&runner->fibers[runner->current].context, &runner->scheduler);
+}
+
+// Parks the running fiber until its barrier releases.
+void Park(Wait wait, uint64_t generation) {
+  Fiber& f = runner->fibers[runner->current];
+  f.wait = wait;
+  f.generation = generation;
+  swapcontext(&f.context, &runner->scheduler);
+}
+
+// The context calls live in functions of their own: the compiler treats
+// them like setjmp, and locals of a function that calls them may be clobbered.
+__attribute__((noinline)) void StartFiber(Fiber& f) {
+  getcontext(&f.context);
+  f.context.uc_stack.ss_sp = f.stack;
+  f.context.uc_stack.ss_size = kStackBytes;
+  f.context.uc_link = nullptr;
+  makecontext(&f.context, FiberMain, 0);
+  f.wait = Wait::kNone;
+}
+
+__attribute__((noinline)) void Resume(Runner& r, unsigned t) {
+  r.current = t;
+  threadIdx = Dim3{t, 1, 1};
+  r.fibers[t].wait = Wait::kNone;
+  swapcontext(&r.scheduler, &r.fibers[t].context);
+}
+
+bool Runnable(const Runner& r, unsigned t) {
+  const Fiber& f = r.fibers[t];
+  switch (f.wait) {
+    case Wait::kNone:
+      return true;
+    case Wait::kBlock:
+      return r.block_generation != f.generation;
+    case Wait::kWarp:
+      return r.warp_generation[t / 32] != f.generation;
+    case Wait::kDone:
+      return false;
+  }
+  return false;
+}
+
 }  // namespace
 
-Block& CurrentBlock() { return *current_block; }
-unsigned char* SharedMemory() { return current_block->shared.data(); }
+void BlockBarrier() { BlockBarrierCount(false); }
+
+int BlockBarrierCount(bool predicate) {
+  Runner& r = *runner;
+  const uint64_t generation = r.block_generation;
+  r.block_count += predicate ? 1 : 0;
+  if (++r.block_arrived == r.fibers.size()) {
+    r.block_arrived = 0;
+    r.count_result = r.block_count;
+    r.block_count = 0;
+    ++r.block_generation;
+    return r.count_result;
+  }
+  Park(Wait::kBlock, generation);
+  return r.count_result;
+}
+
+void WarpBarrier() {
+  Runner& r = *runner;
+  const unsigned warp = threadIdx.x / 32;
+  const unsigned lanes = std::min<unsigned>(32, static_cast<unsigned>(r.fibers.size()) - warp * 32);
+  const uint64_t generation = r.warp_generation[warp];
+  if (++r.warp_arrived[warp] == lanes) {
+    r.warp_arrived[warp] = 0;
+    ++r.warp_generation[warp];
+    return;
+  }
+  Park(Wait::kWarp, generation);
+}
+
+Warp& CurrentWarp() { return runner->warps[threadIdx.x / 32]; }
+unsigned char* SharedMemory() { return runner->shared.data(); }
 
 void Launch(Dim3 grid, Dim3 block, size_t shared_bytes, const std::function<void()>& body) {
-  LATAM_CHECK(block.y == 1 && block.z == 1 && block.x % 32 == 0, "emulated kernels take 1-D blocks of whole warps");
+  LATAM_CHECK(block.y == 1 && block.z == 1 && block.x >= 1 && block.x <= 1024,
+              "emulated kernels take 1-D blocks of up to 1024 threads");
+  LATAM_CHECK(runner == nullptr, "emulated launches do not nest");
+  Runner r;
+  r.body = &body;
+  r.fibers.resize(block.x);
+  while (stack_pool.size() < block.x) stack_pool.emplace_back(new unsigned char[kStackBytes]);
+  for (unsigned t = 0; t < block.x; ++t) r.fibers[t].stack = stack_pool[t].get();
+  const unsigned n_warps = (block.x + 31) / 32;
+  r.warps.resize(n_warps);
+  r.warp_generation.assign(n_warps, 0);
+  r.warp_arrived.assign(n_warps, 0);
+  runner = &r;
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {
-        Block b(block.x);
-        b.shared.assign(shared_bytes, 0);
-        std::vector<std::thread> threads;
-        threads.reserve(block.x);
-        for (unsigned t = 0; t < block.x; ++t) {
-          threads.emplace_back([&, t] {
-            threadIdx = Dim3{t, 1, 1};
-            blockIdx = Dim3{x, y, z};
-            blockDim = block;
-            gridDim = grid;
-            current_block = &b;
-            body();
-          });
+        r.shared.assign(shared_bytes, 0);
+        for (Fiber& f : r.fibers) StartFiber(f);
+        blockIdx = Dim3{x, y, z};
+        blockDim = block;
+        gridDim = grid;
+        // Round robin over the fibers that can run until all are done; a
+        // pass in which none can run is a deadlock (a barrier some threads
+        // never reach).
+        unsigned done = 0;
+        while (done < block.x) {
+          bool progressed = false;
+          done = 0;
+          for (unsigned t = 0; t < block.x; ++t) {
+            if (r.fibers[t].wait == Wait::kDone) {
+              ++done;
+              continue;
+            }
+            if (!Runnable(r, t)) continue;
+            Resume(r, t);
+            progressed = true;
+          }
+          LATAM_CHECK(progressed || done == block.x,
+                      "emulated block (" << x << ", " << y << ", " << z << ") deadlocked at a barrier");
         }
-        for (std::thread& t : threads) t.join();
       }
     }
   }
+  runner = nullptr;
 }
 
 }  // namespace latam::simt

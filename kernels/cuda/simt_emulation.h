@@ -4,10 +4,11 @@
 // not a general CUDA runtime.
 //
 // Launch() runs a kernel body for every block of a grid, one block at a
-// time, with one host thread per CUDA thread of the block. threadIdx,
-// blockIdx, blockDim and gridDim are thread-local globals as in CUDA;
-// __syncthreads() is a barrier over the block's threads, __syncwarp() over
-// the warp's. The warp-collective operations the kernels use (shuffles,
+// time, each CUDA thread of the block a cooperative fiber (ucontext) on the
+// calling thread. threadIdx, blockIdx, blockDim and gridDim are globals as in
+// CUDA, set for the fiber that runs; __syncthreads() is a barrier over the
+// block's threads, __syncwarp() over the warp's (a fiber switches only
+// there). The warp-collective operations the kernels use (shuffles,
 // ldmatrix, mma.sync m16n8k16 bf16) exchange their operands through the
 // warp's slots between two warp barriers and compute the result each lane
 // would receive, following the PTX ISA's fragment layouts. cp.async copies
@@ -19,7 +20,6 @@
 // cores' order differs, which tests absorb in their tolerances.
 #pragma once
 
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -37,10 +37,24 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
+#define __align__(n) alignas(n)
+// A kernel's static shared arrays become function-local statics: blocks run
+// one at a time and their threads on one host thread, so a static is shared
+// by exactly the threads of the running block.
+#define __shared__ static
 
 // Plain aggregates with CUDA's layouts (vector_types.h), no member functions.
 struct alignas(16) uint4 {
   uint32_t x, y, z, w;
+};
+struct alignas(8) uint2 {
+  uint32_t x, y;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(8) float2 {
+  float x, y;
 };
 // Storage-only stand-ins for cuda_bf16.h's types (kernels convert through
 // the helpers below).
@@ -78,29 +92,26 @@ inline float Bf16ToFloat(uint16_t bits) {
   return f;
 }
 
-// The state of one warp while its lanes exchange operands.
+// The operand slots of one warp while its lanes exchange values.
 struct Warp {
-  explicit Warp() : barrier(32) {}
-  std::barrier<> barrier;
   uint64_t words[32][8] = {};
   const void* pointers[32] = {};
 };
 
-struct Block {
-  explicit Block(unsigned threads) : barrier(static_cast<std::ptrdiff_t>(threads)) {
-    for (unsigned w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<Warp>());
-  }
-  std::barrier<> barrier;
-  std::vector<std::unique_ptr<Warp>> warps;
-  std::vector<unsigned char> shared;
-};
-
-Block& CurrentBlock();
-inline Warp& CurrentWarp() { return *CurrentBlock().warps[threadIdx.x / 32]; }
+// Barriers of the running block: the calling CUDA thread waits until every
+// thread of its block (BlockBarrier) or of its warp (WarpBarrier) arrived.
+void BlockBarrier();
+void WarpBarrier();
+// __syncthreads_count: the number of the block's threads passing true.
+int BlockBarrierCount(bool predicate);
+Warp& CurrentWarp();
 inline int Lane() { return static_cast<int>(threadIdx.x % 32); }
 
 // Runs body() as every thread of every block of `grid`; `shared_bytes` of
-// zeroed dynamic shared memory per block (SharedMemory()).
+// zeroed dynamic shared memory per block (SharedMemory()). Blocks run one
+// after another; the threads of a block are cooperative fibers on the
+// calling thread that switch only at barriers, so static __shared__ arrays
+// (function-local statics here) are the running block's.
 void Launch(Dim3 grid, Dim3 block, size_t shared_bytes, const std::function<void()>& body);
 unsigned char* SharedMemory();
 
@@ -110,15 +121,16 @@ inline void Exchange(const uint64_t* words, int n, Fn read) {
   Warp& w = CurrentWarp();
   const int lane = Lane();
   for (int i = 0; i < n; ++i) w.words[lane][i] = words[i];
-  w.barrier.arrive_and_wait();
+  WarpBarrier();
   read(w);
-  w.barrier.arrive_and_wait();
+  WarpBarrier();
 }
 
 }  // namespace latam::simt
 
-inline void __syncthreads() { latam::simt::CurrentBlock().barrier.arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { latam::simt::CurrentWarp().barrier.arrive_and_wait(); }
+inline void __syncthreads() { latam::simt::BlockBarrier(); }
+inline int __syncthreads_count(int predicate) { return latam::simt::BlockBarrierCount(predicate != 0); }
+inline void __syncwarp(unsigned = 0xffffffffu) { latam::simt::WarpBarrier(); }
 
 inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
   uint64_t word = 0;
@@ -129,6 +141,24 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
   });
   return out;
 }
+
+inline int atomicMax(int* address, int value) {  // fibers switch only at barriers: plain read-modify-write
+  const int old = *address;
+  if (value > old) *address = value;
+  return old;
+}
+inline float __uint_as_float(unsigned u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 
 inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
   return __nv_bfloat162{{latam::simt::RoundToBf16(lo)}, {latam::simt::RoundToBf16(hi)}};

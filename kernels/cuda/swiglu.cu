@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/vec.cuh"
 
 namespace latam::cuda {
@@ -113,11 +114,11 @@ void LaunchForward(const Tensor& gu, const Tensor& out, cudaStream_t stream) {
   const int64_t n_items = rows * (vec ? f / Pack<T>::kN : f);
   if (n_items == 0) return;
   if (vec) {
-    SwigluForwardKernel<T, true>
-        <<<Blocks(n_items), kThreads, 0, stream>>>(static_cast<const T*>(gu.data), static_cast<T*>(out.data), rows, f);
+    Launch(SwigluForwardKernel<T, true>, Blocks(n_items), kThreads, 0, stream, static_cast<const T*>(gu.data),
+           static_cast<T*>(out.data), rows, f);
   } else {
-    SwigluForwardKernel<T, false>
-        <<<Blocks(n_items), kThreads, 0, stream>>>(static_cast<const T*>(gu.data), static_cast<T*>(out.data), rows, f);
+    Launch(SwigluForwardKernel<T, false>, Blocks(n_items), kThreads, 0, stream, static_cast<const T*>(gu.data),
+           static_cast<T*>(out.data), rows, f);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -129,11 +130,11 @@ void LaunchBackward(const Tensor& dout, const Tensor& gu, const Tensor& dgu, cud
   const int64_t n_items = rows * (vec ? f / Pack<T>::kN : f);
   if (n_items == 0) return;
   if (vec) {
-    SwigluBackwardKernel<T, true><<<Blocks(n_items), kThreads, 0, stream>>>(
-        static_cast<const T*>(dout.data), static_cast<const T*>(gu.data), static_cast<T*>(dgu.data), rows, f);
+    Launch(SwigluBackwardKernel<T, true>, Blocks(n_items), kThreads, 0, stream, static_cast<const T*>(dout.data),
+           static_cast<const T*>(gu.data), static_cast<T*>(dgu.data), rows, f);
   } else {
-    SwigluBackwardKernel<T, false><<<Blocks(n_items), kThreads, 0, stream>>>(
-        static_cast<const T*>(dout.data), static_cast<const T*>(gu.data), static_cast<T*>(dgu.data), rows, f);
+    Launch(SwigluBackwardKernel<T, false>, Blocks(n_items), kThreads, 0, stream, static_cast<const T*>(dout.data),
+           static_cast<const T*>(gu.data), static_cast<T*>(dgu.data), rows, f);
   }
   CUDA_CHECK_LAUNCH();
 }
