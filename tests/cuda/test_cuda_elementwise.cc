@@ -57,58 +57,8 @@
 namespace latam {
 namespace {
 
+using testing::GuardedBuffer;
 using testing::Poison;
-
-constexpr size_t kGuardBytes = 64;
-constexpr unsigned char kPoison = 0xff;
-
-// n elements of T on the device, inside an arena whose other bytes are all
-// kPoison (the elements too, until written). misalign moves the data one
-// element off 16-byte alignment, which rules out the vectorised path.
-template <typename T>
-class GuardedBuffer {
- public:
-  GuardedBuffer(size_t n, bool misalign)
-      : n_(n),
-        offset_(kGuardBytes + (misalign ? sizeof(T) : 0)),
-        arena_(Device::kCUDA, offset_ + n * sizeof(T) + kGuardBytes) {
-    Poison(arena_);
-  }
-  GuardedBuffer(const std::vector<T>& host, bool misalign) : GuardedBuffer(host.size(), misalign) { Write(host); }
-
-  Tensor View() const { return View(Shape{static_cast<int64_t>(n_)}); }
-  Tensor View(Shape shape) const { return arena_.View(offset_, DTypeOf<T>::value, shape); }
-
-  void Write(const std::vector<T>& host) const {
-    LATAM_CHECK(host.size() == n_, "buffer of " << n_ << " elements written with " << host.size());
-    CUDA_CHECK(cudaMemcpy(Data(), host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<T> Read() const {
-    std::vector<T> host(n_);
-    CUDA_CHECK(cudaMemcpy(host.data(), Data(), n_ * sizeof(T), cudaMemcpyDeviceToHost));
-    return host;
-  }
-
-  ::testing::AssertionResult GuardsIntact() const {
-    std::vector<unsigned char> bytes(arena_.size());
-    CUDA_CHECK(cudaMemcpy(bytes.data(), arena_.data(), bytes.size(), cudaMemcpyDeviceToHost));
-    const size_t end = offset_ + n_ * sizeof(T);
-    for (size_t i = 0; i < bytes.size(); ++i) {
-      if ((i < offset_ || i >= end) && bytes[i] != kPoison) {
-        return ::testing::AssertionFailure()
-               << "byte " << i << " outside the data [" << offset_ << ", " << end << ") was written";
-      }
-    }
-    return ::testing::AssertionSuccess();
-  }
-
- private:
-  void* Data() const { return static_cast<char*>(arena_.data()) + offset_; }
-
-  size_t n_;
-  size_t offset_;
-  Arena arena_;
-};
 
 // The bit pattern of an f32, bf16 or int32 value.
 template <typename T>

@@ -36,6 +36,7 @@ namespace latam {
 namespace {
 
 using testing::FromFloats;
+using testing::GuardedBuffer;
 using testing::RoundTo;
 using testing::ToFloats;
 
@@ -48,57 +49,6 @@ constexpr Tolerance kTolerance = std::is_same_v<T, BF16> ? Tolerance{1e-5, 1.0 /
 
 template <typename T>
 constexpr double kRoundTripRel = std::is_same_v<T, BF16> ? 1.0 / 64 : 1e-5;
-
-
-constexpr size_t kGuardBytes = 64;
-constexpr unsigned char kPoison = 0xff;
-
-// n elements of T on the device at a byte offset inside a larger arena whose
-// other bytes are all kPoison. misalign moves the data one element off
-// 16-byte alignment, which rules out the vectorised path.
-template <typename T>
-class DeviceBuffer {
- public:
-  // Every element poisoned.
-  DeviceBuffer(size_t n, bool misalign)
-      : n_(n),
-        offset_(kGuardBytes + (misalign ? sizeof(T) : 0)),
-        arena_(Device::kCUDA, offset_ + n * sizeof(T) + kGuardBytes) {
-    CUDA_CHECK(cudaMemset(arena_.data(), kPoison, arena_.size()));
-  }
-  DeviceBuffer(const std::vector<float>& host, bool misalign) : DeviceBuffer(host.size(), misalign) {
-    const std::vector<T> values = FromFloats<T>(host);
-    CUDA_CHECK(
-        cudaMemcpy(static_cast<char*>(arena_.data()) + offset_, values.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
-  }
-
-  Tensor View(Shape shape) const { return arena_.View(offset_, DTypeOf<T>::value, shape); }
-
-  std::vector<float> Read() const {
-    std::vector<T> host(n_);
-    CUDA_CHECK(cudaMemcpy(host.data(), static_cast<const char*>(arena_.data()) + offset_, n_ * sizeof(T),
-                          cudaMemcpyDeviceToHost));
-    return ToFloats<T>(host);
-  }
-
-  ::testing::AssertionResult GuardsIntact() const {
-    std::vector<unsigned char> bytes(arena_.size());
-    CUDA_CHECK(cudaMemcpy(bytes.data(), arena_.data(), bytes.size(), cudaMemcpyDeviceToHost));
-    const size_t end = offset_ + n_ * sizeof(T);
-    for (size_t i = 0; i < bytes.size(); ++i) {
-      if ((i < offset_ || i >= end) && bytes[i] != kPoison) {
-        return ::testing::AssertionFailure()
-               << "byte " << i << " outside the data [" << offset_ << ", " << end << ") was written";
-      }
-    }
-    return ::testing::AssertionSuccess();
-  }
-
- private:
-  size_t n_;
-  size_t offset_;
-  Arena arena_;
-};
 
 // backward(forward(x)) against x, with the pair-wise bound described at the
 // top of the file for rotated columns and bit equality for the others.
@@ -152,19 +102,22 @@ class CudaRopeTest : public testing::RandomTest {
     const size_t table_offset = misalign ? sizeof(float) : 0;
     Arena table_arena(Device::kCUDA, table_offset + cuda::RopeTableBytes(table));
     const cuda::RopeDeviceTable device_table = cuda::UploadRopeTable(table, table_arena, table_offset, nullptr);
-    DeviceBuffer<T> xd(x, misalign), dyd(dy, misalign);
+    GuardedBuffer<T> xd(FromFloats<T>(x), misalign), dyd(FromFloats<T>(dy), misalign);
     const Tensor xt = xd.View({rows, row_width}), dyt = dyd.View({rows, row_width});
 
     cuda::RopeForward(xt, seq_len, n_rot_heads, device_table, nullptr);
     cuda::RopeBackward(dyt, seq_len, n_rot_heads, device_table, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     const Tolerance tol = kTolerance<T>;
-    EXPECT_TRUE(testing::AllClose(xd.Read(), testing::ToDouble(y_expected), tol.atol, tol.rtol)) << "forward";
-    EXPECT_TRUE(testing::AllClose(dyd.Read(), testing::ToDouble(dx_expected), tol.atol, tol.rtol)) << "backward";
+    EXPECT_TRUE(testing::AllClose(ToFloats<T>(xd.Read()), testing::ToDouble(y_expected), tol.atol, tol.rtol))
+        << "forward";
+    EXPECT_TRUE(testing::AllClose(ToFloats<T>(dyd.Read()), testing::ToDouble(dx_expected), tol.atol, tol.rtol))
+        << "backward";
 
     cuda::RopeBackward(xt, seq_len, n_rot_heads, device_table, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
-    EXPECT_TRUE(RoundTripClose(xd.Read(), x, row_width, n_rot_heads, head_dim, kRoundTripRel<T>)) << "round trip";
+    EXPECT_TRUE(RoundTripClose(ToFloats<T>(xd.Read()), x, row_width, n_rot_heads, head_dim, kRoundTripRel<T>))
+        << "round trip";
     EXPECT_TRUE(xd.GuardsIntact());
     EXPECT_TRUE(dyd.GuardsIntact());
   }
@@ -207,14 +160,16 @@ class CudaSwigluTest : public testing::RandomTest {
     cpu::SwigluBackward(Tensor::Of(dout.data(), {rows, f}), Tensor::Of(gu.data(), {rows, 2 * f}),
                         Tensor::Of(dgu_expected.data(), {rows, 2 * f}));
 
-    DeviceBuffer<T> gud(gu, misalign), doutd(dout, misalign);
-    DeviceBuffer<T> outd(rows * f, misalign), dgud(rows * 2 * f, misalign);
+    GuardedBuffer<T> gud(FromFloats<T>(gu), misalign), doutd(FromFloats<T>(dout), misalign);
+    GuardedBuffer<T> outd(rows * f, misalign), dgud(rows * 2 * f, misalign);
     cuda::SwigluForward(gud.View({rows, 2 * f}), outd.View({rows, f}), nullptr);
     cuda::SwigluBackward(doutd.View({rows, f}), gud.View({rows, 2 * f}), dgud.View({rows, 2 * f}), nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     const Tolerance tol = kTolerance<T>;
-    EXPECT_TRUE(testing::AllClose(outd.Read(), testing::ToDouble(out_expected), tol.atol, tol.rtol)) << "out";
-    EXPECT_TRUE(testing::AllClose(dgud.Read(), testing::ToDouble(dgu_expected), tol.atol, tol.rtol)) << "dgu";
+    EXPECT_TRUE(testing::AllClose(ToFloats<T>(outd.Read()), testing::ToDouble(out_expected), tol.atol, tol.rtol))
+        << "out";
+    EXPECT_TRUE(testing::AllClose(ToFloats<T>(dgud.Read()), testing::ToDouble(dgu_expected), tol.atol, tol.rtol))
+        << "dgu";
     EXPECT_TRUE(gud.GuardsIntact());
     EXPECT_TRUE(doutd.GuardsIntact());
     EXPECT_TRUE(outd.GuardsIntact());
