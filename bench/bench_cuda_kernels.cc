@@ -12,9 +12,12 @@
 //     (every input read once, every output written once), over the time.
 // "kernel" and "shape" name a row; bench/torch_peer.py prints the same names
 // for the PyTorch versions, and bench/run_gpu_bench.sh joins the two. "impl"
-// is "ours" for every row but the simple attention kernel's ("ours-simple");
-// attention rows also carry "variant": "latam-flash" (the tensor-core kernel,
-// kernels/cuda/flash_attention.h) or "latam-simple" (kernels/cuda/attention.h).
+// is "ours" for every row but the simple attention kernel's ("ours-simple")
+// and the Hopper attention forward's ("ours-wgmma"); attention rows also
+// carry "variant": "latam-flash" (the tensor-core kernel,
+// kernels/cuda/flash_attention.h), "latam-flash-wgmma" (its wgmma forward,
+// kernels/cuda/flash_attention_wgmma.cuh) or "latam-simple"
+// (kernels/cuda/attention.h).
 //
 // --quick keeps the llama3-1b shapes and fewer attention shapes (T 2k and 8k,
 // head dim 128), with fewer repetitions; --filter keeps the rows whose
@@ -252,17 +255,18 @@ void BenchGemms(const Options& opt, cudaStream_t stream) {
 }
 
 // ---------------------------------------------------------------------------
-// Runs the simple causal kernel on `qkv` into buffers of its own and returns
-// JSON fields comparing its out and lse with the flash kernel's (`out`, `lse`,
-// computed from the same qkv): the largest absolute differences, the largest
-// |out| of the simple kernel for scale, and "agrees_with_simple", true within
-// loose bounds (out: 3e-2 of that scale, as the flash kernel's test; lse:
-// 1e-3 + 1e-3 |lse| per element; no NaN or infinity, whose count is
-// "nonfinite_vs_simple"); false is also said on stderr.
-std::string CompareWithSimple(const Tensor& qkv, const latam::cuda::AttentionDims& dims, const Tensor& out,
-                              const Tensor& lse, const std::string& shape, cudaStream_t stream) {
+// Runs a reference forward (`reference(out, lse)`: the simple causal kernel,
+// or the mma.sync flash kernel) on the same qkv into buffers of its own and
+// returns JSON fields comparing its out and lse with the measured kernel's
+// (`out`, `lse`): the largest absolute differences, the largest |out| of the
+// reference for scale, and "agrees_with_<name>", true within loose bounds
+// (out: 3e-2 of that scale, as the flash kernel's test; lse: 1e-3 + 1e-3
+// |lse| per element; no NaN or infinity, whose count is
+// "nonfinite_vs_<name>"); false is also said on stderr.
+std::string CompareForwards(const std::string& name, const std::function<void(const Tensor&, const Tensor&)>& reference,
+                            const Tensor& out, const Tensor& lse, const std::string& shape, cudaStream_t stream) {
   DeviceTensor ref_out(DType::kBF16, out.shape), ref_lse(DType::kF32, lse.shape);
-  latam::cuda::AttentionForward(qkv, dims, ref_out.t, ref_lse.t, stream);
+  reference(ref_out.t, ref_lse.t);
   CUDA_CHECK(cudaStreamSynchronize(stream));
   const size_t n_out = static_cast<size_t>(out.numel()), n_lse = static_cast<size_t>(lse.numel());
   std::vector<latam::BF16> got(n_out), want(n_out);
@@ -296,15 +300,16 @@ std::string CompareWithSimple(const Tensor& qkv, const latam::cuda::AttentionDim
   if (nonfinite > 0 || out_diff > 3e-2 * out_scale) agrees = false;
   if (!agrees) {
     std::fprintf(stderr,
-                 "bench_cuda_kernels: WARNING: flash and simple attention forwards differ on %s: "
+                 "bench_cuda_kernels: WARNING: the attention forward differs from the %s kernel's on %s: "
                  "max|d out| %.3g (max|out| %.3g), max|d lse| %.3g, %lld non-finite\n",
-                 shape.c_str(), out_diff, out_scale, lse_diff, static_cast<long long>(nonfinite));
+                 name.c_str(), shape.c_str(), out_diff, out_scale, lse_diff, static_cast<long long>(nonfinite));
   }
-  char buf[256];
+  char buf[320];
   std::snprintf(buf, sizeof(buf),
-                ", \"out_max_abs_diff_vs_simple\": %.3g, \"out_max_abs_simple\": %.3g, "
-                "\"lse_max_abs_diff_vs_simple\": %.3g, \"nonfinite_vs_simple\": %lld, \"agrees_with_simple\": %s",
-                out_diff, out_scale, lse_diff, static_cast<long long>(nonfinite), agrees ? "true" : "false");
+                ", \"out_max_abs_diff_vs_%s\": %.3g, \"out_max_abs_%s\": %.3g, "
+                "\"lse_max_abs_diff_vs_%s\": %.3g, \"nonfinite_vs_%s\": %lld, \"agrees_with_%s\": %s",
+                name.c_str(), out_diff, name.c_str(), out_scale, name.c_str(), lse_diff, name.c_str(),
+                static_cast<long long>(nonfinite), name.c_str(), agrees ? "true" : "false");
   return buf;
 }
 
@@ -316,11 +321,16 @@ std::string CompareWithSimple(const Tensor& qkv, const latam::cuda::AttentionDim
 //     and attention_fwd_bwd (one forward then one backward per call).
 //   - The simple kernel (impl "ours-simple", variant "latam-simple"), which
 //     is causal only: attention_fwd and attention_bwd on the causal shapes.
+//   - On a compute capability 9.0 GPU, the Hopper forward kernel (impl
+//     "ours-wgmma", variant "latam-flash-wgmma"): attention_fwd, and
+//     attention_fwd_bwd with the same backward; its forward rows say how far
+//     its out and lse are from the mma.sync kernel's ("agrees_with_mma").
 // FLOPs as in the FlashAttention papers: forward 4 B T^2 H d, halved when
 // causal; backward 2.5x the forward; forward + backward 3.5x.
 // On causal shapes the flash forward row also reports how far its out and
 // lse are from the simple kernel's on the same inputs (max |difference|, and
-// max |out| of the simple kernel for scale), with "agrees_with_simple".
+// max |out| of the simple kernel for scale), with "agrees_with_simple"
+// (CompareForwards).
 void BenchAttention(const Options& opt, cudaStream_t stream) {
   namespace lc = latam::cuda;
   struct Case {
@@ -347,6 +357,9 @@ void BenchAttention(const Options& opt, cudaStream_t stream) {
   }
   const std::string flash_variant = ", \"variant\": \"latam-flash\"";
   const std::string simple_variant = ", \"variant\": \"latam-simple\"";
+  const std::string wgmma_variant = ", \"variant\": \"latam-flash-wgmma\"";
+  const bool wgmma = lc::FlashWgmmaForwardAvailable();
+  if (!wgmma) std::fprintf(stderr, "bench_cuda_kernels: not a compute capability 9.0 GPU: no wgmma forward rows\n");
   for (const Case& c : cases) {
     const int64_t b = kAttentionTokens / c.seq, h = kAttentionWidth / c.head_dim;
     const int64_t hkv = c.kv_heads == 0 ? h : c.kv_heads;
@@ -377,11 +390,18 @@ void BenchAttention(const Options& opt, cudaStream_t stream) {
     auto flash_backward = [&] {
       lc::FlashAttentionBackward(qkv.t, out.t, dout.t, lse.t, dims, c.causal, dqkv.t, ws.t, stream);
     };
+    auto wgmma_forward = [&] {
+      lc::FlashAttentionForward(qkv.t, dims, c.causal, out.t, lse.t, stream, lc::FlashForwardPath::kWgmma);
+    };
     if (flash) {
       if (want_fwd) {
         const double ms = MedianMs(flash_forward, opt, stream);
         std::string extra = flash_variant;
-        if (simple) extra += CompareWithSimple(qkv.t, dims, out.t, lse.t, shape, stream);
+        if (simple) {
+          extra += CompareForwards(
+              "simple", [&](const Tensor& o, const Tensor& l) { lc::AttentionForward(qkv.t, dims, o, l, stream); },
+              out.t, lse.t, shape, stream);
+        }
         EmitImpl("ours", "attention_fwd", shape, "bf16", ms, fwd_flops, 0, opt.reps, extra);
       }
       if (want_bwd) {
@@ -397,6 +417,28 @@ void BenchAttention(const Options& opt, cudaStream_t stream) {
             },
             opt, stream);
         EmitImpl("ours", "attention_fwd_bwd", shape, "bf16", ms, 3.5 * fwd_flops, 0, opt.reps, flash_variant);
+      }
+    }
+    if (flash && wgmma) {
+      if (want_fwd) {
+        const double ms = MedianMs(wgmma_forward, opt, stream);
+        const std::string extra =
+            wgmma_variant + CompareForwards(
+                                "mma",
+                                [&](const Tensor& o, const Tensor& l) {
+                                  lc::FlashAttentionForward(qkv.t, dims, c.causal, o, l, stream);
+                                },
+                                out.t, lse.t, shape, stream);
+        EmitImpl("ours-wgmma", "attention_fwd", shape, "bf16", ms, fwd_flops, 0, opt.reps, extra);
+      }
+      if (want_fwd_bwd) {
+        const double ms = MedianMs(
+            [&] {
+              wgmma_forward();
+              flash_backward();
+            },
+            opt, stream);
+        EmitImpl("ours-wgmma", "attention_fwd_bwd", shape, "bf16", ms, 3.5 * fwd_flops, 0, opt.reps, wgmma_variant);
       }
     }
     if (simple) {

@@ -28,6 +28,8 @@
 #   RUN_TIMEOUT  seconds before one run is killed (1800)
 #   GPU          GPU index nvidia-smi watches (0)
 #   KEEP=1       keep the run directories and logs (in /tmp/latam-e2e.*)
+#   LATAM_ATTENTION  reaches latam-train as is: wgmma measures the Hopper
+#                attention forward (README, "GPU training")
 # Relative paths (RESULTS, BIN, CONFIG, DATA) are taken from the repository root.
 #
 # For each sequence length it

@@ -9,13 +9,17 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/flash_attention.h"
 #endif
+
+#include "trainer/model_ops.h"
 
 namespace latam {
 
 Result<std::unique_ptr<ComputeDevice>> ComputeDevice::Open([[maybe_unused]] int local_rank,
                                                            [[maybe_unused]] int local_size, int world_rank) {
 #ifdef LATAM_HAVE_CUDA
+  LATAM_ASSIGN_OR_RETURN(const AttentionChoice attention, AttentionChoiceFromEnvironment());
   const int count = cuda::DeviceCount();
   if (count < local_size) {
     return Status::InvalidInput("train.device=cuda: rank " + std::to_string(world_rank) + " sees " +
@@ -25,6 +29,11 @@ Result<std::unique_ptr<ComputeDevice>> ComputeDevice::Open([[maybe_unused]] int 
   std::unique_ptr<ComputeDevice> d(new ComputeDevice());
   d->ordinal_ = local_rank;
   CUDA_CHECK(cudaSetDevice(local_rank));
+  if (attention == AttentionChoice::kWgmma && !cuda::FlashWgmmaForwardAvailable()) {
+    return Status::InvalidInput("LATAM_ATTENTION=wgmma: rank " + std::to_string(world_rank) + "'s GPU " +
+                                std::to_string(local_rank) +
+                                " is not compute capability 9.0 (H100, H200), which the wgmma kernel needs");
+  }
   cudaStream_t stream = nullptr;
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   d->stream_ = stream;

@@ -1,6 +1,18 @@
 #include "trainer/model_ops.h"
 
+#include <cstdlib>
+#include <string>
+
 namespace latam {
+
+Result<AttentionChoice> AttentionChoiceFromEnvironment() {
+  const char* value = std::getenv("LATAM_ATTENTION");
+  const std::string choice = value == nullptr ? "" : value;
+  if (choice.empty() || choice == "auto") return AttentionChoice::kAuto;
+  if (choice == "simple") return AttentionChoice::kSimple;
+  if (choice == "wgmma") return AttentionChoice::kWgmma;
+  return Status::InvalidInput("LATAM_ATTENTION=" + choice + ": expected auto, simple or wgmma");
+}
 
 size_t OpsWorkspaceBytes(Device device, const OpsShape& shape) {
   if (device == Device::kCPU) return CpuOpsWorkspaceBytes(shape);

@@ -27,6 +27,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/rope.h"
+#include "kernels/status.h"
 #include "kernels/tensor.h"
 
 namespace latam {
@@ -109,6 +110,17 @@ class ModelOps {
 size_t OpsWorkspaceBytes(Device device, const OpsShape& shape);
 size_t CpuOpsWorkspaceBytes(const OpsShape& shape);
 size_t CudaOpsWorkspaceBytes(const OpsShape& shape);  // builds with CUDA only
+
+// The attention kernels CUDA ops run, from the environment variable
+// LATAM_ATTENTION:
+//   unset, empty or "auto": the tensor-core kernels (kernels/cuda/flash_attention.h)
+//            wherever they apply (bf16, head dim 64 or 128), the simple kernel elsewhere;
+//   "simple": the simple kernel (kernels/cuda/attention.h) everywhere;
+//   "wgmma":  as auto, with the Hopper forward kernel (FlashForwardPath::kWgmma),
+//            which needs a compute capability 9.0 GPU.
+// Any other value is InvalidInput naming the variable.
+enum class AttentionChoice { kAuto, kSimple, kWgmma };
+Result<AttentionChoice> AttentionChoiceFromEnvironment();
 
 // CPU ops (f32 only).
 std::unique_ptr<ModelOps> MakeCpuOps(const OpsShape& shape, const RopeTable& rope);

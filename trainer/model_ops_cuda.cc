@@ -3,12 +3,11 @@
 // fills during the first step; no allocation after that). Attention runs the
 // tensor-core kernel (kernels/cuda/flash_attention.h) wherever it applies
 // (bf16, head dim 64 or 128) and the simple tiled kernel otherwise;
-// LATAM_ATTENTION=simple forces the simple one.
+// LATAM_ATTENTION (AttentionChoiceFromEnvironment) forces the simple one, or
+// picks the Hopper forward kernel.
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "kernels/arena.h"
 #include "kernels/cuda/attention.h"
@@ -68,9 +67,14 @@ class CudaOps final : public ModelOps {
       : shape_(shape), dtype_(dtype), stream_(stream), layout_(shape, cuda::RopeTableBytes(rope)) {
     LATAM_CHECK(dtype == DType::kBF16 || dtype == DType::kF32,
                 "CUDA activations must be bf16 or f32, got " << DTypeName(dtype));
-    const char* choice = std::getenv("LATAM_ATTENTION");
-    flash_ = cuda::FlashAttentionSupports(shape.attention, dtype) &&
-             !(choice != nullptr && std::strcmp(choice, "simple") == 0);
+    Result<AttentionChoice> choice = AttentionChoiceFromEnvironment();
+    LATAM_CHECK(choice.ok(), choice.status().message());
+    flash_ = cuda::FlashAttentionSupports(shape.attention, dtype) && choice.value() != AttentionChoice::kSimple;
+    if (flash_ && choice.value() == AttentionChoice::kWgmma) {
+      LATAM_CHECK(cuda::FlashWgmmaForwardAvailable(),
+                  "LATAM_ATTENTION=wgmma needs a compute capability 9.0 GPU (H100, H200)");
+      forward_path_ = cuda::FlashForwardPath::kWgmma;
+    }
     arena_ = Arena(Device::kCUDA, layout_.total);
     attention_ws_ = arena_.View(layout_.attention, DType::kF32, Shape{layout_.attention_elems});
     norm_ws_ = arena_.View(layout_.norm, DType::kF32, Shape{layout_.norm_elems});
@@ -114,7 +118,7 @@ class CudaOps final : public ModelOps {
   }
   void AttentionForward(const Tensor& qkv, const Tensor& out, const Tensor& lse) override {
     if (flash_) {
-      cuda::FlashAttentionForward(qkv, shape_.attention, true, out, lse, stream_);
+      cuda::FlashAttentionForward(qkv, shape_.attention, true, out, lse, stream_, forward_path_);
     } else {
       cuda::AttentionForward(qkv, shape_.attention, out, lse, stream_);
     }
@@ -180,6 +184,7 @@ class CudaOps final : public ModelOps {
   cuda::RopeDeviceTable rope_;
   double* loss_ = nullptr;
   bool flash_ = false;  // the tensor-core attention kernel applies
+  cuda::FlashForwardPath forward_path_ = cuda::FlashForwardPath::kMmaSync;
 };
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/flash_attention_kernels.cuh"
+#include "kernels/cuda/flash_attention_wgmma.cuh"
 #include "kernels/cuda/launch.cuh"
 
 namespace latam::cuda {
@@ -53,7 +54,32 @@ void LaunchFlashForward(const Tensor& qkv, const cpu::AttentionDims& d, bool cau
   CUDA_CHECK_LAUNCH();
 }
 
+template <int kHd>
+void LaunchFlashForwardWgmma(const Tensor& qkv, const cpu::AttentionDims& d, bool causal, const Tensor& out,
+                             const Tensor& lse, cudaStream_t stream) {
+  const size_t bytes = flash::WgmmaForwardSmemBytes<kHd>();
+  flash::AllowSharedBytes(flash::FlashForwardWgmmaKernel<kHd>, bytes);
+  const dim3 grid(static_cast<unsigned>((d.seq_len + flash::kWgBlockM - 1) / flash::kWgBlockM),
+                  static_cast<unsigned>(d.n_heads), static_cast<unsigned>(d.batch));
+  Launch(flash::FlashForwardWgmmaKernel<kHd>, grid, flash::kWgThreads, bytes, stream,
+         static_cast<const bf16*>(qkv.data), static_cast<bf16*>(out.data), lse.as<float>(),
+         flash::MakeFlashGeometry(d, causal));
+  CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
+
+bool FlashWgmmaForwardAvailable() {
+#ifdef LATAM_CUDA_EMULATION
+  return true;  // the emulation computes wgmma from its definition
+#else
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) return false;
+  return major == 9 && minor == 0;
+#endif
+}
 
 bool FlashAttentionSupports(const cpu::AttentionDims& d, DType dtype) {
   return dtype == DType::kBF16 && (d.head_dim == 64 || d.head_dim == 128) && d.batch > 0 && d.batch <= 65535 &&
@@ -61,8 +87,18 @@ bool FlashAttentionSupports(const cpu::AttentionDims& d, DType dtype) {
 }
 
 void FlashAttentionForward(const Tensor& qkv, const cpu::AttentionDims& dims, bool causal, const Tensor& out,
-                           const Tensor& lse, cudaStream_t stream) {
+                           const Tensor& lse, cudaStream_t stream, FlashForwardPath path) {
   flash::CheckFlashTensors(qkv, dims, out, lse);
+  if (path == FlashForwardPath::kWgmma) {
+    LATAM_CHECK(FlashWgmmaForwardAvailable(),
+                "the wgmma attention forward needs a compute capability 9.0 GPU (H100, H200), and this device is not one");
+    if (dims.head_dim == 64) {
+      LaunchFlashForwardWgmma<64>(qkv, dims, causal, out, lse, stream);
+    } else {
+      LaunchFlashForwardWgmma<128>(qkv, dims, causal, out, lse, stream);
+    }
+    return;
+  }
   if (dims.head_dim == 64) {
     LaunchFlashForward<64>(qkv, dims, causal, out, lse, stream);
   } else {

@@ -48,9 +48,24 @@ namespace latam::cuda {
 // bf16 operands, head_dim 64 or 128, batch and heads within grid limits.
 bool FlashAttentionSupports(const cpu::AttentionDims& dims, DType dtype);
 
-// out and lse are overwritten.
+// The forward kernel to run:
+//   kMmaSync: FlashForwardKernel above (mma.sync; sm_80 and later; the default);
+//   kWgmma:   FlashForwardWgmmaKernel (kernels/cuda/flash_attention_wgmma.cuh):
+//             128 query rows per CTA on Hopper's warpgroup MMAs, sm_90a only.
+// Both compute the same function and write the same out and lse, so the
+// backward pass takes either's. kWgmma stays opt-in until it has been
+// measured against kMmaSync on an H100 (bench/attention.sh).
+enum class FlashForwardPath { kMmaSync, kWgmma };
+
+// Whether kWgmma can run on the current device: a compute capability 9.0
+// GPU, whose code is the sm_90a build's (wgmma does not exist elsewhere).
+bool FlashWgmmaForwardAvailable();
+
+// out and lse are overwritten. kWgmma where !FlashWgmmaForwardAvailable()
+// is a fatal error naming the device.
 void FlashAttentionForward(const Tensor& qkv, const cpu::AttentionDims& dims, bool causal, const Tensor& out,
-                           const Tensor& lse, cudaStream_t stream);
+                           const Tensor& lse, cudaStream_t stream,
+                           FlashForwardPath path = FlashForwardPath::kMmaSync);
 
 // f32 elements of the backward's workspace (D: B * Hq * T).
 int64_t FlashAttentionBackwardWorkspaceElems(const cpu::AttentionDims& dims);

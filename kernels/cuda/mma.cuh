@@ -40,6 +40,12 @@ namespace latam::cuda::mma {
 
 #ifdef LATAM_CUDA_EMULATION
 
+// The byte offset of `p` in the running block's dynamic shared memory, which
+// stands for the shared address space (offset 0 is aligned to anything).
+inline uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - simt::SharedMemory());
+}
+
 // Register i of lane l: matrix i's row (l / 4), elements 2 (l % 4) and +1;
 // with `trans`, rows 2 (l % 4) and +1 of column l / 4. Lanes 8i .. 8i+7
 // give matrix i's row addresses.

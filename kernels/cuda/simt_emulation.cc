@@ -128,6 +128,7 @@ void WarpBarrier() {
 
 Warp& CurrentWarp() { return runner->warps[threadIdx.x / 32]; }
 unsigned char* SharedMemory() { return runner->shared.data(); }
+size_t SharedBytes() { return runner->shared.size(); }
 
 void Launch(Dim3 grid, Dim3 block, size_t shared_bytes, const std::function<void()>& body) {
   LATAM_CHECK(block.y == 1 && block.z == 1 && block.x >= 1 && block.x <= 1024,

@@ -114,6 +114,8 @@ inline int Lane() { return static_cast<int>(threadIdx.x % 32); }
 // (function-local statics here) are the running block's.
 void Launch(Dim3 grid, Dim3 block, size_t shared_bytes, const std::function<void()>& body);
 unsigned char* SharedMemory();
+// Bytes of dynamic shared memory the running block has.
+size_t SharedBytes();
 
 // Every lane publishes `words` (up to 8 64-bit words), then reads any lane's.
 template <typename Fn>

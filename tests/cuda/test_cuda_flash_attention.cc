@@ -40,9 +40,10 @@ using testing::ReferenceAttention;
 
 class CudaFlashAttentionTest : public testing::RandomTest {
  protected:
-  void Check(const AttentionCase& c) {
+  void Check(const AttentionCase& c, cuda::FlashForwardPath path = cuda::FlashForwardPath::kMmaSync) {
     SCOPED_TRACE(::testing::Message() << "B=" << c.batch << " T=" << c.seq << " Hq=" << c.hq << " Hkv=" << c.hkv
-                                      << " hd=" << c.hd << (c.causal ? " causal" : " full"));
+                                      << " hd=" << c.hd << (c.causal ? " causal" : " full")
+                                      << (path == cuda::FlashForwardPath::kWgmma ? " wgmma" : " mma.sync"));
     const cpu::AttentionDims d{c.batch, c.seq, c.hq, c.hkv, c.hd};
     ASSERT_TRUE(cuda::FlashAttentionSupports(d, DType::kBF16));
     const int64_t rows = static_cast<int64_t>(c.batch) * c.seq;
@@ -61,7 +62,7 @@ class CudaFlashAttentionTest : public testing::RandomTest {
     const Tensor qkv_t = View<BF16>(qkv_mem, {rows, width}), out_t = View<BF16>(out_mem, {rows, out_width});
     const Tensor lse_t = View<float>(lse_mem, {c.batch, c.hq, c.seq});
 
-    cuda::FlashAttentionForward(qkv_t, d, c.causal, out_t, lse_t, nullptr);
+    cuda::FlashAttentionForward(qkv_t, d, c.causal, out_t, lse_t, nullptr, path);
     CUDA_CHECK(cudaDeviceSynchronize());
     const testing::AttentionReference ref = ReferenceAttention(qkv, dout, c);
     const std::vector<float> out = ToFloats(ToHost<BF16>(out_mem, static_cast<size_t>(rows * out_width)));
@@ -111,6 +112,20 @@ TEST_F(CudaFlashAttentionTest, NonCausalMatchesDoubleReference) {
 TEST_F(CudaFlashAttentionTest, ManyBatchesAndHeads) {
   LATAM_REQUIRE_GPU();
   Check({64, 16, 32, 8, 64, true});
+}
+
+// The Hopper forward kernel (FlashForwardPath::kWgmma), and the backward
+// from its out and lse; it runs on compute capability 9.0 only.
+TEST_F(CudaFlashAttentionTest, WgmmaForwardMatchesDoubleReference) {
+  LATAM_REQUIRE_GPU();
+  if (!cuda::FlashWgmmaForwardAvailable()) GTEST_SKIP() << "the wgmma forward needs a compute capability 9.0 GPU";
+  const cuda::FlashForwardPath wgmma = cuda::FlashForwardPath::kWgmma;
+  Check({1, 1, 1, 1, 64, true}, wgmma);
+  Check({2, 37, 4, 2, 64, true}, wgmma);
+  Check({1, 130, 8, 2, 128, true}, wgmma);
+  Check({1, 300, 2, 1, 128, true}, wgmma);
+  Check({1, 200, 4, 4, 128, false}, wgmma);
+  Check({3, 37, 2, 1, 64, false}, wgmma);
 }
 
 TEST(CudaFlashAttentionSupport, Bf16WithHeadDims64And128Only) {

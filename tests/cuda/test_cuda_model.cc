@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/flash_attention.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/test_util.h"
 #include "trainer/model.h"
@@ -124,6 +125,15 @@ TEST_F(CudaModelTest, Bf16ForwardBackwardMatchesCpu) {
 // leave a partial tile.
 TEST_F(CudaModelTest, Bf16WithFlashAttentionMatchesCpu) {
   LATAM_REQUIRE_GPU();
+  CompareOneStep(DType::kBF16, false, false, 1e-2, 8e-2, 64, 96);
+}
+
+// The same through the Hopper forward kernel (LATAM_ATTENTION=wgmma), where
+// the device has it.
+TEST_F(CudaModelTest, Bf16WithWgmmaAttentionMatchesCpu) {
+  LATAM_REQUIRE_GPU();
+  if (!cuda::FlashWgmmaForwardAvailable()) GTEST_SKIP() << "the wgmma forward needs a compute capability 9.0 GPU";
+  testing::ScopedEnv attention("LATAM_ATTENTION", "wgmma");
   CompareOneStep(DType::kBF16, false, false, 1e-2, 8e-2, 64, 96);
 }
 

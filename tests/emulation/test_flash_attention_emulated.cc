@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/cuda/flash_attention_kernels.cuh"
+#include "kernels/cuda/flash_attention_wgmma.cuh"
 #include "tests/attention_reference.h"
 #include "tests/test_util.h"
 
@@ -41,10 +42,13 @@ class EmulatedFlashAttentionTest : public testing::RandomTest {
  protected:
   std::vector<float> RoundedNormal(size_t n) { return ToFloat(ToBf16(Normal(n))); }
 
+  // The forward runs FlashForwardKernel, or with `wgmma` the Hopper kernel
+  // (kernels/cuda/flash_attention_wgmma.cuh); the backward takes its out and lse.
   template <int kHd>
-  void Check(const AttentionCase& c) {
+  void Check(const AttentionCase& c, bool wgmma = false) {
     SCOPED_TRACE(::testing::Message() << "B=" << c.batch << " T=" << c.seq << " Hq=" << c.hq << " Hkv=" << c.hkv
-                                      << " hd=" << c.hd << (c.causal ? " causal" : " full"));
+                                      << " hd=" << c.hd << (c.causal ? " causal" : " full")
+                                      << (wgmma ? " wgmma forward" : " mma.sync forward"));
     ASSERT_EQ(c.hd, kHd);
     const cpu::AttentionDims d{c.batch, c.seq, c.hq, c.hkv, c.hd};
     const int64_t rows = static_cast<int64_t>(c.batch) * c.seq;
@@ -59,9 +63,16 @@ class EmulatedFlashAttentionTest : public testing::RandomTest {
     const cuda::flash::FlashGeometry g = cuda::flash::MakeFlashGeometry(d, c.causal);
     const simt::Dim3 grid{static_cast<unsigned>((c.seq + kBlockM - 1) / kBlockM), static_cast<unsigned>(c.hq),
                           static_cast<unsigned>(c.batch)};
-    const size_t shared = static_cast<size_t>(kBlockM + 4 * kBlockN) * kHd * 2;
-    simt::Launch(grid, simt::Dim3{kThreads, 1, 1}, shared,
-                 [&] { cuda::flash::FlashForwardKernel<kHd>(qkv_bf16.data(), out.data(), lse.data(), g); });
+    if (wgmma) {
+      constexpr int kRows = cuda::flash::kWgBlockM;
+      const simt::Dim3 wg_grid{static_cast<unsigned>((c.seq + kRows - 1) / kRows), grid.y, grid.z};
+      simt::Launch(wg_grid, simt::Dim3{cuda::flash::kWgThreads, 1, 1}, cuda::flash::WgmmaForwardSmemBytes<kHd>(),
+                   [&] { cuda::flash::FlashForwardWgmmaKernel<kHd>(qkv_bf16.data(), out.data(), lse.data(), g); });
+    } else {
+      const size_t shared = static_cast<size_t>(kBlockM + 4 * kBlockN) * kHd * 2;
+      simt::Launch(grid, simt::Dim3{kThreads, 1, 1}, shared,
+                   [&] { cuda::flash::FlashForwardKernel<kHd>(qkv_bf16.data(), out.data(), lse.data(), g); });
+    }
 
     const testing::AttentionReference ref = testing::ReferenceAttention(qkv, dout, c);
     EXPECT_TRUE(CloseAsBf16(ToFloat(out), ref.out, [](size_t) { return true; }, "out"));
@@ -105,6 +116,20 @@ TEST_F(EmulatedFlashAttentionTest, CausalMatchesDoubleReference) {
 TEST_F(EmulatedFlashAttentionTest, FullMatchesDoubleReference) {
   Check<64>({1, 70, 2, 2, 64, false});
   Check<128>({1, 64, 2, 1, 128, false});
+}
+
+// The wgmma forward: one row, a partial tile, two CTAs of 128 rows with a
+// partial second one (T = 130, 257), GQA groups, both head dims.
+TEST_F(EmulatedFlashAttentionTest, WgmmaForwardCausalMatchesDoubleReference) {
+  Check<64>({1, 1, 1, 1, 64, true}, true);
+  Check<64>({2, 37, 4, 2, 64, true}, true);
+  Check<128>({1, 130, 2, 1, 128, true}, true);
+  Check<64>({1, 257, 2, 1, 64, true}, true);
+}
+
+TEST_F(EmulatedFlashAttentionTest, WgmmaForwardFullMatchesDoubleReference) {
+  Check<64>({1, 200, 2, 2, 64, false}, true);
+  Check<128>({1, 64, 2, 1, 128, false}, true);
 }
 
 }  // namespace

@@ -161,6 +161,20 @@ TEST_F(CliTest, CudaDeviceTrainsOrNamesTheMissingGpu) {
   EXPECT_NEAR(losses.at(5), gpu_losses.at(4), 0.1 * gpu_losses.at(4));
 }
 
+// A LATAM_ATTENTION the trainer does not know stops a GPU run at start-up
+// (exit 2, naming the variable), GPU or not; a build without CUDA says so
+// instead.
+TEST_F(CliTest, UnknownAttentionChoiceIsBadInput) {
+  const RunResult r = Run("LATAM_ATTENTION=fastest " + PrepareRun(2) + " --set train.device=cuda");
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+#ifdef LATAM_HAVE_CUDA
+  EXPECT_NE(r.err.find("LATAM_ATTENTION=fastest: expected auto, simple or wgmma"), std::string::npos) << r.err;
+#else
+  EXPECT_NE(r.err.find("without CUDA"), std::string::npos) << r.err;
+#endif
+  EXPECT_FALSE(fs::exists(dir_ / "run" / "checkpoints"));
+}
+
 // train-tokenizer -> encode -> inspect, and tokenize/detokenize, as a user
 // runs them; the shard holds exactly the tokenizer's ids plus EOS per document.
 TEST_F(CliTest, DataPipelineFromCorpusToShards) {

@@ -17,6 +17,7 @@
 #include "kernels/random.h"
 #include "kernels/tensor.h"
 #include "kernels/threads.h"
+#include "tests/test_util.h"
 
 namespace latam {
 namespace {
@@ -126,9 +127,7 @@ TEST(RandomTest, CounterBasedAndWellDistributed) {
 }
 
 TEST(ThreadsTest, SplitsTheCoresBetweenLocalRanks) {
-  const char* saved = std::getenv("OMP_NUM_THREADS");
-  const std::string saved_value = saved ? saved : "";
-  unsetenv("OMP_NUM_THREADS");
+  testing::ScopedEnv omp_threads("OMP_NUM_THREADS", nullptr);
   const int cpus = AvailableCpus();
   ASSERT_GE(cpus, 1);
   EXPECT_EQ(ConfigureCpuThreads(1), cpus);
@@ -145,11 +144,6 @@ TEST(ThreadsTest, SplitsTheCoresBetweenLocalRanks) {
   setenv("OMP_NUM_THREADS", "3", 1);
   omp_set_num_threads(3);
   EXPECT_EQ(ConfigureCpuThreads(8), 3);
-  if (saved) {
-    setenv("OMP_NUM_THREADS", saved_value.c_str(), 1);
-  } else {
-    unsetenv("OMP_NUM_THREADS");
-  }
   omp_set_num_threads(cpus);
 }
 

@@ -4,11 +4,14 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
+#include <utility>
 
 #include "kernels/random.h"
 #include "tests/test_util.h"
 #include "trainer/layout.h"
 #include "trainer/model.h"
+#include "trainer/model_ops.h"
 
 namespace latam {
 namespace {
@@ -213,6 +216,27 @@ TEST(ModelInitTest, InitIsAFunctionOfSeedAndNameOnly) {
   EXPECT_FLOAT_EQ(o.as<float>()[0],
                   static_cast<float>(0.3 / 2.0 * NormalAt(42, StreamId("model.layers.0.self_attn.o_proj.weight"), 0)));
   EXPECT_EQ(a.param("model.norm.weight").as<float>()[3], 1.0f);
+}
+
+// LATAM_ATTENTION picks the CUDA attention kernels; anything else is bad
+// input naming the variable.
+TEST(AttentionChoiceTest, ReadsLatamAttention) {
+  const std::pair<const char*, AttentionChoice> known[] = {{nullptr, AttentionChoice::kAuto},
+                                                           {"", AttentionChoice::kAuto},
+                                                           {"auto", AttentionChoice::kAuto},
+                                                           {"simple", AttentionChoice::kSimple},
+                                                           {"wgmma", AttentionChoice::kWgmma}};
+  for (const auto& [value, choice] : known) {
+    testing::ScopedEnv env("LATAM_ATTENTION", value);
+    const Result<AttentionChoice> got = AttentionChoiceFromEnvironment();
+    ASSERT_TRUE(got.ok()) << got.status().message();
+    EXPECT_EQ(got.value(), choice) << (value ? value : "(unset)");
+  }
+  testing::ScopedEnv env("LATAM_ATTENTION", "flash2");
+  const Result<AttentionChoice> bad = AttentionChoiceFromEnvironment();
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidInput);
+  EXPECT_NE(bad.status().message().find("LATAM_ATTENTION=flash2"), std::string::npos) << bad.status().message();
 }
 
 }  // namespace
