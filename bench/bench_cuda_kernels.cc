@@ -13,10 +13,10 @@
 // "kernel" and "shape" name a row; bench/torch_peer.py prints the same names
 // for the PyTorch versions, and bench/run_gpu_bench.sh joins the two. "impl"
 // is "ours" for every row but the simple attention kernel's ("ours-simple")
-// and the Hopper attention forward's ("ours-wgmma"); attention rows also
-// carry "variant": "latam-flash" (the tensor-core kernel,
-// kernels/cuda/flash_attention.h), "latam-flash-wgmma" (its wgmma forward,
-// kernels/cuda/flash_attention_wgmma.cuh) or "latam-simple"
+// and the Hopper attention forwards' ("ours-wgmma", "ours-wgmma-tma");
+// attention rows also carry "variant": "latam-flash" (the tensor-core
+// kernel, kernels/cuda/flash_attention.h), "latam-flash-wgmma[-tma]" (its
+// wgmma forwards, kernels/cuda/flash_attention_wgmma.cuh) or "latam-simple"
 // (kernels/cuda/attention.h).
 //
 // --quick keeps the llama3-1b shapes and fewer attention shapes (T 2k and 8k,
@@ -321,10 +321,11 @@ std::string CompareForwards(const std::string& name, const std::function<void(co
 //     and attention_fwd_bwd (one forward then one backward per call).
 //   - The simple kernel (impl "ours-simple", variant "latam-simple"), which
 //     is causal only: attention_fwd and attention_bwd on the causal shapes.
-//   - On a compute capability 9.0 GPU, the Hopper forward kernel (impl
-//     "ours-wgmma", variant "latam-flash-wgmma"): attention_fwd, and
-//     attention_fwd_bwd with the same backward; its forward rows say how far
-//     its out and lse are from the mma.sync kernel's ("agrees_with_mma").
+//   - On a compute capability 9.0 GPU, the Hopper forward kernels (impl
+//     "ours-wgmma" and "ours-wgmma-tma", variants "latam-flash-wgmma" and
+//     "latam-flash-wgmma-tma"): attention_fwd, and attention_fwd_bwd with the
+//     same backward; their forward rows say how far their out and lse are
+//     from the mma.sync kernel's ("agrees_with_mma").
 // FLOPs as in the FlashAttention papers: forward 4 B T^2 H d, halved when
 // causal; backward 2.5x the forward; forward + backward 3.5x.
 // On causal shapes the flash forward row also reports how far its out and
@@ -357,7 +358,6 @@ void BenchAttention(const Options& opt, cudaStream_t stream) {
   }
   const std::string flash_variant = ", \"variant\": \"latam-flash\"";
   const std::string simple_variant = ", \"variant\": \"latam-simple\"";
-  const std::string wgmma_variant = ", \"variant\": \"latam-flash-wgmma\"";
   const bool wgmma = lc::FlashWgmmaForwardAvailable();
   if (!wgmma) std::fprintf(stderr, "bench_cuda_kernels: not a compute capability 9.0 GPU: no wgmma forward rows\n");
   for (const Case& c : cases) {
@@ -390,8 +390,8 @@ void BenchAttention(const Options& opt, cudaStream_t stream) {
     auto flash_backward = [&] {
       lc::FlashAttentionBackward(qkv.t, out.t, dout.t, lse.t, dims, c.causal, dqkv.t, ws.t, stream);
     };
-    auto wgmma_forward = [&] {
-      lc::FlashAttentionForward(qkv.t, dims, c.causal, out.t, lse.t, stream, lc::FlashForwardPath::kWgmma);
+    auto wgmma_forward = [&](lc::FlashForwardPath path) {
+      lc::FlashAttentionForward(qkv.t, dims, c.causal, out.t, lse.t, stream, path);
     };
     if (flash) {
       if (want_fwd) {
@@ -419,26 +419,30 @@ void BenchAttention(const Options& opt, cudaStream_t stream) {
         EmitImpl("ours", "attention_fwd_bwd", shape, "bf16", ms, 3.5 * fwd_flops, 0, opt.reps, flash_variant);
       }
     }
-    if (flash && wgmma) {
+    const std::pair<lc::FlashForwardPath, std::string> wgmma_paths[] = {
+        {lc::FlashForwardPath::kWgmma, "wgmma"}, {lc::FlashForwardPath::kWgmmaTma, "wgmma-tma"}};
+    for (const auto& [path, name] : wgmma_paths) {
+      if (!flash || !wgmma) break;
+      const std::string impl = "ours-" + name, variant = ", \"variant\": \"latam-flash-" + name + "\"";
       if (want_fwd) {
-        const double ms = MedianMs(wgmma_forward, opt, stream);
+        const double ms = MedianMs([&] { wgmma_forward(path); }, opt, stream);
         const std::string extra =
-            wgmma_variant + CompareForwards(
-                                "mma",
-                                [&](const Tensor& o, const Tensor& l) {
-                                  lc::FlashAttentionForward(qkv.t, dims, c.causal, o, l, stream);
-                                },
-                                out.t, lse.t, shape, stream);
-        EmitImpl("ours-wgmma", "attention_fwd", shape, "bf16", ms, fwd_flops, 0, opt.reps, extra);
+            variant + CompareForwards(
+                          "mma",
+                          [&](const Tensor& o, const Tensor& l) {
+                            lc::FlashAttentionForward(qkv.t, dims, c.causal, o, l, stream);
+                          },
+                          out.t, lse.t, shape, stream);
+        EmitImpl(impl.c_str(), "attention_fwd", shape, "bf16", ms, fwd_flops, 0, opt.reps, extra);
       }
       if (want_fwd_bwd) {
         const double ms = MedianMs(
             [&] {
-              wgmma_forward();
+              wgmma_forward(path);
               flash_backward();
             },
             opt, stream);
-        EmitImpl("ours-wgmma", "attention_fwd_bwd", shape, "bf16", ms, 3.5 * fwd_flops, 0, opt.reps, wgmma_variant);
+        EmitImpl(impl.c_str(), "attention_fwd_bwd", shape, "bf16", ms, 3.5 * fwd_flops, 0, opt.reps, variant);
       }
     }
     if (simple) {

@@ -17,8 +17,8 @@
 # column is flash vs torch; where the simple causal kernel (impl
 # "ours-simple") was timed too, the "simple" columns show it and
 # simple_ms / ours_ms, the flash kernel's gain over it. On an H100 or H200
-# an "ours-wgmma" column adds the Hopper (wgmma) forward kernel, checked
-# against the mma.sync forward. Then a second table lists the attention rows
+# "ours-wgmma" and "ours-wgmma-tma" columns add the Hopper (wgmma) forward
+# kernels, checked against the mma.sync forward. Then a second table lists the attention rows
 # alone, in TFLOP/s. bench/attention.sh runs just the attention part.
 #
 # On a GPU machine that lacks MPI or the project's other build dependencies
@@ -225,9 +225,8 @@ if attention:
     head = ["pass", "mask", "d", "T", "B", "H", "Hkv", "latam-flash", "torch", "flash/torch", "latam-simple",
             "flash/simple"]
     head += [i for i in extra]
-    wgmma_ratio = "ours-wgmma" in extra
-    if wgmma_ratio:
-        head.append("wgmma/torch")
+    wgmma_impls = [i for i in extra if i.startswith("ours-wgmma")]
+    head += [f"{i[len('ours-'):]}/torch" for i in wgmma_impls]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join(["---"] * len(head)) + "|")
     passes = {"attention_fwd": "fwd", "attention_bwd": "bwd", "attention_fwd_bwd": "fwd+bwd"}
@@ -244,8 +243,7 @@ if attention:
                  f.get("H", "?"), f.get("Hkv", "?"), tflops(flash), tflops(torch), ratio(torch, flash), tflops(s),
                  ratio(s, flash)]
         cells += [tflops(impls.get(i)) for i in extra]
-        if wgmma_ratio:
-            cells.append(ratio(torch, impls.get("ours-wgmma")))
+        cells += [ratio(torch, impls.get(i)) for i in wgmma_impls]
         print("| " + " | ".join(cells) + " |")
         if flash and flash.get("agrees_with_simple") is False:
             warnings.append(f"{key[1]}: max|d out| {flash.get('out_max_abs_diff_vs_simple')} "
@@ -258,15 +256,15 @@ if attention:
         print("WARNING: the flash forward differs from the simple kernel's on " + "; ".join(warnings))
     elif checked:
         print(f"The flash forward agrees with the simple kernel's on all {len(checked)} causal shapes checked.")
-    # The Hopper (wgmma) forward against the mma.sync flash forward, every shape.
-    wg = [(k, rows[k]["ours-wgmma"]) for k in attention
-          if rows[k].get("ours-wgmma", {}).get("agrees_with_mma") is not None]
-    bad = [f"{k[1]}: max|d out| {r.get('out_max_abs_diff_vs_mma')} (max|out| {r.get('out_max_abs_mma')}), "
-           f"max|d lse| {r.get('lse_max_abs_diff_vs_mma')}, {r.get('nonfinite_vs_mma')} non-finite"
-           for k, r in wg if r["agrees_with_mma"] is False]
-    if bad:
-        print("WARNING: the wgmma forward differs from the mma.sync forward on " + "; ".join(bad))
-    elif wg:
-        print(f"The wgmma forward agrees with the mma.sync forward on all {len(wg)} shapes checked.")
+    # The Hopper (wgmma) forwards against the mma.sync flash forward, every shape.
+    for impl in wgmma_impls:
+        wg = [(k, rows[k][impl]) for k in attention if rows[k].get(impl, {}).get("agrees_with_mma") is not None]
+        bad = [f"{k[1]}: max|d out| {r.get('out_max_abs_diff_vs_mma')} (max|out| {r.get('out_max_abs_mma')}), "
+               f"max|d lse| {r.get('lse_max_abs_diff_vs_mma')}, {r.get('nonfinite_vs_mma')} non-finite"
+               for k, r in wg if r["agrees_with_mma"] is False]
+        if bad:
+            print(f"WARNING: the {impl} forward differs from the mma.sync forward on " + "; ".join(bad))
+        elif wg:
+            print(f"The {impl} forward agrees with the mma.sync forward on all {len(wg)} shapes checked.")
 EOF
 exit "$status"

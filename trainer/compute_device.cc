@@ -29,10 +29,11 @@ Result<std::unique_ptr<ComputeDevice>> ComputeDevice::Open([[maybe_unused]] int 
   std::unique_ptr<ComputeDevice> d(new ComputeDevice());
   d->ordinal_ = local_rank;
   CUDA_CHECK(cudaSetDevice(local_rank));
-  if (attention == AttentionChoice::kWgmma && !cuda::FlashWgmmaForwardAvailable()) {
-    return Status::InvalidInput("LATAM_ATTENTION=wgmma: rank " + std::to_string(world_rank) + "'s GPU " +
-                                std::to_string(local_rank) +
-                                " is not compute capability 9.0 (H100, H200), which the wgmma kernel needs");
+  if ((attention == AttentionChoice::kWgmma || attention == AttentionChoice::kWgmmaTma) &&
+      !cuda::FlashWgmmaForwardAvailable()) {
+    return Status::InvalidInput("LATAM_ATTENTION=" + std::string(std::getenv("LATAM_ATTENTION")) + ": rank " +
+                                std::to_string(world_rank) + "'s GPU " + std::to_string(local_rank) +
+                                " is not compute capability 9.0 (H100, H200), which the wgmma kernels need");
   }
   cudaStream_t stream = nullptr;
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));

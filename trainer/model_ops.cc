@@ -11,7 +11,8 @@ Result<AttentionChoice> AttentionChoiceFromEnvironment() {
   if (choice.empty() || choice == "auto") return AttentionChoice::kAuto;
   if (choice == "simple") return AttentionChoice::kSimple;
   if (choice == "wgmma") return AttentionChoice::kWgmma;
-  return Status::InvalidInput("LATAM_ATTENTION=" + choice + ": expected auto, simple or wgmma");
+  if (choice == "wgmma-tma") return AttentionChoice::kWgmmaTma;
+  return Status::InvalidInput("LATAM_ATTENTION=" + choice + ": expected auto, simple, wgmma or wgmma-tma");
 }
 
 size_t OpsWorkspaceBytes(Device device, const OpsShape& shape) {

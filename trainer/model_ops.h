@@ -117,9 +117,10 @@ size_t CudaOpsWorkspaceBytes(const OpsShape& shape);  // builds with CUDA only
 //            wherever they apply (bf16, head dim 64 or 128), the simple kernel elsewhere;
 //   "simple": the simple kernel (kernels/cuda/attention.h) everywhere;
 //   "wgmma":  as auto, with the Hopper forward kernel (FlashForwardPath::kWgmma),
-//            which needs a compute capability 9.0 GPU.
+//            which needs a compute capability 9.0 GPU;
+//   "wgmma-tma": as wgmma, warp-specialised with TMA loads (kWgmmaTma).
 // Any other value is InvalidInput naming the variable.
-enum class AttentionChoice { kAuto, kSimple, kWgmma };
+enum class AttentionChoice { kAuto, kSimple, kWgmma, kWgmmaTma };
 Result<AttentionChoice> AttentionChoiceFromEnvironment();
 
 // CPU ops (f32 only).

@@ -70,10 +70,11 @@ class CudaOps final : public ModelOps {
     Result<AttentionChoice> choice = AttentionChoiceFromEnvironment();
     LATAM_CHECK(choice.ok(), choice.status().message());
     flash_ = cuda::FlashAttentionSupports(shape.attention, dtype) && choice.value() != AttentionChoice::kSimple;
-    if (flash_ && choice.value() == AttentionChoice::kWgmma) {
+    if (flash_ && (choice.value() == AttentionChoice::kWgmma || choice.value() == AttentionChoice::kWgmmaTma)) {
       LATAM_CHECK(cuda::FlashWgmmaForwardAvailable(),
-                  "LATAM_ATTENTION=wgmma needs a compute capability 9.0 GPU (H100, H200)");
-      forward_path_ = cuda::FlashForwardPath::kWgmma;
+                  "LATAM_ATTENTION=wgmma and wgmma-tma need a compute capability 9.0 GPU (H100, H200)");
+      forward_path_ = choice.value() == AttentionChoice::kWgmma ? cuda::FlashForwardPath::kWgmma
+                                                                 : cuda::FlashForwardPath::kWgmmaTma;
     }
     arena_ = Arena(Device::kCUDA, layout_.total);
     attention_ws_ = arena_.View(layout_.attention, DType::kF32, Shape{layout_.attention_elems});

@@ -2,6 +2,10 @@
 // (kernels/cuda/flash_attention.h). The backward kernels are in
 // flash_attention_backward.cu.
 #include <cuda_bf16.h>
+#ifndef LATAM_CUDA_EMULATION
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#endif
 
 #include <cmath>
 #include <cstdint>
@@ -67,17 +71,79 @@ void LaunchFlashForwardWgmma(const Tensor& qkv, const cpu::AttentionDims& d, boo
   CUDA_CHECK_LAUNCH();
 }
 
+#ifndef LATAM_CUDA_EMULATION
+// The driver's tensor-map encoder, looked up through the runtime so that
+// nothing links against libcuda (absent where no driver is installed);
+// nullptr where the driver lacks it.
+PFN_cuTensorMapEncodeTiled_v12000 TensorMapEncoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encoder = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  return encoder;
+}
+#endif
+
+// qkv as the 3-D tensor {columns, T, B} (bf16, rows row_stride apart,
+// batches T rows apart), read in boxes of {64 columns, 128 rows, 1} with
+// the 128-byte swizzle and zeros outside: what FlashForwardWgmmaTmaKernel
+// loads Q, K and V tiles through.
+tma::TensorMap QkvTensorMap(const Tensor& qkv, const cpu::AttentionDims& d) {
+  const uint64_t width = static_cast<uint64_t>(d.n_heads + 2 * d.n_kv_heads) * static_cast<uint64_t>(d.head_dim);
+  const uint64_t dims[3] = {width, static_cast<uint64_t>(d.seq_len), static_cast<uint64_t>(d.batch)};
+  const uint64_t strides[2] = {width * sizeof(bf16), width * sizeof(bf16) * static_cast<uint64_t>(d.seq_len)};
+  const uint32_t box[3] = {64, static_cast<uint32_t>(flash::kWgBlockN), 1};
+  static_assert(flash::kWgBlockM == flash::kWgBlockN, "one box shape serves the Q, K and V tiles");
+  tma::TensorMap map;
+#ifdef LATAM_CUDA_EMULATION
+  map.base = qkv.data;
+  for (int i = 0; i < 3; ++i) map.dims[i] = dims[i];
+  for (int i = 0; i < 2; ++i) map.strides[i] = strides[i];
+  for (int i = 0; i < 3; ++i) map.box[i] = box[i];
+#else
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = TensorMapEncoder();
+  LATAM_CHECK(encode != nullptr, "the CUDA driver has no cuTensorMapEncodeTiled (the TMA attention forward needs "
+                                 "a CUDA 12 driver)");
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult result = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, qkv.data, dims, strides, box,
+                                 element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                 CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  LATAM_CHECK(result == CUDA_SUCCESS,
+              "cuTensorMapEncodeTiled failed (CUresult " << static_cast<int>(result) << ") for " << qkv.str());
+#endif
+  return map;
+}
+
+template <int kHd>
+void LaunchFlashForwardWgmmaTma(const Tensor& qkv, const cpu::AttentionDims& d, bool causal, const Tensor& out,
+                                const Tensor& lse, cudaStream_t stream) {
+  const size_t bytes = flash::WgmmaTmaForwardSmemBytes<kHd>();
+  flash::AllowSharedBytes(flash::FlashForwardWgmmaTmaKernel<kHd>, bytes);
+  const dim3 grid(static_cast<unsigned>((d.seq_len + flash::kWgBlockM - 1) / flash::kWgBlockM),
+                  static_cast<unsigned>(d.n_heads), static_cast<unsigned>(d.batch));
+  Launch(flash::FlashForwardWgmmaTmaKernel<kHd>, grid, flash::kWsThreads, bytes, stream, QkvTensorMap(qkv, d),
+         static_cast<bf16*>(out.data), lse.as<float>(), flash::MakeFlashGeometry(d, causal));
+  CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 bool FlashWgmmaForwardAvailable() {
 #ifdef LATAM_CUDA_EMULATION
-  return true;  // the emulation computes wgmma from its definition
+  return true;  // the emulation computes wgmma, TMA and mbarriers from their definitions
 #else
   int device = 0, major = 0, minor = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return false;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
   if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) return false;
-  return major == 9 && minor == 0;
+  return major == 9 && minor == 0 && TensorMapEncoder() != nullptr;
 #endif
 }
 
@@ -89,13 +155,16 @@ bool FlashAttentionSupports(const cpu::AttentionDims& d, DType dtype) {
 void FlashAttentionForward(const Tensor& qkv, const cpu::AttentionDims& dims, bool causal, const Tensor& out,
                            const Tensor& lse, cudaStream_t stream, FlashForwardPath path) {
   flash::CheckFlashTensors(qkv, dims, out, lse);
-  if (path == FlashForwardPath::kWgmma) {
+  if (path == FlashForwardPath::kWgmma || path == FlashForwardPath::kWgmmaTma) {
     LATAM_CHECK(FlashWgmmaForwardAvailable(),
                 "the wgmma attention forward needs a compute capability 9.0 GPU (H100, H200), and this device is not one");
+    const bool tma = path == FlashForwardPath::kWgmmaTma;
     if (dims.head_dim == 64) {
-      LaunchFlashForwardWgmma<64>(qkv, dims, causal, out, lse, stream);
+      tma ? LaunchFlashForwardWgmmaTma<64>(qkv, dims, causal, out, lse, stream)
+          : LaunchFlashForwardWgmma<64>(qkv, dims, causal, out, lse, stream);
     } else {
-      LaunchFlashForwardWgmma<128>(qkv, dims, causal, out, lse, stream);
+      tma ? LaunchFlashForwardWgmmaTma<128>(qkv, dims, causal, out, lse, stream)
+          : LaunchFlashForwardWgmma<128>(qkv, dims, causal, out, lse, stream);
     }
     return;
   }

@@ -49,20 +49,25 @@ namespace latam::cuda {
 bool FlashAttentionSupports(const cpu::AttentionDims& dims, DType dtype);
 
 // The forward kernel to run:
-//   kMmaSync: FlashForwardKernel above (mma.sync; sm_80 and later; the default);
-//   kWgmma:   FlashForwardWgmmaKernel (kernels/cuda/flash_attention_wgmma.cuh):
-//             128 query rows per CTA on Hopper's warpgroup MMAs, sm_90a only.
-// Both compute the same function and write the same out and lse, so the
-// backward pass takes either's. kWgmma stays opt-in until it has been
-// measured against kMmaSync on an H100 (bench/attention.sh).
-enum class FlashForwardPath { kMmaSync, kWgmma };
+//   kMmaSync:  FlashForwardKernel above (mma.sync; sm_80 and later; the default);
+//   kWgmma:    FlashForwardWgmmaKernel (kernels/cuda/flash_attention_wgmma.cuh):
+//              128 query rows per CTA on Hopper's warpgroup MMAs, cp.async loads;
+//   kWgmmaTma: FlashForwardWgmmaTmaKernel: the same MMAs, warp-specialised,
+//              with TMA loads by a producer warpgroup (FlashAttention-3's layout).
+// All compute the same function and write the same out and lse, so the
+// backward pass takes any one's. The wgmma paths need sm_90a and stay opt-in
+// until they have been measured against kMmaSync on an H100
+// (bench/attention.sh).
+enum class FlashForwardPath { kMmaSync, kWgmma, kWgmmaTma };
 
-// Whether kWgmma can run on the current device: a compute capability 9.0
-// GPU, whose code is the sm_90a build's (wgmma does not exist elsewhere).
+// Whether the wgmma paths can run on the current device: a compute
+// capability 9.0 GPU, whose code is the sm_90a build's (wgmma and setmaxnreg
+// do not exist elsewhere), and, for kWgmmaTma, the driver's tensor-map
+// encoder.
 bool FlashWgmmaForwardAvailable();
 
-// out and lse are overwritten. kWgmma where !FlashWgmmaForwardAvailable()
-// is a fatal error naming the device.
+// out and lse are overwritten. A wgmma path where
+// !FlashWgmmaForwardAvailable() is a fatal error naming the device.
 void FlashAttentionForward(const Tensor& qkv, const cpu::AttentionDims& dims, bool causal, const Tensor& out,
                            const Tensor& lse, cudaStream_t stream,
                            FlashForwardPath path = FlashForwardPath::kMmaSync);

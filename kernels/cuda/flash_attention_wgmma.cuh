@@ -1,11 +1,13 @@
-// The Hopper forward kernel of the tensor-core attention: the algorithm of
+// The Hopper forward kernels of the tensor-core attention: the algorithm of
 // FlashForwardKernel (kernels/cuda/flash_attention_kernels.cuh, described in
 // flash_attention.h) on warpgroup MMAs (kernels/cuda/wgmma.cuh, sm_90a).
-// Launched by FlashAttentionForward with FlashForwardPath::kWgmma; in a
-// header so that tests can run it under kernels/cuda/simt_emulation.h.
+// Launched by FlashAttentionForward with FlashForwardPath::kWgmma and
+// kWgmmaTma; in a header so that tests can run them under
+// kernels/cuda/simt_emulation.h.
 //
-// One CTA: 128 query rows of one head, two warpgroups of 64 rows each
-// (256 threads). Per key tile of 128 keys:
+// Both take 128 query rows of one head per CTA, 64 rows per computing
+// warpgroup, and per key tile of 128 keys run (WgmmaScores, WgmmaSoftmax,
+// WgmmaAccumulate):
 //   S = Q K^T   4 (hd 64) or 8 (hd 128) wgmma m64n128k16, Q and K from
 //               shared memory, fp32 accumulators in registers;
 //   online softmax on the accumulators, as in FlashForwardKernel (exp2, one
@@ -14,18 +16,24 @@
 //   O += P V    8 wgmma m64n{hd}k16, P from registers (the S accumulators
 //               rounded to bf16 are the A fragments), V from shared memory
 //               read transposed by the instruction.
-// K and V tiles stream through two shared-memory stages filled by cp.async
-// (all 256 threads), in the 128-byte-swizzled layout wgmma reads; the tile
-// of 128 query rows shares each K/V tile between the two warpgroups.
-// Shared memory: (128 + 4 x 128) x hd x 2 bytes + 1 KB of alignment slack:
-// 81 KB at hd 64 (two CTAs per SM), 161 KB at hd 128.
+// Tiles are 128-byte-swizzled column blocks of 64 head dims (wgmma.cuh).
+//   FlashForwardWgmmaKernel (kWgmma): 256 threads, two warpgroups that both
+//     load (cp.async, two stages) and compute, in step (block barriers).
+//   FlashForwardWgmmaTmaKernel (kWgmmaTma): 384 threads, warp-specialised as
+//     FlashAttention-3: a producer warpgroup whose one thread issues TMA
+//     copies (tma.cuh) into two K/V stages guarded by mbarriers, and two
+//     consumer warpgroups that only compute, each at its own pace; setmaxnreg
+//     moves registers from the producer to the consumers.
+// Shared memory: (128 + 4 x 128) x hd x 2 bytes + 1 KB of alignment slack
+// (+ 56 bytes of barriers): 81 KB at hd 64, 161 KB at hd 128.
 //
-// Not yet here (FlashAttention-3's further steps): TMA loads by a producer
-// warp, warp specialisation with setmaxnreg, and overlapping one tile's
-// softmax with the next tile's Q K^T.
+// Not yet here: FlashAttention-3's ping-pong scheduling of the two consumer
+// warpgroups (named barriers) and overlapping one tile's softmax with the
+// next tile's Q K^T inside a warpgroup.
 #pragma once
 
 #include "kernels/cuda/flash_attention_kernels.cuh"
+#include "kernels/cuda/tma.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace latam::cuda::flash {
@@ -59,17 +67,169 @@ constexpr size_t WgmmaForwardSmemBytes() {
   return 1024 + static_cast<size_t>(kWgBlockM + 4 * kWgBlockN) * kHd * sizeof(bf16);
 }
 
+// Aligns a block's dynamic shared memory up to 1024 bytes in the shared
+// address space (swizzled tiles must start there); the kernels ask for 1 KB
+// of slack.
+__device__ __forceinline__ unsigned char* AlignedShared() {
+  unsigned char* raw = DynamicShared();
+  const uint32_t misalign = mma::SharedAddress(raw) % 1024;
+  return raw + (misalign == 0 ? 0 : 1024 - misalign);
+}
+
+// The running softmax state of one warpgroup's 64 query rows, per thread:
+// the O accumulators and, for rows g and g + 8 of its warp, the running max
+// (exp2 domain) and sum.
+template <int kHd>
+struct WgmmaRows {
+  float o[kHd / 8][4];
+  float row_max[2];
+  float row_sum[2];
+  int first_row;  // of this warp, in the CTA's tile of kWgBlockM rows
+  int qi[2];      // the thread's two query positions
+
+  __device__ __forceinline__ void Start(int q0, int warpgroup, int warp, int lane) {
+    for (auto& f : o) f[0] = f[1] = f[2] = f[3] = 0.0f;
+    row_max[0] = row_max[1] = -INFINITY;
+    row_sum[0] = row_sum[1] = 0.0f;
+    first_row = warpgroup * 64 + warp * 16;
+    qi[0] = q0 + first_row + lane / 4;
+    qi[1] = qi[0] + 8;
+  }
+};
+
+// S = Q K^T of one warpgroup: `q_rows` its 64 query rows and `k_tile` the
+// kWgBlockN keys, both 128-byte-swizzled column blocks (k16 step kk is 32
+// bytes into column block kk / 4). Issues, waits, and returns with S in `s`.
+template <int kHd>
+__device__ __forceinline__ void WgmmaScores(float (&s)[kWgBlockN / 8][4], const bf16* q_rows, const bf16* k_tile) {
+  for (auto& f : s) f[0] = f[1] = f[2] = f[3] = 0.0f;
+  wgmma::FenceOperands(s);
+  wgmma::Fence();
+  for (int kk = 0; kk < kHd / 16; ++kk) {
+    const uint64_t desc_q = wgmma::Sw128Descriptor(q_rows + (kk / 4) * kWgBlockM * 64 + (kk % 4) * 16, 16, 1024);
+    const uint64_t desc_k = wgmma::Sw128Descriptor(k_tile + (kk / 4) * kWgBlockN * 64 + (kk % 4) * 16, 16, 1024);
+    wgmma::MmaSS<kWgBlockN>(s, desc_q, desc_k, kk > 0 ? 1 : 0);
+  }
+  wgmma::Commit();
+  wgmma::Wait<0>();
+  wgmma::FenceOperands(s);
+}
+
+// The online softmax step for key tile j (keys key0 .. key0 + kWgBlockN - 1):
+// scales S into the exp2 domain, masks keys past the end and, causally, past
+// the row (only in tiles that reach past the warp's first row), updates the
+// running max and sum, rescales O, and leaves P as bf16 A fragments in `pa`.
+template <int kHd>
+__device__ __forceinline__ void WgmmaSoftmax(float (&s)[kWgBlockN / 8][4], WgmmaRows<kHd>& st,
+                                             uint32_t (&pa)[kWgBlockN / 16][4], int key0, int q0, int lane,
+                                             const FlashGeometry& g) {
+  const int T = g.seq_len;
+  const bool mask = key0 + kWgBlockN > T || (g.causal && key0 + kWgBlockN - 1 > q0 + st.first_row);
+  for (int nb = 0; nb < kWgBlockN / 8; ++nb) {
+    for (int e = 0; e < 4; ++e) {
+      float v = s[nb][e] * g.scale_log2;
+      if (mask) {
+        const int key = key0 + nb * 8 + 2 * (lane % 4) + (e & 1);
+        if (key >= T || (g.causal && key > st.qi[e / 2])) v = -INFINITY;
+      }
+      s[nb][e] = v;
+    }
+  }
+  float base[2];
+  for (int r = 0; r < 2; ++r) {
+    float mx = st.row_max[r];
+    for (int nb = 0; nb < kWgBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    base[r] = mx == -INFINITY ? 0.0f : mx;  // a row with no key yet keeps l = o = 0
+    const float correction = exp2f(st.row_max[r] - base[r]);
+    st.row_max[r] = mx;
+    st.row_sum[r] *= correction;
+    for (auto& f : st.o) {
+      f[2 * r] *= correction;
+      f[2 * r + 1] *= correction;
+    }
+  }
+  for (int nb = 0; nb < kWgBlockN / 8; ++nb) {
+    for (int e = 0; e < 4; ++e) {
+      s[nb][e] = exp2f(s[nb][e] - base[e / 2]);
+      st.row_sum[e / 2] += s[nb][e];
+    }
+  }
+  for (int ks = 0; ks < kWgBlockN / 16; ++ks) PackA<kWgBlockN>(pa[ks], s, ks);
+}
+
+// O += P V: k16 step ks is V rows 16 ks .. + 15 (2048 bytes in); the column
+// blocks of 64 head dims are kWgBlockN rows of 128 bytes apart (LBO).
+// Issues and waits.
+template <int kHd>
+__device__ __forceinline__ void WgmmaAccumulate(WgmmaRows<kHd>& st, const uint32_t (&pa)[kWgBlockN / 16][4],
+                                                const bf16* v_tile) {
+  wgmma::FenceOperands(st.o);
+  wgmma::Fence();
+  for (int ks = 0; ks < kWgBlockN / 16; ++ks) {
+    const uint64_t desc_v = wgmma::Sw128Descriptor(v_tile + ks * 16 * 64, kWgBlockN * 128, 1024);
+    wgmma::MmaRSTransB<kHd>(st.o, pa[ks], desc_v, 1);
+  }
+  wgmma::Commit();
+  wgmma::Wait<0>();
+  wgmma::FenceOperands(st.o);
+}
+
+// Writes O / l and the lse of the warp's 16 rows, staged through the warp's
+// own rows of `sq` (the query tile, no longer read) so each row leaves in
+// 16-byte stores.
+template <int kHd>
+__device__ __forceinline__ void WgmmaFinish(WgmmaRows<kHd>& st, bf16* sq, int q0, int h, int b, int lane,
+                                            const FlashGeometry& g, bf16* out, float* lse) {
+  const int T = g.seq_len;
+  float inv[2];
+  for (int r = 0; r < 2; ++r) {
+    st.row_sum[r] += __shfl_xor_sync(0xffffffffu, st.row_sum[r], 1);
+    st.row_sum[r] += __shfl_xor_sync(0xffffffffu, st.row_sum[r], 2);
+    inv[r] = st.row_sum[r] > 0.0f ? 1.0f / st.row_sum[r] : 0.0f;
+  }
+  const int row_in_tile = st.first_row + lane / 4;
+  for (int nb = 0; nb < kHd / 8; ++nb) {
+    for (int r = 0; r < 2; ++r) {
+      const uint32_t packed = mma::PackBf16(st.o[nb][2 * r] * inv[r], st.o[nb][2 * r + 1] * inv[r]);
+      *reinterpret_cast<uint32_t*>(sq + Sw128<kWgBlockM>(row_in_tile + 8 * r, nb) + 2 * (lane % 4)) = packed;
+    }
+  }
+  __syncwarp();
+  constexpr int kChunks = kHd / 8;
+  for (int i = lane; i < 16 * kChunks; i += 32) {
+    const int r = st.first_row + i / kChunks, c = i % kChunks;
+    if (q0 + r >= T) continue;
+    const uint4 v = *reinterpret_cast<const uint4*>(sq + Sw128<kWgBlockM>(r, c));
+    *reinterpret_cast<uint4*>(out + (static_cast<int64_t>(b) * T + q0 + r) * g.out_stride +
+                              static_cast<int64_t>(h) * kHd + c * 8) = v;
+  }
+  if (lane % 4 == 0) {
+    for (int r = 0; r < 2; ++r) {
+      if (st.qi[r] < T) {
+        lse[(static_cast<int64_t>(b) * g.n_heads + h) * T + st.qi[r]] =
+            (st.row_max[r] + log2f(st.row_sum[r])) * 0.6931471805599453f;
+      }
+    }
+  }
+}
+
+// The number of key tiles CTA tile q0 visits.
+__device__ __forceinline__ int WgmmaKeyTiles(const FlashGeometry& g, int q0) {
+  const int kv_end = g.causal ? min(g.seq_len, q0 + kWgBlockM) : g.seq_len;
+  return (kv_end + kWgBlockN - 1) / kWgBlockN;
+}
+
+// kWgmma: all 256 threads load with cp.async, then both warpgroups compute.
 template <int kHd>
 __global__ void __launch_bounds__(kWgThreads, 1)
     FlashForwardWgmmaKernel(const bf16* __restrict__ qkv, bf16* __restrict__ out, float* __restrict__ lse,
                             FlashGeometry g) {
   static_assert(kHd == 64 || kHd == 128, "head dims 64 and 128");
-  // Swizzled tiles must start 1024-byte aligned in the shared address space.
-  unsigned char* raw = DynamicShared();
-  const uint32_t misalign = mma::SharedAddress(raw) % 1024;
-  bf16* sq = reinterpret_cast<bf16*>(raw + (misalign == 0 ? 0 : 1024 - misalign));  // kWgBlockM x kHd
-  bf16* sk = sq + kWgBlockM * kHd;                                                  // 2 stages of kWgBlockN x kHd
-  bf16* sv = sk + 2 * kWgBlockN * kHd;                                              // 2 stages of kWgBlockN x kHd
+  bf16* sq = reinterpret_cast<bf16*>(AlignedShared());  // kWgBlockM x kHd
+  bf16* sk = sq + kWgBlockM * kHd;                       // 2 stages of kWgBlockN x kHd
+  bf16* sv = sk + 2 * kWgBlockN * kHd;                   // 2 stages of kWgBlockN x kHd
 
   const int q_tile = static_cast<int>(gridDim.x - 1 - blockIdx.x);  // heaviest causal tiles first
   const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
@@ -80,23 +240,16 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   const bf16* qsrc = batch + static_cast<int64_t>(h) * kHd;
   const bf16* ksrc = batch + g.k_col + static_cast<int64_t>(h / g.group) * kHd;
   const bf16* vsrc = batch + g.v_col + static_cast<int64_t>(h / g.group) * kHd;
-
-  const int kv_end = g.causal ? min(T, q0 + kWgBlockM) : T;
-  const int n_tiles = (kv_end + kWgBlockN - 1) / kWgBlockN;
+  const int n_tiles = WgmmaKeyTiles(g, q0);
 
   LoadTileSw128<kHd, kWgBlockM>(sq, qsrc, g.row_stride, q0, T);
   LoadTileSw128<kHd, kWgBlockN>(sk, ksrc, g.row_stride, 0, T);
   LoadTileSw128<kHd, kWgBlockN>(sv, vsrc, g.row_stride, 0, T);
   mma::CpAsyncCommit();
 
-  float o[kHd / 8][4];
-  for (auto& f : o) f[0] = f[1] = f[2] = f[3] = 0.0f;
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
-  const int first_row = wg * 64 + warp * 16;  // of this warp, in the tile
-  const int row_in_tile = first_row + lane / 4;
-  const int qi[2] = {q0 + row_in_tile, q0 + row_in_tile + 8};
-  // This warpgroup's Q rows: K-major, rows at 128 bytes, 8-row groups 1024 apart.
-  const bf16* q_rows = sq + wg * 64 * 64;
+  WgmmaRows<kHd> st;
+  st.Start(q0, wg, warp, lane);
+  const bf16* q_rows = sq + wg * 64 * 64;  // this warpgroup's rows of each column block
 
   for (int j = 0; j < n_tiles; ++j) {
     const int stage = j & 1;
@@ -104,111 +257,124 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       LoadTileSw128<kHd, kWgBlockN>(sk + (stage ^ 1) * kWgBlockN * kHd, ksrc, g.row_stride, (j + 1) * kWgBlockN, T);
       LoadTileSw128<kHd, kWgBlockN>(sv + (stage ^ 1) * kWgBlockN * kHd, vsrc, g.row_stride, (j + 1) * kWgBlockN, T);
     }
-    mma::CpAsyncCommit();   // possibly empty: one group per iteration
-    mma::CpAsyncWait<1>();  // all but the prefetch just issued have landed
+    mma::CpAsyncCommit();      // possibly empty: one group per iteration
+    mma::CpAsyncWait<1>();     // all but the prefetch just issued have landed
     wgmma::FenceProxyAsync();  // make them visible to the tensor cores' reads
     __syncthreads();
-    const bf16* k_tile = sk + stage * kWgBlockN * kHd;
-    const bf16* v_tile = sv + stage * kWgBlockN * kHd;
-
-    // S = Q K^T: k16 step kk is 32 bytes into column block kk / 4.
     float s[kWgBlockN / 8][4];
-    for (auto& f : s) f[0] = f[1] = f[2] = f[3] = 0.0f;
-    wgmma::FenceOperands(s);
-    wgmma::Fence();
-    for (int kk = 0; kk < kHd / 16; ++kk) {
-      const uint64_t desc_q = wgmma::Sw128Descriptor(q_rows + (kk / 4) * kWgBlockM * 64 + (kk % 4) * 16, 16, 1024);
-      const uint64_t desc_k = wgmma::Sw128Descriptor(k_tile + (kk / 4) * kWgBlockN * 64 + (kk % 4) * 16, 16, 1024);
-      wgmma::MmaSS<kWgBlockN>(s, desc_q, desc_k, kk > 0 ? 1 : 0);
-    }
-    wgmma::Commit();
-    wgmma::Wait<0>();
-    wgmma::FenceOperands(s);
-
-    // Scale into the exp2 domain; mask keys past the end and, causally, past
-    // the row (only tiles that reach past the warp's first row hold such keys).
-    const int key0 = j * kWgBlockN;
-    const bool mask = key0 + kWgBlockN > T || (g.causal && key0 + kWgBlockN - 1 > q0 + first_row);
-    for (int nb = 0; nb < kWgBlockN / 8; ++nb) {
-      for (int e = 0; e < 4; ++e) {
-        float v = s[nb][e] * g.scale_log2;
-        if (mask) {
-          const int key = key0 + nb * 8 + 2 * (lane % 4) + (e & 1);
-          if (key >= T || (g.causal && key > qi[e / 2])) v = -INFINITY;
-        }
-        s[nb][e] = v;
-      }
-    }
-
-    // Online softmax: new running max, rescale the old sum and output.
-    float base[2];
-    for (int r = 0; r < 2; ++r) {
-      float mx = row_max[r];
-      for (int nb = 0; nb < kWgBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      base[r] = mx == -INFINITY ? 0.0f : mx;  // a row with no key yet keeps l = o = 0
-      const float correction = exp2f(row_max[r] - base[r]);
-      row_max[r] = mx;
-      row_sum[r] *= correction;
-      for (auto& f : o) {
-        f[2 * r] *= correction;
-        f[2 * r + 1] *= correction;
-      }
-    }
+    WgmmaScores<kHd>(s, q_rows, sk + stage * kWgBlockN * kHd);
     uint32_t pa[kWgBlockN / 16][4];
-    for (int nb = 0; nb < kWgBlockN / 8; ++nb) {
-      for (int e = 0; e < 4; ++e) {
-        s[nb][e] = exp2f(s[nb][e] - base[e / 2]);
-        row_sum[e / 2] += s[nb][e];
-      }
-    }
-    for (int ks = 0; ks < kWgBlockN / 16; ++ks) PackA<kWgBlockN>(pa[ks], s, ks);
-
-    // O += P V: k16 step ks is V rows 16 ks .. + 15 (2048 bytes in); the
-    // column blocks of 64 head dims are kWgBlockN rows of 128 bytes apart.
-    wgmma::FenceOperands(o);
-    wgmma::Fence();
-    for (int ks = 0; ks < kWgBlockN / 16; ++ks) {
-      const uint64_t desc_v = wgmma::Sw128Descriptor(v_tile + ks * 16 * 64, kWgBlockN * 128, 1024);
-      wgmma::MmaRSTransB<kHd>(o, pa[ks], desc_v, 1);
-    }
-    wgmma::Commit();
-    wgmma::Wait<0>();
-    wgmma::FenceOperands(o);
+    WgmmaSoftmax<kHd>(s, st, pa, j * kWgBlockN, q0, lane, g);
+    WgmmaAccumulate<kHd>(st, pa, sv + stage * kWgBlockN * kHd);
     __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
+  WgmmaFinish<kHd>(st, sq, q0, h, b, lane, g, out, lse);
+}
 
-  // Finish: O / l, staged through this warp's own rows of the (now unused) Q
-  // tile so that each row leaves in 16-byte stores.
-  float inv[2];
-  for (int r = 0; r < 2; ++r) {
-    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
-    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
-    inv[r] = row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f;
-  }
-  for (int nb = 0; nb < kHd / 8; ++nb) {
-    for (int r = 0; r < 2; ++r) {
-      const uint32_t packed = mma::PackBf16(o[nb][2 * r] * inv[r], o[nb][2 * r + 1] * inv[r]);
-      *reinterpret_cast<uint32_t*>(sq + Sw128<kWgBlockM>(row_in_tile + 8 * r, nb) + 2 * (lane % 4)) = packed;
+// ---------------------------------------------------------------------------
+// kWgmmaTma: warp-specialised, as FlashAttention-3. Three warpgroups:
+// warpgroup 0 is the producer (one thread issues every TMA copy; the
+// warpgroup gives registers back with setmaxnreg), warpgroups 1 and 2 the
+// consumers (64 query rows each, with the registers the producer gave up).
+// K and V tiles go through kWsStages stages, each with a "full" barrier per
+// operand (the TMA's transaction bytes complete it) and one "empty" barrier
+// (one arrival per consumer warp once its P V wgmma is done); the query tile
+// has its own full barrier. No block-wide barrier after the roles split.
+
+constexpr int kWsStages = 2;
+constexpr int kWsThreads = 3 * wgmma::kWarpgroupThreads;
+constexpr int kWsConsumerWarps = 8;
+constexpr int kWsProducerRegisters = 24;
+constexpr int kWsConsumerRegisters = 240;
+
+// One column block (64 head dims) of a 128-row tile.
+constexpr uint32_t kWsBoxBytes = 128 * 64 * sizeof(bf16);
+
+template <int kHd>
+constexpr size_t WgmmaTmaForwardSmemBytes() {
+  return 1024 + static_cast<size_t>(kWgBlockM + 2 * kWsStages * kWgBlockN) * kHd * sizeof(bf16) +
+         (1 + 3 * kWsStages) * sizeof(uint64_t);
+}
+
+// `map` is a 3-D bf16 map of qkv as {columns, T, B} with boxes of
+// {64, 128, 1} and the 128-byte swizzle (FlashAttentionForward makes it).
+template <int kHd>
+__global__ void __launch_bounds__(kWsThreads, 1)
+    FlashForwardWgmmaTmaKernel(const __grid_constant__ tma::TensorMap map, bf16* __restrict__ out,
+                               float* __restrict__ lse, FlashGeometry g) {
+  static_assert(kHd == 64 || kHd == 128, "head dims 64 and 128");
+  static_assert(kWgBlockM == 128 && kWgBlockN == 128, "one TMA box is 128 rows");
+  constexpr int kBlocks = kHd / 64;  // column blocks per tile
+  bf16* sq = reinterpret_cast<bf16*>(AlignedShared());  // kWgBlockM x kHd
+  bf16* sk = sq + kWgBlockM * kHd;                       // kWsStages x kWgBlockN x kHd
+  bf16* sv = sk + kWsStages * kWgBlockN * kHd;           // kWsStages x kWgBlockN x kHd
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(sv + kWsStages * kWgBlockN * kHd);
+  uint64_t* k_full = q_full + 1;
+  uint64_t* v_full = k_full + kWsStages;
+  uint64_t* empty = v_full + kWsStages;
+
+  const int q_tile = static_cast<int>(gridDim.x - 1 - blockIdx.x);  // heaviest causal tiles first
+  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int wg = tid / wgmma::kWarpgroupThreads, warp = (tid / 32) % 4, lane = tid % 32;
+  const int q0 = q_tile * kWgBlockM;
+  const int n_tiles = WgmmaKeyTiles(g, q0);
+
+  if (tid == 0) {
+    tma::InitBarrier(q_full, 1);
+    for (int s = 0; s < kWsStages; ++s) {
+      tma::InitBarrier(k_full + s, 1);
+      tma::InitBarrier(v_full + s, 1);
+      tma::InitBarrier(empty + s, kWsConsumerWarps);
     }
+    tma::FenceBarrierInit();
   }
-  __syncwarp();
-  constexpr int kChunks = kHd / 8;
-  for (int i = lane; i < 16 * kChunks; i += 32) {
-    const int r = first_row + i / kChunks, c = i % kChunks;
-    if (q0 + r >= T) continue;
-    const uint4 v = *reinterpret_cast<const uint4*>(sq + Sw128<kWgBlockM>(r, c));
-    *reinterpret_cast<uint4*>(out + (static_cast<int64_t>(b) * T + q0 + r) * g.out_stride +
-                              static_cast<int64_t>(h) * kHd + c * 8) = v;
-  }
-  if (lane % 4 == 0) {
-    for (int r = 0; r < 2; ++r) {
-      if (qi[r] < T) {
-        lse[(static_cast<int64_t>(b) * g.n_heads + h) * T + qi[r]] =
-            (row_max[r] + log2f(row_sum[r])) * 0.6931471805599453f;
+  __syncthreads();
+
+  if (wg == 0) {
+    tma::DecreaseRegisters<kWsProducerRegisters>();
+    if (tid == 0) {
+      const int q_col = h * kHd, k_col = static_cast<int>(g.k_col) + (h / g.group) * kHd;
+      const int v_col = static_cast<int>(g.v_col) + (h / g.group) * kHd;
+      tma::ArriveExpectTx(q_full, kBlocks * kWsBoxBytes);
+      for (int c = 0; c < kBlocks; ++c) tma::Load3d(sq + c * kWgBlockM * 64, map, q_col + 64 * c, q0, b, q_full);
+      for (int j = 0; j < n_tiles; ++j) {
+        const int s = j % kWsStages;
+        const uint32_t round = static_cast<uint32_t>(j / kWsStages);
+        tma::WaitParity(empty + s, (round & 1u) ^ 1u);  // the consumers are done with the stage's last round
+        bf16* k_stage = sk + s * kWgBlockN * kHd;
+        bf16* v_stage = sv + s * kWgBlockN * kHd;
+        tma::ArriveExpectTx(k_full + s, kBlocks * kWsBoxBytes);
+        for (int c = 0; c < kBlocks; ++c) {
+          tma::Load3d(k_stage + c * kWgBlockN * 64, map, k_col + 64 * c, j * kWgBlockN, b, k_full + s);
+        }
+        tma::ArriveExpectTx(v_full + s, kBlocks * kWsBoxBytes);
+        for (int c = 0; c < kBlocks; ++c) {
+          tma::Load3d(v_stage + c * kWgBlockN * 64, map, v_col + 64 * c, j * kWgBlockN, b, v_full + s);
+        }
       }
     }
+  } else {
+    tma::IncreaseRegisters<kWsConsumerRegisters>();
+    const int cwg = wg - 1;  // consumer warpgroup: rows cwg * 64 .. + 63 of the tile
+    WgmmaRows<kHd> st;
+    st.Start(q0, cwg, warp, lane);
+    const bf16* q_rows = sq + cwg * 64 * 64;
+    tma::WaitParity(q_full, 0);
+    for (int j = 0; j < n_tiles; ++j) {
+      const int s = j % kWsStages;
+      const uint32_t parity = static_cast<uint32_t>(j / kWsStages) & 1u;
+      tma::WaitParity(k_full + s, parity);
+      float sc[kWgBlockN / 8][4];
+      WgmmaScores<kHd>(sc, q_rows, sk + s * kWgBlockN * kHd);
+      uint32_t pa[kWgBlockN / 16][4];
+      WgmmaSoftmax<kHd>(sc, st, pa, j * kWgBlockN, q0, lane, g);
+      tma::WaitParity(v_full + s, parity);
+      WgmmaAccumulate<kHd>(st, pa, sv + s * kWgBlockN * kHd);
+      __syncwarp();
+      if (lane == 0) tma::Arrive(empty + s);
+    }
+    WgmmaFinish<kHd>(st, sq, q0, h, b, lane, g, out, lse);
   }
 }
 

@@ -18,7 +18,7 @@ namespace {
 // and the emulated mma rebuilds 16 x 16 tiles on the stack.
 constexpr size_t kStackBytes = 128 * 1024;
 
-enum class Wait { kNone, kBlock, kWarp, kDone };
+enum class Wait { kNone, kBlock, kWarp, kYield, kDone };
 
 struct Fiber {
   ucontext_t context;
@@ -41,6 +41,7 @@ struct Runner {
   std::vector<unsigned char> shared;
   const std::function<void()>* body = nullptr;
   unsigned current = 0;
+  uint64_t progress = 0;  // barrier arrivals, finished threads, NoteProgress()
 };
 
 thread_local Runner* runner = nullptr;
@@ -49,6 +50,7 @@ thread_local std::vector<std::unique_ptr<unsigned char[]>> stack_pool;
 
 void FiberMain() {
   (*runner->body)();
+  ++runner->progress;
   runner->fibers[runner->current].wait = Wait::kDone;
   swapcontext(&runner->fibers[runner->current].context, &runner->scheduler);
 }
@@ -83,6 +85,7 @@ bool Runnable(const Runner& r, unsigned t) {
   const Fiber& f = r.fibers[t];
   switch (f.wait) {
     case Wait::kNone:
+    case Wait::kYield:
       return true;
     case Wait::kBlock:
       return r.block_generation != f.generation;
@@ -98,8 +101,12 @@ bool Runnable(const Runner& r, unsigned t) {
 
 void BlockBarrier() { BlockBarrierCount(false); }
 
+void Yield() { Park(Wait::kYield, 0); }
+void NoteProgress() { ++runner->progress; }
+
 int BlockBarrierCount(bool predicate) {
   Runner& r = *runner;
+  ++r.progress;
   const uint64_t generation = r.block_generation;
   r.block_count += predicate ? 1 : 0;
   if (++r.block_arrived == r.fibers.size()) {
@@ -115,6 +122,7 @@ int BlockBarrierCount(bool predicate) {
 
 void WarpBarrier() {
   Runner& r = *runner;
+  ++r.progress;
   const unsigned warp = threadIdx.x / 32;
   const unsigned lanes = std::min<unsigned>(32, static_cast<unsigned>(r.fibers.size()) - warp * 32);
   const uint64_t generation = r.warp_generation[warp];
@@ -158,6 +166,7 @@ void Launch(Dim3 grid, Dim3 block, size_t shared_bytes, const std::function<void
         unsigned done = 0;
         while (done < block.x) {
           bool progressed = false;
+          const uint64_t progress_before = r.progress;
           done = 0;
           for (unsigned t = 0; t < block.x; ++t) {
             if (r.fibers[t].wait == Wait::kDone) {
@@ -168,8 +177,11 @@ void Launch(Dim3 grid, Dim3 block, size_t shared_bytes, const std::function<void
             Resume(r, t);
             progressed = true;
           }
+          // Threads that only yielded, with nothing changed, would do the same again.
+          if (r.progress == progress_before) progressed = false;
           LATAM_CHECK(progressed || done == block.x,
-                      "emulated block (" << x << ", " << y << ", " << z << ") deadlocked at a barrier");
+                      "emulated block (" << x << ", " << y << ", " << z
+                                       << ") deadlocked: its threads wait at barriers or spin without progress");
         }
       }
     }

@@ -36,6 +36,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __grid_constant__
 #define __restrict__ __restrict
 #define __align__(n) alignas(n)
 // A kernel's static shared arrays become function-local statics: blocks run
@@ -104,6 +105,14 @@ void BlockBarrier();
 void WarpBarrier();
 // __syncthreads_count: the number of the block's threads passing true.
 int BlockBarrierCount(bool predicate);
+// Lets the block's other threads run (a thread spinning on a condition that
+// another thread makes true, such as an mbarrier wait, must yield). The
+// scheduler calls the block deadlocked when a whole round of its threads
+// passes with no progress: no barrier arrival, no finished thread and no
+// NoteProgress().
+void Yield();
+// Records that shared state changed or a wait succeeded (emulated mbarriers).
+void NoteProgress();
 Warp& CurrentWarp();
 inline int Lane() { return static_cast<int>(threadIdx.x % 32); }
 

@@ -43,7 +43,9 @@ class CudaFlashAttentionTest : public testing::RandomTest {
   void Check(const AttentionCase& c, cuda::FlashForwardPath path = cuda::FlashForwardPath::kMmaSync) {
     SCOPED_TRACE(::testing::Message() << "B=" << c.batch << " T=" << c.seq << " Hq=" << c.hq << " Hkv=" << c.hkv
                                       << " hd=" << c.hd << (c.causal ? " causal" : " full")
-                                      << (path == cuda::FlashForwardPath::kWgmma ? " wgmma" : " mma.sync"));
+                                      << (path == cuda::FlashForwardPath::kWgmma      ? " wgmma"
+                                          : path == cuda::FlashForwardPath::kWgmmaTma ? " wgmma+TMA"
+                                                                                      : " mma.sync"));
     const cpu::AttentionDims d{c.batch, c.seq, c.hq, c.hkv, c.hd};
     ASSERT_TRUE(cuda::FlashAttentionSupports(d, DType::kBF16));
     const int64_t rows = static_cast<int64_t>(c.batch) * c.seq;
@@ -114,18 +116,19 @@ TEST_F(CudaFlashAttentionTest, ManyBatchesAndHeads) {
   Check({64, 16, 32, 8, 64, true});
 }
 
-// The Hopper forward kernel (FlashForwardPath::kWgmma), and the backward
-// from its out and lse; it runs on compute capability 9.0 only.
+// The Hopper forward kernels (FlashForwardPath::kWgmma, kWgmmaTma), and the
+// backward from their out and lse; they run on compute capability 9.0 only.
 TEST_F(CudaFlashAttentionTest, WgmmaForwardMatchesDoubleReference) {
   LATAM_REQUIRE_GPU();
   if (!cuda::FlashWgmmaForwardAvailable()) GTEST_SKIP() << "the wgmma forward needs a compute capability 9.0 GPU";
-  const cuda::FlashForwardPath wgmma = cuda::FlashForwardPath::kWgmma;
-  Check({1, 1, 1, 1, 64, true}, wgmma);
-  Check({2, 37, 4, 2, 64, true}, wgmma);
-  Check({1, 130, 8, 2, 128, true}, wgmma);
-  Check({1, 300, 2, 1, 128, true}, wgmma);
-  Check({1, 200, 4, 4, 128, false}, wgmma);
-  Check({3, 37, 2, 1, 64, false}, wgmma);
+  for (const cuda::FlashForwardPath path : {cuda::FlashForwardPath::kWgmma, cuda::FlashForwardPath::kWgmmaTma}) {
+    Check({1, 1, 1, 1, 64, true}, path);
+    Check({2, 37, 4, 2, 64, true}, path);
+    Check({1, 130, 8, 2, 128, true}, path);
+    Check({1, 300, 2, 1, 128, true}, path);
+    Check({1, 200, 4, 4, 128, false}, path);
+    Check({3, 37, 2, 1, 64, false}, path);
+  }
 }
 
 TEST(CudaFlashAttentionSupport, Bf16WithHeadDims64And128Only) {

@@ -128,13 +128,16 @@ TEST_F(CudaModelTest, Bf16WithFlashAttentionMatchesCpu) {
   CompareOneStep(DType::kBF16, false, false, 1e-2, 8e-2, 64, 96);
 }
 
-// The same through the Hopper forward kernel (LATAM_ATTENTION=wgmma), where
-// the device has it.
+// The same through the Hopper forward kernels (LATAM_ATTENTION=wgmma and
+// wgmma-tma), where the device has them.
 TEST_F(CudaModelTest, Bf16WithWgmmaAttentionMatchesCpu) {
   LATAM_REQUIRE_GPU();
   if (!cuda::FlashWgmmaForwardAvailable()) GTEST_SKIP() << "the wgmma forward needs a compute capability 9.0 GPU";
-  testing::ScopedEnv attention("LATAM_ATTENTION", "wgmma");
-  CompareOneStep(DType::kBF16, false, false, 1e-2, 8e-2, 64, 96);
+  for (const char* choice : {"wgmma", "wgmma-tma"}) {
+    SCOPED_TRACE(choice);
+    testing::ScopedEnv attention("LATAM_ATTENTION", choice);
+    CompareOneStep(DType::kBF16, false, false, 1e-2, 8e-2, 64, 96);
+  }
 }
 
 // Recomputation re-runs the same kernels on the same inputs: the GPU's

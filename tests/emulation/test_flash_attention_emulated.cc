@@ -12,6 +12,7 @@
 
 #include <vector>
 
+#include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/flash_attention_kernels.cuh"
 #include "kernels/cuda/flash_attention_wgmma.cuh"
 #include "tests/attention_reference.h"
@@ -42,13 +43,14 @@ class EmulatedFlashAttentionTest : public testing::RandomTest {
  protected:
   std::vector<float> RoundedNormal(size_t n) { return ToFloat(ToBf16(Normal(n))); }
 
-  // The forward runs FlashForwardKernel, or with `wgmma` the Hopper kernel
+  // The forward runs FlashForwardKernel, or one of the Hopper kernels
   // (kernels/cuda/flash_attention_wgmma.cuh); the backward takes its out and lse.
   template <int kHd>
-  void Check(const AttentionCase& c, bool wgmma = false) {
+  void Check(const AttentionCase& c, cuda::FlashForwardPath path = cuda::FlashForwardPath::kMmaSync) {
+    const bool wgmma = path == cuda::FlashForwardPath::kWgmma, tma = path == cuda::FlashForwardPath::kWgmmaTma;
     SCOPED_TRACE(::testing::Message() << "B=" << c.batch << " T=" << c.seq << " Hq=" << c.hq << " Hkv=" << c.hkv
                                       << " hd=" << c.hd << (c.causal ? " causal" : " full")
-                                      << (wgmma ? " wgmma forward" : " mma.sync forward"));
+                                      << (wgmma ? " wgmma forward" : tma ? " wgmma+TMA forward" : " mma.sync forward"));
     ASSERT_EQ(c.hd, kHd);
     const cpu::AttentionDims d{c.batch, c.seq, c.hq, c.hkv, c.hd};
     const int64_t rows = static_cast<int64_t>(c.batch) * c.seq;
@@ -63,11 +65,26 @@ class EmulatedFlashAttentionTest : public testing::RandomTest {
     const cuda::flash::FlashGeometry g = cuda::flash::MakeFlashGeometry(d, c.causal);
     const simt::Dim3 grid{static_cast<unsigned>((c.seq + kBlockM - 1) / kBlockM), static_cast<unsigned>(c.hq),
                           static_cast<unsigned>(c.batch)};
+    constexpr int kRows = cuda::flash::kWgBlockM;
+    const simt::Dim3 wg_grid{static_cast<unsigned>((c.seq + kRows - 1) / kRows), grid.y, grid.z};
     if (wgmma) {
-      constexpr int kRows = cuda::flash::kWgBlockM;
-      const simt::Dim3 wg_grid{static_cast<unsigned>((c.seq + kRows - 1) / kRows), grid.y, grid.z};
       simt::Launch(wg_grid, simt::Dim3{cuda::flash::kWgThreads, 1, 1}, cuda::flash::WgmmaForwardSmemBytes<kHd>(),
                    [&] { cuda::flash::FlashForwardWgmmaKernel<kHd>(qkv_bf16.data(), out.data(), lse.data(), g); });
+    } else if (tma) {
+      // The emulated tensor map FlashAttentionForward would make: qkv as
+      // {columns, T, B}, boxes of {64, 128, 1}.
+      cuda::tma::TensorMap map;
+      map.base = qkv_bf16.data();
+      map.dims[0] = static_cast<uint64_t>(width);
+      map.dims[1] = static_cast<uint64_t>(c.seq);
+      map.dims[2] = static_cast<uint64_t>(c.batch);
+      map.strides[0] = static_cast<uint64_t>(width) * 2;
+      map.strides[1] = static_cast<uint64_t>(width) * 2 * static_cast<uint64_t>(c.seq);
+      map.box[0] = 64;
+      map.box[1] = kRows;
+      map.box[2] = 1;
+      simt::Launch(wg_grid, simt::Dim3{cuda::flash::kWsThreads, 1, 1}, cuda::flash::WgmmaTmaForwardSmemBytes<kHd>(),
+                   [&] { cuda::flash::FlashForwardWgmmaTmaKernel<kHd>(map, out.data(), lse.data(), g); });
     } else {
       const size_t shared = static_cast<size_t>(kBlockM + 4 * kBlockN) * kHd * 2;
       simt::Launch(grid, simt::Dim3{kThreads, 1, 1}, shared,
@@ -118,18 +135,25 @@ TEST_F(EmulatedFlashAttentionTest, FullMatchesDoubleReference) {
   Check<128>({1, 64, 2, 1, 128, false});
 }
 
-// The wgmma forward: one row, a partial tile, two CTAs of 128 rows with a
-// partial second one (T = 130, 257), GQA groups, both head dims.
+// The wgmma forwards: one row, a partial tile, two CTAs of 128 rows with a
+// partial second one (T = 130, 257), GQA groups, both head dims, with
+// cp.async loads (kWgmma) and warp-specialised with TMA (kWgmmaTma; T = 300
+// runs three key tiles through two stages, so a stage is refilled).
 TEST_F(EmulatedFlashAttentionTest, WgmmaForwardCausalMatchesDoubleReference) {
-  Check<64>({1, 1, 1, 1, 64, true}, true);
-  Check<64>({2, 37, 4, 2, 64, true}, true);
-  Check<128>({1, 130, 2, 1, 128, true}, true);
-  Check<64>({1, 257, 2, 1, 64, true}, true);
+  for (const cuda::FlashForwardPath path : {cuda::FlashForwardPath::kWgmma, cuda::FlashForwardPath::kWgmmaTma}) {
+    Check<64>({1, 1, 1, 1, 64, true}, path);
+    Check<64>({2, 37, 4, 2, 64, true}, path);
+    Check<128>({1, 130, 2, 1, 128, true}, path);
+    Check<64>({1, 257, 2, 1, 64, true}, path);
+  }
 }
 
 TEST_F(EmulatedFlashAttentionTest, WgmmaForwardFullMatchesDoubleReference) {
-  Check<64>({1, 200, 2, 2, 64, false}, true);
-  Check<128>({1, 64, 2, 1, 128, false}, true);
+  for (const cuda::FlashForwardPath path : {cuda::FlashForwardPath::kWgmma, cuda::FlashForwardPath::kWgmmaTma}) {
+    Check<64>({1, 200, 2, 2, 64, false}, path);
+    Check<128>({1, 64, 2, 1, 128, false}, path);
+    Check<64>({2, 300, 2, 1, 64, false}, path);
+  }
 }
 
 }  // namespace

@@ -168,7 +168,7 @@ TEST_F(CliTest, UnknownAttentionChoiceIsBadInput) {
   const RunResult r = Run("LATAM_ATTENTION=fastest " + PrepareRun(2) + " --set train.device=cuda");
   EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
 #ifdef LATAM_HAVE_CUDA
-  EXPECT_NE(r.err.find("LATAM_ATTENTION=fastest: expected auto, simple or wgmma"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("LATAM_ATTENTION=fastest: expected auto, simple, wgmma or wgmma-tma"), std::string::npos) << r.err;
 #else
   EXPECT_NE(r.err.find("without CUDA"), std::string::npos) << r.err;
 #endif

@@ -225,7 +225,8 @@ TEST(AttentionChoiceTest, ReadsLatamAttention) {
                                                            {"", AttentionChoice::kAuto},
                                                            {"auto", AttentionChoice::kAuto},
                                                            {"simple", AttentionChoice::kSimple},
-                                                           {"wgmma", AttentionChoice::kWgmma}};
+                                                           {"wgmma", AttentionChoice::kWgmma},
+                                                           {"wgmma-tma", AttentionChoice::kWgmmaTma}};
   for (const auto& [value, choice] : known) {
     testing::ScopedEnv env("LATAM_ATTENTION", value);
     const Result<AttentionChoice> got = AttentionChoiceFromEnvironment();
