@@ -23,13 +23,14 @@
 //     FlashAttention-3: a producer warpgroup whose one thread issues TMA
 //     copies (tma.cuh) into two K/V stages guarded by mbarriers, and two
 //     consumer warpgroups that only compute, each at its own pace; setmaxnreg
-//     moves registers from the producer to the consumers.
+//     moves registers from the producer to the consumers. Each consumer
+//     overlaps tile j's softmax with tile j-1's P V on the tensor cores.
 // Shared memory: (128 + 4 x 128) x hd x 2 bytes + 1 KB of alignment slack
 // (+ 56 bytes of barriers): 81 KB at hd 64, 161 KB at hd 128.
 //
 // Not yet here: FlashAttention-3's ping-pong scheduling of the two consumer
-// warpgroups (named barriers) and overlapping one tile's softmax with the
-// next tile's Q K^T inside a warpgroup.
+// warpgroups (named barriers), and tile sizes per head dimension chosen by
+// measurement.
 #pragma once
 
 #include "kernels/cuda/flash_attention_kernels.cuh"
@@ -97,80 +98,133 @@ struct WgmmaRows {
   }
 };
 
-// S = Q K^T of one warpgroup: `q_rows` its 64 query rows and `k_tile` the
-// kWgBlockN keys, both 128-byte-swizzled column blocks (k16 step kk is 32
-// bytes into column block kk / 4). Issues, waits, and returns with S in `s`.
+// The shared-memory descriptors of one tile step: S = Q K^T reads Q and K
+// at k16 step kk 32 bytes into column block kk / 4 (K-major, 8-row groups
+// 1024 bytes apart); O += P V reads V rows 16 ks .. + 15 (2048 bytes in,
+// MN-major, column blocks of 64 head dims kWgBlockN rows of 128 bytes
+// apart). Computed before the wgmmas are issued and pinned there
+// (Materialize): a descriptor computed between two wgmmas of one pipeline
+// stage makes ptxas serialise them (C7513).
+template <int kHd>
+struct TileDescriptors {
+  uint64_t q[kHd / 16];
+  uint64_t k[kHd / 16];
+  uint64_t v[kWgBlockN / 16];
+
+  __device__ __forceinline__ void ForScores(const bf16* q_rows, const bf16* k_tile) {
+    for (int kk = 0; kk < kHd / 16; ++kk) {
+      q[kk] = wgmma::Sw128Descriptor(q_rows + (kk / 4) * kWgBlockM * 64 + (kk % 4) * 16, 16, 1024);
+      k[kk] = wgmma::Sw128Descriptor(k_tile + (kk / 4) * kWgBlockN * 64 + (kk % 4) * 16, 16, 1024);
+    }
+  }
+  __device__ __forceinline__ void ForValues(const bf16* v_tile) {
+    for (int ks = 0; ks < kWgBlockN / 16; ++ks) {
+      v[ks] = wgmma::Sw128Descriptor(v_tile + ks * 16 * 64, kWgBlockN * 128, 1024);
+    }
+  }
+  __device__ __forceinline__ void Materialize() {
+#ifndef LATAM_CUDA_EMULATION
+    for (auto& d : q) asm volatile("" : "+l"(d));
+    for (auto& d : k) asm volatile("" : "+l"(d));
+    for (auto& d : v) asm volatile("" : "+l"(d));
+#endif
+  }
+};
+
+// Issues S = Q K^T of one warpgroup (no fence, commit or wait): its 64 query
+// rows against the kWgBlockN keys of a tile. The first step overwrites S
+// (scale-d 0).
+template <int kHd>
+__device__ __forceinline__ void IssueScores(float (&s)[kWgBlockN / 8][4], const TileDescriptors<kHd>& d) {
+  for (int kk = 0; kk < kHd / 16; ++kk) wgmma::MmaSS<kWgBlockN>(s, d.q[kk], d.k[kk], kk > 0 ? 1 : 0);
+}
+
+// Issues O += P V (no fence, commit or wait).
+template <int kHd>
+__device__ __forceinline__ void IssueAccumulate(float (&o)[kHd / 8][4], const uint32_t (&pa)[kWgBlockN / 16][4],
+                                                const TileDescriptors<kHd>& d) {
+  for (int ks = 0; ks < kWgBlockN / 16; ++ks) wgmma::MmaRSTransB<kHd>(o, pa[ks], d.v[ks], 1);
+}
+
+// S = Q K^T, issued and waited for.
 template <int kHd>
 __device__ __forceinline__ void WgmmaScores(float (&s)[kWgBlockN / 8][4], const bf16* q_rows, const bf16* k_tile) {
-  for (auto& f : s) f[0] = f[1] = f[2] = f[3] = 0.0f;
+#ifdef LATAM_CUDA_EMULATION
+  for (auto& f : s) f[0] = f[1] = f[2] = f[3] = 0.0f;  // defined values for the host compiler; scale-d 0 ignores them
+#endif
+  TileDescriptors<kHd> d;
+  d.ForScores(q_rows, k_tile);
   wgmma::FenceOperands(s);
   wgmma::Fence();
-  for (int kk = 0; kk < kHd / 16; ++kk) {
-    const uint64_t desc_q = wgmma::Sw128Descriptor(q_rows + (kk / 4) * kWgBlockM * 64 + (kk % 4) * 16, 16, 1024);
-    const uint64_t desc_k = wgmma::Sw128Descriptor(k_tile + (kk / 4) * kWgBlockN * 64 + (kk % 4) * 16, 16, 1024);
-    wgmma::MmaSS<kWgBlockN>(s, desc_q, desc_k, kk > 0 ? 1 : 0);
-  }
+  IssueScores<kHd>(s, d);
   wgmma::Commit();
   wgmma::Wait<0>();
   wgmma::FenceOperands(s);
 }
 
-// The online softmax step for key tile j (keys key0 .. key0 + kWgBlockN - 1):
-// scales S into the exp2 domain, masks keys past the end and, causally, past
-// the row (only in tiles that reach past the warp's first row), updates the
-// running max and sum, rescales O, and leaves P as bf16 A fragments in `pa`.
+// The online softmax step for key tile j (keys key0 .. key0 + kWgBlockN - 1),
+// in place: S becomes P = exp2(S log2(e) / sqrt(hd) - max), 0 for keys past
+// the end and, causally, past the row (only tiles that reach past the warp's
+// first row hold such keys); updates the running max and sum and returns the
+// factor O must be scaled by before P V is added in `correction`. O is not
+// touched (a P V wgmma of the previous tile may still be writing it).
 template <int kHd>
 __device__ __forceinline__ void WgmmaSoftmax(float (&s)[kWgBlockN / 8][4], WgmmaRows<kHd>& st,
-                                             uint32_t (&pa)[kWgBlockN / 16][4], int key0, int q0, int lane,
+                                             float (&correction)[2], int key0, int q0, int lane,
                                              const FlashGeometry& g) {
   const int T = g.seq_len;
-  const bool mask = key0 + kWgBlockN > T || (g.causal && key0 + kWgBlockN - 1 > q0 + st.first_row);
-  for (int nb = 0; nb < kWgBlockN / 8; ++nb) {
-    for (int e = 0; e < 4; ++e) {
-      float v = s[nb][e] * g.scale_log2;
-      if (mask) {
+  if (key0 + kWgBlockN > T || (g.causal && key0 + kWgBlockN - 1 > q0 + st.first_row)) {
+    for (int nb = 0; nb < kWgBlockN / 8; ++nb) {
+      for (int e = 0; e < 4; ++e) {
         const int key = key0 + nb * 8 + 2 * (lane % 4) + (e & 1);
-        if (key >= T || (g.causal && key > st.qi[e / 2])) v = -INFINITY;
+        if (key >= T || (g.causal && key > st.qi[e / 2])) s[nb][e] = -INFINITY;
       }
-      s[nb][e] = v;
     }
   }
   float base[2];
   for (int r = 0; r < 2; ++r) {
-    float mx = st.row_max[r];
+    float mx = -INFINITY;  // of the raw scores; the scale is positive
     for (int nb = 0; nb < kWgBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    mx = fmaxf(st.row_max[r], mx * g.scale_log2);
     base[r] = mx == -INFINITY ? 0.0f : mx;  // a row with no key yet keeps l = o = 0
-    const float correction = exp2f(st.row_max[r] - base[r]);
+    correction[r] = exp2f(st.row_max[r] - base[r]);
     st.row_max[r] = mx;
-    st.row_sum[r] *= correction;
-    for (auto& f : st.o) {
-      f[2 * r] *= correction;
-      f[2 * r + 1] *= correction;
-    }
+    st.row_sum[r] *= correction[r];
   }
   for (int nb = 0; nb < kWgBlockN / 8; ++nb) {
     for (int e = 0; e < 4; ++e) {
-      s[nb][e] = exp2f(s[nb][e] - base[e / 2]);
+      s[nb][e] = exp2f(fmaf(s[nb][e], g.scale_log2, -base[e / 2]));
       st.row_sum[e / 2] += s[nb][e];
     }
   }
-  for (int ks = 0; ks < kWgBlockN / 16; ++ks) PackA<kWgBlockN>(pa[ks], s, ks);
 }
 
-// O += P V: k16 step ks is V rows 16 ks .. + 15 (2048 bytes in); the column
-// blocks of 64 head dims are kWgBlockN rows of 128 bytes apart (LBO).
-// Issues and waits.
+// P (fp32, the layout of S) as the bf16 A fragments of P V.
+__device__ __forceinline__ void PackP(const float (&p)[kWgBlockN / 8][4], uint32_t (&pa)[kWgBlockN / 16][4]) {
+  for (int ks = 0; ks < kWgBlockN / 16; ++ks) PackA<kWgBlockN>(pa[ks], p, ks);
+}
+
+template <int kHd>
+__device__ __forceinline__ void RescaleO(WgmmaRows<kHd>& st, const float (&correction)[2]) {
+  for (auto& f : st.o) {
+    f[0] *= correction[0];
+    f[1] *= correction[0];
+    f[2] *= correction[1];
+    f[3] *= correction[1];
+  }
+}
+
+// O += P V, issued and waited for.
 template <int kHd>
 __device__ __forceinline__ void WgmmaAccumulate(WgmmaRows<kHd>& st, const uint32_t (&pa)[kWgBlockN / 16][4],
                                                 const bf16* v_tile) {
+  TileDescriptors<kHd> d;
+  d.ForValues(v_tile);
   wgmma::FenceOperands(st.o);
   wgmma::Fence();
-  for (int ks = 0; ks < kWgBlockN / 16; ++ks) {
-    const uint64_t desc_v = wgmma::Sw128Descriptor(v_tile + ks * 16 * 64, kWgBlockN * 128, 1024);
-    wgmma::MmaRSTransB<kHd>(st.o, pa[ks], desc_v, 1);
-  }
+  IssueAccumulate<kHd>(st.o, pa, d);
   wgmma::Commit();
   wgmma::Wait<0>();
   wgmma::FenceOperands(st.o);
@@ -264,7 +318,10 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     float s[kWgBlockN / 8][4];
     WgmmaScores<kHd>(s, q_rows, sk + stage * kWgBlockN * kHd);
     uint32_t pa[kWgBlockN / 16][4];
-    WgmmaSoftmax<kHd>(s, st, pa, j * kWgBlockN, q0, lane, g);
+    float correction[2];
+    WgmmaSoftmax<kHd>(s, st, correction, j * kWgBlockN, q0, lane, g);
+    PackP(s, pa);
+    RescaleO<kHd>(st, correction);
     WgmmaAccumulate<kHd>(st, pa, sv + stage * kWgBlockN * kHd);
     __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
@@ -361,19 +418,51 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     st.Start(q0, cwg, warp, lane);
     const bf16* q_rows = sq + cwg * 64 * 64;
     tma::WaitParity(q_full, 0);
-    for (int j = 0; j < n_tiles; ++j) {
-      const int s = j % kWsStages;
-      const uint32_t parity = static_cast<uint32_t>(j / kWsStages) & 1u;
-      tma::WaitParity(k_full + s, parity);
-      float sc[kWgBlockN / 8][4];
-      WgmmaScores<kHd>(sc, q_rows, sk + s * kWgBlockN * kHd);
-      uint32_t pa[kWgBlockN / 16][4];
-      WgmmaSoftmax<kHd>(sc, st, pa, j * kWgBlockN, q0, lane, g);
-      tma::WaitParity(v_full + s, parity);
-      WgmmaAccumulate<kHd>(st, pa, sv + s * kWgBlockN * kHd);
+    // Software-pipelined as FlashAttention-3 inside the warpgroup: while the
+    // tensor cores run tile j's S = Q K^T and then tile j-1's O += P V, the
+    // warpgroup computes tile j's softmax (in place, in fp32) as soon as S
+    // has landed. P of tile j-1 (`pa`) is read by the wgmma in flight, so
+    // tile j's P is packed into it, and O rescaled, only once that is done:
+    // registers an in-flight wgmma reads or writes are defined only outside
+    // its pipeline stage, or ptxas serialises the wgmmas (C7513).
+    auto k_stage = [&](int j) { return sk + (j % kWsStages) * kWgBlockN * kHd; };
+    auto v_stage = [&](int j) { return sv + (j % kWsStages) * kWgBlockN * kHd; };
+    auto parity = [](int j) { return static_cast<uint32_t>(j / kWsStages) & 1u; };
+    float sc[kWgBlockN / 8][4];
+    uint32_t pa[kWgBlockN / 16][4];
+    float correction[2];
+    tma::WaitParity(k_full, 0);
+    WgmmaScores<kHd>(sc, q_rows, k_stage(0));
+    WgmmaSoftmax<kHd>(sc, st, correction, 0, q0, lane, g);  // O is still 0: no rescale
+    PackP(sc, pa);
+    for (int j = 1; j < n_tiles; ++j) {
+      tma::WaitParity(k_full + j % kWsStages, parity(j));
+      tma::WaitParity(v_full + (j - 1) % kWsStages, parity(j - 1));
+      TileDescriptors<kHd> d;
+      d.ForScores(q_rows, k_stage(j));
+      d.ForValues(v_stage(j - 1));
+      d.Materialize();
+      wgmma::FenceOperands(sc);
+      wgmma::FenceOperands(st.o);
+      wgmma::Fence();
+      IssueScores<kHd>(sc, d);
+      wgmma::Commit();
+      IssueAccumulate<kHd>(st.o, pa, d);
+      wgmma::Commit();
+      wgmma::Wait<1>();  // S of tile j has landed; P V may still run
+      wgmma::FenceOperands(sc);
+      WgmmaSoftmax<kHd>(sc, st, correction, j * kWgBlockN, q0, lane, g);
+      wgmma::Wait<0>();
+      wgmma::FenceOperands(st.o);
       __syncwarp();
-      if (lane == 0) tma::Arrive(empty + s);
+      if (lane == 0) tma::Arrive(empty + (j - 1) % kWsStages);
+      PackP(sc, pa);
+      RescaleO<kHd>(st, correction);
     }
+    tma::WaitParity(v_full + (n_tiles - 1) % kWsStages, parity(n_tiles - 1));
+    WgmmaAccumulate<kHd>(st, pa, v_stage(n_tiles - 1));
+    __syncwarp();
+    if (lane == 0) tma::Arrive(empty + (n_tiles - 1) % kWsStages);
     WgmmaFinish<kHd>(st, sq, q0, h, b, lane, g, out, lse);
   }
 }

@@ -77,8 +77,8 @@ inline void Commit() {}
 template <int kPending>
 inline void Wait() {}
 inline void FenceProxyAsync() {}
-template <int kBlocks>
-inline void FenceOperands(float (&)[kBlocks][4]) {}
+template <typename T, int kBlocks>
+inline void FenceOperands(T (&)[kBlocks][4]) {}
 
 // Element (mn, k) of the operand `desc` names: K-major (mn = row, K
 // contiguous) or MN-major (MN contiguous).
@@ -182,14 +182,24 @@ __device__ __forceinline__ void Wait() {
 
 __device__ __forceinline__ void FenceProxyAsync() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// Pins the accumulators in place: the compiler may not move their reads or
-// writes across this point (around Fence / Wait).
+// Pins accumulators (float) or register A fragments (uint32_t) in place: the
+// compiler may not move their reads or writes across this point, nor reuse
+// their registers before it (around Fence / Wait: a wgmma in flight still
+// reads its A fragments and writes its accumulators).
 template <int kBlocks>
 __device__ __forceinline__ void FenceOperands(float (&d)[kBlocks][4]) {
 #pragma unroll
   for (int j = 0; j < kBlocks; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[j][e])::"memory");
+  }
+}
+template <int kBlocks>
+__device__ __forceinline__ void FenceOperands(uint32_t (&a)[kBlocks][4]) {
+#pragma unroll
+  for (int j = 0; j < kBlocks; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[j][e])::"memory");
   }
 }
 
