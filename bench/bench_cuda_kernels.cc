@@ -313,6 +313,47 @@ std::string CompareForwards(const std::string& name, const std::function<void(co
   return buf;
 }
 
+// Compares the gradients in `dqkv` (from the wgmma backward) with those of
+// `reference` (the mma.sync backward, writing into dqkv too, so the measured
+// result is copied aside first): JSON fields with the largest absolute
+// difference, the largest |reference| for scale, and "agrees_with_mma"
+// (within 3e-2 of that scale, nothing non-finite); false is also said on
+// stderr.
+std::string CompareBackwards(const Tensor& dqkv, const std::string& shape, const std::function<void()>& reference,
+                             cudaStream_t stream) {
+  const size_t n = static_cast<size_t>(dqkv.numel());
+  std::vector<latam::BF16> got(n), want(n);
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  CUDA_CHECK(cudaMemcpy(got.data(), dqkv.data, n * sizeof(latam::BF16), cudaMemcpyDeviceToHost));
+  reference();
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  CUDA_CHECK(cudaMemcpy(want.data(), dqkv.data, n * sizeof(latam::BF16), cudaMemcpyDeviceToHost));
+  double diff = 0, scale = 0;
+  int64_t nonfinite = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double g = got[i].ToFloat(), w = want[i].ToFloat();
+    if (!std::isfinite(g) || !std::isfinite(w)) {
+      ++nonfinite;
+      continue;
+    }
+    diff = std::max(diff, std::fabs(g - w));
+    scale = std::max(scale, std::fabs(w));
+  }
+  const bool agrees = nonfinite == 0 && diff <= 3e-2 * scale;
+  if (!agrees) {
+    std::fprintf(stderr,
+                 "bench_cuda_kernels: WARNING: the wgmma attention backward differs from the mma.sync one on %s: "
+                 "max|d dqkv| %.3g (max|dqkv| %.3g), %lld non-finite\n",
+                 shape.c_str(), diff, scale, static_cast<long long>(nonfinite));
+  }
+  char buf[256];
+  std::snprintf(buf, sizeof(buf),
+                ", \"dqkv_max_abs_diff_vs_mma\": %.3g, \"dqkv_max_abs_mma\": %.3g, \"nonfinite_vs_mma\": %lld, "
+                "\"agrees_with_mma\": %s",
+                diff, scale, static_cast<long long>(nonfinite), agrees ? "true" : "false");
+  return buf;
+}
+
 // Attention, bf16, B * T = 16k tokens, H * d = 2048, T from 512 to 16k, head
 // dims 64 and 128, causal ("causal" in the shape) and not ("full"), plus
 // grouped-query shapes (4 query heads per KV head, as llama3).
@@ -321,11 +362,13 @@ std::string CompareForwards(const std::string& name, const std::function<void(co
 //     and attention_fwd_bwd (one forward then one backward per call).
 //   - The simple kernel (impl "ours-simple", variant "latam-simple"), which
 //     is causal only: attention_fwd and attention_bwd on the causal shapes.
-//   - On a compute capability 9.0 GPU, the Hopper forward kernels (impl
+//   - On a compute capability 9.0 GPU, the Hopper kernels (impl
 //     "ours-wgmma" and "ours-wgmma-tma", variants "latam-flash-wgmma" and
-//     "latam-flash-wgmma-tma"): attention_fwd, and attention_fwd_bwd with the
-//     same backward; their forward rows say how far their out and lse are
-//     from the mma.sync kernel's ("agrees_with_mma").
+//     "latam-flash-wgmma-tma"): attention_fwd for each forward,
+//     attention_bwd for the wgmma backward (under "ours-wgmma"), and
+//     attention_fwd_bwd for each forward followed by the wgmma backward;
+//     their attention_fwd and attention_bwd rows say how far their results
+//     are from the mma.sync kernels' ("agrees_with_mma").
 // FLOPs as in the FlashAttention papers: forward 4 B T^2 H d, halved when
 // causal; backward 2.5x the forward; forward + backward 3.5x.
 // On causal shapes the flash forward row also reports how far its out and
@@ -393,6 +436,10 @@ void BenchAttention(const Options& opt, cudaStream_t stream) {
     auto wgmma_forward = [&](lc::FlashForwardPath path) {
       lc::FlashAttentionForward(qkv.t, dims, c.causal, out.t, lse.t, stream, path);
     };
+    auto wgmma_backward = [&] {
+      lc::FlashAttentionBackward(qkv.t, out.t, dout.t, lse.t, dims, c.causal, dqkv.t, ws.t, stream,
+                                 lc::FlashBackwardPath::kWgmma);
+    };
     if (flash) {
       if (want_fwd) {
         const double ms = MedianMs(flash_forward, opt, stream);
@@ -435,11 +482,17 @@ void BenchAttention(const Options& opt, cudaStream_t stream) {
                           out.t, lse.t, shape, stream);
         EmitImpl(impl.c_str(), "attention_fwd", shape, "bf16", ms, fwd_flops, 0, opt.reps, extra);
       }
+      if (want_bwd && path == lc::FlashForwardPath::kWgmma) {  // one backward row: it does not depend on the forward
+        flash_forward();
+        const double ms = MedianMs(wgmma_backward, opt, stream);
+        EmitImpl(impl.c_str(), "attention_bwd", shape, "bf16", ms, 2.5 * fwd_flops, 0, opt.reps,
+                 variant + CompareBackwards(dqkv.t, shape, flash_backward, stream));
+      }
       if (want_fwd_bwd) {
         const double ms = MedianMs(
             [&] {
               wgmma_forward(path);
-              flash_backward();
+              wgmma_backward();
             },
             opt, stream);
         EmitImpl(impl.c_str(), "attention_fwd_bwd", shape, "bf16", ms, 3.5 * fwd_flops, 0, opt.reps, variant);

@@ -116,9 +116,9 @@ size_t CudaOpsWorkspaceBytes(const OpsShape& shape);  // builds with CUDA only
 //   unset, empty or "auto": the tensor-core kernels (kernels/cuda/flash_attention.h)
 //            wherever they apply (bf16, head dim 64 or 128), the simple kernel elsewhere;
 //   "simple": the simple kernel (kernels/cuda/attention.h) everywhere;
-//   "wgmma":  as auto, with the Hopper forward kernel (FlashForwardPath::kWgmma),
-//            which needs a compute capability 9.0 GPU;
-//   "wgmma-tma": as wgmma, warp-specialised with TMA loads (kWgmmaTma).
+//   "wgmma":  as auto, with the Hopper kernels (FlashForwardPath::kWgmma,
+//            FlashBackwardPath::kWgmma), which need a compute capability 9.0 GPU;
+//   "wgmma-tma": as wgmma, with the warp-specialised TMA forward (kWgmmaTma).
 // Any other value is InvalidInput naming the variable.
 enum class AttentionChoice { kAuto, kSimple, kWgmma, kWgmmaTma };
 Result<AttentionChoice> AttentionChoiceFromEnvironment();

@@ -75,6 +75,7 @@ class CudaOps final : public ModelOps {
                   "LATAM_ATTENTION=wgmma and wgmma-tma need a compute capability 9.0 GPU (H100, H200)");
       forward_path_ = choice.value() == AttentionChoice::kWgmma ? cuda::FlashForwardPath::kWgmma
                                                                  : cuda::FlashForwardPath::kWgmmaTma;
+      backward_path_ = cuda::FlashBackwardPath::kWgmma;
     }
     arena_ = Arena(Device::kCUDA, layout_.total);
     attention_ws_ = arena_.View(layout_.attention, DType::kF32, Shape{layout_.attention_elems});
@@ -127,7 +128,8 @@ class CudaOps final : public ModelOps {
   void AttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
                          const Tensor& dqkv) override {
     if (flash_) {
-      cuda::FlashAttentionBackward(qkv, out, dout, lse, shape_.attention, true, dqkv, attention_ws_, stream_);
+      cuda::FlashAttentionBackward(qkv, out, dout, lse, shape_.attention, true, dqkv, attention_ws_, stream_,
+                                   backward_path_);
     } else {
       cuda::AttentionBackward(qkv, out, dout, lse, shape_.attention, dqkv, attention_ws_, stream_);
     }
@@ -186,6 +188,7 @@ class CudaOps final : public ModelOps {
   double* loss_ = nullptr;
   bool flash_ = false;  // the tensor-core attention kernel applies
   cuda::FlashForwardPath forward_path_ = cuda::FlashForwardPath::kMmaSync;
+  cuda::FlashBackwardPath backward_path_ = cuda::FlashBackwardPath::kMmaSync;
 };
 
 }  // namespace

@@ -75,9 +75,18 @@ void FlashAttentionForward(const Tensor& qkv, const cpu::AttentionDims& dims, bo
 // f32 elements of the backward's workspace (D: B * Hq * T).
 int64_t FlashAttentionBackwardWorkspaceElems(const cpu::AttentionDims& dims);
 
+// The backward kernels to run after the D kernel:
+//   kMmaSync: FlashKeyValueKernel and FlashQueryKernel (mma.sync; the default);
+//   kWgmma:   FlashKeyValueWgmmaKernel and FlashQueryWgmmaKernel
+//             (kernels/cuda/flash_attention_wgmma_backward.cuh): the same
+//             algorithm on warpgroup MMAs, 128 keys or queries per CTA; sm_90a
+//             only (FlashWgmmaForwardAvailable), opt-in until measured.
+// Both are deterministic, with the same result up to fp32 summation order.
+enum class FlashBackwardPath { kMmaSync, kWgmma };
+
 // dqkv is overwritten (every element). lse is the forward's.
 void FlashAttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
                             const cpu::AttentionDims& dims, bool causal, const Tensor& dqkv, const Tensor& workspace,
-                            cudaStream_t stream);
+                            cudaStream_t stream, FlashBackwardPath path = FlashBackwardPath::kMmaSync);
 
 }  // namespace latam::cuda

@@ -1,6 +1,7 @@
 // The tensor-core attention backward pass (kernels/cuda/flash_attention.h):
 // checks and the three launches; the kernels are in
-// flash_attention_kernels.cuh.
+// flash_attention_kernels.cuh (mma.sync) and flash_attention_wgmma_backward.cuh
+// (wgmma).
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/flash_attention_kernels.cuh"
+#include "kernels/cuda/flash_attention_wgmma_backward.cuh"
 #include "kernels/cuda/launch.cuh"
 
 namespace latam::cuda {
@@ -22,7 +24,7 @@ using bf16 = __nv_bfloat16;
 template <int kHd>
 void LaunchFlashBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
                          const cpu::AttentionDims& d, bool causal, const Tensor& dqkv, const Tensor& workspace,
-                         cudaStream_t stream) {
+                         cudaStream_t stream, FlashBackwardPath path) {
   const FlashGeometry g = flash::MakeFlashGeometry(d, causal);
   const bf16* qkv_p = static_cast<const bf16*>(qkv.data);
   const bf16* dout_p = static_cast<const bf16*>(dout.data);
@@ -38,6 +40,23 @@ void LaunchFlashBackward(const Tensor& qkv, const Tensor& out, const Tensor& dou
   Launch(flash::FlashRowDotKernel<kHd>, static_cast<unsigned>(dot_blocks), flash::kRowDotThreads, 0, stream,
          static_cast<const bf16*>(out.data), dout_p, dsum, items, d.n_heads, d.seq_len);
   CUDA_CHECK_LAUNCH();
+
+  if (path == FlashBackwardPath::kWgmma) {
+    const unsigned wg_tiles = static_cast<unsigned>((d.seq_len + flash::kWgBwdRows - 1) / flash::kWgBwdRows);
+    const size_t wkv_bytes = flash::WgmmaKeyValueSmemBytes<kHd>();
+    flash::AllowSharedBytes(flash::FlashKeyValueWgmmaKernel<kHd>, wkv_bytes);
+    Launch(flash::FlashKeyValueWgmmaKernel<kHd>,
+           dim3(wg_tiles, static_cast<unsigned>(d.n_kv_heads), static_cast<unsigned>(d.batch)), flash::kWgBwdThreads,
+           wkv_bytes, stream, qkv_p, dout_p, lse_p, dsum, dqkv_p, g);
+    CUDA_CHECK_LAUNCH();
+    const size_t wq_bytes = flash::WgmmaQuerySmemBytes<kHd>();
+    flash::AllowSharedBytes(flash::FlashQueryWgmmaKernel<kHd>, wq_bytes);
+    Launch(flash::FlashQueryWgmmaKernel<kHd>,
+           dim3(wg_tiles, static_cast<unsigned>(d.n_heads), static_cast<unsigned>(d.batch)), flash::kWgBwdThreads,
+           wq_bytes, stream, qkv_p, dout_p, lse_p, dsum, dqkv_p, g);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
 
   const size_t kv_bytes = flash::KeyValueSmemBytes<kHd>();
   flash::AllowSharedBytes(flash::FlashKeyValueKernel<kHd>, kv_bytes);
@@ -61,8 +80,11 @@ int64_t FlashAttentionBackwardWorkspaceElems(const cpu::AttentionDims& d) {
 
 void FlashAttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
                             const cpu::AttentionDims& dims, bool causal, const Tensor& dqkv, const Tensor& workspace,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, FlashBackwardPath path) {
   flash::CheckFlashTensors(qkv, dims, out, lse);
+  LATAM_CHECK(path == FlashBackwardPath::kMmaSync || FlashWgmmaForwardAvailable(),
+              "the wgmma attention backward needs a compute capability 9.0 GPU (H100, H200), and this device is not "
+              "one");
   CheckTensor(dout, DType::kBF16, out.shape, Device::kCUDA, "flash attention dout");
   LATAM_CHECK(reinterpret_cast<uintptr_t>(dout.data) % 16 == 0,
               "flash attention needs 16-byte aligned dout " << dout.str());
@@ -77,9 +99,9 @@ void FlashAttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& 
                   << FlashAttentionBackwardWorkspaceElems(dims)
                   << " elements (FlashAttentionBackwardWorkspaceElems), got " << workspace.str());
   if (dims.head_dim == 64) {
-    LaunchFlashBackward<64>(qkv, out, dout, lse, dims, causal, dqkv, workspace, stream);
+    LaunchFlashBackward<64>(qkv, out, dout, lse, dims, causal, dqkv, workspace, stream, path);
   } else {
-    LaunchFlashBackward<128>(qkv, out, dout, lse, dims, causal, dqkv, workspace, stream);
+    LaunchFlashBackward<128>(qkv, out, dout, lse, dims, causal, dqkv, workspace, stream, path);
   }
 }
 

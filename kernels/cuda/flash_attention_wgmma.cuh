@@ -230,9 +230,33 @@ __device__ __forceinline__ void WgmmaAccumulate(WgmmaRows<kHd>& st, const uint32
   wgmma::FenceOperands(st.o);
 }
 
+// Writes a warp's 16 x kHd fp32 accumulator rows (rows first_row + g and
+// + 8 of a kRows-row tile, times scale[0] and scale[1]) as bf16 to dst rows
+// first_row .. + 15 (row r at dst + r * stride), skipping rows >= n_rows.
+// They are staged through the same rows of `stage`, a 128-byte-swizzled
+// tile no longer read, so each row leaves in 16-byte stores; only the
+// warp's own rows of `stage` are touched.
+template <int kHd, int kRows>
+__device__ __forceinline__ void StoreRowsSw128(const float (&acc)[kHd / 8][4], const float (&scale)[2], bf16* stage,
+                                               int first_row, int lane, bf16* dst, int64_t stride, int n_rows) {
+  for (int nb = 0; nb < kHd / 8; ++nb) {
+    for (int r = 0; r < 2; ++r) {
+      const uint32_t packed = mma::PackBf16(acc[nb][2 * r] * scale[r], acc[nb][2 * r + 1] * scale[r]);
+      *reinterpret_cast<uint32_t*>(stage + Sw128<kRows>(first_row + lane / 4 + 8 * r, nb) + 2 * (lane % 4)) = packed;
+    }
+  }
+  __syncwarp();
+  constexpr int kChunks = kHd / 8;
+  for (int i = lane; i < 16 * kChunks; i += 32) {
+    const int r = first_row + i / kChunks, c = i % kChunks;
+    if (r >= n_rows) continue;
+    const uint4 v = *reinterpret_cast<const uint4*>(stage + Sw128<kRows>(r, c));
+    *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(r) * stride + c * 8) = v;
+  }
+}
+
 // Writes O / l and the lse of the warp's 16 rows, staged through the warp's
-// own rows of `sq` (the query tile, no longer read) so each row leaves in
-// 16-byte stores.
+// own rows of `sq` (the query tile, no longer read).
 template <int kHd>
 __device__ __forceinline__ void WgmmaFinish(WgmmaRows<kHd>& st, bf16* sq, int q0, int h, int b, int lane,
                                             const FlashGeometry& g, bf16* out, float* lse) {
@@ -243,22 +267,9 @@ __device__ __forceinline__ void WgmmaFinish(WgmmaRows<kHd>& st, bf16* sq, int q0
     st.row_sum[r] += __shfl_xor_sync(0xffffffffu, st.row_sum[r], 2);
     inv[r] = st.row_sum[r] > 0.0f ? 1.0f / st.row_sum[r] : 0.0f;
   }
-  const int row_in_tile = st.first_row + lane / 4;
-  for (int nb = 0; nb < kHd / 8; ++nb) {
-    for (int r = 0; r < 2; ++r) {
-      const uint32_t packed = mma::PackBf16(st.o[nb][2 * r] * inv[r], st.o[nb][2 * r + 1] * inv[r]);
-      *reinterpret_cast<uint32_t*>(sq + Sw128<kWgBlockM>(row_in_tile + 8 * r, nb) + 2 * (lane % 4)) = packed;
-    }
-  }
-  __syncwarp();
-  constexpr int kChunks = kHd / 8;
-  for (int i = lane; i < 16 * kChunks; i += 32) {
-    const int r = st.first_row + i / kChunks, c = i % kChunks;
-    if (q0 + r >= T) continue;
-    const uint4 v = *reinterpret_cast<const uint4*>(sq + Sw128<kWgBlockM>(r, c));
-    *reinterpret_cast<uint4*>(out + (static_cast<int64_t>(b) * T + q0 + r) * g.out_stride +
-                              static_cast<int64_t>(h) * kHd + c * 8) = v;
-  }
+  StoreRowsSw128<kHd, kWgBlockM>(st.o, inv, sq, st.first_row, lane,
+                                  out + (static_cast<int64_t>(b) * T + q0) * g.out_stride + static_cast<int64_t>(h) * kHd,
+                                  g.out_stride, T - q0);
   if (lane % 4 == 0) {
     for (int r = 0; r < 2; ++r) {
       if (st.qi[r] < T) {

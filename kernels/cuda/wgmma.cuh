@@ -223,15 +223,23 @@ __device__ __forceinline__ void FenceOperands(uint32_t (&a)[kBlocks][4]) {
 // memory; `accumulate` 0 overwrites D.
 template <int kN>
 __device__ __forceinline__ void MmaSS(float (&d)[kN / 8][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
-  static_assert(kN == 128, "MmaSS is instantiated for N = 128 only");
+  static_assert(kN == 64 || kN == 128, "MmaSS is instantiated for N = 64 and 128");
 #ifdef LATAM_WGMMA_TRAP
   __trap();
 #else
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " LATAM_WGMMA_REGS64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
-      : LATAM_WGMMA_D64
-      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+  if constexpr (kN == 64) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " LATAM_WGMMA_REGS32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : LATAM_WGMMA_D32
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " LATAM_WGMMA_REGS64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : LATAM_WGMMA_D64
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+  }
 #endif
 }
 

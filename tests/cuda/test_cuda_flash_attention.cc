@@ -40,12 +40,14 @@ using testing::ReferenceAttention;
 
 class CudaFlashAttentionTest : public testing::RandomTest {
  protected:
-  void Check(const AttentionCase& c, cuda::FlashForwardPath path = cuda::FlashForwardPath::kMmaSync) {
+  void Check(const AttentionCase& c, cuda::FlashForwardPath path = cuda::FlashForwardPath::kMmaSync,
+             cuda::FlashBackwardPath backward = cuda::FlashBackwardPath::kMmaSync) {
     SCOPED_TRACE(::testing::Message() << "B=" << c.batch << " T=" << c.seq << " Hq=" << c.hq << " Hkv=" << c.hkv
                                       << " hd=" << c.hd << (c.causal ? " causal" : " full")
                                       << (path == cuda::FlashForwardPath::kWgmma      ? " wgmma"
                                           : path == cuda::FlashForwardPath::kWgmmaTma ? " wgmma+TMA"
-                                                                                      : " mma.sync"));
+                                                                                      : " mma.sync")
+                                      << (backward == cuda::FlashBackwardPath::kWgmma ? ", wgmma backward" : ""));
     const cpu::AttentionDims d{c.batch, c.seq, c.hq, c.hkv, c.hd};
     ASSERT_TRUE(cuda::FlashAttentionSupports(d, DType::kBF16));
     const int64_t rows = static_cast<int64_t>(c.batch) * c.seq;
@@ -73,7 +75,8 @@ class CudaFlashAttentionTest : public testing::RandomTest {
     EXPECT_TRUE(testing::AllClose(lse, ref.lse, 1e-4, 1e-4)) << "lse";
 
     cuda::FlashAttentionBackward(qkv_t, out_t, View<BF16>(dout_mem, {rows, out_width}), lse_t, d, c.causal,
-                                 View<BF16>(dqkv_mem, {rows, width}), View<float>(ws_mem, {ws_elems}), nullptr);
+                                 View<BF16>(dqkv_mem, {rows, width}), View<float>(ws_mem, {ws_elems}), nullptr,
+                                 backward);
     CUDA_CHECK(cudaDeviceSynchronize());
     const std::vector<float> dqkv = ToFloats(ToHost<BF16>(dqkv_mem, static_cast<size_t>(rows * width)));
     const int64_t q_end = static_cast<int64_t>(c.hq) * c.hd, k_end = q_end + static_cast<int64_t>(c.hkv) * c.hd;
@@ -86,7 +89,8 @@ class CudaFlashAttentionTest : public testing::RandomTest {
     Poison(dqkv_mem);
     Poison(ws_mem);
     cuda::FlashAttentionBackward(qkv_t, out_t, View<BF16>(dout_mem, {rows, out_width}), lse_t, d, c.causal,
-                                 View<BF16>(dqkv_mem, {rows, width}), View<float>(ws_mem, {ws_elems}), nullptr);
+                                 View<BF16>(dqkv_mem, {rows, width}), View<float>(ws_mem, {ws_elems}), nullptr,
+                                 backward);
     CUDA_CHECK(cudaDeviceSynchronize());
     const std::vector<BF16> again = ToHost<BF16>(dqkv_mem, static_cast<size_t>(rows * width));
     const std::vector<BF16> first = FromFloats<BF16>(dqkv);
@@ -116,18 +120,22 @@ TEST_F(CudaFlashAttentionTest, ManyBatchesAndHeads) {
   Check({64, 16, 32, 8, 64, true});
 }
 
-// The Hopper forward kernels (FlashForwardPath::kWgmma, kWgmmaTma), and the
-// backward from their out and lse; they run on compute capability 9.0 only.
-TEST_F(CudaFlashAttentionTest, WgmmaForwardMatchesDoubleReference) {
+// The Hopper kernels: the cp.async wgmma forward (FlashForwardPath::kWgmma)
+// followed by the mma.sync backward, and the TMA forward (kWgmmaTma)
+// followed by the wgmma backward (FlashBackwardPath::kWgmma, also checked
+// bitwise reproducible); they run on compute capability 9.0 only.
+TEST_F(CudaFlashAttentionTest, WgmmaMatchesDoubleReference) {
   LATAM_REQUIRE_GPU();
-  if (!cuda::FlashWgmmaForwardAvailable()) GTEST_SKIP() << "the wgmma forward needs a compute capability 9.0 GPU";
+  if (!cuda::FlashWgmmaForwardAvailable()) GTEST_SKIP() << "the wgmma kernels need a compute capability 9.0 GPU";
   for (const cuda::FlashForwardPath path : {cuda::FlashForwardPath::kWgmma, cuda::FlashForwardPath::kWgmmaTma}) {
-    Check({1, 1, 1, 1, 64, true}, path);
-    Check({2, 37, 4, 2, 64, true}, path);
-    Check({1, 130, 8, 2, 128, true}, path);
-    Check({1, 300, 2, 1, 128, true}, path);
-    Check({1, 200, 4, 4, 128, false}, path);
-    Check({3, 37, 2, 1, 64, false}, path);
+    const cuda::FlashBackwardPath backward =
+        path == cuda::FlashForwardPath::kWgmma ? cuda::FlashBackwardPath::kMmaSync : cuda::FlashBackwardPath::kWgmma;
+    Check({1, 1, 1, 1, 64, true}, path, backward);
+    Check({2, 37, 4, 2, 64, true}, path, backward);
+    Check({1, 130, 8, 2, 128, true}, path, backward);
+    Check({1, 300, 2, 1, 128, true}, path, backward);
+    Check({1, 200, 4, 4, 128, false}, path, backward);
+    Check({3, 37, 2, 1, 64, false}, path, backward);
   }
 }
 

@@ -15,6 +15,7 @@
 #include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/flash_attention_kernels.cuh"
 #include "kernels/cuda/flash_attention_wgmma.cuh"
+#include "kernels/cuda/flash_attention_wgmma_backward.cuh"
 #include "tests/attention_reference.h"
 #include "tests/test_util.h"
 
@@ -44,13 +45,17 @@ class EmulatedFlashAttentionTest : public testing::RandomTest {
   std::vector<float> RoundedNormal(size_t n) { return ToFloat(ToBf16(Normal(n))); }
 
   // The forward runs FlashForwardKernel, or one of the Hopper kernels
-  // (kernels/cuda/flash_attention_wgmma.cuh); the backward takes its out and lse.
+  // (kernels/cuda/flash_attention_wgmma.cuh); the backward (mma.sync or
+  // wgmma, flash_attention_wgmma_backward.cuh) takes its out and lse.
   template <int kHd>
-  void Check(const AttentionCase& c, cuda::FlashForwardPath path = cuda::FlashForwardPath::kMmaSync) {
+  void Check(const AttentionCase& c, cuda::FlashForwardPath path = cuda::FlashForwardPath::kMmaSync,
+             cuda::FlashBackwardPath backward = cuda::FlashBackwardPath::kMmaSync) {
     const bool wgmma = path == cuda::FlashForwardPath::kWgmma, tma = path == cuda::FlashForwardPath::kWgmmaTma;
+    const bool wgmma_backward = backward == cuda::FlashBackwardPath::kWgmma;
     SCOPED_TRACE(::testing::Message() << "B=" << c.batch << " T=" << c.seq << " Hq=" << c.hq << " Hkv=" << c.hkv
                                       << " hd=" << c.hd << (c.causal ? " causal" : " full")
-                                      << (wgmma ? " wgmma forward" : tma ? " wgmma+TMA forward" : " mma.sync forward"));
+                                      << (wgmma ? " wgmma forward" : tma ? " wgmma+TMA forward" : " mma.sync forward")
+                                      << (wgmma_backward ? ", wgmma backward" : ", mma.sync backward"));
     ASSERT_EQ(c.hd, kHd);
     const cpu::AttentionDims d{c.batch, c.seq, c.hq, c.hkv, c.hd};
     const int64_t rows = static_cast<int64_t>(c.batch) * c.seq;
@@ -106,14 +111,31 @@ class EmulatedFlashAttentionTest : public testing::RandomTest {
     simt::Launch(simt::Dim3{dot_blocks, 1, 1}, simt::Dim3{cuda::flash::kRowDotThreads, 1, 1}, 0, [&] {
       cuda::flash::FlashRowDotKernel<kHd>(out.data(), dout_bf16.data(), dsum.data(), items, c.hq, c.seq);
     });
-    const simt::Dim3 kv_grid{grid.x, static_cast<unsigned>(c.hkv), grid.z};
-    simt::Launch(kv_grid, simt::Dim3{kThreads, 1, 1}, cuda::flash::KeyValueSmemBytes<kHd>(), [&] {
-      cuda::flash::FlashKeyValueKernel<kHd>(qkv_bf16.data(), dout_bf16.data(), lse.data(), dsum.data(), dqkv.data(),
-                                            g);
-    });
-    simt::Launch(grid, simt::Dim3{kThreads, 1, 1}, cuda::flash::QuerySmemBytes<kHd>(), [&] {
-      cuda::flash::FlashQueryKernel<kHd>(qkv_bf16.data(), dout_bf16.data(), lse.data(), dsum.data(), dqkv.data(), g);
-    });
+    if (wgmma_backward) {
+      constexpr int kBwdRows = cuda::flash::kWgBwdRows;
+      const unsigned tiles = static_cast<unsigned>((c.seq + kBwdRows - 1) / kBwdRows);
+      const simt::Dim3 block{cuda::flash::kWgBwdThreads, 1, 1};
+      simt::Launch(simt::Dim3{tiles, static_cast<unsigned>(c.hkv), grid.z}, block,
+                   cuda::flash::WgmmaKeyValueSmemBytes<kHd>(), [&] {
+                     cuda::flash::FlashKeyValueWgmmaKernel<kHd>(qkv_bf16.data(), dout_bf16.data(), lse.data(),
+                                                                dsum.data(), dqkv.data(), g);
+                   });
+      simt::Launch(simt::Dim3{tiles, static_cast<unsigned>(c.hq), grid.z}, block,
+                   cuda::flash::WgmmaQuerySmemBytes<kHd>(), [&] {
+                     cuda::flash::FlashQueryWgmmaKernel<kHd>(qkv_bf16.data(), dout_bf16.data(), lse.data(),
+                                                             dsum.data(), dqkv.data(), g);
+                   });
+    } else {
+      const simt::Dim3 kv_grid{grid.x, static_cast<unsigned>(c.hkv), grid.z};
+      simt::Launch(kv_grid, simt::Dim3{kThreads, 1, 1}, cuda::flash::KeyValueSmemBytes<kHd>(), [&] {
+        cuda::flash::FlashKeyValueKernel<kHd>(qkv_bf16.data(), dout_bf16.data(), lse.data(), dsum.data(),
+                                              dqkv.data(), g);
+      });
+      simt::Launch(grid, simt::Dim3{kThreads, 1, 1}, cuda::flash::QuerySmemBytes<kHd>(), [&] {
+        cuda::flash::FlashQueryKernel<kHd>(qkv_bf16.data(), dout_bf16.data(), lse.data(), dsum.data(), dqkv.data(),
+                                           g);
+      });
+    }
     const std::vector<float> grads = ToFloat(dqkv);
     const int64_t q_end = static_cast<int64_t>(c.hq) * c.hd, k_end = q_end + static_cast<int64_t>(c.hkv) * c.hd;
     auto column = [width](size_t i) { return static_cast<int64_t>(i) % width; };
@@ -135,24 +157,27 @@ TEST_F(EmulatedFlashAttentionTest, FullMatchesDoubleReference) {
   Check<128>({1, 64, 2, 1, 128, false});
 }
 
-// The wgmma forwards: one row, a partial tile, two CTAs of 128 rows with a
-// partial second one (T = 130, 257), GQA groups, both head dims, with
-// cp.async loads (kWgmma) and warp-specialised with TMA (kWgmmaTma; T = 300
-// runs three key tiles through two stages, so a stage is refilled).
-TEST_F(EmulatedFlashAttentionTest, WgmmaForwardCausalMatchesDoubleReference) {
+// The wgmma kernels: one row, a partial tile, two CTAs of 128 rows with a
+// partial second one (T = 130, 257), GQA groups, both head dims. Forwards
+// with cp.async loads (kWgmma) and warp-specialised with TMA (kWgmmaTma;
+// T = 300 runs three key tiles through two stages, so a stage is refilled),
+// each followed by the wgmma backward.
+TEST_F(EmulatedFlashAttentionTest, WgmmaCausalMatchesDoubleReference) {
+  const cuda::FlashBackwardPath backward = cuda::FlashBackwardPath::kWgmma;
   for (const cuda::FlashForwardPath path : {cuda::FlashForwardPath::kWgmma, cuda::FlashForwardPath::kWgmmaTma}) {
-    Check<64>({1, 1, 1, 1, 64, true}, path);
-    Check<64>({2, 37, 4, 2, 64, true}, path);
-    Check<128>({1, 130, 2, 1, 128, true}, path);
-    Check<64>({1, 257, 2, 1, 64, true}, path);
+    Check<64>({1, 1, 1, 1, 64, true}, path, backward);
+    Check<64>({2, 37, 4, 2, 64, true}, path, backward);
+    Check<128>({1, 130, 2, 1, 128, true}, path, backward);
+    Check<64>({1, 257, 2, 1, 64, true}, path, backward);
   }
 }
 
-TEST_F(EmulatedFlashAttentionTest, WgmmaForwardFullMatchesDoubleReference) {
+TEST_F(EmulatedFlashAttentionTest, WgmmaFullMatchesDoubleReference) {
+  const cuda::FlashBackwardPath backward = cuda::FlashBackwardPath::kWgmma;
   for (const cuda::FlashForwardPath path : {cuda::FlashForwardPath::kWgmma, cuda::FlashForwardPath::kWgmmaTma}) {
-    Check<64>({1, 200, 2, 2, 64, false}, path);
-    Check<128>({1, 64, 2, 1, 128, false}, path);
-    Check<64>({2, 300, 2, 1, 64, false}, path);
+    Check<64>({1, 200, 2, 2, 64, false}, path, backward);
+    Check<128>({1, 64, 2, 1, 128, false}, path, backward);
+    Check<64>({2, 300, 2, 1, 64, false}, path, backward);
   }
 }
 
