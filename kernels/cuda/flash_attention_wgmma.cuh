@@ -24,13 +24,13 @@
 //     copies (tma.cuh) into two K/V stages guarded by mbarriers, and two
 //     consumer warpgroups that only compute, each at its own pace; setmaxnreg
 //     moves registers from the producer to the consumers. Each consumer
-//     overlaps tile j's softmax with tile j-1's P V on the tensor cores.
+//     overlaps tile j's softmax with tile j-1's P V on the tensor cores,
+//     and the two consumers take turns issuing wgmmas (ping-pong).
 // Shared memory: (128 + 4 x 128) x hd x 2 bytes + 1 KB of alignment slack
 // (+ 56 bytes of barriers): 81 KB at hd 64, 161 KB at hd 128.
 //
-// Not yet here: FlashAttention-3's ping-pong scheduling of the two consumer
-// warpgroups (named barriers), and tile sizes per head dimension chosen by
-// measurement.
+// Not yet here: tile sizes per head dimension chosen by measurement, and a
+// persistent grid that overlaps one tile's epilogue with the next's loads.
 #pragma once
 
 #include "kernels/cuda/flash_attention_kernels.cuh"
@@ -352,6 +352,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 constexpr int kWsStages = 2;
 constexpr int kWsThreads = 3 * wgmma::kWarpgroupThreads;
 constexpr int kWsConsumerWarps = 8;
+constexpr int kWsTurnBarrier = 1;  // named barriers 1 and 2: the consumers' turns
 constexpr int kWsProducerRegisters = 24;
 constexpr int kWsConsumerRegisters = 240;
 
@@ -436,14 +437,53 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     // tile j's P is packed into it, and O rescaled, only once that is done:
     // registers an in-flight wgmma reads or writes are defined only outside
     // its pipeline stage, or ptxas serialises the wgmmas (C7513).
+    //
+    // Ping-pong between the two consumers, as FlashAttention-3: a consumer
+    // issues its wgmmas only in its turn (named barrier kWsTurnBarrier + its
+    // index, completed by its own 128 threads and the other consumer's 128
+    // arrivals) and hands the turn over right after issuing, so one
+    // warpgroup's softmax runs while the other's GEMMs hold the tensor
+    // cores. Consumer 0 starts; each consumer takes n_tiles + 1 turns, and
+    // consumer 1 does not hand over after its last (no one would take it).
     auto k_stage = [&](int j) { return sk + (j % kWsStages) * kWgBlockN * kHd; };
     auto v_stage = [&](int j) { return sv + (j % kWsStages) * kWgBlockN * kHd; };
     auto parity = [](int j) { return static_cast<uint32_t>(j / kWsStages) & 1u; };
+    constexpr int kTurnThreads = 2 * wgmma::kWarpgroupThreads;
+    auto my_turn = [&] {
+      if (cwg == 0) {
+        tma::NamedBarrierSync<kWsTurnBarrier>(kTurnThreads);
+      } else {
+        tma::NamedBarrierSync<kWsTurnBarrier + 1>(kTurnThreads);
+      }
+    };
+    auto hand_over = [&](bool last) {
+      if (cwg == 0) {
+        tma::NamedBarrierArrive<kWsTurnBarrier + 1>(kTurnThreads);
+      } else if (!last) {
+        tma::NamedBarrierArrive<kWsTurnBarrier>(kTurnThreads);
+      }
+    };
+    if (cwg == 1) tma::NamedBarrierArrive<kWsTurnBarrier>(kTurnThreads);
     float sc[kWgBlockN / 8][4];
     uint32_t pa[kWgBlockN / 16][4];
     float correction[2];
-    tma::WaitParity(k_full, 0);
-    WgmmaScores<kHd>(sc, q_rows, k_stage(0));
+    {
+      tma::WaitParity(k_full, 0);
+      TileDescriptors<kHd> d;
+      d.ForScores(q_rows, k_stage(0));
+      d.Materialize();
+#ifdef LATAM_CUDA_EMULATION
+      for (auto& f : sc) f[0] = f[1] = f[2] = f[3] = 0.0f;  // defined values for the host compiler
+#endif
+      my_turn();
+      wgmma::FenceOperands(sc);
+      wgmma::Fence();
+      IssueScores<kHd>(sc, d);
+      wgmma::Commit();
+      hand_over(false);
+      wgmma::Wait<0>();
+      wgmma::FenceOperands(sc);
+    }
     WgmmaSoftmax<kHd>(sc, st, correction, 0, q0, lane, g);  // O is still 0: no rescale
     PackP(sc, pa);
     for (int j = 1; j < n_tiles; ++j) {
@@ -453,6 +493,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       d.ForScores(q_rows, k_stage(j));
       d.ForValues(v_stage(j - 1));
       d.Materialize();
+      my_turn();
       wgmma::FenceOperands(sc);
       wgmma::FenceOperands(st.o);
       wgmma::Fence();
@@ -460,6 +501,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       wgmma::Commit();
       IssueAccumulate<kHd>(st.o, pa, d);
       wgmma::Commit();
+      hand_over(false);
       wgmma::Wait<1>();  // S of tile j has landed; P V may still run
       wgmma::FenceOperands(sc);
       WgmmaSoftmax<kHd>(sc, st, correction, j * kWgBlockN, q0, lane, g);
@@ -470,8 +512,20 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       PackP(sc, pa);
       RescaleO<kHd>(st, correction);
     }
-    tma::WaitParity(v_full + (n_tiles - 1) % kWsStages, parity(n_tiles - 1));
-    WgmmaAccumulate<kHd>(st, pa, v_stage(n_tiles - 1));
+    {
+      tma::WaitParity(v_full + (n_tiles - 1) % kWsStages, parity(n_tiles - 1));
+      TileDescriptors<kHd> d;
+      d.ForValues(v_stage(n_tiles - 1));
+      d.Materialize();
+      my_turn();
+      wgmma::FenceOperands(st.o);
+      wgmma::Fence();
+      IssueAccumulate<kHd>(st.o, pa, d);
+      wgmma::Commit();
+      hand_over(true);
+      wgmma::Wait<0>();
+      wgmma::FenceOperands(st.o);
+    }
     __syncwarp();
     if (lane == 0) tma::Arrive(empty + (n_tiles - 1) % kWsStages);
     WgmmaFinish<kHd>(st, sq, q0, h, b, lane, g, out, lse);

@@ -18,14 +18,17 @@ namespace {
 // and the emulated mma rebuilds 16 x 16 tiles on the stack.
 constexpr size_t kStackBytes = 128 * 1024;
 
-enum class Wait { kNone, kBlock, kWarp, kYield, kDone };
+enum class Wait { kNone, kBlock, kWarp, kNamed, kYield, kDone };
 
 struct Fiber {
   ucontext_t context;
   unsigned char* stack = nullptr;
   Wait wait = Wait::kNone;
   uint64_t generation = 0;  // of the barrier it waits at
+  int named = 0;            // the named barrier it waits at (kNamed)
 };
+
+constexpr int kNamedBarriers = 16;
 
 // One block in flight: its fibers, barrier state and shared memory.
 struct Runner {
@@ -42,6 +45,9 @@ struct Runner {
   const std::function<void()>* body = nullptr;
   unsigned current = 0;
   uint64_t progress = 0;  // barrier arrivals, finished threads, NoteProgress()
+  uint64_t named_generation[kNamedBarriers] = {};
+  int named_arrived[kNamedBarriers] = {};
+  int named_count[kNamedBarriers] = {};  // the count of the phase in progress (0: none)
 };
 
 thread_local Runner* runner = nullptr;
@@ -91,6 +97,8 @@ bool Runnable(const Runner& r, unsigned t) {
       return r.block_generation != f.generation;
     case Wait::kWarp:
       return r.warp_generation[t / 32] != f.generation;
+    case Wait::kNamed:
+      return r.named_generation[f.named] != f.generation;
     case Wait::kDone:
       return false;
   }
@@ -103,6 +111,37 @@ void BlockBarrier() { BlockBarrierCount(false); }
 
 void Yield() { Park(Wait::kYield, 0); }
 void NoteProgress() { ++runner->progress; }
+
+namespace {
+// Counts the calling thread at named barrier `id`; true if that completed
+// the phase (which releases it).
+bool ArriveNamed(int id, int count) {
+  Runner& r = *runner;
+  LATAM_CHECK(id > 0 && id < kNamedBarriers, "emulated named barrier id " << id << " (1-15; 0 is __syncthreads')");
+  LATAM_CHECK(count > 0 && count % 32 == 0 && count <= static_cast<int>(r.fibers.size()),
+              "emulated named barrier " << id << ": thread count " << count);
+  LATAM_CHECK(r.named_count[id] == 0 || r.named_count[id] == count,
+              "emulated named barrier " << id << " used with counts " << r.named_count[id] << " and " << count);
+  ++r.progress;
+  r.named_count[id] = count;
+  if (++r.named_arrived[id] == count) {
+    r.named_arrived[id] = 0;
+    r.named_count[id] = 0;
+    ++r.named_generation[id];
+    return true;
+  }
+  return false;
+}
+}  // namespace
+
+void NamedBarrierSync(int id, int count) {
+  const uint64_t generation = runner->named_generation[id % kNamedBarriers];
+  if (ArriveNamed(id, count)) return;
+  runner->fibers[runner->current].named = id;
+  Park(Wait::kNamed, generation);
+}
+
+void NamedBarrierArrive(int id, int count) { ArriveNamed(id, count); }
 
 int BlockBarrierCount(bool predicate) {
   Runner& r = *runner;
@@ -156,6 +195,7 @@ void Launch(Dim3 grid, Dim3 block, size_t shared_bytes, const std::function<void
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {
         r.shared.assign(shared_bytes, 0);
+        for (int i = 0; i < kNamedBarriers; ++i) r.named_arrived[i] = r.named_count[i] = 0;
         for (Fiber& f : r.fibers) StartFiber(f);
         blockIdx = Dim3{x, y, z};
         blockDim = block;
@@ -182,6 +222,12 @@ void Launch(Dim3 grid, Dim3 block, size_t shared_bytes, const std::function<void
           LATAM_CHECK(progressed || done == block.x,
                       "emulated block (" << x << ", " << y << ", " << z
                                        << ") deadlocked: its threads wait at barriers or spin without progress");
+        }
+        // Arrivals no one waited for mean the block's Sync and Arrive counts differ.
+        for (int id = 1; id < kNamedBarriers; ++id) {
+          LATAM_CHECK(r.named_arrived[id] == 0, "emulated block (" << x << ", " << y << ", " << z << ") ended with "
+                                                                   << r.named_arrived[id]
+                                                                   << " arrivals pending at named barrier " << id);
         }
       }
     }

@@ -113,6 +113,11 @@ int BlockBarrierCount(bool predicate);
 void Yield();
 // Records that shared state changed or a wait succeeded (emulated mbarriers).
 void NoteProgress();
+// Named barriers (bar.sync / bar.arrive id, count; ids 1-15, 0 being
+// __syncthreads'): Sync waits until `count` threads have arrived at barrier
+// `id` by Sync or Arrive, Arrive counts the calling thread without waiting.
+void NamedBarrierSync(int id, int count);
+void NamedBarrierArrive(int id, int count);
 Warp& CurrentWarp();
 inline int Lane() { return static_cast<int>(threadIdx.x % 32); }
 

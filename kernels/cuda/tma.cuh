@@ -18,8 +18,11 @@
 // parity 1 returns at once: producers wait on "empty" barriers with the
 // flipped parity).
 //
+// Named barriers (bar.sync / bar.arrive with an id and a thread count) let
+// two warpgroups take turns without stopping the rest of the block.
+//
 // With LATAM_CUDA_EMULATION the tensor map is a plain struct filled on the
-// host (EmulatedTensorMap), TMA copies at once (swizzling as above and
+// host (TensorMap below), TMA copies at once (swizzling as above and
 // zero-filling outside the tensor, then completing the transaction), the
 // mbarrier's state lives in its 8 bytes of shared memory, and waits yield to
 // the block's other threads (simt::Yield).
@@ -132,6 +135,15 @@ inline void DecreaseRegisters() {}
 template <int kRegisters>
 inline void IncreaseRegisters() {}
 
+template <int kId>
+inline void NamedBarrierSync(int threads) {
+  simt::NamedBarrierSync(kId, threads);
+}
+template <int kId>
+inline void NamedBarrierArrive(int threads) {
+  simt::NamedBarrierArrive(kId, threads);
+}
+
 #else  // the device
 
 using TensorMap = CUtensorMap;
@@ -196,6 +208,22 @@ __device__ __forceinline__ void IncreaseRegisters() {
 #else
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegisters));
 #endif
+}
+
+// Named barrier kId (1-15; 0 is __syncthreads'; a constant, so ptxas
+// reserves only the barriers used): Sync waits until `threads` threads (a
+// multiple of 32) have arrived by Sync or Arrive; Arrive counts the calling
+// warp's threads without waiting.
+template <int kId>
+__device__ __forceinline__ void NamedBarrierSync(int threads) {
+  static_assert(kId > 0 && kId < 16, "named barriers 1-15");
+  asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "r"(threads) : "memory");
+}
+
+template <int kId>
+__device__ __forceinline__ void NamedBarrierArrive(int threads) {
+  static_assert(kId > 0 && kId < 16, "named barriers 1-15");
+  asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "r"(threads) : "memory");
 }
 
 #endif  // LATAM_CUDA_EMULATION
