@@ -345,6 +345,52 @@ __global__ void __launch_bounds__(kRowDotThreads)
   }
 }
 
+// P^T and dS^T in place of S^T and dP^T, for a key-rows x query-columns
+// accumulator block of kCols queries: element (nb, e) is key key_lo + 8 (e / 2)
+// and query q0 + col0 + nb * 8 + 2 (lane % 4) + (e & 1), whose lse and D are
+// at that column of lse_tile and d_tile. With `mask`, elements with key >
+// query (causal), query >= T or key >= T become 0 (zero-filled rows would
+// add nothing to the rows stored, but are zeroed rather than relied on).
+template <int kCols>
+__device__ __forceinline__ void KeyValueGradients(float (&st)[kCols / 8][4], float (&dpt)[kCols / 8][4],
+                                                  const float* lse_tile, const float* d_tile, int col0, int q0,
+                                                  int key_lo, bool mask, int lane, const FlashGeometry& g) {
+  const int T = g.seq_len;
+  for (int nb = 0; nb < kCols / 8; ++nb) {
+    const int col = col0 + nb * 8 + 2 * (lane % 4);  // query q0 + col (e even), q0 + col + 1 (e odd)
+    const float lse_log2[2] = {lse_tile[col] * kLog2e, lse_tile[col + 1] * kLog2e};
+    const float dval[2] = {d_tile[col], d_tile[col + 1]};
+    for (int e = 0; e < 4; ++e) {
+      const int query = q0 + col + (e & 1), key = key_lo + 8 * (e / 2);
+      const bool visible = !mask || (query < T && key < T && !(g.causal && key > query));
+      const float p = visible ? exp2f(st[nb][e] * g.scale_log2 - lse_log2[e & 1]) : 0.0f;
+      dpt[nb][e] = visible ? p * (dpt[nb][e] - dval[e & 1]) : 0.0f;
+      st[nb][e] = p;
+    }
+  }
+}
+
+// dS in place of dP for a query-rows x key-columns block of kCols keys:
+// element (nb, e) is row qi[e / 2] (lse in the exp2 domain and D of that
+// row in lse_log2, dval) and key key_lo + nb * 8 + 2 (lane % 4) + (e & 1).
+// With `mask`, elements with key > row (causal), key >= T or row >= T
+// become 0.
+template <int kCols>
+__device__ __forceinline__ void QueryGradients(const float (&s)[kCols / 8][4], float (&dp)[kCols / 8][4],
+                                               const int (&qi)[2], const float (&lse_log2)[2],
+                                               const float (&dval)[2], int key_lo, bool mask, int lane,
+                                               const FlashGeometry& g) {
+  const int T = g.seq_len;
+  for (int nb = 0; nb < kCols / 8; ++nb) {
+    for (int e = 0; e < 4; ++e) {
+      const int key = key_lo + nb * 8 + 2 * (lane % 4) + (e & 1), row = qi[e / 2];
+      const bool visible = !mask || (key < T && row < T && !(g.causal && key > row));
+      const float p = visible ? exp2f(s[nb][e] * g.scale_log2 - lse_log2[e / 2]) : 0.0f;
+      dp[nb][e] = visible ? p * (dp[nb][e] - dval[e / 2]) : 0.0f;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // 2. dK, dV.
 //
@@ -478,18 +524,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // causal diagonal (the warp's last key k0 + r0 + 15 is past the
       // block's first query q0 + c0) and at the sequence end.
       const bool mask = q0 + c0 + kSub > T || k0 + kBlockN > T || (g.causal && k0 + r0 + 15 > q0 + c0);
-      for (int nb = 0; nb < kSub / 8; ++nb) {
-        const int col = c0 + nb * 8 + 2 * (lane % 4);  // query q0 + col (e even), q0 + col + 1 (e odd)
-        const float lse_log2[2] = {lse_tile[col] * kLog2e, lse_tile[col + 1] * kLog2e};
-        const float dval[2] = {d_tile[col], d_tile[col + 1]};
-        for (int e = 0; e < 4; ++e) {
-          const int query = q0 + col + (e & 1), key = key_lo + 8 * (e / 2);
-          const bool visible = !mask || (query < T && key < T && !(g.causal && key > query));
-          const float p = visible ? exp2f(st[nb][e] * g.scale_log2 - lse_log2[e & 1]) : 0.0f;
-          dpt[nb][e] = visible ? p * (dpt[nb][e] - dval[e & 1]) : 0.0f;
-          st[nb][e] = p;
-        }
-      }
+      KeyValueGradients<kSub>(st, dpt, lse_tile, d_tile, c0, q0, key_lo, mask, lane, g);
 
       // dV += P^T dO and dK += dS^T Q over the block's queries in k16 steps.
       for (int ks = 0; ks < kSub / 16; ++ks) {
@@ -628,14 +663,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // kSub - 1 > q0 + r0) test each element.
       const int key_lo = key0 + c0;
       const bool mask = key_lo + kSub > T || q0 + kBlockM > T || (g.causal && key_lo + kSub - 1 > q0 + r0);
-      for (int nb = 0; nb < kSub / 8; ++nb) {
-        for (int e = 0; e < 4; ++e) {
-          const int key = key_lo + nb * 8 + 2 * (lane % 4) + (e & 1), row = qi[e / 2];
-          const bool visible = !mask || (key < T && row < T && !(g.causal && key > row));
-          const float p = visible ? exp2f(s[nb][e] * g.scale_log2 - lse_log2[e / 2]) : 0.0f;
-          dp[nb][e] = visible ? p * (dp[nb][e] - dval[e / 2]) : 0.0f;
-        }
-      }
+      QueryGradients<kSub>(s, dp, qi, lse_log2, dval, key_lo, mask, lane, g);
 
       // dQ += dS K over the block's keys in k16 steps.
       for (int ks = 0; ks < kSub / 16; ++ks) {

@@ -192,18 +192,7 @@ __global__ void __launch_bounds__(kWgBwdThreads, 1)
     // P^T and dS^T in place; masked: causally key > query, and keys or
     // queries >= T (zero-filled rows), tested only where a tile can hold them.
     const bool mask = q0 + kC > T || k0 + kR > T || (g.causal && k0 + first_row + 15 > q0);
-    for (int nb = 0; nb < kC / 8; ++nb) {
-      const int col = nb * 8 + 2 * (lane % 4);
-      const float lse_log2[2] = {lse_tile[col] * kLog2e, lse_tile[col + 1] * kLog2e};
-      const float dval[2] = {d_tile[col], d_tile[col + 1]};
-      for (int e = 0; e < 4; ++e) {
-        const int query = q0 + col + (e & 1), key = key_lo + 8 * (e / 2);
-        const bool visible = !mask || (query < T && key < T && !(g.causal && key > query));
-        const float p = visible ? exp2f(st[nb][e] * g.scale_log2 - lse_log2[e & 1]) : 0.0f;
-        dpt[nb][e] = visible ? p * (dpt[nb][e] - dval[e & 1]) : 0.0f;
-        st[nb][e] = p;
-      }
-    }
+    KeyValueGradients<kC>(st, dpt, lse_tile, d_tile, 0, q0, key_lo, mask, lane, g);
     uint32_t pa[kC / 16][4], dsa[kC / 16][4];
     for (int ks = 0; ks < kC / 16; ++ks) {
       PackA<kC>(pa[ks], st, ks);
@@ -298,14 +287,7 @@ __global__ void __launch_bounds__(kWgBwdThreads, 1)
 
     // dS in place of dP; masked: causally key > row, keys or rows >= T.
     const bool mask = key0 + kC > T || q0 + kR > T || (g.causal && key0 + kC - 1 > q0 + first_row);
-    for (int nb = 0; nb < kC / 8; ++nb) {
-      for (int e = 0; e < 4; ++e) {
-        const int key = key0 + nb * 8 + 2 * (lane % 4) + (e & 1), row = qi[e / 2];
-        const bool visible = !mask || (key < T && row < T && !(g.causal && key > row));
-        const float p = visible ? exp2f(s[nb][e] * g.scale_log2 - lse_log2[e / 2]) : 0.0f;
-        dp[nb][e] = visible ? p * (dp[nb][e] - dval[e / 2]) : 0.0f;
-      }
-    }
+    QueryGradients<kC>(s, dp, qi, lse_log2, dval, key0, mask, lane, g);
     uint32_t dsa[kC / 16][4];
     for (int ks = 0; ks < kC / 16; ++ks) PackA<kC>(dsa[ks], dp, ks);
     // dQ += dS K.
