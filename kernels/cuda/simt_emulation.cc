@@ -26,6 +26,7 @@ struct Fiber {
   Wait wait = Wait::kNone;
   uint64_t generation = 0;  // of the barrier it waits at
   int named = 0;            // the named barrier it waits at (kNamed)
+  int async_pending = 0;    // AsyncPending()
 };
 
 constexpr int kNamedBarriers = 16;
@@ -56,6 +57,11 @@ thread_local std::vector<std::unique_ptr<unsigned char[]>> stack_pool;
 
 void FiberMain() {
   (*runner->body)();
+  LATAM_CHECK(runner->fibers[runner->current].async_pending == 0,
+              "emulated thread " << runner->current << " of block (" << blockIdx.x << ", " << blockIdx.y << ", "
+                                 << blockIdx.z << ") ended with "
+                                 << runner->fibers[runner->current].async_pending
+                                 << " asynchronous operations never waited for");
   ++runner->progress;
   runner->fibers[runner->current].wait = Wait::kDone;
   swapcontext(&runner->fibers[runner->current].context, &runner->scheduler);
@@ -78,6 +84,7 @@ __attribute__((noinline)) void StartFiber(Fiber& f) {
   f.context.uc_link = nullptr;
   makecontext(&f.context, FiberMain, 0);
   f.wait = Wait::kNone;
+  f.async_pending = 0;
 }
 
 __attribute__((noinline)) void Resume(Runner& r, unsigned t) {
@@ -110,6 +117,7 @@ bool Runnable(const Runner& r, unsigned t) {
 void BlockBarrier() { BlockBarrierCount(false); }
 
 void Yield() { Park(Wait::kYield, 0); }
+void AsyncPending(int delta) { runner->fibers[runner->current].async_pending += delta; }
 void NoteProgress() { ++runner->progress; }
 
 namespace {

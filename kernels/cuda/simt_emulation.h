@@ -113,6 +113,10 @@ int BlockBarrierCount(bool predicate);
 void Yield();
 // Records that shared state changed or a wait succeeded (emulated mbarriers).
 void NoteProgress();
+// Counts the calling thread's asynchronous operations in flight (+1 when
+// one is issued, -1 when it completes); a thread that ends with some still
+// in flight is an error (its kernel never waited for them).
+void AsyncPending(int delta);
 // Named barriers (bar.sync / bar.arrive id, count; ids 1-15, 0 being
 // __syncthreads'): Sync waits until `count` threads have arrived at barrier
 // `id` by Sync or Arrive, Arrive counts the calling thread without waiting.

@@ -36,13 +36,17 @@
 // to shared memory that a wgmma reads next.
 //
 // With LATAM_CUDA_EMULATION (kernels/cuda/simt_emulation.h) each wgmma is
-// computed at issue, per warp (a warp's rows depend only on its own A
-// fragments), from the descriptor arithmetic above; the fences are no-ops.
+// computed when a wait retires its group, per warp (a warp's rows depend
+// only on its own A fragments), from the descriptor arithmetic above,
+// reading its operands and writing its accumulators then; the fences are
+// no-ops, and a thread that ends with wgmmas not waited for is an error.
 // So the emulation checks the kernel's layouts, descriptors and fragment
 // bookkeeping, but only a GPU checks the descriptors against the hardware.
 #pragma once
 
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "kernels/cuda/mma.cuh"
 
@@ -72,13 +76,10 @@ __device__ __forceinline__ uint64_t Sw128Descriptor(const void* tile, uint32_t l
 
 #ifdef LATAM_CUDA_EMULATION
 
-inline void Fence() {}
-inline void Commit() {}
-template <int kPending>
-inline void Wait() {}
 inline void FenceProxyAsync() {}
 template <typename T, int kBlocks>
 inline void FenceOperands(T (&)[kBlocks][4]) {}
+inline void Fence() {}
 
 // Element (mn, k) of the operand `desc` names: K-major (mn = row, K
 // contiguous) or MN-major (MN contiguous).
@@ -99,43 +100,68 @@ inline float Sw128Element(uint64_t desc, int mn, int k, bool mn_major) {
   return simt::Bf16ToFloat(bits);
 }
 
+namespace detail {
+
+// An issued wgmma. The emulation computes it when a wait retires its group,
+// not at issue: it reads its shared-memory operands and its A registers
+// then, and writes the accumulators then. So a kernel that touches the
+// accumulators, the A fragments or the shared tiles of a wgmma still in
+// flight computes something else and fails its tests, as it would on the
+// hardware (where the reads and writes happen at some point in between).
+struct PendingMma {
+  int n;                     // 64 or 128
+  float* d;                  // the thread's accumulators, n / 8 x 4
+  const uint32_t* a;         // its A fragment (register A), or nullptr (A in shared memory)
+  uint64_t desc_a, desc_b;
+  bool accumulate;
+};
+
+// One CUDA thread's issued wgmmas: the committed groups, oldest first, and
+// the group being issued.
+struct Issued {
+  std::vector<std::vector<PendingMma>> committed;
+  std::vector<PendingMma> open;
+};
+
+inline Issued& ThisThread() {
+  static std::vector<Issued> threads;  // the running block's, by threadIdx.x (blocks run one at a time)
+  if (threads.size() < blockDim.x) threads.resize(blockDim.x);
+  return threads[threadIdx.x];
+}
+
 // This lane's accumulators of D (+)= A B, A given per warp as 16 x 16
 // (rows of the warp) and B by `b_at(k, n)`.
-template <int kN, typename AAt, typename BAt>
-inline void EmulatedMma(float (&d)[kN / 8][4], AAt a_at, BAt b_at, bool accumulate) {
+template <typename AAt, typename BAt>
+inline void EmulatedMma(float* d, int n_cols, AAt a_at, BAt b_at, bool accumulate) {
   const int lane = simt::Lane(), g = lane / 4, q = lane % 4;
   float a[2][16];
   for (int r = 0; r < 2; ++r) {
     for (int k = 0; k < 16; ++k) a[r][k] = a_at(g + 8 * r, k);
   }
-  for (int j = 0; j < kN / 8; ++j) {
+  for (int j = 0; j < n_cols / 8; ++j) {
     for (int e = 0; e < 4; ++e) {
       const int n = 8 * j + 2 * q + (e & 1);
-      float sum = accumulate ? d[j][e] : 0.0f;
+      float sum = accumulate ? d[4 * j + e] : 0.0f;
       for (int k = 0; k < 16; ++k) sum += a[e / 2][k] * b_at(k, n);
-      d[j][e] = sum;
+      d[4 * j + e] = sum;
     }
   }
 }
 
-// The warp's row offset inside its warpgroup's 64 rows.
-inline int WarpRow0() { return 16 * static_cast<int>((threadIdx.x / 32) % 4); }
-
-// D (+)= A B, A and B K-major in shared memory.
-template <int kN>
-inline void MmaSS(float (&d)[kN / 8][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
-  const int row0 = WarpRow0();
-  EmulatedMma<kN>(
-      d, [&](int r, int k) { return Sw128Element(desc_a, row0 + r, k, false); },
-      [&](int k, int n) { return Sw128Element(desc_b, n, k, false); }, accumulate != 0);
-}
-
-// D (+)= A B, A from registers (mma.cuh's A fragments), B MN-major in
-// shared memory (transposed by the instruction).
-template <int kN>
-inline void MmaRSTransB(float (&d)[kN / 8][4], const uint32_t (&a)[4], uint64_t desc_b, int accumulate) {
+// Computes one issued wgmma for this lane: SS (A and B K-major in shared
+// memory) or RS (A from the warp's registers, B MN-major, transposed by the
+// instruction). Every lane of the warp retires the same wgmmas in the same
+// order, so the RS exchange lines up.
+inline void Execute(const PendingMma& op) {
+  if (op.a == nullptr) {
+    const int row0 = 16 * static_cast<int>((threadIdx.x / 32) % 4);  // the warp's rows in its warpgroup's 64
+    EmulatedMma(
+        op.d, op.n, [&](int r, int k) { return Sw128Element(op.desc_a, row0 + r, k, false); },
+        [&](int k, int n) { return Sw128Element(op.desc_b, n, k, false); }, op.accumulate);
+    return;
+  }
   uint64_t words[4];
-  for (int i = 0; i < 4; ++i) words[i] = a[i];
+  for (int i = 0; i < 4; ++i) words[i] = op.a[i];
   float rows[16][16];
   simt::Exchange(words, 4, [&](simt::Warp& w) {
     for (int l = 0; l < 32; ++l) {
@@ -147,9 +173,51 @@ inline void MmaRSTransB(float (&d)[kN / 8][4], const uint32_t (&a)[4], uint64_t 
       }
     }
   });
-  EmulatedMma<kN>(
-      d, [&](int r, int k) { return rows[r][k]; }, [&](int k, int n) { return Sw128Element(desc_b, n, k, true); },
-      accumulate != 0);
+  EmulatedMma(
+      op.d, op.n, [&](int r, int k) { return rows[r][k]; },
+      [&](int k, int n) { return Sw128Element(op.desc_b, n, k, true); }, op.accumulate);
+}
+
+inline void Issue(const PendingMma& op) {
+  ThisThread().open.push_back(op);
+  simt::AsyncPending(1);
+}
+
+}  // namespace detail
+
+inline void Commit() {
+  detail::Issued& t = detail::ThisThread();
+  t.committed.push_back(std::move(t.open));
+  t.open.clear();
+}
+
+// Retires (computes) committed groups, oldest first, until at most
+// kPending remain.
+template <int kPending>
+inline void Wait() {
+  detail::Issued& t = detail::ThisThread();
+  LATAM_CHECK(t.open.empty(), "emulated wgmma: " << t.open.size() << " wgmmas issued but not committed at a wait");
+  while (t.committed.size() > static_cast<size_t>(kPending)) {
+    const std::vector<detail::PendingMma> group = std::move(t.committed.front());
+    t.committed.erase(t.committed.begin());
+    for (const detail::PendingMma& op : group) {
+      detail::Execute(op);
+      simt::AsyncPending(-1);
+    }
+  }
+}
+
+// D (+)= A B, A and B K-major in shared memory.
+template <int kN>
+inline void MmaSS(float (&d)[kN / 8][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  detail::Issue({kN, &d[0][0], nullptr, desc_a, desc_b, accumulate != 0});
+}
+
+// D (+)= A B, A from registers (mma.cuh's A fragments), B MN-major in
+// shared memory (transposed by the instruction).
+template <int kN>
+inline void MmaRSTransB(float (&d)[kN / 8][4], const uint32_t (&a)[4], uint64_t desc_b, int accumulate) {
+  detail::Issue({kN, &d[0][0], a, 0, desc_b, accumulate != 0});
 }
 
 #else  // the device
