@@ -225,12 +225,8 @@ constexpr int QuerySub() {  // keys per block in FlashQueryKernel
 // zero-filled, without reading global memory, when `valid` is false. Used
 // for the f32 lse and D rows, whose tile starts are only 4-byte aligned.
 __device__ __forceinline__ void CpAsync4(void* shared_dst, const void* global_src, bool valid) {
-#ifdef LATAM_CUDA_EMULATION  // kernels/cuda/simt_emulation.h: copies at once, like its CpAsync16
-  if (valid) {
-    memcpy(shared_dst, global_src, 4);
-  } else {
-    memset(shared_dst, 0, 4);
-  }
+#ifdef LATAM_CUDA_EMULATION  // lands at the wait, as the emulated CpAsync16 (mma.cuh)
+  mma::CpAsync(shared_dst, global_src, 4, valid);
 #else
   const int src_bytes = valid ? 4 : 0;
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(mma::SharedAddress(shared_dst)), "l"(global_src),

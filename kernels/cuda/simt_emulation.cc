@@ -185,6 +185,11 @@ Warp& CurrentWarp() { return runner->warps[threadIdx.x / 32]; }
 unsigned char* SharedMemory() { return runner->shared.data(); }
 size_t SharedBytes() { return runner->shared.size(); }
 
+namespace {
+thread_local uint64_t block_serial = 0;
+}  // namespace
+uint64_t BlockSerial() { return block_serial; }
+
 void Launch(Dim3 grid, Dim3 block, size_t shared_bytes, const std::function<void()>& body) {
   LATAM_CHECK(block.y == 1 && block.z == 1 && block.x >= 1 && block.x <= 1024,
               "emulated kernels take 1-D blocks of up to 1024 threads");
@@ -203,6 +208,7 @@ void Launch(Dim3 grid, Dim3 block, size_t shared_bytes, const std::function<void
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {
         r.shared.assign(shared_bytes, 0);
+        ++block_serial;
         for (int i = 0; i < kNamedBarriers; ++i) r.named_arrived[i] = r.named_count[i] = 0;
         for (Fiber& f : r.fibers) StartFiber(f);
         blockIdx = Dim3{x, y, z};

@@ -11,10 +11,15 @@
 // there). The warp-collective operations the kernels use (shuffles,
 // ldmatrix, mma.sync m16n8k16 bf16) exchange their operands through the
 // warp's slots between two warp barriers and compute the result each lane
-// would receive, following the PTX ISA's fragment layouts. cp.async copies
-// at once, so a missing wait is not detected here (compute-sanitizer's
-// racecheck on a GPU does that); everything else a lane computes is the
-// kernel's own code.
+// would receive, following the PTX ISA's fragment layouts. Asynchronous
+// operations complete at the wait that retires them (cp.async at its
+// wait_group, in mma.cuh; wgmma at its wait_group, in wgmma.cuh), so reading
+// a tile before its wait sees the old contents; a thread that ends with
+// some never waited for is an error (AsyncPending). TMA copies (tma.cuh)
+// land at issue and complete their mbarrier transaction then. Races
+// between threads that barriers do not order are not detected here
+// (compute-sanitizer's racecheck on a GPU does that); everything else a
+// lane computes is the kernel's own code.
 //
 // Products in the emulated mma are summed in fp32 in k order; the tensor
 // cores' order differs, which tests absorb in their tolerances.
@@ -134,6 +139,9 @@ void Launch(Dim3 grid, Dim3 block, size_t shared_bytes, const std::function<void
 unsigned char* SharedMemory();
 // Bytes of dynamic shared memory the running block has.
 size_t SharedBytes();
+// A number that differs for every block run (per-thread state kept by the
+// emulated asynchronous operations resets when it changes).
+uint64_t BlockSerial();
 
 // Every lane publishes `words` (up to 8 64-bit words), then reads any lane's.
 template <typename Fn>

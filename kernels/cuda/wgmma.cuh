@@ -119,6 +119,7 @@ struct PendingMma {
 // One CUDA thread's issued wgmmas: the committed groups, oldest first, and
 // the group being issued.
 struct Issued {
+  uint64_t block = 0;  // simt::BlockSerial() of the block they belong to
   std::vector<std::vector<PendingMma>> committed;
   std::vector<PendingMma> open;
 };
@@ -126,7 +127,9 @@ struct Issued {
 inline Issued& ThisThread() {
   static std::vector<Issued> threads;  // the running block's, by threadIdx.x (blocks run one at a time)
   if (threads.size() < blockDim.x) threads.resize(blockDim.x);
-  return threads[threadIdx.x];
+  Issued& t = threads[threadIdx.x];
+  if (t.block != simt::BlockSerial()) t = Issued{simt::BlockSerial(), {}, {}};
+  return t;
 }
 
 // This lane's accumulators of D (+)= A B, A given per warp as 16 x 16

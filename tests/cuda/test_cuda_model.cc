@@ -157,15 +157,23 @@ TEST_F(CudaModelTest, RecomputeIsBitwiseIdentical) {
   EXPECT_EQ(Host(a.parameters().padded_grads()), Host(b.parameters().padded_grads()));
 }
 
-// Ten AdamW steps on a fixed batch: the bf16 GPU run follows the fp32 CPU
-// run (losses within 2e-2 relative at every step, final master weights within
-// 2e-2 relative L2) and both fit the batch (the loss falls by a third).
+// Ten AdamW steps on a fixed batch, bf16 on the GPU against fp32 on the CPU,
+// each step from the same weights: the CPU model takes the GPU run's master
+// weights before every step, so the comparison is of one step's computation
+// (loss within 2e-2 relative, gradient norm within 5e-2, the weights after
+// both optimizers' updates within 1e-2 relative L2), not of two trajectories
+// that the memorisation of a small batch drives apart. (bf16 rounding grows
+// step by step there: letting the runs drift failed about one seed in four,
+// at step 6 or later, by up to 14% in the gradient norm. From the same
+// weights, four seeds measured within 0.3% in loss and gradient norm, and
+// 5.9e-3 in the weights after the first update, where Adam's step is the
+// sign of each gradient, then 2.7e-4.) The GPU run must fit the batch (the
+// loss falls by a third).
 TEST_F(CudaModelTest, Bf16TrainingFollowsCpu) {
   LATAM_REQUIRE_GPU();
   const ModelShape shape = SmallShape(true);
   LlamaModel cpu(shape, Options(Device::kCPU, DType::kF32));
   LlamaModel gpu(shape, Options(Device::kCUDA, DType::kBF16));
-  cpu.parameters().InitWeights(5);
   gpu.parameters().InitWeights(5);
   config::OptimizerConfig oc;
   oc.set_lr(3e-3);
@@ -181,6 +189,7 @@ TEST_F(CudaModelTest, Bf16TrainingFollowsCpu) {
   double first = 0.0, last = 0.0;
   for (int step = 0; step < 10; ++step) {
     SCOPED_TRACE("step " + std::to_string(step));
+    CopyTensor(cpu.parameters().padded_params(), gpu.parameters().padded_params());
     cpu.parameters().ZeroGrads();
     gpu.parameters().ZeroGrads();
     const double lc = cpu.ForwardBackward(ids.data(), targets.data(), scale) / static_cast<double>(rows);
@@ -190,11 +199,11 @@ TEST_F(CudaModelTest, Bf16TrainingFollowsCpu) {
     EXPECT_NEAR(ng, nc, 5e-2 * nc);
     cpu_opt.Step(3e-3f, ClipFactor(nc, 1.0));
     gpu_opt.Step(3e-3f, ClipFactor(ng, 1.0));
-    if (step == 0) first = lc;
+    EXPECT_LT(RelativeL2(Host(gpu.parameters().padded_params()), Host(cpu.parameters().padded_params())), 1e-2);
+    if (step == 0) first = lg;
     last = lg;
   }
   EXPECT_LT(last, first * 2.0 / 3.0);
-  EXPECT_LT(RelativeL2(Host(gpu.parameters().padded_params()), Host(cpu.parameters().padded_params())), 2e-2);
   // The bf16 copy the kernels read is the master weights rounded.
   const std::vector<float> master = Host(gpu.parameters().padded_params());
   std::vector<BF16> copy(master.size());

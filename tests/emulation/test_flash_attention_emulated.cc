@@ -1,12 +1,14 @@
-// The tensor-core attention kernels (kernels/cuda/flash_attention_kernels.cuh)
-// run on the CPU under kernels/cuda/simt_emulation.h, against the
-// double-precision reference of the GPU tests (tests/attention_reference.h),
-// with the same tolerances. The emulation executes the kernels' own code
-// lane by lane, with the warp-level operations (ldmatrix, mma.sync, shuffles)
-// computed from the PTX fragment layouts, so this checks the kernels'
-// indexing, masking, tiling, online softmax and write-back without a GPU;
-// it cannot see timing, missing cp.async waits or the hardware's
-// accumulation order (tests/cuda and compute-sanitizer do, on a GPU).
+// The tensor-core attention kernels (kernels/cuda/flash_attention_kernels.cuh,
+// and the Hopper ones of flash_attention_wgmma*.cuh) run on the CPU under
+// kernels/cuda/simt_emulation.h, against the double-precision reference of
+// the GPU tests (tests/attention_reference.h), with the same tolerances. The
+// emulation executes the kernels' own code lane by lane, with the warp-level
+// operations (ldmatrix, mma.sync, wgmma, shuffles) computed from the PTX
+// fragment layouts and asynchronous copies and wgmmas completing at their
+// waits, so this checks the kernels' indexing, masking, tiling, online
+// softmax, barrier protocol and write-back without a GPU; it cannot see
+// timing, unordered races or the hardware's accumulation order (tests/cuda
+// and compute-sanitizer do, on a GPU).
 // Shapes stay small: every CUDA thread is a host thread.
 #include <gtest/gtest.h>
 
