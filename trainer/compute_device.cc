@@ -46,6 +46,17 @@ Result<std::unique_ptr<ComputeDevice>> ComputeDevice::Open([[maybe_unused]] int 
 #endif
 }
 
+std::string ComputeDevice::Describe() const {
+#ifdef LATAM_HAVE_CUDA
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, ordinal_));
+  return std::string(prop.name) + " (compute capability " + std::to_string(prop.major) + "." +
+         std::to_string(prop.minor) + ")";
+#else
+  return "no GPU";
+#endif
+}
+
 ComputeDevice::~ComputeDevice() {
 #ifdef LATAM_HAVE_CUDA
   if (stream_ != nullptr) {

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "kernels/status.h"
 
@@ -25,6 +26,8 @@ class ComputeDevice {
   ComputeDevice& operator=(const ComputeDevice&) = delete;
 
   int ordinal() const { return ordinal_; }
+  // "NVIDIA H100 80GB HBM3 (compute capability 9.0)", for logs.
+  std::string Describe() const;
   // The compute stream, a cudaStream_t.
   void* stream() const { return stream_; }
   // Waits until everything enqueued on the stream has run.

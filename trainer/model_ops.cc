@@ -15,6 +15,13 @@ Result<AttentionChoice> AttentionChoiceFromEnvironment() {
   return Status::InvalidInput("LATAM_ATTENTION=" + choice + ": expected auto, simple, wgmma or wgmma-tma");
 }
 
+std::string AttentionKernelsName(AttentionChoice choice, bool tensor_core) {
+  if (!tensor_core || choice == AttentionChoice::kSimple) return "simple";
+  if (choice == AttentionChoice::kWgmma) return "tensor-core, wgmma forward and backward";
+  if (choice == AttentionChoice::kWgmmaTma) return "tensor-core, wgmma+TMA forward, wgmma backward";
+  return "tensor-core, mma.sync forward and backward";
+}
+
 size_t OpsWorkspaceBytes(Device device, const OpsShape& shape) {
   if (device == Device::kCPU) return CpuOpsWorkspaceBytes(shape);
 #ifdef LATAM_HAVE_CUDA

@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "kernels/attention.h"
 #include "kernels/rope.h"
@@ -122,6 +123,13 @@ size_t CudaOpsWorkspaceBytes(const OpsShape& shape);  // builds with CUDA only
 // Any other value is InvalidInput naming the variable.
 enum class AttentionChoice { kAuto, kSimple, kWgmma, kWgmmaTma };
 Result<AttentionChoice> AttentionChoiceFromEnvironment();
+
+// The attention kernels CUDA ops run under `choice`, for logs, where the
+// tensor-core kernels apply (`tensor_core`: bf16, head dim 64 or 128) or
+// not: "tensor-core, mma.sync forward and backward", "tensor-core, wgmma
+// forward and backward", "tensor-core, wgmma+TMA forward, wgmma backward",
+// or "simple".
+std::string AttentionKernelsName(AttentionChoice choice, bool tensor_core);
 
 // CPU ops (f32 only).
 std::unique_ptr<ModelOps> MakeCpuOps(const OpsShape& shape, const RopeTable& rope);

@@ -8,6 +8,7 @@
 
 #include "data/tokenizer.h"
 #include "parallel/mpi_communicator.h"
+#include "trainer/model_ops.h"
 #include "trainer/plan.h"
 #ifdef LATAM_HAVE_NCCL
 #include "parallel/nccl_communicator.h"
@@ -117,6 +118,15 @@ Result<std::unique_ptr<Communicator>> Trainer::OpenWorld() {
     LATAM_RETURN_IF_ERROR(AgreeOnStatus(device.status(), agree));
   }
   device_ = std::move(device).value();
+  if (mpi_.world_rank() == 0) {
+    // Open() accepted the variable already.
+    const AttentionChoice attention = AttentionChoiceFromEnvironment().value();
+    const int64_t head_dim = ModelShape::FromConfig(config_.model()).head_dim;
+    const bool tensor_core = config_.train().precision() == "bf16" && (head_dim == 64 || head_dim == 128);
+    std::printf("latam-train: rank 0 on %s; attention kernels: %s\n", device_->Describe().c_str(),
+                AttentionKernelsName(attention, tensor_core).c_str());
+    std::fflush(stdout);
+  }
 #ifdef LATAM_HAVE_NCCL
   LATAM_ASSIGN_OR_RETURN(const NcclOptions options, NcclOptionsFromEnvironment());
   return std::unique_ptr<Communicator>(new NcclCommunicator(

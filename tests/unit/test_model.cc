@@ -238,6 +238,11 @@ TEST(AttentionChoiceTest, ReadsLatamAttention) {
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), StatusCode::kInvalidInput);
   EXPECT_NE(bad.status().message().find("LATAM_ATTENTION=flash2"), std::string::npos) << bad.status().message();
+  // What the trainer logs: the simple kernel wherever the tensor-core ones do not apply.
+  EXPECT_EQ(AttentionKernelsName(AttentionChoice::kAuto, true), "tensor-core, mma.sync forward and backward");
+  EXPECT_EQ(AttentionKernelsName(AttentionChoice::kWgmmaTma, true), "tensor-core, wgmma+TMA forward, wgmma backward");
+  EXPECT_EQ(AttentionKernelsName(AttentionChoice::kWgmma, false), "simple");
+  EXPECT_EQ(AttentionKernelsName(AttentionChoice::kSimple, true), "simple");
 }
 
 }  // namespace
