@@ -171,6 +171,8 @@ TEST_F(EmulatedFlashAttentionTest, WgmmaCausalMatchesDoubleReference) {
     Check<64>({2, 37, 4, 2, 64, true}, path, backward);
     Check<128>({1, 130, 2, 1, 128, true}, path, backward);
     Check<64>({1, 257, 2, 1, 64, true}, path, backward);
+    Check<64>({1, 128, 1, 1, 64, true}, path, backward);   // exactly one tile
+    Check<128>({2, 129, 4, 1, 128, true}, path, backward);  // one row past it; a group of 4
   }
 }
 
