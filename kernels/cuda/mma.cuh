@@ -31,11 +31,6 @@
 #include <cstdint>
 
 #ifdef LATAM_CUDA_EMULATION
-#include <utility>
-#include <vector>
-#endif
-
-#ifdef LATAM_CUDA_EMULATION
 #include "kernels/cuda/simt_emulation.h"
 #else
 #include <cuda_bf16.h>
@@ -125,54 +120,31 @@ inline void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t
 // cp.async lands when a wait retires its group, not at issue: a kernel that
 // reads a tile before waiting for it reads the old contents, as it may on
 // the hardware; a thread that ends with copies not waited for is an error.
-namespace detail {
 struct PendingCopy {
   void* dst;
   const void* src;
   int bytes;
   bool valid;
 };
-struct Copies {
-  uint64_t block = 0;  // simt::BlockSerial() of the block they belong to
-  std::vector<std::vector<PendingCopy>> committed;  // oldest first
-  std::vector<PendingCopy> open;
-};
-inline Copies& ThisThreadCopies() {
-  static std::vector<Copies> threads;  // by threadIdx.x; blocks run one at a time
-  if (threads.size() < blockDim.x) threads.resize(blockDim.x);
-  Copies& c = threads[threadIdx.x];
-  if (c.block != simt::BlockSerial()) c = Copies{simt::BlockSerial(), {}, {}};
-  return c;
-}
-}  // namespace detail
+using CopyGroups = simt::AsyncGroups<PendingCopy>;
 
 // `bytes` global -> shared, zero-filled when `valid` is false.
 inline void CpAsync(void* shared_dst, const void* global_src, int bytes, bool valid) {
-  detail::ThisThreadCopies().open.push_back({shared_dst, global_src, bytes, valid});
-  simt::AsyncPending(1);
+  CopyGroups::ThisThread().Issue({shared_dst, global_src, bytes, valid});
 }
 inline void CpAsync16(void* shared_dst, const void* global_src, bool valid) {
   CpAsync(shared_dst, global_src, 16, valid);
 }
-inline void CpAsyncCommit() {
-  detail::Copies& c = detail::ThisThreadCopies();
-  c.committed.push_back(std::move(c.open));
-  c.open.clear();
-}
+inline void CpAsyncCommit() { CopyGroups::ThisThread().Commit(); }
 template <int kPending>
 inline void CpAsyncWait() {
-  detail::Copies& c = detail::ThisThreadCopies();
-  while (c.committed.size() > static_cast<size_t>(kPending)) {
-    for (const detail::PendingCopy& p : c.committed.front()) {
-      if (p.valid) {
-        std::memcpy(p.dst, p.src, static_cast<size_t>(p.bytes));
-      } else {
-        std::memset(p.dst, 0, static_cast<size_t>(p.bytes));
-      }
-      simt::AsyncPending(-1);
+  CopyGroups::ThisThread().Retire(kPending, [](const PendingCopy& p) {
+    if (p.valid) {
+      std::memcpy(p.dst, p.src, static_cast<size_t>(p.bytes));
+    } else {
+      std::memset(p.dst, 0, static_cast<size_t>(p.bytes));
     }
-    c.committed.erase(c.committed.begin());
-  }
+  });
 }
 
 #else  // the device

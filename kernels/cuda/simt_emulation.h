@@ -30,6 +30,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #ifndef LATAM_CUDA_EMULATION
@@ -142,6 +143,51 @@ size_t SharedBytes();
 // A number that differs for every block run (per-thread state kept by the
 // emulated asynchronous operations resets when it changes).
 uint64_t BlockSerial();
+
+// One CUDA thread's asynchronous operations of one kind (cp.async, wgmma),
+// in groups as the PTX commit_group / wait_group instructions make them:
+// Issue adds an operation to the open group, Commit closes it, and
+// Retire(keep, complete) completes the oldest committed groups, in order,
+// until `keep` remain (wait_group keep). Per thread of the running block:
+// the state starts empty in every block (BlockSerial).
+template <typename Op>
+class AsyncGroups {
+ public:
+  static AsyncGroups& ThisThread() {
+    static std::vector<AsyncGroups> threads;  // by threadIdx.x; blocks run one at a time
+    if (threads.size() < blockDim.x) threads.resize(blockDim.x);
+    AsyncGroups& t = threads[threadIdx.x];
+    if (t.block_ != BlockSerial()) t = AsyncGroups(BlockSerial());
+    return t;
+  }
+  void Issue(const Op& op) {
+    open_.push_back(op);
+    AsyncPending(1);
+  }
+  void Commit() {
+    committed_.push_back(std::move(open_));
+    open_.clear();
+  }
+  size_t open() const { return open_.size(); }
+  template <typename Complete>
+  void Retire(size_t keep, Complete complete) {
+    while (committed_.size() > keep) {
+      const std::vector<Op> group = std::move(committed_.front());
+      committed_.erase(committed_.begin());
+      for (const Op& op : group) {
+        complete(op);
+        AsyncPending(-1);
+      }
+    }
+  }
+  AsyncGroups() = default;
+
+ private:
+  explicit AsyncGroups(uint64_t block) : block_(block) {}
+  uint64_t block_ = 0;
+  std::vector<std::vector<Op>> committed_;  // oldest first
+  std::vector<Op> open_;
+};
 
 // Every lane publishes `words` (up to 8 64-bit words), then reads any lane's.
 template <typename Fn>

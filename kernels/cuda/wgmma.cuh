@@ -45,8 +45,6 @@
 #pragma once
 
 #include <cstdint>
-#include <utility>
-#include <vector>
 
 #include "kernels/cuda/mma.cuh"
 
@@ -116,21 +114,7 @@ struct PendingMma {
   bool accumulate;
 };
 
-// One CUDA thread's issued wgmmas: the committed groups, oldest first, and
-// the group being issued.
-struct Issued {
-  uint64_t block = 0;  // simt::BlockSerial() of the block they belong to
-  std::vector<std::vector<PendingMma>> committed;
-  std::vector<PendingMma> open;
-};
-
-inline Issued& ThisThread() {
-  static std::vector<Issued> threads;  // the running block's, by threadIdx.x (blocks run one at a time)
-  if (threads.size() < blockDim.x) threads.resize(blockDim.x);
-  Issued& t = threads[threadIdx.x];
-  if (t.block != simt::BlockSerial()) t = Issued{simt::BlockSerial(), {}, {}};
-  return t;
-}
+using MmaGroups = simt::AsyncGroups<PendingMma>;
 
 // This lane's accumulators of D (+)= A B, A given per warp as 16 x 16
 // (rows of the warp) and B by `b_at(k, n)`.
@@ -181,46 +165,30 @@ inline void Execute(const PendingMma& op) {
       [&](int k, int n) { return Sw128Element(op.desc_b, n, k, true); }, op.accumulate);
 }
 
-inline void Issue(const PendingMma& op) {
-  ThisThread().open.push_back(op);
-  simt::AsyncPending(1);
-}
-
 }  // namespace detail
 
-inline void Commit() {
-  detail::Issued& t = detail::ThisThread();
-  t.committed.push_back(std::move(t.open));
-  t.open.clear();
-}
+inline void Commit() { detail::MmaGroups::ThisThread().Commit(); }
 
 // Retires (computes) committed groups, oldest first, until at most
 // kPending remain.
 template <int kPending>
 inline void Wait() {
-  detail::Issued& t = detail::ThisThread();
-  LATAM_CHECK(t.open.empty(), "emulated wgmma: " << t.open.size() << " wgmmas issued but not committed at a wait");
-  while (t.committed.size() > static_cast<size_t>(kPending)) {
-    const std::vector<detail::PendingMma> group = std::move(t.committed.front());
-    t.committed.erase(t.committed.begin());
-    for (const detail::PendingMma& op : group) {
-      detail::Execute(op);
-      simt::AsyncPending(-1);
-    }
-  }
+  detail::MmaGroups& t = detail::MmaGroups::ThisThread();
+  LATAM_CHECK(t.open() == 0, "emulated wgmma: " << t.open() << " wgmmas issued but not committed at a wait");
+  t.Retire(kPending, detail::Execute);
 }
 
 // D (+)= A B, A and B K-major in shared memory.
 template <int kN>
 inline void MmaSS(float (&d)[kN / 8][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
-  detail::Issue({kN, &d[0][0], nullptr, desc_a, desc_b, accumulate != 0});
+  detail::MmaGroups::ThisThread().Issue({kN, &d[0][0], nullptr, desc_a, desc_b, accumulate != 0});
 }
 
 // D (+)= A B, A from registers (mma.cuh's A fragments), B MN-major in
 // shared memory (transposed by the instruction).
 template <int kN>
 inline void MmaRSTransB(float (&d)[kN / 8][4], const uint32_t (&a)[4], uint64_t desc_b, int accumulate) {
-  detail::Issue({kN, &d[0][0], a, 0, desc_b, accumulate != 0});
+  detail::MmaGroups::ThisThread().Issue({kN, &d[0][0], a, 0, desc_b, accumulate != 0});
 }
 
 #else  // the device
