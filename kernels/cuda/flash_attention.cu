@@ -126,6 +126,20 @@ void LaunchFlashForwardWgmmaTma(const Tensor& qkv, const cpu::AttentionDims& d, 
                                 const Tensor& lse, cudaStream_t stream) {
   const size_t bytes = flash::WgmmaTmaForwardSmemBytes<kHd>();
   flash::AllowSharedBytes(flash::FlashForwardWgmmaTmaKernel<kHd>, bytes);
+#ifndef LATAM_CUDA_EMULATION
+  // The consumers' setmaxnreg.inc draws on the registers the block was
+  // launched with; too few would hang the kernel, so refuse to launch.
+  static const int registers = [] {
+    cudaFuncAttributes attributes{};
+    CUDA_CHECK(cudaFuncGetAttributes(&attributes, flash::FlashForwardWgmmaTmaKernel<kHd>));
+    return attributes.numRegs;
+  }();
+  constexpr int kNeeded = wgmma::kWarpgroupThreads * (flash::kWsProducerRegisters + 2 * flash::kWsConsumerRegisters);
+  LATAM_CHECK(registers * flash::kWsThreads >= kNeeded,
+              "the TMA attention forward was compiled with " << registers << " registers per thread; its warpgroups' "
+              "setmaxnreg counts need " << kNeeded << " registers per block, more than " << flash::kWsThreads
+              << " threads have");
+#endif
   const dim3 grid(static_cast<unsigned>((d.seq_len + flash::kWgBlockM - 1) / flash::kWgBlockM),
                   static_cast<unsigned>(d.n_heads), static_cast<unsigned>(d.batch));
   Launch(flash::FlashForwardWgmmaTmaKernel<kHd>, grid, flash::kWsThreads, bytes, stream, QkvTensorMap(qkv, d),

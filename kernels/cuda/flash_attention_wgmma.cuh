@@ -218,16 +218,18 @@ __device__ __forceinline__ void RescaleO(WgmmaRows<kHd>& st, const float (&corre
 
 // O += P V, issued and waited for.
 template <int kHd>
-__device__ __forceinline__ void WgmmaAccumulate(WgmmaRows<kHd>& st, const uint32_t (&pa)[kWgBlockN / 16][4],
+__device__ __forceinline__ void WgmmaAccumulate(WgmmaRows<kHd>& st, uint32_t (&pa)[kWgBlockN / 16][4],
                                                 const bf16* v_tile) {
   TileDescriptors<kHd> d;
   d.ForValues(v_tile);
   wgmma::FenceOperands(st.o);
+  wgmma::FenceOperands(pa);
   wgmma::Fence();
   IssueAccumulate<kHd>(st.o, pa, d);
   wgmma::Commit();
   wgmma::Wait<0>();
   wgmma::FenceOperands(st.o);
+  wgmma::FenceOperands(pa);
 }
 
 // Writes a warp's 16 x kHd fp32 accumulator rows (rows first_row + g and
@@ -355,6 +357,17 @@ constexpr int kWsConsumerWarps = 8;
 constexpr int kWsTurnBarrier = 1;  // named barriers 1 and 2: the consumers' turns
 constexpr int kWsProducerRegisters = 24;
 constexpr int kWsConsumerRegisters = 240;
+// setmaxnreg moves registers within the block's own allocation: what the
+// block was launched with (kWsThreads x the kernel's register count, which
+// __launch_bounds__(kWsThreads, 1) caps at 65536 / kWsThreads rounded down
+// to a multiple of 8, and which ptxas then takes for a kernel that uses
+// setmaxnreg) must cover the producer's and consumers' new counts, or the
+// consumers' increase blocks for ever. LaunchFlashForwardWgmmaTma checks the
+// count ptxas actually chose before the first launch.
+constexpr int kWsEntryRegisters = (65536 / kWsThreads) / 8 * 8;
+static_assert(wgmma::kWarpgroupThreads * (kWsProducerRegisters + 2 * kWsConsumerRegisters) <=
+                  kWsThreads * kWsEntryRegisters,
+              "the warpgroups' register counts exceed the block's allocation");
 
 // One column block (64 head dims) of a 128-row tile.
 constexpr uint32_t kWsBoxBytes = 128 * 64 * sizeof(bf16);
@@ -496,6 +509,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       my_turn();
       wgmma::FenceOperands(sc);
       wgmma::FenceOperands(st.o);
+      wgmma::FenceOperands(pa);
       wgmma::Fence();
       IssueScores<kHd>(sc, d);
       wgmma::Commit();
@@ -507,6 +521,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       WgmmaSoftmax<kHd>(sc, st, correction, j * kWgBlockN, q0, lane, g);
       wgmma::Wait<0>();
       wgmma::FenceOperands(st.o);
+      wgmma::FenceOperands(pa);
       __syncwarp();
       if (lane == 0) tma::Arrive(empty + (j - 1) % kWsStages);
       PackP(sc, pa);
@@ -519,12 +534,14 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       d.Materialize();
       my_turn();
       wgmma::FenceOperands(st.o);
+      wgmma::FenceOperands(pa);
       wgmma::Fence();
       IssueAccumulate<kHd>(st.o, pa, d);
       wgmma::Commit();
       hand_over(true);
       wgmma::Wait<0>();
       wgmma::FenceOperands(st.o);
+      wgmma::FenceOperands(pa);
     }
     __syncwarp();
     if (lane == 0) tma::Arrive(empty + (n_tiles - 1) % kWsStages);

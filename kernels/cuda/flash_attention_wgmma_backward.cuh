@@ -204,6 +204,8 @@ __global__ void __launch_bounds__(kWgBwdThreads, 1)
     RowsDescriptors(d_q, q_tile);
     wgmma::FenceOperands(dv);
     wgmma::FenceOperands(dk);
+    wgmma::FenceOperands(pa);
+    wgmma::FenceOperands(dsa);
     wgmma::Fence();
     IssueRowsProduct<kHd>(dv, pa, d_do);
     IssueRowsProduct<kHd>(dk, dsa, d_q);
@@ -211,6 +213,8 @@ __global__ void __launch_bounds__(kWgBwdThreads, 1)
     wgmma::Wait<0>();
     wgmma::FenceOperands(dv);
     wgmma::FenceOperands(dk);
+    wgmma::FenceOperands(pa);
+    wgmma::FenceOperands(dsa);
     __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
 
@@ -294,11 +298,13 @@ __global__ void __launch_bounds__(kWgBwdThreads, 1)
     uint64_t d_k[kC / 16];
     RowsDescriptors(d_k, k_tile);
     wgmma::FenceOperands(dq);
+    wgmma::FenceOperands(dsa);
     wgmma::Fence();
     IssueRowsProduct<kHd>(dq, dsa, d_k);
     wgmma::Commit();
     wgmma::Wait<0>();
     wgmma::FenceOperands(dq);
+    wgmma::FenceOperands(dsa);
     __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
 

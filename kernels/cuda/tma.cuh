@@ -152,10 +152,15 @@ __device__ __forceinline__ void InitBarrier(uint64_t* bar, int arrivals) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(mma::SharedAddress(bar)), "r"(arrivals) : "memory");
 }
 
-// Makes initialised barriers visible to the async proxy (the copy engine);
-// a block barrier must follow before other threads use them.
+// Orders this thread's mbarrier.init before later uses of the barriers:
+// the release fence PTX defines for barrier initialisation (what CUTLASS's
+// fence_barrier_init emits), and a proxy fence so that the copy engine,
+// which completes transactions through the async proxy, sees the
+// initialised barriers too (as in CUDA's own TMA examples). A block barrier
+// must follow before other threads use them.
 __device__ __forceinline__ void FenceBarrierInit() {
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
 __device__ __forceinline__ void Arrive(uint64_t* bar) {
