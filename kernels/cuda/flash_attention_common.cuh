@@ -38,6 +38,13 @@ struct FlashGeometry {
   float scale;         // 1 / sqrt(head_dim)
   float scale_log2;    // log2(e) / sqrt(head_dim)
   bool causal;
+
+  // The first qkv column of the key / value head that query head h reads
+  // (GQA: `group` consecutive query heads share one), for head dim hd.
+  __host__ __device__ int64_t KeyColumn(int h, int hd) const { return k_col + static_cast<int64_t>(h / group) * hd; }
+  __host__ __device__ int64_t ValueColumn(int h, int hd) const {
+    return v_col + static_cast<int64_t>(h / group) * hd;
+  }
 };
 
 inline FlashGeometry MakeFlashGeometry(const cpu::AttentionDims& d, bool causal) {

@@ -27,8 +27,8 @@ __global__ void __launch_bounds__(kThreads)
   const int T = g.seq_len, q0 = q_tile * kBlockM;
   const bf16* batch = qkv + static_cast<int64_t>(b) * T * g.row_stride;
   const bf16* qsrc = batch + static_cast<int64_t>(h) * kHd;
-  const bf16* ksrc = batch + g.k_col + static_cast<int64_t>(h / g.group) * kHd;
-  const bf16* vsrc = batch + g.v_col + static_cast<int64_t>(h / g.group) * kHd;
+  const bf16* ksrc = batch + g.KeyColumn(h, kHd);
+  const bf16* vsrc = batch + g.ValueColumn(h, kHd);
 
   // Causal: the keys up to this tile's last query row.
   const int kv_end = g.causal ? min(T, q0 + kBlockM) : T;
@@ -586,8 +586,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int T = g.seq_len, q0 = q_tile * kBlockM;
   const bf16* qkv_batch = qkv + static_cast<int64_t>(b) * T * g.row_stride;
-  const bf16* ksrc = qkv_batch + g.k_col + static_cast<int64_t>(h / g.group) * kHd;
-  const bf16* vsrc = qkv_batch + g.v_col + static_cast<int64_t>(h / g.group) * kHd;
+  const bf16* ksrc = qkv_batch + g.KeyColumn(h, kHd);
+  const bf16* vsrc = qkv_batch + g.ValueColumn(h, kHd);
 
   // Causal: the keys up to this tile's last query row.
   const int kv_end = g.causal ? min(T, q0 + kBlockM) : T;

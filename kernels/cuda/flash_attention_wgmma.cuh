@@ -305,8 +305,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   const int T = g.seq_len, q0 = q_tile * kWgBlockM;
   const bf16* batch = qkv + static_cast<int64_t>(b) * T * g.row_stride;
   const bf16* qsrc = batch + static_cast<int64_t>(h) * kHd;
-  const bf16* ksrc = batch + g.k_col + static_cast<int64_t>(h / g.group) * kHd;
-  const bf16* vsrc = batch + g.v_col + static_cast<int64_t>(h / g.group) * kHd;
+  const bf16* ksrc = batch + g.KeyColumn(h, kHd);
+  const bf16* vsrc = batch + g.ValueColumn(h, kHd);
   const int n_tiles = WgmmaKeyTiles(g, q0);
 
   LoadTileSw128<kHd, kWgBlockM>(sq, qsrc, g.row_stride, q0, T);
@@ -416,8 +416,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   if (wg == 0) {
     tma::DecreaseRegisters<kWsProducerRegisters>();
     if (tid == 0) {
-      const int q_col = h * kHd, k_col = static_cast<int>(g.k_col) + (h / g.group) * kHd;
-      const int v_col = static_cast<int>(g.v_col) + (h / g.group) * kHd;
+      const int q_col = h * kHd, k_col = static_cast<int>(g.KeyColumn(h, kHd));
+      const int v_col = static_cast<int>(g.ValueColumn(h, kHd));
       tma::ArriveExpectTx(q_full, kBlocks * kWsBoxBytes);
       for (int c = 0; c < kBlocks; ++c) tma::Load3d(sq + c * kWgBlockM * 64, map, q_col + 64 * c, q0, b, q_full);
       for (int j = 0; j < n_tiles; ++j) {

@@ -243,8 +243,8 @@ __global__ void __launch_bounds__(kWgBwdThreads, 1)
   const int wg = tid / wgmma::kWarpgroupThreads, warp = (tid / 32) % 4, lane = tid % 32;
   const int T = g.seq_len, q0 = q_tile * kR;
   const bf16* qkv_batch = qkv + static_cast<int64_t>(b) * T * g.row_stride;
-  const bf16* ksrc = qkv_batch + g.k_col + static_cast<int64_t>(h / g.group) * kHd;
-  const bf16* vsrc = qkv_batch + g.v_col + static_cast<int64_t>(h / g.group) * kHd;
+  const bf16* ksrc = qkv_batch + g.KeyColumn(h, kHd);
+  const bf16* vsrc = qkv_batch + g.ValueColumn(h, kHd);
   const int kv_end = g.causal ? min(T, q0 + kR) : T;
   const int n_tiles = (kv_end + kC - 1) / kC;
 
