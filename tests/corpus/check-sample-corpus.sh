@@ -12,16 +12,11 @@ cd "$(dirname "$0")/../.."
 fail() { echo "FAIL: $*" >&2; exit 1; }
 skip() { echo "SKIP: $*"; exit 77; }
 
-PACKAGES=(sword-text-sparv libsword-utils fortunes-es fortunes-br focalinux-text jq)
-command -v dpkg-query >/dev/null 2>&1 || skip "not a Debian/Ubuntu system; cannot install ${PACKAGES[*]}"
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  command -v apt-get >/dev/null 2>&1 || skip "packages missing (${missing[*]}) and no apt-get"
+command -v dpkg-query >/dev/null 2>&1 || skip "not a Debian/Ubuntu system; cannot install the corpus packages"
+if ! missing=$(launch/install-deps.sh --check $(launch/get-sample-corpus.sh --print-packages)); then
+  command -v apt-get >/dev/null 2>&1 || skip "packages missing (${missing#*missing }) and no apt-get"
   if [ "$(id -u)" -ne 0 ] && ! sudo -n true >/dev/null 2>&1; then
-    skip "packages missing (${missing[*]}) and no root or password-less sudo to install them"
+    skip "packages missing (${missing#*missing }) and no root or password-less sudo to install them"
   fi
 fi
 
@@ -31,12 +26,7 @@ trap 'rm -rf "$T"' EXIT
 launch/get-sample-corpus.sh "$T/a" >"$T/log-a" 2>&1 || { cat "$T/log-a" >&2; fail "get-sample-corpus.sh $T/a exited non-zero"; }
 cat "$T/log-a"
 
-groups=(es pt)
-if command -v npm >/dev/null 2>&1; then
-  groups+=(indigenous)
-else
-  echo "SKIP: npm not available, indigenous part not built"
-fi
+groups=(es pt indigenous)
 
 # jq -R reads one raw line per input, so each line must hold exactly one
 # JSON object with a non-empty string "text".
@@ -76,26 +66,24 @@ grep -q 'ç' "$T/pt.txt" || fail "pt/*.jsonl: no ç"
 grep -q 'ã' "$T/pt.txt" || fail "pt/*.jsonl: no ã"
 if grep -q -e 'Ã§' -e 'Ã£' "$T/pt.txt"; then fail "pt/*.jsonl: looks double-encoded (Ã§ or Ã£)"; fi
 
-if [[ " ${groups[*]} " == *" indigenous "* ]]; then
-  # One word or phrase from UDHR article 1 in each language.
-  words=(
-    "runamasinwantaqmi:Quechua (Cusco)"
-    "yvypóra:Guaraní"
-    "amuyasiñapansa:Aymara"
-    "tlakamej:Nahuatl"
-    "mogence:Mapudungun"
-    "wíinik:Yucatec Maya"
-    "winaq:K'iche'"
-    "Inuit tamarmik:Greenlandic"
-    "Bilaʼashdaʼii:Navajo"
-  )
-  found=()
-  for w in "${words[@]}"; do
-    if grep -q -F "${w%%:*}" "$T/indigenous.txt"; then found+=("${w#*:}"); fi
-  done
-  [ ${#found[@]} -ge 5 ] || fail "indigenous/*.jsonl: text from only ${#found[@]} known languages (${found[*]:-none}), want 5"
-  echo "indigenous languages recognised: ${found[*]}"
-fi
+# One word or phrase from UDHR article 1 in each indigenous language.
+words=(
+  "runamasinwantaqmi:Quechua (Cusco)"
+  "yvypóra:Guaraní"
+  "amuyasiñapansa:Aymara"
+  "tlakamej:Nahuatl"
+  "mogence:Mapudungun"
+  "wíinik:Yucatec Maya"
+  "winaq:K'iche'"
+  "Inuit tamarmik:Greenlandic"
+  "Bilaʼashdaʼii:Navajo"
+)
+found=()
+for w in "${words[@]}"; do
+  if grep -q -F "${w%%:*}" "$T/indigenous.txt"; then found+=("${w#*:}"); fi
+done
+[ ${#found[@]} -ge 5 ] || fail "indigenous/*.jsonl: text from only ${#found[@]} known languages (${found[*]:-none}), want 5"
+echo "indigenous languages recognised: ${found[*]}"
 
 bytes() { cat "$T/a/$1/train.jsonl" "$T/a/$1/eval.jsonl" | wc -c; }
 [ "$(bytes es)" -ge 3000000 ] || fail "es/*.jsonl: only $(bytes es) bytes, want at least 3 MB"

@@ -12,11 +12,10 @@ BUILD=${1:?usage: check-quickstart.sh BUILD_DIR}
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-if [ "$(id -u)" -ne 0 ] && ! sudo -n true >/dev/null 2>&1; then
-  for p in sword-text-sparv libsword-utils fortunes-es fortunes-br focalinux-text jq; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
-      { echo "SKIP: corpus package $p missing and no root or sudo to install it"; exit 77; }
-  done
+if [ "$(id -u)" -ne 0 ] && ! sudo -n true >/dev/null 2>&1 &&
+  ! missing=$(launch/install-deps.sh --check $(launch/get-sample-corpus.sh --print-packages)); then
+  echo "SKIP: corpus packages missing (${missing#*missing }) and no root or sudo to install them"
+  exit 77
 fi
 
 T=$(mktemp -d)
