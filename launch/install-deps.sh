@@ -90,6 +90,10 @@ else
   exit 1
 fi
 
+# Wait for the package lock instead of failing: another install (a test
+# running beside this one, or unattended-upgrades on a machine just booted)
+# may hold it.
+APT=(apt-get -o DPkg::Lock::Timeout=900)
 echo "install-deps: installing ${missing[*]}"
-"${SUDO[@]}" apt-get update -qq
-"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+"${SUDO[@]}" "${APT[@]}" update -qq
+"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq --no-install-recommends "${missing[@]}"
