@@ -4,7 +4,7 @@
 // not a general CUDA runtime.
 //
 // Launch() runs a kernel body for every block of a grid, one block at a
-// time, each CUDA thread of the block a cooperative fiber (ucontext) on the
+// time, each CUDA thread of the block a cooperative fiber on the
 // calling thread. threadIdx, blockIdx, blockDim and gridDim are globals as in
 // CUDA, set for the fiber that runs; __syncthreads() is a barrier over the
 // block's threads, __syncwarp() over the warp's (a fiber switches only
