@@ -209,6 +209,12 @@ not_run=$(sed -n '/^The following tests did not run:/,/^$/p' "$t" | grep -E '^[[
 if grep -E 'Llama3Reference|SampleCorpus' <<<"$not_run"; then
   die "tests that a bare machine must run were skipped (above; log: $t)"
 fi
+must_pass=()
+[[ "$labels" != *unit* ]] || must_pass+=(Llama3ReferenceTest)
+[[ "$labels" != *corpus* ]] || must_pass+=(SampleCorpus)
+for name in "${must_pass[@]}"; do
+  grep -q -E "Test +#[0-9]+: $name[^ ]* \.+ +Passed" "$t" || die "no $name test passed (log: $t)"
+done
 
 log "summary (bare Debian 12, $(nproc) cores, commit ${head:0:12}):"
 log "  ./launch/quickstart.sh --set train.steps=$steps: ${took[quickstart]} s ($(grep '^quickstart: packages ' "$q" | sed 's/^quickstart: //'))"
