@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Proves the README's two commands on a bare Debian 12: builds a minimal root
 # with `debootstrap --variant=minbase bookworm` (cached as a tarball outside
-# the repository), clones the committed HEAD into it, mounts /proc, /sys, /dev,
-# /dev/pts, a tmpfs /dev/shm and, read-only, the host's CUDA toolkit when it has one (as
-# on a GPU user's machine), and inside it runs, as root and exactly as the
+# the repository), clones the committed HEAD into it, mounts /proc, /sys,
+# /dev, /dev/pts, a tmpfs /dev/shm and, read-only, the host's CUDA toolkit
+# when it has one (as on a GPU user's machine), copies the host's local
+# certificate authorities, and inside it runs, as root and exactly as the
 # README writes them:
 #   ./launch/quickstart.sh   (with fewer training steps)
 #   ./tests/run.sh           (a subset of the labels, see --labels)
