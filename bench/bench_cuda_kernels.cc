@@ -1,6 +1,6 @@
 // CUDA kernel throughput on the training shapes of llama3-1b and llama3-8b.
 //
-//   bench_cuda_kernels [--quick] [--filter SUBSTRING] [--reps N] [--warmup N]
+//   bench_cuda_kernels [--quick | --tiny] [--seqs T,T,...] [--filter SUBSTRING] [--reps N] [--warmup N]
 //
 // Prints one JSON object per line: first the device, then one line per
 // (kernel, shape) with the median milliseconds of `reps` timed calls (CUDA
@@ -20,7 +20,12 @@
 // (kernels/cuda/attention.h).
 //
 // --quick keeps the llama3-1b shapes and fewer attention shapes (T 2k and 8k,
-// head dim 128), with fewer repetitions; --filter keeps the rows whose
+// head dim 128), with fewer repetitions; --seqs sets the attention sequence
+// lengths (grouped-query rows keep those of 2k and 8k); --tiny shrinks every
+// shape to a toy model (dim 256, 1024 tokens of vocabulary, 64 rows,
+// attention over 256 tokens) with one repetition, for checking the program
+// and the scripts around it on the emulated GPU (bench_cuda_kernels_emulated,
+// built with the tests), where the numbers mean nothing; --filter keeps the rows whose
 // "kernel shape" contains the substring (and allocates nothing for the
 // others), e.g. "attention_" for the attention rows alone; given more than
 // once, a row must contain every substring ("--filter attention_ --filter
@@ -66,13 +71,6 @@ using latam::DType;
 using latam::Shape;
 using latam::Tensor;
 
-struct Options {
-  bool quick = false;
-  std::vector<std::string> filters;  // a row must contain each
-  int reps = 20;
-  int warmup = 3;
-};
-
 struct ModelShape {
   const char* name;
   int64_t dim;
@@ -80,20 +78,36 @@ struct ModelShape {
   int64_t heads;
   int64_t kv_heads;
   int64_t vocab;
+  int layers;
   int64_t head_dim() const { return dim / heads; }
 };
 
-constexpr ModelShape kLlama1B{"llama3-1b", 2048, 8192, 32, 8, 128256};
-constexpr ModelShape kLlama8B{"llama3-8b", 4096, 14336, 32, 8, 128256};
+constexpr ModelShape kLlama1B{"llama3-1b", 2048, 8192, 32, 8, 128256, 16};
+constexpr ModelShape kLlama8B{"llama3-8b", 4096, 14336, 32, 8, 128256, 32};
+constexpr ModelShape kTiny{"tiny", 256, 512, 4, 2, 1024, 2};
 
-// GEMM tokens (one training micro-batch), rows of the memory-bound kernels,
-// and rows of the cross-entropy benchmark.
-constexpr int64_t kGemmTokens = 8192;
-constexpr int64_t kRows = 16384;
-constexpr int64_t kLossRows = 4096;
-// Attention: B * T query rows and H * d model width.
-constexpr int64_t kAttentionTokens = 16384;
-constexpr int64_t kAttentionWidth = 2048;
+struct Options {
+  bool quick = false;
+  bool tiny = false;
+  std::vector<std::string> filters;  // a row must contain each
+  int reps = 20;
+  int warmup = 3;
+  // The models whose layer shapes are timed; the first one also gives the
+  // loss, optimizer and per-head shapes.
+  std::vector<ModelShape> models{kLlama1B, kLlama8B};
+  // GEMM tokens (one training micro-batch), rows of the memory-bound
+  // kernels, and rows of the cross-entropy benchmark.
+  int64_t gemm_tokens = 8192;
+  int64_t rows = 16384;
+  int64_t loss_rows = 4096;
+  // Attention: B * T query rows, H * d model width, the sequence lengths T,
+  // those that also get grouped-query rows, and the head dims.
+  int64_t attention_tokens = 16384;
+  int64_t attention_width = 2048;
+  std::vector<int64_t> seqs{512, 1024, 2048, 4096, 8192, 16384};
+  std::vector<int64_t> gqa_seqs{2048, 8192};
+  std::vector<int64_t> head_dims{64, 128};
+};
 
 bool Wanted(const Options& opt, const std::string& kernel, const std::string& shape) {
   const std::string row = kernel + " " + shape;
@@ -136,7 +150,7 @@ double MedianMs(const std::function<void()>& fn, const Options& opt, cudaStream_
   CUDA_CHECK(cudaGetLastError());
   std::vector<cudaEvent_t> events(static_cast<size_t>(opt.reps) + 1);
   for (cudaEvent_t& e : events) CUDA_CHECK(cudaEventCreate(&e));
-  CUDA_CHECK(cudaEventRecord(events[0], stream));
+  CUDA_CHECK(cudaEventRecord(events.at(0), stream));
   for (int i = 0; i < opt.reps; ++i) {
     fn();
     CUDA_CHECK(cudaEventRecord(events[static_cast<size_t>(i) + 1], stream));
@@ -210,9 +224,7 @@ std::string Str(int64_t v) { return std::to_string(v); }
 // transformer block and the LM head.
 void BenchGemms(const Options& opt, cudaStream_t stream) {
   latam::cuda::GemmContext ctx;
-  std::vector<ModelShape> models{kLlama1B};
-  if (!opt.quick) models.push_back(kLlama8B);
-  for (const ModelShape& m : models) {
+  for (const ModelShape& m : opt.models) {
     struct Linear {
       const char* name;
       int64_t in, out;
@@ -225,11 +237,11 @@ void BenchGemms(const Options& opt, cudaStream_t stream) {
                                          {"lm_head", m.dim, m.vocab}};
     for (const Linear& l : linears) {
       const std::string shape =
-          std::string(m.name) + " " + l.name + " T=" + Str(kGemmTokens) + " in=" + Str(l.in) + " out=" + Str(l.out);
+          std::string(m.name) + " " + l.name + " T=" + Str(opt.gemm_tokens) + " in=" + Str(l.in) + " out=" + Str(l.out);
       const bool fwd = Wanted(opt, "gemm_fwd", shape), bin = Wanted(opt, "gemm_bwd_input", shape),
                  bw = Wanted(opt, "gemm_bwd_weight", shape);
       if (!fwd && !bin && !bw) continue;
-      const int64_t t = kGemmTokens;
+      const int64_t t = opt.gemm_tokens;
       DeviceTensor x(DType::kBF16, {t, l.in}), w(DType::kBF16, {l.out, l.in}), y(DType::kBF16, {t, l.out});
       DeviceTensor dx(DType::kBF16, {t, l.in}), dw(DType::kF32, {l.out, l.in});
       FillRandom(x.t, 1.0f, false, 1, stream);
@@ -382,20 +394,16 @@ void BenchAttention(const Options& opt, cudaStream_t stream) {
     bool causal;
   };
   std::vector<Case> cases;
-  const std::vector<int64_t> seqs =
-      opt.quick ? std::vector<int64_t>{2048, 8192} : std::vector<int64_t>{512, 1024, 2048, 4096, 8192, 16384};
-  const std::vector<int64_t> head_dims = opt.quick ? std::vector<int64_t>{128} : std::vector<int64_t>{64, 128};
   for (const bool causal : {true, false}) {
-    for (const int64_t hd : head_dims) {
-      for (const int64_t t : seqs) cases.push_back({t, hd, 0, causal});
+    for (const int64_t hd : opt.head_dims) {
+      for (const int64_t t : opt.seqs) cases.push_back({t, hd, 0, causal});
     }
   }
-  if (!opt.quick) {  // grouped-query attention, 4 query heads per KV head (llama3)
-    for (const bool causal : {true, false}) {
-      for (const int64_t hd : head_dims) {
-        for (const int64_t t : {int64_t{2048}, int64_t{8192}}) {
-          cases.push_back({t, hd, kAttentionWidth / hd / 4, causal});
-        }
+  // Grouped-query attention, 4 query heads per KV head (llama3).
+  for (const bool causal : {true, false}) {
+    for (const int64_t hd : opt.head_dims) {
+      for (const int64_t t : opt.gqa_seqs) {
+        if (opt.attention_width / hd / 4 >= 1) cases.push_back({t, hd, opt.attention_width / hd / 4, causal});
       }
     }
   }
@@ -404,7 +412,7 @@ void BenchAttention(const Options& opt, cudaStream_t stream) {
   const bool wgmma = lc::FlashWgmmaForwardAvailable();
   if (!wgmma) std::fprintf(stderr, "bench_cuda_kernels: not a compute capability 9.0 GPU: no wgmma forward rows\n");
   for (const Case& c : cases) {
-    const int64_t b = kAttentionTokens / c.seq, h = kAttentionWidth / c.head_dim;
+    const int64_t b = std::max<int64_t>(1, opt.attention_tokens / c.seq), h = opt.attention_width / c.head_dim;
     const int64_t hkv = c.kv_heads == 0 ? h : c.kv_heads;
     const std::string shape = "B=" + Str(b) + " T=" + Str(c.seq) + " H=" + Str(h) + " Hkv=" + Str(hkv) +
                               " d=" + Str(c.head_dim) + (c.causal ? " causal" : " full");
@@ -514,12 +522,10 @@ void BenchAttention(const Options& opt, cudaStream_t stream) {
 
 // ---------------------------------------------------------------------------
 // Memory-bound kernels of one block: RMSNorm, residual add + RMSNorm, SwiGLU,
-// RoPE, each forward and backward, on kRows rows of bf16.
+// RoPE, each forward and backward, on opt.rows rows of bf16.
 void BenchNorms(const Options& opt, cudaStream_t stream) {
-  std::vector<ModelShape> models{kLlama1B};
-  if (!opt.quick) models.push_back(kLlama8B);
-  for (const ModelShape& m : models) {
-    const int64_t d = m.dim, rows = kRows;
+  for (const ModelShape& m : opt.models) {
+    const int64_t d = m.dim, rows = opt.rows;
     const std::string shape = std::string(m.name) + " M=" + Str(rows) + " D=" + Str(d);
     const double act = static_cast<double>(rows * d) * 2.0;                               // one bf16 [M, D]
     const double stats = static_cast<double>(rows) * 4.0 + static_cast<double>(d) * 2.0;  // rstd + w
@@ -568,10 +574,8 @@ void BenchNorms(const Options& opt, cudaStream_t stream) {
 }
 
 void BenchSwiglu(const Options& opt, cudaStream_t stream) {
-  std::vector<ModelShape> models{kLlama1B};
-  if (!opt.quick) models.push_back(kLlama8B);
-  for (const ModelShape& m : models) {
-    const int64_t f = m.ffn, rows = kRows;
+  for (const ModelShape& m : opt.models) {
+    const int64_t f = m.ffn, rows = opt.rows;
     const std::string shape = std::string(m.name) + " M=" + Str(rows) + " F=" + Str(f);
     const bool want_fwd = Wanted(opt, "swiglu_fwd", shape), want_bwd = Wanted(opt, "swiglu_bwd", shape);
     if (!want_fwd && !want_bwd) continue;
@@ -592,11 +596,9 @@ void BenchSwiglu(const Options& opt, cudaStream_t stream) {
 }
 
 void BenchRope(const Options& opt, cudaStream_t stream) {
-  std::vector<ModelShape> models{kLlama1B};
-  if (!opt.quick) models.push_back(kLlama8B);
-  const int64_t seq = 8192;
-  for (const ModelShape& m : models) {
-    const int64_t hd = m.head_dim(), rows = kRows, rot = m.heads + m.kv_heads;
+  const int64_t seq = std::min<int64_t>(8192, opt.rows);
+  for (const ModelShape& m : opt.models) {
+    const int64_t hd = m.head_dim(), rows = opt.rows, rot = m.heads + m.kv_heads;
     const std::string shape = std::string(m.name) + " M=" + Str(rows) + " T=" + Str(seq) + " H=" + Str(m.heads) +
                               " Hkv=" + Str(m.kv_heads) + " d=" + Str(hd);
     const bool want_fwd = Wanted(opt, "rope_fwd", shape), want_bwd = Wanted(opt, "rope_bwd", shape);
@@ -628,9 +630,9 @@ void BenchRope(const Options& opt, cudaStream_t stream) {
 }
 
 // The three vocab-parallel cross-entropy phases of one rank holding the whole
-// vocabulary, over kLossRows rows of bf16 logits.
+// vocabulary, over opt.loss_rows rows of bf16 logits.
 void BenchCrossEntropy(const Options& opt, cudaStream_t stream) {
-  const int64_t rows = kLossRows, vocab = kLlama1B.vocab;
+  const int64_t rows = opt.loss_rows, vocab = opt.models.front().vocab;
   const std::string shape = "M=" + Str(rows) + " V=" + Str(vocab);
   const bool want_max = Wanted(opt, "xent_rowmax", shape), want_sum = Wanted(opt, "xent_sumexp", shape),
              want_bwd = Wanted(opt, "xent_bwd", shape);
@@ -675,14 +677,14 @@ void BenchCrossEntropy(const Options& opt, cudaStream_t stream) {
 }
 
 // Multi-tensor AdamW (with the bf16 weight copy) and the gradient sum of
-// squares over the parameter tensors of llama3-1b (1.24B parameters, tied
-// embedding), one segment per tensor.
+// squares over the parameter tensors of the first model (llama3-1b: 1.24B
+// parameters, tied embedding), one segment per tensor.
 void BenchOptimizer(const Options& opt, cudaStream_t stream) {
-  const ModelShape& m = kLlama1B;
+  const ModelShape& m = opt.models.front();
   const int64_t hd = m.head_dim();
   std::vector<std::pair<int64_t, bool>> tensors;  // numel, weight decay
   tensors.emplace_back(m.vocab * m.dim, true);
-  for (int layer = 0; layer < 16; ++layer) {
+  for (int layer = 0; layer < m.layers; ++layer) {
     tensors.emplace_back(m.dim, false);
     tensors.emplace_back((m.heads + 2 * m.kv_heads) * hd * m.dim, true);
     tensors.emplace_back(m.heads * hd * m.dim, true);
@@ -745,21 +747,48 @@ void BenchOptimizer(const Options& opt, cudaStream_t stream) {
 
 void Usage() {
   std::fprintf(stderr,
-               "usage: bench_cuda_kernels [--quick] [--filter SUBSTRING] [--reps N] [--warmup N]\n"
+               "usage: bench_cuda_kernels [--quick | --tiny] [--seqs T,T,...] [--filter SUBSTRING] [--reps N] "
+               "[--warmup N]\n"
                "  prints one JSON line per (kernel, shape): median ms and TFLOP/s or GB/s\n"
+               "  --quick: llama3-1b shapes, attention T 2k and 8k at d 128; --tiny: toy shapes (emulation)\n"
+               "  --seqs: the attention sequence lengths\n"
                "  --filter S keeps the rows whose \"kernel shape\" contains S (repeatable: all of them)\n");
+}
+
+// "2048,8192" -> {2048, 8192}; false unless every item is a positive integer.
+bool ParseSeqs(const std::string& list, std::vector<int64_t>* out) {
+  out->clear();
+  size_t start = 0;
+  while (start <= list.size()) {
+    const size_t end = std::min(list.find(',', start), list.size());
+    const std::string item = list.substr(start, end - start);
+    if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 9) return false;
+    out->push_back(std::stoll(item));
+    if (out->back() <= 0) return false;
+    start = end + 1;
+  }
+  return !out->empty();
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   Options opt;
-  bool reps_set = false;
+  bool reps_set = false, warmup_set = false;
+  std::vector<int64_t> seqs;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     const bool has_value = i + 1 < argc;
     if (arg == "--quick") {
       opt.quick = true;
+    } else if (arg == "--tiny") {
+      opt.tiny = true;
+    } else if (arg == "--seqs" && has_value) {
+      if (!ParseSeqs(argv[++i], &seqs)) {
+        std::fprintf(stderr, "bench_cuda_kernels: --seqs takes positive integers separated by commas, not %s\n",
+                     argv[i]);
+        return 2;
+      }
     } else if (arg == "--filter" && has_value) {
       opt.filters.emplace_back(argv[++i]);
     } else if (arg == "--reps" && has_value) {
@@ -767,6 +796,7 @@ int main(int argc, char** argv) {
       reps_set = true;
     } else if (arg == "--warmup" && has_value) {
       opt.warmup = std::max(0, std::atoi(argv[++i]));
+      warmup_set = true;
     } else if (arg == "--help" || arg == "-h") {
       Usage();
       return 0;
@@ -776,7 +806,32 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (opt.quick && !reps_set) opt.reps = 5;
+  if (opt.quick && opt.tiny) {
+    std::fprintf(stderr, "bench_cuda_kernels: --quick and --tiny exclude each other\n");
+    return 2;
+  }
+  if (opt.quick) {
+    opt.models = {kLlama1B};
+    opt.seqs = {2048, 8192};
+    opt.gqa_seqs = {};
+    opt.head_dims = {128};
+    if (!reps_set) opt.reps = 5;
+  }
+  if (opt.tiny) {
+    opt.models = {kTiny};
+    opt.gemm_tokens = opt.rows = opt.loss_rows = 64;
+    opt.attention_tokens = opt.attention_width = 256;
+    opt.seqs = {256};
+    opt.gqa_seqs = {256};
+    if (!reps_set) opt.reps = 1;
+    if (!warmup_set) opt.warmup = 0;
+  }
+  if (!seqs.empty()) {
+    opt.gqa_seqs.erase(std::remove_if(opt.gqa_seqs.begin(), opt.gqa_seqs.end(),
+                                      [&](int64_t t) { return std::find(seqs.begin(), seqs.end(), t) == seqs.end(); }),
+                       opt.gqa_seqs.end());
+    opt.seqs = seqs;
+  }
 
   if (latam::cuda::DeviceCount() == 0) {
     std::fprintf(stderr, "bench_cuda_kernels: no CUDA GPU visible, nothing to benchmark\n");
@@ -791,10 +846,10 @@ int main(int argc, char** argv) {
   CUDA_CHECK(cudaDriverGetVersion(&driver));
   std::printf(
       "{\"impl\": \"ours\", \"device\": \"%s\", \"cc\": \"%d.%d\", \"sms\": %d, \"mem_gib\": %.1f, "
-      "\"l2_mib\": %.1f, \"cuda_runtime\": %d, \"cuda_driver\": %d, \"quick\": %s}\n",
+      "\"l2_mib\": %.1f, \"cuda_runtime\": %d, \"cuda_driver\": %d, \"quick\": %s, \"tiny\": %s}\n",
       JsonEscape(prop.name).c_str(), prop.major, prop.minor, prop.multiProcessorCount,
       static_cast<double>(prop.totalGlobalMem) / (1 << 30), static_cast<double>(prop.l2CacheSize) / (1 << 20), runtime,
-      driver, opt.quick ? "true" : "false");
+      driver, opt.quick ? "true" : "false", opt.tiny ? "true" : "false");
   std::fflush(stdout);
 
   cudaStream_t stream = nullptr;

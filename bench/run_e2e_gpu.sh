@@ -17,7 +17,7 @@
 #   WARMUP       first steps left out of the medians (5)
 #   PEAK_TFLOPS  dense bf16 peak for MFU (989: H100 SXM and H200)
 #   PEER_MODES   PyTorch variants, each its own process: "eager", "compile"
-#                or "eager compile" (eager)
+#                or "eager compile", or "none" for no peer (eager)
 #   PEER_ARGS    extra arguments for the peer, e.g. "--gqa native" or
 #                "--activation-checkpointing" (none)
 #   LATAM_SET    extra latam-train overrides, space-separated key=value
@@ -30,13 +30,16 @@
 #   KEEP=1       keep the run directories and logs (in /tmp/latam-e2e.*)
 #   LATAM_ATTENTION  reaches latam-train as is: wgmma measures the Hopper
 #                attention forward (README, "GPU training")
+#   DEVICE       latam-train's train.device: cuda (bf16), or cpu (fp32), which
+#                checks this script's plumbing on a machine without a GPU
+#                (cuda)
 # Relative paths (RESULTS, BIN, CONFIG, DATA) are taken from the repository root.
 #
 # For each sequence length it
 #   1. prints `latam-train --plan` for the run's config (memory_bytes_per_rank,
 #      flops_per_token);
 #   2. trains STEPS steps with latam-train on the synthetic shard, with
-#        --set train.device=cuda --set train.precision=bf16
+#        --set train.device=DEVICE --set train.precision=bf16 (fp32 on cpu)
 #        --set data.seq_len=S --set train.micro_batch_size=M
 #        --set train.global_batch_size=M (one micro-batch per step)
 #        --set train.steps=STEPS --set train.log_every=1 --set train.eval_every=0
@@ -59,8 +62,9 @@
 # PEAK_TFLOPS, so the two columns are comparable.
 #
 # Output: a Markdown table on stdout (progress and the raw lines on stderr),
-# and every raw JSON line appended to RESULTS (one "env" line, then one line
-# per latam-train run and per peer configuration, each with the same run_id).
+# and every raw JSON line appended to RESULTS as it is made (one "env" line,
+# then one line per latam-train run and per peer configuration, each with the
+# same run_id).
 # Exit status: 0 when every run worked (a peer "oom" line counts as worked),
 # 1 when latam-train or the peer failed (the others still run; the failed
 # run's stderr tail is printed), 2 on bad arguments.
@@ -94,6 +98,7 @@ PYTHON=${PYTHON:-python3}
 RUN_TIMEOUT=${RUN_TIMEOUT:-1800}
 GPU=${GPU:-0}
 KEEP=${KEEP:-0}
+DEVICE=${DEVICE:-cuda}
 
 die() {
   echo "run_e2e_gpu: $*" >&2
@@ -108,10 +113,16 @@ for v in STEPS WARMUP TOKENS_PER_MICRO RUN_TIMEOUT GPU; do
 done
 ((STEPS > WARMUP)) || die "STEPS ($STEPS) must exceed WARMUP ($WARMUP)"
 [[ $PEAK_TFLOPS =~ ^[0-9]+([.][0-9]+)?$ ]] || die "PEAK_TFLOPS must be a number (got '$PEAK_TFLOPS')"
+case $DEVICE in
+  cuda) precision=bf16 ;;
+  cpu) precision=fp32 ;;
+  *) die "DEVICE takes cuda or cpu (got '$DEVICE')" ;;
+esac
 
 read -r -a seqs <<<"$SEQ"
 read -r -a micros <<<"$MICRO"
 read -r -a peer_modes <<<"$PEER_MODES"
+if [[ $PEER_MODES == none ]]; then peer_modes=(); fi
 read -r -a peer_args <<<"$PEER_ARGS"
 read -r -a latam_sets <<<"$LATAM_SET"
 ((${#seqs[@]} > 0)) || die "SEQ is empty"
@@ -150,8 +161,11 @@ trap cleanup EXIT
 # The machine's CUDA runtime, wherever the loader's cache omits it.
 export LD_LIBRARY_PATH="${CUDA_HOME:-/usr/local/cuda}/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONUNBUFFERED=1
+# The helper below imports bench/bench_jsonl.py.
+export PYTHONPATH="$root/bench${PYTHONPATH:+:$PYTHONPATH}"
 
 run_id=$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$(dirname "$RESULTS")"
 rows=$work/rows.jsonl
 : >"$rows"
 status=0
@@ -177,21 +191,7 @@ import json
 import statistics
 import sys
 
-
-def read_jsonl(path):
-    out = []
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line.startswith("{"):
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:
-                        pass
-    except OSError:
-        pass
-    return out
+from bench_jsonl import read_jsonl
 
 
 def smi_peak(path, baseline):
@@ -364,10 +364,11 @@ smi_now() {
     nvidia-smi -i "$GPU" --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -n 1 | tr -dc '0-9.'
   fi
 }
-emit() {  # appends the helper's line(s) to the run's rows and echoes them on stderr
+emit() {  # appends the helper's line(s) to the run's rows and to RESULTS, and echoes them on stderr
   local line
   while IFS= read -r line; do
     printf '%s\n' "$line" >>"$rows"
+    printf '%s\n' "$line" >>"$RESULTS"
     printf 'run_e2e_gpu: %s\n' "$line" >&2
   done
 }
@@ -415,7 +416,7 @@ for i in "${!seqs[@]}"; do
   tag=seq$seq-mb$micro
   run_dir=$work/run-$tag
   overrides=(
-    --set train.device=cuda --set train.precision=bf16
+    --set "train.device=$DEVICE" --set "train.precision=$precision"
     --set "data.seq_len=$seq" --set "train.micro_batch_size=$micro" --set "train.global_batch_size=$micro"
     --set "train.steps=$STEPS" --set train.log_every=1 --set train.eval_every=0 --set train.save_every=0
     --set "train.run_dir=$run_dir"
@@ -475,8 +476,6 @@ for i in "${!seqs[@]}"; do
   done
 done
 
-mkdir -p "$(dirname "$RESULTS")"
-cat "$rows" >>"$RESULTS"
 echo "run_e2e_gpu: appended $(wc -l <"$rows") lines to $RESULTS" >&2
 "$PYTHON" "$helper" table "$rows" "$PEAK_TFLOPS" || status=1
 exit "$status"

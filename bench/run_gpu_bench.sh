@@ -5,11 +5,15 @@
 # and the speed ratio torch_ms / ours_ms, above 1 when ours is faster) on
 # stdout. Progress and the raw lines go to stderr.
 #
-#   bash bench/run_gpu_bench.sh RAW_JSONL [--quick] [--filter SUBSTRING] [--sdpa-backends]
+#   bash bench/run_gpu_bench.sh RAW_JSONL [--quick | --tiny] [--seqs T,T,...] [--filter SUBSTRING]
+#                               [--sdpa-backends]
 #
-# --quick and --filter go to both programs (--filter may be repeated: a row
-# must then contain every substring); --sdpa-backends (torch only) also
-# times each SDPA backend alone (extra "torch-flash", ... columns).
+# --quick, --seqs and --filter go to both programs (--filter may be
+# repeated: a row must then contain every substring); --sdpa-backends (torch
+# only) also times each SDPA backend alone (extra "torch-flash", ...
+# columns). --tiny (ours only, no peer) runs toy shapes: for checking this
+# script on the emulated GPU (BENCH_CUDA_KERNELS=build/bin/
+# bench_cuda_kernels_emulated), where the numbers mean nothing.
 #
 # Attention rows (attention_fwd, attention_bwd, attention_fwd_bwd; shapes
 # ending in "causal" or "full"): "ours" is the tensor-core kernel
@@ -42,7 +46,8 @@
 set -uo pipefail
 
 usage() {
-  echo "usage: bash bench/run_gpu_bench.sh RAW_JSONL [--quick] [--filter SUBSTRING] [--sdpa-backends]" >&2
+  echo "usage: bash bench/run_gpu_bench.sh RAW_JSONL [--quick | --tiny] [--seqs T,T,...] [--filter SUBSTRING]" \
+    "[--sdpa-backends]" >&2
 }
 
 if [[ $# -lt 1 || $1 == -* ]]; then
@@ -53,9 +58,16 @@ raw=$1
 shift
 common=()
 torch_extra=()
+tiny=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) common+=(--quick) ;;
+    --tiny) tiny=1 ;;
+    --seqs)
+      if [[ $# -lt 2 ]]; then usage; exit 2; fi
+      common+=(--seqs "$2")
+      shift
+      ;;
     --filter)
       if [[ $# -lt 2 ]]; then usage; exit 2; fi
       common+=(--filter "$2")
@@ -127,15 +139,21 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 fi
 
 status=0
+ours_extra=()
+if [[ $tiny -eq 1 ]]; then ours_extra=(--tiny); fi
 if [[ -n $bin ]]; then
-  echo "run_gpu_bench: $bin ${common[*]}" >&2
-  "$bin" "${common[@]}" | tee -a "$raw" >&2 || status=1
+  echo "run_gpu_bench: $bin ${ours_extra[*]} ${common[*]}" >&2
+  "$bin" "${ours_extra[@]}" "${common[@]}" | tee -a "$raw" >&2 || status=1
 else
   echo "run_gpu_bench: no bench_cuda_kernels binary could be found or built" >&2
   status=1
 fi
-echo "run_gpu_bench: python3 bench/torch_peer.py ${common[*]} ${torch_extra[*]}" >&2
-PYTHONUNBUFFERED=1 python3 bench/torch_peer.py "${common[@]}" "${torch_extra[@]}" | tee -a "$raw" >&2 || status=1
+if [[ $tiny -eq 1 ]]; then
+  echo "run_gpu_bench: --tiny: no PyTorch peer (its shapes are the real ones)" >&2
+else
+  echo "run_gpu_bench: python3 bench/torch_peer.py ${common[*]} ${torch_extra[*]}" >&2
+  PYTHONUNBUFFERED=1 python3 bench/torch_peer.py "${common[@]}" "${torch_extra[@]}" | tee -a "$raw" >&2 || status=1
+fi
 
 python3 - "$raw" <<'EOF' || status=1
 import json

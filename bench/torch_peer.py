@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch peer of bench/bench_cuda_kernels: the same shapes, same JSON lines.
 
-    python3 bench/torch_peer.py [--quick] [--filter SUBSTRING] [--reps N]
-                                [--warmup N] [--sdpa-backends]
+    python3 bench/torch_peer.py [--quick] [--seqs T,T,...] [--filter SUBSTRING]
+                                [--reps N] [--warmup N] [--sdpa-backends]
 
 Times, on the same GPU and with the same row names ("kernel", "shape") as
 bench_cuda_kernels, so that bench/run_gpu_bench.sh can join the two:
@@ -19,6 +19,8 @@ when causal; backward 2.5x the forward; forward+backward 3.5x. Each row is
 the median of `reps` back-to-back calls bracketed by CUDA events, after
 `warmup` calls.
 
+--seqs sets the attention sequence lengths (grouped-query rows keep those of
+2k and 8k), as bench_cuda_kernels' option of that name does.
 --sdpa-backends also times each SDPA backend alone (impl "torch-flash",
 "torch-cudnn", "torch-efficient"); the plain "torch" rows use torch's choice.
 Without torch or a CUDA GPU it prints why on stderr and exits 0.
@@ -117,16 +119,32 @@ def bench_gemms(torch, args):
             torch.cuda.empty_cache()
 
 
-def attention_cases(quick):
+def attention_cases(quick, seqs=None):
     """(seq, head_dim, kv_heads or 0 for as many as query heads, causal), in
-    bench_cuda_kernels' order."""
-    seqs = [2048, 8192] if quick else [512, 1024, 2048, 4096, 8192, 16384]
+    bench_cuda_kernels' order; `seqs` replaces the default sequence lengths."""
+    default_seqs = [2048, 8192] if quick else [512, 1024, 2048, 4096, 8192, 16384]
+    gqa_seqs = [] if quick else [2048, 8192]
+    if seqs:
+        gqa_seqs = [t for t in gqa_seqs if t in seqs]
+    else:
+        seqs = default_seqs
     head_dims = (128,) if quick else (64, 128)
     cases = [(t, hd, 0, causal) for causal in (True, False) for hd in head_dims for t in seqs]
-    if not quick:  # grouped-query attention, 4 query heads per KV head (llama3)
-        cases += [(t, hd, ATTENTION_WIDTH // hd // 4, causal)
-                  for causal in (True, False) for hd in head_dims for t in (2048, 8192)]
+    # grouped-query attention, 4 query heads per KV head (llama3)
+    cases += [(t, hd, ATTENTION_WIDTH // hd // 4, causal)
+              for causal in (True, False) for hd in head_dims for t in gqa_seqs]
     return cases
+
+
+def parse_seqs(text):
+    """'2048,8192' -> [2048, 8192] (argparse type)."""
+    try:
+        seqs = [int(x) for x in text.split(",")]
+    except ValueError:
+        seqs = []
+    if not seqs or min(seqs) <= 0:
+        raise argparse.ArgumentTypeError(f"takes positive integers separated by commas, not {text!r}")
+    return seqs
 
 
 def sdpa_backends(torch):
@@ -151,8 +169,8 @@ def bench_attention(torch, args):
     variants = [("torch", contextlib.nullcontext)]
     if args.sdpa_backends:
         variants += sdpa_backends(torch)
-    for seq, hd, kv, causal in attention_cases(args.quick):
-        b, h = ATTENTION_TOKENS // seq, ATTENTION_WIDTH // hd
+    for seq, hd, kv, causal in attention_cases(args.quick, args.seqs):
+        b, h = max(1, ATTENTION_TOKENS // seq), ATTENTION_WIDTH // hd
         hkv = kv if kv else h
         shape = f"B={b} T={seq} H={h} Hkv={hkv} d={hd} {'causal' if causal else 'full'}"
         want_fwd, want_bwd = wanted(args, "attention_fwd", shape), wanted(args, "attention_bwd", shape)
@@ -199,6 +217,7 @@ def bench_attention(torch, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+    parser.add_argument("--seqs", type=parse_seqs, default=None, help="attention sequence lengths, e.g. 2048,8192")
     parser.add_argument("--filter", action="append", default=[],
                         help="keep rows whose 'kernel shape' contains this (repeatable: all of them)")
     parser.add_argument("--reps", type=int, default=None, help="timed calls per row (20; 5 with --quick)")

@@ -1,7 +1,9 @@
 // The CUDA runtime API as the host emulation provides it: only what the
 // project's kernels, their launch code and their tests call. Device memory
-// is host memory, every operation completes before it returns (streams and
-// events are placeholders), and there is one "device". Used instead of the
+// is host memory, every operation completes before it returns (streams are
+// placeholders, and an event records the host clock when it is recorded),
+// and there is one "device", which says it has compute capability 9.0 (the
+// emulation computes wgmma and TMA). Used instead of the
 // toolkit's header when LATAM_CUDA_EMULATION is defined
 // (kernels/cuda/simt_emulation.h).
 #pragma once
@@ -10,6 +12,7 @@
 #error "the emulation's cuda_runtime.h is for builds with LATAM_CUDA_EMULATION"
 #endif
 
+#include <chrono>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -76,7 +79,65 @@ inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
   *stream = reinterpret_cast<cudaStream_t>(&placeholder);
   return cudaSuccess;
 }
+inline cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, 0); }
 inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+
+struct CUevent_st {
+  double host_ms = 0;
+};
+typedef CUevent_st* cudaEvent_t;
+inline cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  if (event == nullptr) return cudaErrorInvalidValue;
+  *event = new CUevent_st;
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete event;
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t = nullptr) {
+  if (event == nullptr) return cudaErrorInvalidValue;
+  event->host_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  if (start == nullptr || end == nullptr) return cudaErrorInvalidValue;
+  *ms = static_cast<float>(end->host_ms - start->host_ms);
+  return cudaSuccess;
+}
+
+struct cudaDeviceProp {
+  char name[256];
+  int major;
+  int minor;
+  int multiProcessorCount;
+  size_t totalGlobalMem;
+  int l2CacheSize;
+};
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return cudaErrorInvalidValue;
+  *prop = cudaDeviceProp{};
+  std::strncpy(prop->name, "emulated GPU (host fibers)", sizeof(prop->name) - 1);
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = 1;
+  return cudaSuccess;
+}
+// Version 0: the emulation is no CUDA release.
+inline cudaError_t cudaRuntimeGetVersion(int* version) {
+  *version = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDriverGetVersion(int* version) {
+  *version = 0;
+  return cudaSuccess;
+}
 inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   *free_bytes = *total_bytes = 0;
   return cudaSuccess;
