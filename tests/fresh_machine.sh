@@ -8,6 +8,11 @@
 # README writes them:
 #   ./launch/quickstart.sh   (with fewer training steps)
 #   ./tests/run.sh           (a subset of the labels, see --labels)
+# Before them, while the root is still bare, the GPU bundle
+# (bench/gpu_bundle.sh, from this checkout's build/ when it was built with
+# CUDA) must run there: latam-train trains three steps on the CPU and the
+# CUDA programs start, with no MPI, protobuf or oneDNN installed, as on a GPU
+# machine that has only a driver, the CUDA runtime and PyTorch.
 # Each command's output goes to a log; a failure names the command and its
 # first error line. What was mounted is always unmounted, and the root is
 # deleted only when nothing is mounted under it any more.
@@ -193,6 +198,21 @@ run_in_root() {  # NAME COMMAND
   log "[$name] passed in $((SECONDS - t0)) s"
 }
 
+if [ -f build/CMakeCache.txt ] && grep -q '^LATAM_CUDA:BOOL=ON' build/CMakeCache.txt && [ "$use_cuda" -eq 1 ]; then
+  bench/gpu_bundle.sh build "$ROOT/root/gpu-bundle" >"$LOGS/bundle-build.log" 2>&1 ||
+    { tail -n 20 "$LOGS/bundle-build.log" >&2; die "bench/gpu_bundle.sh failed (log: $LOGS/bundle-build.log)"; }
+  log "$(tail -n 1 "$LOGS/bundle-build.log")"
+  cp bench/configs/cpu-7m.textproto "$ROOT/root/gpu-bundle-check.textproto"
+  run_in_root bundle "source ../gpu-bundle/env.sh &&
+    latam-data synthesize --out /tmp/synthetic.bin --vocab 8192 --tokens 100000 --seed 1 &&
+    latam-train --config ../gpu-bundle-check.textproto --set data.train[0].path=/tmp/synthetic.bin \
+      --set train.steps=3 --set train.log_every=1 --set train.save_every=0 --set train.run_dir=/tmp/bundle-run &&
+    bench_cuda_kernels --help && latam_cuda_tests --gtest_list_tests | head -n 3"
+  grep -q '^step *3/3 ' "$LOGS/bundle.log" || die "the bundle's latam-train did not train 3 steps (log: $LOGS/bundle.log)"
+else
+  log "no CUDA build in build/: the GPU bundle is not checked"
+fi
+
 run_in_root quickstart "./launch/quickstart.sh --set train.steps=$steps"
 q=$LOGS/quickstart.log
 for g in es pt indigenous; do
@@ -218,6 +238,7 @@ for name in "${must_pass[@]}"; do
 done
 
 log "summary (bare Debian 12, $(nproc) cores, commit ${head:0:12}):"
+[ -z "${took[bundle]:-}" ] || log "  the GPU bundle on the bare root: ${took[bundle]} s ($(tail -n 1 "$LOGS/bundle-build.log" | sed 's/^gpu_bundle: //'))"
 log "  ./launch/quickstart.sh --set train.steps=$steps: ${took[quickstart]} s ($(grep '^quickstart: packages ' "$q" | sed 's/^quickstart: //'))"
 log "  ./tests/run.sh -L '$labels': ${took[tests]} s ($(grep '^run.sh: packages ' "$t" | sed 's/^run.sh: //'))"
 log "  $(grep -E '^[0-9]+% tests passed' "$t")"
