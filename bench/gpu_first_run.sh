@@ -60,9 +60,7 @@ ROOT=$(cd "$(dirname "$SELF")/.." && pwd)
 STEPS=(device cuda_tests attention e2e kernels sanitize)
 declare -A MIN_S=([device]=5 [cuda_tests]=30 [attention]=30 [e2e]=45 [kernels]=20 [sanitize]=30)
 declare -A LIMIT_S=([device]=20 [cuda_tests]=150 [attention]=90 [e2e]=120 [kernels]=60 [sanitize]=400)
-# The CUDA tests of the kernels that use shared memory (tests/cuda/sanitize.sh
-# runs every tool on these), and the few emulated tests --emulated runs.
-SANITIZE_FILTER='*Attention*:*Rms*:*Norm*:*Embedding*:*CrossEntropy*:*GradSumOfSquares*'
+# The few emulated CUDA tests --emulated runs.
 EMULATED_TEST_FILTER='CudaRmsNormTest.*:CudaRopeTest.*:CudaFlashAttentionTest.NonCausalMatchesDoubleReference'
 
 usage() {
@@ -218,7 +216,7 @@ step_sanitize() {
     return 77
   fi
   local rc=0
-  "$ROOT/tests/cuda/sanitize.sh" "$(dirname "$LATAM_FR_TESTS")" "$SANITIZE_FILTER" || rc=$?
+  "$ROOT/tests/cuda/sanitize.sh" --shared-only "$(dirname "$LATAM_FR_TESTS")" || rc=$?
   case $rc in
     0) reason "memcheck, racecheck and synccheck found nothing" ;;
     77) reason "no GPU visible" ;;

@@ -225,11 +225,9 @@ grep -q '^quickstart: generated: ' "$q" || die "quickstart printed no generated 
 run_in_root tests "./tests/run.sh -L '$labels'"
 t=$LOGS/tests.log
 # The reference tokenizer and corpus checks need Node.js and npm, which a bare
-# machine lacks until the scripts install them: they must have run, not skipped.
+# machine lacks until the scripts install them: they must have passed, not
+# skipped.
 not_run=$(sed -n '/^The following tests did not run:/,/^$/p' "$t" | grep -E '^[[:space:]]+[0-9]+ - ' || true)
-if grep -E 'Llama3Reference|SampleCorpus' <<<"$not_run"; then
-  die "tests that a bare machine must run were skipped (above; log: $t)"
-fi
 must_pass=()
 [[ "$labels" != *unit* ]] || must_pass+=(Llama3ReferenceTest)
 [[ "$labels" != *corpus* ]] || must_pass+=(SampleCorpus)

@@ -4,17 +4,21 @@
 # test, racecheck and synccheck (shared-memory hazards, barriers) over the
 # kernels that use shared memory.
 #
-#   tests/cuda/sanitize.sh [BIN_DIR [GTEST_FILTER]]     (default build/bin)
+#   tests/cuda/sanitize.sh [--shared-only] [BIN_DIR]     (default build/bin)
 #
-# With GTEST_FILTER, every tool runs on those tests only (memcheck over the
-# whole suite takes many minutes; bench/gpu_first_run.sh narrows it to the
-# shared-memory kernels).
+# --shared-only runs memcheck too on the shared-memory kernels' tests alone
+# (memcheck over the whole suite takes many minutes; bench/gpu_first_run.sh
+# passes it).
 #
 # Exits non-zero if a tool reports an error. Without a GPU the tests skip,
 # so the run says nothing: it exits 77 (ctest's skip code) instead.
 set -euo pipefail
+SHARED_ONLY=0
+if [ "${1:-}" = --shared-only ]; then
+  SHARED_ONLY=1
+  shift
+fi
 BIN=${1:-build/bin}
-FILTER=${2:-}
 SANITIZER=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
 if [ ! -x "$SANITIZER" ]; then
   echo "sanitize.sh: compute-sanitizer not found (set COMPUTE_SANITIZER)" >&2
@@ -37,10 +41,7 @@ run() {
   "$SANITIZER" --error-exitcode 1 --target-processes all "$@" || status=1
 }
 MEMCHECK_FILTER=()
-if [ -n "$FILTER" ]; then
-  SHARED=$FILTER
-  MEMCHECK_FILTER=(--gtest_filter="$FILTER")
-fi
+if [ "$SHARED_ONLY" -eq 1 ]; then MEMCHECK_FILTER=(--gtest_filter="$SHARED"); fi
 run --tool memcheck --leak-check full "$BIN/latam_cuda_tests" "${MEMCHECK_FILTER[@]}"
 run --tool racecheck --racecheck-report all "$BIN/latam_cuda_tests" --gtest_filter="$SHARED"
 run --tool synccheck "$BIN/latam_cuda_tests" --gtest_filter="$SHARED"
