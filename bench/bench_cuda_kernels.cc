@@ -49,10 +49,10 @@
 #include <utility>
 #include <vector>
 
-#include "kernels/arena.h"
+#include "core/arena.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cross_entropy.h"
-#include "kernels/cuda/cuda_check.h"
+#include "core/cuda_check.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/fused_norm.h"
@@ -62,7 +62,7 @@
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/swiglu.h"
 #include "kernels/rope.h"
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace {
 

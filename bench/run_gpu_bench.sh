@@ -110,7 +110,7 @@ build_here() {
     return 1
   fi
   "${CXX:-g++}" -O2 -std=c++20 -fopenmp -DLATAM_HAVE_CUDA=1 -I"$root" -I"$cuda/include" \
-    bench/bench_cuda_kernels.cc kernels/check.cc kernels/tensor.cc kernels/arena.cc kernels/cpu/rope.cc \
+    bench/bench_cuda_kernels.cc core/check.cc core/tensor.cc core/arena.cc kernels/cpu/rope.cc \
     kernels/cuda/gemm.cc "$out"/*.o -L"$cuda/lib64" -lcudart -lcublasLt -o "$out/bench_cuda_kernels" >&2 || return 1
   echo "$out/bench_cuda_kernels"
 }

@@ -164,7 +164,7 @@ def read_config(path):
 
 
 def model_shape(model_fields):
-    """The model's shape as a flat dict (the fields of trainer/parameters.h
+    """The model's shape as a flat dict (the fields of model/parameters.h
     ModelShape) from a parsed model block; absent optional fields take
     config.proto's defaults, an absent rope_scaling means plain RoPE."""
     missing = [k for k in REQUIRED_MODEL if k not in model_fields]
@@ -208,7 +208,7 @@ def model_shape(model_fields):
 
 
 # ---------------------------------------------------------------------------
-# Sizes and FLOPs: pure functions, the formulas of trainer/parameters.cc and
+# Sizes and FLOPs: pure functions, the formulas of model/parameters.cc and
 # trainer/plan.cc.
 
 

@@ -60,7 +60,7 @@ Status Info(const std::string& dir) {
   for (const ckpt::TensorRecord& t : m.tensors()) {
     std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
     for (const ckpt::Shard& s : t.shards()) bytes += s.length();
-    if (t.name().find(".exp_avg") == std::string::npos) parameters += ckpt::WholeBlock(shape).numel();
+    if (t.name().find(".exp_avg") == std::string::npos) parameters += latam::WholeBlock(shape).numel();
     tensors.push_back({{"name", t.name()},
                        {"dtype", t.dtype() == ckpt::DType::BF16 ? "bf16" : "f32"},
                        {"shape", shape},

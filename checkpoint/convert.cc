@@ -9,7 +9,8 @@
 #include "checkpoint/hf_config.h"
 #include "checkpoint/state.h"
 #include "data/tokenizer.h"
-#include "trainer/layout.h"
+#include "model/layout.h"
+#include "model/state.h"
 
 namespace latam::ckpt {
 
@@ -161,21 +162,6 @@ Status ImportHf(const std::string& hf_dir, const std::string& out_dir) {
     header.set_tokenizer_file("tokenizer.json");
   }
   return WriteManifest(out_dir, 1, header);
-}
-
-Result<LoadedModel> LoadModel(const std::string& checkpoint) {
-  LATAM_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(checkpoint));
-  LoadedModel out;
-  out.manifest = reader->manifest();
-  out.manifest.clear_tensors();
-  out.shape = ModelShape::FromConfig(out.manifest.model());
-  out.params = std::make_unique<ParameterSet>(LlamaParameterSpecs(out.shape, ModelLayout::Single(out.shape)));
-  LATAM_ASSIGN_OR_RETURN(const LoadResult loaded, LoadState(*reader, out.manifest.model(),
-                                                             EngineState(*out.params, nullptr, 0), nullptr,
-                                                             LoadWhat::kWeights));
-  (void)loaded;
-  if (!out.manifest.tokenizer_file().empty()) out.tokenizer_path = reader->dir() + "/" + out.manifest.tokenizer_file();
-  return out;
 }
 
 }  // namespace latam::ckpt

@@ -1,5 +1,4 @@
-// Conversion between checkpoints and Hugging Face Llama directories, and
-// whole-model loading for single-process tools.
+// Conversion between checkpoints and Hugging Face Llama directories.
 //
 // Tensor names are the same on both sides (checkpoints use the Hugging Face
 // names and its rotate-half RoPE convention), so conversion is a change of
@@ -23,8 +22,7 @@
 
 #include "checkpoint/safetensors.h"
 #include "checkpoint/store.h"
-#include "kernels/status.h"
-#include "trainer/parameters.h"
+#include "core/status.h"
 
 namespace latam::ckpt {
 
@@ -38,15 +36,5 @@ Status ImportHf(const std::string& hf_dir, const std::string& out_dir);
 
 // Orders Hugging Face Llama tensor names as a model lists them.
 bool CanonicalLess(const std::string& a, const std::string& b);
-
-// A whole model read from a checkpoint into one process (single layout):
-// for latam-generate and tests.
-struct LoadedModel {
-  Checkpoint manifest;  // without the tensor records
-  ModelShape shape;
-  std::unique_ptr<ParameterSet> params;
-  std::string tokenizer_path;  // "" when the checkpoint has none
-};
-Result<LoadedModel> LoadModel(const std::string& checkpoint);
 
 }  // namespace latam::ckpt

@@ -23,8 +23,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels/status.h"
-#include "trainer/config.pb.h"
+#include "core/status.h"
+#include "model/config.pb.h"
 
 namespace latam::ckpt {
 

@@ -16,8 +16,8 @@
 #include <sstream>
 #include <utility>
 
-#include "kernels/check.h"
-#include "kernels/tensor.h"
+#include "core/check.h"
+#include "core/tensor.h"
 
 namespace latam::ckpt {
 namespace {

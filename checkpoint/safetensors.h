@@ -41,7 +41,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "kernels/status.h"
+#include "core/status.h"
 
 namespace latam::ckpt {
 
@@ -54,7 +54,7 @@ bool ParseStDType(const std::string& name, StDType* dtype);
 size_t StDTypeSize(StDType dtype);
 
 // Element conversions. BF16 and F16 widen to float exactly; float narrows to
-// BF16 with round-to-nearest-even, NaN staying NaN (kernels/tensor.h BF16).
+// BF16 with round-to-nearest-even, NaN staying NaN (core/tensor.h BF16).
 uint16_t F32ToBF16Bits(float f);
 float BF16BitsToF32(uint16_t bits);
 float F16BitsToF32(uint16_t bits);

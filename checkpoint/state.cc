@@ -7,6 +7,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/arena.h"
+
 namespace latam::ckpt {
 
 namespace fs = std::filesystem;
@@ -17,46 +19,7 @@ double NowSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::vector<int64_t> Dims(const Shape& s) {
-  std::vector<int64_t> d;
-  for (int i = 0; i < s.rank(); ++i) d.push_back(s[i]);
-  return d;
-}
-
-// The block of the global tensor that a parameter's local copy is.
-Block ParamBlock(const ParamSpec& p) {
-  Block b{std::vector<int64_t>(static_cast<size_t>(p.global_shape.rank()), 0), Dims(p.shape)};
-  if (p.shard_dim >= 0) b.offset[static_cast<size_t>(p.shard_dim)] = p.shard_offset;
-  return b;
-}
-
 }  // namespace
-
-std::vector<std::pair<Block, int64_t>> FlatRangeBlocks(const Block& origin, int64_t begin, int64_t end) {
-  std::vector<std::pair<Block, int64_t>> out;  // block, first flat element
-  if (origin.extent.size() == 1) {
-    out.push_back({Block{{origin.offset[0] + begin}, {end - begin}}, begin});
-    return out;
-  }
-  const int64_t cols = origin.extent[1];
-  auto rect = [&](int64_t row, int64_t rows, int64_t col, int64_t ncols) {
-    out.push_back({Block{{origin.offset[0] + row, origin.offset[1] + col}, {rows, ncols}}, row * cols + col});
-  };
-  int64_t pos = begin;
-  if (pos % cols != 0) {
-    const int64_t row = pos / cols, col = pos % cols;
-    const int64_t n = std::min(cols - col, end - pos);
-    rect(row, 1, col, n);
-    pos += n;
-  }
-  if (end - pos >= cols) {
-    const int64_t rows = (end - pos) / cols;
-    rect(pos / cols, rows, 0, cols);
-    pos += rows * cols;
-  }
-  if (pos < end) rect(pos / cols, 1, 0, end - pos);
-  return out;
-}
 
 namespace {
 
@@ -85,30 +48,6 @@ Tensor PieceTensor(const StatePiece& p) { return Tensor::Of(p.data, Shape{p.bloc
 
 }  // namespace
 
-std::vector<StatePiece> EngineState(const ParameterSet& params, const AdamWOptimizer* optimizer, int dp_rank) {
-  std::vector<StatePiece> pieces;
-  for (size_t i = 0; i < params.size(); ++i) {
-    const ParamSpec& p = params.spec(i);
-    pieces.push_back({p.name, Dims(p.global_shape), ParamBlock(p), params.param(i).as<float>(),
-                      p.counted && dp_rank == 0, false, params.device()});
-  }
-  if (optimizer == nullptr) return pieces;
-  const bool zero1 = optimizer->zero_stage() == 1;
-  for (const AdamWOptimizer::MomentSlice& m : optimizer->Moments()) {
-    const ParamSpec& p = params.spec(m.tensor);
-    const int64_t tensor_begin = static_cast<int64_t>(params.table().entry(m.tensor).offset / sizeof(float));
-    const bool saved = p.counted && (zero1 || dp_rank == 0);
-    for (const auto& [block, first] : FlatRangeBlocks(ParamBlock(p), m.begin - tensor_begin, m.end - tensor_begin)) {
-      const int64_t at = first - (m.begin - tensor_begin);
-      pieces.push_back({p.name + kExpAvgSuffix, Dims(p.global_shape), block, m.exp_avg + at, saved, true,
-                        params.device()});
-      pieces.push_back({p.name + kExpAvgSqSuffix, Dims(p.global_shape), block, m.exp_avg_sq + at, saved, true,
-                        params.device()});
-    }
-  }
-  return pieces;
-}
-
 Result<LoadWhat> ParseLoadWhat(const std::string& text) {
   if (text == "weights") return LoadWhat::kWeights;
   if (text == "optimizer") return LoadWhat::kWeightsAndOptimizer;
@@ -134,11 +73,14 @@ Status CheckSameModel(const Checkpoint& manifest, const config::ModelConfig& mod
 }
 
 Result<LoadResult> LoadState(CheckpointReader& reader, const config::ModelConfig& model,
-                             const std::vector<StatePiece>& pieces, AdamWOptimizer* optimizer, LoadWhat what) {
+                             const std::vector<StatePiece>& pieces, LoadWhat what) {
   const Checkpoint& m = reader.manifest();
   LATAM_RETURN_IF_ERROR(CheckSameModel(m, model, reader.dir()));
+  const bool have_moments =
+      std::any_of(pieces.begin(), pieces.end(), [](const StatePiece& p) { return p.moment; });
   LoadResult r;
-  r.moments_loaded = what != LoadWhat::kWeights && m.optimizer().has_moments() && optimizer != nullptr;
+  r.moments_loaded = what != LoadWhat::kWeights && m.optimizer().has_moments() && have_moments;
+  if (r.moments_loaded) r.optimizer_step = m.optimizer().step();
   std::vector<float> staging;
   for (const StatePiece& p : pieces) {
     if (p.moment && !r.moments_loaded) continue;
@@ -157,13 +99,6 @@ Result<LoadResult> LoadState(CheckpointReader& reader, const config::ModelConfig
       staging.resize(static_cast<size_t>(p.block.numel()));
       LATAM_RETURN_IF_ERROR(reader.Read(p.name, p.block, staging.data()));
       CopyTensor(PieceTensor(p), Tensor::Of(staging.data(), Shape{p.block.numel()}));
-    }
-  }
-  if (optimizer != nullptr) {
-    if (r.moments_loaded) {
-      optimizer->set_step(m.optimizer().step());
-    } else {
-      optimizer->ResetMoments();
     }
   }
   if (what == LoadWhat::kAll) {

@@ -2,20 +2,9 @@
 // moments as blocks of global tensors (checkpoint/store.h), written
 // asynchronously, and loaded into any layout.
 //
-// Which blocks a rank holds. A parameter's block is its ParamSpec's place in
-// the global tensor (a row or column range under tensor parallelism, the
-// whole tensor otherwise). Its moments are the same block under ZeRO-0; under
-// ZeRO-1 a rank keeps the moments of a flat slice of its parameter arena, so
-// each piece of a tensor inside the slice is a flat element range of the
-// local block, split into at most three rectangles (a partial first row,
-// whole rows, a partial last row) placed in global coordinates.
-//
-// Which copy is written. Every element is stored once: only the copy that
-// counts in the gradient norm (ParamSpec::counted: tensor-parallel rank 0
-// for the norm gains, the first replica of a replicated KV head, the first
-// stage's tied embedding), and among data-parallel replicas only replica 0
-// (parameters; ZeRO-0 moments) or the slice's owner (ZeRO-1 moments).
-// Loading fills every copy a rank holds, replicas included.
+// The pieces are plain blocks of named tensors (core/block.h); which pieces
+// a rank holds and which of its copies is written is the model's business
+// (model/state.h). Only pieces marked saved_here are written.
 //
 // Saving protocol (CheckpointSaver; all ranks, main thread):
 //   1. Start(): rank 0 creates checkpoints/step_XXXXXXXX/ (removing a stale
@@ -41,36 +30,12 @@
 
 #include "checkpoint/checkpoint.pb.h"
 #include "checkpoint/store.h"
-#include "kernels/status.h"
+#include "core/block.h"
+#include "core/status.h"
+#include "model/config.pb.h"
 #include "parallel/communicator.h"
-#include "trainer/optimizer.h"
-#include "trainer/parameters.h"
 
 namespace latam::ckpt {
-
-inline constexpr const char* kExpAvgSuffix = ".exp_avg";
-inline constexpr const char* kExpAvgSqSuffix = ".exp_avg_sq";
-
-// One block of the training state held by this rank.
-struct StatePiece {
-  std::string name;  // tensor name, with a moment suffix for moments
-  std::vector<int64_t> global_shape;
-  Block block;
-  float* data = nullptr;  // the block's elements, row-major, in live memory
-  bool saved_here = false;
-  bool moment = false;
-  Device device = Device::kCPU;  // where `data` lives (a CUDA run's state is on its GPU)
-};
-
-// Splits flat elements [begin, end) of a block `origin` (1-D or 2-D, its
-// elements row-major) into at most three rectangles in the tensor's
-// coordinates: a partial first row, whole rows, a partial last row. Each
-// comes with the flat index (within origin) of its first element.
-std::vector<std::pair<Block, int64_t>> FlatRangeBlocks(const Block& origin, int64_t begin, int64_t end);
-
-// This rank's blocks of the parameters and (when `optimizer` is given) of
-// the Adam moments; dp_rank is its data-parallel index.
-std::vector<StatePiece> EngineState(const ParameterSet& params, const AdamWOptimizer* optimizer, int dp_rank);
 
 // What a checkpoint contributes to a run that starts from it.
 enum class LoadWhat {
@@ -81,18 +46,22 @@ enum class LoadWhat {
 Result<LoadWhat> ParseLoadWhat(const std::string& text);
 
 struct LoadResult {
-  int64_t step = 0;               // optimizer steps already taken
-  uint64_t consumed_samples = 0;  // where the sampler continues
+  int64_t step = 0;               // optimizer steps already taken (kAll)
+  uint64_t consumed_samples = 0;  // where the sampler continues (kAll)
+  // Whether the moment pieces were filled; the optimizer then continues from
+  // optimizer_step, otherwise its moments must be reset.
   bool moments_loaded = false;
+  int64_t optimizer_step = 0;
 };
 
 // Fails (naming the field) unless the checkpoint holds the same architecture.
 Status CheckSameModel(const Checkpoint& manifest, const config::ModelConfig& model, const std::string& where);
 
 // Loads this rank's blocks from `reader` (every rank of a job calls it with
-// its own pieces).
+// its own pieces). Moment pieces are loaded when `what` asks for them and
+// the checkpoint has them.
 Result<LoadResult> LoadState(CheckpointReader& reader, const config::ModelConfig& model,
-                             const std::vector<StatePiece>& pieces, AdamWOptimizer* optimizer, LoadWhat what);
+                             const std::vector<StatePiece>& pieces, LoadWhat what);
 
 // The two halves of a save, for one process (CheckpointSaver runs them on
 // every rank and on rank 0; tools and tests call them directly).

@@ -12,8 +12,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "kernels/crc32c.h"
-#include "kernels/tensor.h"
+#include "core/crc32c.h"
+#include "core/tensor.h"
 
 namespace latam::ckpt {
 
@@ -71,36 +71,6 @@ void ConvertToF32(const char* src, DType dtype, int64_t n, float* out) {
 }
 
 }  // namespace
-
-int64_t Block::numel() const {
-  int64_t n = 1;
-  for (int64_t e : extent) n *= e;
-  return n;
-}
-
-std::string Block::ToString() const {
-  std::string s = "[";
-  for (size_t d = 0; d < offset.size(); ++d) {
-    if (d > 0) s += ", ";
-    s += std::to_string(offset[d]) + ":" + std::to_string(offset[d] + extent[d]);
-  }
-  return s + "]";
-}
-
-Block WholeBlock(const std::vector<int64_t>& shape) { return Block{std::vector<int64_t>(shape.size(), 0), shape}; }
-
-std::optional<Block> Intersect(const Block& a, const Block& b) {
-  if (a.offset.size() != b.offset.size()) return std::nullopt;
-  Block r;
-  for (size_t d = 0; d < a.offset.size(); ++d) {
-    const int64_t lo = std::max(a.offset[d], b.offset[d]);
-    const int64_t hi = std::min(a.offset[d] + a.extent[d], b.offset[d] + b.extent[d]);
-    if (lo >= hi) return std::nullopt;
-    r.offset.push_back(lo);
-    r.extent.push_back(hi - lo);
-  }
-  return r;
-}
 
 std::string StepDirName(int64_t step) {
   char buf[32];

@@ -26,7 +26,8 @@
 #include <vector>
 
 #include "checkpoint/checkpoint.pb.h"
-#include "kernels/status.h"
+#include "core/block.h"
+#include "core/status.h"
 
 namespace latam::ckpt {
 
@@ -34,20 +35,6 @@ inline constexpr uint32_t kFormatVersion = 1;
 inline constexpr uint32_t kChunkBytes = 1u << 20;
 inline constexpr const char* kManifestFile = "manifest.pb";
 inline constexpr const char* kLatestFile = "latest";
-
-// A rectangular block of a tensor: elements [offset[d], offset[d] + extent[d])
-// of every dimension d.
-struct Block {
-  std::vector<int64_t> offset;
-  std::vector<int64_t> extent;
-  int64_t numel() const;
-  std::string ToString() const;
-};
-
-// The whole tensor of `shape`.
-Block WholeBlock(const std::vector<int64_t>& shape);
-// The common part of two blocks of the same tensor, if any.
-std::optional<Block> Intersect(const Block& a, const Block& b);
 
 // "step_00000042"
 std::string StepDirName(int64_t step);

@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "data/regex.h"
-#include "kernels/status.h"
+#include "core/status.h"
 
 namespace latam::data {
 

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "data/shard.h"
-#include "kernels/status.h"
+#include "core/status.h"
 
 namespace latam::data {
 

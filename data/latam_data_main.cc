@@ -31,7 +31,7 @@
 #include "data/shard.h"
 #include "data/synthetic.h"
 #include "data/tokenizer.h"
-#include "kernels/threads.h"
+#include "core/threads.h"
 #include "nlohmann/json.hpp"
 
 namespace {

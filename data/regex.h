@@ -12,8 +12,8 @@
 #include <string>
 #include <string_view>
 
-#include "kernels/check.h"
-#include "kernels/status.h"
+#include "core/check.h"
+#include "core/status.h"
 
 namespace latam::data {
 

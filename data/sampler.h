@@ -26,7 +26,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/status.h"
+#include "core/status.h"
 
 namespace latam::data {
 

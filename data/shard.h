@@ -25,8 +25,8 @@
 #include <utility>
 #include <vector>
 
-#include "kernels/check.h"
-#include "kernels/status.h"
+#include "core/check.h"
+#include "core/status.h"
 
 namespace latam::data {
 

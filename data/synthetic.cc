@@ -3,8 +3,8 @@
 #include <cmath>
 #include <unordered_map>
 
-#include "kernels/check.h"
-#include "kernels/random.h"
+#include "core/check.h"
+#include "core/random.h"
 
 namespace latam::data {
 

@@ -34,8 +34,8 @@
 #include <vector>
 
 #include "data/regex.h"
-#include "kernels/check.h"
-#include "kernels/status.h"
+#include "core/check.h"
+#include "core/status.h"
 
 namespace latam::data {
 

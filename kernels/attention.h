@@ -15,7 +15,7 @@
 // dK and dV of a KV head sum over the query heads of its group.
 #pragma once
 
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace latam::cpu {
 

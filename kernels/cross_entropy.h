@@ -20,7 +20,7 @@
 
 #include <cstdint>
 
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace latam::cpu {
 

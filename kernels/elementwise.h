@@ -1,7 +1,7 @@
 // Element-wise helpers on f32 CPU tensors of equal shape.
 #pragma once
 
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace latam::cpu {
 

@@ -6,7 +6,7 @@
 // (callers sum across shards and ranks before the sqrt).
 #pragma once
 
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace latam::cpu {
 

@@ -9,7 +9,7 @@
 // results do not depend on the thread count.
 #pragma once
 
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace latam::cpu {
 

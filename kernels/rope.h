@@ -13,7 +13,7 @@
 
 #include <vector>
 
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace latam {
 

@@ -8,7 +8,7 @@
 //   dup   = dout * silu(gate)
 #pragma once
 
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace latam::cpu {
 

@@ -1,6 +1,6 @@
 #include "parallel/communicator.h"
 
-#include "kernels/arena.h"
+#include "core/arena.h"
 
 namespace latam {
 

@@ -26,7 +26,7 @@
 #include <memory>
 #include <string>
 
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace latam {
 

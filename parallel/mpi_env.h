@@ -10,7 +10,7 @@
 
 #include <string>
 
-#include "kernels/check.h"
+#include "core/check.h"
 
 #define MPI_CHECK(expr)                                                                            \
   do {                                                                                             \

@@ -1,13 +1,13 @@
 // NCCL_CHECK: fatal check for NCCL calls. On failure it prints the
 // expression, NCCL's error string (and NCCL's last detailed message when it
-// has one), file:line and the process's rank, then aborts (kernels/check.h).
+// has one), file:line and the process's rank, then aborts (core/check.h).
 #pragma once
 
 #include <nccl.h>
 
 #include <string>
 
-#include "kernels/check.h"
+#include "core/check.h"
 
 namespace latam {
 

@@ -9,7 +9,7 @@
 #include <mutex>
 #include <thread>
 
-#include "kernels/cuda/cuda_check.h"
+#include "core/cuda_check.h"
 #include "parallel/mpi_env.h"
 #include "parallel/nccl_check.h"
 

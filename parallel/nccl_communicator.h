@@ -97,7 +97,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/status.h"
+#include "core/status.h"
 #include "parallel/communicator.h"
 
 namespace latam {

@@ -7,12 +7,12 @@
 #ifdef LATAM_HAVE_CUDA
 #include <cuda_runtime.h>
 
-#include "kernels/cuda/cuda_check.h"
+#include "core/cuda_check.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/flash_attention.h"
 #endif
 
-#include "trainer/model_ops.h"
+#include "model/model_ops.h"
 
 namespace latam {
 
@@ -60,15 +60,15 @@ std::string ComputeDevice::Describe() const {
 ComputeDevice::~ComputeDevice() {
 #ifdef LATAM_HAVE_CUDA
   if (stream_ != nullptr) {
-    cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
-    cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+    cudaStreamSynchronize(stream_);
+    cudaStreamDestroy(stream_);
   }
 #endif
 }
 
 void ComputeDevice::Synchronize() const {
 #ifdef LATAM_HAVE_CUDA
-  CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)));
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
 #endif
 }
 

@@ -13,7 +13,8 @@
 #include <memory>
 #include <string>
 
-#include "kernels/status.h"
+#include "core/status.h"
+#include "core/stream.h"
 
 namespace latam {
 
@@ -29,7 +30,7 @@ class ComputeDevice {
   // "NVIDIA H100 80GB HBM3 (compute capability 9.0)", for logs.
   std::string Describe() const;
   // The compute stream, a cudaStream_t.
-  void* stream() const { return stream_; }
+  Stream stream() const { return Stream(stream_); }
   // Waits until everything enqueued on the stream has run.
   void Synchronize() const;
   // Peak dense throughput of this GPU for `bf16` (tensor cores) or fp32
@@ -46,7 +47,7 @@ class ComputeDevice {
  private:
   ComputeDevice() = default;
   int ordinal_ = 0;
-  void* stream_ = nullptr;
+  CUstream_st* stream_ = nullptr;
   size_t peak_used_ = 0;
 };
 

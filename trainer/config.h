@@ -1,5 +1,5 @@
 // Loading, overriding and validating the training configuration
-// (trainer/config.proto).
+// (model/config.proto).
 //
 // Every error is a Status of kind kInvalidInput whose message starts with
 // the file or the dotted field path it is about, e.g.
@@ -8,8 +8,8 @@
 
 #include <string>
 
-#include "kernels/status.h"
-#include "trainer/config.pb.h"
+#include "core/status.h"
+#include "model/config.pb.h"
 
 namespace latam {
 

@@ -7,7 +7,7 @@
 
 namespace latam {
 
-Engine::Engine(const Config& config, ProcessGrid* grid, void* stream) : config_(config), grid_(grid) {
+Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_(config), grid_(grid) {
   const auto& p = config.parallel();
   const GridShape& g = grid->shape();
   LATAM_CHECK(g.tensor == p.tensor() && g.pipeline == p.pipeline(),

@@ -16,7 +16,7 @@
 //      the rest of the backward pass; a tied embedding split over the first
 //      and last stages sums its two copies after the pipeline, then joins it;
 //   4. the optimizer takes the global norm, clips and updates
-//      (trainer/optimizer.h).
+//      (model/optimizer.h).
 // Any layout therefore computes the same losses and parameters as one
 // process, up to floating-point summation order.
 #pragma once
@@ -25,12 +25,12 @@
 #include <functional>
 #include <memory>
 
-#include "kernels/status.h"
+#include "core/status.h"
 #include "parallel/grid.h"
 #include "trainer/config.h"
-#include "trainer/model.h"
-#include "trainer/optimizer.h"
-#include "trainer/pipeline.h"
+#include "model/model.h"
+#include "model/optimizer.h"
+#include "parallel/pipeline.h"
 
 namespace latam {
 
@@ -52,7 +52,7 @@ class Engine {
   // With train.device=cuda, `stream` is the rank's compute stream (a
   // cudaStream_t from ComputeDevice, bound to its GPU; the grid's
   // communicators must be NCCL ones ordered after it); otherwise nullptr.
-  Engine(const Config& config, ProcessGrid* grid, void* stream = nullptr);
+  Engine(const Config& config, ProcessGrid* grid, Stream stream = Stream());
 
   // One optimizer step on global samples [first_sample, first_sample + G)
   // (step = the number of steps already taken: it sets the learning rate).

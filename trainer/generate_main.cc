@@ -6,7 +6,7 @@
 //
 // One process, any saved layout: the checkpoint's tensors are read whole
 // into the single-process layout (checkpoint/convert.h) and the text is
-// produced with a key/value cache (trainer/generate.h). The tokenizer is the
+// produced with a key/value cache (model/generate.h). The tokenizer is the
 // one saved with the checkpoint unless --tokenizer is given. Temperature 0
 // is greedy. Prints the continuation (not the prompt) on stdout; generation
 // stops early at the tokenizer's end-of-text token, but not before
@@ -18,10 +18,10 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/convert.h"
+#include "trainer/load_model.h"
 #include "data/tokenizer.h"
-#include "kernels/threads.h"
-#include "trainer/generate.h"
+#include "core/threads.h"
+#include "model/generate.h"
 
 namespace {
 
@@ -86,7 +86,7 @@ Result<Args> ParseArgs(int argc, char** argv) {
 
 Status Main(int argc, char** argv) {
   LATAM_ASSIGN_OR_RETURN(const Args args, ParseArgs(argc, argv));
-  LATAM_ASSIGN_OR_RETURN(const latam::ckpt::LoadedModel model, latam::ckpt::LoadModel(args.checkpoint));
+  LATAM_ASSIGN_OR_RETURN(const latam::LoadedModel model, latam::LoadModel(args.checkpoint));
   const std::string tokenizer_path = args.tokenizer.empty() ? model.tokenizer_path : args.tokenizer;
   if (tokenizer_path.empty()) {
     return Status::InvalidInput("checkpoint " + args.checkpoint + " has no tokenizer.json; pass --tokenizer FILE");

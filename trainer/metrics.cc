@@ -7,7 +7,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
-#include "kernels/crc32c.h"
+#include "core/crc32c.h"
 #include "trainer/tensorboard.pb.h"
 
 namespace latam {

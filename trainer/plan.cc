@@ -3,10 +3,10 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
-#include "trainer/layout.h"
-#include "trainer/model.h"
-#include "trainer/parameters.h"
-#include "trainer/pipeline.h"
+#include "model/layout.h"
+#include "model/model.h"
+#include "model/parameters.h"
+#include "parallel/pipeline.h"
 
 namespace latam {
 

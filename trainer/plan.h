@@ -22,9 +22,9 @@
 
 #include <string>
 
-#include "kernels/status.h"
+#include "core/status.h"
 #include "trainer/config.h"
-#include "trainer/parameters.h"
+#include "model/parameters.h"
 
 namespace latam {
 

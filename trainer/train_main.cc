@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/threads.h"
+#include "core/threads.h"
 #include "parallel/mpi_env.h"
 #include "trainer/config.h"
 #include "trainer/plan.h"

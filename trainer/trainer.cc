@@ -8,7 +8,8 @@
 
 #include "data/tokenizer.h"
 #include "parallel/mpi_communicator.h"
-#include "trainer/model_ops.h"
+#include "model/model_ops.h"
+#include "model/state.h"
 #include "trainer/plan.h"
 #ifdef LATAM_HAVE_NCCL
 #include "parallel/nccl_communicator.h"
@@ -101,7 +102,7 @@ Status Trainer::Init(const std::string& resume) {
   grid_ = std::make_unique<ProcessGrid>(std::move(world), GridShape{p.tensor(), p.pipeline(),
                                                                     DataParallelSize(config_, mpi_.world_size())});
   LATAM_RETURN_IF_ERROR(AgreeOnStatus(OpenData(), grid_->world()));
-  engine_ = std::make_unique<Engine>(config_, grid_.get(), device_ != nullptr ? device_->stream() : nullptr);
+  engine_ = std::make_unique<Engine>(config_, grid_.get(), device_ != nullptr ? device_->stream() : Stream());
   LATAM_RETURN_IF_ERROR(AgreeOnStatus(Restore(resume), grid_->world()));
   saver_ = std::make_unique<ckpt::CheckpointSaver>(config_.train().run_dir() + "/checkpoints", &grid_->world(),
                                                    config_.train().keep_checkpoints(), config_.data().tokenizer());
@@ -130,7 +131,7 @@ Result<std::unique_ptr<Communicator>> Trainer::OpenWorld() {
 #ifdef LATAM_HAVE_NCCL
   LATAM_ASSIGN_OR_RETURN(const NcclOptions options, NcclOptionsFromEnvironment());
   return std::unique_ptr<Communicator>(new NcclCommunicator(
-      MPI_COMM_WORLD, "world", static_cast<cudaStream_t>(device_->stream()), options));
+      MPI_COMM_WORLD, "world", device_->stream().cuda(), options));
 #else
   return Status::InvalidInput("train.device=cuda needs the NCCL communicator: this build has none (install NCCL, "
                               "configure with LATAM_NCCL=ON)");
@@ -158,10 +159,10 @@ Status Trainer::Restore(const std::string& resume) {
   }
   const auto load_start = std::chrono::steady_clock::now();
   LATAM_ASSIGN_OR_RETURN(auto reader, ckpt::CheckpointReader::Open(source));
-  const std::vector<ckpt::StatePiece> pieces =
-      ckpt::EngineState(engine_->model().parameters(), &engine_->optimizer(), grid_->dp_rank());
-  LATAM_ASSIGN_OR_RETURN(const ckpt::LoadResult loaded,
-                         ckpt::LoadState(*reader, config_.model(), pieces, &engine_->optimizer(), what));
+  const std::vector<StatePiece> pieces =
+      StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->dp_rank());
+  LATAM_ASSIGN_OR_RETURN(const ckpt::LoadResult loaded, ckpt::LoadState(*reader, config_.model(), pieces, what));
+  FinishOptimizerLoad(engine_->optimizer(), loaded.moments_loaded, loaded.optimizer_step);
   engine_->model().parameters().SyncCompute();
   start_step_ = loaded.step;
   last_saved_step_ = what == ckpt::LoadWhat::kAll ? loaded.step : -1;
@@ -215,7 +216,7 @@ Status Trainer::StartSave(int64_t step) {
                             .count());
   last_saved_step_ = step;
   return saver_->Start(
-      h, ckpt::EngineState(engine_->model().parameters(), &engine_->optimizer(), grid_->dp_rank()));
+      h, StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->dp_rank()));
 }
 
 Status Trainer::PollSave(bool wait) {

@@ -25,7 +25,7 @@
 #include "checkpoint/state.h"
 #include "data/dataset.h"
 #include "data/sampler.h"
-#include "kernels/status.h"
+#include "core/status.h"
 #include "parallel/grid.h"
 #include "parallel/mpi_env.h"
 #include "trainer/config.h"

@@ -10,7 +10,7 @@
 #include <cuda_runtime_api.h>
 
 #include "kernels/adamw.h"
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace latam::cuda {
 

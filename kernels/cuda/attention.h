@@ -32,7 +32,7 @@
 #include <cstdint>
 
 #include "kernels/attention.h"
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace latam::cuda {
 

@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#include "kernels/cuda/cuda_check.h"
+#include "core/cuda_check.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/vec.cuh"
 

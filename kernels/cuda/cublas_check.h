@@ -1,7 +1,7 @@
 // CUBLAS_CHECK: fatal check for cuBLAS and cuBLASLt calls (both return
-// cublasStatus_t), the twin of CUDA_CHECK in kernels/cuda/cuda_check.h. On
+// cublasStatus_t), the twin of CUDA_CHECK in core/cuda_check.h. On
 // failure it prints the expression, the status name and description,
-// file:line and the process's rank, then aborts (see kernels/check.h).
+// file:line and the process's rank, then aborts (see core/check.h).
 //
 // The name and description come from cublasLtGetStatusName/String, which
 // live in libcublasLt and name every cublasStatus_t (cublasGetStatusName/
@@ -12,7 +12,7 @@
 
 #include <string>
 
-#include "kernels/check.h"
+#include "core/check.h"
 
 #define CUBLAS_CHECK(expr)                                                                  \
   do {                                                                                      \

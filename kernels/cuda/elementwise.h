@@ -17,7 +17,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace latam::cuda {
 

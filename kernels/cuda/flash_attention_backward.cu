@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "kernels/cuda/cuda_check.h"
+#include "core/cuda_check.h"
 #include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/flash_attention_kernels.cuh"
 #include "kernels/cuda/flash_attention_wgmma_backward.cuh"

@@ -9,13 +9,13 @@
 #include "kernels/attention.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mma.cuh"
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 // In emulation builds cuda_bf16.h and cuda_runtime.h (through cuda_check.h)
 // are kernels/cuda/emulation/include's.
 #include <cuda_bf16.h>
 
-#include "kernels/cuda/cuda_check.h"
+#include "core/cuda_check.h"
 
 namespace latam::cuda::flash {
 

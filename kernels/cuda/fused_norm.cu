@@ -4,7 +4,7 @@
 
 #include <initializer_list>
 
-#include "kernels/cuda/cuda_check.h"
+#include "core/cuda_check.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/vec.cuh"
 

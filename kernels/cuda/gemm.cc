@@ -9,8 +9,8 @@
 #include <memory>
 #include <unordered_map>
 
-#include "kernels/arena.h"
-#include "kernels/check.h"
+#include "core/arena.h"
+#include "core/check.h"
 #ifndef LATAM_CUDA_EMULATION
 #include "kernels/cuda/cublas_check.h"
 #endif

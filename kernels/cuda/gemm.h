@@ -60,7 +60,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace latam::cuda {
 

@@ -4,7 +4,7 @@
 
 #include <cmath>
 
-#include "kernels/cuda/cuda_check.h"
+#include "core/cuda_check.h"
 #include "kernels/cuda/launch.cuh"
 
 namespace latam::cuda {

@@ -1,6 +1,6 @@
 // The optimizer step on the GPU over many tensors at once: AdamW and the
 // gradient sum of squares, each one launch over a table of segments (pieces
-// of the flat parameter / gradient / moment arenas, as trainer/optimizer.h
+// of the flat parameter / gradient / moment arenas, as model/optimizer.h
 // keeps them: whole tensors for ZeRO-0, the pieces inside this rank's slice
 // for ZeRO-1).
 //
@@ -22,7 +22,7 @@
 #include <cstdint>
 
 #include "kernels/adamw.h"
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace latam::cuda {
 

@@ -2,7 +2,7 @@
 
 #include <cuda_bf16.h>
 
-#include "kernels/cuda/cuda_check.h"
+#include "core/cuda_check.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/vec.cuh"
 

@@ -18,9 +18,9 @@
 
 #include <cstddef>
 
-#include "kernels/arena.h"
+#include "core/arena.h"
 #include "kernels/rope.h"
-#include "kernels/tensor.h"
+#include "core/tensor.h"
 
 namespace latam::cuda {
 

@@ -8,7 +8,7 @@
 #include <memory>
 #include <vector>
 
-#include "kernels/check.h"
+#include "core/check.h"
 
 thread_local latam::simt::Dim3 threadIdx, blockIdx, blockDim, gridDim;
 

@@ -33,7 +33,7 @@
 #include "kernels/cuda/mma.cuh"
 
 #ifdef LATAM_CUDA_EMULATION
-#include "kernels/check.h"
+#include "core/check.h"
 #else
 #include <cuda.h>
 #endif

@@ -49,7 +49,7 @@
 #include "kernels/cuda/mma.cuh"
 
 #ifdef LATAM_CUDA_EMULATION
-#include "kernels/check.h"
+#include "core/check.h"
 #endif
 
 // wgmma exists only in the architecture-specific sm_90a target. Other device

@@ -8,8 +8,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "kernels/arena.h"
-#include "kernels/cuda/cuda_check.h"
+#include "core/arena.h"
+#include "core/cuda_check.h"
 #include "kernels/cuda/device.h"
 
 #define LATAM_REQUIRE_GPU()                                                       \

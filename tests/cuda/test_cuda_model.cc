@@ -17,8 +17,8 @@
 #include "kernels/cuda/flash_attention.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/test_util.h"
-#include "trainer/model.h"
-#include "trainer/optimizer.h"
+#include "model/model.h"
+#include "model/optimizer.h"
 
 namespace latam {
 namespace {

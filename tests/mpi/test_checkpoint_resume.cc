@@ -150,7 +150,7 @@ TEST_F(ResumeTest, ReshardsAcrossLayoutsAndBack) {
   EXPECT_EQ((*rb)->manifest().consumed_samples(), 192u);
   ASSERT_EQ((*ra)->manifest().tensors_size(), (*rb)->manifest().tensors_size());
   for (const ckpt::TensorRecord& t : (*ra)->manifest().tensors()) {
-    const ckpt::Block whole = ckpt::WholeBlock({t.shape().begin(), t.shape().end()});
+    const Block whole = WholeBlock({t.shape().begin(), t.shape().end()});
     std::vector<float> x(static_cast<size_t>(whole.numel())), y(x.size());
     ASSERT_TRUE((*ra)->Read(t.name(), whole, x.data()).ok());
     ASSERT_TRUE((*rb)->Read(t.name(), whole, y.data()).ok()) << t.name();

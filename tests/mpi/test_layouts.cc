@@ -23,8 +23,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels/random.h"
-#include "kernels/threads.h"
+#include "core/random.h"
+#include "core/threads.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/mpi_env.h"
 #include "tests/mpi/mpi_check.h"
@@ -178,10 +178,10 @@ int main(int argc, char** argv) {
     }
     device = std::move(opened).value();
 #ifdef LATAM_HAVE_NCCL
-    world = std::make_unique<NcclCommunicator>(MPI_COMM_WORLD, "world", static_cast<cudaStream_t>(device->stream()));
+    world = std::make_unique<NcclCommunicator>(MPI_COMM_WORLD, "world", device->stream().cuda());
 #endif
   }
-  void* stream = device != nullptr ? device->stream() : nullptr;
+  const Stream stream = device != nullptr ? device->stream() : Stream();
   ProcessGrid grid(std::move(world), GridShape{tp, pp, dp});
   Engine engine(config, &grid, stream);
   auto single_grid = ProcessGrid::Single();

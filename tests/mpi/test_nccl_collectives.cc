@@ -22,8 +22,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels/arena.h"
-#include "kernels/cuda/cuda_check.h"
+#include "core/arena.h"
+#include "core/cuda_check.h"
 #include "kernels/cuda/device.h"
 #include "parallel/grid.h"
 #include "parallel/mpi_env.h"

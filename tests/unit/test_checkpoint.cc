@@ -18,8 +18,9 @@
 #include "checkpoint/state.h"
 #include "checkpoint/store.h"
 #include "parallel/communicator.h"
-#include "trainer/layout.h"
-#include "trainer/parameters.h"
+#include "model/layout.h"
+#include "model/parameters.h"
+#include "model/state.h"
 
 namespace latam::ckpt {
 namespace {
@@ -75,7 +76,7 @@ void SaveLayout(const config::ModelConfig& model, Layout3 saved, uint64_t seed, 
     for (int t = 0; t < saved.tp; ++t, ++rank) {
       ParameterSet params(LlamaParameterSpecs(shape, ModelLayout::Make(shape, saved.tp, t, saved.pp, p, saved.vs)));
       params.InitWeights(seed);
-      ASSERT_TRUE(WriteRankShards(step_dir.string(), rank, EngineState(params, nullptr, 0)).ok());
+      ASSERT_TRUE(WriteRankShards(step_dir.string(), rank, StatePieces(params, nullptr, 0)).ok());
     }
   }
   const Status s = WriteManifest(step_dir.string(), rank, Header(model));
@@ -130,7 +131,7 @@ TEST_F(CheckpointTest, WeightsReshardAcrossLayoutsBitwise) {
             const auto specs = LlamaParameterSpecs(shape, ModelLayout::Make(shape, target.tp, t, target.pp, p, target.vs));
             ParameterSet loaded(specs), expected(specs);
             expected.InitWeights(99);
-            auto r = LoadState(**reader, model, EngineState(loaded, nullptr, 0), nullptr, LoadWhat::kAll);
+            auto r = LoadState(**reader, model, StatePieces(loaded, nullptr, 0), LoadWhat::kAll);
             ASSERT_TRUE(r.ok()) << r.status().message();
             EXPECT_EQ(r->step, 7);
             EXPECT_EQ(r->consumed_samples, 112u);
@@ -244,7 +245,7 @@ TEST_F(CheckpointTest, ForeignModelIsRejectedNamingTheField) {
   other.set_ffn_dim(64);
   const ModelShape shape = ModelShape::FromConfig(other);
   ParameterSet params(LlamaParameterSpecs(shape, ModelLayout::Single(shape)));
-  auto r = LoadState(**reader, other, EngineState(params, nullptr, 0), nullptr, LoadWhat::kAll);
+  auto r = LoadState(**reader, other, StatePieces(params, nullptr, 0), LoadWhat::kAll);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().exit_code(), 2);
   EXPECT_NE(r.status().message().find("model.ffn_dim is 48 there and 64"), std::string::npos) << r.status().message();
@@ -278,7 +279,7 @@ TEST_F(CheckpointTest, SaverKeepsLatestAndRetention) {
     h.set_step(step);
     h.mutable_optimizer()->set_step(step);
     h.mutable_optimizer()->set_has_moments(true);
-    ASSERT_TRUE(saver.Start(h, EngineState(params, &opt, 0)).ok());
+    ASSERT_TRUE(saver.Start(h, StatePieces(params, &opt, 0)).ok());
     // The snapshot is taken: changing the live state does not change the save.
     params.padded_params().as<float>()[0] = -1.0f;
     auto done = saver.Poll(true);
@@ -299,8 +300,9 @@ TEST_F(CheckpointTest, SaverKeepsLatestAndRetention) {
   AdamWOptimizer fresh_opt(&fresh, oc);
   auto reader = CheckpointReader::Open(ckpts.string());
   ASSERT_TRUE(reader.ok()) << reader.status().message();
-  auto r = LoadState(**reader, model, EngineState(fresh, &fresh_opt, 0), &fresh_opt, LoadWhat::kAll);
+  auto r = LoadState(**reader, model, StatePieces(fresh, &fresh_opt, 0), LoadWhat::kAll);
   ASSERT_TRUE(r.ok()) << r.status().message();
+  FinishOptimizerLoad(fresh_opt, r->moments_loaded, r->optimizer_step);
   EXPECT_TRUE(r->moments_loaded);
   EXPECT_EQ(fresh_opt.step(), 6);
   EXPECT_EQ(fresh.padded_params().as<float>()[0], 6.0f);
@@ -316,8 +318,9 @@ TEST_F(CheckpointTest, SaverKeepsLatestAndRetention) {
     ASSERT_EQ(std::memcmp(a[k].exp_avg_sq, b[k].exp_avg_sq, n), 0);
   }
   // Weights only: fresh moments, step 0.
-  auto w = LoadState(**reader, model, EngineState(fresh, &fresh_opt, 0), &fresh_opt, LoadWhat::kWeights);
+  auto w = LoadState(**reader, model, StatePieces(fresh, &fresh_opt, 0), LoadWhat::kWeights);
   ASSERT_TRUE(w.ok());
+  FinishOptimizerLoad(fresh_opt, w->moments_loaded, w->optimizer_step);
   EXPECT_FALSE(w->moments_loaded);
   EXPECT_EQ(w->step, 0);
   EXPECT_EQ(fresh_opt.step(), 0);

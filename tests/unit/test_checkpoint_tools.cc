@@ -77,7 +77,7 @@ class CheckpointToolsTest : public ::testing::Test {
     if (!r.ok()) return out;
     for (const ckpt::TensorRecord& t : (*r)->manifest().tensors()) {
       if (t.name().find(".exp_avg") != std::string::npos) continue;
-      const ckpt::Block whole = ckpt::WholeBlock({t.shape().begin(), t.shape().end()});
+      const Block whole = WholeBlock({t.shape().begin(), t.shape().end()});
       std::vector<float> v(static_cast<size_t>(whole.numel()));
       EXPECT_TRUE((*r)->Read(t.name(), whole, v.data()).ok());
       out[t.name()] = std::move(v);

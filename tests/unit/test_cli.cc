@@ -15,7 +15,7 @@
 
 #include "data/shard.h"
 #include "data/tokenizer.h"
-#include "kernels/crc32c.h"
+#include "core/crc32c.h"
 #include "tests/subprocess.h"
 #include "trainer/config.h"
 #include "trainer/tensorboard.pb.h"

@@ -12,11 +12,11 @@
 #include <set>
 #include <string>
 
-#include "kernels/arena.h"
-#include "kernels/crc32c.h"
-#include "kernels/random.h"
-#include "kernels/tensor.h"
-#include "kernels/threads.h"
+#include "core/arena.h"
+#include "core/crc32c.h"
+#include "core/random.h"
+#include "core/tensor.h"
+#include "core/threads.h"
 #include "tests/test_util.h"
 
 namespace latam {

@@ -2,7 +2,7 @@
 // pass (any split of the input, positions past max_seq_len, RoPE scaling),
 // greedy decoding and seeds, the nucleus sampler's distribution, and input
 // errors.
-#include "trainer/generate.h"
+#include "model/generate.h"
 
 #include <gtest/gtest.h>
 
@@ -13,10 +13,10 @@
 #include <numeric>
 #include <vector>
 
-#include "kernels/random.h"
+#include "core/random.h"
 #include "tests/test_util.h"
-#include "trainer/layout.h"
-#include "trainer/model.h"
+#include "model/layout.h"
+#include "model/model.h"
 
 namespace latam {
 namespace {

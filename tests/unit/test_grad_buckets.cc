@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "trainer/layout.h"
-#include "trainer/model.h"
-#include "trainer/optimizer.h"
+#include "model/layout.h"
+#include "model/model.h"
+#include "model/optimizer.h"
 
 namespace latam {
 namespace {

@@ -7,11 +7,11 @@
 #include <string>
 #include <utility>
 
-#include "kernels/random.h"
+#include "core/random.h"
 #include "tests/test_util.h"
-#include "trainer/layout.h"
-#include "trainer/model.h"
-#include "trainer/model_ops.h"
+#include "model/layout.h"
+#include "model/model.h"
+#include "model/model_ops.h"
 
 namespace latam {
 namespace {

@@ -8,7 +8,7 @@
 #include <set>
 #include <tuple>
 
-#include "trainer/pipeline.h"
+#include "parallel/pipeline.h"
 
 namespace latam {
 namespace {

@@ -9,8 +9,8 @@
 #include "data/synthetic.h"
 #include "kernels/grad_norm.h"
 #include "tests/test_util.h"
-#include "trainer/model.h"
-#include "trainer/optimizer.h"
+#include "model/model.h"
+#include "model/optimizer.h"
 
 namespace latam {
 namespace {

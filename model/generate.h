@@ -1,0 +1,138 @@
+// Autoregressive generation on one process with a key/value cache.
+//
+// Generator runs the same fp32 forward pass as LlamaModel (model/model.h)
+// over a whole single-layout model (ModelLayout::Single), one new token or a
+// batch of new tokens at a time, appending each token's rotated keys and its
+// values to a per-layer cache so that earlier tokens are never recomputed:
+//
+//   x      = embed(tokens)                          rows [n, dim], positions p0 .. p0+n-1
+//   per layer l (rmsnorm with eps = shape.norm_eps, as in training):
+//     q,k,v = qkv_proj(rmsnorm(x)); q,k = rope(q,k)  RoPE angle = position * inv_freq (BuildRopeTable)
+//     K_l[p0..p0+n), V_l[p0..p0+n) = k, v            cache [Hkv, max_context, hd] per layer
+//     a_i   = softmax(q_i K_l[0..p0+i]^T / sqrt(hd)) V_l[0..p0+i]   (query head h reads KV head h / (Hq/Hkv))
+//     h     = x + o_proj(a)
+//     x     = h + down_proj(silu(gate) * up),  [gate, up] = gate_up_proj(rmsnorm(h))
+//   logits = lm_head(rmsnorm(x))                   lm_head = embed_tokens when tied
+//
+// Memory: the generator borrows the weights (the ParameterSet must outlive
+// it) and owns one arena, allocated in the constructor, holding the cache
+// (2 n_layers Hkv max_context hd floats) and the work buffers for up to
+// kMaxChunkRows tokens per pass; longer inputs run in several passes. Feed
+// and Generate allocate nothing but the vectors they return.
+//
+// Sampling (SampleToken): probabilities p = softmax(logits / temperature);
+// the nucleus is the smallest set of most likely tokens (ties: lower id
+// first) whose probability reaches top_p; the token is drawn from p
+// restricted to the nucleus and renormalised, by the inverse CDF (in id
+// order) of a uniform u. Finding the nucleus takes expected O(vocab) time
+// (a bisection with nth_element, no full sort).
+// Generate draws u for new token k as UniformAt(seed, StreamId("generate"),
+// k) (core/random.h), so a seed always gives the same continuation.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/arena.h"
+#include "kernels/rope.h"
+#include "core/status.h"
+#include "model/parameters.h"
+
+namespace latam {
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 64;
+  double temperature = 0.8;  // 0 = greedy (argmax, ties -> lowest id)
+  double top_p = 0.95;       // nucleus sampling; 1 = off
+  uint64_t seed = 1234;
+  std::vector<int32_t> stop_ids;  // generation stops after emitting one of these
+  // The first min_new_tokens tokens are never stop ids (their logits are
+  // set to -inf), so a prompt that ends a sentence still gets a continuation.
+  int64_t min_new_tokens = 0;
+};
+
+class Generator {
+ public:
+  // Tokens run per pass of the layers (bounds the work buffers).
+  static constexpr int64_t kMaxChunkRows = 128;
+
+  // `params` holds the whole model under the canonical names with the
+  // single-process layout, and must outlive the generator. The cache holds
+  // max_context positions (which may exceed shape.max_seq_len: the RoPE
+  // table covers every cached position). Aborts if a tensor is missing or
+  // has the wrong shape (a programmer error: load and check the checkpoint
+  // first).
+  Generator(const ModelShape& shape, const ParameterSet& params, int64_t max_context);
+
+  Generator(const Generator&) = delete;
+  Generator& operator=(const Generator&) = delete;
+
+  // Runs `tokens` at positions position() .. position() + n - 1, after the
+  // cached context, and returns the logits [vocab] of the last one. Errors
+  // (InvalidInput, nothing changed) on no tokens, an id outside [0, vocab),
+  // or a context that would exceed max_context.
+  Result<std::vector<float>> Feed(const std::vector<int32_t>& tokens);
+  // Like Feed, but returns the logits of every token, [n, vocab] row-major
+  // (scoring a text: row i predicts token i + 1).
+  Result<std::vector<float>> FeedAllLogits(const std::vector<int32_t>& tokens);
+
+  // Forgets the cached context (position() becomes 0).
+  void Reset() { position_ = 0; }
+  int64_t position() const { return position_; }
+  int64_t max_context() const { return max_context_; }
+  const ModelShape& shape() const { return shape_; }
+
+  // Starts from an empty context (Reset), feeds the prompt and returns the
+  // new tokens, not including the prompt: at most max_new_tokens, fewer when
+  // a stop id is emitted (it is included). Deterministic for a given seed.
+  // Errors on an empty prompt, bad ids, negative max_new_tokens or
+  // temperature, top_p outside (0, 1], or prompt + max_new_tokens - 1 >
+  // max_context (the positions the run needs).
+  Result<std::vector<int32_t>> Generate(const std::vector<int32_t>& prompt, const GenerateOptions& options);
+
+ private:
+  struct LayerWeights {
+    Tensor attn_norm, qkv, o, mlp_norm, gate_up, down;
+  };
+
+  Status CheckTokens(const std::vector<int32_t>& tokens) const;
+  // Runs tokens[0, n) and writes the logits of every token (all = true,
+  // out is [n, vocab]) or of the last one (out is [vocab]).
+  void Run(const int32_t* tokens, int64_t n, bool all, float* out);
+  // One pass of every layer over rows [0, n) of the work buffers, at
+  // positions position_ .. position_ + n - 1.
+  void LayersForward(int64_t n);
+  void Attention(int64_t layer, int64_t n);
+
+  ModelShape shape_;
+  int64_t max_context_;
+  int64_t chunk_rows_;  // min(max_context, kMaxChunkRows)
+  int64_t position_ = 0;
+  RopeTable rope_;
+
+  std::vector<LayerWeights> weights_;
+  Tensor embed_, head_, final_norm_;
+
+  TensorTable table_;
+  Arena arena_;
+  // Cache: k_cache_ and v_cache_ are [n_layers, Hkv, max_context, hd].
+  Tensor k_cache_, v_cache_;
+  // Work buffers for up to chunk_rows_ tokens.
+  Tensor ids_, x_, xn_, rstd_, qkv_, att_, h_, partial_, gu_, act_;
+  Tensor scores_;              // [max(chunk_rows_, Hq/Hkv) * max_context]: one attention block's scores
+  std::vector<float> logits_;  // [vocab], Generate's next-token logits
+  std::vector<double> probs_;  // SampleToken's scratch
+  std::vector<int32_t> order_;
+};
+
+// Picks the next token from `logits` with uniform draw u in [0, 1): argmax
+// (ties -> lowest id) when temperature <= 0; otherwise nucleus sampling as
+// described above (top_p >= 1 keeps every token; a tiny top_p keeps only the
+// most likely one). Probabilities are computed in double.
+int32_t SampleToken(const std::vector<float>& logits, double temperature, double top_p, double u);
+// The same, with caller-owned scratch (resized to the vocabulary), so that
+// a generation loop allocates nothing per token.
+int32_t SampleToken(const std::vector<float>& logits, double temperature, double top_p, double u,
+                    std::vector<double>* probs, std::vector<int32_t>* order);
+
+}  // namespace latam

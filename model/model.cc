@@ -1,0 +1,416 @@
+#include "model/model.h"
+
+#include <algorithm>
+
+namespace latam {
+
+namespace {
+
+// The LM head runs over chunks of at most this many logits (64 MB in fp32).
+constexpr int64_t kLogitsChunkElems = int64_t{1} << 24;
+
+int64_t LogitsRows(const ModelLayout& l, const ActivationOptions& o) {
+  const int64_t rows = o.micro_batch * o.seq_len;
+  if (o.logits_chunk_rows > 0) return std::min(rows, o.logits_chunk_rows);
+  return std::min(rows, std::max<int64_t>(64, kLogitsChunkElems / l.vocab));
+}
+
+int SlotsOf(const ActivationOptions& o, size_t chunk) { return o.slots.empty() ? 1 : o.slots.at(chunk); }
+
+OpsShape LocalOpsShape(const ModelShape& s, const ModelLayout& l, const ActivationOptions& o) {
+  OpsShape shape;
+  shape.attention = cpu::AttentionDims{static_cast<int>(o.micro_batch), static_cast<int>(o.seq_len),
+                                       static_cast<int>(l.heads), static_cast<int>(l.kv_heads),
+                                       static_cast<int>(s.head_dim)};
+  shape.dim = s.dim;
+  shape.max_logits_rows = l.holds_head() ? LogitsRows(l, o) : 0;
+  shape.cpu_threads = o.cpu_threads;
+  return shape;
+}
+
+// "c<chunk>.<rest>" and "c<chunk>.s<slot>.<rest>" (built by appending: GCC 12
+// warns spuriously about operator+ chains of std::string at -O3).
+std::string Name(size_t chunk, const std::string& rest) {
+  std::string name = "c";
+  name.append(std::to_string(chunk)).append(".").append(rest);
+  return name;
+}
+std::string SlotName(size_t chunk, int slot, const std::string& rest) {
+  std::string inner = "s";
+  inner.append(std::to_string(slot)).append(".").append(rest);
+  return Name(chunk, inner);
+}
+
+// Adds one set of saved layer activations under `prefix`.
+void AddLayerActivations(TensorTable* t, const std::string& prefix, const ModelShape& s, const ModelLayout& l,
+                         const ActivationOptions& o) {
+  const int64_t m = o.micro_batch * o.seq_len, qkv = (l.heads + 2 * l.kv_heads) * s.head_dim;
+  auto add = [&](const char* what, DType dtype, Shape shape) {
+    t->Align(Arena::kAlignment);
+    t->Add(prefix + what, dtype, shape);
+  };
+  const DType act = o.dtype;
+  add("xn", act, Shape{m, s.dim});
+  add("rstd1", DType::kF32, Shape{m});
+  add("qkv", act, Shape{m, qkv});
+  add("att", act, Shape{m, l.heads * s.head_dim});
+  add("lse", DType::kF32, Shape{o.micro_batch, l.heads, o.seq_len});
+  add("h", act, Shape{m, s.dim});
+  add("hn", act, Shape{m, s.dim});
+  add("rstd2", DType::kF32, Shape{m});
+  add("gu", act, Shape{m, 2 * l.ffn});
+  add("act", act, Shape{m, l.ffn});
+}
+
+// The activation arena's layout. Every tensor starts on a 256-byte boundary.
+TensorTable BuildActivationTable(const ModelShape& s, const ModelLayout& l, const ActivationOptions& o) {
+  const int64_t m = o.micro_batch * o.seq_len;
+  TensorTable t;
+  auto add = [&t](const std::string& name, DType dtype, Shape shape) {
+    t.Align(Arena::kAlignment);
+    t.Add(name, dtype, shape);
+  };
+  for (size_t c = 0; c < l.chunks.size(); ++c) {
+    const ChunkInfo& info = l.chunks[c];
+    const int64_t n = info.layer_end - info.layer_begin;
+    for (int slot = 0; slot < SlotsOf(o, c); ++slot) {
+      for (int64_t k = 0; k <= n; ++k) add(SlotName(c, slot, "x." + std::to_string(k)), o.dtype, Shape{m, s.dim});
+      if (!o.recompute) {
+        for (int64_t k = 0; k < n; ++k) {
+          AddLayerActivations(&t, SlotName(c, slot, "layer." + std::to_string(k) + "."), s, l, o);
+        }
+      }
+      if (info.first) add(SlotName(c, slot, "ids"), DType::kI32, Shape{m});
+      add(SlotName(c, slot, "grad"), o.dtype, Shape{m, s.dim});
+    }
+    if (o.recompute) AddLayerActivations(&t, Name(c, "scratch."), s, l, o);
+  }
+  if (l.holds_head()) {
+    const int64_t rows = LogitsRows(l, o);
+    add("targets", DType::kI32, Shape{m});
+    add("xf", o.dtype, Shape{m, s.dim});
+    add("rstdf", DType::kF32, Shape{m});
+    add("logits", o.dtype, Shape{rows, l.vocab});
+    add("row_stats", DType::kF32, Shape{3 * rows});
+    add("lse", DType::kF32, Shape{rows});
+  }
+  // Gradient scratch, shared by all layers.
+  add("dnorm", o.dtype, Shape{m, s.dim});
+  add("dqkv", o.dtype, Shape{m, (l.heads + 2 * l.kv_heads) * s.head_dim});
+  add("datt", o.dtype, Shape{m, l.heads * s.head_dim});
+  add("dgu", o.dtype, Shape{m, 2 * l.ffn});
+  add("dact", o.dtype, Shape{m, l.ffn});
+  add("partial", o.dtype, Shape{m, s.dim});
+  return t;
+}
+
+}  // namespace
+
+size_t ActivationBytes(const ModelShape& shape, const ModelLayout& layout, const ActivationOptions& options) {
+  return BuildActivationTable(shape, layout, options).total_bytes() +
+         OpsWorkspaceBytes(options.device, LocalOpsShape(shape, layout, options));
+}
+
+LlamaModel::LlamaModel(const ModelShape& shape, const ActivationOptions& options)
+    : shape_(shape), layout_(ModelLayout::Single(shape)), self_comm_(std::make_unique<SelfCommunicator>("tp")) {
+  comms_.tp = self_comm_.get();
+  Build(options, 1, 0);
+}
+
+LlamaModel::LlamaModel(const ModelShape& shape, const ModelLayout& layout, const ActivationOptions& options,
+                       ModelComms comms, int64_t param_pad_to, int64_t grad_bucket_elems)
+    : shape_(shape), layout_(layout), comms_(comms) {
+  LATAM_CHECK(comms_.tp != nullptr && comms_.tp->size() == layout.tp, "tensor-parallel group of "
+                                                                          << (comms_.tp ? comms_.tp->size() : 0)
+                                                                          << " ranks for layout tp=" << layout.tp);
+  LATAM_CHECK(
+      layout.kv_replicas == 1 || (comms_.kv_replicas != nullptr && comms_.kv_replicas->size() == layout.kv_replicas),
+      "replicated KV heads need a group of " << layout.kv_replicas << " ranks");
+  Build(options, param_pad_to, grad_bucket_elems);
+}
+
+void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, int64_t grad_bucket_elems) {
+  options_ = options;
+  rows_ = options.micro_batch * options.seq_len;
+  logits_rows_ = LogitsRows(layout_, options);
+  const OpsShape ops_shape = LocalOpsShape(shape_, layout_, options);
+  n_rot_heads_ = ops_shape.attention.n_heads + ops_shape.attention.n_kv_heads;
+  const RopeTable rope = BuildRopeTable(shape_.rope_theta, static_cast<int>(shape_.head_dim),
+                                        static_cast<int>(options.seq_len), shape_.rope_scaling);
+  if (options.device == Device::kCPU) {
+    LATAM_CHECK(options.dtype == DType::kF32, "CPU activations are f32, not " << DTypeName(options.dtype));
+    ops_ = MakeCpuOps(ops_shape, rope);
+  } else {
+    ops_ = MakeCudaOps(ops_shape, rope, options.dtype, options.stream);
+  }
+  params_ = std::make_unique<ParameterSet>(LlamaParameterSpecs(shape_, layout_), param_pad_to,
+                                           ParameterPlacement{options.device, options.dtype, options.stream},
+                                           grad_bucket_elems);
+  act_table_ = BuildActivationTable(shape_, layout_, options);
+  act_arena_ = Arena(options.device, act_table_.total_bytes());
+
+  const int64_t dim = shape_.dim;
+  for (const ChunkInfo& c : layout_.chunks) {
+    for (int64_t layer = c.layer_begin; layer < c.layer_end; ++layer) {
+      for (bool grad : {false, true}) {
+        // The kernels read the compute copy of the weights and add into
+        // the f32 gradients.
+        auto get = [&](const char* suffix) {
+          return grad ? params_->grad(LayerParamName(layer, suffix)) : params_->compute(LayerParamName(layer, suffix));
+        };
+        auto fused = [&](const char* suffix, size_t count) {
+          return grad ? params_->FusedGrad(LayerParamName(layer, suffix), count, dim)
+                      : params_->FusedCompute(LayerParamName(layer, suffix), count, dim);
+        };
+        LayerWeights w;
+        w.attn_norm = get("input_layernorm.weight");
+        w.qkv = fused("self_attn.q_proj.weight", 3);
+        w.kv = fused("self_attn.k_proj.weight", 2);
+        w.o = get("self_attn.o_proj.weight");
+        w.mlp_norm = get("post_attention_layernorm.weight");
+        w.gate_up = fused("mlp.gate_proj.weight", 2);
+        w.down = get("mlp.down_proj.weight");
+        (grad ? weight_grads_ : weights_).push_back(w);
+      }
+    }
+  }
+  // Which tensors become final together (see OnGradientsFinal).
+  const TensorTable& table = params_->table();
+  for (const ChunkInfo& c : layout_.chunks) {
+    for (int64_t layer = c.layer_begin; layer < c.layer_end; ++layer) {
+      const std::string prefix = LayerParamName(layer, "");
+      std::vector<size_t> group;
+      for (size_t i = 0; i < params_->size(); ++i) {
+        if (params_->spec(i).name.rfind(prefix, 0) == 0) group.push_back(i);
+      }
+      layer_tensors_.push_back(group);
+    }
+  }
+  if (layout_.holds_head()) {
+    head_tensors_.push_back(table.IndexOf("model.norm.weight"));
+    // A tied LM head is the embedding: final with it on the first stage, or
+    // as the last stage's copy here.
+    if (!shape_.tie_embeddings) head_tensors_.push_back(table.IndexOf("lm_head.weight"));
+    if (shape_.tie_embeddings && !layout_.holds_embedding()) {
+      head_tensors_.push_back(table.IndexOf("model.embed_tokens.weight"));
+    }
+  }
+  if (layout_.holds_embedding()) embedding_tensors_.push_back(table.IndexOf("model.embed_tokens.weight"));
+  if (params_->table().Contains("model.embed_tokens.weight")) {
+    embed_ = params_->compute("model.embed_tokens.weight");
+    embed_grad_ = params_->grad("model.embed_tokens.weight");
+  }
+  if (layout_.holds_head()) {
+    const char* head_name = shape_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    head_ = params_->compute(head_name);
+    head_grad_ = params_->grad(head_name);
+    final_norm_ = params_->compute("model.norm.weight");
+    final_norm_grad_ = params_->grad("model.norm.weight");
+  }
+
+  auto act = [this](const std::string& name) { return act_table_.Get(act_arena_, name); };
+  auto layer_acts = [&](const std::string& prefix) {
+    auto get = [&](const char* what) { return act(prefix + what); };
+    return LayerActivations{get("xn"), get("rstd1"), get("qkv"),   get("att"), get("lse"),
+                            get("h"),  get("hn"),    get("rstd2"), get("gu"),  get("act")};
+  };
+  int64_t local_layer = 0;
+  for (size_t c = 0; c < layout_.chunks.size(); ++c) {
+    const ChunkInfo& info = layout_.chunks[c];
+    Chunk chunk;
+    chunk.first_layer = local_layer;
+    chunk.n_layers = info.layer_end - info.layer_begin;
+    local_layer += chunk.n_layers;
+    for (int s = 0; s < SlotsOf(options, c); ++s) {
+      Slot slot;
+      for (int64_t k = 0; k <= chunk.n_layers; ++k) slot.x.push_back(act(SlotName(c, s, "x." + std::to_string(k))));
+      if (!options.recompute) {
+        for (int64_t k = 0; k < chunk.n_layers; ++k) {
+          slot.saved.push_back(layer_acts(SlotName(c, s, "layer." + std::to_string(k) + ".")));
+        }
+      }
+      if (info.first) slot.ids = act(SlotName(c, s, "ids"));
+      slot.grad = act(SlotName(c, s, "grad"));
+      chunk.slots.push_back(std::move(slot));
+    }
+    if (options.recompute) chunk.scratch = layer_acts(Name(c, "scratch."));
+    chunks_.push_back(std::move(chunk));
+  }
+  if (layout_.holds_head()) {
+    targets_ = act("targets");
+    xf_ = act("xf");
+    rstdf_ = act("rstdf");
+    logits_ = act("logits");
+    row_stats_ = act("row_stats");
+    lse_ = act("lse");
+  }
+  dnorm_ = act("dnorm");
+  dqkv_ = act("dqkv");
+  datt_ = act("datt");
+  dgu_ = act("dgu");
+  dact_ = act("dact");
+  partial_ = act("partial");
+}
+
+PipelineChunk LlamaModel::chunk(int c) const {
+  const ChunkInfo& info = layout_.chunks[static_cast<size_t>(c)];
+  return {info.global_index, info.first, info.last};
+}
+
+Tensor LlamaModel::Input(int chunk, int slot) const {
+  return chunks_[static_cast<size_t>(chunk)].slots[static_cast<size_t>(slot)].x.front();
+}
+Tensor LlamaModel::Output(int chunk, int slot) const {
+  return chunks_[static_cast<size_t>(chunk)].slots[static_cast<size_t>(slot)].x.back();
+}
+Tensor LlamaModel::Grad(int chunk, int slot) const {
+  return chunks_[static_cast<size_t>(chunk)].slots[static_cast<size_t>(slot)].grad;
+}
+
+const LlamaModel::LayerActivations& LlamaModel::Saved(const Chunk& c, const Slot& s, int64_t k) const {
+  return options_.recompute ? c.scratch : s.saved[static_cast<size_t>(k)];
+}
+
+void LlamaModel::LayerForward(int64_t local_layer, const Tensor& x, const Tensor& x_next, const LayerActivations& a) {
+  const LayerWeights& w = weights_[static_cast<size_t>(local_layer)];
+  const float eps = static_cast<float>(shape_.norm_eps);
+  // Attention block: h = x + o_proj(attn(rope(qkv(norm(x))))); o_proj is
+  // row-parallel, so its partial products are summed over tensor parallelism.
+  ops_->RmsNormForward(x, w.attn_norm, eps, a.xn, a.rstd1);
+  ops_->LinearForward(a.xn, w.qkv, a.qkv, false);
+  ops_->RopeForward(a.qkv, n_rot_heads_);
+  ops_->AttentionForward(a.qkv, a.att, a.lse);
+  ops_->LinearForward(a.att, w.o, partial_, false);
+  comms_.tp->AllReduceSync(partial_, ReduceOp::kSum);
+  // MLP block: x_next = h + down(swiglu(gate_up(norm(h)))); down is row-parallel.
+  ops_->AddRmsNormForward(x, partial_, w.mlp_norm, eps, a.h, a.hn, a.rstd2);
+  ops_->LinearForward(a.hn, w.gate_up, a.gu, false);
+  ops_->SwigluForward(a.gu, a.act);
+  ops_->LinearForward(a.act, w.down, partial_, false);
+  comms_.tp->AllReduceSync(partial_, ReduceOp::kSum);
+  ops_->Add(a.h, partial_, x_next);
+}
+
+// On entry `grad` = dL/dx_{l+1}; on exit `grad` = dL/dx_l.
+void LlamaModel::LayerBackward(int64_t local_layer, const Tensor& x, const Tensor& grad, const LayerActivations& a) {
+  const LayerWeights& w = weights_[static_cast<size_t>(local_layer)];
+  const LayerWeights& g = weight_grads_[static_cast<size_t>(local_layer)];
+  // MLP block; `grad` also carries dL/dh through the residual connection.
+  // The gate/up projection is column-parallel: its input gradient is summed
+  // over tensor parallelism before the norm's backward.
+  ops_->LinearBackwardInput(grad, w.down, dact_, false);
+  ops_->LinearBackwardWeight(grad, a.act, g.down);
+  ops_->SwigluBackward(dact_, a.gu, dgu_);
+  ops_->LinearBackwardInput(dgu_, w.gate_up, dnorm_, false);
+  comms_.tp->AllReduceSync(dnorm_, ReduceOp::kSum);
+  ops_->LinearBackwardWeight(dgu_, a.hn, g.gate_up);
+  ops_->RmsNormBackward(dnorm_, a.h, w.mlp_norm, a.rstd2, grad, true, g.mlp_norm);
+  // Attention block; `grad` now holds dL/dh.
+  ops_->LinearBackwardInput(grad, w.o, datt_, false);
+  ops_->LinearBackwardWeight(grad, a.att, g.o);
+  ops_->AttentionBackward(a.qkv, a.att, datt_, a.lse, dqkv_);
+  ops_->RopeBackward(dqkv_, n_rot_heads_);
+  ops_->LinearBackwardInput(dqkv_, w.qkv, dnorm_, false);
+  comms_.tp->AllReduceSync(dnorm_, ReduceOp::kSum);
+  ops_->LinearBackwardWeight(dqkv_, a.xn, g.qkv);
+  ops_->RmsNormBackward(dnorm_, x, w.attn_norm, a.rstd1, grad, true, g.attn_norm);
+}
+
+void LlamaModel::HeadForward(const Tensor& x_last, const int32_t* targets, float grad_scale, bool with_grads,
+                               const Tensor& grad_out) {
+  ops_->RmsNormForward(x_last, final_norm_, static_cast<float>(shape_.norm_eps), xf_, rstdf_);
+  ops_->UploadIds(targets, targets_);
+  for (int64_t r0 = 0; r0 < rows_; r0 += logits_rows_) {
+    const int64_t r1 = std::min(rows_, r0 + logits_rows_), n = r1 - r0;
+    const Tensor xf = xf_.Rows(r0, r1);
+    const Tensor logits = logits_.Rows(0, n);
+    const Tensor tgt = targets_.Rows(r0, r1);
+    const Tensor row_max = row_stats_.Rows(0, n);
+    const Tensor sum_and_target = row_stats_.Rows(logits_rows_, logits_rows_ + 2 * n);
+    const Tensor sumexp = row_stats_.Rows(logits_rows_, logits_rows_ + n);
+    const Tensor target_logit = row_stats_.Rows(logits_rows_ + n, logits_rows_ + 2 * n);
+    const Tensor lse = lse_.Rows(0, n);
+    // Vocab-parallel cross-entropy: per-row statistics combined over shards.
+    ops_->LinearForward(xf, head_, logits, false);
+    ops_->LogitsRowMax(logits, row_max);
+    comms_.tp->AllReduceSync(row_max, ReduceOp::kMax);
+    ops_->LogitsRowSumExp(logits, row_max, tgt, layout_.vocab_offset, shape_.vocab, sumexp, target_logit);
+    comms_.tp->AllReduceSync(sum_and_target, ReduceOp::kSum);
+    ops_->CrossEntropyLoss(row_max, sumexp, target_logit, tgt, lse);
+    if (with_grads) {
+      // logits now becomes dL/dlogits for this chunk; the head is
+      // column-parallel, so dxf is summed over tensor parallelism below.
+      ops_->SoftmaxCrossEntropyBackward(logits, tgt, layout_.vocab_offset, lse, grad_scale);
+      ops_->LinearBackwardInput(logits, head_, dnorm_.Rows(r0, r1), false);
+      ops_->LinearBackwardWeight(logits, xf, head_grad_);
+    }
+  }
+  if (with_grads) {
+    comms_.tp->AllReduceSync(dnorm_, ReduceOp::kSum);
+    ops_->RmsNormBackward(dnorm_, x_last, final_norm_, rstdf_, grad_out, false, final_norm_grad_);
+  }
+}
+
+void LlamaModel::Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, float grad_scale,
+                         bool with_grads, bool last_micro_batch) {
+  const ChunkInfo& info = layout_.chunks[static_cast<size_t>(chunk)];
+  Chunk& c = chunks_[static_cast<size_t>(chunk)];
+  Slot& s = c.slots[static_cast<size_t>(slot)];
+  if (info.first) {
+    // Vocab-parallel embedding: each rank fills the rows of its ids, zeros elsewhere.
+    ops_->UploadIds(ids, s.ids);
+    ops_->EmbeddingForward(s.ids, embed_, layout_.vocab_offset, s.x.front());
+    comms_.tp->AllReduceSync(s.x.front(), ReduceOp::kSum);
+  }
+  for (int64_t k = 0; k < c.n_layers; ++k) {
+    LayerForward(c.first_layer + k, s.x[static_cast<size_t>(k)], s.x[static_cast<size_t>(k + 1)], Saved(c, s, k));
+  }
+  if (!info.last) return;
+  HeadForward(s.x.back(), targets, grad_scale, with_grads, s.grad);
+  if (with_grads && last_micro_batch) ReportFinal(head_tensors_);
+}
+
+void LlamaModel::ReportFinal(const std::vector<size_t>& tensors) const {
+  if (gradients_final_ && !tensors.empty()) gradients_final_(tensors);
+}
+
+void LlamaModel::Backward(int chunk, int slot, bool last_micro_batch) {
+  const ChunkInfo& info = layout_.chunks[static_cast<size_t>(chunk)];
+  Chunk& c = chunks_[static_cast<size_t>(chunk)];
+  Slot& s = c.slots[static_cast<size_t>(slot)];
+  for (int64_t k = c.n_layers - 1; k >= 0; --k) {
+    const Tensor& x = s.x[static_cast<size_t>(k)];
+    // The recompute scratch may hold another layer or micro-batch: re-run
+    // this layer's forward from its saved input first.
+    if (options_.recompute) LayerForward(c.first_layer + k, x, s.x[static_cast<size_t>(k + 1)], c.scratch);
+    LayerBackward(c.first_layer + k, x, s.grad, Saved(c, s, k));
+    if (last_micro_batch) {
+      // The layer's gradients are complete; replicated KV heads first sum
+      // theirs over the replicas (every replica runs the same schedule).
+      const size_t layer = static_cast<size_t>(c.first_layer + k);
+      if (layout_.kv_replicas > 1) comms_.kv_replicas->AllReduceSync(weight_grads_[layer].kv, ReduceOp::kSum);
+      ReportFinal(layer_tensors_[layer]);
+    }
+  }
+  if (info.first) {
+    ops_->EmbeddingBackward(s.ids, s.grad, layout_.vocab_offset, embed_grad_);
+    if (last_micro_batch) ReportFinal(embedding_tensors_);
+  }
+}
+
+double LlamaModel::ForwardBackward(const int32_t* inputs, const int32_t* targets, float grad_scale) {
+  LATAM_CHECK(num_chunks() == 1 && layout_.chunks[0].first && layout_.chunks[0].last,
+              "ForwardBackward needs the whole model in one chunk");
+  Forward(0, 0, inputs, targets, grad_scale, true, true);
+  Backward(0, 0, true);
+  return TakeLoss();
+}
+
+double LlamaModel::ForwardLoss(const int32_t* inputs, const int32_t* targets) {
+  LATAM_CHECK(num_chunks() == 1 && layout_.chunks[0].first && layout_.chunks[0].last,
+              "ForwardLoss needs the whole model in one chunk");
+  Forward(0, 0, inputs, targets, 0.0f, false, false);
+  return TakeLoss();
+}
+
+}  // namespace latam

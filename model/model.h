@@ -1,0 +1,199 @@
+// The Llama-3 transformer on the CPU with an explicit backward pass, as the
+// shard one rank holds (model/layout.h): some pipeline chunks of layers,
+// tensor-parallel slices of their weights, and the embedding / head when
+// its chunks are the first / last.
+//
+//   x_0     = embed(tokens)                          (vocab-parallel: all-reduce over TP)
+//   for each layer l:
+//     h     = x_l + o_proj(attention(rope(qkv_proj(rmsnorm(x_l)))))
+//     x_l+1 = h + down_proj(swiglu(gate_up_proj(rmsnorm(h))))
+//   logits  = lm_head(rmsnorm(x_L))      (lm_head = embed_tokens when tied)
+//   loss    = sum over tokens of cross_entropy(logits, targets)
+//
+// Tensor parallelism (Megatron; T ranks, comm = the tensor-parallel group):
+//   column-parallel  y_t = x W_t^T          (x replicated; Q/K/V, gate/up, head)
+//                    backward: dx = sum_t dy_t W_t       -> all-reduce dx
+//   row-parallel     y = sum_t x_t W_t^T    (o_proj, down_proj) -> all-reduce y
+//                    backward: dx_t = dy W_t             (dy replicated)
+//   vocab-parallel   cross-entropy combines per-row max / sum-exp / target
+//                    logit over the vocabulary shards (kernels/cross_entropy.h);
+//                    the full logits are never gathered.
+//
+// Device. The model computes through ModelOps (model/model_ops.h): fp32
+// reference kernels on the CPU, or CUDA kernels on one compute stream with
+// activations in ActivationOptions::dtype (bf16 or f32); its parameter,
+// gradient and activation arenas live on that device. Token ids and targets
+// come from host memory. The code below is the same for both devices.
+//
+// Pipeline interface. A micro-batch runs chunk by chunk: Forward(chunk,
+// slot) reads token ids (first chunk) or the activation in Input(chunk,
+// slot) and leaves its output in Output(chunk, slot); the last chunk also
+// runs the LM head, the loss and, with gradients, their backward, leaving
+// dL/dx_L in Grad(chunk, slot). The token losses are summed on the device;
+// TakeLoss() returns the sum since its last call (and waits for the device). Backward(chunk, slot) turns the gradient in
+// Grad(chunk, slot) (received from the next chunk, or left by the head) into
+// the gradient of the chunk's input, left in the same buffer for the
+// previous chunk. Each chunk keeps `slots` micro-batches' activations, for
+// the micro-batches a pipeline schedule keeps in flight. Backward ADDS into
+// the gradient arena, so gradient accumulation is a series of micro-batches
+// between ZeroGrads(). On the step's last micro-batch (`last_micro_batch`)
+// the model reports each group of tensors whose gradients are then complete
+// to the OnGradientsFinal callback (a layer's as soon as its backward is
+// done, the head's after the loss backward, the embedding's at the very
+// end), after summing a layer's replicated KV-head gradients over their
+// replicas; the optimizer starts reducing them over data parallelism there. The LM head runs in row chunks whose logits buffer
+// is overwritten in place by its gradient.
+//
+// Activations live in one arena sized at construction (ActivationBytes
+// gives the same number without building a model, for --plan). With
+// recompute only each layer's input is kept per slot and the layer's forward
+// is re-run before its backward.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "core/arena.h"
+#include "parallel/communicator.h"
+#include "parallel/pipeline.h"
+#include "model/layout.h"
+#include "model/model_ops.h"
+#include "model/parameters.h"
+
+namespace latam {
+
+struct ActivationOptions {
+  int64_t micro_batch = 1;
+  int64_t seq_len = 1;
+  bool recompute = false;
+  // Rows per LM-head chunk; 0 picks as many rows as fit in 2^24 logits.
+  int64_t logits_chunk_rows = 0;
+  // OpenMP threads the CPU attention workspace is sized for; 0 means
+  // omp_get_max_threads() at construction.
+  int cpu_threads = 0;
+  // Micro-batches in flight per local chunk; empty means one per chunk.
+  std::vector<int> slots;
+  // Where the model computes: kCPU (f32 only) or kCUDA, with activations and
+  // the compute copy of the weights in `dtype` (kBF16 or kF32), on `stream`
+  // (a cudaStream_t; nullptr is the legacy default stream).
+  Device device = Device::kCPU;
+  DType dtype = DType::kF32;
+  Stream stream;
+};
+
+// Bytes of the activation arena and kernel workspaces a LlamaModel with this
+// layout allocates.
+size_t ActivationBytes(const ModelShape& shape, const ModelLayout& layout, const ActivationOptions& options);
+
+// The groups the model computes with.
+struct ModelComms {
+  Communicator* tp = nullptr;           // tensor-parallel group (size layout.tp)
+  Communicator* kv_replicas = nullptr;  // ranks holding the same KV heads, when layout.kv_replicas > 1
+};
+
+class LlamaModel : public PipelineStages {
+ public:
+  // The whole model on one process (one chunk, no communication).
+  LlamaModel(const ModelShape& shape, const ActivationOptions& options);
+  // The shard of `layout`; comms must outlive the model. The parameter and
+  // gradient arenas are padded to a multiple of `param_pad_to` elements
+  // (ZeRO-1 shards them over data-parallel ranks).
+  // grad_bucket_elems sizes the gradient buckets (GradBucket,
+  // model/parameters.h; 0: one bucket).
+  LlamaModel(const ModelShape& shape, const ModelLayout& layout, const ActivationOptions& options, ModelComms comms,
+             int64_t param_pad_to = 1, int64_t grad_bucket_elems = 0);
+
+  const ModelShape& shape() const { return shape_; }
+  const ModelLayout& layout() const { return layout_; }
+  ParameterSet& parameters() { return *params_; }
+  const ParameterSet& parameters() const { return *params_; }
+  // PipelineStages (parallel/pipeline.h).
+  int pipeline_stages() const override { return layout_.pp; }
+  int pipeline_rank() const override { return layout_.pp_rank; }
+  int virtual_stages() const override { return layout_.virtual_stages; }
+  PipelineChunk chunk(int c) const override;
+  int64_t tokens_per_micro_batch() const override { return rows_; }
+  int num_chunks() const override { return static_cast<int>(layout_.chunks.size()); }
+  int slots(int chunk) const override {
+    return static_cast<int>(chunks_[static_cast<size_t>(chunk)].slots.size());
+  }
+
+  Tensor Input(int chunk, int slot) const override;
+  Tensor Output(int chunk, int slot) const override;
+  Tensor Grad(int chunk, int slot) const override;
+
+  // ids and targets (host, tokens_per_micro_batch() each) are read by the
+  // first and the last chunk.
+  void Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, float grad_scale, bool with_grads,
+               bool last_micro_batch) override;
+  void Backward(int chunk, int slot, bool last_micro_batch) override;
+  // Called with parameter indices (ParameterSet order) whose gradients are
+  // complete for the step; see above.
+  using GradientsFinalFn = std::function<void(const std::vector<size_t>& tensors)>;
+  void OnGradientsFinal(GradientsFinalFn fn) { gradients_final_ = std::move(fn); }
+  // Sum of the token losses of the last chunk's forwards since the last
+  // call (0 on other ranks).
+  double TakeLoss() override { return ops_->TakeLoss(); }
+  ModelOps& ops() { return *ops_; }
+
+  // Whole-model conveniences for a single chunk that is both first and last;
+  // they return the summed token loss.
+  double ForwardBackward(const int32_t* inputs, const int32_t* targets, float grad_scale);
+  double ForwardLoss(const int32_t* inputs, const int32_t* targets);
+
+ private:
+  struct LayerWeights {
+    Tensor attn_norm, qkv, o, mlp_norm, gate_up, down, kv;
+  };
+  struct LayerActivations {
+    Tensor xn, rstd1, qkv, att, lse, h, hn, rstd2, gu, act;
+  };
+  struct Slot {
+    std::vector<Tensor> x;                // x_0 .. x_n of the chunk's n layers
+    std::vector<LayerActivations> saved;  // per layer, unless recomputing
+    Tensor ids;                           // first chunk: the micro-batch's ids
+    Tensor grad;                          // gradient at the chunk's output, then input
+  };
+  struct Chunk {
+    int64_t first_layer = 0;  // local layer index of its first layer
+    int64_t n_layers = 0;
+    std::vector<Slot> slots;
+    LayerActivations scratch;  // with recompute
+  };
+
+  void Build(const ActivationOptions& options, int64_t param_pad_to, int64_t grad_bucket_elems);
+  const LayerActivations& Saved(const Chunk& c, const Slot& s, int64_t k) const;
+  void LayerForward(int64_t local_layer, const Tensor& x, const Tensor& x_next, const LayerActivations& a);
+  void LayerBackward(int64_t local_layer, const Tensor& x, const Tensor& grad, const LayerActivations& a);
+  void HeadForward(const Tensor& x_last, const int32_t* targets, float grad_scale, bool with_grads,
+                     const Tensor& grad_out);
+
+  ModelShape shape_;
+  ModelLayout layout_;
+  ActivationOptions options_;
+  std::unique_ptr<SelfCommunicator> self_comm_;  // for the single-process constructor
+  ModelComms comms_;
+  int64_t rows_;         // tokens per micro-batch
+  int64_t logits_rows_;  // rows per LM-head chunk
+  int n_rot_heads_;  // query and key heads of the local fused QKV rows
+  std::unique_ptr<ModelOps> ops_;
+  std::unique_ptr<ParameterSet> params_;
+  std::vector<LayerWeights> weights_, weight_grads_;  // per local layer
+  Tensor embed_, embed_grad_, head_, head_grad_, final_norm_, final_norm_grad_;
+
+  TensorTable act_table_;
+  Arena act_arena_;
+  std::vector<Chunk> chunks_;
+  Tensor targets_, xf_, rstdf_, logits_, row_stats_, lse_;
+  Tensor dnorm_, dqkv_, datt_, dgu_, dact_, partial_;
+  // Parameter indices reported final together: per local layer, the head's,
+  // the embedding's.
+  std::vector<std::vector<size_t>> layer_tensors_;
+  std::vector<size_t> head_tensors_, embedding_tensors_;
+  GradientsFinalFn gradients_final_;
+  void ReportFinal(const std::vector<size_t>& tensors) const;
+};
+
+}  // namespace latam

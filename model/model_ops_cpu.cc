@@ -1,0 +1,128 @@
+// ModelOps on the CPU: the fp32 reference kernels, run synchronously.
+#include <omp.h>
+
+#include <cmath>
+
+#include "core/arena.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/elementwise.h"
+#include "kernels/embedding.h"
+#include "kernels/gemm.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/swiglu.h"
+#include "model/model_ops.h"
+
+namespace latam {
+
+namespace {
+
+int CpuThreads(const OpsShape& shape) { return shape.cpu_threads > 0 ? shape.cpu_threads : omp_get_max_threads(); }
+
+int64_t CpuWorkspaceElems(const OpsShape& shape) {
+  return cpu::AttentionWorkspaceElems(shape.attention, CpuThreads(shape));
+}
+
+class CpuOps final : public ModelOps {
+ public:
+  CpuOps(const OpsShape& shape, const RopeTable& rope)
+      : shape_(shape),
+        rope_(rope),
+        workspace_arena_(Device::kCPU, static_cast<size_t>(CpuWorkspaceElems(shape)) * sizeof(float)),
+        workspace_(workspace_arena_.View(0, DType::kF32, Shape{CpuWorkspaceElems(shape)})) {}
+
+  Device device() const override { return Device::kCPU; }
+  DType activation_dtype() const override { return DType::kF32; }
+
+  void UploadIds(const int32_t* host, const Tensor& dst) override {
+    std::copy(host, host + dst.numel(), dst.as<int32_t>());
+  }
+  void RmsNormForward(const Tensor& x, const Tensor& w, float eps, const Tensor& y, const Tensor& rstd) override {
+    cpu::RmsNormForward(x, w, eps, y, rstd);
+  }
+  void RmsNormBackward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dx,
+                       bool accumulate_dx, const Tensor& dw) override {
+    cpu::RmsNormBackward(dy, x, w, rstd, dx, accumulate_dx, dw);
+  }
+  void LinearForward(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) override {
+    cpu::LinearForward(x, w, y, accumulate);
+  }
+  void LinearBackwardInput(const Tensor& dy, const Tensor& w, const Tensor& dx, bool accumulate) override {
+    cpu::LinearBackwardInput(dy, w, dx, accumulate);
+  }
+  void LinearBackwardWeight(const Tensor& dy, const Tensor& x, const Tensor& dw) override {
+    cpu::LinearBackwardWeight(dy, x, dw);
+  }
+  void RopeForward(const Tensor& qkv, int n_rot_heads) override {
+    cpu::RopeForward(qkv, shape_.attention.seq_len, n_rot_heads, rope_);
+  }
+  void RopeBackward(const Tensor& dqkv, int n_rot_heads) override {
+    cpu::RopeBackward(dqkv, shape_.attention.seq_len, n_rot_heads, rope_);
+  }
+  void AttentionForward(const Tensor& qkv, const Tensor& out, const Tensor& lse) override {
+    cpu::AttentionForward(qkv, shape_.attention, out, lse, workspace_);
+  }
+  void AttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
+                         const Tensor& dqkv) override {
+    cpu::AttentionBackward(qkv, out, dout, lse, shape_.attention, dqkv, workspace_);
+  }
+  void Add(const Tensor& a, const Tensor& b, const Tensor& out) override { cpu::Add(a, b, out); }
+  void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, float eps, const Tensor& h,
+                         const Tensor& y, const Tensor& rstd) override {
+    cpu::Add(x, r, h);
+    cpu::RmsNormForward(h, w, eps, y, rstd);
+  }
+  void SwigluForward(const Tensor& gu, const Tensor& out) override { cpu::SwigluForward(gu, out); }
+  void SwigluBackward(const Tensor& dout, const Tensor& gu, const Tensor& dgu) override {
+    cpu::SwigluBackward(dout, gu, dgu);
+  }
+  void EmbeddingForward(const Tensor& ids, const Tensor& table, int64_t vocab_begin, const Tensor& out) override {
+    cpu::EmbeddingForward(ids, table, vocab_begin, out);
+  }
+  void EmbeddingBackward(const Tensor& ids, const Tensor& dout, int64_t vocab_begin, const Tensor& dtable) override {
+    cpu::EmbeddingBackward(ids, dout, vocab_begin, dtable);
+  }
+  void LogitsRowMax(const Tensor& logits, const Tensor& row_max) override { cpu::LogitsRowMax(logits, row_max); }
+  void LogitsRowSumExp(const Tensor& logits, const Tensor& global_max, const Tensor& targets, int64_t vocab_begin,
+                       int64_t vocab, const Tensor& row_sumexp, const Tensor& target_logit) override {
+    cpu::LogitsRowSumExp(logits, global_max, targets, vocab_begin, vocab, row_sumexp, target_logit);
+  }
+  void CrossEntropyLoss(const Tensor& row_max, const Tensor& row_sumexp, const Tensor& target_logit,
+                        const Tensor& targets, const Tensor& lse) override {
+    const int64_t n = lse.numel();
+    const float *mx = row_max.as<float>(), *se = row_sumexp.as<float>(), *tl = target_logit.as<float>();
+    const int32_t* t = targets.as<int32_t>();
+    float* l = lse.as<float>();
+    for (int64_t r = 0; r < n; ++r) {
+      l[r] = mx[r] + std::log(se[r]);
+      if (t[r] >= 0) loss_ += static_cast<double>(l[r]) - static_cast<double>(tl[r]);
+    }
+  }
+  void SoftmaxCrossEntropyBackward(const Tensor& logits, const Tensor& targets, int64_t vocab_begin,
+                                   const Tensor& lse, float grad_scale) override {
+    cpu::SoftmaxCrossEntropyBackward(logits, targets, vocab_begin, lse, grad_scale);
+  }
+  double TakeLoss() override {
+    const double loss = loss_;
+    loss_ = 0.0;
+    return loss;
+  }
+
+ private:
+  OpsShape shape_;
+  RopeTable rope_;
+  Arena workspace_arena_;
+  Tensor workspace_;
+  double loss_ = 0.0;
+};
+
+}  // namespace
+
+std::unique_ptr<ModelOps> MakeCpuOps(const OpsShape& shape, const RopeTable& rope) {
+  return std::make_unique<CpuOps>(shape, rope);
+}
+
+size_t CpuOpsWorkspaceBytes(const OpsShape& shape) {
+  return static_cast<size_t>(CpuWorkspaceElems(shape)) * sizeof(float);
+}
+
+}  // namespace latam

@@ -1,0 +1,204 @@
+// ModelOps on a CUDA device: the kernels of kernels/cuda, enqueued on one
+// compute stream, with cuBLASLt GEMMs through one GemmContext (its plan cache
+// fills during the first step; no allocation after that). Attention runs the
+// tensor-core kernel (kernels/cuda/flash_attention.h) wherever it applies
+// (bf16, head dim 64 or 128) and the simple tiled kernel otherwise;
+// LATAM_ATTENTION (AttentionChoiceFromEnvironment) forces the simple one, or
+// picks the Hopper forward kernel.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "core/arena.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/cross_entropy.h"
+#include "core/cuda_check.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/embedding.h"
+#include "kernels/cuda/flash_attention.h"
+#include "kernels/cuda/fused_norm.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/rmsnorm.h"
+#include "kernels/cuda/rope.h"
+#include "kernels/cuda/swiglu.h"
+#include "model/model_ops.h"
+
+namespace latam {
+
+namespace {
+
+size_t AlignUp(size_t n) { return (n + Arena::kAlignment - 1) / Arena::kAlignment * Arena::kAlignment; }
+
+// Where each workspace sits in the ops' device arena.
+struct CudaWorkspaceLayout {
+  size_t attention = 0, norm = 0, embedding = 0, rope = 0, loss = 0, target_error = 0, total = 0;
+  int64_t attention_elems = 0, norm_elems = 0, embedding_elems = 0;
+
+  CudaWorkspaceLayout(const OpsShape& shape, size_t rope_bytes) {
+    attention_elems = std::max(cuda::AttentionBackwardWorkspaceElems(shape.attention),
+                               cuda::FlashAttentionBackwardWorkspaceElems(shape.attention));
+    norm_elems = cuda::RmsNormBackwardWorkspaceElems(shape.rows(), shape.dim);
+    embedding_elems = cuda::EmbeddingBackwardWorkspaceElems(shape.rows());
+    size_t at = 0;
+    auto place = [&at](size_t bytes) {
+      const size_t offset = at;
+      at = AlignUp(at + bytes);
+      return offset;
+    };
+    attention = place(static_cast<size_t>(attention_elems) * sizeof(float));
+    norm = place(static_cast<size_t>(norm_elems) * sizeof(float));
+    embedding = place(static_cast<size_t>(embedding_elems) * sizeof(int32_t));
+    rope = place(rope_bytes);
+    loss = place(sizeof(double));
+    target_error = place(sizeof(int32_t));
+    total = at;
+  }
+};
+
+size_t RopeBytesFor(const OpsShape& shape) {
+  // UploadRopeTable stores cos and sin, f32 [seq_len, head_dim / 2] each.
+  return 2 * static_cast<size_t>(shape.attention.seq_len) * static_cast<size_t>(shape.attention.head_dim / 2) *
+         sizeof(float);
+}
+
+class CudaOps final : public ModelOps {
+ public:
+  CudaOps(const OpsShape& shape, const RopeTable& rope, DType dtype, cudaStream_t stream)
+      : shape_(shape), dtype_(dtype), stream_(stream), layout_(shape, cuda::RopeTableBytes(rope)) {
+    LATAM_CHECK(dtype == DType::kBF16 || dtype == DType::kF32,
+                "CUDA activations must be bf16 or f32, got " << DTypeName(dtype));
+    Result<AttentionChoice> choice = AttentionChoiceFromEnvironment();
+    LATAM_CHECK(choice.ok(), choice.status().message());
+    flash_ = cuda::FlashAttentionSupports(shape.attention, dtype) && choice.value() != AttentionChoice::kSimple;
+    if (flash_ && (choice.value() == AttentionChoice::kWgmma || choice.value() == AttentionChoice::kWgmmaTma)) {
+      LATAM_CHECK(cuda::FlashWgmmaForwardAvailable(),
+                  "LATAM_ATTENTION=wgmma and wgmma-tma need a compute capability 9.0 GPU (H100, H200)");
+      forward_path_ = choice.value() == AttentionChoice::kWgmma ? cuda::FlashForwardPath::kWgmma
+                                                                 : cuda::FlashForwardPath::kWgmmaTma;
+      backward_path_ = cuda::FlashBackwardPath::kWgmma;
+    }
+    arena_ = Arena(Device::kCUDA, layout_.total);
+    attention_ws_ = arena_.View(layout_.attention, DType::kF32, Shape{layout_.attention_elems});
+    norm_ws_ = arena_.View(layout_.norm, DType::kF32, Shape{layout_.norm_elems});
+    embedding_ws_ = arena_.View(layout_.embedding, DType::kI32, Shape{layout_.embedding_elems});
+    rope_ = cuda::UploadRopeTable(rope, arena_, layout_.rope, stream_);
+    loss_ = static_cast<double*>(static_cast<void*>(static_cast<char*>(arena_.data()) + layout_.loss));
+    target_error_ = arena_.View(layout_.target_error, DType::kI32, Shape{1});
+    // The RoPE upload reads the host table: finish it before `rope` goes.
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  Device device() const override { return Device::kCUDA; }
+  DType activation_dtype() const override { return dtype_; }
+
+  void UploadIds(const int32_t* host, const Tensor& dst) override {
+    // From pageable memory the copy is staged before the call returns, so the
+    // caller may reuse `host` at once.
+    CUDA_CHECK(cudaMemcpyAsync(dst.data, host, dst.bytes(), cudaMemcpyHostToDevice, stream_));
+  }
+  void RmsNormForward(const Tensor& x, const Tensor& w, float eps, const Tensor& y, const Tensor& rstd) override {
+    cuda::RmsNormForward(x, w, eps, y, rstd, stream_);
+  }
+  void RmsNormBackward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& dx,
+                       bool accumulate_dx, const Tensor& dw) override {
+    cuda::RmsNormBackward(dy, x, w, rstd, dx, accumulate_dx, dw, norm_ws_, stream_);
+  }
+  void LinearForward(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) override {
+    cuda::LinearForward(gemm_, x, w, y, accumulate, stream_);
+  }
+  void LinearBackwardInput(const Tensor& dy, const Tensor& w, const Tensor& dx, bool accumulate) override {
+    cuda::LinearBackwardInput(gemm_, dy, w, dx, accumulate, stream_);
+  }
+  void LinearBackwardWeight(const Tensor& dy, const Tensor& x, const Tensor& dw) override {
+    cuda::LinearBackwardWeight(gemm_, dy, x, dw, stream_);
+  }
+  void RopeForward(const Tensor& qkv, int n_rot_heads) override {
+    cuda::RopeForward(qkv, shape_.attention.seq_len, n_rot_heads, rope_, stream_);
+  }
+  void RopeBackward(const Tensor& dqkv, int n_rot_heads) override {
+    cuda::RopeBackward(dqkv, shape_.attention.seq_len, n_rot_heads, rope_, stream_);
+  }
+  void AttentionForward(const Tensor& qkv, const Tensor& out, const Tensor& lse) override {
+    if (flash_) {
+      cuda::FlashAttentionForward(qkv, shape_.attention, true, out, lse, stream_, forward_path_);
+    } else {
+      cuda::AttentionForward(qkv, shape_.attention, out, lse, stream_);
+    }
+  }
+  void AttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
+                         const Tensor& dqkv) override {
+    if (flash_) {
+      cuda::FlashAttentionBackward(qkv, out, dout, lse, shape_.attention, true, dqkv, attention_ws_, stream_,
+                                   backward_path_);
+    } else {
+      cuda::AttentionBackward(qkv, out, dout, lse, shape_.attention, dqkv, attention_ws_, stream_);
+    }
+  }
+  void Add(const Tensor& a, const Tensor& b, const Tensor& out) override { cuda::Add(a, b, out, stream_); }
+  void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, float eps, const Tensor& h,
+                         const Tensor& y, const Tensor& rstd) override {
+    cuda::AddRmsNormForward(x, r, w, eps, h, y, rstd, stream_);
+  }
+  void SwigluForward(const Tensor& gu, const Tensor& out) override { cuda::SwigluForward(gu, out, stream_); }
+  void SwigluBackward(const Tensor& dout, const Tensor& gu, const Tensor& dgu) override {
+    cuda::SwigluBackward(dout, gu, dgu, stream_);
+  }
+  void EmbeddingForward(const Tensor& ids, const Tensor& table, int64_t vocab_begin, const Tensor& out) override {
+    cuda::EmbeddingForward(ids, table, vocab_begin, out, stream_);
+  }
+  void EmbeddingBackward(const Tensor& ids, const Tensor& dout, int64_t vocab_begin, const Tensor& dtable) override {
+    cuda::EmbeddingBackward(ids, dout, vocab_begin, dtable, embedding_ws_, stream_);
+  }
+  void LogitsRowMax(const Tensor& logits, const Tensor& row_max) override {
+    cuda::LogitsRowMax(logits, row_max, stream_);
+  }
+  void LogitsRowSumExp(const Tensor& logits, const Tensor& global_max, const Tensor& targets, int64_t vocab_begin,
+                       int64_t vocab, const Tensor& row_sumexp, const Tensor& target_logit) override {
+    cuda::LogitsRowSumExp(logits, global_max, targets, vocab_begin, vocab, row_sumexp, target_logit, target_error_,
+                          stream_);
+  }
+  void CrossEntropyLoss(const Tensor& row_max, const Tensor& row_sumexp, const Tensor& target_logit,
+                        const Tensor& targets, const Tensor& lse) override {
+    cuda::CrossEntropyLoss(row_max, row_sumexp, target_logit, targets, lse, loss_, stream_);
+  }
+  void SoftmaxCrossEntropyBackward(const Tensor& logits, const Tensor& targets, int64_t vocab_begin,
+                                   const Tensor& lse, float grad_scale) override {
+    cuda::SoftmaxCrossEntropyBackward(logits, targets, vocab_begin, lse, grad_scale, stream_);
+  }
+  double TakeLoss() override {
+    double loss = 0.0;
+    int32_t bad_target = 0;
+    CUDA_CHECK(cudaMemcpyAsync(&loss, loss_, sizeof(loss), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(&bad_target, target_error_.data, sizeof(bad_target), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaMemsetAsync(loss_, 0, sizeof(double), stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    LATAM_CHECK(bad_target == 0, "target token id " << bad_target << " is outside the vocabulary");
+    return loss;
+  }
+
+ private:
+  OpsShape shape_;
+  DType dtype_;
+  cudaStream_t stream_;
+  CudaWorkspaceLayout layout_;
+  cuda::GemmContext gemm_;
+  Arena arena_;
+  Tensor attention_ws_, norm_ws_, embedding_ws_, target_error_;
+  cuda::RopeDeviceTable rope_;
+  double* loss_ = nullptr;
+  bool flash_ = false;  // the tensor-core attention kernel applies
+  cuda::FlashForwardPath forward_path_ = cuda::FlashForwardPath::kMmaSync;
+  cuda::FlashBackwardPath backward_path_ = cuda::FlashBackwardPath::kMmaSync;
+};
+
+}  // namespace
+
+std::unique_ptr<ModelOps> MakeCudaOps(const OpsShape& shape, const RopeTable& rope, DType dtype, Stream stream) {
+  return std::make_unique<CudaOps>(shape, rope, dtype, stream.cuda());
+}
+
+size_t CudaOpsWorkspaceBytes(const OpsShape& shape) {
+  return CudaWorkspaceLayout(shape, RopeBytesFor(shape)).total + cuda::GemmContext::kDefaultWorkspaceBytes;
+}
+
+}  // namespace latam

@@ -1,0 +1,253 @@
+#include "model/optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+
+#include "kernels/adamw.h"
+#include "kernels/grad_norm.h"
+
+#ifdef LATAM_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "core/cuda_check.h"
+#include "kernels/cuda/optimizer.h"
+#endif
+
+namespace latam {
+
+double LearningRate(const config::OptimizerConfig& o, int64_t step, int64_t total_steps) {
+  const int64_t warmup = o.warmup_steps();
+  if (step < warmup) return o.lr() * static_cast<double>(step + 1) / static_cast<double>(warmup);
+  const int64_t decay_steps = std::max<int64_t>(1, total_steps - warmup - 1);
+  const double progress = std::clamp(static_cast<double>(step - warmup) / static_cast<double>(decay_steps), 0.0, 1.0);
+  return o.min_lr() + 0.5 * (o.lr() - o.min_lr()) * (1.0 + std::cos(std::numbers::pi * progress));
+}
+
+float ClipFactor(double grad_norm, double max_norm) {
+  if (max_norm <= 0.0 || !(grad_norm > max_norm)) return 1.0f;
+  return static_cast<float>(max_norm / (grad_norm + 1e-6));
+}
+
+AdamWOptimizer::AdamWOptimizer(ParameterSet* params, const config::OptimizerConfig& config)
+    : params_(params),
+      config_(config),
+      self_dp_(std::make_unique<SelfCommunicator>("dp")),
+      self_norm_(std::make_unique<SelfCommunicator>("norm")) {
+  comms_ = {self_dp_.get(), self_norm_.get()};
+  Init();
+}
+
+AdamWOptimizer::AdamWOptimizer(ParameterSet* params, const config::OptimizerConfig& config, int zero_stage,
+                               OptimizerComms comms)
+    : params_(params), config_(config), zero_stage_(zero_stage), comms_(comms) {
+  LATAM_CHECK(comms.dp != nullptr && comms.norm_group != nullptr, "optimizer groups missing");
+  LATAM_CHECK(zero_stage == 0 || zero_stage == 1, "ZeRO stage " << zero_stage);
+  Init();
+}
+
+void AdamWOptimizer::Init() {
+  const int d = comms_.dp->size(), r = comms_.dp->rank();
+  const std::vector<GradBucket>& buckets = params_->buckets();
+  // The elements this rank updates ("owned"), bucket by bucket: all of them
+  // (ZeRO-0), or share r of every bucket (ZeRO-1). The owned gradients,
+  // moments and the segments' owned_at index one buffer in bucket order.
+  int64_t at = 0;
+  for (const GradBucket& b : buckets) {
+    int64_t own_begin = b.begin, own_end = b.end;
+    if (zero_stage_ == 1) {
+      LATAM_CHECK((b.end - b.begin) % d == 0,
+                  "gradient bucket of " << b.end - b.begin << " elements, not a multiple of " << d << " replicas");
+      const int64_t share = (b.end - b.begin) / d;
+      own_begin = b.begin + r * share;
+      own_end = own_begin + share;
+    }
+    bucket_owned_at_.push_back(at);
+    for (size_t i = b.first_tensor; i < b.end_tensor; ++i) {
+      const int64_t begin = params_->flat_offset(i), end = begin + params_->param(i).numel();
+      const int64_t lo = std::max(begin, own_begin), hi = std::min(end, own_end);
+      if (lo < hi) segments_.push_back({i, lo, hi, at + (lo - own_begin)});
+    }
+    at += own_end - own_begin;
+  }
+  owned_size_ = at;
+  if (zero_stage_ == 1) slice_grads_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
+  exp_avg_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
+  exp_avg_sq_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
+  pending_.assign(buckets.size(), 0);
+  if (params_->device() == Device::kCUDA) BuildDeviceTable();
+}
+
+Tensor AdamWOptimizer::OwnedGrads() const {
+  return zero_stage_ == 1 ? slice_grads_.View(0, DType::kF32, Shape{owned_size_}) : params_->padded_grads();
+}
+
+void AdamWOptimizer::BuildDeviceTable() {
+#ifdef LATAM_HAVE_CUDA
+  // The arenas never move, so the table is built once.
+  float* grads = OwnedGrads().as<float>();
+  float* params = params_->padded_params().as<float>();
+  float* m = static_cast<float*>(exp_avg_.data());
+  float* v = static_cast<float*>(exp_avg_sq_.data());
+  // ZeRO-1 re-casts the whole copy after the all-gather instead.
+  BF16* copy = params_->placement().compute_dtype == DType::kBF16 && zero_stage_ == 0
+                   ? params_->padded_compute().as<BF16>()
+                   : nullptr;
+  std::vector<cuda::OptimizerSegment> table;
+  for (const Segment& s : segments_) {
+    cuda::OptimizerSegment seg{};
+    seg.param = params + s.begin;
+    seg.grad = grads + s.owned_at;
+    seg.exp_avg = m + s.owned_at;
+    seg.exp_avg_sq = v + s.owned_at;
+    seg.param_bf16 = copy != nullptr ? copy + s.begin : nullptr;
+    seg.numel = s.end - s.begin;
+    seg.weight_decay = params_->spec(s.tensor).weight_decay ? 1 : 0;
+    seg.counted = params_->spec(s.tensor).counted ? 1 : 0;
+    table.push_back(seg);
+  }
+  const size_t bytes = table.size() * sizeof(cuda::OptimizerSegment);
+  device_segments_ = Arena(Device::kCUDA, bytes);
+  if (bytes > 0) CUDA_CHECK(cudaMemcpy(device_segments_.data(), table.data(), bytes, cudaMemcpyHostToDevice));
+  // GradSumOfSquares' per-block partials, then the sum.
+  norm_scratch_ =
+      Arena(Device::kCUDA, static_cast<size_t>(cuda::GradSumOfSquaresWorkspaceElems() + 1) * sizeof(double));
+#else
+  LATAM_CHECK(false, "a CUDA optimizer in a build without CUDA");
+#endif
+}
+
+std::vector<AdamWOptimizer::MomentSlice> AdamWOptimizer::Moments() const {
+  std::vector<MomentSlice> out;
+  float* m = static_cast<float*>(exp_avg_.data());
+  float* v = static_cast<float*>(exp_avg_sq_.data());
+  for (const Segment& s : segments_) out.push_back({s.tensor, s.begin, s.end, m + s.owned_at, v + s.owned_at});
+  return out;
+}
+
+void AdamWOptimizer::ResetMoments() {
+  exp_avg_.Zero();
+  exp_avg_sq_.Zero();
+  step_ = 0;
+}
+
+void AdamWOptimizer::BeginGradientReduction() {
+  LATAM_CHECK(in_flight_.empty(), "a gradient reduction is already in progress");
+  const std::vector<GradBucket>& buckets = params_->buckets();
+  for (size_t b = 0; b < buckets.size(); ++b) {
+    pending_[b] = static_cast<int>(buckets[b].end_tensor - buckets[b].first_tensor);
+  }
+  final_.assign(params_->size(), false);
+}
+
+void AdamWOptimizer::GradientsFinal(const std::vector<size_t>& tensors) {
+  for (size_t t : tensors) {
+    LATAM_CHECK(!final_.at(t), params_->spec(t).name << "'s gradient was declared final twice in one step");
+    final_[t] = true;
+    const size_t b = params_->bucket_of(t);
+    if (--pending_[b] == 0) ReduceBucket(b);
+  }
+}
+
+void AdamWOptimizer::ReduceBucket(size_t b) {
+  const GradBucket& bucket = params_->buckets()[b];
+  const Tensor grads = params_->padded_grads().Rows(bucket.begin, bucket.end);
+  if (zero_stage_ == 1) {
+    const int64_t share = (bucket.end - bucket.begin) / comms_.dp->size();
+    const int64_t at = bucket_owned_at_[b];
+    in_flight_.push_back(comms_.dp->ReduceScatter(grads, OwnedGrads().Rows(at, at + share)));
+  } else {
+    in_flight_.push_back(comms_.dp->AllReduce(grads, ReduceOp::kSum));
+  }
+}
+
+void AdamWOptimizer::FinishGradientReduction() {
+  for (size_t t = 0; t < final_.size(); ++t) {
+    LATAM_CHECK(final_[t], params_->spec(t).name << "'s gradient was never declared final in this step");
+  }
+  for (auto& request : in_flight_) request->Wait();
+  in_flight_.clear();
+}
+
+void AdamWOptimizer::ReduceGradients() {
+  BeginGradientReduction();
+  std::vector<size_t> all(params_->size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  GradientsFinal(all);
+  FinishGradientReduction();
+}
+
+double AdamWOptimizer::GradNorm() {
+  const Tensor grads = OwnedGrads();
+  double sum = 0.0;
+#ifdef LATAM_HAVE_CUDA
+  if (params_->device() == Device::kCUDA) {
+    const auto stream = params_->placement().stream.cuda();
+    double* scratch = static_cast<double*>(norm_scratch_.data());
+    double* device_sum = scratch + cuda::GradSumOfSquaresWorkspaceElems();
+    if (segments_.empty()) {
+      CUDA_CHECK(cudaMemsetAsync(device_sum, 0, sizeof(double), stream));
+    } else {
+      cuda::GradSumOfSquares(static_cast<const cuda::OptimizerSegment*>(device_segments_.data()),
+                             static_cast<int>(segments_.size()), scratch, device_sum, stream);
+    }
+    CUDA_CHECK(cudaMemcpyAsync(&sum, device_sum, sizeof(double), cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    return std::sqrt(comms_.norm_group->AllReduceScalar(sum, ReduceOp::kSum));
+  }
+#endif
+  for (const Segment& s : segments_) {
+    if (!params_->spec(s.tensor).counted) continue;
+    sum += cpu::SumOfSquares(grads.Rows(s.owned_at, s.owned_at + (s.end - s.begin)));
+  }
+  return std::sqrt(comms_.norm_group->AllReduceScalar(sum, ReduceOp::kSum));
+}
+
+void AdamWOptimizer::GatherParameters() {
+  if (zero_stage_ != 1) return;
+  const Tensor params = params_->padded_params();
+  const int d = comms_.dp->size(), r = comms_.dp->rank();
+  for (const GradBucket& b : params_->buckets()) {
+    const int64_t share = (b.end - b.begin) / d;
+    in_flight_.push_back(comms_.dp->AllGather(params.Rows(b.begin + r * share, b.begin + (r + 1) * share),
+                                              params.Rows(b.begin, b.end)));
+  }
+  for (auto& request : in_flight_) request->Wait();
+  in_flight_.clear();
+  params_->SyncCompute();
+}
+
+void AdamWOptimizer::Step(float lr, float grad_factor) {
+  ++step_;
+  const Tensor grads = OwnedGrads();
+  const Tensor params = params_->padded_params();
+  AdamWHyper h;
+  h.lr = lr;
+  h.beta1 = static_cast<float>(config_.beta1());
+  h.beta2 = static_cast<float>(config_.beta2());
+  h.eps = static_cast<float>(config_.eps());
+  h.step = step_;
+#ifdef LATAM_HAVE_CUDA
+  if (params_->device() == Device::kCUDA) {
+    h.weight_decay = static_cast<float>(config_.weight_decay());  // for the segments flagged to decay
+    if (!segments_.empty()) {
+      cuda::MultiTensorAdamW(static_cast<const cuda::OptimizerSegment*>(device_segments_.data()),
+                             static_cast<int>(segments_.size()), h, grad_factor,
+                             params_->placement().stream.cuda());
+    }
+    GatherParameters();
+    return;
+  }
+#endif
+  if (grad_factor != 1.0f) cpu::Scale(grads, grad_factor);
+  const Tensor m = exp_avg_.View(0, DType::kF32, Shape{owned_size_});
+  const Tensor v = exp_avg_sq_.View(0, DType::kF32, Shape{owned_size_});
+  for (const Segment& s : segments_) {
+    h.weight_decay = params_->spec(s.tensor).weight_decay ? static_cast<float>(config_.weight_decay()) : 0.0f;
+    const int64_t b = s.owned_at, e = s.owned_at + (s.end - s.begin);
+    cpu::AdamWUpdate(params.Rows(s.begin, s.end), grads.Rows(b, e), m.Rows(b, e), v.Rows(b, e), h);
+  }
+  GatherParameters();
+}
+
+}  // namespace latam

@@ -1,0 +1,196 @@
+#include "model/parameters.h"
+
+#include <cmath>
+
+#include "core/random.h"
+
+#ifdef LATAM_HAVE_CUDA
+#include "kernels/cuda/elementwise.h"
+#endif
+
+namespace latam {
+
+ModelShape ModelShape::FromConfig(const config::ModelConfig& m) {
+  ModelShape s;
+  s.vocab = m.vocab_size();
+  s.dim = m.dim();
+  s.n_layers = m.n_layers();
+  s.n_heads = m.n_heads();
+  s.n_kv_heads = m.n_kv_heads();
+  s.head_dim = m.n_heads() > 0 ? m.dim() / m.n_heads() : 0;
+  s.ffn_dim = m.ffn_dim();
+  s.tie_embeddings = m.tie_embeddings();
+  s.rope_theta = m.rope_theta();
+  if (m.has_rope_scaling()) {
+    s.rope_scaling.factor = m.rope_scaling().factor();
+    s.rope_scaling.low_freq_factor = m.rope_scaling().low_freq_factor();
+    s.rope_scaling.high_freq_factor = m.rope_scaling().high_freq_factor();
+    s.rope_scaling.original_max_position = m.rope_scaling().original_max_position_embeddings();
+  }
+  s.norm_eps = m.norm_eps();
+  s.max_seq_len = m.max_seq_len();
+  s.init_std = m.init_std();
+  return s;
+}
+
+int64_t ModelShape::ParameterCount() const {
+  const int64_t per_layer = 2 * dim               // input and post-attention norms
+                            + qkv_dim() * dim     // q, k, v
+                            + dim * attn_dim()    // o
+                            + 3 * ffn_dim * dim;  // gate, up, down
+  return vocab * dim * (tie_embeddings ? 1 : 2) + n_layers * per_layer + dim;
+}
+
+std::string LayerParamName(int64_t layer, const char* suffix) {
+  return "model.layers." + std::to_string(layer) + "." + suffix;
+}
+
+namespace {
+
+// Tensors of one layer share a key; the final norm and the LM head share
+// "head"; anything else (the embedding) is its own key.
+std::string BucketKey(const std::string& name) {
+  const std::string layers = "model.layers.";
+  if (name.rfind(layers, 0) == 0) return name.substr(0, name.find('.', layers.size()));
+  if (name == "model.norm.weight" || name == "lm_head.weight") return "head";
+  return name;
+}
+
+}  // namespace
+
+ParameterSet::ParameterSet(std::vector<ParamSpec> specs, int64_t pad_to, ParameterPlacement placement,
+                           int64_t bucket_elems)
+    : specs_(std::move(specs)), placement_(placement) {
+  LATAM_CHECK(placement.compute_dtype == DType::kF32 || placement.compute_dtype == DType::kBF16,
+              "compute dtype " << DTypeName(placement.compute_dtype));
+  LATAM_CHECK(placement.compute_dtype == DType::kF32 || placement.device == Device::kCUDA,
+              "a bf16 compute copy needs the CUDA device");
+  LATAM_CHECK(pad_to >= 1, "pad_to " << pad_to);
+  // Both tables get the same padding at the end of every bucket, so element
+  // offsets agree between the f32 arenas and the compute copy.
+  auto close_bucket = [&](size_t end_tensor) {
+    table_.Align(static_cast<size_t>(pad_to) * sizeof(float));
+    compute_table_.Align(static_cast<size_t>(pad_to) * DTypeSize(placement.compute_dtype));
+    GradBucket b;
+    b.begin = buckets_.empty() ? 0 : buckets_.back().end;
+    b.end = static_cast<int64_t>(table_.total_bytes() / sizeof(float));
+    b.first_tensor = buckets_.empty() ? 0 : buckets_.back().end_tensor;
+    b.end_tensor = end_tensor;
+    buckets_.push_back(b);
+  };
+  auto is_layer = [](const std::string& key) { return key.rfind("model.layers.", 0) == 0; };
+  int64_t in_bucket = 0;
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    const ParamSpec& p = specs_[i];
+    if (i > 0 && bucket_elems > 0) {
+      // A new group closes the bucket when either group is not a layer, or
+      // when the bucket is full.
+      const std::string key = BucketKey(p.name), prev = BucketKey(specs_[i - 1].name);
+      if (key != prev && (!is_layer(key) || !is_layer(prev) || in_bucket >= bucket_elems)) {
+        close_bucket(i);
+        in_bucket = 0;
+      }
+    }
+    table_.Add(p.name, DType::kF32, p.shape);
+    compute_table_.Add(p.name, placement.compute_dtype, p.shape);
+    numel_ += p.shape.numel();
+    in_bucket += p.shape.numel();
+  }
+  close_bucket(specs_.size());
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    bucket_of_.insert(bucket_of_.end(), buckets_[b].end_tensor - buckets_[b].first_tensor, b);
+  }
+  padded_numel_ = static_cast<int64_t>(table_.total_bytes() / sizeof(float));
+  params_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * sizeof(float));
+  grads_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * sizeof(float));
+  if (placement.compute_dtype != DType::kF32) {
+    compute_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * DTypeSize(placement.compute_dtype));
+  }
+}
+
+Tensor ParameterSet::compute(const std::string& name) const {
+  return placement_.compute_dtype == DType::kF32 ? param(name) : compute_table_.Get(compute_, name);
+}
+
+Tensor ParameterSet::Fused(const TensorTable& table, const Arena& arena, const std::string& first, size_t count,
+                           int64_t cols) const {
+  const TensorTable::Entry& e = table.Find(first);
+  size_t index = 0;
+  while (table.entry(index).name != first) ++index;
+  int64_t rows = 0;
+  size_t expected_offset = e.offset;
+  for (size_t i = index; i < index + count; ++i) {
+    const TensorTable::Entry& part = table.entry(i);
+    LATAM_CHECK(part.offset == expected_offset && part.shape.cols() == cols,
+                part.name << " is not adjacent to " << first << " with " << cols << " columns");
+    rows += part.shape.rows();
+    expected_offset += static_cast<size_t>(part.shape.numel()) * DTypeSize(e.dtype);
+  }
+  return arena.View(e.offset, e.dtype, Shape{rows, cols});
+}
+
+Tensor ParameterSet::FusedParam(const std::string& first, size_t count, int64_t cols) const {
+  return Fused(table_, params_, first, count, cols);
+}
+
+Tensor ParameterSet::FusedGrad(const std::string& first, size_t count, int64_t cols) const {
+  return Fused(table_, grads_, first, count, cols);
+}
+
+Tensor ParameterSet::FusedCompute(const std::string& first, size_t count, int64_t cols) const {
+  return placement_.compute_dtype == DType::kF32 ? FusedParam(first, count, cols)
+                                                 : Fused(compute_table_, compute_, first, count, cols);
+}
+
+Tensor ParameterSet::padded_params() const { return params_.View(0, DType::kF32, Shape{padded_numel_}); }
+Tensor ParameterSet::padded_grads() const { return grads_.View(0, DType::kF32, Shape{padded_numel_}); }
+Tensor ParameterSet::padded_compute() const {
+  return placement_.compute_dtype == DType::kF32
+             ? padded_params()
+             : compute_.View(0, placement_.compute_dtype, Shape{padded_numel_});
+}
+
+void ParameterSet::SyncCompute() {
+  if (placement_.compute_dtype == DType::kF32) return;
+#ifdef LATAM_HAVE_CUDA
+  cuda::Cast(padded_params(), padded_compute(), placement_.stream.cuda());
+#endif
+}
+
+void ParameterSet::InitWeights(uint64_t seed) {
+  // Drawn on the host; a device set is filled with one copy afterwards.
+  Arena host;
+  const Arena* target = &params_;
+  if (placement_.device != Device::kCPU) {
+    host = Arena(Device::kCPU, params_.size());
+    target = &host;
+  }
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    const ParamSpec& p = specs_[i];
+    const Tensor t = table_.Get(*target, i);
+    float* data = t.as<float>();
+    if (p.init_std == 0.0) {
+      for (int64_t j = 0; j < t.numel(); ++j) data[j] = 1.0f;
+      continue;
+    }
+    const float std = static_cast<float>(p.init_std);
+    const uint64_t stream = StreamId(p.name);
+    if (p.shard_dim == 1) {
+      // A block of columns: each local row is a contiguous run of the global row.
+      const int64_t rows = t.shape.rows(), cols = t.shape.cols(), global_cols = p.global_shape.cols();
+      for (int64_t r = 0; r < rows; ++r) {
+        FillNormal(data + r * cols, cols, std, seed, stream, static_cast<uint64_t>(r * global_cols + p.shard_offset));
+      }
+    } else {
+      // The whole tensor, or a block of rows: one contiguous run.
+      const int64_t first = p.shard_dim == 0 ? p.shard_offset * p.global_shape.cols() : 0;
+      FillNormal(data, t.numel(), std, seed, stream, static_cast<uint64_t>(first));
+    }
+  }
+  if (target != &params_) {
+    CopyTensor(padded_params(), host.View(0, DType::kF32, Shape{padded_numel_}));
+  }
+  SyncCompute();
+}
+
+}  // namespace latam

@@ -1,0 +1,25 @@
+#include "trainer/load_model.h"
+
+#include "checkpoint/state.h"
+#include "checkpoint/store.h"
+#include "model/layout.h"
+#include "model/state.h"
+
+namespace latam {
+
+Result<LoadedModel> LoadModel(const std::string& checkpoint) {
+  LATAM_ASSIGN_OR_RETURN(auto reader, ckpt::CheckpointReader::Open(checkpoint));
+  LoadedModel out;
+  out.manifest = reader->manifest();
+  out.manifest.clear_tensors();
+  out.shape = ModelShape::FromConfig(out.manifest.model());
+  out.params = std::make_unique<ParameterSet>(LlamaParameterSpecs(out.shape, ModelLayout::Single(out.shape)));
+  LATAM_ASSIGN_OR_RETURN(const ckpt::LoadResult loaded,
+                         ckpt::LoadState(*reader, out.manifest.model(), StatePieces(*out.params, nullptr, 0),
+                                         ckpt::LoadWhat::kWeights));
+  (void)loaded;
+  if (!out.manifest.tokenizer_file().empty()) out.tokenizer_path = reader->dir() + "/" + out.manifest.tokenizer_file();
+  return out;
+}
+
+}  // namespace latam
