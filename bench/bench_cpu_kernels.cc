@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
         latam::cpu::AttentionWorkspaceElems({static_cast<int>(batch), static_cast<int>(seq), static_cast<int>(hq),
                                              static_cast<int>(hkv), static_cast<int>(hd)},
                                             omp_get_max_threads())));
-    const latam::cpu::AttentionDims d{static_cast<int>(batch), static_cast<int>(seq), static_cast<int>(hq),
+    const latam::AttentionDims d{static_cast<int>(batch), static_cast<int>(seq), static_cast<int>(hq),
                                       static_cast<int>(hkv), static_cast<int>(hd)};
     using latam::Tensor;
     const Tensor q = Tensor::Of(qkv_buf.data(), {m, qkv}), o = Tensor::Of(out.data(), {m, hq * hd});

@@ -17,8 +17,9 @@
 
 #include "core/tensor.h"
 
-namespace latam::cpu {
+namespace latam {
 
+// The shape of one attention call, shared by the CPU and CUDA kernels.
 struct AttentionDims {
   int batch = 0;
   int seq_len = 0;
@@ -26,6 +27,10 @@ struct AttentionDims {
   int n_kv_heads = 0;  // key/value heads; divides n_heads
   int head_dim = 0;
 };
+
+}  // namespace latam
+
+namespace latam::cpu {
 
 // Scratch floats the kernels need when run by `threads` OpenMP threads: per
 // thread O(seq_len x head_dim) for one KV head's keys and values plus a few

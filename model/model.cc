@@ -19,7 +19,7 @@ int SlotsOf(const ActivationOptions& o, size_t chunk) { return o.slots.empty() ?
 
 OpsShape LocalOpsShape(const ModelShape& s, const ModelLayout& l, const ActivationOptions& o) {
   OpsShape shape;
-  shape.attention = cpu::AttentionDims{static_cast<int>(o.micro_batch), static_cast<int>(o.seq_len),
+  shape.attention = AttentionDims{static_cast<int>(o.micro_batch), static_cast<int>(o.seq_len),
                                        static_cast<int>(l.heads), static_cast<int>(l.kv_heads),
                                        static_cast<int>(s.head_dim)};
   shape.dim = s.dim;

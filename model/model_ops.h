@@ -36,7 +36,7 @@ namespace latam {
 
 // What the workspaces are sized for: one micro-batch of one model shard.
 struct OpsShape {
-  cpu::AttentionDims attention;  // local heads, micro-batch, sequence length
+  AttentionDims attention;  // local heads, micro-batch, sequence length
   int64_t dim = 0;               // model width (norms)
   int64_t max_logits_rows = 0;   // rows per LM-head chunk (0: no head)
   int cpu_threads = 0;           // CPU: threads the attention workspace serves

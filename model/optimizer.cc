@@ -47,34 +47,26 @@ AdamWOptimizer::AdamWOptimizer(ParameterSet* params, const config::OptimizerConf
 }
 
 void AdamWOptimizer::Init() {
-  const int d = comms_.dp->size(), r = comms_.dp->rank();
-  const std::vector<GradBucket>& buckets = params_->buckets();
+  std::vector<std::string> names;
+  for (size_t i = 0; i < params_->size(); ++i) names.push_back(params_->spec(i).name);
+  reducer_ = std::make_unique<GradientReducer>(params_->buckets(), std::move(names), comms_.dp, zero_stage_);
   // The elements this rank updates ("owned"), bucket by bucket: all of them
   // (ZeRO-0), or share r of every bucket (ZeRO-1). The owned gradients,
   // moments and the segments' owned_at index one buffer in bucket order.
-  int64_t at = 0;
-  for (const GradBucket& b : buckets) {
-    int64_t own_begin = b.begin, own_end = b.end;
-    if (zero_stage_ == 1) {
-      LATAM_CHECK((b.end - b.begin) % d == 0,
-                  "gradient bucket of " << b.end - b.begin << " elements, not a multiple of " << d << " replicas");
-      const int64_t share = (b.end - b.begin) / d;
-      own_begin = b.begin + r * share;
-      own_end = own_begin + share;
-    }
-    bucket_owned_at_.push_back(at);
-    for (size_t i = b.first_tensor; i < b.end_tensor; ++i) {
+  const std::vector<GradBucket>& buckets = params_->buckets();
+  for (size_t k = 0; k < buckets.size(); ++k) {
+    const auto [own_begin, own_end] = reducer_->owned(k);
+    const int64_t at = reducer_->owned_at(k);
+    for (size_t i = buckets[k].first_tensor; i < buckets[k].end_tensor; ++i) {
       const int64_t begin = params_->flat_offset(i), end = begin + params_->param(i).numel();
       const int64_t lo = std::max(begin, own_begin), hi = std::min(end, own_end);
       if (lo < hi) segments_.push_back({i, lo, hi, at + (lo - own_begin)});
     }
-    at += own_end - own_begin;
   }
-  owned_size_ = at;
+  owned_size_ = reducer_->owned_size();
   if (zero_stage_ == 1) slice_grads_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
   exp_avg_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
   exp_avg_sq_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
-  pending_.assign(buckets.size(), 0);
   if (params_->device() == Device::kCUDA) BuildDeviceTable();
 }
 
@@ -131,43 +123,13 @@ void AdamWOptimizer::ResetMoments() {
   step_ = 0;
 }
 
-void AdamWOptimizer::BeginGradientReduction() {
-  LATAM_CHECK(in_flight_.empty(), "a gradient reduction is already in progress");
-  const std::vector<GradBucket>& buckets = params_->buckets();
-  for (size_t b = 0; b < buckets.size(); ++b) {
-    pending_[b] = static_cast<int>(buckets[b].end_tensor - buckets[b].first_tensor);
-  }
-  final_.assign(params_->size(), false);
-}
+void AdamWOptimizer::BeginGradientReduction() { reducer_->Begin(); }
 
 void AdamWOptimizer::GradientsFinal(const std::vector<size_t>& tensors) {
-  for (size_t t : tensors) {
-    LATAM_CHECK(!final_.at(t), params_->spec(t).name << "'s gradient was declared final twice in one step");
-    final_[t] = true;
-    const size_t b = params_->bucket_of(t);
-    if (--pending_[b] == 0) ReduceBucket(b);
-  }
+  reducer_->TensorsFinal(tensors, params_->padded_grads(), OwnedGrads());
 }
 
-void AdamWOptimizer::ReduceBucket(size_t b) {
-  const GradBucket& bucket = params_->buckets()[b];
-  const Tensor grads = params_->padded_grads().Rows(bucket.begin, bucket.end);
-  if (zero_stage_ == 1) {
-    const int64_t share = (bucket.end - bucket.begin) / comms_.dp->size();
-    const int64_t at = bucket_owned_at_[b];
-    in_flight_.push_back(comms_.dp->ReduceScatter(grads, OwnedGrads().Rows(at, at + share)));
-  } else {
-    in_flight_.push_back(comms_.dp->AllReduce(grads, ReduceOp::kSum));
-  }
-}
-
-void AdamWOptimizer::FinishGradientReduction() {
-  for (size_t t = 0; t < final_.size(); ++t) {
-    LATAM_CHECK(final_[t], params_->spec(t).name << "'s gradient was never declared final in this step");
-  }
-  for (auto& request : in_flight_) request->Wait();
-  in_flight_.clear();
-}
+void AdamWOptimizer::FinishGradientReduction() { reducer_->Finish(); }
 
 void AdamWOptimizer::ReduceGradients() {
   BeginGradientReduction();
@@ -205,15 +167,7 @@ double AdamWOptimizer::GradNorm() {
 
 void AdamWOptimizer::GatherParameters() {
   if (zero_stage_ != 1) return;
-  const Tensor params = params_->padded_params();
-  const int d = comms_.dp->size(), r = comms_.dp->rank();
-  for (const GradBucket& b : params_->buckets()) {
-    const int64_t share = (b.end - b.begin) / d;
-    in_flight_.push_back(comms_.dp->AllGather(params.Rows(b.begin + r * share, b.begin + (r + 1) * share),
-                                              params.Rows(b.begin, b.end)));
-  }
-  for (auto& request : in_flight_) request->Wait();
-  in_flight_.clear();
+  reducer_->AllGatherParameters(params_->padded_params());
   params_->SyncCompute();
 }
 

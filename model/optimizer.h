@@ -2,7 +2,8 @@
 // (ZeRO stage 0 or 1), the global gradient norm, clipping, and the
 // learning-rate schedule.
 //
-// Gradients are reduced bucket by bucket (GradBucket, model/parameters.h):
+// Gradients are reduced bucket by bucket (GradientReducer,
+// parallel/data_parallel.h, over the ParameterSet's buckets):
 // the engine declares tensors' gradients final as the last micro-batch's
 // backward pass finishes them (GradientsFinal), and a bucket's collective is
 // issued as soon as all its tensors are final, so it runs while the backward
@@ -34,6 +35,7 @@
 
 #include "core/arena.h"
 #include "parallel/communicator.h"
+#include "parallel/data_parallel.h"
 #include "model/config.pb.h"
 #include "model/parameters.h"
 
@@ -106,7 +108,6 @@ class AdamWOptimizer {
   // The summed gradients this rank updates from: the gradient arena (ZeRO-0)
   // or its bucket shares, in bucket order (ZeRO-1).
   Tensor OwnedGrads() const;
-  void ReduceBucket(size_t bucket);
   void GatherParameters();  // ZeRO-1: all-gathers every bucket, then refreshes the compute copy
   void BuildDeviceTable();  // CUDA only
 
@@ -115,15 +116,10 @@ class AdamWOptimizer {
   int zero_stage_ = 0;
   std::unique_ptr<SelfCommunicator> self_dp_, self_norm_;
   OptimizerComms comms_;
-  int64_t owned_size_ = 0;               // elements this rank updates
-  std::vector<int64_t> bucket_owned_at_;  // per bucket: its owned range's offset in the owned buffers
+  std::unique_ptr<GradientReducer> reducer_;  // owns the owned-element bookkeeping
+  int64_t owned_size_ = 0;                    // elements this rank updates
   std::vector<Segment> segments_;
   Arena exp_avg_, exp_avg_sq_, slice_grads_;  // over the owned elements (slice_grads_: ZeRO-1 only)
-  // The reduction in progress: tensors still to be declared final per
-  // bucket, which tensors were, and the collectives issued.
-  std::vector<int> pending_;
-  std::vector<bool> final_;
-  std::vector<std::unique_ptr<Request>> in_flight_;
   Arena device_segments_, norm_scratch_;       // CUDA: segment table; norm partials and sum
   int64_t step_ = 0;
 };

@@ -47,9 +47,10 @@ std::string LayerParamName(int64_t layer, const char* suffix) {
 
 namespace {
 
-// Tensors of one layer share a key; the final norm and the LM head share
-// "head"; anything else (the embedding) is its own key.
-std::string BucketKey(const std::string& name) {
+// Tensors of one layer share a group; the final norm and the LM head share
+// "head"; anything else (the embedding) is its own group. Only layers may
+// share a bucket with their neighbours.
+std::string BucketGroup(const std::string& name) {
   const std::string layers = "model.layers.";
   if (name.rfind(layers, 0) == 0) return name.substr(0, name.find('.', layers.size()));
   if (name == "model.norm.weight" || name == "lm_head.weight") return "head";
@@ -78,23 +79,20 @@ ParameterSet::ParameterSet(std::vector<ParamSpec> specs, int64_t pad_to, Paramet
     b.end_tensor = end_tensor;
     buckets_.push_back(b);
   };
-  auto is_layer = [](const std::string& key) { return key.rfind("model.layers.", 0) == 0; };
-  int64_t in_bucket = 0;
+  std::vector<BucketItem> items;
+  for (const ParamSpec& p : specs_) {
+    std::string group = BucketGroup(p.name);
+    const bool layer = group.rfind("model.layers.", 0) == 0;
+    items.push_back({std::move(group), layer, p.shape.numel()});
+  }
+  const std::vector<size_t> ends = PlanBuckets(items, bucket_elems);
+  size_t next_end = 0;
   for (size_t i = 0; i < specs_.size(); ++i) {
+    if (i == ends[next_end]) close_bucket(ends[next_end++]);
     const ParamSpec& p = specs_[i];
-    if (i > 0 && bucket_elems > 0) {
-      // A new group closes the bucket when either group is not a layer, or
-      // when the bucket is full.
-      const std::string key = BucketKey(p.name), prev = BucketKey(specs_[i - 1].name);
-      if (key != prev && (!is_layer(key) || !is_layer(prev) || in_bucket >= bucket_elems)) {
-        close_bucket(i);
-        in_bucket = 0;
-      }
-    }
     table_.Add(p.name, DType::kF32, p.shape);
     compute_table_.Add(p.name, placement.compute_dtype, p.shape);
     numel_ += p.shape.numel();
-    in_bucket += p.shape.numel();
   }
   close_bucket(specs_.size());
   for (size_t b = 0; b < buckets_.size(); ++b) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/arena.h"
+#include "parallel/data_parallel.h"
 #include "kernels/rope.h"
 #include "model/config.pb.h"
 
@@ -81,19 +82,14 @@ struct ParameterPlacement {
   Stream stream;
 };
 
-// Gradient buckets: runs of whole tensors whose gradients are reduced over
-// data parallelism by one collective, as soon as all of them are final
-// (model/optimizer.h). A layer's tensors always share a bucket; the
-// embedding and the head (final norm, LM head) each get a bucket of their
-// own; consecutive layers share one until it holds at least `bucket_elems`
-// elements (0: the whole set is one bucket). The backward pass finishes the
-// layers last to first, so a bucket is ready when its first layer is done.
-// Each bucket is padded to a multiple of `pad_to` elements, so ZeRO-1 can
-// shard every bucket evenly over the data-parallel ranks.
-struct GradBucket {
-  int64_t begin = 0, end = 0;                // flat elements [begin, end), padding included
-  size_t first_tensor = 0, end_tensor = 0;  // tensor indices [first_tensor, end_tensor)
-};
+// Gradient buckets (GradBucket, parallel/data_parallel.h): a layer's
+// tensors always share a bucket; the embedding and the head (final norm, LM
+// head) each get a bucket of their own; consecutive layers share one until
+// it holds at least `bucket_elems` elements (0: the whole set is one
+// bucket). The backward pass finishes the layers last to first, so a bucket
+// is ready when its first layer is done. Each bucket is padded to a multiple
+// of `pad_to` elements, so ZeRO-1 can shard every bucket evenly over the
+// data-parallel ranks.
 
 class ParameterSet {
  public:

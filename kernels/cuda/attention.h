@@ -36,7 +36,7 @@
 
 namespace latam::cuda {
 
-using AttentionDims = cpu::AttentionDims;
+using AttentionDims = AttentionDims;
 
 // out and lse are overwritten.
 void AttentionForward(const Tensor& qkv, const AttentionDims& dims, const Tensor& out, const Tensor& lse,

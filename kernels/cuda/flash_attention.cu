@@ -20,7 +20,7 @@ namespace latam::cuda {
 
 namespace flash {
 
-void CheckFlashTensors(const Tensor& qkv, const cpu::AttentionDims& d, const Tensor& out, const Tensor& lse) {
+void CheckFlashTensors(const Tensor& qkv, const AttentionDims& d, const Tensor& out, const Tensor& lse) {
   LATAM_CHECK(FlashAttentionSupports(d, qkv.dtype),
               "flash attention needs bf16 and head_dim 64 or 128, got " << qkv.str() << " B=" << d.batch << " T="
                                                                         << d.seq_len << " Hq=" << d.n_heads
@@ -47,7 +47,7 @@ using flash::kThreads;
 using bf16 = __nv_bfloat16;
 
 template <int kHd>
-void LaunchFlashForward(const Tensor& qkv, const cpu::AttentionDims& d, bool causal, const Tensor& out,
+void LaunchFlashForward(const Tensor& qkv, const AttentionDims& d, bool causal, const Tensor& out,
                         const Tensor& lse, cudaStream_t stream) {
   const size_t bytes = static_cast<size_t>(kBlockM + 4 * kBlockN) * kHd * sizeof(bf16);
   flash::AllowSharedBytes(flash::FlashForwardKernel<kHd>, bytes);
@@ -59,7 +59,7 @@ void LaunchFlashForward(const Tensor& qkv, const cpu::AttentionDims& d, bool cau
 }
 
 template <int kHd>
-void LaunchFlashForwardWgmma(const Tensor& qkv, const cpu::AttentionDims& d, bool causal, const Tensor& out,
+void LaunchFlashForwardWgmma(const Tensor& qkv, const AttentionDims& d, bool causal, const Tensor& out,
                              const Tensor& lse, cudaStream_t stream) {
   const size_t bytes = flash::WgmmaForwardSmemBytes<kHd>();
   flash::AllowSharedBytes(flash::FlashForwardWgmmaKernel<kHd>, bytes);
@@ -95,7 +95,7 @@ PFN_cuTensorMapEncodeTiled_v12000 TensorMapEncoder() {
 // batches T rows apart), read in boxes of {64 columns, 128 rows, 1} with
 // the 128-byte swizzle and zeros outside: what FlashForwardWgmmaTmaKernel
 // loads Q, K and V tiles through.
-tma::TensorMap QkvTensorMap(const Tensor& qkv, const cpu::AttentionDims& d) {
+tma::TensorMap QkvTensorMap(const Tensor& qkv, const AttentionDims& d) {
   const uint64_t width = static_cast<uint64_t>(d.n_heads + 2 * d.n_kv_heads) * static_cast<uint64_t>(d.head_dim);
   const uint64_t dims[3] = {width, static_cast<uint64_t>(d.seq_len), static_cast<uint64_t>(d.batch)};
   const uint64_t strides[2] = {width * sizeof(bf16), width * sizeof(bf16) * static_cast<uint64_t>(d.seq_len)};
@@ -122,7 +122,7 @@ tma::TensorMap QkvTensorMap(const Tensor& qkv, const cpu::AttentionDims& d) {
 }
 
 template <int kHd>
-void LaunchFlashForwardWgmmaTma(const Tensor& qkv, const cpu::AttentionDims& d, bool causal, const Tensor& out,
+void LaunchFlashForwardWgmmaTma(const Tensor& qkv, const AttentionDims& d, bool causal, const Tensor& out,
                                 const Tensor& lse, cudaStream_t stream) {
   const size_t bytes = flash::WgmmaTmaForwardSmemBytes<kHd>();
   flash::AllowSharedBytes(flash::FlashForwardWgmmaTmaKernel<kHd>, bytes);
@@ -161,12 +161,12 @@ bool FlashWgmmaForwardAvailable() {
 #endif
 }
 
-bool FlashAttentionSupports(const cpu::AttentionDims& d, DType dtype) {
+bool FlashAttentionSupports(const AttentionDims& d, DType dtype) {
   return dtype == DType::kBF16 && (d.head_dim == 64 || d.head_dim == 128) && d.batch > 0 && d.batch <= 65535 &&
          d.seq_len > 0 && d.n_heads > 0 && d.n_kv_heads > 0 && d.n_heads % d.n_kv_heads == 0 && d.n_heads <= 65535;
 }
 
-void FlashAttentionForward(const Tensor& qkv, const cpu::AttentionDims& dims, bool causal, const Tensor& out,
+void FlashAttentionForward(const Tensor& qkv, const AttentionDims& dims, bool causal, const Tensor& out,
                            const Tensor& lse, cudaStream_t stream, FlashForwardPath path) {
   flash::CheckFlashTensors(qkv, dims, out, lse);
   if (path == FlashForwardPath::kWgmma || path == FlashForwardPath::kWgmmaTma) {

@@ -46,7 +46,7 @@
 namespace latam::cuda {
 
 // bf16 operands, head_dim 64 or 128, batch and heads within grid limits.
-bool FlashAttentionSupports(const cpu::AttentionDims& dims, DType dtype);
+bool FlashAttentionSupports(const AttentionDims& dims, DType dtype);
 
 // The forward kernel to run:
 //   kMmaSync:  FlashForwardKernel above (mma.sync; sm_80 and later; the default);
@@ -68,12 +68,12 @@ bool FlashWgmmaForwardAvailable();
 
 // out and lse are overwritten. A wgmma path where
 // !FlashWgmmaForwardAvailable() is a fatal error naming the device.
-void FlashAttentionForward(const Tensor& qkv, const cpu::AttentionDims& dims, bool causal, const Tensor& out,
+void FlashAttentionForward(const Tensor& qkv, const AttentionDims& dims, bool causal, const Tensor& out,
                            const Tensor& lse, cudaStream_t stream,
                            FlashForwardPath path = FlashForwardPath::kMmaSync);
 
 // f32 elements of the backward's workspace (D: B * Hq * T).
-int64_t FlashAttentionBackwardWorkspaceElems(const cpu::AttentionDims& dims);
+int64_t FlashAttentionBackwardWorkspaceElems(const AttentionDims& dims);
 
 // The backward kernels to run after the D kernel:
 //   kMmaSync: FlashKeyValueKernel and FlashQueryKernel (mma.sync; the default);
@@ -86,7 +86,7 @@ enum class FlashBackwardPath { kMmaSync, kWgmma };
 
 // dqkv is overwritten (every element). lse is the forward's.
 void FlashAttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
-                            const cpu::AttentionDims& dims, bool causal, const Tensor& dqkv, const Tensor& workspace,
+                            const AttentionDims& dims, bool causal, const Tensor& dqkv, const Tensor& workspace,
                             cudaStream_t stream, FlashBackwardPath path = FlashBackwardPath::kMmaSync);
 
 }  // namespace latam::cuda

@@ -23,7 +23,7 @@ using bf16 = __nv_bfloat16;
 
 template <int kHd>
 void LaunchFlashBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
-                         const cpu::AttentionDims& d, bool causal, const Tensor& dqkv, const Tensor& workspace,
+                         const AttentionDims& d, bool causal, const Tensor& dqkv, const Tensor& workspace,
                          cudaStream_t stream, FlashBackwardPath path) {
   const FlashGeometry g = flash::MakeFlashGeometry(d, causal);
   const bf16* qkv_p = static_cast<const bf16*>(qkv.data);
@@ -74,12 +74,12 @@ void LaunchFlashBackward(const Tensor& qkv, const Tensor& out, const Tensor& dou
 
 }  // namespace
 
-int64_t FlashAttentionBackwardWorkspaceElems(const cpu::AttentionDims& d) {
+int64_t FlashAttentionBackwardWorkspaceElems(const AttentionDims& d) {
   return static_cast<int64_t>(d.batch) * d.n_heads * d.seq_len;
 }
 
 void FlashAttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
-                            const cpu::AttentionDims& dims, bool causal, const Tensor& dqkv, const Tensor& workspace,
+                            const AttentionDims& dims, bool causal, const Tensor& dqkv, const Tensor& workspace,
                             cudaStream_t stream, FlashBackwardPath path) {
   flash::CheckFlashTensors(qkv, dims, out, lse);
   LATAM_CHECK(path == FlashBackwardPath::kMmaSync || FlashWgmmaForwardAvailable(),

@@ -47,7 +47,7 @@ struct FlashGeometry {
   }
 };
 
-inline FlashGeometry MakeFlashGeometry(const cpu::AttentionDims& d, bool causal) {
+inline FlashGeometry MakeFlashGeometry(const AttentionDims& d, bool causal) {
   FlashGeometry g;
   g.batch = d.batch;
   g.seq_len = d.seq_len;
@@ -64,7 +64,7 @@ inline FlashGeometry MakeFlashGeometry(const cpu::AttentionDims& d, bool causal)
 }
 
 // Fatal checks of the shapes, dtypes and alignment every entry point shares.
-void CheckFlashTensors(const Tensor& qkv, const cpu::AttentionDims& d, const Tensor& out, const Tensor& lse);
+void CheckFlashTensors(const Tensor& qkv, const AttentionDims& d, const Tensor& out, const Tensor& lse);
 
 // The block's dynamic shared memory (cuda::DynamicShared in launch.cuh).
 __device__ __forceinline__ unsigned char* DynamicShared() { return cuda::DynamicShared<unsigned char>(); }

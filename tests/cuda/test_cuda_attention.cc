@@ -42,7 +42,7 @@ class CudaAttentionTest : public testing::RandomTest {
   // Device buffers and views for one shape.
   template <typename T>
   struct DeviceRun {
-    DeviceRun(const std::vector<float>& qkv_host, const std::vector<float>& dout_host, const cpu::AttentionDims& d)
+    DeviceRun(const std::vector<float>& qkv_host, const std::vector<float>& dout_host, const AttentionDims& d)
         : rows(static_cast<int64_t>(d.batch) * d.seq_len),
           width(static_cast<int64_t>(d.n_heads + 2 * d.n_kv_heads) * d.head_dim),
           out_width(static_cast<int64_t>(d.n_heads) * d.head_dim),
@@ -61,7 +61,7 @@ class CudaAttentionTest : public testing::RandomTest {
     Tensor qkv() const { return View<T>(qkv_mem, {rows, width}); }
     Tensor dout() const { return View<T>(dout_mem, {rows, out_width}); }
     Tensor out() const { return View<T>(out_mem, {rows, out_width}); }
-    Tensor lse(const cpu::AttentionDims& d) const { return View<float>(lse_mem, {d.batch, d.n_heads, d.seq_len}); }
+    Tensor lse(const AttentionDims& d) const { return View<float>(lse_mem, {d.batch, d.n_heads, d.seq_len}); }
     Tensor dqkv() const { return View<T>(dqkv_mem, {rows, width}); }
     Tensor workspace() const { return View<float>(ws_mem, {ws_elems}); }
 
@@ -69,7 +69,7 @@ class CudaAttentionTest : public testing::RandomTest {
     Arena qkv_mem, dout_mem, out_mem, lse_mem, dqkv_mem, ws_mem;
   };
 
-  static std::vector<float> CpuWorkspace(const cpu::AttentionDims& d) {
+  static std::vector<float> CpuWorkspace(const AttentionDims& d) {
     return std::vector<float>(cpu::AttentionWorkspaceElems(d, omp_get_max_threads()));
   }
 
@@ -77,7 +77,7 @@ class CudaAttentionTest : public testing::RandomTest {
   void Check(int batch, int seq, int hq, int hkv, int hd, Tolerance fwd, Tolerance lse_tol, Tolerance bwd) {
     SCOPED_TRACE(::testing::Message() << DTypeName(DTypeOf<T>::value) << " B=" << batch << " T=" << seq << " Hq=" << hq
                                       << " Hkv=" << hkv << " hd=" << hd);
-    const cpu::AttentionDims d{batch, seq, hq, hkv, hd};
+    const AttentionDims d{batch, seq, hq, hkv, hd};
     const int64_t rows = static_cast<int64_t>(batch) * seq, width = static_cast<int64_t>(hq + 2 * hkv) * hd;
     const int64_t out_width = static_cast<int64_t>(hq) * hd, lse_elems = static_cast<int64_t>(batch) * hq * seq;
     auto qkv = RoundTo<T>(Normal(rows * width));
@@ -113,7 +113,7 @@ class CudaAttentionTest : public testing::RandomTest {
   void CheckDeterministic(int batch, int seq, int hq, int hkv, int hd) {
     SCOPED_TRACE(::testing::Message() << DTypeName(DTypeOf<T>::value) << " B=" << batch << " T=" << seq << " Hq=" << hq
                                       << " Hkv=" << hkv << " hd=" << hd);
-    const cpu::AttentionDims d{batch, seq, hq, hkv, hd};
+    const AttentionDims d{batch, seq, hq, hkv, hd};
     const int64_t rows = static_cast<int64_t>(batch) * seq;
     DeviceRun<T> gpu(RoundTo<T>(Normal(rows * (hq + 2 * hkv) * hd)), RoundTo<T>(Normal(rows * hq * hd)), d);
     cuda::AttentionForward(gpu.qkv(), d, gpu.out(), gpu.lse(d), nullptr);

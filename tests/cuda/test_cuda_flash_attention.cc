@@ -48,7 +48,7 @@ class CudaFlashAttentionTest : public testing::RandomTest {
                                           : path == cuda::FlashForwardPath::kWgmmaTma ? " wgmma+TMA"
                                                                                       : " mma.sync")
                                       << (backward == cuda::FlashBackwardPath::kWgmma ? ", wgmma backward" : ""));
-    const cpu::AttentionDims d{c.batch, c.seq, c.hq, c.hkv, c.hd};
+    const AttentionDims d{c.batch, c.seq, c.hq, c.hkv, c.hd};
     ASSERT_TRUE(cuda::FlashAttentionSupports(d, DType::kBF16));
     const int64_t rows = static_cast<int64_t>(c.batch) * c.seq;
     const int64_t width = static_cast<int64_t>(c.hq + 2 * c.hkv) * c.hd, out_width = static_cast<int64_t>(c.hq) * c.hd;
@@ -140,12 +140,12 @@ TEST_F(CudaFlashAttentionTest, WgmmaMatchesDoubleReference) {
 }
 
 TEST(CudaFlashAttentionSupport, Bf16WithHeadDims64And128Only) {
-  const cpu::AttentionDims d64{1, 8, 4, 2, 64}, d128{1, 8, 4, 2, 128}, d32{1, 8, 4, 2, 32};
+  const AttentionDims d64{1, 8, 4, 2, 64}, d128{1, 8, 4, 2, 128}, d32{1, 8, 4, 2, 32};
   EXPECT_TRUE(cuda::FlashAttentionSupports(d64, DType::kBF16));
   EXPECT_TRUE(cuda::FlashAttentionSupports(d128, DType::kBF16));
   EXPECT_FALSE(cuda::FlashAttentionSupports(d32, DType::kBF16));
   EXPECT_FALSE(cuda::FlashAttentionSupports(d64, DType::kF32));
-  EXPECT_FALSE(cuda::FlashAttentionSupports(cpu::AttentionDims{1, 8, 3, 2, 64}, DType::kBF16));
+  EXPECT_FALSE(cuda::FlashAttentionSupports(AttentionDims{1, 8, 3, 2, 64}, DType::kBF16));
 }
 
 }  // namespace

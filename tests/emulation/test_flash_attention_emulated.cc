@@ -59,7 +59,7 @@ class EmulatedFlashAttentionTest : public testing::RandomTest {
                                       << (wgmma ? " wgmma forward" : tma ? " wgmma+TMA forward" : " mma.sync forward")
                                       << (wgmma_backward ? ", wgmma backward" : ", mma.sync backward"));
     ASSERT_EQ(c.hd, kHd);
-    const cpu::AttentionDims d{c.batch, c.seq, c.hq, c.hkv, c.hd};
+    const AttentionDims d{c.batch, c.seq, c.hq, c.hkv, c.hd};
     const int64_t rows = static_cast<int64_t>(c.batch) * c.seq;
     const int64_t width = static_cast<int64_t>(c.hq + 2 * c.hkv) * c.hd, out_width = static_cast<int64_t>(c.hq) * c.hd;
     const std::vector<float> qkv = RoundedNormal(static_cast<size_t>(rows * width));

@@ -20,7 +20,7 @@ class AttentionTest : public testing::RandomTest {
   void Check(int batch, int seq, int hq, int hkv, int hd) {
     SCOPED_TRACE(::testing::Message() << "B=" << batch << " T=" << seq << " Hq=" << hq << " Hkv=" << hkv
                                       << " hd=" << hd);
-    const cpu::AttentionDims d{batch, seq, hq, hkv, hd};
+    const AttentionDims d{batch, seq, hq, hkv, hd};
     const ref::AttnDims rd{batch, seq, hq, hkv, hd};
     const int64_t rows = static_cast<int64_t>(batch) * seq, width = static_cast<int64_t>(hq + 2 * hkv) * hd;
     const int64_t out_width = static_cast<int64_t>(hq) * hd;
@@ -64,7 +64,7 @@ TEST_F(AttentionTest, RandomShapes) {
 // The kernels' scratch grows linearly with the sequence length (keys and
 // values of one KV head plus fixed-size tiles), never with T^2.
 TEST(AttentionMemoryTest, WorkspaceIsLinearInSequenceLength) {
-  const cpu::AttentionDims short_seq{1, 2048, 64, 8, 128}, long_seq{1, 8192, 64, 8, 128};
+  const AttentionDims short_seq{1, 2048, 64, 8, 128}, long_seq{1, 8192, 64, 8, 128};
   const int64_t a = cpu::AttentionWorkspaceElems(short_seq, 1), b = cpu::AttentionWorkspaceElems(long_seq, 1);
   EXPECT_LE(b, 4 * a);
   EXPECT_GE(b, 3 * a);
@@ -74,7 +74,7 @@ TEST(AttentionMemoryTest, WorkspaceIsLinearInSequenceLength) {
 }
 
 TEST(AttentionDeathTest, TooSmallWorkspaceAborts) {
-  const cpu::AttentionDims d{1, 8, 2, 1, 8};
+  const AttentionDims d{1, 8, 2, 1, 8};
   std::vector<float> qkv(8 * 32), out(8 * 16), lse(16), ws(10);
   EXPECT_DEATH(cpu::AttentionForward(Tensor::Of(qkv.data(), {8, 32}), d, Tensor::Of(out.data(), {8, 16}),
                                      Tensor::Of(lse.data(), {1, 2, 8}), Tensor::Of(ws.data(), {10})),
@@ -84,7 +84,7 @@ TEST(AttentionDeathTest, TooSmallWorkspaceAborts) {
 TEST_F(AttentionTest, LargeScoresStayFinite) {
   // Scores of several hundred in magnitude exercise the online softmax's
   // rescaling; the reference in double is exact for them.
-  const cpu::AttentionDims d{1, 96, 2, 1, 16};
+  const AttentionDims d{1, 96, 2, 1, 16};
   const int64_t rows = 96, width = 4 * 16;
   auto qkv = Normal(rows * width, 12.0f);
   std::vector<float> out(rows * 32), lse(2 * 96), ws(cpu::AttentionWorkspaceElems(d, omp_get_max_threads()));
