@@ -130,6 +130,7 @@ LlamaModel::LlamaModel(const ModelShape& shape, const ModelLayout& layout, const
 }
 
 void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, int64_t grad_bucket_elems) {
+  tp_ = TensorParallel(comms_.tp);
   options_ = options;
   rows_ = options.micro_batch * options.seq_len;
   logits_rows_ = LogitsRows(layout_, options);
@@ -281,13 +282,13 @@ void LlamaModel::LayerForward(int64_t local_layer, const Tensor& x, const Tensor
   ops_->RopeForward(a.qkv, n_rot_heads_);
   ops_->AttentionForward(a.qkv, a.att, a.lse);
   ops_->LinearForward(a.att, w.o, partial_, false);
-  comms_.tp->AllReduceSync(partial_, ReduceOp::kSum);
+  tp_.RowParallelOutput(partial_);
   // MLP block: x_next = h + down(swiglu(gate_up(norm(h)))); down is row-parallel.
   ops_->AddRmsNormForward(x, partial_, w.mlp_norm, eps, a.h, a.hn, a.rstd2);
   ops_->LinearForward(a.hn, w.gate_up, a.gu, false);
   ops_->SwigluForward(a.gu, a.act);
   ops_->LinearForward(a.act, w.down, partial_, false);
-  comms_.tp->AllReduceSync(partial_, ReduceOp::kSum);
+  tp_.RowParallelOutput(partial_);
   ops_->Add(a.h, partial_, x_next);
 }
 
@@ -302,7 +303,7 @@ void LlamaModel::LayerBackward(int64_t local_layer, const Tensor& x, const Tenso
   ops_->LinearBackwardWeight(grad, a.act, g.down);
   ops_->SwigluBackward(dact_, a.gu, dgu_);
   ops_->LinearBackwardInput(dgu_, w.gate_up, dnorm_, false);
-  comms_.tp->AllReduceSync(dnorm_, ReduceOp::kSum);
+  tp_.ColumnParallelInputGrad(dnorm_);
   ops_->LinearBackwardWeight(dgu_, a.hn, g.gate_up);
   ops_->RmsNormBackward(dnorm_, a.h, w.mlp_norm, a.rstd2, grad, true, g.mlp_norm);
   // Attention block; `grad` now holds dL/dh.
@@ -311,7 +312,7 @@ void LlamaModel::LayerBackward(int64_t local_layer, const Tensor& x, const Tenso
   ops_->AttentionBackward(a.qkv, a.att, datt_, a.lse, dqkv_);
   ops_->RopeBackward(dqkv_, n_rot_heads_);
   ops_->LinearBackwardInput(dqkv_, w.qkv, dnorm_, false);
-  comms_.tp->AllReduceSync(dnorm_, ReduceOp::kSum);
+  tp_.ColumnParallelInputGrad(dnorm_);
   ops_->LinearBackwardWeight(dqkv_, a.xn, g.qkv);
   ops_->RmsNormBackward(dnorm_, x, w.attn_norm, a.rstd1, grad, true, g.attn_norm);
 }
@@ -333,9 +334,9 @@ void LlamaModel::HeadForward(const Tensor& x_last, const int32_t* targets, float
     // Vocab-parallel cross-entropy: per-row statistics combined over shards.
     ops_->LinearForward(xf, head_, logits, false);
     ops_->LogitsRowMax(logits, row_max);
-    comms_.tp->AllReduceSync(row_max, ReduceOp::kMax);
+    tp_.VocabParallelMax(row_max);
     ops_->LogitsRowSumExp(logits, row_max, tgt, layout_.vocab_offset, shape_.vocab, sumexp, target_logit);
-    comms_.tp->AllReduceSync(sum_and_target, ReduceOp::kSum);
+    tp_.VocabParallelSum(sum_and_target);
     ops_->CrossEntropyLoss(row_max, sumexp, target_logit, tgt, lse);
     if (with_grads) {
       // logits now becomes dL/dlogits for this chunk; the head is
@@ -346,7 +347,7 @@ void LlamaModel::HeadForward(const Tensor& x_last, const int32_t* targets, float
     }
   }
   if (with_grads) {
-    comms_.tp->AllReduceSync(dnorm_, ReduceOp::kSum);
+    tp_.ColumnParallelInputGrad(dnorm_);
     ops_->RmsNormBackward(dnorm_, x_last, final_norm_, rstdf_, grad_out, false, final_norm_grad_);
   }
 }
@@ -360,7 +361,7 @@ void LlamaModel::Forward(int chunk, int slot, const int32_t* ids, const int32_t*
     // Vocab-parallel embedding: each rank fills the rows of its ids, zeros elsewhere.
     ops_->UploadIds(ids, s.ids);
     ops_->EmbeddingForward(s.ids, embed_, layout_.vocab_offset, s.x.front());
-    comms_.tp->AllReduceSync(s.x.front(), ReduceOp::kSum);
+    tp_.VocabParallelEmbedding(s.x.front());
   }
   for (int64_t k = 0; k < c.n_layers; ++k) {
     LayerForward(c.first_layer + k, s.x[static_cast<size_t>(k)], s.x[static_cast<size_t>(k + 1)], Saved(c, s, k));

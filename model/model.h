@@ -10,7 +10,8 @@
 //   logits  = lm_head(rmsnorm(x_L))      (lm_head = embed_tokens when tied)
 //   loss    = sum over tokens of cross_entropy(logits, targets)
 //
-// Tensor parallelism (Megatron; T ranks, comm = the tensor-parallel group):
+// Tensor parallelism (Megatron; T ranks; the collectives are TensorParallel,
+// parallel/tensor_parallel.h):
 //   column-parallel  y_t = x W_t^T          (x replicated; Q/K/V, gate/up, head)
 //                    backward: dx = sum_t dy_t W_t       -> all-reduce dx
 //   row-parallel     y = sum_t x_t W_t^T    (o_proj, down_proj) -> all-reduce y
@@ -58,6 +59,7 @@
 #include "core/arena.h"
 #include "parallel/communicator.h"
 #include "parallel/pipeline.h"
+#include "parallel/tensor_parallel.h"
 #include "model/layout.h"
 #include "model/model_ops.h"
 #include "model/parameters.h"
@@ -175,6 +177,7 @@ class LlamaModel : public PipelineStages {
   ActivationOptions options_;
   std::unique_ptr<SelfCommunicator> self_comm_;  // for the single-process constructor
   ModelComms comms_;
+  TensorParallel tp_{nullptr};  // over comms_.tp, set by Build()
   int64_t rows_;         // tokens per micro-batch
   int64_t logits_rows_;  // rows per LM-head chunk
   int n_rot_heads_;  // query and key heads of the local fused QKV rows
