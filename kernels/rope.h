@@ -49,4 +49,13 @@ namespace latam::cpu {
 void RopeForward(const Tensor& x, int seq_len, int n_rot_heads, const RopeTable& table);
 void RopeBackward(const Tensor& dx, int seq_len, int n_rot_heads, const RopeTable& table);
 
+// The forward rotation of rows at consecutive positions: row m of
+// x[rows, row_width] is at position first_position + m (decoding after a
+// key/value cache, kernels/decode_attention.h); first_position + rows must
+// not exceed table.max_positions. Unlike RopeForward it is built for the
+// baseline ISA only, so every product and sum is rounded on its own (no FMA
+// contraction) on any x86 CPU: the arithmetic the generator's decoding has
+// always had.
+void RopeForwardAt(const Tensor& x, int64_t first_position, int n_rot_heads, const RopeTable& table);
+
 }  // namespace latam::cpu

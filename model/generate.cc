@@ -7,62 +7,15 @@
 #include <numeric>
 #include <string>
 
-#include "kernels/elementwise.h"
-#include "kernels/embedding.h"
-#include "kernels/gemm.h"
 #include "core/random.h"
-#include "kernels/rmsnorm.h"
-#include "kernels/swiglu.h"
 
 namespace latam {
 
 namespace {
 
-// Softmax rows of at least this many scores in total are normalised in parallel.
-constexpr int64_t kParallelSoftmaxElems = 16384;
-
-// Rotates the first n_rot_heads heads of rows [0, n) of x[n, row_width] in
-// place; row i is at position first_position + i. Same arithmetic as
-// cpu::RopeForward (rotate half, table rounded to float):
-//   lo' = lo cos - hi sin,   hi' = hi cos + lo sin
-void RotateRows(float* x, int64_t n, int64_t row_width, int64_t first_position, int64_t n_rot_heads,
-                const RopeTable& table) {
-  const int64_t hd = table.head_dim, half = hd / 2;
-  for (int64_t i = 0; i < n; ++i) {
-    const float* c = table.cos.data() + (first_position + i) * half;
-    const float* s = table.sin.data() + (first_position + i) * half;
-    for (int64_t h = 0; h < n_rot_heads; ++h) {
-      float* lo = x + i * row_width + h * hd;
-      float* hi = lo + half;
-      for (int64_t j = 0; j < half; ++j) {
-        const float a = lo[j], b = hi[j];
-        lo[j] = a * c[j] - b * s[j];
-        hi[j] = b * c[j] + a * s[j];
-      }
-    }
-  }
-}
-
-// In place over each row i of s[m, ld]: the first visible(i) entries become
-// softmax probabilities, the rest of the first `cols` become 0.
-//   p_j = exp(s_j - max) / sum_k exp(s_k - max)
-void MaskedSoftmaxRows(float* s, int64_t m, int64_t cols, int64_t ld, int64_t first_visible, int64_t visible_step) {
-#pragma omp parallel for schedule(static) if (m * cols >= kParallelSoftmaxElems)
-  for (int64_t i = 0; i < m; ++i) {
-    float* row = s + i * ld;
-    const int64_t visible = first_visible + i * visible_step;
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, row[j]);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < visible; ++j) {
-      row[j] = std::exp(row[j] - mx);
-      sum += row[j];
-    }
-    const float inv = 1.0f / sum;
-    for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
-    for (int64_t j = visible; j < cols; ++j) row[j] = 0.0f;
-  }
-}
+// Head rows per GEMM on a GPU: the f32 logits buffer holds at most this many
+// logits (64 MB), and at least one row.
+constexpr int64_t kLogitsBufferElems = int64_t{1} << 24;
 
 int32_t Argmax(const std::vector<float>& logits) {
   // Strict > keeps the lowest id among ties; a NaN never beats a number.
@@ -81,15 +34,38 @@ Generator::Generator(const ModelShape& shape, const ParameterSet& params, int64_
   LATAM_CHECK(shape.n_heads > 0 && shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0,
               "generator: " << shape.n_heads << " query heads and " << shape.n_kv_heads << " KV heads");
   LATAM_CHECK(max_context <= std::numeric_limits<int>::max(), "generator max_context " << max_context << " too large");
-  rope_ = BuildRopeTable(shape.rope_theta, static_cast<int>(shape.head_dim), static_cast<int>(max_context),
-                         shape.rope_scaling);
+  const ParameterPlacement& placement = params.placement();
+  const Device device = placement.device;
+  const DType dtype = placement.compute_dtype;
+  n_rot_heads_ = static_cast<int>(shape.n_heads + shape.n_kv_heads);
+  logits_rows_ = std::clamp<int64_t>(kLogitsBufferElems / std::max<int64_t>(shape.vocab, 1), 1, chunk_rows_);
 
-  // Weights: the same views the training model takes, checked against the shape.
+  // The ops: training attention dimensions for one pass of chunk_rows_ rows
+  // (unused here, but they size the ops' workspaces), decode attention over
+  // the cache, and a RoPE table covering every cached position.
+  OpsShape ops_shape;
+  ops_shape.attention = cpu::AttentionDims{1, static_cast<int>(chunk_rows_), static_cast<int>(shape.n_heads),
+                                           static_cast<int>(shape.n_kv_heads), static_cast<int>(shape.head_dim)};
+  ops_shape.dim = shape.dim;
+  ops_shape.decode_rows = chunk_rows_;
+  ops_shape.decode = DecodeAttentionDims{static_cast<int>(shape.n_heads), static_cast<int>(shape.n_kv_heads),
+                                         static_cast<int>(shape.head_dim), max_context};
+  const RopeTable rope = BuildRopeTable(shape.rope_theta, static_cast<int>(shape.head_dim),
+                                        static_cast<int>(max_context), shape.rope_scaling);
+  if (device == Device::kCPU) {
+    LATAM_CHECK(dtype == DType::kF32, "generator: CPU parameters compute in f32, not " << DTypeName(dtype));
+    ops_ = MakeCpuOps(ops_shape, rope);
+  } else {
+    ops_ = MakeCudaOps(ops_shape, rope, dtype, placement.stream);
+  }
+
+  // Weights: the operands the training model reads (model/model.cc), checked
+  // against the shape.
   const int64_t dim = shape.dim;
   auto get = [&](const std::string& name, const Shape& expected) {
     LATAM_CHECK(params.table().Contains(name), "generator: the parameters have no tensor " << name);
-    const Tensor t = params.param(name);
-    CheckTensor(t, DType::kF32, expected, Device::kCPU, name.c_str());
+    const Tensor t = params.compute(name);
+    CheckTensor(t, dtype, expected, device, name.c_str());
     return t;
   };
   for (int64_t l = 0; l < shape.n_layers; ++l) {
@@ -100,10 +76,10 @@ Generator::Generator(const ModelShape& shape, const ParameterSet& params, int64_
     get(LayerParamName(l, "mlp.up_proj.weight"), Shape{shape.ffn_dim, dim});
     LayerWeights w;
     w.attn_norm = get(LayerParamName(l, "input_layernorm.weight"), Shape{dim});
-    w.qkv = params.FusedParam(LayerParamName(l, "self_attn.q_proj.weight"), 3, dim);
+    w.qkv = params.FusedCompute(LayerParamName(l, "self_attn.q_proj.weight"), 3, dim);
     w.o = get(LayerParamName(l, "self_attn.o_proj.weight"), Shape{dim, shape.attn_dim()});
     w.mlp_norm = get(LayerParamName(l, "post_attention_layernorm.weight"), Shape{dim});
-    w.gate_up = params.FusedParam(LayerParamName(l, "mlp.gate_proj.weight"), 2, dim);
+    w.gate_up = params.FusedCompute(LayerParamName(l, "mlp.gate_proj.weight"), 2, dim);
     w.down = get(LayerParamName(l, "mlp.down_proj.weight"), Shape{dim, shape.ffn_dim});
     weights_.push_back(w);
   }
@@ -111,27 +87,28 @@ Generator::Generator(const ModelShape& shape, const ParameterSet& params, int64_
   head_ = shape.tie_embeddings ? embed_ : get("lm_head.weight", Shape{shape.vocab, dim});
   final_norm_ = get("model.norm.weight", Shape{dim});
 
-  // One arena: the cache, then the work buffers.
+  // One arena on the device: the cache, then the work buffers. Activations
+  // and the cache in the compute dtype; rstd and the GPU's logits in f32.
   const int64_t r = chunk_rows_, hkv = shape.n_kv_heads, hd = shape.head_dim;
-  const int64_t score_rows = std::max(r, shape.n_heads / hkv);  // decode stacks a GQA group's heads
-  auto add = [this](const char* name, DType dtype, Shape s) {
+  auto add = [this](const char* name, DType t, Shape s) {
     table_.Align(Arena::kAlignment);
-    table_.Add(name, dtype, s);
+    table_.Add(name, t, s);
   };
-  add("k_cache", DType::kF32, Shape{shape.n_layers, hkv, max_context, hd});
-  add("v_cache", DType::kF32, Shape{shape.n_layers, hkv, max_context, hd});
+  add("k_cache", dtype, Shape{shape.n_layers, hkv, max_context, hd});
+  add("v_cache", dtype, Shape{shape.n_layers, hkv, max_context, hd});
   add("ids", DType::kI32, Shape{r});
-  add("x", DType::kF32, Shape{r, dim});
-  add("xn", DType::kF32, Shape{r, dim});
+  add("x", dtype, Shape{r, dim});
+  add("xn", dtype, Shape{r, dim});
   add("rstd", DType::kF32, Shape{r});
-  add("qkv", DType::kF32, Shape{r, shape.qkv_dim()});
-  add("att", DType::kF32, Shape{r, shape.attn_dim()});
-  add("h", DType::kF32, Shape{r, dim});
-  add("partial", DType::kF32, Shape{r, dim});
-  add("gu", DType::kF32, Shape{r, 2 * shape.ffn_dim});
-  add("act", DType::kF32, Shape{r, shape.ffn_dim});
-  add("scores", DType::kF32, Shape{score_rows * max_context});
-  arena_ = Arena(Device::kCPU, table_.total_bytes());
+  add("qkv", dtype, Shape{r, shape.qkv_dim()});
+  add("att", dtype, Shape{r, shape.attn_dim()});
+  add("h", dtype, Shape{r, dim});
+  add("partial", dtype, Shape{r, dim});
+  add("gu", dtype, Shape{r, 2 * shape.ffn_dim});
+  add("act", dtype, Shape{r, shape.ffn_dim});
+  // The CPU head writes straight into the caller's logits.
+  if (device != Device::kCPU) add("logits", DType::kF32, Shape{logits_rows_, shape.vocab});
+  arena_ = Arena(device, table_.total_bytes());
   auto view = [this](const char* name) { return table_.Get(arena_, name); };
   k_cache_ = view("k_cache");
   v_cache_ = view("v_cache");
@@ -145,7 +122,7 @@ Generator::Generator(const ModelShape& shape, const ParameterSet& params, int64_
   partial_ = view("partial");
   gu_ = view("gu");
   act_ = view("act");
-  scores_ = view("scores");
+  if (device != Device::kCPU) device_logits_ = view("logits");
   logits_.resize(static_cast<size_t>(shape.vocab));
   probs_.reserve(static_cast<size_t>(shape.vocab));
   order_.reserve(static_cast<size_t>(shape.vocab));
@@ -181,21 +158,19 @@ Result<std::vector<float>> Generator::FeedAllLogits(const std::vector<int32_t>& 
   return logits;
 }
 
+Tensor Generator::LayerCache(const Tensor& cache, int64_t layer) const {
+  return cache.Rows(layer, layer + 1).Reshaped(Shape{shape_.n_kv_heads, max_context_, shape_.head_dim});
+}
+
 void Generator::Run(const int32_t* tokens, int64_t n, bool all, float* out) {
-  const float eps = static_cast<float>(shape_.norm_eps);
   for (int64_t r0 = 0; r0 < n; r0 += chunk_rows_) {
     const int64_t rows = std::min(chunk_rows_, n - r0);
-    std::memcpy(ids_.data, tokens + r0, static_cast<size_t>(rows) * sizeof(int32_t));
-    cpu::EmbeddingForward(ids_.Rows(0, rows), embed_, 0, x_.Rows(0, rows));
+    ops_->UploadIds(tokens + r0, ids_.Rows(0, rows));
+    ops_->EmbeddingForward(ids_.Rows(0, rows), embed_, 0, x_.Rows(0, rows));
     LayersForward(rows);
-    // Head: logits = rmsnorm(x) W_head^T, for every row or only the input's last.
+    // The logits of every row, or only of the input's last.
     const int64_t first = all ? 0 : (r0 + rows == n ? rows - 1 : rows);
-    if (first < rows) {
-      const int64_t m = rows - first;
-      cpu::RmsNormForward(x_.Rows(first, rows), final_norm_, eps, xn_.Rows(0, m), rstd_.Rows(0, m));
-      float* dst = all ? out + r0 * shape_.vocab : out;
-      cpu::LinearForward(xn_.Rows(0, m), head_, Tensor::Of(dst, Shape{m, shape_.vocab}), false);
-    }
+    if (first < rows) Head(first, rows, all ? out + r0 * shape_.vocab : out);
     position_ += rows;
   }
 }
@@ -207,62 +182,38 @@ void Generator::LayersForward(int64_t n) {
   const Tensor gu = gu_.Rows(0, n), act = act_.Rows(0, n);
   for (int64_t l = 0; l < shape_.n_layers; ++l) {
     const LayerWeights& w = weights_[static_cast<size_t>(l)];
-    // Attention block: h = x + o_proj(attn(rope(qkv(norm(x))))).
-    cpu::RmsNormForward(x, w.attn_norm, eps, xn, rstd);
-    cpu::LinearForward(xn, w.qkv, qkv, false);
-    RotateRows(qkv.as<float>(), n, shape_.qkv_dim(), position_, shape_.n_heads + shape_.n_kv_heads, rope_);
-    Attention(l, n);
-    cpu::LinearForward(att, w.o, partial, false);
-    cpu::Add(x, partial, h);
+    const Tensor k_cache = LayerCache(k_cache_, l), v_cache = LayerCache(v_cache_, l);
+    // Attention block: h = x + o_proj(attn(rope(qkv(norm(x))))), the rotated
+    // keys and the values of rows [0, n) stored at positions position_ + i
+    // before the rows attend to every cached position up to their own.
+    ops_->RmsNormForward(x, w.attn_norm, eps, xn, rstd);
+    ops_->LinearForward(xn, w.qkv, qkv, false);
+    ops_->RopeForwardAt(qkv, position_, n_rot_heads_);
+    ops_->KvCacheAppend(qkv, position_, k_cache, v_cache);
+    ops_->DecodeAttention(qkv, position_, k_cache, v_cache, att);
+    ops_->LinearForward(att, w.o, partial, false);
     // MLP block: x = h + down(swiglu(gate_up(norm(h)))).
-    cpu::RmsNormForward(h, w.mlp_norm, eps, xn, rstd);
-    cpu::LinearForward(xn, w.gate_up, gu, false);
-    cpu::SwigluForward(gu, act);
-    cpu::LinearForward(act, w.down, partial, false);
-    cpu::Add(h, partial, x);
+    ops_->AddRmsNormForward(x, partial, w.mlp_norm, eps, h, xn, rstd);
+    ops_->LinearForward(xn, w.gate_up, gu, false);
+    ops_->SwigluForward(gu, act);
+    ops_->LinearForward(act, w.down, partial, false);
+    ops_->Add(h, partial, x);
   }
 }
 
-// Appends rows [0, n) of the rotated keys and the values to layer `layer`'s
-// cache at positions p0 = position_ .. p0 + n - 1, then for each query head
-// h (KV head g = h / group) and row i:
-//   S_i   = q_i K_g[0, p0 + i]^T / sqrt(hd)
-//   att_i = softmax(S_i) V_g[0, p0 + i]
-// with one GEMM for the scores of all rows and one for the outputs. A
-// single row (decode) stacks the group's query heads, which all see the
-// same keys, into one [group, hd] operand.
-void Generator::Attention(int64_t layer, int64_t n) {
-  const int64_t hq = shape_.n_heads, hkv = shape_.n_kv_heads, hd = shape_.head_dim, group = hq / hkv;
-  const int64_t row_width = shape_.qkv_dim(), out_width = shape_.attn_dim(), p0 = position_, ctx = p0 + n;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  float* qkv = qkv_.as<float>();
-  float* att = att_.as<float>();
-  float* scores = scores_.as<float>();
-  float* k_layer = k_cache_.as<float>() + layer * hkv * max_context_ * hd;
-  float* v_layer = v_cache_.as<float>() + layer * hkv * max_context_ * hd;
-  for (int64_t g = 0; g < hkv; ++g) {
-    float* k = k_layer + g * max_context_ * hd;  // [max_context, hd]
-    float* v = v_layer + g * max_context_ * hd;
-    for (int64_t i = 0; i < n; ++i) {
-      const float* row = qkv + i * row_width;
-      std::memcpy(k + (p0 + i) * hd, row + (hq + g) * hd, static_cast<size_t>(hd) * sizeof(float));
-      std::memcpy(v + (p0 + i) * hd, row + (hq + hkv + g) * hd, static_cast<size_t>(hd) * sizeof(float));
-    }
-    if (n == 1) {
-      // Q [group, hd] (contiguous in the row), S [group, ctx], out [group, hd].
-      const float* q = qkv + g * group * hd;
-      cpu::Gemm(false, true, group, ctx, hd, scale, q, hd, k, hd, 0.0f, scores, ctx);
-      MaskedSoftmaxRows(scores, group, ctx, ctx, ctx, 0);
-      cpu::Gemm(false, false, group, hd, ctx, 1.0f, scores, ctx, v, hd, 0.0f, att + g * group * hd, hd);
-      continue;
-    }
-    for (int64_t hi = 0; hi < group; ++hi) {
-      const int64_t head = g * group + hi;
-      // Q [n, hd] (row stride row_width), S [n, ctx], out [n, hd] (row stride out_width).
-      cpu::Gemm(false, true, n, ctx, hd, scale, qkv + head * hd, row_width, k, hd, 0.0f, scores, ctx);
-      MaskedSoftmaxRows(scores, n, ctx, ctx, p0 + 1, 1);
-      cpu::Gemm(false, false, n, hd, ctx, 1.0f, scores, ctx, v, hd, 0.0f, att + head * hd, out_width);
-    }
+void Generator::Head(int64_t first, int64_t rows, float* out) {
+  const float eps = static_cast<float>(shape_.norm_eps);
+  const int64_t m = rows - first, vocab = shape_.vocab;
+  ops_->RmsNormForward(x_.Rows(first, rows), final_norm_, eps, xn_.Rows(0, m), rstd_.Rows(0, m));
+  if (ops_->device() == Device::kCPU) {
+    ops_->LinearForward(xn_.Rows(0, m), head_, Tensor::Of(out, Shape{m, vocab}), false);
+    return;
+  }
+  for (int64_t r = 0; r < m; r += logits_rows_) {
+    const int64_t k = std::min(logits_rows_, m - r);
+    const Tensor logits = device_logits_.Rows(0, k);
+    ops_->LinearForward(xn_.Rows(r, r + k), head_, logits, false);
+    ops_->Download(logits, out + r * vocab);
   }
 }
 
@@ -390,6 +341,18 @@ int32_t SampleToken(const std::vector<float>& logits, double temperature, double
     if (target < cum) return last;
   }
   return last;  // rounding left the target at the total
+}
+
+std::unique_ptr<ParameterSet> PlaceParameters(const ParameterSet& src, const ParameterPlacement& placement) {
+  std::vector<ParamSpec> specs;
+  for (size_t i = 0; i < src.size(); ++i) specs.push_back(src.spec(i));
+  auto dst = std::make_unique<ParameterSet>(std::move(specs), 1, placement);
+  LATAM_CHECK(dst->padded_numel() == src.padded_numel(),
+              "PlaceParameters: the source was laid out with padding (" << src.padded_numel() << " elements, not "
+                                                                         << dst->padded_numel() << ")");
+  CopyTensor(dst->padded_params(), src.padded_params());
+  dst->SyncCompute();
+  return dst;
 }
 
 }  // namespace latam

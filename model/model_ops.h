@@ -20,6 +20,10 @@
 // embedding backward scratch, the RoPE table, the loss accumulator), sized
 // for the OpsShape it was built for; WorkspaceBytes() gives the same number
 // without building one (for --plan).
+//
+// Decoding (model/generate.h) uses the forward ops above plus RopeForwardAt,
+// KvCacheAppend, DecodeAttention and Download; the key/value cache itself
+// belongs to the caller (an arena on the ops' device, in activation_dtype()).
 #pragma once
 
 #include <cstdint>
@@ -27,6 +31,7 @@
 #include <string>
 
 #include "kernels/attention.h"
+#include "kernels/decode_attention.h"
 #include "kernels/rope.h"
 #include "core/status.h"
 #include "core/stream.h"
@@ -40,6 +45,11 @@ struct OpsShape {
   int64_t dim = 0;               // model width (norms)
   int64_t max_logits_rows = 0;   // rows per LM-head chunk (0: no head)
   int cpu_threads = 0;           // CPU: threads the attention workspace serves
+  // Decoding: the largest number of new rows per DecodeAttention call (0:
+  // no decoding) and the positions of the cache it reads (`decode.max_context`);
+  // the RoPE table must cover those positions.
+  int64_t decode_rows = 0;
+  DecodeAttentionDims decode;
   int64_t rows() const { return static_cast<int64_t>(attention.batch) * attention.seq_len; }
 };
 
@@ -100,6 +110,25 @@ class ModelOps {
                                 const Tensor& targets, const Tensor& lse) = 0;
   virtual void SoftmaxCrossEntropyBackward(const Tensor& logits, const Tensor& targets, int64_t vocab_begin,
                                            const Tensor& lse, float grad_scale) = 0;
+
+  // Decoding with a key/value cache (kernels/decode_attention.h, with the
+  // OpsShape's `decode` dimensions; the caches are [Hkv, max_context, hd] in
+  // activation_dtype() on this device).
+  // kernels/rope.h RopeForwardAt: the first n_rot_heads heads of each
+  // fused-QKV row rotated in place, row m at position first_position + m.
+  virtual void RopeForwardAt(const Tensor& qkv, int64_t first_position, int n_rot_heads) = 0;
+  // The rows' rotated keys and values written to the caches at positions
+  // first_position .. first_position + rows - 1 (overwritten).
+  virtual void KvCacheAppend(const Tensor& qkv, int64_t first_position, const Tensor& k_cache,
+                             const Tensor& v_cache) = 0;
+  // out [rows, Hq hd] overwritten: the rows' queries attending causally to
+  // cache positions [0, first_position + row]; at most OpsShape::decode_rows
+  // rows.
+  virtual void DecodeAttention(const Tensor& qkv, int64_t first_position, const Tensor& k_cache,
+                               const Tensor& v_cache, const Tensor& out) = 0;
+  // host[0 .. src.bytes()) <- src, once everything enqueued before has run
+  // (on CUDA: waits for the compute stream).
+  virtual void Download(const Tensor& src, void* host) = 0;
   // The loss accumulated since the last call, which resets it to 0. On CUDA
   // this waits for the compute stream, and a target outside the vocabulary
   // seen by the cross-entropy kernels is a fatal error naming it.

@@ -1,10 +1,13 @@
 // ModelOps on the CPU: the fp32 reference kernels, run synchronously.
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "core/arena.h"
 #include "kernels/cross_entropy.h"
+#include "kernels/decode_attention.h"
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
@@ -18,8 +21,12 @@ namespace {
 
 int CpuThreads(const OpsShape& shape) { return shape.cpu_threads > 0 ? shape.cpu_threads : omp_get_max_threads(); }
 
+// One scratch buffer serves the training attention and the decode
+// attention: no call of one overlaps a call of the other.
 int64_t CpuWorkspaceElems(const OpsShape& shape) {
-  return cpu::AttentionWorkspaceElems(shape.attention, CpuThreads(shape));
+  const int64_t training = cpu::AttentionWorkspaceElems(shape.attention, CpuThreads(shape));
+  if (shape.decode_rows <= 0) return training;
+  return std::max(training, cpu::DecodeAttentionWorkspaceElems(shape.decode, shape.decode_rows));
 }
 
 class CpuOps final : public ModelOps {
@@ -101,6 +108,20 @@ class CpuOps final : public ModelOps {
                                    const Tensor& lse, float grad_scale) override {
     cpu::SoftmaxCrossEntropyBackward(logits, targets, vocab_begin, lse, grad_scale);
   }
+  void RopeForwardAt(const Tensor& qkv, int64_t first_position, int n_rot_heads) override {
+    cpu::RopeForwardAt(qkv, first_position, n_rot_heads, rope_);
+  }
+  void KvCacheAppend(const Tensor& qkv, int64_t first_position, const Tensor& k_cache,
+                     const Tensor& v_cache) override {
+    cpu::KvCacheAppend(qkv, shape_.decode, first_position, k_cache, v_cache);
+  }
+  void DecodeAttention(const Tensor& qkv, int64_t first_position, const Tensor& k_cache, const Tensor& v_cache,
+                       const Tensor& out) override {
+    LATAM_CHECK(qkv.shape.rows() <= shape_.decode_rows,
+                "decode attention of " << qkv.shape.rows() << " rows; the ops were built for " << shape_.decode_rows);
+    cpu::DecodeAttention(qkv, shape_.decode, first_position, k_cache, v_cache, out, workspace_);
+  }
+  void Download(const Tensor& src, void* host) override { std::memcpy(host, src.data, src.bytes()); }
   double TakeLoss() override {
     const double loss = loss_;
     loss_ = 0.0;

@@ -12,6 +12,7 @@
 #include "core/arena.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cross_entropy.h"
+#include "kernels/cuda/decode_attention.h"
 #include "core/cuda_check.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/embedding.h"
@@ -56,9 +57,11 @@ struct CudaWorkspaceLayout {
 };
 
 size_t RopeBytesFor(const OpsShape& shape) {
-  // UploadRopeTable stores cos and sin, f32 [seq_len, head_dim / 2] each.
-  return 2 * static_cast<size_t>(shape.attention.seq_len) * static_cast<size_t>(shape.attention.head_dim / 2) *
-         sizeof(float);
+  // UploadRopeTable stores cos and sin, f32 [positions, head_dim / 2] each,
+  // for the training sequence and, when decoding, every cached position.
+  const int64_t positions =
+      std::max<int64_t>(shape.attention.seq_len, shape.decode_rows > 0 ? shape.decode.max_context : 0);
+  return 2 * static_cast<size_t>(positions) * static_cast<size_t>(shape.attention.head_dim / 2) * sizeof(float);
 }
 
 class CudaOps final : public ModelOps {
@@ -164,6 +167,23 @@ class CudaOps final : public ModelOps {
   void SoftmaxCrossEntropyBackward(const Tensor& logits, const Tensor& targets, int64_t vocab_begin,
                                    const Tensor& lse, float grad_scale) override {
     cuda::SoftmaxCrossEntropyBackward(logits, targets, vocab_begin, lse, grad_scale, stream_);
+  }
+  void RopeForwardAt(const Tensor& qkv, int64_t first_position, int n_rot_heads) override {
+    cuda::RopeForwardAt(qkv, first_position, n_rot_heads, rope_, stream_);
+  }
+  void KvCacheAppend(const Tensor& qkv, int64_t first_position, const Tensor& k_cache,
+                     const Tensor& v_cache) override {
+    cuda::KvCacheAppend(qkv, shape_.decode, first_position, k_cache, v_cache, stream_);
+  }
+  void DecodeAttention(const Tensor& qkv, int64_t first_position, const Tensor& k_cache, const Tensor& v_cache,
+                       const Tensor& out) override {
+    LATAM_CHECK(qkv.shape.rows() <= shape_.decode_rows,
+                "decode attention of " << qkv.shape.rows() << " rows; the ops were built for " << shape_.decode_rows);
+    cuda::DecodeAttention(qkv, shape_.decode, first_position, k_cache, v_cache, out, stream_);
+  }
+  void Download(const Tensor& src, void* host) override {
+    CUDA_CHECK(cudaMemcpyAsync(host, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   double TakeLoss() override {
     double loss = 0.0;

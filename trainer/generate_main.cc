@@ -2,11 +2,15 @@
 //
 //   latam-generate --checkpoint DIR --prompt TEXT [--max-new-tokens N]
 //                  [--min-new-tokens N] [--temperature T] [--top-p P]
-//                  [--seed S] [--tokenizer FILE]
+//                  [--seed S] [--tokenizer FILE] [--device cpu|cuda]
 //
 // One process, any saved layout: the checkpoint's tensors are read whole
 // into the single-process layout (checkpoint/convert.h) and the text is
-// produced with a key/value cache (model/generate.h). The tokenizer is the
+// produced with a key/value cache (model/generate.h) through the model's
+// own ops: fp32 on the CPU (the default), or on the first GPU with --device
+// cuda (bf16 weights, activations and cache, fp32 accumulation and logits),
+// which is bad input (exit 2) when the build has no CUDA or no GPU is
+// visible. The tokenizer is the
 // one saved with the checkpoint unless --tokenizer is given. Temperature 0
 // is greedy. Prints the continuation (not the prompt) on stdout; generation
 // stops early at the tokenizer's end-of-text token, but not before
@@ -18,7 +22,11 @@
 #include <string>
 #include <vector>
 
+#include "trainer/compute_device.h"
 #include "trainer/load_model.h"
+#ifdef LATAM_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#endif
 #include "data/tokenizer.h"
 #include "core/threads.h"
 #include "model/generate.h"
@@ -30,11 +38,13 @@ using latam::Status;
 
 constexpr const char* kUsage =
     "usage: latam-generate --checkpoint DIR --prompt TEXT [--max-new-tokens N] [--min-new-tokens N]\n"
-    "                      [--temperature T] [--top-p P] [--seed S] [--tokenizer FILE]\n";
+    "                      [--temperature T] [--top-p P] [--seed S] [--tokenizer FILE]\n"
+    "                      [--device cpu|cuda]\n";
 
 struct Args {
   std::string checkpoint, prompt, tokenizer;
   bool has_prompt = false;
+  bool cuda = false;
   latam::GenerateOptions options;
 };
 
@@ -62,6 +72,11 @@ Result<Args> ParseArgs(int argc, char** argv) {
       a.has_prompt = true;
     } else if (arg == "--tokenizer") {
       a.tokenizer = value;
+    } else if (arg == "--device") {
+      if (value != "cpu" && value != "cuda") {
+        return Status::InvalidInput("--device " + value + ": expected cpu or cuda\n" + kUsage);
+      }
+      a.cuda = value == "cuda";
     } else if (arg == "--max-new-tokens") {
       LATAM_ASSIGN_OR_RETURN(const double v, Number(arg, value));
       a.options.max_new_tokens = static_cast<int64_t>(v);
@@ -86,6 +101,21 @@ Result<Args> ParseArgs(int argc, char** argv) {
 
 Status Main(int argc, char** argv) {
   LATAM_ASSIGN_OR_RETURN(const Args args, ParseArgs(argc, argv));
+  // The GPU first: no point reading a checkpoint for a device that is not there.
+  std::unique_ptr<latam::ComputeDevice> gpu;
+  if (args.cuda) {
+#ifdef LATAM_HAVE_CUDA
+    if (latam::cuda::DeviceCount() == 0) {
+      return Status::InvalidInput("--device cuda: no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)");
+    }
+#else
+    return Status::InvalidInput("--device cuda: this build has no CUDA (configure with LATAM_CUDA=ON where nvcc "
+                                "exists)");
+#endif
+    auto opened = latam::ComputeDevice::Open(0, 1, 0);
+    if (!opened.ok()) return Status::InvalidInput("--device cuda: " + opened.status().message());
+    gpu = std::move(opened).value();
+  }
   LATAM_ASSIGN_OR_RETURN(const latam::LoadedModel model, latam::LoadModel(args.checkpoint));
   const std::string tokenizer_path = args.tokenizer.empty() ? model.tokenizer_path : args.tokenizer;
   if (tokenizer_path.empty()) {
@@ -108,7 +138,12 @@ Status Main(int argc, char** argv) {
     if (auto id = tokenizer->TokenId(stop)) options.stop_ids.push_back(static_cast<int32_t>(*id));
   }
   const int64_t context = static_cast<int64_t>(prompt.size()) + std::max<int64_t>(options.max_new_tokens, 1);
-  latam::Generator generator(model.shape, *model.params, context);
+  std::unique_ptr<latam::ParameterSet> gpu_params;
+  if (gpu != nullptr) {
+    gpu_params = latam::PlaceParameters(
+        *model.params, latam::ParameterPlacement{latam::Device::kCUDA, latam::DType::kBF16, gpu->stream()});
+  }
+  latam::Generator generator(model.shape, gpu_params != nullptr ? *gpu_params : *model.params, context);
   LATAM_ASSIGN_OR_RETURN(std::vector<int32_t> out, generator.Generate(prompt, options));
   std::vector<uint32_t> ids;
   for (int32_t id : out) {

@@ -104,4 +104,29 @@ void RopeBackward(const Tensor& dx, int seq_len, int n_rot_heads, const RopeTabl
          table.sin.data(), -1.0f);
 }
 
+void RopeForwardAt(const Tensor& x, int64_t first_position, int n_rot_heads, const RopeTable& table) {
+  LATAM_CHECK(x.dtype == DType::kF32 && x.device == Device::kCPU, "rope x must be f32 on cpu, got " << x.str());
+  const int64_t rows = x.shape.rows(), row_width = x.shape.cols(), hd = table.head_dim, half = hd / 2;
+  LATAM_CHECK(first_position >= 0 && first_position + rows <= table.max_positions,
+              "rows at positions [" << first_position << ", " << first_position + rows << ") exceed the RoPE table ("
+                                    << table.max_positions << ")");
+  LATAM_CHECK(static_cast<int64_t>(n_rot_heads) * hd <= row_width,
+              n_rot_heads << " heads of " << hd << " exceed row width " << row_width);
+  float* data = x.as<float>();
+  // lo' = lo cos - hi sin,  hi' = hi cos + lo sin  (position first_position + m)
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* c = table.cos.data() + (first_position + m) * half;
+    const float* s = table.sin.data() + (first_position + m) * half;
+    for (int64_t h = 0; h < n_rot_heads; ++h) {
+      float* lo = data + m * row_width + h * hd;
+      float* hi = lo + half;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = lo[i], b = hi[i];
+        lo[i] = a * c[i] - b * s[i];
+        hi[i] = b * c[i] + a * s[i];
+      }
+    }
+  }
+}
+
 }  // namespace latam::cpu

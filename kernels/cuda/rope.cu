@@ -56,12 +56,13 @@ __device__ __forceinline__ void Store(T* p, const float (&in)[kN]) {
 // One work item is (row m, rotated head h, kN consecutive i in [0, half)):
 // grid-stride over rows * n_rot_heads * half / kN items, consecutive threads
 // on consecutive i, so both halves of a head are read and written coalesced.
-// With t = m % seq_len, c = cos[t, i], s = direction * sin[t, i]:
+// With t = first_position + m % seq_len, c = cos[t, i], s = direction * sin[t, i]:
 //   lo[i] = a c - b s,   hi[i] = b c + a s,   a = lo[i], b = hi[i]
 // direction = +1 is the forward rotation, -1 the backward (rotation by -angle).
 template <typename T, bool kVec>
 __global__ void RopeKernel(T* __restrict__ x, const float* __restrict__ cos_table, const float* __restrict__ sin_table,
-                           int64_t rows, int64_t row_width, int seq_len, int n_rot_heads, int half, float direction) {
+                           int64_t rows, int64_t row_width, int64_t seq_len, int64_t first_position,
+                           int n_rot_heads, int half, float direction) {
   constexpr int kN = kVec ? Pack<T>::kN : 1;
   const int chunks_per_head = half / kN;
   const int64_t chunks_per_row = static_cast<int64_t>(n_rot_heads) * chunks_per_head;
@@ -72,7 +73,7 @@ __global__ void RopeKernel(T* __restrict__ x, const float* __restrict__ cos_tabl
     const int rest = static_cast<int>(item - m * chunks_per_row);
     const int h = rest / chunks_per_head;
     const int i = (rest - h * chunks_per_head) * kN;
-    const int64_t t = m % seq_len;
+    const int64_t t = first_position + m % seq_len;
     T* lo = x + m * row_width + static_cast<int64_t>(h) * 2 * half + i;
     T* hi = lo + half;
     float a[kN], b[kN], c[kN], s[kN];
@@ -95,8 +96,8 @@ __global__ void RopeKernel(T* __restrict__ x, const float* __restrict__ cos_tabl
 bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 template <typename T>
-void LaunchRope(const Tensor& x, int seq_len, int n_rot_heads, const RopeDeviceTable& table, float direction,
-                cudaStream_t stream) {
+void LaunchRope(const Tensor& x, int64_t seq_len, int64_t first_position, int n_rot_heads,
+                const RopeDeviceTable& table, float direction, cudaStream_t stream) {
   const int64_t rows = x.shape.rows();
   const int64_t row_width = x.shape.cols();
   const int half = table.head_dim() / 2;
@@ -112,32 +113,41 @@ void LaunchRope(const Tensor& x, int seq_len, int n_rot_heads, const RopeDeviceT
   const float* sin_table = table.sin.as<float>();
   if (vec) {
     Launch(RopeKernel<T, true>, blocks, kThreads, 0, stream, static_cast<T*>(x.data), cos_table, sin_table, rows,
-           row_width, seq_len, n_rot_heads, half, direction);
+           row_width, seq_len, first_position, n_rot_heads, half, direction);
   } else {
     Launch(RopeKernel<T, false>, blocks, kThreads, 0, stream, static_cast<T*>(x.data), cos_table, sin_table, rows,
-           row_width, seq_len, n_rot_heads, half, direction);
+           row_width, seq_len, first_position, n_rot_heads, half, direction);
   }
   CUDA_CHECK_LAUNCH();
 }
 
-void Rotate(const Tensor& x, int seq_len, int n_rot_heads, const RopeDeviceTable& table, float direction,
-            cudaStream_t stream) {
+void CheckRope(const Tensor& x, int n_rot_heads, const RopeDeviceTable& table) {
   LATAM_CHECK(x.dtype == DType::kF32 || x.dtype == DType::kBF16, "cuda rope x must be f32 or bf16, got " << x.str());
   CheckTensor(x, x.dtype, x.shape, Device::kCUDA, "cuda rope x");
   LATAM_CHECK(table.cos.shape.rank() == 2,
               "cuda rope table must be [max_positions, head_dim/2], got " << table.cos.str());
   CheckTensor(table.cos, DType::kF32, table.cos.shape, Device::kCUDA, "cuda rope cos");
   CheckTensor(table.sin, DType::kF32, table.cos.shape, Device::kCUDA, "cuda rope sin");
+  LATAM_CHECK(n_rot_heads >= 0 && static_cast<int64_t>(n_rot_heads) * table.head_dim() <= x.shape.cols(),
+              n_rot_heads << " heads of " << table.head_dim() << " exceed row width " << x.shape.cols());
+}
+
+void Dispatch(const Tensor& x, int64_t seq_len, int64_t first_position, int n_rot_heads,
+              const RopeDeviceTable& table, float direction, cudaStream_t stream) {
+  if (x.dtype == DType::kF32) {
+    LaunchRope<float>(x, seq_len, first_position, n_rot_heads, table, direction, stream);
+  } else {
+    LaunchRope<__nv_bfloat16>(x, seq_len, first_position, n_rot_heads, table, direction, stream);
+  }
+}
+
+void Rotate(const Tensor& x, int seq_len, int n_rot_heads, const RopeDeviceTable& table, float direction,
+            cudaStream_t stream) {
+  CheckRope(x, n_rot_heads, table);
   LATAM_CHECK(seq_len > 0 && seq_len <= table.max_positions(),
               "seq_len " << seq_len << " exceeds the RoPE table (" << table.max_positions() << ")");
   LATAM_CHECK(x.shape.rows() % seq_len == 0, "rope rows " << x.shape.rows() << " not a multiple of " << seq_len);
-  LATAM_CHECK(n_rot_heads >= 0 && static_cast<int64_t>(n_rot_heads) * table.head_dim() <= x.shape.cols(),
-              n_rot_heads << " heads of " << table.head_dim() << " exceed row width " << x.shape.cols());
-  if (x.dtype == DType::kF32) {
-    LaunchRope<float>(x, seq_len, n_rot_heads, table, direction, stream);
-  } else {
-    LaunchRope<__nv_bfloat16>(x, seq_len, n_rot_heads, table, direction, stream);
-  }
+  Dispatch(x, seq_len, 0, n_rot_heads, table, direction, stream);
 }
 
 }  // namespace
@@ -165,6 +175,17 @@ void RopeForward(const Tensor& x, int seq_len, int n_rot_heads, const RopeDevice
 
 void RopeBackward(const Tensor& dx, int seq_len, int n_rot_heads, const RopeDeviceTable& table, cudaStream_t stream) {
   Rotate(dx, seq_len, n_rot_heads, table, -1.0f, stream);
+}
+
+void RopeForwardAt(const Tensor& x, int64_t first_position, int n_rot_heads, const RopeDeviceTable& table,
+                   cudaStream_t stream) {
+  CheckRope(x, n_rot_heads, table);
+  const int64_t rows = x.shape.rows();
+  LATAM_CHECK(first_position >= 0 && first_position + rows <= table.max_positions(),
+              "rows at positions [" << first_position << ", " << first_position + rows
+                                    << ") exceed the RoPE table (" << table.max_positions() << ")");
+  if (rows == 0) return;
+  Dispatch(x, rows, first_position, n_rot_heads, table, 1.0f, stream);
 }
 
 }  // namespace latam::cuda

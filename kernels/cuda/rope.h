@@ -17,6 +17,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 
 #include "core/arena.h"
 #include "kernels/rope.h"
@@ -48,5 +49,10 @@ RopeDeviceTable UploadRopeTable(const RopeTable& table, const Arena& arena, size
 // -angle. x/dx are overwritten in place.
 void RopeForward(const Tensor& x, int seq_len, int n_rot_heads, const RopeDeviceTable& table, cudaStream_t stream);
 void RopeBackward(const Tensor& dx, int seq_len, int n_rot_heads, const RopeDeviceTable& table, cudaStream_t stream);
+// The forward rotation of rows at consecutive positions (kernels/rope.h,
+// RopeForwardAt): row m is at position first_position + m, which must be
+// inside the table.
+void RopeForwardAt(const Tensor& x, int64_t first_position, int n_rot_heads, const RopeDeviceTable& table,
+                   cudaStream_t stream);
 
 }  // namespace latam::cuda

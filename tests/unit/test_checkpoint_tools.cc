@@ -165,6 +165,22 @@ TEST_F(CheckpointToolsTest, InfoVerifyExportImportGenerate) {
                 " --prompt 'El' --max-new-tokens 16 --temperature 1 --top-p 0.9 --seed 7");
   ASSERT_EQ(s1.exit_code, 0) << s1.err;
   EXPECT_EQ(s1.out, s2.out);
+  // --device cpu is the default; --device cuda runs on a GPU, or is bad input
+  // (exit 2, naming the flag) where there is none; other devices are bad input.
+  auto cpu = Run(Bin("latam-generate") + " --checkpoint " + Path("run") + gen_args + " --device cpu");
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  EXPECT_EQ(cpu.out, g1.out);
+  auto gpu = Run(Bin("latam-generate") + " --checkpoint " + Path("run") + gen_args + " --device cuda");
+  if (gpu.exit_code == 0) {
+    EXPECT_FALSE(gpu.out.empty());
+  } else {
+    EXPECT_EQ(gpu.exit_code, 2) << gpu.err;
+    EXPECT_NE(gpu.err.find("--device cuda: "), std::string::npos) << gpu.err;
+    EXPECT_TRUE(gpu.out.empty()) << gpu.out;
+  }
+  auto other = Run(Bin("latam-generate") + " --checkpoint " + Path("run") + gen_args + " --device tpu");
+  EXPECT_EQ(other.exit_code, 2);
+  EXPECT_NE(other.err.find("--device tpu: expected cpu or cuda"), std::string::npos) << other.err;
 }
 
 // Continued pretraining: an imported model starts a new run on a new data

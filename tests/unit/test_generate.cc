@@ -14,6 +14,12 @@
 #include <vector>
 
 #include "core/random.h"
+#include "kernels/elementwise.h"
+#include "kernels/embedding.h"
+#include "kernels/gemm.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
 #include "tests/test_util.h"
 #include "model/layout.h"
 #include "model/model.h"
@@ -310,6 +316,202 @@ TEST_F(Generate, SeedsAreReproducible) {
   // 24 draws from a near-uniform distribution over 64 tokens: equal
   // continuations from another seed have probability ~64^-24.
   EXPECT_EQ(differing, 4);
+}
+
+// The generator's forward pass written out with the CPU kernels directly,
+// in the same order of operations as the generator (so their logits must be
+// bitwise equal):
+//   x = embed(ids); per layer: xn = norm(x); qkv = xn W_qkv^T; rotate Q and K
+//   at positions p0 + i; append K, V to the cache; att = attention(q, cache);
+//   h = x + att W_o^T; x = h + swiglu(norm(h) W_gu^T) W_down^T;
+//   logits = norm(x) W_head^T, for every row or only the last.
+// Attention per KV head g: one decoded row stacks the group's query heads
+// into one [group, hd] GEMM operand; several rows run one GEMM per query
+// head over every cached position, the causal mask setting probabilities
+// past row i's position to 0.
+class ReferenceDecoder {
+ public:
+  ReferenceDecoder(const ModelShape& shape, const ParameterSet& params, int64_t max_context)
+      : s_(shape),
+        p_(params),
+        max_context_(max_context),
+        rope_(BuildRopeTable(shape.rope_theta, static_cast<int>(shape.head_dim), static_cast<int>(max_context),
+                             shape.rope_scaling)),
+        k_(static_cast<size_t>(shape.n_layers * shape.n_kv_heads * max_context * shape.head_dim)),
+        v_(k_.size()) {}
+
+  // Logits of every row of `ids` ([n, vocab]) or of the last one ([vocab]).
+  std::vector<float> Feed(const std::vector<int32_t>& ids, bool all) {
+    const int64_t n = static_cast<int64_t>(ids.size()), dim = s_.dim, hd = s_.head_dim;
+    const int64_t hq = s_.n_heads, hkv = s_.n_kv_heads, qkv_w = s_.qkv_dim(), ffn = s_.ffn_dim;
+    const float eps = static_cast<float>(s_.norm_eps);
+    std::vector<int32_t> id = ids;
+    std::vector<float> x(static_cast<size_t>(n * dim)), xn(x.size()), h(x.size()), partial(x.size());
+    std::vector<float> rstd(static_cast<size_t>(n)), qkv(static_cast<size_t>(n * qkv_w));
+    std::vector<float> att(static_cast<size_t>(n * hq * hd)), gu(static_cast<size_t>(n * 2 * ffn));
+    std::vector<float> act(static_cast<size_t>(n * ffn));
+    auto t = [](std::vector<float>& v, Shape shape) { return Tensor::Of(v.data(), shape); };
+    cpu::EmbeddingForward(Tensor::Of(id.data(), Shape{n}), p_.param("model.embed_tokens.weight"), 0,
+                          t(x, Shape{n, dim}));
+    for (int64_t l = 0; l < s_.n_layers; ++l) {
+      auto w = [&](const char* suffix) { return p_.param(LayerParamName(l, suffix)); };
+      cpu::RmsNormForward(t(x, Shape{n, dim}), w("input_layernorm.weight"), eps, t(xn, Shape{n, dim}),
+                          t(rstd, Shape{n}));
+      cpu::LinearForward(t(xn, Shape{n, dim}), p_.FusedParam(LayerParamName(l, "self_attn.q_proj.weight"), 3, dim),
+                         t(qkv, Shape{n, qkv_w}), false);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t half = hd / 2, pos = position_ + i;
+        for (int64_t head = 0; head < hq + hkv; ++head) {
+          float* lo = qkv.data() + i * qkv_w + head * hd;
+          for (int64_t j = 0; j < half; ++j) {
+            const float c = rope_.cos[static_cast<size_t>(pos * half + j)];
+            const float sn = rope_.sin[static_cast<size_t>(pos * half + j)];
+            const float a = lo[j], b = lo[j + half];
+            lo[j] = a * c - b * sn;
+            lo[j + half] = b * c + a * sn;
+          }
+        }
+      }
+      Attention(l, n, qkv, att);
+      cpu::LinearForward(t(att, Shape{n, hq * hd}), w("self_attn.o_proj.weight"), t(partial, Shape{n, dim}), false);
+      cpu::Add(t(x, Shape{n, dim}), t(partial, Shape{n, dim}), t(h, Shape{n, dim}));
+      cpu::RmsNormForward(t(h, Shape{n, dim}), w("post_attention_layernorm.weight"), eps, t(xn, Shape{n, dim}),
+                          t(rstd, Shape{n}));
+      cpu::LinearForward(t(xn, Shape{n, dim}), p_.FusedParam(LayerParamName(l, "mlp.gate_proj.weight"), 2, dim),
+                         t(gu, Shape{n, 2 * ffn}), false);
+      cpu::SwigluForward(t(gu, Shape{n, 2 * ffn}), t(act, Shape{n, ffn}));
+      cpu::LinearForward(t(act, Shape{n, ffn}), w("mlp.down_proj.weight"), t(partial, Shape{n, dim}), false);
+      cpu::Add(t(h, Shape{n, dim}), t(partial, Shape{n, dim}), t(x, Shape{n, dim}));
+    }
+    position_ += n;
+    const int64_t first = all ? 0 : n - 1, m = n - first;
+    std::vector<float> last(x.begin() + first * dim, x.end()), logits(static_cast<size_t>(m * s_.vocab));
+    std::vector<float> normed(last.size());
+    cpu::RmsNormForward(t(last, Shape{m, dim}), p_.param("model.norm.weight"), eps, t(normed, Shape{m, dim}),
+                        t(rstd, Shape{m}));
+    const Tensor head = p_.param(s_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+    cpu::LinearForward(t(normed, Shape{m, dim}), head, t(logits, Shape{m, s_.vocab}), false);
+    return logits;
+  }
+
+ private:
+  // Appends rows [0, n) of K and V at positions p0 = position_ .. p0 + n - 1
+  // of layer l's cache, then for query head h (KV head g = h / group), row i:
+  //   att_i = softmax(q_i K_g[0, p0 + i]^T / sqrt(hd)) V_g[0, p0 + i].
+  void Attention(int64_t l, int64_t n, const std::vector<float>& qkv, std::vector<float>& att) {
+    const int64_t hq = s_.n_heads, hkv = s_.n_kv_heads, hd = s_.head_dim, group = hq / hkv, w = s_.qkv_dim();
+    const int64_t p0 = position_, ctx = p0 + n;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    std::vector<float> scores(static_cast<size_t>(std::max(n, group) * ctx));
+    for (int64_t g = 0; g < hkv; ++g) {
+      float* k = k_.data() + ((l * hkv + g) * max_context_) * hd;
+      float* v = v_.data() + ((l * hkv + g) * max_context_) * hd;
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t d = 0; d < hd; ++d) {
+          k[(p0 + i) * hd + d] = qkv[static_cast<size_t>(i * w + (hq + g) * hd + d)];
+          v[(p0 + i) * hd + d] = qkv[static_cast<size_t>(i * w + (hq + hkv + g) * hd + d)];
+        }
+      }
+      // Row r of the scores sees its first `visible(r)` positions.
+      auto softmax = [&](int64_t rows, auto visible) {
+        for (int64_t r = 0; r < rows; ++r) {
+          float* row = scores.data() + r * ctx;
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int64_t j = 0; j < visible(r); ++j) mx = std::max(mx, row[j]);
+          float sum = 0.0f;
+          for (int64_t j = 0; j < visible(r); ++j) sum += row[j] = std::exp(row[j] - mx);
+          const float inv = 1.0f / sum;
+          for (int64_t j = 0; j < visible(r); ++j) row[j] *= inv;
+          for (int64_t j = visible(r); j < ctx; ++j) row[j] = 0.0f;
+        }
+      };
+      if (n == 1) {
+        cpu::Gemm(false, true, group, ctx, hd, scale, qkv.data() + g * group * hd, hd, k, hd, 0.0f, scores.data(),
+                  ctx);
+        softmax(group, [ctx](int64_t) { return ctx; });
+        cpu::Gemm(false, false, group, hd, ctx, 1.0f, scores.data(), ctx, v, hd, 0.0f, att.data() + g * group * hd,
+                  hd);
+        continue;
+      }
+      for (int64_t head = g * group; head < (g + 1) * group; ++head) {
+        cpu::Gemm(false, true, n, ctx, hd, scale, qkv.data() + head * hd, w, k, hd, 0.0f, scores.data(), ctx);
+        softmax(n, [p0](int64_t r) { return p0 + 1 + r; });
+        cpu::Gemm(false, false, n, hd, ctx, 1.0f, scores.data(), ctx, v, hd, 0.0f, att.data() + head * hd, hq * hd);
+      }
+    }
+  }
+
+  ModelShape s_;
+  const ParameterSet& p_;
+  int64_t max_context_;
+  int64_t position_ = 0;
+  RopeTable rope_;
+  std::vector<float> k_, v_;
+};
+
+bool BitwiseEqual(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// The generator's CPU logits are bitwise those of the reference above, fed
+// all at once, one token at a time and in uneven pieces, for tied and untied
+// embeddings, with and without RoPE scaling, and GQA groups of 2 and 4 (one
+// decoded row stacks the group) and no GQA.
+TEST_F(Generate, CpuLogitsBitwiseEqualReference) {
+  for (int64_t kv_heads : {2, 1, 4}) {
+    for (bool tied : {false, true}) {
+      for (bool scaled : {false, true}) {
+        SCOPED_TRACE(std::to_string(kv_heads) + " KV heads, " + (tied ? "tied" : "untied") +
+                     (scaled ? ", rope scaling" : ""));
+        ModelShape shape = TinyShape(tied, scaled);
+        shape.n_kv_heads = kv_heads;
+        const auto params = RandomModel(shape);
+        const auto ids = RandomIds(23, shape.vocab);
+        Generator gen(shape, *params, 40);
+        for (const std::vector<size_t>& pieces :
+             {std::vector<size_t>{23}, std::vector<size_t>(23, 1), std::vector<size_t>{5, 1, 17}}) {
+          gen.Reset();
+          ReferenceDecoder ref(shape, *params, 40);
+          size_t begin = 0;
+          for (size_t k = 0; k < pieces.size(); ++k) {
+            const std::vector<int32_t> piece(ids.begin() + static_cast<std::ptrdiff_t>(begin),
+                                             ids.begin() + static_cast<std::ptrdiff_t>(begin + pieces[k]));
+            const bool all = k % 2 == 0;  // FeedAllLogits and Feed in turn
+            auto got = all ? gen.FeedAllLogits(piece) : gen.Feed(piece);
+            ASSERT_TRUE(got.ok()) << got.status().message();
+            EXPECT_TRUE(BitwiseEqual(*got, ref.Feed(piece, all))) << "piece " << k << " at position " << begin;
+            begin += pieces[k];
+          }
+        }
+      }
+    }
+  }
+}
+
+// Greedy and sampled continuations of a fixed model (weights drawn from seed
+// 2024, unit norm gains) recorded from the generator before it ran through
+// ModelOps: any change to the CPU arithmetic that moves a logit enough to
+// change a token shows here.
+TEST_F(Generate, PinnedContinuations) {
+  const ModelShape shape = TinyShape(false, true);
+  ParameterSet params(LlamaParameterSpecs(shape, ModelLayout::Single(shape)));
+  params.InitWeights(2024);
+  Generator gen(shape, params, 48);
+  const std::vector<int32_t> prompt = {3, 14, 15, 9, 26, 53, 58};
+  GenerateOptions options;
+  options.max_new_tokens = 24;
+  options.temperature = 0.0;
+  auto greedy = gen.Generate(prompt, options);
+  ASSERT_TRUE(greedy.ok()) << greedy.status().message();
+  options.temperature = 0.9;
+  options.top_p = 0.9;
+  options.seed = 11;
+  auto sampled = gen.Generate(prompt, options);
+  ASSERT_TRUE(sampled.ok()) << sampled.status().message();
+  EXPECT_EQ(*greedy, (std::vector<int32_t>{15, 26, 37, 34, 3, 1, 11, 3, 1, 23, 34, 3, 1, 23, 34, 3, 1, 23, 34, 3, 1,
+                                           23, 34, 3}));
+  EXPECT_EQ(*sampled, (std::vector<int32_t>{23, 13, 58, 40, 35, 62, 34, 56, 40, 15, 5, 46, 1, 28, 53, 15, 63, 33, 42,
+                                            23, 56, 0, 52, 25}));
 }
 
 // Temperature 0 (or below) is the argmax, ties to the lowest id, for any u.
