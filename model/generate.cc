@@ -44,7 +44,7 @@ Generator::Generator(const ModelShape& shape, const ParameterSet& params, int64_
   // (unused here, but they size the ops' workspaces), decode attention over
   // the cache, and a RoPE table covering every cached position.
   OpsShape ops_shape;
-  ops_shape.attention = cpu::AttentionDims{1, static_cast<int>(chunk_rows_), static_cast<int>(shape.n_heads),
+  ops_shape.attention = AttentionDims{1, static_cast<int>(chunk_rows_), static_cast<int>(shape.n_heads),
                                            static_cast<int>(shape.n_kv_heads), static_cast<int>(shape.head_dim)};
   ops_shape.dim = shape.dim;
   ops_shape.decode_rows = chunk_rows_;
