@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <string_view>
 
 #include "checkpoint/hf_config.h"
@@ -54,9 +53,7 @@ Status RequireEmptyOutput(const std::string& dir) {
   if (fs::exists(dir, ec) && !(fs::is_directory(dir, ec) && fs::is_empty(dir, ec))) {
     return Status::InvalidInput(dir + ": exists and is not empty; choose a new output directory");
   }
-  fs::create_directories(dir, ec);
-  if (ec) return Status::IoError("cannot create " + dir + ": " + ec.message());
-  return Status::Ok();
+  return Env::Default()->CreateDirs(dir);
 }
 
 }  // namespace
@@ -87,12 +84,11 @@ Status ExportHf(const std::string& checkpoint, const std::string& out_dir, const
     LATAM_ASSIGN_OR_RETURN(auto tok, data::Tokenizer::Load(tokenizer));
     if (auto id = tok->TokenId("<|begin_of_text|>")) bos = *id;
     if (auto id = tok->TokenId("<|end_of_text|>")) eos = *id;
-    std::error_code ec;
-    fs::copy_file(tokenizer, out_dir + "/tokenizer.json", ec);
-    if (ec) return Status::IoError("cannot copy " + tokenizer + " to " + out_dir + ": " + ec.message());
+    LATAM_RETURN_IF_ERROR(CopyFileAtomically(Env::Default(), tokenizer, out_dir + "/tokenizer.json")
+                              .WithContext("cannot copy " + tokenizer + " to " + out_dir));
   }
   const std::string dtype = options.dtype == StDType::kBF16 ? "bfloat16" : "float32";
-  return WriteFileDurably(out_dir + "/config.json", HfConfigJson(m.model(), dtype, bos, eos));
+  return WriteFileAtomically(Env::Default(), out_dir + "/config.json", HfConfigJson(m.model(), dtype, bos, eos));
 }
 
 Status ImportHf(const std::string& hf_dir, const std::string& out_dir) {
@@ -139,7 +135,8 @@ Status ImportHf(const std::string& hf_dir, const std::string& out_dir) {
     *t->add_shards() = shard;
   }
   LATAM_RETURN_IF_ERROR(writer->Close());
-  LATAM_RETURN_IF_ERROR(WriteFileDurably(out_dir + "/" + RankIndexName(0), index.SerializeAsString()));
+  LATAM_RETURN_IF_ERROR(
+      WriteFileAtomically(Env::Default(), out_dir + "/" + RankIndexName(0), index.SerializeAsString()));
 
   Checkpoint header;
   header.set_format_version(kFormatVersion);
@@ -156,9 +153,8 @@ Status ImportHf(const std::string& hf_dir, const std::string& out_dir) {
   header.mutable_optimizer()->set_has_moments(false);
   const std::string tokenizer = hf_dir + "/tokenizer.json";
   if (fs::exists(tokenizer)) {
-    std::error_code ec;
-    fs::copy_file(tokenizer, out_dir + "/tokenizer.json", ec);
-    if (ec) return Status::IoError("cannot copy " + tokenizer + " to " + out_dir + ": " + ec.message());
+    LATAM_RETURN_IF_ERROR(CopyFileAtomically(Env::Default(), tokenizer, out_dir + "/tokenizer.json")
+                              .WithContext("cannot copy " + tokenizer + " to " + out_dir));
     header.set_tokenizer_file("tokenizer.json");
   }
   return WriteManifest(out_dir, 1, header);

@@ -57,36 +57,6 @@ std::string ShapeStr(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-// Writes `text` to `path` through "<path>.tmp", fsync and rename.
-Status WriteFileAtomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr) return Status::IoError("cannot create " + tmp + ": " + Errno());
-  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  ok = ok && std::fflush(f) == 0 && fsync(fileno(f)) == 0;
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) {
-    const std::string err = Errno();
-    std::remove(tmp.c_str());
-    return Status::IoError("cannot write " + tmp + ": " + err);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string err = Errno();
-    std::remove(tmp.c_str());
-    return Status::IoError("cannot rename " + tmp + " to " + path + ": " + err);
-  }
-  return Status::Ok();
-}
-
-// Makes a rename inside `dir` durable; best effort (some file systems refuse
-// to fsync directories, and the data itself is already synced).
-void SyncDir(const std::string& dir) {
-  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  (void)fsync(fd);
-  ::close(fd);
-}
-
 // A non-negative JSON integer, false for anything else (floats included).
 bool GetU64(const nlohmann::ordered_json& j, uint64_t* out) {
   if (!j.is_number_unsigned()) return false;
@@ -190,17 +160,10 @@ SafetensorsWriter::~SafetensorsWriter() {
   if (!finished_) Abandon();
 }
 
-void SafetensorsWriter::Abandon() {
-  if (file_ != nullptr) {
-    std::fclose(file_);
-    file_ = nullptr;
-    std::remove((path_ + ".tmp").c_str());
-  }
-}
+void SafetensorsWriter::Abandon() { file_.reset(); }
 
 Status SafetensorsWriter::Begin() {
   if (file_ != nullptr || finished_) return Status::Internal(path_ + ": SafetensorsWriter::Begin called twice");
-  const std::string tmp = path_ + ".tmp";
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata_.empty()) {
     nlohmann::ordered_json meta = nlohmann::ordered_json::object();
@@ -236,17 +199,14 @@ Status SafetensorsWriter::Begin() {
   text.append((8 - text.size() % 8) % 8, ' ');  // data section starts 8-byte aligned
   data_start_ = 8 + text.size();
 
-  file_ = std::fopen(tmp.c_str(), "wb");
-  if (file_ == nullptr) return Status::IoError("cannot create " + tmp + ": " + Errno());
-  unsigned char len[8];
+  LATAM_ASSIGN_OR_RETURN(file_, AtomicFile::Create(Env::Default(), path_));
+  char len[8];
   const uint64_t n = text.size();
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
-  if (std::fwrite(len, 1, 8, file_) != 8 || std::fwrite(text.data(), 1, text.size(), file_) != text.size()) {
-    const std::string err = Errno();
-    Abandon();
-    return Status::IoError("cannot write " + tmp + ": " + err);
-  }
-  return Status::Ok();
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<char>(n >> (8 * i));
+  Status s = file_->file().Append(std::string_view(len, 8));
+  if (s.ok()) s = file_->file().Append(text);
+  if (!s.ok()) Abandon();
+  return s;
 }
 
 Status SafetensorsWriter::Append(const std::string& name, const void* bytes, size_t size) {
@@ -267,37 +227,27 @@ Status SafetensorsWriter::Append(const std::string& name, const void* bytes, siz
                                 ShapeStr(e.shape) + ") needs " + std::to_string(e.bytes()) + " bytes, got " +
                                 std::to_string(size));
   }
-  if (size > 0 && std::fwrite(bytes, 1, size, file_) != size) {
-    const std::string err = Errno();
-    Abandon();
-    return Status::IoError("cannot write tensor " + Quote(name) + " to " + path_ + ".tmp: " + err);
+  if (size > 0) {
+    const Status s = file_->file().Append(std::string_view(static_cast<const char*>(bytes), size));
+    if (!s.ok()) {
+      Abandon();
+      return s.WithContext("writing tensor " + Quote(name));
+    }
   }
   ++next_;
   return Status::Ok();
 }
 
 Status SafetensorsWriter::Finish() {
-  const std::string tmp = path_ + ".tmp";
   if (file_ == nullptr) return Status::Internal(path_ + ": SafetensorsWriter::Finish without Begin");
   if (next_ != entries_.size()) {
     return Status::InvalidInput(path_ + ": Finish after " + std::to_string(next_) + " of " +
                                 std::to_string(entries_.size()) + " tensors; next missing tensor is " +
                                 Quote(entries_[next_].name));
   }
-  bool ok = std::fflush(file_) == 0 && fsync(fileno(file_)) == 0;
-  ok = (std::fclose(file_) == 0) && ok;
-  file_ = nullptr;
-  if (!ok) {
-    const std::string err = Errno();
-    std::remove(tmp.c_str());
-    return Status::IoError("cannot write " + tmp + ": " + err);
-  }
-  if (std::rename(tmp.c_str(), path_.c_str()) != 0) {
-    const std::string err = Errno();
-    std::remove(tmp.c_str());
-    return Status::IoError("cannot rename " + tmp + " to " + path_ + ": " + err);
-  }
-  SyncDir(fs::path(path_).parent_path().string());
+  const Status s = file_->Commit();
+  file_.reset();
+  if (!s.ok()) return s;
   finished_ = true;
   return Status::Ok();
 }
@@ -604,9 +554,7 @@ Status WriteHfWeights(const std::string& dir, const std::vector<HfTensorSpec>& t
     total += sizes[i];
   }
 
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) return Status::IoError("cannot create directory " + dir + ": " + ec.message());
+  LATAM_RETURN_IF_ERROR(Env::Default()->CreateDirs(dir));
 
   const int count = static_cast<int>(shards.size());
   const bool single = count == 1;
@@ -650,35 +598,25 @@ Status WriteHfWeights(const std::string& dir, const std::vector<HfTensorSpec>& t
   // Shards of an earlier export with another shard count are dead weight.
   std::set<std::string> written;
   for (int s = 0; s < count && !single; ++s) written.insert(HfShardName(s + 1, count));
-  std::vector<fs::path> stale;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (IsHfShardName(name) && !written.count(name)) stale.push_back(entry.path());
-  }
-  if (ec) return Status::IoError("cannot list " + dir + ": " + ec.message());
-  for (const fs::path& p : stale) {
-    if (!fs::remove(p, ec)) return Status::IoError("cannot remove stale shard " + p.string() + ": " + ec.message());
+  LATAM_ASSIGN_OR_RETURN(const std::vector<std::string> names, Env::Default()->ListDir(dir));
+  for (const std::string& name : names) {
+    if (!IsHfShardName(name) || written.count(name)) continue;
+    LATAM_RETURN_IF_ERROR(
+        Env::Default()->RemoveFile((fs::path(dir) / name).string()).WithContext("removing a stale shard"));
   }
 
   const std::string index_path = (fs::path(dir) / kHfIndexFile).string();
   const std::string single_path = (fs::path(dir) / kHfSingleFile).string();
   if (single) {
     // An older sharded export's index would take precedence over the new file.
-    if (fs::exists(index_path, ec) && !fs::remove(index_path, ec)) {
-      return Status::IoError("cannot remove stale " + index_path + ": " + ec.message());
-    }
-    return Status::Ok();
+    return Env::Default()->RemoveFile(index_path).WithContext("removing a stale index");
   }
   nlohmann::json index;
   index["metadata"] = {{"total_size", total}};
   index["weight_map"] = std::move(weight_map);
-  LATAM_RETURN_IF_ERROR(WriteFileAtomic(index_path, index.dump(2) + "\n"));
-  SyncDir(dir);
+  LATAM_RETURN_IF_ERROR(WriteFileAtomically(Env::Default(), index_path, index.dump(2) + "\n"));
   // transformers prefers model.safetensors over an index: drop an older one.
-  if (fs::exists(single_path, ec) && !fs::remove(single_path, ec)) {
-    return Status::IoError("cannot remove stale " + single_path + ": " + ec.message());
-  }
-  return Status::Ok();
+  return Env::Default()->RemoveFile(single_path).WithContext("removing a stale single-file export");
 }
 
 }  // namespace latam::ckpt

@@ -21,9 +21,10 @@
 //
 // Ownership: SafetensorsFile owns its open file descriptor and reads tensors
 // on demand with pread (a file is never loaded whole); HfWeights owns the
-// SafetensorsFiles of its directory. SafetensorsWriter owns "<path>.tmp" until
-// Finish() renames it onto <path>; a writer destroyed before Finish() removes
-// the temporary file, so a half-written file never carries the final name.
+// SafetensorsFiles of its directory. SafetensorsWriter writes through an
+// AtomicFile (core/env.h): "<path>.tmp" until Finish() renames it onto <path>;
+// a writer destroyed before Finish() removes the temporary file, so a
+// half-written file never carries the final name.
 //
 // Errors: malformed files, missing files or tensors and misuse of the writer
 // (wrong order or byte count) are Status::InvalidInput whose message names the
@@ -41,6 +42,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/env.h"
 #include "core/status.h"
 
 namespace latam::ckpt {
@@ -110,7 +112,7 @@ class SafetensorsWriter {
   std::string path_;
   std::vector<StEntry> entries_;
   StMetadata metadata_;
-  std::FILE* file_ = nullptr;
+  std::unique_ptr<AtomicFile> file_;
   size_t next_ = 0;
   uint64_t data_start_ = 0;
   uint64_t data_bytes_ = 0;

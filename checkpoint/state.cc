@@ -2,10 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "core/arena.h"
 
@@ -29,18 +26,9 @@ std::string Trimmed(std::string s) {
 }
 
 // The step directory name `latest` points at, or "".
-std::string LatestName(const std::string& checkpoints_dir) {
-  std::ifstream in(checkpoints_dir + "/" + kLatestFile);
-  std::stringstream s;
-  s << in.rdbuf();
-  return Trimmed(s.str());
-}
-
-// Test hook: milliseconds to sleep before writing each block, so that tests
-// can kill a rank in the middle of a save.
-int WriteDelayMs() {
-  const char* v = std::getenv("LATAM_CHECKPOINT_WRITE_DELAY_MS");
-  return v == nullptr ? 0 : std::atoi(v);
+std::string LatestName(Env* env, const std::string& checkpoints_dir) {
+  Result<std::string> text = env->ReadFile(checkpoints_dir + "/" + kLatestFile);
+  return text.ok() ? Trimmed(*text) : "";
 }
 
 // The piece's live elements as a flat tensor.
@@ -112,31 +100,36 @@ Result<LoadResult> LoadState(CheckpointReader& reader, const config::ModelConfig
 // CheckpointSaver
 // ---------------------------------------------------------------------------
 
-CheckpointSaver::CheckpointSaver(std::string checkpoints_dir, Communicator* world, int keep, std::string tokenizer)
-    : checkpoints_dir_(std::move(checkpoints_dir)), world_(world), keep_(keep), tokenizer_(std::move(tokenizer)) {}
+CheckpointSaver::CheckpointSaver(std::string checkpoints_dir, Communicator* world, int keep, std::string tokenizer,
+                                 Env* env)
+    : checkpoints_dir_(std::move(checkpoints_dir)),
+      world_(world),
+      keep_(keep),
+      tokenizer_(std::move(tokenizer)),
+      env_(env) {}
 
 CheckpointSaver::~CheckpointSaver() {
   if (writer_.joinable()) writer_.join();
 }
 
 Status CheckpointSaver::PrepareDirectory(const std::string& dir) {
-  std::error_code ec;
-  fs::create_directories(checkpoints_dir_, ec);
-  if (ec) return Status::IoError("cannot create " + checkpoints_dir_ + ": " + ec.message());
-  if (fs::exists(dir, ec)) {
+  if (!env_->IsDirectory(checkpoints_dir_)) {
+    LATAM_RETURN_IF_ERROR(env_->CreateDirs(checkpoints_dir_));
+    LATAM_RETURN_IF_ERROR(env_->SyncDir(DirName(checkpoints_dir_)));
+  }
+  if (env_->FileExists(dir)) {
     // Only a leftover (a save interrupted by a crash, or a step of an
     // abandoned history) can be here; the checkpoint `latest` names never is.
-    if (LatestName(checkpoints_dir_) == fs::path(dir).filename().string()) {
+    if (LatestName(env_, checkpoints_dir_) == fs::path(dir).filename().string()) {
       return Status::Internal("refusing to overwrite " + dir + ", the latest complete checkpoint");
     }
-    fs::remove_all(dir, ec);
-    if (ec) return Status::IoError("cannot remove stale " + dir + ": " + ec.message());
+    LATAM_RETURN_IF_ERROR(env_->RemoveTree(dir).WithContext("removing a stale checkpoint"));
   }
-  fs::create_directories(dir, ec);
-  if (ec) return Status::IoError("cannot create " + dir + ": " + ec.message());
+  LATAM_RETURN_IF_ERROR(env_->CreateDirs(dir));
+  // The step directory's name is durable before anything can point at it.
+  LATAM_RETURN_IF_ERROR(env_->SyncDir(checkpoints_dir_));
   if (!tokenizer_.empty()) {
-    fs::copy_file(tokenizer_, dir + "/tokenizer.json", fs::copy_options::overwrite_existing, ec);
-    if (ec) return Status::IoError("cannot copy " + tokenizer_ + " into " + dir + ": " + ec.message());
+    LATAM_RETURN_IF_ERROR(CopyFileAtomically(env_, tokenizer_, dir + "/tokenizer.json"));
   }
   return Status::Ok();
 }
@@ -184,7 +177,7 @@ Status CheckpointSaver::Start(const Checkpoint& header, const std::vector<StateP
   writer_ = std::thread([this, rank] {
     const double begin = NowSeconds();
     uint64_t bytes = 0;
-    write_status_ = WriteRankShards(step_dir_, rank, snapshot_pieces_, &bytes);
+    write_status_ = WriteRankShards(step_dir_, rank, snapshot_pieces_, &bytes, env_);
     bytes_ = bytes;
     write_s_ = NowSeconds() - begin;
     written_ = true;
@@ -193,13 +186,11 @@ Status CheckpointSaver::Start(const Checkpoint& header, const std::vector<StateP
 }
 
 Status WriteRankShards(const std::string& step_dir, int rank, const std::vector<StatePiece>& pieces,
-                       uint64_t* bytes) {
-  const int delay_ms = WriteDelayMs();
+                       uint64_t* bytes, Env* env) {
   Checkpoint index;
-  LATAM_ASSIGN_OR_RETURN(auto writer, ShardFileWriter::Create(step_dir, RankFileName(rank)));
+  LATAM_ASSIGN_OR_RETURN(auto writer, ShardFileWriter::Create(step_dir, RankFileName(rank), env));
   for (const StatePiece& p : pieces) {
     if (!p.saved_here) continue;
-    if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
     LATAM_ASSIGN_OR_RETURN(const Shard shard, writer->Append(p.data, DType::F32, p.block));
     TensorRecord* t = index.add_tensors();
     t->set_name(p.name);
@@ -209,23 +200,21 @@ Status WriteRankShards(const std::string& step_dir, int rank, const std::vector<
   }
   if (bytes != nullptr) *bytes = writer->bytes_written();
   LATAM_RETURN_IF_ERROR(writer->Close());
-  return WriteFileDurably(step_dir + "/" + RankIndexName(rank), index.SerializeAsString());
+  return WriteFileAtomically(env, step_dir + "/" + RankIndexName(rank), index.SerializeAsString());
 }
 
-Status WriteManifest(const std::string& step_dir, int ranks, const Checkpoint& header) {
+Status WriteManifest(const std::string& step_dir, int ranks, const Checkpoint& header, Env* env) {
   Checkpoint manifest = header;
   manifest.clear_tensors();
-  LATAM_RETURN_IF_ERROR(MergeRankIndexes(step_dir, ranks, &manifest));
-  LATAM_RETURN_IF_ERROR(WriteFileDurably(step_dir + "/" + kManifestFile, manifest.SerializeAsString()));
-  for (int r = 0; r < ranks; ++r) {
-    std::error_code ec;
-    fs::remove(step_dir + "/" + RankIndexName(r), ec);
-  }
+  LATAM_RETURN_IF_ERROR(MergeRankIndexes(step_dir, ranks, &manifest, env));
+  LATAM_RETURN_IF_ERROR(WriteFileAtomically(env, step_dir + "/" + kManifestFile, manifest.SerializeAsString()));
+  // The indexes are merged into the manifest; leaving one behind is harmless.
+  for (int r = 0; r < ranks; ++r) (void)env->RemoveFile(step_dir + "/" + RankIndexName(r));
   return Status::Ok();
 }
 
-Status WriteLatest(const std::string& checkpoints_dir, const std::string& step_dir_name) {
-  return WriteFileDurably(checkpoints_dir + "/" + kLatestFile, step_dir_name + "\n");
+Status WriteLatest(const std::string& checkpoints_dir, const std::string& step_dir_name, Env* env) {
+  return WriteFileAtomically(env, checkpoints_dir + "/" + kLatestFile, step_dir_name + "\n");
 }
 
 Result<std::optional<SaveStats>> CheckpointSaver::Poll(bool wait) {
@@ -256,28 +245,30 @@ Result<std::optional<SaveStats>> CheckpointSaver::Poll(bool wait) {
 }
 
 Status CheckpointSaver::Finalize() {
-  LATAM_RETURN_IF_ERROR(WriteManifest(step_dir_, world_->size(), header_));
-  LATAM_RETURN_IF_ERROR(WriteLatest(checkpoints_dir_, StepDirName(header_.step())));
+  LATAM_RETURN_IF_ERROR(WriteManifest(step_dir_, world_->size(), header_, env_));
+  LATAM_RETURN_IF_ERROR(WriteLatest(checkpoints_dir_, StepDirName(header_.step()), env_));
   ApplyRetention();
   return Status::Ok();
 }
 
 void CheckpointSaver::ApplyRetention() {
-  const std::string latest = LatestName(checkpoints_dir_);
+  const std::string latest = LatestName(env_, checkpoints_dir_);
+  Result<std::vector<std::string>> names = env_->ListDir(checkpoints_dir_);
+  if (!names.ok()) return;
   std::vector<std::string> complete, stale;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(checkpoints_dir_, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (!entry.is_directory() || name.rfind("step_", 0) != 0 || name == latest) continue;
-    (fs::exists(entry.path() / kManifestFile) ? complete : stale).push_back(name);
+  for (const std::string& name : *names) {
+    const std::string path = checkpoints_dir_ + "/" + name;
+    if (name.rfind("step_", 0) != 0 || name == latest || !env_->IsDirectory(path)) continue;
+    (env_->FileExists(path + "/" + kManifestFile) ? complete : stale).push_back(name);
   }
+  // Retention is best effort: what it fails to remove now, the next save retries.
   // Incomplete directories are leftovers of interrupted saves.
-  for (const std::string& name : stale) fs::remove_all(checkpoints_dir_ + "/" + name, ec);
+  for (const std::string& name : stale) (void)env_->RemoveTree(checkpoints_dir_ + "/" + name);
   if (keep_ <= 0) return;
   // step_XXXXXXXX names sort by step; keep the newest keep - 1 besides latest.
   std::sort(complete.begin(), complete.end());
   const size_t others = static_cast<size_t>(keep_ - 1);
-  for (size_t i = 0; i + others < complete.size(); ++i) fs::remove_all(checkpoints_dir_ + "/" + complete[i], ec);
+  for (size_t i = 0; i + others < complete.size(); ++i) (void)env_->RemoveTree(checkpoints_dir_ + "/" + complete[i]);
 }
 
 }  // namespace latam::ckpt

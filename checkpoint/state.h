@@ -8,7 +8,8 @@
 //
 // Saving protocol (CheckpointSaver; all ranks, main thread):
 //   1. Start(): rank 0 creates checkpoints/step_XXXXXXXX/ (removing a stale
-//      incomplete one) and copies the tokenizer; all ranks agree; each rank
+//      incomplete one; the new name is made durable at once) and copies the
+//      tokenizer (durably); all ranks agree; each rank
 //      copies its blocks to host memory (a buffer kept for the next save:
 //      one more copy of the rank's state) and a background thread writes
 //      rank_NNNNN.bin and rank_NNNNN.index.pb and fsyncs them. Training goes on.
@@ -31,6 +32,7 @@
 #include "checkpoint/checkpoint.pb.h"
 #include "checkpoint/store.h"
 #include "core/block.h"
+#include "core/env.h"
 #include "core/status.h"
 #include "model/config.pb.h"
 #include "parallel/communicator.h"
@@ -64,16 +66,17 @@ Result<LoadResult> LoadState(CheckpointReader& reader, const config::ModelConfig
                              const std::vector<StatePiece>& pieces, LoadWhat what);
 
 // The two halves of a save, for one process (CheckpointSaver runs them on
-// every rank and on rank 0; tools and tests call them directly).
+// every rank and on rank 0; tools and tests call them directly). Every file
+// goes through `env` (core/env.h).
 // Writes the saved_here pieces to step_dir/rank_NNNNN.bin and its index,
 // durably; *bytes gets the shard bytes written.
 Status WriteRankShards(const std::string& step_dir, int rank, const std::vector<StatePiece>& pieces,
-                       uint64_t* bytes = nullptr);
+                       uint64_t* bytes = nullptr, Env* env = Env::Default());
 // Merges the indexes of ranks [0, ranks) into `header`'s tensors and writes
 // step_dir/manifest.pb durably; the rank indexes are then removed.
-Status WriteManifest(const std::string& step_dir, int ranks, const Checkpoint& header);
-// Points checkpoints_dir/latest at `step_dir_name`, atomically.
-Status WriteLatest(const std::string& checkpoints_dir, const std::string& step_dir_name);
+Status WriteManifest(const std::string& step_dir, int ranks, const Checkpoint& header, Env* env = Env::Default());
+// Points checkpoints_dir/latest at `step_dir_name`, atomically and durably.
+Status WriteLatest(const std::string& checkpoints_dir, const std::string& step_dir_name, Env* env = Env::Default());
 
 struct SaveStats {
   int64_t step = 0;
@@ -88,7 +91,9 @@ class CheckpointSaver {
  public:
   // `checkpoints_dir` is the run's checkpoints/ directory; keep <= 0 keeps
   // every checkpoint. `tokenizer` ("" for none) is copied into each one.
-  CheckpointSaver(std::string checkpoints_dir, Communicator* world, int keep, std::string tokenizer);
+  // Every file goes through `env`, which must outlive the saver.
+  CheckpointSaver(std::string checkpoints_dir, Communicator* world, int keep, std::string tokenizer,
+                  Env* env = Env::Default());
   ~CheckpointSaver();
 
   // Collective. Completes a save in flight, then starts saving `pieces` (the
@@ -108,6 +113,7 @@ class CheckpointSaver {
   Communicator* world_;
   int keep_;
   std::string tokenizer_;
+  Env* env_;
 
   bool in_flight_ = false;
   Checkpoint header_;

@@ -9,8 +9,6 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "core/crc32c.h"
 #include "core/tensor.h"
@@ -22,28 +20,6 @@ namespace fs = std::filesystem;
 namespace {
 
 std::string ErrnoText() { return std::strerror(errno); }
-
-Status WriteAll(int fd, const char* data, size_t n, const std::string& path) {
-  while (n > 0) {
-    const ssize_t w = ::write(fd, data, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return Status::IoError("cannot write " + path + ": " + ErrnoText());
-    }
-    data += w;
-    n -= static_cast<size_t>(w);
-  }
-  return Status::Ok();
-}
-
-Status FsyncDirectory(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return Status::IoError("cannot open directory " + dir + ": " + ErrnoText());
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) return Status::IoError("cannot fsync directory " + dir + ": " + ErrnoText());
-  return Status::Ok();
-}
 
 std::vector<int64_t> ShapeOf(const TensorRecord& t) { return {t.shape().begin(), t.shape().end()}; }
 
@@ -96,15 +72,10 @@ size_t DTypeBytes(DType dtype) { return dtype == DType::BF16 ? 2 : 4; }
 // Writing
 // ---------------------------------------------------------------------------
 
-Result<std::unique_ptr<ShardFileWriter>> ShardFileWriter::Create(const std::string& dir, const std::string& file_name) {
-  const std::string path = dir + "/" + file_name;
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::IoError("cannot create " + path + ": " + ErrnoText());
-  return std::unique_ptr<ShardFileWriter>(new ShardFileWriter(path, file_name, fd));
-}
-
-ShardFileWriter::~ShardFileWriter() {
-  if (fd_ >= 0) ::close(fd_);
+Result<std::unique_ptr<ShardFileWriter>> ShardFileWriter::Create(const std::string& dir, const std::string& file_name,
+                                                                 Env* env) {
+  LATAM_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file, env->NewWritableFile(dir + "/" + file_name));
+  return std::unique_ptr<ShardFileWriter>(new ShardFileWriter(file_name, std::move(file)));
 }
 
 Result<Shard> ShardFileWriter::Append(const void* data, DType dtype, const Block& block) {
@@ -126,51 +97,25 @@ Result<Shard> ShardFileWriter::Append(const void* data, DType dtype, const Block
     whole = Crc32c(bytes + c, n, whole);
   }
   s.set_crc32c(whole);
-  LATAM_RETURN_IF_ERROR(WriteAll(fd_, bytes, static_cast<size_t>(length), path_));
+  if (closed_) return Status::Internal(file_->path() + ": Append after Close");
+  LATAM_RETURN_IF_ERROR(file_->Append(std::string_view(bytes, static_cast<size_t>(length))));
   offset_ += length;
   return s;
 }
 
 Status ShardFileWriter::Close() {
-  if (fd_ < 0) return Status::Ok();
-  const int sync = ::fsync(fd_);
-  const int close = ::close(fd_);
-  fd_ = -1;
-  if (sync != 0 || close != 0) return Status::IoError("cannot flush " + path_ + ": " + ErrnoText());
-  return Status::Ok();
+  if (closed_) return Status::Ok();
+  closed_ = true;
+  const Status synced = file_->Sync();
+  const Status closed = file_->Close();
+  return synced.ok() ? closed : synced;
 }
 
-Status WriteFileDurably(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::IoError("cannot create " + tmp + ": " + ErrnoText());
-  Status s = WriteAll(fd, bytes.data(), bytes.size(), tmp);
-  if (s.ok() && ::fsync(fd) != 0) s = Status::IoError("cannot fsync " + tmp + ": " + ErrnoText());
-  ::close(fd);
-  if (!s.ok()) return s;
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return Status::IoError("cannot rename " + tmp + " to " + path + ": " + ErrnoText());
-  }
-  return FsyncDirectory(fs::path(path).parent_path().string());
-}
-
-namespace {
-
-Result<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::InvalidInput("cannot open " + path);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-}  // namespace
-
-Status MergeRankIndexes(const std::string& dir, int ranks, Checkpoint* manifest) {
+Status MergeRankIndexes(const std::string& dir, int ranks, Checkpoint* manifest, Env* env) {
   std::map<std::string, int> position;
   for (int r = 0; r < ranks; ++r) {
     const std::string path = dir + "/" + RankIndexName(r);
-    LATAM_ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(path));
+    LATAM_ASSIGN_OR_RETURN(const std::string bytes, env->ReadFile(path));
     Checkpoint index;
     if (!index.ParseFromString(bytes)) return Status::IoError("cannot parse " + path);
     for (const TensorRecord& t : index.tensors()) {
@@ -215,7 +160,7 @@ Result<std::string> ResolveCheckpointDir(const std::string& path) {
     return Status::InvalidInput("checkpoint " + path + ": not a checkpoint (no " + kManifestFile + ", no " +
                                 kLatestFile + " file naming one)");
   }
-  LATAM_ASSIGN_OR_RETURN(std::string name, ReadWholeFile(latest.string()));
+  LATAM_ASSIGN_OR_RETURN(std::string name, Env::Default()->ReadFile(latest.string()));
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
   if (name.empty() || name.find('/') != std::string::npos) {
     return Status::InvalidInput("checkpoint " + latest.string() + ": does not name a step directory");
@@ -232,7 +177,7 @@ Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::stri
   std::unique_ptr<CheckpointReader> r(new CheckpointReader());
   r->dir_ = dir;
   const std::string manifest_path = dir + "/" + kManifestFile;
-  LATAM_ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(manifest_path));
+  LATAM_ASSIGN_OR_RETURN(const std::string bytes, Env::Default()->ReadFile(manifest_path));
   if (!r->manifest_.ParseFromString(bytes)) {
     return Status::InvalidInput("checkpoint " + manifest_path + ": not a valid manifest (protobuf parse failed)");
   }

@@ -27,6 +27,7 @@
 
 #include "checkpoint/checkpoint.pb.h"
 #include "core/block.h"
+#include "core/env.h"
 #include "core/status.h"
 
 namespace latam::ckpt {
@@ -46,9 +47,10 @@ size_t DTypeBytes(DType dtype);
 
 class ShardFileWriter {
  public:
-  // Creates (truncates) dir/file_name.
-  static Result<std::unique_ptr<ShardFileWriter>> Create(const std::string& dir, const std::string& file_name);
-  ~ShardFileWriter();
+  // Creates (truncates) dir/file_name through `env`.
+  static Result<std::unique_ptr<ShardFileWriter>> Create(const std::string& dir, const std::string& file_name,
+                                                         Env* env = Env::Default());
+  ~ShardFileWriter() = default;
   ShardFileWriter(const ShardFileWriter&) = delete;
   ShardFileWriter& operator=(const ShardFileWriter&) = delete;
 
@@ -60,21 +62,18 @@ class ShardFileWriter {
   uint64_t bytes_written() const { return offset_; }
 
  private:
-  ShardFileWriter(std::string path, std::string file_name, int fd)
-      : path_(std::move(path)), file_name_(std::move(file_name)), fd_(fd) {}
-  std::string path_, file_name_;
-  int fd_ = -1;
+  ShardFileWriter(std::string file_name, std::unique_ptr<WritableFile> file)
+      : file_name_(std::move(file_name)), file_(std::move(file)) {}
+  std::string file_name_;
+  std::unique_ptr<WritableFile> file_;
+  bool closed_ = false;
   uint64_t offset_ = 0;
 };
 
-// Writes `message` to `path` durably: a temporary file, fsync, rename, and
-// fsync of the directory.
-Status WriteFileDurably(const std::string& path, const std::string& bytes);
-
-// Merges the rank indexes rank_00000.index.pb .. of `dir` (ranks [0, ranks))
-// into `manifest`'s tensors, in order of first appearance, and checks that
-// each tensor is covered exactly once.
-Status MergeRankIndexes(const std::string& dir, int ranks, Checkpoint* manifest);
+// Merges the rank indexes rank_00000.index.pb .. of `dir` (ranks [0, ranks),
+// read through `env`) into `manifest`'s tensors, in order of first
+// appearance, and checks that each tensor is covered exactly once.
+Status MergeRankIndexes(const std::string& dir, int ranks, Checkpoint* manifest, Env* env = Env::Default());
 
 class CheckpointReader {
  public:

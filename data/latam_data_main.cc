@@ -31,6 +31,7 @@
 #include "data/shard.h"
 #include "data/synthetic.h"
 #include "data/tokenizer.h"
+#include "core/env.h"
 #include "core/threads.h"
 #include "nlohmann/json.hpp"
 
@@ -151,20 +152,6 @@ Status ForEachBatch(const std::vector<std::string>& files, const std::string& te
   return Status::Ok();
 }
 
-// Writes text to path through a temporary file and a rename.
-Status WriteAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    if (!out.flush()) return Status::IoError("cannot write " + tmp);
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) return Status::IoError("cannot rename " + tmp + " to " + path + ": " + ec.message());
-  return Status::Ok();
-}
-
 Status TrainTokenizer(int argc, char** argv) {
   LATAM_ASSIGN_OR_RETURN(const Args args,
                          Parse(argc, argv, {"out", "vocab-size", "min-frequency", "special", "text-field"}));
@@ -191,7 +178,7 @@ Status TrainTokenizer(int argc, char** argv) {
   progress.Done();
   const double count_s = progress.elapsed();
   LATAM_ASSIGN_OR_RETURN(const std::string json, trainer->Train());
-  LATAM_RETURN_IF_ERROR(WriteAtomically(out, json));
+  LATAM_RETURN_IF_ERROR(latam::WriteFileAtomically(latam::Env::Default(), out, json));
   std::fprintf(stderr,
                "train-tokenizer: %s in %lld documents, %lld unique words; %lld merges; vocabulary %d; "
                "%.1f s counting + %.1f s merging -> %s\n",

@@ -37,37 +37,24 @@ static_assert(std::endian::native == std::endian::little,
 
 }  // namespace
 
-Result<std::unique_ptr<ShardWriter>> ShardWriter::Create(const std::string& path) {
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr) return Status::IoError("cannot create " + tmp + ": " + Errno());
-  unsigned char header[kShardHeaderBytes] = {};
-  if (std::fwrite(header, 1, sizeof(header), f) != sizeof(header)) {
-    std::fclose(f);
-    return Status::IoError("cannot write " + tmp + ": " + Errno());
-  }
-  return std::unique_ptr<ShardWriter>(new ShardWriter(path, f));
-}
-
-ShardWriter::~ShardWriter() {
-  if (file_ != nullptr) {  // abandoned without Close(): leave no partial file
-    std::fclose(file_);
-    std::remove((path_ + ".tmp").c_str());
-  }
+Result<std::unique_ptr<ShardWriter>> ShardWriter::Create(const std::string& path, Env* env) {
+  LATAM_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFile> file, AtomicFile::Create(env, path));
+  const char header[kShardHeaderBytes] = {};  // filled in by Close()
+  LATAM_RETURN_IF_ERROR(file->file().Append(std::string_view(header, sizeof(header))));
+  return std::unique_ptr<ShardWriter>(new ShardWriter(path, std::move(file)));
 }
 
 Status ShardWriter::AddDocument(std::span<const uint32_t> tokens) {
   if (file_ == nullptr) return Status::Internal(path_ + ": AddDocument after Close");
-  if (std::fwrite(tokens.data(), sizeof(uint32_t), tokens.size(), file_) != tokens.size()) {
-    return Status::IoError("cannot write " + path_ + ".tmp: " + Errno());
-  }
+  LATAM_RETURN_IF_ERROR(file_->file().Append(
+      std::string_view(reinterpret_cast<const char*>(tokens.data()), tokens.size() * sizeof(uint32_t))));
   n_tokens_ += tokens.size();
   doc_offsets_.push_back(n_tokens_);
   return Status::Ok();
 }
 
 Status ShardWriter::Close() {
-  const std::string tmp = path_ + ".tmp";
+  if (file_ == nullptr) return Status::Internal(path_ + ": Close called twice");
   std::vector<unsigned char> index(doc_offsets_.size() * 8);
   for (size_t i = 0; i < doc_offsets_.size(); ++i) PutU64(index.data() + 8 * i, doc_offsets_[i]);
   unsigned char header[kShardHeaderBytes] = {};
@@ -76,20 +63,11 @@ Status ShardWriter::Close() {
   PutU32(header + 12, kShardDTypeU32);
   PutU64(header + 16, n_tokens_);
   PutU64(header + 24, doc_offsets_.size() - 1);
-  bool ok = std::fwrite(index.data(), 1, index.size(), file_) == index.size();
-  ok = ok && std::fseek(file_, 0, SEEK_SET) == 0;
-  ok = ok && std::fwrite(header, 1, sizeof(header), file_) == sizeof(header);
-  ok = ok && std::fflush(file_) == 0 && fsync(fileno(file_)) == 0;
-  ok = (std::fclose(file_) == 0) && ok;
-  file_ = nullptr;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    return Status::IoError("cannot write " + tmp + ": " + Errno());
-  }
-  if (std::rename(tmp.c_str(), path_.c_str()) != 0) {
-    return Status::IoError("cannot rename " + tmp + " to " + path_ + ": " + Errno());
-  }
-  return Status::Ok();
+  // Released on return: an error leaves no temporary file behind.
+  const std::unique_ptr<AtomicFile> file = std::move(file_);
+  LATAM_RETURN_IF_ERROR(file->file().Append(std::string_view(reinterpret_cast<const char*>(index.data()), index.size())));
+  LATAM_RETURN_IF_ERROR(file->file().WriteAt(0, std::string_view(reinterpret_cast<const char*>(header), sizeof(header))));
+  return file->Commit();
 }
 
 Result<std::unique_ptr<ShardReader>> ShardReader::Open(const std::string& path) {

@@ -11,8 +11,9 @@
 //                        document starts; doc_offsets[n_docs] == n_tokens
 // The file size must be exactly 32 + 4 n_tokens + 8 (n_docs + 1).
 //
-// ShardWriter writes to "<path>.tmp" and renames onto <path> in Close(), so a
-// crash never leaves a half-written shard under the final name. ShardReader
+// ShardWriter writes through an AtomicFile (core/env.h): "<path>.tmp", renamed
+// onto <path> in Close(), so a crash never leaves a half-written shard under
+// the final name. ShardReader
 // memory-maps the file read-only and validates the header, the size and the
 // document index before handing out any token.
 #pragma once
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/env.h"
 #include "core/status.h"
 
 namespace latam::data {
@@ -37,8 +39,9 @@ inline constexpr size_t kShardHeaderBytes = 32;
 
 class ShardWriter {
  public:
-  static Result<std::unique_ptr<ShardWriter>> Create(const std::string& path);
-  ~ShardWriter();
+  static Result<std::unique_ptr<ShardWriter>> Create(const std::string& path, Env* env = Env::Default());
+  // Without a successful Close(), removes the temporary file.
+  ~ShardWriter() = default;
 
   // Appends one document (its tokens should already end with EOS).
   Status AddDocument(std::span<const uint32_t> tokens);
@@ -49,9 +52,9 @@ class ShardWriter {
   uint64_t n_docs() const { return doc_offsets_.size() - 1; }
 
  private:
-  ShardWriter(std::string path, std::FILE* file) : path_(std::move(path)), file_(file) {}
+  ShardWriter(std::string path, std::unique_ptr<AtomicFile> file) : path_(std::move(path)), file_(std::move(file)) {}
   std::string path_;
-  std::FILE* file_ = nullptr;
+  std::unique_ptr<AtomicFile> file_;  // null once closed
   uint64_t n_tokens_ = 0;
   std::vector<uint64_t> doc_offsets_{0};
 };

@@ -18,14 +18,13 @@ double WallTime() { return std::chrono::duration<double>(std::chrono::system_clo
 
 }  // namespace
 
-Result<std::unique_ptr<TensorBoardWriter>> TensorBoardWriter::Create(const std::string& dir) {
+Result<std::unique_ptr<TensorBoardWriter>> TensorBoardWriter::Create(const std::string& dir, Env* env) {
   char host[256] = "localhost";
   gethostname(host, sizeof(host) - 1);
   const std::string path = dir + "/events.out.tfevents." + std::to_string(static_cast<int64_t>(WallTime())) + "." +
                            host + "." + std::to_string(getpid());
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) return Status::IoError("cannot create " + path + ": " + std::strerror(errno));
-  std::unique_ptr<TensorBoardWriter> w(new TensorBoardWriter(path, f));
+  LATAM_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> file, env->NewWritableFile(path));
+  std::unique_ptr<TensorBoardWriter> w(new TensorBoardWriter(std::move(file)));
   tensorboard::Event header;
   header.set_wall_time(WallTime());
   header.set_file_version("brain.Event:2");
@@ -33,23 +32,21 @@ Result<std::unique_ptr<TensorBoardWriter>> TensorBoardWriter::Create(const std::
   return w;
 }
 
-TensorBoardWriter::~TensorBoardWriter() { std::fclose(file_); }
-
+// Metrics are best effort: a full disk must not stop training, so write
+// errors are dropped here (the checkpoint writes report theirs).
 void TensorBoardWriter::WriteRecord(const std::string& payload) {
   // TFRecord: uint64 length, uint32 masked crc(length), data, uint32 masked crc(data).
   const uint64_t length = payload.size();
-  unsigned char len_bytes[8];
-  for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>(length >> (8 * i));
+  char len_bytes[8];
+  for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<char>(length >> (8 * i));
   const uint32_t len_crc = MaskCrc32c(Crc32c(len_bytes, 8));
   const uint32_t data_crc = MaskCrc32c(Crc32c(payload.data(), payload.size()));
-  unsigned char crc_bytes[4];
-  std::fwrite(len_bytes, 1, 8, file_);
-  for (int i = 0; i < 4; ++i) crc_bytes[i] = static_cast<unsigned char>(len_crc >> (8 * i));
-  std::fwrite(crc_bytes, 1, 4, file_);
-  std::fwrite(payload.data(), 1, payload.size(), file_);
-  for (int i = 0; i < 4; ++i) crc_bytes[i] = static_cast<unsigned char>(data_crc >> (8 * i));
-  std::fwrite(crc_bytes, 1, 4, file_);
-  std::fflush(file_);
+  std::string record(len_bytes, 8);
+  for (int i = 0; i < 4; ++i) record.push_back(static_cast<char>(len_crc >> (8 * i)));
+  record += payload;
+  for (int i = 0; i < 4; ++i) record.push_back(static_cast<char>(data_crc >> (8 * i)));
+  (void)file_->Append(record);
+  (void)file_->Flush();
 }
 
 void TensorBoardWriter::AddScalars(int64_t step, const std::map<std::string, double>& scalars) {
@@ -64,27 +61,19 @@ void TensorBoardWriter::AddScalars(int64_t step, const std::map<std::string, dou
   WriteRecord(event.SerializeAsString());
 }
 
-Result<std::unique_ptr<MetricsWriter>> MetricsWriter::Create(const std::string& run_dir) {
-  const std::string path = run_dir + "/metrics.jsonl";
-  std::FILE* f = std::fopen(path.c_str(), "a");
-  if (f == nullptr) return Status::IoError("cannot open " + path + ": " + std::strerror(errno));
-  auto tb = TensorBoardWriter::Create(run_dir);
-  if (!tb.ok()) {
-    std::fclose(f);
-    return tb.status();
-  }
-  return std::unique_ptr<MetricsWriter>(new MetricsWriter(f, std::move(tb).value()));
+Result<std::unique_ptr<MetricsWriter>> MetricsWriter::Create(const std::string& run_dir, Env* env) {
+  LATAM_ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> jsonl, env->NewAppendableFile(run_dir + "/metrics.jsonl"));
+  LATAM_ASSIGN_OR_RETURN(std::unique_ptr<TensorBoardWriter> tb, TensorBoardWriter::Create(run_dir, env));
+  return std::unique_ptr<MetricsWriter>(new MetricsWriter(std::move(jsonl), std::move(tb)));
 }
-
-MetricsWriter::~MetricsWriter() { std::fclose(jsonl_); }
 
 void MetricsWriter::Write(int64_t step, const std::map<std::string, double>& values) {
   nlohmann::ordered_json j;
   j["step"] = step;
   for (const auto& [name, value] : values) j[name] = value;
   const std::string line = j.dump() + "\n";
-  std::fwrite(line.data(), 1, line.size(), jsonl_);
-  std::fflush(jsonl_);
+  (void)jsonl_->Append(line);  // best effort, as in WriteRecord
+  (void)jsonl_->Flush();
   tensorboard_->AddScalars(step, values);
 }
 

@@ -7,11 +7,11 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdio>
 #include <map>
 #include <memory>
 #include <string>
 
+#include "core/env.h"
 #include "core/status.h"
 
 namespace latam {
@@ -19,30 +19,28 @@ namespace latam {
 // TFRecord writer for TensorBoard scalars.
 class TensorBoardWriter {
  public:
-  static Result<std::unique_ptr<TensorBoardWriter>> Create(const std::string& dir);
-  ~TensorBoardWriter();
+  static Result<std::unique_ptr<TensorBoardWriter>> Create(const std::string& dir, Env* env = Env::Default());
   void AddScalars(int64_t step, const std::map<std::string, double>& scalars);
-  const std::string& path() const { return path_; }
+  const std::string& path() const { return file_->path(); }
 
  private:
-  TensorBoardWriter(std::string path, std::FILE* f) : path_(std::move(path)), file_(f) {}
+  explicit TensorBoardWriter(std::unique_ptr<WritableFile> file) : file_(std::move(file)) {}
   void WriteRecord(const std::string& payload);
-  std::string path_;
-  std::FILE* file_;
+  std::unique_ptr<WritableFile> file_;
 };
 
 class MetricsWriter {
  public:
-  static Result<std::unique_ptr<MetricsWriter>> Create(const std::string& run_dir);
-  ~MetricsWriter();
+  static Result<std::unique_ptr<MetricsWriter>> Create(const std::string& run_dir, Env* env = Env::Default());
 
   // Writes {"step": step, <name>: <value>...} to metrics.jsonl and the same
   // scalars to TensorBoard.
   void Write(int64_t step, const std::map<std::string, double>& values);
 
  private:
-  MetricsWriter(std::FILE* jsonl, std::unique_ptr<TensorBoardWriter> tb) : jsonl_(jsonl), tensorboard_(std::move(tb)) {}
-  std::FILE* jsonl_;
+  MetricsWriter(std::unique_ptr<WritableFile> jsonl, std::unique_ptr<TensorBoardWriter> tb)
+      : jsonl_(std::move(jsonl)), tensorboard_(std::move(tb)) {}
+  std::unique_ptr<WritableFile> jsonl_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
 };
 

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 
+#include "core/env.h"
 #include "data/tokenizer.h"
 #include "parallel/mpi_communicator.h"
 #include "model/model_ops.h"
@@ -21,20 +22,6 @@ namespace latam {
 namespace fs = std::filesystem;
 
 namespace {
-
-// Writes `text` to `path` through a temporary file and a rename.
-Status WriteFileAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    if (!out.flush()) return Status::IoError("cannot write " + tmp);
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) return Status::IoError("cannot rename " + tmp + " to " + path + ": " + ec.message());
-  return Status::Ok();
-}
 
 // Collective: every rank gets `local` if it failed, or a note that another
 // rank failed, so that no rank goes on into a collective the others skip.
@@ -84,7 +71,7 @@ Status Trainer::OpenData() {
     std::error_code ec;
     fs::create_directories(run_dir, ec);
     if (ec) return Status::InvalidInput("train.run_dir: cannot create " + run_dir + ": " + ec.message());
-    LATAM_RETURN_IF_ERROR(WriteFileAtomically(run_dir + "/config.textproto", ConfigToText(config_)));
+    LATAM_RETURN_IF_ERROR(WriteFileAtomically(Env::Default(), run_dir + "/config.textproto", ConfigToText(config_)));
     LATAM_ASSIGN_OR_RETURN(metrics_, MetricsWriter::Create(run_dir));
   }
   return Status::Ok();

@@ -6,20 +6,27 @@
 //     final parameters agree;
 //   - resuming under the same layout is bitwise identical (losses and every
 //     byte of the next checkpoint), ZeRO-1 slices included;
-//   - kill -9 of a rank in the middle of a save leaves `latest` on the
-//     previous complete checkpoint, and resuming from it reproduces the
+//   - kill -9 of a rank in the middle of a save (seen by a rank file still
+//     shorter than in the uninterrupted run) leaves `latest` on the previous
+//     complete checkpoint, and resuming from it reproduces the
 //     uninterrupted run bitwise;
 //   - SIGUSR1 finishes the step, saves and exits 3; --resume auto continues.
 #include <gtest/gtest.h>
 
+#include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
+#include <vector>
 
 #include "checkpoint/store.h"
 #include "tests/subprocess.h"
@@ -176,30 +183,74 @@ TEST_F(ResumeTest, ZeroOneResumesBitwise) {
 }
 
 TEST_F(ResumeTest, KillDuringSaveKeepsPreviousCheckpoint) {
-  auto full = Run(TrainCommand(2, "full", 2, 1, 1, 0, 12));
+  // A model large enough (about 30 MB of shards per rank) that writing a
+  // save takes far longer than the 1 ms between two looks at its files.
+  const std::string bigger = " --set model.dim=256 --set model.ffn_dim=512";
+  auto full = Run(TrainCommand(2, "full", 2, 1, 1, 0, 12) + bigger);
   ASSERT_EQ(full.exit_code, 0) << full.out << full.err;
+  std::vector<uint64_t> final_size;
+  for (int r = 0; r < 2; ++r) {
+    final_size.push_back(fs::file_size(dir_ / "full/checkpoints/step_00000008" / ckpt::RankFileName(r)));
+  }
 
-  // Slow writes (a test hook) so the save of step 8 is still being written
-  // when one rank is killed.
+  // The same run again; mpirun's pid goes to a file, its children are the ranks.
   const std::string run = (dir_ / "crash").string();
-  // mpirun's children are the ranks; one of them gets SIGKILL.
-  const std::string script = "LATAM_CHECKPOINT_WRITE_DELAY_MS=15 " + TrainCommand(2, "crash", 2, 1, 1, 0, 12) +
-                             " & job=$!; for i in $(seq 1200); do [ -d " + run +
-                             "/checkpoints/step_00000008 ] && break; sleep 0.05; done; sleep 0.3; "
-                             "kill -9 $(pgrep -P $job | tail -1); wait $job; echo exit=$?";
-  auto crash = Run("(" + script + ")");
-  EXPECT_EQ(crash.out.find("exit=0"), std::string::npos) << crash.out << crash.err;
+  const fs::path pid_file = dir_ / "mpirun.pid";
+  std::string script = "(";
+  script += TrainCommand(2, "crash", 2, 1, 1, 0, 12);
+  script += bigger + " & echo $! > " + pid_file.string() + "; wait $!; echo exit=$?)";
+  testing::CommandResult crash;
+  std::thread job([&] { crash = Run(script); });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
+  auto pause = [] { std::this_thread::sleep_for(std::chrono::microseconds(200)); };
+  pid_t mpirun = 0;
+  while (mpirun == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::ifstream(pid_file) >> mpirun;
+    pause();
+  }
+  std::vector<pid_t> ranks;
+  while (mpirun > 0 && ranks.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    // Not Run(): its output files belong to the job.
+    ranks.clear();
+    std::FILE* children = ::popen(("pgrep -P " + std::to_string(mpirun)).c_str(), "r");
+    if (children == nullptr) break;
+    for (int pid = 0; std::fscanf(children, "%d", &pid) == 1;) ranks.push_back(pid);
+    ::pclose(children);
+  }
+  // Kill a rank as soon as a rank file of step 8 exists and is shorter than
+  // it ends up in the uninterrupted run: the save is then certainly unfinished.
+  bool killed_mid_save = false;
+  std::string seen;
+  const fs::path step8 = fs::path(run) / "checkpoints/step_00000008";
+  while (ranks.size() == 2 && !killed_mid_save && std::chrono::steady_clock::now() < deadline &&
+         !fs::exists(step8 / ckpt::kManifestFile)) {
+    for (int r = 0; r < 2 && !killed_mid_save; ++r) {
+      std::error_code ec;
+      const uint64_t size = fs::file_size(step8 / ckpt::RankFileName(r), ec);
+      if (ec || size >= final_size[static_cast<size_t>(r)]) continue;
+      killed_mid_save = ::kill(ranks.back(), SIGKILL) == 0;
+      std::ostringstream what;
+      what << ckpt::RankFileName(r) << " at " << size << " of " << final_size[static_cast<size_t>(r)] << " bytes";
+      seen = what.str();
+    }
+    pause();
+  }
+  job.join();
+  ASSERT_EQ(ranks.size(), 2u) << "could not find the ranks of mpirun " << mpirun;
+  ASSERT_TRUE(killed_mid_save) << "never saw the save of step 8 in progress\n" << crash.out << crash.err;
+  std::cout << "[ killed     ] a rank, with " << seen << "\n";
+  EXPECT_EQ(crash.out.find("exit=0"), std::string::npos) << seen << "\n" << crash.out << crash.err;
   std::ifstream latest(run + "/checkpoints/latest");
   std::string name;
   latest >> name;
-  EXPECT_EQ(name, "step_00000004");
-  EXPECT_FALSE(fs::exists(run + "/checkpoints/step_00000008/manifest.pb"));
+  EXPECT_EQ(name, "step_00000004") << "killed with " << seen;
+  EXPECT_FALSE(fs::exists(step8 / ckpt::kManifestFile)) << "killed with " << seen;
 
-  auto resumed = Run(TrainCommand(2, "crash", 2, 1, 1, 0, 12));
+  auto resumed = Run(TrainCommand(2, "crash", 2, 1, 1, 0, 12) + bigger);
   ASSERT_EQ(resumed.exit_code, 0) << resumed.out << resumed.err;
   EXPECT_NE(resumed.out.find("step 4,"), std::string::npos) << resumed.out;
   EXPECT_TRUE(SameShards("full/checkpoints/step_00000012", "crash/checkpoints/step_00000012"));
-  EXPECT_TRUE(fs::exists(run + "/checkpoints/step_00000008/manifest.pb"));
+  EXPECT_TRUE(fs::exists(step8 / ckpt::kManifestFile));
 }
 
 TEST_F(ResumeTest, SignalSavesAndExitsThree) {

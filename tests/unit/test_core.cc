@@ -1,5 +1,5 @@
-// Tensor views, bf16 conversion, arenas, tensor tables, CRC-32C and the
-// counter-based RNG.
+// Tensor views, bf16 conversion, arenas, tensor tables, CRC-32C, the
+// counter-based RNG and the POSIX Env.
 #include <gtest/gtest.h>
 
 #include <omp.h>
@@ -8,12 +8,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <set>
 #include <string>
 
 #include "core/arena.h"
 #include "core/crc32c.h"
+#include "core/env.h"
 #include "core/random.h"
 #include "core/tensor.h"
 #include "core/threads.h"
@@ -145,6 +147,77 @@ TEST(ThreadsTest, SplitsTheCoresBetweenLocalRanks) {
   omp_set_num_threads(3);
   EXPECT_EQ(ConfigureCpuThreads(8), 3);
   omp_set_num_threads(cpus);
+}
+
+TEST(EnvTest, FilesDirectoriesAndAtomicWrites) {
+  namespace fs = std::filesystem;
+  Env* env = Env::Default();
+  const std::string dir = (fs::temp_directory_path() / ("latam_env_" + std::to_string(getpid()))).string();
+  ASSERT_TRUE(env->RemoveTree(dir).ok());
+  ASSERT_TRUE(env->CreateDirs(dir + "/a/b").ok());
+  EXPECT_TRUE(env->IsDirectory(dir + "/a/b"));
+
+  // Appends larger and smaller than the buffer, then a header written last.
+  const std::string big(200000, 'x');
+  {
+    auto f = env->NewWritableFile(dir + "/a/f");
+    ASSERT_TRUE(f.ok()) << f.status().message();
+    ASSERT_TRUE((*f)->Append("....").ok());
+    ASSERT_TRUE((*f)->Append(big).ok());
+    ASSERT_TRUE((*f)->Append("tail").ok());
+    EXPECT_EQ((*f)->size(), 4 + big.size() + 4);
+    ASSERT_TRUE((*f)->WriteAt(0, "head").ok());
+    EXPECT_FALSE((*f)->WriteAt((*f)->size() - 2, "past").ok());
+    ASSERT_TRUE((*f)->Sync().ok());
+    ASSERT_TRUE((*f)->Close().ok());
+    EXPECT_FALSE((*f)->Append("late").ok());
+  }
+  auto read = env->ReadFile(dir + "/a/f");
+  ASSERT_TRUE(read.ok());
+  EXPECT_EQ(*read, "head" + big + "tail");
+  {
+    auto f = env->NewAppendableFile(dir + "/a/f");
+    ASSERT_TRUE(f.ok());
+    EXPECT_EQ((*f)->size(), big.size() + 8);
+    ASSERT_TRUE((*f)->Append("!").ok());
+  }
+  EXPECT_EQ(env->FileSize(dir + "/a/f").value(), big.size() + 9);
+
+  ASSERT_TRUE(WriteFileAtomically(env, dir + "/a/g", "one").ok());
+  ASSERT_TRUE(WriteFileAtomically(env, dir + "/a/g", "two").ok());
+  EXPECT_EQ(env->ReadFile(dir + "/a/g").value(), "two");
+  {
+    auto abandoned = AtomicFile::Create(env, dir + "/a/g");
+    ASSERT_TRUE(abandoned.ok());
+    ASSERT_TRUE((*abandoned)->file().Append("three").ok());
+    EXPECT_TRUE(env->FileExists(dir + "/a/g.tmp"));
+  }
+  EXPECT_FALSE(env->FileExists(dir + "/a/g.tmp"));
+  EXPECT_EQ(env->ReadFile(dir + "/a/g").value(), "two");
+  EXPECT_EQ(env->ListDir(dir + "/a").value(), (std::vector<std::string>{"b", "f", "g"}));
+  ASSERT_TRUE(env->RenameFile(dir + "/a/g", dir + "/a/h").ok());
+  ASSERT_TRUE(env->RemoveFile(dir + "/a/h").ok());
+  ASSERT_TRUE(env->RemoveFile(dir + "/a/h").ok());  // already gone: fine
+  ASSERT_TRUE(env->SyncDir(dir + "/a").ok());
+
+  // Errors name the path and say why.
+  auto expect_error = [](const Status& s, const std::string& path) {
+    EXPECT_FALSE(s.ok());
+    EXPECT_NE(s.message().find(path), std::string::npos) << s.message();
+    EXPECT_NE(s.message().find("No such file or directory"), std::string::npos) << s.message();
+  };
+  const std::string missing = dir + "/missing/x";
+  expect_error(env->NewWritableFile(missing).status(), missing);
+  expect_error(env->ReadFile(missing).status(), missing);
+  EXPECT_EQ(env->ReadFile(missing).status().exit_code(), 2);
+  expect_error(env->RenameFile(missing, dir + "/y"), missing);
+  expect_error(env->FileSize(missing).status(), missing);
+  expect_error(env->SyncDir(dir + "/missing"), dir + "/missing");
+  expect_error(WriteFileAtomically(env, missing, "z"), missing + ".tmp");
+  EXPECT_FALSE(env->ListDir(dir + "/missing").ok());
+  EXPECT_FALSE(env->FileExists(missing));
+  ASSERT_TRUE(env->RemoveTree(dir).ok());
+  EXPECT_FALSE(env->FileExists(dir));
 }
 
 }  // namespace
