@@ -75,12 +75,13 @@ class CudaModelTest : public testing::RandomTest {
     return ids;
   }
 
-  void CompareOneStep(DType dtype, bool tied, bool recompute, double loss_rtol, double grad_rtol,
-                      int64_t head_dim = 32, int64_t seq_len = 64) {
+  void CompareOneStep(DType dtype, bool tied, bool recompute, double loss_rtol, double grad_rtol, int64_t head_dim = 32,
+                      int64_t seq_len = 64, AttentionChoice attention = AttentionChoice::kAuto) {
     const ModelShape shape = SmallShape(tied, head_dim);
     ActivationOptions cpu_act = Options(Device::kCPU, DType::kF32, seq_len);
     ActivationOptions gpu_act = Options(Device::kCUDA, dtype, seq_len);
     gpu_act.recompute = recompute;
+    gpu_act.attention = attention;
     LlamaModel cpu(shape, cpu_act);
     LlamaModel gpu(shape, gpu_act);
     const uint64_t seed = rng_();
@@ -128,15 +129,14 @@ TEST_F(CudaModelTest, Bf16WithFlashAttentionMatchesCpu) {
   CompareOneStep(DType::kBF16, false, false, 1e-2, 8e-2, 64, 96);
 }
 
-// The same through the Hopper forward kernels (LATAM_ATTENTION=wgmma and
-// wgmma-tma), where the device has them.
+// The same through the Hopper forward kernels (train.attention wgmma and
+// wgmma_tma), where the device has them.
 TEST_F(CudaModelTest, Bf16WithWgmmaAttentionMatchesCpu) {
   LATAM_REQUIRE_GPU();
   if (!cuda::FlashWgmmaForwardAvailable()) GTEST_SKIP() << "the wgmma forward needs a compute capability 9.0 GPU";
-  for (const char* choice : {"wgmma", "wgmma-tma"}) {
-    SCOPED_TRACE(choice);
-    testing::ScopedEnv attention("LATAM_ATTENTION", choice);
-    CompareOneStep(DType::kBF16, false, false, 1e-2, 8e-2, 64, 96);
+  for (const AttentionChoice choice : {AttentionChoice::kWgmma, AttentionChoice::kWgmmaTma}) {
+    SCOPED_TRACE(AttentionChoiceName(choice));
+    CompareOneStep(DType::kBF16, false, false, 1e-2, 8e-2, 64, 96, choice);
   }
 }
 

@@ -139,7 +139,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: test_layouts TENSOR PIPELINE DATA VIRTUAL_STAGES ZERO TIED RECOMPUTE [cpu|cuda]\n");
     return 2;
   }
-  const bool cuda = argc == 9 && std::string(argv[8]) == "cuda";
+  config::TrainConfig::Device device_arg = config::TrainConfig::cpu;
+  if (argc == 9 && !config::TrainConfig::Device_Parse(argv[8], &device_arg)) {
+    std::fprintf(stderr, "test_layouts: device '%s' is not cpu or cuda\n", argv[8]);
+    return 2;
+  }
+  const bool cuda = device_arg == config::TrainConfig::cuda;
   const int tp = std::atoi(argv[1]), pp = std::atoi(argv[2]), dp = std::atoi(argv[3]), vs = std::atoi(argv[4]);
   const int zero = std::atoi(argv[5]);
   const bool tied = std::atoi(argv[6]) != 0, recompute = std::atoi(argv[7]) != 0;
@@ -151,7 +156,7 @@ int main(int argc, char** argv) {
   Config config = TinyConfig(tp, pp, dp, vs, zero, tied, recompute);
   Config single_config = TinyConfig(1, 1, 1, 1, 0, tied, false);
   if (cuda) {
-    for (Config* c : {&config, &single_config}) c->mutable_train()->set_device("cuda");
+    for (Config* c : {&config, &single_config}) c->mutable_train()->set_device(config::TrainConfig::cuda);
   }
   ValidationOptions vo;
   vo.world_size = mpi.world_size();
@@ -165,7 +170,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<Communicator> world = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world");
   if (cuda) {
     Result<std::unique_ptr<ComputeDevice>> opened =
-        ComputeDevice::Open(mpi.local_rank(), mpi.local_size(), mpi.world_rank());
+        ComputeDevice::Open(mpi.local_rank(), mpi.local_size(), mpi.world_rank(), ComputeSettingsOf(config).attention);
 #ifndef LATAM_HAVE_NCCL
     opened = Status::InvalidInput("this build has no NCCL");
 #endif

@@ -161,18 +161,42 @@ TEST_F(CliTest, CudaDeviceTrainsOrNamesTheMissingGpu) {
   EXPECT_NEAR(losses.at(5), gpu_losses.at(4), 0.1 * gpu_losses.at(4));
 }
 
-// A LATAM_ATTENTION the trainer does not know stops a GPU run at start-up
-// (exit 2, naming the variable), GPU or not; a build without CUDA says so
-// instead.
-TEST_F(CliTest, UnknownAttentionChoiceIsBadInput) {
-  const RunResult r = Run("LATAM_ATTENTION=fastest " + PrepareRun(2) + " --set train.device=cuda");
+// A train.attention, train.device or train.precision value the config does
+// not define stops the run at start-up (exit 2, naming the field and the
+// values it takes), GPU or not, before anything is written.
+TEST_F(CliTest, UnknownEnumValuesAreBadInput) {
+  const struct {
+    std::string set, expected;
+  } cases[] = {
+      {"train.attention=fastest", "train.attention: 'fastest' is not one of auto, simple, wgmma, wgmma_tma"},
+      {"train.attention=wgmma-tma", "train.attention: 'wgmma-tma' is not one of auto, simple, wgmma, wgmma_tma"},
+      {"train.device=tpu", "train.device: 'tpu' is not one of cpu, cuda"},
+      {"train.precision=fp16", "train.precision: 'fp16' is not one of fp32, bf16"},
+  };
+  const std::string run = PrepareRun(2);
+  for (const auto& c : cases) {
+    const RunResult r = Run(run + " --set train.device=cuda --set " + c.set);
+    EXPECT_EQ(r.exit_code, 2) << c.set << "\n" << r.out << r.err;
+    EXPECT_NE(r.err.find(c.expected), std::string::npos) << c.set << "\nstderr: " << r.err;
+    EXPECT_FALSE(fs::exists(dir_ / "run")) << c.set;
+  }
+}
+
+// The same in a config file: the field's path and the values it takes.
+TEST_F(CliTest, UnknownEnumValueInConfigFileIsBadInput) {
+  std::ifstream in(std::string(LATAM_SOURCE_DIR) + "/configs/quickstart.textproto");
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string config = text.str();
+  const size_t at = config.find("device: cpu");
+  ASSERT_NE(at, std::string::npos) << "configs/quickstart.textproto sets no train.device";
+  config.replace(at, std::strlen("device: cpu"), "device: tpu");
+  const fs::path path = dir_ / "bad.textproto";
+  std::ofstream(path) << config;
+  const RunResult r = Run(Bin("latam-train") + " --config " + path.string() + " --plan");
   EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
-#ifdef LATAM_HAVE_CUDA
-  EXPECT_NE(r.err.find("LATAM_ATTENTION=fastest: expected auto, simple, wgmma or wgmma-tma"), std::string::npos) << r.err;
-#else
-  EXPECT_NE(r.err.find("without CUDA"), std::string::npos) << r.err;
-#endif
-  EXPECT_FALSE(fs::exists(dir_ / "run" / "checkpoints"));
+  EXPECT_NE(r.err.find(path.string() + ": line "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("train.device: 'tpu' is not one of cpu, cuda"), std::string::npos) << r.err;
 }
 
 // train-tokenizer -> encode -> inspect, and tokenize/detokenize, as a user

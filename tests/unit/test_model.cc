@@ -218,26 +218,12 @@ TEST(ModelInitTest, InitIsAFunctionOfSeedAndNameOnly) {
   EXPECT_EQ(a.param("model.norm.weight").as<float>()[3], 1.0f);
 }
 
-// LATAM_ATTENTION picks the CUDA attention kernels; anything else is bad
-// input naming the variable.
-TEST(AttentionChoiceTest, ReadsLatamAttention) {
-  const std::pair<const char*, AttentionChoice> known[] = {{nullptr, AttentionChoice::kAuto},
-                                                           {"", AttentionChoice::kAuto},
-                                                           {"auto", AttentionChoice::kAuto},
-                                                           {"simple", AttentionChoice::kSimple},
-                                                           {"wgmma", AttentionChoice::kWgmma},
-                                                           {"wgmma-tma", AttentionChoice::kWgmmaTma}};
-  for (const auto& [value, choice] : known) {
-    testing::ScopedEnv env("LATAM_ATTENTION", value);
-    const Result<AttentionChoice> got = AttentionChoiceFromEnvironment();
-    ASSERT_TRUE(got.ok()) << got.status().message();
-    EXPECT_EQ(got.value(), choice) << (value ? value : "(unset)");
-  }
-  testing::ScopedEnv env("LATAM_ATTENTION", "flash2");
-  const Result<AttentionChoice> bad = AttentionChoiceFromEnvironment();
-  ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidInput);
-  EXPECT_NE(bad.status().message().find("LATAM_ATTENTION=flash2"), std::string::npos) << bad.status().message();
+// Each attention choice has the name train.attention spells it with.
+TEST(AttentionChoiceTest, NamesAndKernels) {
+  EXPECT_STREQ(AttentionChoiceName(AttentionChoice::kAuto), "auto");
+  EXPECT_STREQ(AttentionChoiceName(AttentionChoice::kSimple), "simple");
+  EXPECT_STREQ(AttentionChoiceName(AttentionChoice::kWgmma), "wgmma");
+  EXPECT_STREQ(AttentionChoiceName(AttentionChoice::kWgmmaTma), "wgmma_tma");
   // What the trainer logs: the simple kernel wherever the tensor-core ones do not apply.
   EXPECT_EQ(AttentionKernelsName(AttentionChoice::kAuto, true), "tensor-core, mma.sync forward and backward");
   EXPECT_EQ(AttentionKernelsName(AttentionChoice::kWgmmaTma, true), "tensor-core, wgmma+TMA forward, wgmma backward");
