@@ -8,13 +8,14 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "tests/test_util.h"
 #include "trainer/config.h"
 #include "trainer/plan.h"
 
 namespace latam {
 namespace {
 
-std::string SourcePath(const std::string& rel) { return std::string(LATAM_SOURCE_DIR) + "/" + rel; }
+using testing::SourcePath;
 
 Config QuickstartAsIs() {
   auto c = LoadConfigFile(SourcePath("configs/quickstart.textproto"));

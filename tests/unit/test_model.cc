@@ -17,30 +17,20 @@ namespace latam {
 namespace {
 
 ModelShape TinyShape(bool tied) {
-  ModelShape s;
-  s.vocab = 13;
-  s.dim = 16;
-  s.n_layers = 2;
-  s.n_heads = 4;
-  s.n_kv_heads = 2;
-  s.head_dim = 4;
-  s.ffn_dim = 24;
-  s.tie_embeddings = tied;
-  s.rope_theta = 10000.0;
-  s.norm_eps = 1e-5;
-  s.max_seq_len = 16;
   // A large init makes every path of the network matter to the loss.
-  s.init_std = 0.3;
-  return s;
+  return testing::SmallShape({.vocab = 13,
+                              .n_layers = 2,
+                              .n_heads = 4,
+                              .n_kv_heads = 2,
+                              .head_dim = 4,
+                              .ffn_dim = 24,
+                              .max_seq_len = 16,
+                              .init_std = 0.3,
+                              .tied = tied});
 }
 
 class ModelTest : public testing::RandomTest {
  protected:
-  std::vector<int32_t> RandomIds(size_t n, int64_t vocab) {
-    std::vector<int32_t> ids(n);
-    for (auto& id : ids) id = UniformInt(0, static_cast<int>(vocab) - 1);
-    return ids;
-  }
   // Randomises the norm gains too (they start at 1).
   void Perturb(ParameterSet& p) {
     for (size_t i = 0; i < p.size(); ++i) {
@@ -98,13 +88,10 @@ TEST_F(ModelTest, GradientsMatchFiniteDifferences) {
   }
 }
 
-// Max |g| over a flat gradient, the scale for comparing two of them: fp32
-// sums in another order differ by about 1e-6 of the largest term.
-double MaxAbs(const Tensor& t) {
-  double m = 0.0;
-  for (int64_t j = 0; j < t.numel(); ++j) m = std::max(m, static_cast<double>(std::abs(t.as<float>()[j])));
-  return m;
-}
+// Max |g| over a flat gradient (testing::MaxAbs) is the scale for comparing
+// two of them: fp32 sums in another order differ by about 1e-6 of the
+// largest term.
+using testing::MaxAbs;
 
 // Recomputing activations in the backward changes memory, not results: the
 // same kernels run on the same inputs, so gradients are bitwise identical.
