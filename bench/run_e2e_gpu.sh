@@ -28,8 +28,9 @@
 #   RUN_TIMEOUT  seconds before one run is killed (1800)
 #   GPU          GPU index nvidia-smi watches (0)
 #   KEEP=1       keep the run directories and logs (in /tmp/latam-e2e.*)
-#   LATAM_ATTENTION  reaches latam-train as is: wgmma measures the Hopper
-#                attention forward (README, "GPU training")
+#   ATTENTION    latam-train's train.attention: auto, simple, wgmma or
+#                wgmma_tma; the wgmma ones measure the Hopper attention
+#                kernels (README, "GPU training") (auto)
 #   DEVICE       latam-train's train.device: cuda (bf16), or cpu (fp32), which
 #                checks this script's plumbing on a machine without a GPU
 #                (cuda)
@@ -40,6 +41,7 @@
 #      flops_per_token);
 #   2. trains STEPS steps with latam-train on the synthetic shard, with
 #        --set train.device=DEVICE --set train.precision=bf16 (fp32 on cpu)
+#        --set train.attention=ATTENTION
 #        --set data.seq_len=S --set train.micro_batch_size=M
 #        --set train.global_batch_size=M (one micro-batch per step)
 #        --set train.steps=STEPS --set train.log_every=1 --set train.eval_every=0
@@ -99,6 +101,7 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-1800}
 GPU=${GPU:-0}
 KEEP=${KEEP:-0}
 DEVICE=${DEVICE:-cuda}
+ATTENTION=${ATTENTION:-auto}
 
 die() {
   echo "run_e2e_gpu: $*" >&2
@@ -117,6 +120,10 @@ case $DEVICE in
   cuda) precision=bf16 ;;
   cpu) precision=fp32 ;;
   *) die "DEVICE takes cuda or cpu (got '$DEVICE')" ;;
+esac
+case $ATTENTION in
+  auto | simple | wgmma | wgmma_tma) ;;
+  *) die "ATTENTION takes auto, simple, wgmma or wgmma_tma (got '$ATTENTION')" ;;
 esac
 
 read -r -a seqs <<<"$SEQ"
@@ -240,6 +247,7 @@ def cmd_latam(a):
         row["plan_memory_bytes_per_rank"] = p.get("memory_bytes_per_rank")
         row["plan_memory_breakdown"] = p.get("memory_breakdown")
         row["precision"] = p.get("precision")
+        row["attention"] = p.get("attention")
     train = [r for r in read_jsonl(metrics) if "tokens_per_s" in r and "step" in r]
     train.sort(key=lambda r: r["step"])
     measured = train[warmup:]
@@ -416,7 +424,7 @@ for i in "${!seqs[@]}"; do
   tag=seq$seq-mb$micro
   run_dir=$work/run-$tag
   overrides=(
-    --set "train.device=$DEVICE" --set "train.precision=$precision"
+    --set "train.device=$DEVICE" --set "train.precision=$precision" --set "train.attention=$ATTENTION"
     --set "data.seq_len=$seq" --set "train.micro_batch_size=$micro" --set "train.global_batch_size=$micro"
     --set "train.steps=$STEPS" --set train.log_every=1 --set train.eval_every=0 --set train.save_every=0
     --set "train.run_dir=$run_dir"

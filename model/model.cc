@@ -142,7 +142,7 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
     LATAM_CHECK(options.dtype == DType::kF32, "CPU activations are f32, not " << DTypeName(options.dtype));
     ops_ = MakeCpuOps(ops_shape, rope);
   } else {
-    ops_ = MakeCudaOps(ops_shape, rope, options.dtype, options.stream);
+    ops_ = MakeCudaOps(ops_shape, rope, options.dtype, options.stream, options.attention);
   }
   params_ = std::make_unique<ParameterSet>(LlamaParameterSpecs(shape_, layout_), param_pad_to,
                                            ParameterPlacement{options.device, options.dtype, options.stream},

@@ -79,10 +79,12 @@ struct ActivationOptions {
   std::vector<int> slots;
   // Where the model computes: kCPU (f32 only) or kCUDA, with activations and
   // the compute copy of the weights in `dtype` (kBF16 or kF32), on `stream`
-  // (a cudaStream_t; nullptr is the legacy default stream).
+  // (a cudaStream_t; nullptr is the legacy default stream), attention by
+  // `attention` (model/model_ops.h; the CPU has one attention kernel).
   Device device = Device::kCPU;
   DType dtype = DType::kF32;
   Stream stream;
+  AttentionChoice attention = AttentionChoice::kAuto;
 };
 
 // Bytes of the activation arena and kernel workspaces a LlamaModel with this

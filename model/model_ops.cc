@@ -1,18 +1,21 @@
 #include "model/model_ops.h"
 
-#include <cstdlib>
 #include <string>
 
 namespace latam {
 
-Result<AttentionChoice> AttentionChoiceFromEnvironment() {
-  const char* value = std::getenv("LATAM_ATTENTION");
-  const std::string choice = value == nullptr ? "" : value;
-  if (choice.empty() || choice == "auto") return AttentionChoice::kAuto;
-  if (choice == "simple") return AttentionChoice::kSimple;
-  if (choice == "wgmma") return AttentionChoice::kWgmma;
-  if (choice == "wgmma-tma") return AttentionChoice::kWgmmaTma;
-  return Status::InvalidInput("LATAM_ATTENTION=" + choice + ": expected auto, simple, wgmma or wgmma-tma");
+const char* AttentionChoiceName(AttentionChoice choice) {
+  switch (choice) {
+    case AttentionChoice::kAuto:
+      return "auto";
+    case AttentionChoice::kSimple:
+      return "simple";
+    case AttentionChoice::kWgmma:
+      return "wgmma";
+    case AttentionChoice::kWgmmaTma:
+      return "wgmma_tma";
+  }
+  return "?";
 }
 
 std::string AttentionKernelsName(AttentionChoice choice, bool tensor_core) {
@@ -32,7 +35,7 @@ size_t OpsWorkspaceBytes(Device device, const OpsShape& shape) {
 }
 
 #ifndef LATAM_HAVE_CUDA
-std::unique_ptr<ModelOps> MakeCudaOps(const OpsShape&, const RopeTable&, DType, void*) {
+std::unique_ptr<ModelOps> MakeCudaOps(const OpsShape&, const RopeTable&, DType, Stream, AttentionChoice) {
   LATAM_CHECK(false, "train.device=cuda needs a build with CUDA (configure with LATAM_CUDA=ON)");
   return nullptr;
 }

@@ -142,17 +142,18 @@ size_t OpsWorkspaceBytes(Device device, const OpsShape& shape);
 size_t CpuOpsWorkspaceBytes(const OpsShape& shape);
 size_t CudaOpsWorkspaceBytes(const OpsShape& shape);  // builds with CUDA only
 
-// The attention kernels CUDA ops run, from the environment variable
-// LATAM_ATTENTION:
-//   unset, empty or "auto": the tensor-core kernels (kernels/cuda/flash_attention.h)
-//            wherever they apply (bf16, head dim 64 or 128), the simple kernel elsewhere;
-//   "simple": the simple kernel (kernels/cuda/attention.h) everywhere;
-//   "wgmma":  as auto, with the Hopper kernels (FlashForwardPath::kWgmma,
-//            FlashBackwardPath::kWgmma), which need a compute capability 9.0 GPU;
-//   "wgmma-tma": as wgmma, with the warp-specialised TMA forward (kWgmmaTma).
-// Any other value is InvalidInput naming the variable.
+// The attention kernels CUDA ops run (train.attention in model/config.proto,
+// converted by the trainer and passed to MakeCudaOps):
+//   kAuto:     the tensor-core kernels (kernels/cuda/flash_attention.h)
+//              wherever they apply (bf16, head dim 64 or 128), the simple
+//              kernel elsewhere;
+//   kSimple:   the simple kernel (kernels/cuda/attention.h) everywhere;
+//   kWgmma:    as kAuto, with the Hopper kernels (FlashForwardPath::kWgmma,
+//              FlashBackwardPath::kWgmma), which need a compute capability 9.0 GPU;
+//   kWgmmaTma: as kWgmma, with the warp-specialised TMA forward (kWgmmaTma).
 enum class AttentionChoice { kAuto, kSimple, kWgmma, kWgmmaTma };
-Result<AttentionChoice> AttentionChoiceFromEnvironment();
+// The config spelling of `choice`: "auto", "simple", "wgmma", "wgmma_tma".
+const char* AttentionChoiceName(AttentionChoice choice);
 
 // The attention kernels CUDA ops run under `choice`, for logs, where the
 // tensor-core kernels apply (`tensor_core`: bf16, head dim 64 or 128) or
@@ -166,7 +167,10 @@ std::unique_ptr<ModelOps> MakeCpuOps(const OpsShape& shape, const RopeTable& rop
 
 // CUDA ops on the current device, enqueuing on `stream` (a cudaStream_t;
 // nullptr is the legacy default stream). Activations and compute weights in
-// `dtype` (kBF16 or kF32). Aborts in a build without CUDA.
-std::unique_ptr<ModelOps> MakeCudaOps(const OpsShape& shape, const RopeTable& rope, DType dtype, Stream stream);
+// `dtype` (kBF16 or kF32), attention by `attention` (a wgmma choice aborts
+// on a GPU without them: callers check first, as ComputeDevice::Open does).
+// Aborts in a build without CUDA.
+std::unique_ptr<ModelOps> MakeCudaOps(const OpsShape& shape, const RopeTable& rope, DType dtype, Stream stream,
+                                      AttentionChoice attention);
 
 }  // namespace latam

@@ -3,8 +3,8 @@
 // fills during the first step; no allocation after that). Attention runs the
 // tensor-core kernel (kernels/cuda/flash_attention.h) wherever it applies
 // (bf16, head dim 64 or 128) and the simple tiled kernel otherwise;
-// LATAM_ATTENTION (AttentionChoiceFromEnvironment) forces the simple one, or
-// picks the Hopper forward kernel.
+// the AttentionChoice it is built with (train.attention) forces the simple
+// one, or picks the Hopper kernels.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -66,18 +66,17 @@ size_t RopeBytesFor(const OpsShape& shape) {
 
 class CudaOps final : public ModelOps {
  public:
-  CudaOps(const OpsShape& shape, const RopeTable& rope, DType dtype, cudaStream_t stream)
+  CudaOps(const OpsShape& shape, const RopeTable& rope, DType dtype, cudaStream_t stream, AttentionChoice attention)
       : shape_(shape), dtype_(dtype), stream_(stream), layout_(shape, cuda::RopeTableBytes(rope)) {
     LATAM_CHECK(dtype == DType::kBF16 || dtype == DType::kF32,
                 "CUDA activations must be bf16 or f32, got " << DTypeName(dtype));
-    Result<AttentionChoice> choice = AttentionChoiceFromEnvironment();
-    LATAM_CHECK(choice.ok(), choice.status().message());
-    flash_ = cuda::FlashAttentionSupports(shape.attention, dtype) && choice.value() != AttentionChoice::kSimple;
-    if (flash_ && (choice.value() == AttentionChoice::kWgmma || choice.value() == AttentionChoice::kWgmmaTma)) {
-      LATAM_CHECK(cuda::FlashWgmmaForwardAvailable(),
-                  "LATAM_ATTENTION=wgmma and wgmma-tma need a compute capability 9.0 GPU (H100, H200)");
-      forward_path_ = choice.value() == AttentionChoice::kWgmma ? cuda::FlashForwardPath::kWgmma
-                                                                 : cuda::FlashForwardPath::kWgmmaTma;
+    flash_ = cuda::FlashAttentionSupports(shape.attention, dtype) && attention != AttentionChoice::kSimple;
+    if (flash_ && (attention == AttentionChoice::kWgmma || attention == AttentionChoice::kWgmmaTma)) {
+      LATAM_CHECK(
+          cuda::FlashWgmmaForwardAvailable(),
+          "train.attention=" << AttentionChoiceName(attention) << " needs a compute capability 9.0 GPU (H100, H200)");
+      forward_path_ =
+          attention == AttentionChoice::kWgmma ? cuda::FlashForwardPath::kWgmma : cuda::FlashForwardPath::kWgmmaTma;
       backward_path_ = cuda::FlashBackwardPath::kWgmma;
     }
     arena_ = Arena(Device::kCUDA, layout_.total);
@@ -213,8 +212,9 @@ class CudaOps final : public ModelOps {
 
 }  // namespace
 
-std::unique_ptr<ModelOps> MakeCudaOps(const OpsShape& shape, const RopeTable& rope, DType dtype, Stream stream) {
-  return std::make_unique<CudaOps>(shape, rope, dtype, stream.cuda());
+std::unique_ptr<ModelOps> MakeCudaOps(const OpsShape& shape, const RopeTable& rope, DType dtype, Stream stream,
+                                      AttentionChoice attention) {
+  return std::make_unique<CudaOps>(shape, rope, dtype, stream.cuda(), attention);
 }
 
 size_t CudaOpsWorkspaceBytes(const OpsShape& shape) {

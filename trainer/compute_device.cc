@@ -17,9 +17,9 @@
 namespace latam {
 
 Result<std::unique_ptr<ComputeDevice>> ComputeDevice::Open([[maybe_unused]] int local_rank,
-                                                           [[maybe_unused]] int local_size, int world_rank) {
+                                                           [[maybe_unused]] int local_size, int world_rank,
+                                                           [[maybe_unused]] AttentionChoice attention) {
 #ifdef LATAM_HAVE_CUDA
-  LATAM_ASSIGN_OR_RETURN(const AttentionChoice attention, AttentionChoiceFromEnvironment());
   const int count = cuda::DeviceCount();
   if (count < local_size) {
     return Status::InvalidInput("train.device=cuda: rank " + std::to_string(world_rank) + " sees " +
@@ -31,7 +31,7 @@ Result<std::unique_ptr<ComputeDevice>> ComputeDevice::Open([[maybe_unused]] int 
   CUDA_CHECK(cudaSetDevice(local_rank));
   if ((attention == AttentionChoice::kWgmma || attention == AttentionChoice::kWgmmaTma) &&
       !cuda::FlashWgmmaForwardAvailable()) {
-    return Status::InvalidInput("LATAM_ATTENTION=" + std::string(std::getenv("LATAM_ATTENTION")) + ": rank " +
+    return Status::InvalidInput(std::string("train.attention=") + AttentionChoiceName(attention) + ": rank " +
                                 std::to_string(world_rank) + "'s GPU " + std::to_string(local_rank) +
                                 " is not compute capability 9.0 (H100, H200), which the wgmma kernels need");
   }

@@ -3,7 +3,9 @@
 // Open() binds the calling process to GPU number local_rank of its node
 // (every rank needs a GPU of its own), creates one non-blocking compute
 // stream, and returns InvalidInput naming the rank when the build has no CUDA
-// or the node has fewer visible GPUs than ranks. The
+// or the node has fewer visible GPUs than ranks, or when `attention`
+// (train.attention) is a wgmma choice and the GPU is not compute capability
+// 9.0. The
 // stream is handed to the model's kernels, the parameter arenas and the NCCL
 // communicators, so that everything of a step is ordered on it (the
 // communicators order their own streams after it with events). The
@@ -15,13 +17,15 @@
 
 #include "core/status.h"
 #include "core/stream.h"
+#include "model/model_ops.h"
 
 namespace latam {
 
 class ComputeDevice {
  public:
   // Binds GPU `local_rank` of this node; `world_rank` names the rank in errors.
-  static Result<std::unique_ptr<ComputeDevice>> Open(int local_rank, int local_size, int world_rank);
+  static Result<std::unique_ptr<ComputeDevice>> Open(int local_rank, int local_size, int world_rank,
+                                                     AttentionChoice attention);
   ~ComputeDevice();
   ComputeDevice(const ComputeDevice&) = delete;
   ComputeDevice& operator=(const ComputeDevice&) = delete;

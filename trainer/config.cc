@@ -3,11 +3,15 @@
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace latam {
@@ -16,17 +20,141 @@ namespace pb = google::protobuf;
 
 namespace {
 
+// The first error the parser reports, and where (0-based).
 class CollectErrors : public pb::io::ErrorCollector {
  public:
   void AddError(int line, pb::io::ColumnNumber column, const std::string& message) override {
-    if (first_.empty())
-      first_ = "line " + std::to_string(line + 1) + ", column " + std::to_string(column + 1) + ": " + message;
+    if (!any_) {
+      any_ = true;
+      line_ = line;
+      column_ = column;
+      message_ = message;
+    }
   }
-  const std::string& first() const { return first_; }
+  bool any() const { return any_; }
+  int line() const { return line_; }
+  int column() const { return column_; }
+  const std::string& message() const { return message_; }
 
  private:
-  std::string first_;
+  bool any_ = false;
+  int line_ = 0, column_ = 0;
+  std::string message_;
 };
+
+// "cpu, cuda": the value names of `type`, in declaration order.
+std::string EnumValueNames(const pb::EnumDescriptor* type) {
+  std::string out;
+  for (int i = 0; i < type->value_count(); ++i) out += (i > 0 ? ", " : "") + type->value(i)->name();
+  return out;
+}
+
+std::string NotOneOf(const std::string& field_path, const std::string& value, const pb::EnumDescriptor* type) {
+  return field_path + ": '" + value + "' is not one of " + EnumValueNames(type);
+}
+
+// The enum field of Config called `name`, with its dotted path ("device" ->
+// train.device); field is nullptr unless exactly one enum field has that name.
+struct EnumField {
+  std::string path;
+  const pb::FieldDescriptor* field = nullptr;
+};
+
+void FindEnumFields(const pb::Descriptor* type, const std::string& prefix, const std::string& name, int depth,
+                    std::vector<EnumField>* found) {
+  if (depth > 8) return;
+  for (int i = 0; i < type->field_count(); ++i) {
+    const pb::FieldDescriptor* f = type->field(i);
+    if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM && f->name() == name) {
+      found->push_back({prefix + f->name(), f});
+    } else if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+      FindEnumFields(f->message_type(), prefix + f->name() + ".", name, depth + 1, found);
+    }
+  }
+}
+
+EnumField FindEnumField(const std::string& name) {
+  std::vector<EnumField> found;
+  FindEnumFields(Config::descriptor(), "", name, 0, &found);
+  return found.size() == 1 ? found[0] : EnumField{name, nullptr};
+}
+
+// The 0-based line and column of byte `offset` of `text`.
+std::pair<int, int> LineColumn(const std::string& text, size_t offset) {
+  int line = 0;
+  size_t line_start = 0;
+  for (size_t i = 0; i < offset && i < text.size(); ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      line_start = i + 1;
+    }
+  }
+  return {line, static_cast<int>(offset - line_start)};
+}
+
+std::string Where(int line, int column) {
+  return "line " + std::to_string(line + 1) + ", column " + std::to_string(column + 1) + ": ";
+}
+
+// The text of the parser's first error, told in the config's terms where it
+// is about an enum value: an unknown name, or a name written as a string
+// (enum values are bare words in text format: `device: cuda`).
+std::string DescribeParseError(const CollectErrors& errors, const std::string& text) {
+  const std::string& m = errors.message();
+  // protobuf: Unknown enumeration value of "tpu" for field "device".
+  // (reported at the token after the value: point at the value instead)
+  const std::string unknown = "Unknown enumeration value of \"", for_field = "\" for field \"";
+  if (m.rfind(unknown, 0) == 0) {
+    const size_t value_end = m.find(for_field, unknown.size());
+    const size_t name_end = value_end == std::string::npos ? value_end : m.find('"', value_end + for_field.size());
+    if (name_end != std::string::npos) {
+      const std::string value = m.substr(unknown.size(), value_end - unknown.size());
+      const EnumField f =
+          FindEnumField(m.substr(value_end + for_field.size(), name_end - value_end - for_field.size()));
+      if (f.field != nullptr) {
+        // The error's position as a byte offset, then the value's last occurrence before it.
+        size_t offset = 0;
+        for (int line = 0; line < errors.line() && offset != std::string::npos; ++line) {
+          offset = text.find('\n', offset);
+          if (offset != std::string::npos) ++offset;
+        }
+        int line = errors.line(), column = errors.column();
+        if (offset != std::string::npos && !value.empty()) {
+          const size_t at = text.rfind(value, offset + static_cast<size_t>(column));
+          if (at != std::string::npos) std::tie(line, column) = LineColumn(text, at);
+        }
+        return Where(line, column) + NotOneOf(f.path, value, f.field->enum_type());
+      }
+    }
+  }
+  const std::string where = Where(errors.line(), errors.column());
+  // protobuf: Expected integer or identifier, got: "cuda"
+  const std::string quoted = "Expected integer or identifier, got: \"";
+  if (m.rfind(quoted, 0) == 0 && m.size() > quoted.size() && m.back() == '"') {
+    const std::string value = m.substr(quoted.size(), m.size() - quoted.size() - 1);
+    // The field name is the last word before the ':' ahead of the error.
+    std::istringstream lines(text);
+    std::string line;
+    for (int i = 0; i <= errors.line() && std::getline(lines, line);) ++i;
+    const std::string head = line.substr(0, std::min(line.size(), static_cast<size_t>(errors.column())));
+    const size_t colon = head.find_last_of(':');
+    if (colon != std::string::npos) {
+      size_t end = colon;
+      while (end > 0 && head[end - 1] == ' ') --end;
+      size_t begin = end;
+      while (begin > 0 && (std::isalnum(static_cast<unsigned char>(head[begin - 1])) || head[begin - 1] == '_'))
+        --begin;
+      const EnumField f = FindEnumField(head.substr(begin, end - begin));
+      if (f.field != nullptr) {
+        if (f.field->enum_type()->FindValueByName(value) == nullptr) {
+          return where + NotOneOf(f.path, value, f.field->enum_type()) + " (written without quotes)";
+        }
+        return where + f.path + ": enum values are written without quotes: " + f.field->name() + ": " + value;
+      }
+    }
+  }
+  return where + m;
+}
 
 }  // namespace
 
@@ -40,7 +168,8 @@ Result<Config> LoadConfigFile(const std::string& path) {
   CollectErrors errors;
   parser.RecordErrorsTo(&errors);
   if (!parser.ParseFromString(text.str(), &config)) {
-    return Status::InvalidInput(path + ": " + (errors.first().empty() ? "not a valid config" : errors.first()));
+    return Status::InvalidInput(path + ": " +
+                                (errors.any() ? DescribeParseError(errors, text.str()) : "not a valid config"));
   }
   return config;
 }
@@ -97,6 +226,11 @@ Status ApplyOverride(Config* config, const std::string& assignment) {
     if (!last) return Status::InvalidInput("--set " + path + ": " + name + " has no sub-fields");
     if (field->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING) {
       refl->SetString(msg, field, value);
+    } else if (field->cpp_type() == pb::FieldDescriptor::CPPTYPE_ENUM) {
+      // By name only (train.device=cuda), not by number.
+      const pb::EnumValueDescriptor* named = field->enum_type()->FindValueByName(value);
+      if (named == nullptr) return Status::InvalidInput(NotOneOf(path, value, field->enum_type()));
+      refl->SetEnum(msg, field, named);
     } else {
       // Parse "name: value" into an empty message of the same type (errors are
       // collected, not logged), then merge the one field it sets.
@@ -235,13 +369,10 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   c.Require(t.keep_checkpoints() >= 1, "train.keep_checkpoints", "must be >= 1");
   c.Require(t.init_load() == "weights" || t.init_load() == "optimizer" || t.init_load() == "all", "train.init_load",
             "must be weights, optimizer or all (got '" + t.init_load() + "')");
-  c.Require(t.device() == "cpu" || t.device() == "cuda", "train.device",
-            "must be cpu or cuda (got '" + t.device() + "')");
-  c.Require(t.precision() == "fp32" || t.precision() == "bf16", "train.precision",
-            "must be fp32 or bf16 (got '" + t.precision() + "')");
-  c.Require(!(t.device() == "cpu" && t.precision() == "bf16"), "train.precision",
+  const ComputeSettings compute = ComputeSettingsOf(config);
+  c.Require(!(compute.device == Device::kCPU && compute.dtype == DType::kBF16), "train.precision",
             "bf16 needs train.device=cuda; the CPU backend computes in fp32");
-  if (t.device() == "cuda") {
+  if (compute.device == Device::kCUDA) {
     // The CUDA kernels move rows in 16-byte packs (kernels/cuda/attention.h).
     const int64_t head_dim = m.dim() / m.n_heads();
     c.Require(head_dim % 8 == 0 && head_dim <= 256, "model.dim",
@@ -286,6 +417,43 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
               "no such directory: " + t.init_from());
   }
   return c.status();
+}
+
+ComputeSettings ComputeSettingsOf(const Config& config) {
+  using Train = config::TrainConfig;
+  const Train& t = config.train();
+  ComputeSettings s;
+  switch (t.device()) {
+    case Train::cpu:
+      s.device = Device::kCPU;
+      break;
+    case Train::cuda:
+      s.device = Device::kCUDA;
+      break;
+  }
+  switch (t.precision()) {
+    case Train::fp32:
+      s.dtype = DType::kF32;
+      break;
+    case Train::bf16:
+      s.dtype = DType::kBF16;
+      break;
+  }
+  switch (t.attention()) {
+    case Train::auto_:
+      s.attention = AttentionChoice::kAuto;
+      break;
+    case Train::simple:
+      s.attention = AttentionChoice::kSimple;
+      break;
+    case Train::wgmma:
+      s.attention = AttentionChoice::kWgmma;
+      break;
+    case Train::wgmma_tma:
+      s.attention = AttentionChoice::kWgmmaTma;
+      break;
+  }
+  return s;
 }
 
 std::string ConfigToText(const Config& config) {

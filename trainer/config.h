@@ -8,19 +8,25 @@
 
 #include <string>
 
+#include "core/dtype.h"
 #include "core/status.h"
 #include "model/config.pb.h"
+#include "model/model_ops.h"
 
 namespace latam {
 
 using Config = config::Config;
 
 // Parses a text-format config file (errors name the file, line and column).
+// An enum value it does not know is named with its field and the values it
+// allows: "FILE: line 3, column 11: train.device: 'tpu' is not one of cpu, cuda".
 Result<Config> LoadConfigFile(const std::string& path);
 
 // Applies one `--set` assignment "path=value". Paths are dotted field names;
 // repeated messages take an index, and the index one past the end appends:
 //   train.steps=100   parallel.tensor=2   data.train[0].weight=0.5
+// An enum field takes one of its value names (train.device=cuda); any other
+// value is "train.device: 'tpu' is not one of cpu, cuda".
 Status ApplyOverride(Config* config, const std::string& assignment);
 
 struct ValidationOptions {
@@ -39,5 +45,16 @@ int DataParallelSize(const Config& config, int world_size);
 
 // The config in text format (what the run directory's config.textproto holds).
 std::string ConfigToText(const Config& config);
+
+// train.device, train.precision and train.attention as the enums the model
+// and its ops take: the one place these three config values are read.
+struct ComputeSettings {
+  Device device = Device::kCPU;
+  // Activations and the compute copy of the weights: kBF16 for
+  // precision bf16, else kF32.
+  DType dtype = DType::kF32;
+  AttentionChoice attention = AttentionChoice::kAuto;
+};
+ComputeSettings ComputeSettingsOf(const Config& config);
 
 }  // namespace latam

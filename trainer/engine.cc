@@ -28,10 +28,12 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_
   act.micro_batch = micro;
   act.seq_len = config.data().seq_len();
   act.recompute = config.train().recompute();
-  if (config.train().device() == "cuda") {
+  const ComputeSettings compute = ComputeSettingsOf(config);
+  if (compute.device == Device::kCUDA) {
     act.device = Device::kCUDA;
-    act.dtype = config.train().precision() == "bf16" ? DType::kBF16 : DType::kF32;
+    act.dtype = compute.dtype;
     act.stream = stream;
+    act.attention = compute.attention;
   }
   act.slots =
       SlotsNeeded(BuildSchedule(g.pipeline, grid->pp_rank(), p.virtual_stages(), micro_batches_), p.virtual_stages());

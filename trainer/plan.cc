@@ -38,7 +38,8 @@ Result<std::string> PlanJson(const Config& config) {
   const ModelShape s = ModelShape::FromConfig(config.model());
   const auto& p = config.parallel();
   const int64_t tp = p.tensor(), pp = p.pipeline(), dp = DataParallelSize(config, 0);
-  const bool bf16 = config.train().precision() == "bf16";
+  const ComputeSettings compute = ComputeSettingsOf(config);
+  const bool bf16 = compute.dtype == DType::kBF16;
 
   const int64_t micro = config.train().micro_batch_size();
   const int micro_batches = static_cast<int>(config.train().global_batch_size() / (micro * dp));
@@ -47,9 +48,10 @@ Result<std::string> PlanJson(const Config& config) {
   act.seq_len = config.data().seq_len();
   act.recompute = config.train().recompute();
   act.cpu_threads = 1;
-  if (config.train().device() == "cuda") {
+  if (compute.device == Device::kCUDA) {
     act.device = Device::kCUDA;
-    act.dtype = bf16 ? DType::kBF16 : DType::kF32;
+    act.dtype = compute.dtype;
+    act.attention = compute.attention;
   }
   // The largest rank is a tensor-parallel rank of the first or the last
   // pipeline stage (they add the embedding and the head); its activations
@@ -85,7 +87,8 @@ Result<std::string> PlanJson(const Config& config) {
                  {"virtual_stages", p.virtual_stages()},
                  {"zero_stage", p.zero_stage()},
                  {"world_size", tp * pp * dp}};
-  j["precision"] = config.train().precision();
+  j["precision"] = config::TrainConfig::Precision_Name(config.train().precision());
+  j["attention"] = config::TrainConfig::Attention_Name(config.train().attention());
   j["micro_batch_size"] = act.micro_batch;
   j["micro_batches_per_step"] = micro_batches;
   j["seq_len"] = act.seq_len;

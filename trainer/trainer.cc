@@ -97,22 +97,22 @@ Status Trainer::Init(const std::string& resume) {
 }
 
 Result<std::unique_ptr<Communicator>> Trainer::OpenWorld() {
-  if (config_.train().device() != "cuda") return std::unique_ptr<Communicator>(new MpiCommunicator(MPI_COMM_WORLD, "world"));
+  const ComputeSettings compute = ComputeSettingsOf(config_);
+  if (compute.device != Device::kCUDA)
+    return std::unique_ptr<Communicator>(new MpiCommunicator(MPI_COMM_WORLD, "world"));
   // Every rank learns whether every rank got its GPU before NCCL is set up.
   Result<std::unique_ptr<ComputeDevice>> device =
-      ComputeDevice::Open(mpi_.local_rank(), mpi_.local_size(), mpi_.world_rank());
+      ComputeDevice::Open(mpi_.local_rank(), mpi_.local_size(), mpi_.world_rank(), compute.attention);
   {
     MpiCommunicator agree(MPI_COMM_WORLD, "world");
     LATAM_RETURN_IF_ERROR(AgreeOnStatus(device.status(), agree));
   }
   device_ = std::move(device).value();
   if (mpi_.world_rank() == 0) {
-    // Open() accepted the variable already.
-    const AttentionChoice attention = AttentionChoiceFromEnvironment().value();
     const int64_t head_dim = ModelShape::FromConfig(config_.model()).head_dim;
-    const bool tensor_core = config_.train().precision() == "bf16" && (head_dim == 64 || head_dim == 128);
+    const bool tensor_core = compute.dtype == DType::kBF16 && (head_dim == 64 || head_dim == 128);
     std::printf("latam-train: rank 0 on %s; attention kernels: %s\n", device_->Describe().c_str(),
-                AttentionKernelsName(attention, tensor_core).c_str());
+                AttentionKernelsName(compute.attention, tensor_core).c_str());
     std::fflush(stdout);
   }
 #ifdef LATAM_HAVE_NCCL
@@ -257,7 +257,7 @@ void Trainer::Log(const StepResult& r) {
     // Model FLOPs utilisation of the job's GPUs (rank 0's GPU stands for
     // the peak memory of every rank).
     const double flops = TrainingFlopsPerToken(ModelShape::FromConfig(config_.model()), config_.data().seq_len());
-    const double peak = ComputeDevice::PeakFlops(config_.train().precision() == "bf16") * mpi_.world_size();
+    const double peak = ComputeDevice::PeakFlops(ComputeSettingsOf(config_).dtype == DType::kBF16) * mpi_.world_size();
     values["mfu"] = r.tokens_per_s * flops / peak;
     values["gpu_peak_memory_bytes"] = static_cast<double>(device_->PeakMemoryBytes());
   }

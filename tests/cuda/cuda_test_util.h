@@ -81,6 +81,26 @@ std::vector<float> RoundTo(const std::vector<float>& v) {
 inline constexpr unsigned char kPoison = 0xff;
 inline void Poison(const Arena& a) { CUDA_CHECK(cudaMemset(a.data(), kPoison, a.size())); }
 
+// A poisoned device arena holding `host` from byte `offset` on (an offset
+// that is not a multiple of 16 misaligns the data for vector accesses), and
+// n elements read back from byte `offset`.
+template <typename T>
+Arena ToDeviceAt(const std::vector<T>& host, size_t offset) {
+  Arena a(Device::kCUDA, offset + host.size() * sizeof(T));
+  Poison(a);
+  CUDA_CHECK(
+      cudaMemcpy(static_cast<char*>(a.data()) + offset, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return a;
+}
+
+template <typename T>
+std::vector<T> ToHostAt(const Arena& a, size_t offset, size_t n) {
+  std::vector<T> host(n);
+  CUDA_CHECK(
+      cudaMemcpy(host.data(), static_cast<const char*>(a.data()) + offset, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return host;
+}
+
 // Poisoned bytes on each side of a GuardedBuffer's data.
 inline constexpr size_t kGuardBytes = 64;
 

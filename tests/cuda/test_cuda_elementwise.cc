@@ -60,26 +60,8 @@ namespace {
 using testing::GuardedBuffer;
 using testing::Poison;
 
-// The bit pattern of an f32, bf16 or int32 value.
-template <typename T>
-uint32_t BitsOf(const T& v) {
-  static_assert(sizeof(T) == 2 || sizeof(T) == 4);
-  if constexpr (sizeof(T) == 2) {
-    uint16_t u;
-    std::memcpy(&u, &v, sizeof(u));
-    return u;
-  } else {
-    uint32_t u;
-    std::memcpy(&u, &v, sizeof(u));
-    return u;
-  }
-}
-
-float FloatFromBits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
+using testing::BitsOf;
+using testing::FloatFromBits;
 
 BF16 Bf16FromBits(uint32_t u) {
   BF16 b;

@@ -44,25 +44,10 @@ using testing::ToFloats;
 using testing::ToHost;
 using testing::View;
 
-
-// A poisoned device arena holding `host` from byte `offset` on; offset 4
-// leaves the data off 16-byte alignment, which forces the scalar paths.
-template <typename T>
-Arena ToDeviceAt(const std::vector<T>& host, size_t offset) {
-  Arena a(Device::kCUDA, offset + host.size() * sizeof(T));
-  Poison(a);
-  CUDA_CHECK(
-      cudaMemcpy(static_cast<char*>(a.data()) + offset, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return a;
-}
-
-template <typename T>
-std::vector<T> ToHostAt(const Arena& a, size_t offset, size_t n) {
-  std::vector<T> host(n);
-  CUDA_CHECK(
-      cudaMemcpy(host.data(), static_cast<const char*>(a.data()) + offset, n * sizeof(T), cudaMemcpyDeviceToHost));
-  return host;
-}
+// Offset 4 in ToDeviceAt leaves the data off 16-byte alignment, which
+// forces the scalar paths.
+using testing::ToDeviceAt;
+using testing::ToHostAt;
 
 ::testing::AssertionResult Exact(const std::vector<float>& actual, const std::vector<float>& expected) {
   return testing::AllClose(actual, testing::ToDouble(expected), 0.0, 0.0);

@@ -39,12 +39,7 @@ constexpr float kEps = 1e-5f;
 // non-zero offset misaligns the data for 16-byte accesses).
 template <typename T>
 Arena Upload(const std::vector<float>& v, int64_t offset) {
-  const std::vector<T> host = FromFloats<T>(v);
-  Arena a(Device::kCUDA, (host.size() + static_cast<size_t>(offset)) * sizeof(T));
-  Poison(a);
-  CUDA_CHECK(
-      cudaMemcpy(static_cast<T*>(a.data()) + offset, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return a;
+  return testing::ToDeviceAt(FromFloats<T>(v), static_cast<size_t>(offset) * sizeof(T));
 }
 
 template <typename T>
@@ -54,10 +49,7 @@ Tensor ViewAt(const Arena& a, int64_t offset, Shape shape) {
 
 template <typename T>
 std::vector<float> Download(const Arena& a, int64_t offset, int64_t n) {
-  std::vector<T> host(static_cast<size_t>(n));
-  CUDA_CHECK(cudaMemcpy(host.data(), static_cast<const T*>(a.data()) + offset, host.size() * sizeof(T),
-                        cudaMemcpyDeviceToHost));
-  return ToFloats(host);
+  return ToFloats(testing::ToHostAt<T>(a, static_cast<size_t>(offset) * sizeof(T), static_cast<size_t>(n)));
 }
 
 bool BitwiseEqual(const std::vector<float>& a, const std::vector<float>& b) {

@@ -25,20 +25,15 @@ namespace {
 
 // Head dim 32 runs the simple attention kernel; 64 the tensor-core one.
 ModelShape SmallShape(bool tied, int64_t head_dim = 32) {
-  ModelShape s;
-  s.vocab = 512;
-  s.dim = 4 * head_dim;
-  s.n_layers = 2;
-  s.n_heads = 4;
-  s.n_kv_heads = 2;
-  s.head_dim = head_dim;
-  s.ffn_dim = 384;
-  s.tie_embeddings = tied;
-  s.rope_theta = 10000.0;
-  s.norm_eps = 1e-5;
-  s.max_seq_len = 96;
-  s.init_std = 0.05;
-  return s;
+  return testing::SmallShape({.vocab = 512,
+                              .n_layers = 2,
+                              .n_heads = 4,
+                              .n_kv_heads = 2,
+                              .head_dim = head_dim,
+                              .ffn_dim = 384,
+                              .max_seq_len = 96,
+                              .init_std = 0.05,
+                              .tied = tied});
 }
 
 ActivationOptions Options(Device device, DType dtype, int64_t seq_len = 64) {
@@ -50,37 +45,17 @@ ActivationOptions Options(Device device, DType dtype, int64_t seq_len = 64) {
   return a;
 }
 
-std::vector<float> Host(const Tensor& t) {
-  std::vector<float> out(static_cast<size_t>(t.numel()));
-  CopyTensor(Tensor::Of(out.data(), Shape{t.numel()}), t);
-  return out;
-}
-
-// ||a - b|| / ||b||.
-double RelativeL2(const std::vector<float>& a, const std::vector<float>& b) {
-  double diff = 0.0, ref = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double d = static_cast<double>(a[i]) - static_cast<double>(b[i]);
-    diff += d * d;
-    ref += static_cast<double>(b[i]) * static_cast<double>(b[i]);
-  }
-  return std::sqrt(diff / std::max(ref, 1e-300));
-}
+using testing::RelativeL2;
 
 class CudaModelTest : public testing::RandomTest {
  protected:
-  std::vector<int32_t> RandomIds(size_t n, int64_t vocab) {
-    std::vector<int32_t> ids(n);
-    for (auto& id : ids) id = UniformInt(0, static_cast<int>(vocab) - 1);
-    return ids;
-  }
-
-  void CompareOneStep(DType dtype, bool tied, bool recompute, double loss_rtol, double grad_rtol,
-                      int64_t head_dim = 32, int64_t seq_len = 64) {
+  void CompareOneStep(DType dtype, bool tied, bool recompute, double loss_rtol, double grad_rtol, int64_t head_dim = 32,
+                      int64_t seq_len = 64, AttentionChoice attention = AttentionChoice::kAuto) {
     const ModelShape shape = SmallShape(tied, head_dim);
     ActivationOptions cpu_act = Options(Device::kCPU, DType::kF32, seq_len);
     ActivationOptions gpu_act = Options(Device::kCUDA, dtype, seq_len);
     gpu_act.recompute = recompute;
+    gpu_act.attention = attention;
     LlamaModel cpu(shape, cpu_act);
     LlamaModel gpu(shape, gpu_act);
     const uint64_t seed = rng_();
@@ -102,8 +77,8 @@ class CudaModelTest : public testing::RandomTest {
 
     for (size_t i = 0; i < cpu.parameters().size(); ++i) {
       const std::string& name = cpu.parameters().spec(i).name;
-      const std::vector<float> g_cpu = Host(cpu.parameters().grad(i));
-      const std::vector<float> g_gpu = Host(gpu.parameters().grad(i));
+      const std::vector<float> g_cpu = testing::HostCopy(cpu.parameters().grad(i));
+      const std::vector<float> g_gpu = testing::HostCopy(gpu.parameters().grad(i));
       EXPECT_LT(RelativeL2(g_gpu, g_cpu), grad_rtol) << name;
     }
   }
@@ -128,15 +103,14 @@ TEST_F(CudaModelTest, Bf16WithFlashAttentionMatchesCpu) {
   CompareOneStep(DType::kBF16, false, false, 1e-2, 8e-2, 64, 96);
 }
 
-// The same through the Hopper forward kernels (LATAM_ATTENTION=wgmma and
-// wgmma-tma), where the device has them.
+// The same through the Hopper forward kernels (train.attention wgmma and
+// wgmma_tma), where the device has them.
 TEST_F(CudaModelTest, Bf16WithWgmmaAttentionMatchesCpu) {
   LATAM_REQUIRE_GPU();
   if (!cuda::FlashWgmmaForwardAvailable()) GTEST_SKIP() << "the wgmma forward needs a compute capability 9.0 GPU";
-  for (const char* choice : {"wgmma", "wgmma-tma"}) {
-    SCOPED_TRACE(choice);
-    testing::ScopedEnv attention("LATAM_ATTENTION", choice);
-    CompareOneStep(DType::kBF16, false, false, 1e-2, 8e-2, 64, 96);
+  for (const AttentionChoice choice : {AttentionChoice::kWgmma, AttentionChoice::kWgmmaTma}) {
+    SCOPED_TRACE(AttentionChoiceName(choice));
+    CompareOneStep(DType::kBF16, false, false, 1e-2, 8e-2, 64, 96, choice);
   }
 }
 
@@ -154,7 +128,7 @@ TEST_F(CudaModelTest, RecomputeIsBitwiseIdentical) {
   const size_t rows = static_cast<size_t>(a.tokens_per_micro_batch());
   const std::vector<int32_t> ids = RandomIds(rows, shape.vocab), targets = RandomIds(rows, shape.vocab);
   EXPECT_EQ(a.ForwardBackward(ids.data(), targets.data(), 0.5f), b.ForwardBackward(ids.data(), targets.data(), 0.5f));
-  EXPECT_EQ(Host(a.parameters().padded_grads()), Host(b.parameters().padded_grads()));
+  EXPECT_EQ(testing::HostCopy(a.parameters().padded_grads()), testing::HostCopy(b.parameters().padded_grads()));
 }
 
 // Ten AdamW steps on a fixed batch, bf16 on the GPU against fp32 on the CPU,
@@ -200,13 +174,15 @@ TEST_F(CudaModelTest, Bf16TrainingFollowsCpu) {
     EXPECT_NEAR(ng, nc, 5e-2 * nc);
     cpu_opt.Step(3e-3f, ClipFactor(nc, 1.0));
     gpu_opt.Step(3e-3f, ClipFactor(ng, 1.0));
-    EXPECT_LT(RelativeL2(Host(gpu.parameters().padded_params()), Host(cpu.parameters().padded_params())), 1e-2);
+    EXPECT_LT(RelativeL2(testing::HostCopy(gpu.parameters().padded_params()),
+                         testing::HostCopy(cpu.parameters().padded_params())),
+              1e-2);
     if (step == 0) first = lg;
     last = lg;
   }
   EXPECT_LT(last, first * 2.0 / 3.0);
   // The bf16 copy the kernels read is the master weights rounded.
-  const std::vector<float> master = Host(gpu.parameters().padded_params());
+  const std::vector<float> master = testing::HostCopy(gpu.parameters().padded_params());
   std::vector<BF16> copy(master.size());
   CopyTensor(Tensor::Of(copy.data(), Shape{static_cast<int64_t>(copy.size())}),
              gpu.parameters().padded_compute().Rows(0, static_cast<int64_t>(copy.size())));

@@ -29,21 +29,19 @@
 #include <vector>
 
 #include "checkpoint/store.h"
-#include "tests/subprocess.h"
+#include "tests/test_util.h"
 
 namespace latam {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::BinPath;
 
 class ResumeTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("latam_resume_" + std::to_string(getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    const auto gen = Run(Bin("latam-data") + " synthesize --out " + (dir_ / "train.bin").string() +
+    dir_ = testing::FreshTestDir("latam_resume");
+    const auto gen = Run(BinPath("latam-data") + " synthesize --out " + (dir_ / "train.bin").string() +
                          " --vocab 512 --tokens 200000 --seed 5");
     ASSERT_EQ(gen.exit_code, 0) << gen.err;
   }
@@ -51,13 +49,14 @@ class ResumeTest : public ::testing::Test {
     if (!HasFailure()) fs::remove_all(dir_);
   }
 
-  testing::CommandResult Run(const std::string& command) { return testing::RunCommand(command, LATAM_SOURCE_DIR, dir_); }
-  static std::string Bin(const std::string& name) { return std::string(LATAM_BIN_DIR) + "/" + name; }
+  testing::CommandResult Run(const std::string& command) {
+    return testing::RunCommand(command, LATAM_SOURCE_DIR, dir_);
+  }
 
   // latam-train on `ranks` processes with layout "T P D VS ZERO" for `steps`
   // steps into run directory `run`, saving every 4 steps.
   std::string TrainCommand(int ranks, const std::string& run, int tp, int pp, int vs, int zero, int steps) const {
-    std::string c = std::string(LATAM_MPIRUN) + " -np " + std::to_string(ranks) + " " + Bin("latam-train") +
+    std::string c = std::string(LATAM_MPIRUN) + " -np " + std::to_string(ranks) + " " + BinPath("latam-train") +
                     " --config configs/quickstart.textproto --set data.tokenizer= --set model.vocab_size=512" +
                     " --set model.dim=64 --set model.n_layers=8 --set model.n_heads=4 --set model.n_kv_heads=2" +
                     " --set model.ffn_dim=128 --set data.seq_len=32 --set train.micro_batch_size=2" +
@@ -65,8 +64,8 @@ class ResumeTest : public ::testing::Test {
                     " --set train.save_every=4 --set train.keep_checkpoints=10 --set train.log_every=1" +
                     " --set parallel.tensor=" + std::to_string(tp) + " --set parallel.pipeline=" + std::to_string(pp) +
                     " --set parallel.virtual_stages=" + std::to_string(vs) +
-                    " --set parallel.zero_stage=" + std::to_string(zero) + " --set train.steps=" +
-                    std::to_string(steps) + " --set train.run_dir=" + (dir_ / run).string();
+                    " --set parallel.zero_stage=" + std::to_string(zero) +
+                    " --set train.steps=" + std::to_string(steps) + " --set train.run_dir=" + (dir_ / run).string();
     for (int i = 0; i < 3; ++i) {
       c += " --set data.train[" + std::to_string(i) + "].path=" + (dir_ / "train.bin").string() + " --set data.eval[" +
            std::to_string(i) + "].path=" + (dir_ / "train.bin").string();

@@ -28,6 +28,7 @@
 #include "parallel/mpi_communicator.h"
 #include "parallel/mpi_env.h"
 #include "tests/mpi/mpi_check.h"
+#include "tests/test_util.h"
 #include "trainer/compute_device.h"
 #include "trainer/config.h"
 #include "trainer/engine.h"
@@ -51,17 +52,8 @@ double BucketMb(int tp, int pp, int dp, int vs) {
 
 Config TinyConfig(int tp, int pp, int dp, int vs, int zero, bool tied, bool recompute) {
   Config c;
-  auto* m = c.mutable_model();
-  m->set_vocab_size(64);
-  m->set_dim(32);
-  m->set_n_layers(8);
-  m->set_n_heads(4);
-  m->set_n_kv_heads(2);
-  m->set_ffn_dim(48);
-  m->set_rope_theta(10000);
-  m->set_max_seq_len(16);
-  m->set_tie_embeddings(tied);
-  m->set_init_std(0.1);
+  *c.mutable_model() = testing::TinyModelConfig(tied);
+  c.mutable_model()->set_rope_theta(10000);
   auto* p = c.mutable_parallel();
   p->set_tensor(tp);
   p->set_pipeline(pp);
@@ -101,17 +93,12 @@ Status Sample(uint64_t index, int32_t* ids, int32_t* targets) {
   return Status::Ok();
 }
 
-// A host copy of a parameter tensor (on either device).
-std::vector<float> Host(const Tensor& t) {
-  std::vector<float> out(static_cast<size_t>(t.numel()));
-  CopyTensor(Tensor::Of(out.data(), t.shape), t);
-  return out;
-}
+using testing::HostCopy;
 
 // The block of `full` (a tensor of the single-process model) that spec covers.
 std::vector<float> Slice(const Tensor& full_tensor, const ParamSpec& spec) {
   std::vector<float> out;
-  std::vector<float> host = Host(full_tensor);
+  std::vector<float> host = HostCopy(full_tensor);
   const Tensor full = Tensor::Of(host.data(), full_tensor.shape);
   const float* f = full.as<float>();
   const int64_t rows = spec.shape.rows(), cols = spec.shape.cols(), full_cols = full.shape.cols();
@@ -139,7 +126,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: test_layouts TENSOR PIPELINE DATA VIRTUAL_STAGES ZERO TIED RECOMPUTE [cpu|cuda]\n");
     return 2;
   }
-  const bool cuda = argc == 9 && std::string(argv[8]) == "cuda";
+  config::TrainConfig::Device device_arg = config::TrainConfig::cpu;
+  if (argc == 9 && !config::TrainConfig::Device_Parse(argv[8], &device_arg)) {
+    std::fprintf(stderr, "test_layouts: device '%s' is not cpu or cuda\n", argv[8]);
+    return 2;
+  }
+  const bool cuda = device_arg == config::TrainConfig::cuda;
   const int tp = std::atoi(argv[1]), pp = std::atoi(argv[2]), dp = std::atoi(argv[3]), vs = std::atoi(argv[4]);
   const int zero = std::atoi(argv[5]);
   const bool tied = std::atoi(argv[6]) != 0, recompute = std::atoi(argv[7]) != 0;
@@ -147,11 +139,11 @@ int main(int argc, char** argv) {
                            " vs" + std::to_string(vs) + " zero" + std::to_string(zero) + (tied ? " tied" : "") +
                            (recompute ? " recompute" : "") + " buckets " +
                            std::to_string(BucketMb(tp, pp, dp, vs)) + " MB" + (cuda ? " cuda" : "");
-  testing::MpiChecks t(name);
+  latam::testing::MpiChecks t(name);
   Config config = TinyConfig(tp, pp, dp, vs, zero, tied, recompute);
   Config single_config = TinyConfig(1, 1, 1, 1, 0, tied, false);
   if (cuda) {
-    for (Config* c : {&config, &single_config}) c->mutable_train()->set_device("cuda");
+    for (Config* c : {&config, &single_config}) c->mutable_train()->set_device(config::TrainConfig::cuda);
   }
   ValidationOptions vo;
   vo.world_size = mpi.world_size();
@@ -165,7 +157,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<Communicator> world = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world");
   if (cuda) {
     Result<std::unique_ptr<ComputeDevice>> opened =
-        ComputeDevice::Open(mpi.local_rank(), mpi.local_size(), mpi.world_rank());
+        ComputeDevice::Open(mpi.local_rank(), mpi.local_size(), mpi.world_rank(), ComputeSettingsOf(config).attention);
 #ifndef LATAM_HAVE_NCCL
     opened = Status::InvalidInput("this build has no NCCL");
 #endif
@@ -254,7 +246,7 @@ int main(int argc, char** argv) {
     const Tensor full = whole.param(spec.name);
     if (!t.Eq(full.shape.str(), spec.global_shape.str(), spec.name + " global shape")) continue;
     const std::vector<float> expected = Slice(full, spec);
-    const std::vector<float> got = Host(mine.param(i));
+    const std::vector<float> got = HostCopy(mine.param(i));
     double scale = 0.0, worst = 0.0;
     for (float v : expected) scale = std::max(scale, static_cast<double>(std::abs(v)));
     for (size_t k = 0; k < expected.size(); ++k)

@@ -17,10 +17,11 @@
 
 #include "checkpoint/state.h"
 #include "checkpoint/store.h"
-#include "parallel/communicator.h"
 #include "model/layout.h"
 #include "model/parameters.h"
 #include "model/state.h"
+#include "parallel/communicator.h"
+#include "tests/test_util.h"
 
 namespace latam::ckpt {
 namespace {
@@ -29,29 +30,12 @@ namespace fs = std::filesystem;
 
 class CheckpointTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("latam_ckpt_" + std::to_string(getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
+  void SetUp() override { dir_ = testing::FreshTestDir("latam_ckpt"); }
   void TearDown() override { fs::remove_all(dir_); }
   fs::path dir_;
 };
 
-config::ModelConfig TinyModel(bool tied) {
-  config::ModelConfig m;
-  m.set_vocab_size(64);
-  m.set_dim(32);
-  m.set_n_layers(8);
-  m.set_n_heads(4);
-  m.set_n_kv_heads(2);
-  m.set_ffn_dim(48);
-  m.set_max_seq_len(16);
-  m.set_tie_embeddings(tied);
-  m.set_init_std(0.1);
-  return m;
-}
+using testing::TinyModelConfig;
 
 Checkpoint Header(const config::ModelConfig& model) {
   Checkpoint h;
@@ -117,7 +101,7 @@ TEST_F(CheckpointTest, WeightsReshardAcrossLayoutsBitwise) {
   const std::vector<Layout3> layouts = {{1, 1, 1}, {2, 1, 1}, {4, 1, 1}, {1, 2, 1}, {2, 2, 1},
                                         {1, 4, 1}, {4, 2, 1}, {1, 2, 2}, {2, 4, 2}};
   for (bool tied : {false, true}) {
-    const config::ModelConfig model = TinyModel(tied);
+    const config::ModelConfig model = TinyModelConfig(tied);
     const ModelShape shape = ModelShape::FromConfig(model);
     for (const Layout3& saved : {Layout3{2, 2, 1}, Layout3{4, 2, 1}, Layout3{1, 4, 2}}) {
       const fs::path step = dir_ / ("saved_" + std::to_string(saved.tp) + std::to_string(saved.pp) +
@@ -156,7 +140,7 @@ std::vector<float> WriteOneTensor(const fs::path& step, int64_t rows, int64_t co
   fs::create_directories(step);
   StatePiece p{"model.norm.weight", {rows, cols}, WholeBlock({rows, cols}), values.data(), true, false};
   EXPECT_TRUE(WriteRankShards(step.string(), 0, {p}).ok());
-  EXPECT_TRUE(WriteManifest(step.string(), 1, Header(TinyModel(false))).ok());
+  EXPECT_TRUE(WriteManifest(step.string(), 1, Header(TinyModelConfig(false))).ok());
   return values;
 }
 
@@ -238,10 +222,10 @@ TEST_F(CheckpointTest, BadCheckpointsAreRejectedAtOpen) {
 
 TEST_F(CheckpointTest, ForeignModelIsRejectedNamingTheField) {
   const fs::path step = dir_ / "step";
-  SaveLayout(TinyModel(false), {1, 1, 1}, 5, step);
+  SaveLayout(TinyModelConfig(false), {1, 1, 1}, 5, step);
   auto reader = CheckpointReader::Open(step.string());
   ASSERT_TRUE(reader.ok());
-  config::ModelConfig other = TinyModel(false);
+  config::ModelConfig other = TinyModelConfig(false);
   other.set_ffn_dim(64);
   const ModelShape shape = ModelShape::FromConfig(other);
   ParameterSet params(LlamaParameterSpecs(shape, ModelLayout::Single(shape)));
@@ -255,7 +239,7 @@ TEST_F(CheckpointTest, ForeignModelIsRejectedNamingTheField) {
 // checkpoints beyond keep are removed, a stale incomplete directory is
 // cleared, and the moments and step counter come back on load.
 TEST_F(CheckpointTest, SaverKeepsLatestAndRetention) {
-  const config::ModelConfig model = TinyModel(false);
+  const config::ModelConfig model = TinyModelConfig(false);
   const ModelShape shape = ModelShape::FromConfig(model);
   ParameterSet params(LlamaParameterSpecs(shape, ModelLayout::Single(shape)));
   params.InitWeights(3);

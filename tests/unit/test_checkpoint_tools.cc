@@ -13,45 +13,43 @@
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/store.h"
-#include "tests/subprocess.h"
+#include "tests/test_util.h"
 
 namespace latam {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::BinPath;
 
 class CheckpointToolsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("latam_ckpt_tools_" + std::to_string(getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
+  void SetUp() override { dir_ = testing::FreshTestDir("latam_ckpt_tools"); }
   void TearDown() override {
     if (!HasFailure()) fs::remove_all(dir_);
   }
 
-  testing::CommandResult Run(const std::string& command) { return testing::RunCommand(command, LATAM_SOURCE_DIR, dir_); }
-  static std::string Bin(const std::string& name) { return std::string(LATAM_BIN_DIR) + "/" + name; }
+  testing::CommandResult Run(const std::string& command) {
+    return testing::RunCommand(command, LATAM_SOURCE_DIR, dir_);
+  }
   std::string Path(const std::string& p) const { return (dir_ / p).string(); }
 
   // A synthetic shard and a tokenizer trained on a small Spanish text.
   void PrepareData() {
-    auto gen = Run(Bin("latam-data") + " synthesize --out " + Path("a.bin") + " --vocab 512 --tokens 100000 --seed 1");
+    auto gen =
+        Run(BinPath("latam-data") + " synthesize --out " + Path("a.bin") + " --vocab 512 --tokens 100000 --seed 1");
     ASSERT_EQ(gen.exit_code, 0) << gen.err;
-    gen = Run(Bin("latam-data") + " synthesize --out " + Path("b.bin") + " --vocab 512 --tokens 100000 --seed 2");
+    gen = Run(BinPath("latam-data") + " synthesize --out " + Path("b.bin") + " --vocab 512 --tokens 100000 --seed 2");
     ASSERT_EQ(gen.exit_code, 0) << gen.err;
     std::ofstream(dir_ / "corpus.txt") << "La lengua española se habla en América Latina y en España. "
                                           "El portugués se habla en Brasil. El quechua y el guaraní también.\n";
-    auto tok = Run(Bin("latam-data") + " train-tokenizer --vocab-size 300 --out " + Path("tokenizer.json") + " " +
+    auto tok = Run(BinPath("latam-data") + " train-tokenizer --vocab-size 300 --out " + Path("tokenizer.json") + " " +
                    Path("corpus.txt"));
     ASSERT_EQ(tok.exit_code, 0) << tok.err;
   }
 
   // One-process training of a tiny model on shard `data`.
   std::string Train(const std::string& run, int steps, const std::string& data = "a.bin") const {
-    std::string c = Bin("latam-train") +
+    std::string c = BinPath("latam-train") +
                     " --config configs/quickstart.textproto --set parallel.tensor=1 --set parallel.pipeline=1" +
                     " --set data.tokenizer=" + Path("tokenizer.json") + " --set model.vocab_size=512" +
                     " --set model.dim=64 --set model.n_layers=2 --set model.n_heads=4 --set model.n_kv_heads=2" +
@@ -93,7 +91,7 @@ TEST_F(CheckpointToolsTest, InfoVerifyExportImportGenerate) {
   auto train = Run(Train("run", 10));
   ASSERT_EQ(train.exit_code, 0) << train.out << train.err;
 
-  auto info = Run(Bin("latam-ckpt") + " info " + Path("run"));
+  auto info = Run(BinPath("latam-ckpt") + " info " + Path("run"));
   ASSERT_EQ(info.exit_code, 0) << info.err;
   const auto j = nlohmann::json::parse(info.out);
   EXPECT_EQ(j["step"].get<int64_t>(), 10);
@@ -108,12 +106,12 @@ TEST_F(CheckpointToolsTest, InfoVerifyExportImportGenerate) {
   }
   EXPECT_TRUE(has_embedding && has_moment) << info.out;
 
-  auto verify = Run(Bin("latam-ckpt") + " verify " + Path("run/checkpoints"));
+  auto verify = Run(BinPath("latam-ckpt") + " verify " + Path("run/checkpoints"));
   ASSERT_EQ(verify.exit_code, 0) << verify.err;
   EXPECT_NE(verify.out.find("every checksum matches"), std::string::npos);
 
   // export-hf -> import-hf gives the same parameter bits.
-  auto exp = Run(Bin("latam-ckpt") + " export-hf " + Path("run") + " " + Path("hf"));
+  auto exp = Run(BinPath("latam-ckpt") + " export-hf " + Path("run") + " " + Path("hf"));
   ASSERT_EQ(exp.exit_code, 0) << exp.err;
   for (const char* f : {"config.json", "model.safetensors", "tokenizer.json"}) {
     EXPECT_TRUE(fs::exists(dir_ / "hf" / f)) << f;
@@ -122,7 +120,7 @@ TEST_F(CheckpointToolsTest, InfoVerifyExportImportGenerate) {
   EXPECT_EQ(config["architectures"][0], "LlamaForCausalLM");
   EXPECT_EQ(config["num_key_value_heads"], 2);
   EXPECT_EQ(config["torch_dtype"], "float32");
-  auto imp = Run(Bin("latam-ckpt") + " import-hf " + Path("hf") + " " + Path("imported"));
+  auto imp = Run(BinPath("latam-ckpt") + " import-hf " + Path("hf") + " " + Path("imported"));
   ASSERT_EQ(imp.exit_code, 0) << imp.err;
   const auto original = Weights(Path("run"));
   const auto round_trip = Weights(Path("imported"));
@@ -132,12 +130,12 @@ TEST_F(CheckpointToolsTest, InfoVerifyExportImportGenerate) {
     EXPECT_EQ(std::memcmp(values.data(), round_trip.at(name).data(), values.size() * sizeof(float)), 0) << name;
   }
   // Sharded bf16 export: an index and several files, loadable again.
-  auto sharded = Run(Bin("latam-ckpt") + " export-hf " + Path("run") + " " + Path("hf16") +
+  auto sharded = Run(BinPath("latam-ckpt") + " export-hf " + Path("run") + " " + Path("hf16") +
                      " --dtype bfloat16 --max-shard-bytes 100000");
   ASSERT_EQ(sharded.exit_code, 0) << sharded.err;
   EXPECT_TRUE(fs::exists(dir_ / "hf16/model.safetensors.index.json"));
   EXPECT_FALSE(fs::exists(dir_ / "hf16/model.safetensors"));
-  auto imp16 = Run(Bin("latam-ckpt") + " import-hf " + Path("hf16") + " " + Path("imported16"));
+  auto imp16 = Run(BinPath("latam-ckpt") + " import-hf " + Path("hf16") + " " + Path("imported16"));
   ASSERT_EQ(imp16.exit_code, 0) << imp16.err;
   const auto bf16 = Weights(Path("imported16"));
   for (const auto& [name, values] : original) {
@@ -146,22 +144,22 @@ TEST_F(CheckpointToolsTest, InfoVerifyExportImportGenerate) {
     }
   }
   // Nothing on disk is overwritten.
-  auto again = Run(Bin("latam-ckpt") + " import-hf " + Path("hf") + " " + Path("imported"));
+  auto again = Run(BinPath("latam-ckpt") + " import-hf " + Path("hf") + " " + Path("imported"));
   EXPECT_EQ(again.exit_code, 2);
   EXPECT_NE(again.err.find("not empty"), std::string::npos) << again.err;
 
   // Generation: greedy is deterministic and the same from the trained
   // checkpoint and from its Hugging Face round trip.
   const std::string gen_args = " --prompt 'La lengua' --max-new-tokens 12 --temperature 0";
-  auto g1 = Run(Bin("latam-generate") + " --checkpoint " + Path("run") + gen_args);
-  auto g2 = Run(Bin("latam-generate") + " --checkpoint " + Path("imported") + gen_args);
+  auto g1 = Run(BinPath("latam-generate") + " --checkpoint " + Path("run") + gen_args);
+  auto g2 = Run(BinPath("latam-generate") + " --checkpoint " + Path("imported") + gen_args);
   ASSERT_EQ(g1.exit_code, 0) << g1.err;
   ASSERT_EQ(g2.exit_code, 0) << g2.err;
   EXPECT_FALSE(g1.out.empty());
   EXPECT_EQ(g1.out, g2.out);
-  auto s1 = Run(Bin("latam-generate") + " --checkpoint " + Path("run") +
+  auto s1 = Run(BinPath("latam-generate") + " --checkpoint " + Path("run") +
                 " --prompt 'El' --max-new-tokens 16 --temperature 1 --top-p 0.9 --seed 7");
-  auto s2 = Run(Bin("latam-generate") + " --checkpoint " + Path("run") +
+  auto s2 = Run(BinPath("latam-generate") + " --checkpoint " + Path("run") +
                 " --prompt 'El' --max-new-tokens 16 --temperature 1 --top-p 0.9 --seed 7");
   ASSERT_EQ(s1.exit_code, 0) << s1.err;
   EXPECT_EQ(s1.out, s2.out);
@@ -189,8 +187,8 @@ TEST_F(CheckpointToolsTest, InfoVerifyExportImportGenerate) {
 TEST_F(CheckpointToolsTest, ContinuedPretrainingFromImportedModel) {
   PrepareData();
   ASSERT_EQ(Run(Train("base", 20)).exit_code, 0);
-  ASSERT_EQ(Run(Bin("latam-ckpt") + " export-hf " + Path("base") + " " + Path("hf")).exit_code, 0);
-  ASSERT_EQ(Run(Bin("latam-ckpt") + " import-hf " + Path("hf") + " " + Path("imported")).exit_code, 0);
+  ASSERT_EQ(Run(BinPath("latam-ckpt") + " export-hf " + Path("base") + " " + Path("hf")).exit_code, 0);
+  ASSERT_EQ(Run(BinPath("latam-ckpt") + " import-hf " + Path("hf") + " " + Path("imported")).exit_code, 0);
 
   auto cont = Run(Train("cont", 3) + " --set train.init_from=" + Path("imported"));
   ASSERT_EQ(cont.exit_code, 0) << cont.out << cont.err;
@@ -201,7 +199,7 @@ TEST_F(CheckpointToolsTest, ContinuedPretrainingFromImportedModel) {
   const auto c = Losses("cont"), f = Losses("fresh");
   ASSERT_TRUE(c.count(1) && f.count(1));
   EXPECT_LT(c.at(1), f.at(1) - 0.5);
-  auto info = Run(Bin("latam-ckpt") + " info " + Path("cont"));
+  auto info = Run(BinPath("latam-ckpt") + " info " + Path("cont"));
   ASSERT_EQ(info.exit_code, 0) << info.err;
   EXPECT_EQ(nlohmann::json::parse(info.out)["step"].get<int>(), 3);
   EXPECT_EQ(nlohmann::json::parse(info.out)["consumed_samples"].get<int>(), 24);
@@ -222,7 +220,7 @@ TEST_F(CheckpointToolsTest, GlobalBatchMayChangeOnResume) {
   auto resumed = Run(Train("run", 7) + " --set train.global_batch_size=16");
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_NE(resumed.out.find("(step 5, 40 samples consumed"), std::string::npos) << resumed.out;
-  auto info = Run(Bin("latam-ckpt") + " info " + Path("run"));
+  auto info = Run(BinPath("latam-ckpt") + " info " + Path("run"));
   ASSERT_EQ(info.exit_code, 0) << info.err;
   const auto j = nlohmann::json::parse(info.out);
   EXPECT_EQ(j["step"].get<int>(), 7);
@@ -241,7 +239,7 @@ TEST_F(CheckpointToolsTest, BadCheckpointsExitTwoNamingTensorAndFile) {
     for (const std::string& n : needles) EXPECT_NE(r.err.find(n), std::string::npos) << command << "\n" << r.err;
   };
   // Not a checkpoint; a missing directory.
-  expect_bad(Bin("latam-ckpt") + " verify " + Path("."), {"not a checkpoint"});
+  expect_bad(BinPath("latam-ckpt") + " verify " + Path("."), {"not a checkpoint"});
   expect_bad(Train("other", 6) + " --resume " + Path("nope"), {Path("nope"), "no such directory"});
   // --resume none refuses a run directory that has checkpoints.
   expect_bad(Train("run", 6) + " --resume none", {"already has checkpoints"});
@@ -256,13 +254,13 @@ TEST_F(CheckpointToolsTest, BadCheckpointsExitTwoNamingTensorAndFile) {
     bad[100] = static_cast<char>(bad[100] ^ 0x01);
     std::ofstream(shard, std::ios::binary | std::ios::trunc) << bad;
   }
-  expect_bad(Bin("latam-ckpt") + " verify " + step.string(), {"model.embed_tokens.weight", shard, "checksum"});
+  expect_bad(BinPath("latam-ckpt") + " verify " + step.string(), {"model.embed_tokens.weight", shard, "checksum"});
   expect_bad(Train("other", 6) + " --resume " + step.string(), {"model.embed_tokens.weight", shard, "checksum"});
-  expect_bad(Bin("latam-generate") + " --checkpoint " + step.string() + " --prompt x",
+  expect_bad(BinPath("latam-generate") + " --checkpoint " + step.string() + " --prompt x",
              {"model.embed_tokens.weight", shard});
   // Truncated.
   std::ofstream(shard, std::ios::binary | std::ios::trunc) << saved.substr(0, saved.size() / 2);
-  expect_bad(Bin("latam-ckpt") + " info " + step.string(), {shard, "truncated"});
+  expect_bad(BinPath("latam-ckpt") + " info " + step.string(), {shard, "truncated"});
   // Missing.
   fs::remove(shard);
   expect_bad(Train("other", 6) + " --resume " + step.string(), {shard, "missing"});

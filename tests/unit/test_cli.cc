@@ -13,10 +13,10 @@
 #include <set>
 #include <sstream>
 
+#include "core/crc32c.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
-#include "core/crc32c.h"
-#include "tests/subprocess.h"
+#include "tests/test_util.h"
 #include "trainer/config.h"
 #include "trainer/tensorboard.pb.h"
 
@@ -30,30 +30,26 @@ namespace {
 namespace fs = std::filesystem;
 
 using RunResult = testing::CommandResult;
+using testing::BinPath;
 using testing::ReadFileBytes;
 
 class CliTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("latam_cli_" + std::to_string(getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
+  void SetUp() override { dir_ = testing::FreshTestDir("latam_cli"); }
   void TearDown() override { fs::remove_all(dir_); }
 
   RunResult Run(const std::string& args) { return testing::RunCommand(args, LATAM_SOURCE_DIR, dir_); }
-  static std::string Bin(const std::string& name) { return std::string(LATAM_BIN_DIR) + "/" + name; }
 
   // A shard of a learnable stream and the quickstart config pointed at it.
   std::string PrepareRun(int steps) {
-    const RunResult gen = Run(Bin("latam-data") + " synthesize --out " + (dir_ / "train.bin").string() +
+    const RunResult gen = Run(BinPath("latam-data") + " synthesize --out " + (dir_ / "train.bin").string() +
                               " --vocab 512 --tokens 200000 --seed 3");
     EXPECT_EQ(gen.exit_code, 0) << gen.err;
-    const RunResult gen_eval = Run(Bin("latam-data") + " synthesize --out " + (dir_ / "eval.bin").string() +
+    const RunResult gen_eval = Run(BinPath("latam-data") + " synthesize --out " + (dir_ / "eval.bin").string() +
                                    " --vocab 512 --tokens 20000 --seed 3");
     EXPECT_EQ(gen_eval.exit_code, 0) << gen_eval.err;
-    return Bin("latam-train") + " --config configs/quickstart.textproto --set train.steps=" + std::to_string(steps) +
+    return BinPath("latam-train") +
+           " --config configs/quickstart.textproto --set train.steps=" + std::to_string(steps) +
            DataOverrides("train.bin", "eval.bin") + " --set train.run_dir=" + (dir_ / "run").string() +
            " --set train.eval_every=20 --set train.log_every=5";
   }
@@ -74,7 +70,7 @@ class CliTest : public ::testing::Test {
 };
 
 TEST_F(CliTest, PlanPrintsJsonWithoutMpiOrData) {
-  const RunResult r = Run(Bin("latam-train") + " --config configs/llama3-8b.textproto --plan");
+  const RunResult r = Run(BinPath("latam-train") + " --config configs/llama3-8b.textproto --plan");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["parameters"].get<int64_t>(), 8030261248);
@@ -88,19 +84,20 @@ TEST_F(CliTest, BadInputExitsTwoNamingTheProblem) {
     std::string args, expected;
   };
   const std::vector<Case> cases = {
-      {Bin("latam-train") + " --config configs/quickstart.textproto --plan --set parallel.tensor=3",
+      {BinPath("latam-train") + " --config configs/quickstart.textproto --plan --set parallel.tensor=3",
        "model.n_heads: 4 is not divisible by parallel.tensor = 3"},
-      {Bin("latam-train") + " --config configs/quickstart.textproto --plan --set train.steps=0",
+      {BinPath("latam-train") + " --config configs/quickstart.textproto --plan --set train.steps=0",
        "train.steps: must be > 0"},
-      {Bin("latam-train") + " --config configs/quickstart.textproto --set parallel.tensor=1 --set parallel.pipeline=1" +
+      {BinPath("latam-train") +
+           " --config configs/quickstart.textproto --set parallel.tensor=1 --set parallel.pipeline=1" +
            " --set data.train[0].path=/nope/x.bin",
        "data.train[0].path: no such file: /nope/x.bin"},
-      {Bin("latam-train") + " --config /nope/config.textproto", "/nope/config.textproto: cannot open"},
-      {Bin("latam-train") + " --config configs/quickstart.textproto --bogus", "unknown argument '--bogus'"},
-      {Bin("latam-train"), "--config is required"},
-      {Bin("latam-data") + " inspect configs/quickstart.textproto", "is not a token shard"},
-      {Bin("latam-data") + " synthesize --vocab 10", "--out is required"},
-      {Bin("latam-data") + " frobnicate", "unknown command 'frobnicate'"},
+      {BinPath("latam-train") + " --config /nope/config.textproto", "/nope/config.textproto: cannot open"},
+      {BinPath("latam-train") + " --config configs/quickstart.textproto --bogus", "unknown argument '--bogus'"},
+      {BinPath("latam-train"), "--config is required"},
+      {BinPath("latam-data") + " inspect configs/quickstart.textproto", "is not a token shard"},
+      {BinPath("latam-data") + " synthesize --vocab 10", "--out is required"},
+      {BinPath("latam-data") + " frobnicate", "unknown command 'frobnicate'"},
   };
   for (const Case& c : cases) {
     const RunResult r = Run(c.args);
@@ -111,9 +108,9 @@ TEST_F(CliTest, BadInputExitsTwoNamingTheProblem) {
 
 TEST_F(CliTest, TokenIdsOutsideTheVocabularyAreBadInput) {
   const RunResult gen =
-      Run(Bin("latam-data") + " synthesize --out " + (dir_ / "big.bin").string() + " --vocab 8000 --tokens 50000");
+      Run(BinPath("latam-data") + " synthesize --out " + (dir_ / "big.bin").string() + " --vocab 8000 --tokens 50000");
   ASSERT_EQ(gen.exit_code, 0) << gen.err;
-  const RunResult r = Run(Bin("latam-train") + " --config configs/quickstart.textproto --set train.steps=2" +
+  const RunResult r = Run(BinPath("latam-train") + " --config configs/quickstart.textproto --set train.steps=2" +
                           DataOverrides("big.bin", "big.bin") + " --set train.run_dir=" + (dir_ / "run").string());
   EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
   EXPECT_NE(r.err.find("big.bin: token"), std::string::npos) << r.err;
@@ -161,18 +158,39 @@ TEST_F(CliTest, CudaDeviceTrainsOrNamesTheMissingGpu) {
   EXPECT_NEAR(losses.at(5), gpu_losses.at(4), 0.1 * gpu_losses.at(4));
 }
 
-// A LATAM_ATTENTION the trainer does not know stops a GPU run at start-up
-// (exit 2, naming the variable), GPU or not; a build without CUDA says so
-// instead.
-TEST_F(CliTest, UnknownAttentionChoiceIsBadInput) {
-  const RunResult r = Run("LATAM_ATTENTION=fastest " + PrepareRun(2) + " --set train.device=cuda");
+// A train.attention, train.device or train.precision value the config does
+// not define stops the run at start-up (exit 2, naming the field and the
+// values it takes), GPU or not, before anything is written.
+TEST_F(CliTest, UnknownEnumValuesAreBadInput) {
+  const struct {
+    std::string set, expected;
+  } cases[] = {
+      {"train.attention=fastest", "train.attention: 'fastest' is not one of auto, simple, wgmma, wgmma_tma"},
+      {"train.attention=wgmma-tma", "train.attention: 'wgmma-tma' is not one of auto, simple, wgmma, wgmma_tma"},
+      {"train.device=tpu", "train.device: 'tpu' is not one of cpu, cuda"},
+      {"train.precision=fp16", "train.precision: 'fp16' is not one of fp32, bf16"},
+  };
+  const std::string run = PrepareRun(2);
+  for (const auto& c : cases) {
+    const RunResult r = Run(run + " --set train.device=cuda --set " + c.set);
+    EXPECT_EQ(r.exit_code, 2) << c.set << "\n" << r.out << r.err;
+    EXPECT_NE(r.err.find(c.expected), std::string::npos) << c.set << "\nstderr: " << r.err;
+    EXPECT_FALSE(fs::exists(dir_ / "run")) << c.set;
+  }
+}
+
+// The same in a config file: the field's path and the values it takes.
+TEST_F(CliTest, UnknownEnumValueInConfigFileIsBadInput) {
+  std::string config = ReadFileBytes(testing::SourcePath("configs/quickstart.textproto"));
+  const size_t at = config.find("device: cpu");
+  ASSERT_NE(at, std::string::npos) << "configs/quickstart.textproto sets no train.device";
+  config.replace(at, std::strlen("device: cpu"), "device: tpu");
+  const fs::path path = dir_ / "bad.textproto";
+  std::ofstream(path) << config;
+  const RunResult r = Run(BinPath("latam-train") + " --config " + path.string() + " --plan");
   EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
-#ifdef LATAM_HAVE_CUDA
-  EXPECT_NE(r.err.find("LATAM_ATTENTION=fastest: expected auto, simple, wgmma or wgmma-tma"), std::string::npos) << r.err;
-#else
-  EXPECT_NE(r.err.find("without CUDA"), std::string::npos) << r.err;
-#endif
-  EXPECT_FALSE(fs::exists(dir_ / "run" / "checkpoints"));
+  EXPECT_NE(r.err.find(path.string() + ": line "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("train.device: 'tpu' is not one of cpu, cuda"), std::string::npos) << r.err;
 }
 
 // train-tokenizer -> encode -> inspect, and tokenize/detokenize, as a user
@@ -195,10 +213,10 @@ TEST_F(CliTest, DataPipelineFromCorpusToShards) {
   const std::string corpus = (dir_ / "corpus.jsonl").string() + " " + (dir_ / "plain.txt").string();
   const std::string tok = (dir_ / "tok.json").string();
 
-  RunResult r = Run(Bin("latam-data") + " train-tokenizer --out " + tok + " --vocab-size 320 " + corpus);
+  RunResult r = Run(BinPath("latam-data") + " train-tokenizer --out " + tok + " --vocab-size 320 " + corpus);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("41 documents"), std::string::npos) << r.err;
-  r = Run(Bin("latam-data") + " encode --tokenizer " + tok + " --out " + (dir_ / "s.bin").string() + " " + corpus);
+  r = Run(BinPath("latam-data") + " encode --tokenizer " + tok + " --out " + (dir_ / "s.bin").string() + " " + corpus);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("encode: 41 documents"), std::string::npos) << r.err;
 
@@ -216,7 +234,7 @@ TEST_F(CliTest, DataPipelineFromCorpusToShards) {
     ASSERT_EQ(got, expected) << "document " << d;
   }
 
-  r = Run(Bin("latam-data") + " inspect " + (dir_ / "s.bin").string() + " --tokenizer " + tok);
+  r = Run(BinPath("latam-data") + " inspect " + (dir_ / "s.bin").string() + " --tokenizer " + tok);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto info = nlohmann::json::parse(r.out);
   EXPECT_EQ(info["documents"].get<int>(), 41);
@@ -224,13 +242,13 @@ TEST_F(CliTest, DataPipelineFromCorpusToShards) {
 
   // tokenize | detokenize gives the text back.
   std::ofstream(dir_ / "in.txt", std::ios::binary) << plain;
-  r = Run(Bin("latam-data") + " tokenize --tokenizer " + tok + " < " + (dir_ / "in.txt").string() + " | " +
-          Bin("latam-data") + " detokenize --tokenizer " + tok);
+  r = Run(BinPath("latam-data") + " tokenize --tokenizer " + tok + " < " + (dir_ / "in.txt").string() + " | " +
+          BinPath("latam-data") + " detokenize --tokenizer " + tok);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, plain);
 
   // A model vocabulary smaller than the tokenizer's is refused at start-up.
-  r = Run(Bin("latam-train") + " --config configs/quickstart.textproto" + DataOverrides("s.bin", "s.bin") +
+  r = Run(BinPath("latam-train") + " --config configs/quickstart.textproto" + DataOverrides("s.bin", "s.bin") +
           " --set data.tokenizer=" + tok +
           " --set model.vocab_size=256 --set train.run_dir=" + (dir_ / "run").string());
   EXPECT_EQ(r.exit_code, 2) << r.err;
@@ -255,14 +273,14 @@ TEST_F(CliTest, DataPipelineFromCorpusToShards) {
       {" tokenize --tokenizer " + (dir_ / "plain.txt").string() + " < /dev/null", "plain.txt: not valid JSON"},
   };
   for (const auto& [args, expected] : bad) {
-    r = Run(Bin("latam-data") + args);
+    r = Run(BinPath("latam-data") + args);
     EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.err;
     EXPECT_NE(r.err.find(expected), std::string::npos) << args << "\nstderr: " << r.err;
   }
   EXPECT_FALSE(fs::exists(dir_ / "x.bin")) << "a failed encode must not leave a shard behind";
   EXPECT_FALSE(fs::exists(dir_ / "x.bin.tmp"));
   std::ofstream(dir_ / "ids.txt") << "1 2 99999";
-  r = Run(Bin("latam-data") + " detokenize --tokenizer " + tok + " < " + (dir_ / "ids.txt").string());
+  r = Run(BinPath("latam-data") + " detokenize --tokenizer " + tok + " < " + (dir_ / "ids.txt").string());
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("'99999' is not a token id"), std::string::npos) << r.err;
 }

@@ -8,13 +8,14 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "tests/test_util.h"
 #include "trainer/config.h"
 #include "trainer/plan.h"
 
 namespace latam {
 namespace {
 
-std::string SourcePath(const std::string& rel) { return std::string(LATAM_SOURCE_DIR) + "/" + rel; }
+using testing::SourcePath;
 
 Config QuickstartAsIs() {
   auto c = LoadConfigFile(SourcePath("configs/quickstart.textproto"));
@@ -71,7 +72,7 @@ TEST(ConfigTest, OverridesSetScalarsAndListElements) {
   EXPECT_EQ(c.train().steps(), 7);
   EXPECT_EQ(c.parallel().tensor(), 2);
   EXPECT_DOUBLE_EQ(c.optimizer().lr(), 1e-4);
-  EXPECT_EQ(c.train().device(), "cuda");
+  EXPECT_EQ(c.train().device(), config::TrainConfig::cuda);
   EXPECT_TRUE(c.model().tie_embeddings());
   EXPECT_DOUBLE_EQ(c.data().train(0).weight(), 0.5);
   ASSERT_EQ(c.data().train_size(), 4);
@@ -110,7 +111,6 @@ TEST(ConfigTest, ValidationNamesTheField) {
            {"optimizer.lr=0", "optimizer.lr: must be > 0"},
            {"optimizer.beta2=1", "optimizer.beta2"},
            {"parallel.zero_stage=3", "parallel.zero_stage: must be 0 or 1"},
-           {"train.device=tpu", "train.device: must be cpu or cuda"},
            {"train.precision=bf16", "train.precision: bf16 needs train.device=cuda"}}) {
     Config c = Quickstart();
     ASSERT_TRUE(ApplyOverride(&c, assignment).ok()) << assignment;
@@ -123,6 +123,118 @@ TEST(ConfigTest, ValidationNamesTheField) {
     EXPECT_EQ(s.exit_code(), 2);
     EXPECT_NE(s.message().find(expected), std::string::npos) << assignment << " -> " << s.message();
   }
+}
+
+// train.device, train.precision and train.attention take their value names
+// only; anything else names the field and the values it allows.
+TEST(ConfigTest, EnumOverridesTakeValueNames) {
+  Config c = Quickstart();
+  EXPECT_EQ(c.train().device(), config::TrainConfig::cpu);
+  EXPECT_EQ(c.train().precision(), config::TrainConfig::fp32);
+  EXPECT_EQ(c.train().attention(), config::TrainConfig::auto_);
+  ASSERT_TRUE(ApplyOverride(&c, "train.device=cuda").ok());
+  ASSERT_TRUE(ApplyOverride(&c, "train.precision=bf16").ok());
+  ASSERT_TRUE(ApplyOverride(&c, "train.attention=wgmma_tma").ok());
+  EXPECT_EQ(c.train().device(), config::TrainConfig::cuda);
+  EXPECT_EQ(c.train().precision(), config::TrainConfig::bf16);
+  EXPECT_EQ(c.train().attention(), config::TrainConfig::wgmma_tma);
+  EXPECT_TRUE(ValidateConfig(c, NoFiles(1)).ok()) << ValidateConfig(c, NoFiles(1)).message();
+  for (const auto& [assignment, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"train.device=tpu", "train.device: 'tpu' is not one of cpu, cuda"},
+           {"train.device=CUDA", "train.device: 'CUDA' is not one of cpu, cuda"},
+           {"train.device=1", "train.device: '1' is not one of cpu, cuda"},
+           {"train.device=", "train.device: '' is not one of cpu, cuda"},
+           {"train.precision=fp16", "train.precision: 'fp16' is not one of fp32, bf16"},
+           {"train.attention=flash2", "train.attention: 'flash2' is not one of auto, simple, wgmma, wgmma_tma"},
+           {"train.attention=wgmma-tma",
+            "train.attention: 'wgmma-tma' is not one of auto, simple, wgmma, wgmma_tma"}}) {
+    const Status s = ApplyOverride(&c, assignment);
+    ASSERT_FALSE(s.ok()) << assignment;
+    EXPECT_EQ(s.exit_code(), 2);
+    EXPECT_EQ(s.message(), expected) << assignment;
+  }
+  // A rejected value leaves the field as it was.
+  EXPECT_EQ(c.train().device(), config::TrainConfig::cuda);
+  EXPECT_EQ(c.train().attention(), config::TrainConfig::wgmma_tma);
+}
+
+// Each config value maps to one C++ enum value.
+TEST(ConfigTest, ComputeSettingsFollowTheConfig) {
+  Config c = Quickstart();
+  ComputeSettings s = ComputeSettingsOf(c);
+  EXPECT_EQ(s.device, Device::kCPU);
+  EXPECT_EQ(s.dtype, DType::kF32);
+  EXPECT_EQ(s.attention, AttentionChoice::kAuto);
+  ASSERT_TRUE(ApplyOverride(&c, "train.device=cuda").ok());
+  ASSERT_TRUE(ApplyOverride(&c, "train.precision=bf16").ok());
+  s = ComputeSettingsOf(c);
+  EXPECT_EQ(s.device, Device::kCUDA);
+  EXPECT_EQ(s.dtype, DType::kBF16);
+  for (const auto& [value, choice] :
+       std::vector<std::pair<std::string, AttentionChoice>>{{"auto", AttentionChoice::kAuto},
+                                                            {"simple", AttentionChoice::kSimple},
+                                                            {"wgmma", AttentionChoice::kWgmma},
+                                                            {"wgmma_tma", AttentionChoice::kWgmmaTma}}) {
+    ASSERT_TRUE(ApplyOverride(&c, "train.attention=" + value).ok()) << value;
+    EXPECT_EQ(ComputeSettingsOf(c).attention, choice) << value;
+    EXPECT_EQ(AttentionChoiceName(choice), value);
+  }
+}
+
+// In a file, enum values are bare words; an unknown one, or one in quotes,
+// names the file, the line, the field and the values it allows.
+TEST(ConfigTest, EnumValuesInFiles) {
+  const std::string path = std::filesystem::temp_directory_path() / ("enum_" + std::to_string(getpid()) + ".textproto");
+  auto load = [&](const std::string& text) {
+    std::ofstream(path) << text;
+    auto c = LoadConfigFile(path);
+    std::filesystem::remove(path);
+    return c;
+  };
+  auto good = load("train {\n  device: cuda\n  precision: bf16\n  attention: simple\n}\n");
+  ASSERT_TRUE(good.ok()) << good.status().message();
+  EXPECT_EQ(good->train().device(), config::TrainConfig::cuda);
+  EXPECT_EQ(good->train().precision(), config::TrainConfig::bf16);
+  EXPECT_EQ(good->train().attention(), config::TrainConfig::simple);
+
+  auto unknown = load("train {\n  steps: 3\n  device: tpu\n}\n");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.status().exit_code(), 2);
+  EXPECT_EQ(unknown.status().message(), path + ": line 3, column 11: train.device: 'tpu' is not one of cpu, cuda");
+
+  auto quoted = load("train {\n  precision: \"bf16\"\n}\n");
+  ASSERT_FALSE(quoted.ok());
+  EXPECT_EQ(quoted.status().exit_code(), 2);
+  EXPECT_NE(quoted.status().message().find(path + ": line 2"), std::string::npos) << quoted.status().message();
+  EXPECT_NE(quoted.status().message().find("train.precision: enum values are written without quotes: precision: bf16"),
+            std::string::npos)
+      << quoted.status().message();
+  auto quoted_unknown = load("train {\n  attention: \"fastest\"\n}\n");
+  ASSERT_FALSE(quoted_unknown.ok());
+  EXPECT_NE(quoted_unknown.status().message().find(
+                "train.attention: 'fastest' is not one of auto, simple, wgmma, wgmma_tma (written without quotes)"),
+            std::string::npos)
+      << quoted_unknown.status().message();
+}
+
+// The resolved config (the run directory's config.textproto) writes the
+// value names, and reads back as the same config.
+TEST(ConfigTest, EnumValuesRoundTripThroughText) {
+  Config c = Quickstart();
+  ASSERT_TRUE(ApplyOverride(&c, "train.device=cuda").ok());
+  ASSERT_TRUE(ApplyOverride(&c, "train.precision=bf16").ok());
+  ASSERT_TRUE(ApplyOverride(&c, "train.attention=wgmma").ok());
+  const std::string text = ConfigToText(c);
+  EXPECT_NE(text.find("device: cuda"), std::string::npos) << text;
+  EXPECT_NE(text.find("precision: bf16"), std::string::npos) << text;
+  EXPECT_NE(text.find("attention: wgmma"), std::string::npos) << text;
+  const std::string path =
+      std::filesystem::temp_directory_path() / ("resolved_" + std::to_string(getpid()) + ".textproto");
+  std::ofstream(path) << text;
+  auto back = LoadConfigFile(path);
+  std::filesystem::remove(path);
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(back->SerializeAsString(), c.SerializeAsString());
 }
 
 TEST(ConfigTest, WorldSizeMustBeTensorTimesPipelineTimesData) {

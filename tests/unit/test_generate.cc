@@ -28,16 +28,15 @@ namespace latam {
 namespace {
 
 ModelShape TinyShape(bool tied, bool scaled) {
-  ModelShape s;
-  s.vocab = 64;
-  s.dim = 32;
-  s.n_layers = 3;
-  s.n_heads = 4;
-  s.n_kv_heads = 2;
-  s.head_dim = 8;
-  s.ffn_dim = 48;
-  s.tie_embeddings = tied;
-  s.rope_theta = 10000.0;
+  ModelShape s = testing::SmallShape({.vocab = 64,
+                                      .n_layers = 3,
+                                      .n_heads = 4,
+                                      .n_kv_heads = 2,
+                                      .head_dim = 8,
+                                      .ffn_dim = 48,
+                                      .max_seq_len = 16,
+                                      .init_std = 0.1,
+                                      .tied = tied});
   if (scaled) {
     // A short original context so that the Llama 3.1 rule rescales every
     // frequency of head_dim 8: wavelengths 6.3 (interpolated band), 63, 628
@@ -47,9 +46,6 @@ ModelShape TinyShape(bool tied, bool scaled) {
     s.rope_scaling.high_freq_factor = 4.0;
     s.rope_scaling.original_max_position = 16.0;
   }
-  s.norm_eps = 1e-5;
-  s.max_seq_len = 16;
-  s.init_std = 0.1;
   return s;
 }
 
@@ -98,11 +94,6 @@ std::vector<double> NucleusDistribution(const std::vector<float>& logits, double
 
 class Generate : public testing::RandomTest {
  protected:
-  std::vector<int32_t> RandomIds(size_t n, int64_t vocab) {
-    std::vector<int32_t> ids(n);
-    for (auto& id : ids) id = UniformInt(0, static_cast<int>(vocab) - 1);
-    return ids;
-  }
   // Random weights, and norm gains 1 + N(0, 0.2) so that they matter too.
   void Randomize(ParameterSet& p) {
     p.InitWeights(seed_);

@@ -9,25 +9,21 @@
 #include "model/layout.h"
 #include "model/model.h"
 #include "model/optimizer.h"
+#include "tests/test_util.h"
 
 namespace latam {
 namespace {
 
 ModelShape Shape4Layers() {
-  ModelShape s;
-  s.vocab = 32;
-  s.dim = 16;
-  s.n_layers = 4;
-  s.n_heads = 4;
-  s.n_kv_heads = 2;
-  s.head_dim = 4;
-  s.ffn_dim = 24;
-  s.tie_embeddings = false;
-  s.rope_theta = 10000.0;
-  s.norm_eps = 1e-5;
-  s.max_seq_len = 8;
-  s.init_std = 0.1;
-  return s;
+  return testing::SmallShape({.vocab = 32,
+                              .n_layers = 4,
+                              .n_heads = 4,
+                              .n_kv_heads = 2,
+                              .head_dim = 4,
+                              .ffn_dim = 24,
+                              .max_seq_len = 8,
+                              .init_std = 0.1,
+                              .tied = false});
 }
 
 // Which bucket each tensor of the bucket is in, by name.

@@ -17,30 +17,20 @@ namespace latam {
 namespace {
 
 ModelShape TinyShape(bool tied) {
-  ModelShape s;
-  s.vocab = 13;
-  s.dim = 16;
-  s.n_layers = 2;
-  s.n_heads = 4;
-  s.n_kv_heads = 2;
-  s.head_dim = 4;
-  s.ffn_dim = 24;
-  s.tie_embeddings = tied;
-  s.rope_theta = 10000.0;
-  s.norm_eps = 1e-5;
-  s.max_seq_len = 16;
   // A large init makes every path of the network matter to the loss.
-  s.init_std = 0.3;
-  return s;
+  return testing::SmallShape({.vocab = 13,
+                              .n_layers = 2,
+                              .n_heads = 4,
+                              .n_kv_heads = 2,
+                              .head_dim = 4,
+                              .ffn_dim = 24,
+                              .max_seq_len = 16,
+                              .init_std = 0.3,
+                              .tied = tied});
 }
 
 class ModelTest : public testing::RandomTest {
  protected:
-  std::vector<int32_t> RandomIds(size_t n, int64_t vocab) {
-    std::vector<int32_t> ids(n);
-    for (auto& id : ids) id = UniformInt(0, static_cast<int>(vocab) - 1);
-    return ids;
-  }
   // Randomises the norm gains too (they start at 1).
   void Perturb(ParameterSet& p) {
     for (size_t i = 0; i < p.size(); ++i) {
@@ -98,13 +88,10 @@ TEST_F(ModelTest, GradientsMatchFiniteDifferences) {
   }
 }
 
-// Max |g| over a flat gradient, the scale for comparing two of them: fp32
-// sums in another order differ by about 1e-6 of the largest term.
-double MaxAbs(const Tensor& t) {
-  double m = 0.0;
-  for (int64_t j = 0; j < t.numel(); ++j) m = std::max(m, static_cast<double>(std::abs(t.as<float>()[j])));
-  return m;
-}
+// Max |g| over a flat gradient (testing::MaxAbs) is the scale for comparing
+// two of them: fp32 sums in another order differ by about 1e-6 of the
+// largest term.
+using testing::MaxAbs;
 
 // Recomputing activations in the backward changes memory, not results: the
 // same kernels run on the same inputs, so gradients are bitwise identical.
@@ -218,26 +205,12 @@ TEST(ModelInitTest, InitIsAFunctionOfSeedAndNameOnly) {
   EXPECT_EQ(a.param("model.norm.weight").as<float>()[3], 1.0f);
 }
 
-// LATAM_ATTENTION picks the CUDA attention kernels; anything else is bad
-// input naming the variable.
-TEST(AttentionChoiceTest, ReadsLatamAttention) {
-  const std::pair<const char*, AttentionChoice> known[] = {{nullptr, AttentionChoice::kAuto},
-                                                           {"", AttentionChoice::kAuto},
-                                                           {"auto", AttentionChoice::kAuto},
-                                                           {"simple", AttentionChoice::kSimple},
-                                                           {"wgmma", AttentionChoice::kWgmma},
-                                                           {"wgmma-tma", AttentionChoice::kWgmmaTma}};
-  for (const auto& [value, choice] : known) {
-    testing::ScopedEnv env("LATAM_ATTENTION", value);
-    const Result<AttentionChoice> got = AttentionChoiceFromEnvironment();
-    ASSERT_TRUE(got.ok()) << got.status().message();
-    EXPECT_EQ(got.value(), choice) << (value ? value : "(unset)");
-  }
-  testing::ScopedEnv env("LATAM_ATTENTION", "flash2");
-  const Result<AttentionChoice> bad = AttentionChoiceFromEnvironment();
-  ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidInput);
-  EXPECT_NE(bad.status().message().find("LATAM_ATTENTION=flash2"), std::string::npos) << bad.status().message();
+// Each attention choice has the name train.attention spells it with.
+TEST(AttentionChoiceTest, NamesAndKernels) {
+  EXPECT_STREQ(AttentionChoiceName(AttentionChoice::kAuto), "auto");
+  EXPECT_STREQ(AttentionChoiceName(AttentionChoice::kSimple), "simple");
+  EXPECT_STREQ(AttentionChoiceName(AttentionChoice::kWgmma), "wgmma");
+  EXPECT_STREQ(AttentionChoiceName(AttentionChoice::kWgmmaTma), "wgmma_tma");
   // What the trainer logs: the simple kernel wherever the tensor-core ones do not apply.
   EXPECT_EQ(AttentionKernelsName(AttentionChoice::kAuto, true), "tensor-core, mma.sync forward and backward");
   EXPECT_EQ(AttentionKernelsName(AttentionChoice::kWgmmaTma, true), "tensor-core, wgmma+TMA forward, wgmma backward");

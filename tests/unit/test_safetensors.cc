@@ -4,7 +4,6 @@
 
 #include <stdlib.h>
 
-#include <bit>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -39,16 +38,9 @@ class TempDirTest : public latam::testing::RandomTest {
   std::string Path(const std::string& name) const { return (dir_ / name).string(); }
 
   static void WriteBytes(const std::string& path, const std::string& bytes) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    ASSERT_TRUE(out.good());
+    ASSERT_TRUE(testing::WriteFileBytes(path, bytes));
   }
-  static std::string ReadBytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
+  static std::string ReadBytes(const std::string& path) { return testing::ReadFileBytes(path); }
   // A safetensors file assembled by hand: length, header padded to 8, data.
   static std::string Assemble(std::string header, const std::string& data) {
     header.append((8 - header.size() % 8) % 8, ' ');
@@ -83,8 +75,8 @@ class TempDirTest : public latam::testing::RandomTest {
   fs::path dir_;
 };
 
-uint32_t Bits(float f) { return std::bit_cast<uint32_t>(f); }
-float FromBits(uint32_t u) { return std::bit_cast<float>(u); }
+using testing::BitsOf;
+using testing::FloatFromBits;
 
 // Expects a bad-input status whose message mentions every one of `needles`.
 ::testing::AssertionResult BadInput(const Status& s, std::initializer_list<std::string> needles) {
@@ -137,8 +129,8 @@ class Safetensors : public TempDirTest {
       ASSERT_TRUE(w.ReadF32(s.name, got.data()).ok());
       for (size_t k = 0; k < want.size(); ++k) {
         const uint32_t expect =
-            dtype == StDType::kF32 ? Bits(want[k]) : static_cast<uint32_t>(F32ToBF16Bits(want[k])) << 16;
-        ASSERT_EQ(Bits(got[k]), expect) << s.name << "[" << k << "]";
+            dtype == StDType::kF32 ? BitsOf(want[k]) : static_cast<uint32_t>(F32ToBF16Bits(want[k])) << 16;
+        ASSERT_EQ(BitsOf(got[k]), expect) << s.name << "[" << k << "]";
       }
     }
   }
@@ -186,13 +178,13 @@ TEST_F(Safetensors, Bf16RoundsToNearestEven) {
       {0xff800000u, 0xff80},  // -inf
   };
   for (const Case& c : cases) {
-    EXPECT_EQ(F32ToBF16Bits(FromBits(c.f32)), c.bf16) << std::hex << c.f32;
-    EXPECT_EQ(Bits(BF16BitsToF32(c.bf16)), static_cast<uint32_t>(c.bf16) << 16);
+    EXPECT_EQ(F32ToBF16Bits(FloatFromBits(c.f32)), c.bf16) << std::hex << c.f32;
+    EXPECT_EQ(BitsOf(BF16BitsToF32(c.bf16)), static_cast<uint32_t>(c.bf16) << 16);
   }
   // NaNs (quiet, signalling with a low payload that truncation would turn
   // into inf, negative) stay NaN.
   for (uint32_t nan : {0x7fc00000u, 0x7f800001u, 0xff800001u, 0x7fffffffu}) {
-    EXPECT_TRUE(std::isnan(BF16BitsToF32(F32ToBF16Bits(FromBits(nan))))) << std::hex << nan;
+    EXPECT_TRUE(std::isnan(BF16BitsToF32(F32ToBF16Bits(FloatFromBits(nan))))) << std::hex << nan;
   }
 }
 
@@ -204,7 +196,7 @@ TEST_F(Safetensors, F16DecodesExactly) {
   EXPECT_EQ(F16BitsToF32(0x0001), std::ldexp(1.0f, -24));
   EXPECT_EQ(F16BitsToF32(0x03ff), std::ldexp(1023.0f, -24));
   EXPECT_EQ(F16BitsToF32(0x0400), std::ldexp(1.0f, -14));
-  EXPECT_EQ(Bits(F16BitsToF32(0x8000)), 0x80000000u);
+  EXPECT_EQ(BitsOf(F16BitsToF32(0x8000)), 0x80000000u);
   EXPECT_EQ(F16BitsToF32(0x7c00), std::numeric_limits<float>::infinity());
   EXPECT_EQ(F16BitsToF32(0xfc00), -std::numeric_limits<float>::infinity());
   EXPECT_TRUE(std::isnan(F16BitsToF32(0x7e00)));
@@ -256,11 +248,11 @@ TEST_F(Safetensors, RoundTripF32AndBf16) {
     ASSERT_TRUE((*f)->ReadRaw(got.name, raw).ok());
     for (size_t k = 0; k < data[i].size(); ++k) {
       if (got.dtype == StDType::kF32) {
-        ASSERT_EQ(Bits(out[k]), Bits(data[i][k]));
-        ASSERT_EQ(Bits(raw32[k]), Bits(data[i][k]));
+        ASSERT_EQ(BitsOf(out[k]), BitsOf(data[i][k]));
+        ASSERT_EQ(BitsOf(raw32[k]), BitsOf(data[i][k]));
       } else {
         ASSERT_EQ(raw16[k], F32ToBF16Bits(data[i][k]));
-        ASSERT_EQ(Bits(out[k]), static_cast<uint32_t>(raw16[k]) << 16);
+        ASSERT_EQ(BitsOf(out[k]), static_cast<uint32_t>(raw16[k]) << 16);
       }
     }
   }
@@ -272,13 +264,13 @@ TEST_F(Safetensors, RoundTripF32AndBf16) {
 
 TEST_F(Safetensors, Bf16EdgeValuesThroughFile) {
   const std::vector<float> values = {1.0f,
-                                     FromBits(0x3f808000u),
-                                     FromBits(0x3f818000u),
-                                     FromBits(0x7f7fffffu),
+                                     FloatFromBits(0x3f808000u),
+                                     FloatFromBits(0x3f818000u),
+                                     FloatFromBits(0x7f7fffffu),
                                      std::numeric_limits<float>::infinity(),
                                      -std::numeric_limits<float>::infinity(),
                                      std::numeric_limits<float>::quiet_NaN(),
-                                     FromBits(0x7f800001u),
+                                     FloatFromBits(0x7f800001u),
                                      -0.0f};
   const std::string path = Path("edge.safetensors");
   ASSERT_TRUE(WriteFile(path, {Entry("x", StDType::kBF16, {static_cast<int64_t>(values.size())})}, {values}).ok());
@@ -288,13 +280,13 @@ TEST_F(Safetensors, Bf16EdgeValuesThroughFile) {
   ASSERT_TRUE((*f)->ReadF32("x", out.data()).ok());
   EXPECT_EQ(out[0], 1.0f);
   EXPECT_EQ(out[1], 1.0f);
-  EXPECT_EQ(Bits(out[2]), 0x3f820000u);
+  EXPECT_EQ(BitsOf(out[2]), 0x3f820000u);
   EXPECT_EQ(out[3], std::numeric_limits<float>::infinity());
   EXPECT_EQ(out[4], std::numeric_limits<float>::infinity());
   EXPECT_EQ(out[5], -std::numeric_limits<float>::infinity());
   EXPECT_TRUE(std::isnan(out[6]));
   EXPECT_TRUE(std::isnan(out[7]));
-  EXPECT_EQ(Bits(out[8]), 0x80000000u);
+  EXPECT_EQ(BitsOf(out[8]), 0x80000000u);
 }
 
 TEST_F(Safetensors, HeaderIsPaddedTo8Bytes) {

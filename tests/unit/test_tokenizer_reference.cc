@@ -18,7 +18,7 @@
 #include "data/bpe_trainer.h"
 #include "data/tokenizer.h"
 #include "data/utf8.h"
-#include "tests/subprocess.h"
+#include "tests/test_util.h"
 
 namespace latam::data {
 namespace {
