@@ -28,7 +28,8 @@ int32_t Argmax(const std::vector<float>& logits) {
 
 }  // namespace
 
-Generator::Generator(const ModelShape& shape, const ParameterSet& params, int64_t max_context)
+Generator::Generator(const ModelShape& shape, const ParameterSet& params, int64_t max_context,
+                     AttentionChoice attention)
     : shape_(shape), max_context_(max_context), chunk_rows_(std::min(max_context, kMaxChunkRows)) {
   LATAM_CHECK(max_context > 0, "generator max_context must be positive, got " << max_context);
   LATAM_CHECK(shape.n_heads > 0 && shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0,
@@ -56,7 +57,7 @@ Generator::Generator(const ModelShape& shape, const ParameterSet& params, int64_
     LATAM_CHECK(dtype == DType::kF32, "generator: CPU parameters compute in f32, not " << DTypeName(dtype));
     ops_ = MakeCpuOps(ops_shape, rope);
   } else {
-    ops_ = MakeCudaOps(ops_shape, rope, dtype, placement.stream);
+    ops_ = MakeCudaOps(ops_shape, rope, dtype, placement.stream, attention);
   }
 
   // Weights: the operands the training model reads (model/model.cc), checked

@@ -77,8 +77,10 @@ class Generator {
   // must outlive the generator. The cache holds max_context positions (which
   // may exceed shape.max_seq_len: the RoPE table covers every cached
   // position). Aborts if a tensor is missing or has the wrong shape (a
-  // programmer error: load and check the checkpoint first).
-  Generator(const ModelShape& shape, const ParameterSet& params, int64_t max_context);
+  // programmer error: load and check the checkpoint first). On CUDA,
+  // `attention` picks the prompt's attention kernel (train.attention).
+  Generator(const ModelShape& shape, const ParameterSet& params, int64_t max_context,
+            AttentionChoice attention = AttentionChoice::kAuto);
 
   Generator(const Generator&) = delete;
   Generator& operator=(const Generator&) = delete;

@@ -112,7 +112,7 @@ Status Main(int argc, char** argv) {
     return Status::InvalidInput("--device cuda: this build has no CUDA (configure with LATAM_CUDA=ON where nvcc "
                                 "exists)");
 #endif
-    auto opened = latam::ComputeDevice::Open(0, 1, 0);
+    auto opened = latam::ComputeDevice::Open(0, 1, 0, latam::AttentionChoice::kAuto);
     if (!opened.ok()) return Status::InvalidInput("--device cuda: " + opened.status().message());
     gpu = std::move(opened).value();
   }

@@ -165,10 +165,10 @@ TEST_F(CheckpointToolsTest, InfoVerifyExportImportGenerate) {
   EXPECT_EQ(s1.out, s2.out);
   // --device cpu is the default; --device cuda runs on a GPU, or is bad input
   // (exit 2, naming the flag) where there is none; other devices are bad input.
-  auto cpu = Run(Bin("latam-generate") + " --checkpoint " + Path("run") + gen_args + " --device cpu");
+  auto cpu = Run(BinPath("latam-generate") + " --checkpoint " + Path("run") + gen_args + " --device cpu");
   ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
   EXPECT_EQ(cpu.out, g1.out);
-  auto gpu = Run(Bin("latam-generate") + " --checkpoint " + Path("run") + gen_args + " --device cuda");
+  auto gpu = Run(BinPath("latam-generate") + " --checkpoint " + Path("run") + gen_args + " --device cuda");
   if (gpu.exit_code == 0) {
     EXPECT_FALSE(gpu.out.empty());
   } else {
@@ -176,7 +176,7 @@ TEST_F(CheckpointToolsTest, InfoVerifyExportImportGenerate) {
     EXPECT_NE(gpu.err.find("--device cuda: "), std::string::npos) << gpu.err;
     EXPECT_TRUE(gpu.out.empty()) << gpu.out;
   }
-  auto other = Run(Bin("latam-generate") + " --checkpoint " + Path("run") + gen_args + " --device tpu");
+  auto other = Run(BinPath("latam-generate") + " --checkpoint " + Path("run") + gen_args + " --device tpu");
   EXPECT_EQ(other.exit_code, 2);
   EXPECT_NE(other.err.find("--device tpu: expected cpu or cuda"), std::string::npos) << other.err;
 }
