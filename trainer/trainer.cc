@@ -299,12 +299,22 @@ Status Trainer::Run() {
     }
     LATAM_RETURN_IF_ERROR(PollSave(false));
     // Every rank stops after the same step, however the signal reached them.
-    const bool stop = grid_->world().AllReduceScalar(PreemptionRequested() ? 1.0 : 0.0, ReduceOp::kMax) > 0;
+    // The signal number travels with the decision, so every rank names the
+    // signal even when it reached only one of them.
+    const int stop_signal =
+        static_cast<int>(grid_->world().AllReduceScalar(static_cast<double>(PreemptionSignal()), ReduceOp::kMax));
+    const bool stop = stop_signal != 0;
     const bool scheduled = t.save_every() > 0 && (r.step % t.save_every() == 0 || r.step == t.steps());
     if (stop || scheduled) LATAM_RETURN_IF_ERROR(StartSave(r.step));
     if (stop) {
       LATAM_RETURN_IF_ERROR(PollSave(true));
-      return Status::Preempted("stopped by signal " + std::to_string(PreemptionSignal()) + " after step " +
+      // The record of the pre-emption goes to metrics.jsonl (flushed) as well
+      // as to stdout: a scheduler that cancels a job (Slurm's requeue, for
+      // one) may stop forwarding the job's output before the ranks finish.
+      if (metrics_ != nullptr) {
+        metrics_->Write(r.step, {{"preempted_by_signal", static_cast<double>(stop_signal)}});
+      }
+      return Status::Preempted("stopped by signal " + std::to_string(stop_signal) + " after step " +
                                std::to_string(r.step) + " and saved a checkpoint; resume with --resume auto");
     }
   }

@@ -260,11 +260,16 @@ TEST_F(ResumeTest, SignalSavesAndExitsThree) {
                              "kill -USR1 $job; wait $job; echo exit=$?";
   auto sig = Run("(" + script + ")");
   ASSERT_NE(sig.out.find("exit=3"), std::string::npos) << sig.out << sig.err;
-  EXPECT_NE((sig.out + sig.err).find("latam-train: preempted"), std::string::npos) << sig.err;
+  EXPECT_NE((sig.out + sig.err).find("latam-train: preempted: stopped by signal 10 after step"), std::string::npos)
+      << sig.err;
   auto reader = ckpt::CheckpointReader::Open(run + "/checkpoints");
   ASSERT_TRUE(reader.ok()) << reader.status().message();
   const int64_t saved = (*reader)->manifest().step();
   EXPECT_GE(saved, 3);
+  // The pre-emption is on record in metrics.jsonl too, at the step saved.
+  EXPECT_NE(testing::ReadFileBytes(run + "/metrics.jsonl")
+                .find("{\"step\":" + std::to_string(saved) + ",\"preempted_by_signal\":10"),
+            std::string::npos);
   EXPECT_EQ((*reader)->manifest().consumed_samples(), static_cast<uint64_t>(saved) * 16);
 
   auto resumed = Run(TrainCommand(2, "sig", 1, 2, 1, 0, static_cast<int>(saved) + 2));
@@ -272,6 +277,29 @@ TEST_F(ResumeTest, SignalSavesAndExitsThree) {
   const auto losses = Losses("sig");
   EXPECT_TRUE(losses.count(saved + 2));
   EXPECT_NE(resumed.out.find("step " + std::to_string(saved) + ","), std::string::npos) << resumed.out;
+}
+
+// A signal that reaches one rank only (here rank 1, not rank 0, which
+// prints) stops every rank after the same step, and the message names it.
+TEST_F(ResumeTest, SignalToOneRankStopsEveryRankAndIsNamed) {
+  const std::string run = (dir_ / "sig1").string();
+  const std::string script =
+      TrainCommand(2, "sig1", 1, 2, 1, 0, 100000) + " & job=$!; for i in $(seq 1200); do grep -q '\"step\":3[,}]' " +
+      run +
+      "/metrics.jsonl 2>/dev/null && break; sleep 0.05; done; "
+      "for p in $(pgrep -P $job); do tr '\\0' '\\n' < /proc/$p/environ | grep -qx OMPI_COMM_WORLD_RANK=1 && "
+      "kill -TERM $p && echo signalled=$p; done; wait $job; echo exit=$?";
+  auto sig = Run("(" + script + ")");
+  ASSERT_NE(sig.out.find("signalled="), std::string::npos) << "found no rank 1 to signal\n" << sig.out << sig.err;
+  ASSERT_NE(sig.out.find("exit=3"), std::string::npos) << sig.out << sig.err;
+  EXPECT_NE(sig.err.find("latam-train: preempted: stopped by signal 15 after step"), std::string::npos) << sig.err;
+  auto reader = ckpt::CheckpointReader::Open(run + "/checkpoints");
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  const int64_t saved = (*reader)->manifest().step();
+  EXPECT_GE(saved, 3);
+  EXPECT_NE(testing::ReadFileBytes(run + "/metrics.jsonl")
+                .find("{\"step\":" + std::to_string(saved) + ",\"preempted_by_signal\":15"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -268,8 +268,13 @@ wait_steps() {  # n timeout_s: until metrics.jsonl has a training line for step 
     sleep 0.2
   done
 }
-# Steps of the checkpoints the trainer said it saved when preempted, in order.
-saved_steps() { sed -n 's/.*latam-train: preempted: stopped by signal [0-9]* after step \([0-9]*\) .*/\1/p' "$log"; }
+# Steps of the checkpoints the trainer saved when preempted, in order, from
+# the pre-emption lines of metrics.jsonl: the job's output is not evidence,
+# since Slurm may stop forwarding it once it cancels a job step (on
+# `scontrol requeue` srun "forces job termination" while the ranks still
+# write their last lines).
+preemptions() { sed -n 's/^{"step":\([0-9]*\),"preempted_by_signal":\([0-9]*\).*/\1 \2/p' "$run_dir/metrics.jsonl" 2>/dev/null; }
+saved_steps() { preemptions | cut -d' ' -f1; }
 
 wait_steps 3 120
 scancel --signal=USR1 --batch "$job" || fail "scancel --signal=USR1 --batch $job failed"
@@ -289,9 +294,10 @@ grep -q 'Restarts=2' <<<"$info" || { grep Restarts <<<"$info"; show_job; fail "j
 [ "$(saved_steps | wc -l)" -eq 2 ] || { show_job; fail "expected two preemptions of job $job"; }
 second=$(saved_steps | tail -n 1)
 ckpt() { printf '%s/checkpoints/step_%08d' "$run_dir" "$1"; }
-grep -q "stopped by signal 10 after step $first " "$log" || { show_job; fail "the first preemption was not by SIGUSR1"; }
+[ "$(preemptions | head -n 1)" = "$first 10" ] || { show_job; fail "the first preemption was not by SIGUSR1"; }
+grep -q "stopped by signal 10 after step $first " "$log" || { show_job; fail "the first preemption's message is missing"; }
 # The ranks get SIGTERM from Slurm and SIGUSR1 from latam-run; either may be the one they name.
-grep -qE "stopped by signal (10|15) after step $second " "$log" || { show_job; fail "no second preemption"; }
+[[ "$(preemptions | tail -n 1)" =~ ^$second\ (10|15)$ ]] || { show_job; fail "no second preemption"; }
 grep -q "SIGUSR1 (time limit near or preemption)" "$log" || { show_job; fail "the batch script did not catch SIGUSR1"; }
 grep -q "SIGTERM (job cancelled, requeued or preempted by Slurm)" "$log" ||
   { show_job; fail "the batch script did not catch the SIGTERM of scontrol requeue"; }
