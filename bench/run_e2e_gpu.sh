@@ -21,7 +21,7 @@
 #   PEER_ARGS    extra arguments for the peer, e.g. "--gqa native" or
 #                "--activation-checkpointing" (none)
 #   LATAM_SET    extra latam-train overrides, space-separated key=value
-#                (e.g. "train.recompute=true") (none)
+#                (e.g. "train.recompute=FULL") (none)
 #   PYTHON       interpreter with PyTorch (python3)
 #   DATA         synthetic token shard; made with `latam-data synthesize` when
 #                missing (bench/data/synthetic-<vocab>.bin, 8M tokens)

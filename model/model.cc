@@ -75,7 +75,7 @@ TensorTable BuildActivationTable(const ModelShape& s, const ModelLayout& l, cons
     const int64_t n = info.layer_end - info.layer_begin;
     for (int slot = 0; slot < SlotsOf(o, c); ++slot) {
       for (int64_t k = 0; k <= n; ++k) add(SlotName(c, slot, "x." + std::to_string(k)), o.dtype, Shape{m, s.dim});
-      if (!o.recompute) {
+      if (o.recompute != Recompute::kFull) {
         for (int64_t k = 0; k < n; ++k) {
           AddLayerActivations(&t, SlotName(c, slot, "layer." + std::to_string(k) + "."), s, l, o);
         }
@@ -83,7 +83,7 @@ TensorTable BuildActivationTable(const ModelShape& s, const ModelLayout& l, cons
       if (info.first) add(SlotName(c, slot, "ids"), DType::kI32, Shape{m});
       add(SlotName(c, slot, "grad"), o.dtype, Shape{m, s.dim});
     }
-    if (o.recompute) AddLayerActivations(&t, Name(c, "scratch."), s, l, o);
+    if (o.recompute == Recompute::kFull) AddLayerActivations(&t, Name(c, "scratch."), s, l, o);
   }
   if (l.holds_head()) {
     const int64_t rows = LogitsRows(l, o);
@@ -131,6 +131,7 @@ LlamaModel::LlamaModel(const ModelShape& shape, const ModelLayout& layout, const
 
 void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, int64_t grad_bucket_elems) {
   tp_ = TensorParallel(comms_.tp);
+  LATAM_CHECK(options.recompute != Recompute::kSelective, "selective recompute is not implemented yet");
   options_ = options;
   rows_ = options.micro_batch * options.seq_len;
   logits_rows_ = LogitsRows(layout_, options);
@@ -225,7 +226,7 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
     for (int s = 0; s < SlotsOf(options, c); ++s) {
       Slot slot;
       for (int64_t k = 0; k <= chunk.n_layers; ++k) slot.x.push_back(act(SlotName(c, s, "x." + std::to_string(k))));
-      if (!options.recompute) {
+      if (options.recompute != Recompute::kFull) {
         for (int64_t k = 0; k < chunk.n_layers; ++k) {
           slot.saved.push_back(layer_acts(SlotName(c, s, "layer." + std::to_string(k) + ".")));
         }
@@ -234,7 +235,7 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
       slot.grad = act(SlotName(c, s, "grad"));
       chunk.slots.push_back(std::move(slot));
     }
-    if (options.recompute) chunk.scratch = layer_acts(Name(c, "scratch."));
+    if (options.recompute == Recompute::kFull) chunk.scratch = layer_acts(Name(c, "scratch."));
     chunks_.push_back(std::move(chunk));
   }
   if (layout_.holds_head()) {
@@ -269,7 +270,7 @@ Tensor LlamaModel::Grad(int chunk, int slot) const {
 }
 
 const LlamaModel::LayerActivations& LlamaModel::Saved(const Chunk& c, const Slot& s, int64_t k) const {
-  return options_.recompute ? c.scratch : s.saved[static_cast<size_t>(k)];
+  return options_.recompute == Recompute::kFull ? c.scratch : s.saved[static_cast<size_t>(k)];
 }
 
 void LlamaModel::LayerForward(int64_t local_layer, const Tensor& x, const Tensor& x_next, const LayerActivations& a) {
@@ -383,7 +384,7 @@ void LlamaModel::Backward(int chunk, int slot, bool last_micro_batch) {
     const Tensor& x = s.x[static_cast<size_t>(k)];
     // The recompute scratch may hold another layer or micro-batch: re-run
     // this layer's forward from its saved input first.
-    if (options_.recompute) LayerForward(c.first_layer + k, x, s.x[static_cast<size_t>(k + 1)], c.scratch);
+    if (options_.recompute == Recompute::kFull) LayerForward(c.first_layer + k, x, s.x[static_cast<size_t>(k + 1)], c.scratch);
     LayerBackward(c.first_layer + k, x, s.grad, Saved(c, s, k));
     if (last_micro_batch) {
       // The layer's gradients are complete; replicated KV heads first sum

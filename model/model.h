@@ -66,10 +66,17 @@
 
 namespace latam {
 
+// What the backward pass recomputes instead of keeping (train.recompute):
+//   kNone       every layer's activations are kept per micro-batch slot;
+//   kSelective  the GEMM and attention outputs are kept, the element-wise
+//               ops (norms, RoPE, SwiGLU) are recomputed;
+//   kFull       only each layer's input is kept, the layer's forward is re-run.
+enum class Recompute { kNone, kSelective, kFull };
+
 struct ActivationOptions {
   int64_t micro_batch = 1;
   int64_t seq_len = 1;
-  bool recompute = false;
+  Recompute recompute = Recompute::kNone;
   // Rows per LM-head chunk; 0 picks as many rows as fit in 2^24 logits.
   int64_t logits_chunk_rows = 0;
   // OpenMP threads the CPU attention workspace is sized for; 0 means

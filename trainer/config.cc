@@ -324,6 +324,12 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   c.Require(p.grad_bucket_mb() >= 0, "parallel.grad_bucket_mb", "must be >= 0 (0: one bucket)");
   c.Require(p.zero_stage() == 0 || p.zero_stage() == 1, "parallel.zero_stage",
             "must be 0 or 1 (got " + Checker::Str(p.zero_stage()) + ")");
+  // NOT YET IMPLEMENTED (each is removed with its implementation).
+  c.Require(!p.sequence_parallel(), "parallel.sequence_parallel", "is not implemented yet");
+  c.Require(p.first_stage_layers() == 0 && p.last_stage_layers() == 0, "parallel.first_stage_layers",
+            "uneven pipeline stages are not implemented yet");
+  c.Require(config.train().recompute() != config::TrainConfig::SELECTIVE, "train.recompute",
+            "SELECTIVE is not implemented yet");
   if (!c.ok()) return c.status();
   c.Divisible(m.n_heads(), "model.n_heads", p.tensor(), "parallel.tensor");
   c.Require(
@@ -437,6 +443,17 @@ ComputeSettings ComputeSettingsOf(const Config& config) {
       break;
     case Train::bf16:
       s.dtype = DType::kBF16;
+      break;
+  }
+  switch (t.recompute()) {
+    case Train::NONE:
+      s.recompute = Recompute::kNone;
+      break;
+    case Train::SELECTIVE:
+      s.recompute = Recompute::kSelective;
+      break;
+    case Train::FULL:
+      s.recompute = Recompute::kFull;
       break;
   }
   switch (t.attention()) {

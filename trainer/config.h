@@ -11,6 +11,7 @@
 #include "core/dtype.h"
 #include "core/status.h"
 #include "model/config.pb.h"
+#include "model/model.h"
 #include "model/model_ops.h"
 
 namespace latam {
@@ -46,14 +47,16 @@ int DataParallelSize(const Config& config, int world_size);
 // The config in text format (what the run directory's config.textproto holds).
 std::string ConfigToText(const Config& config);
 
-// train.device, train.precision and train.attention as the enums the model
-// and its ops take: the one place these three config values are read.
+// train.device, train.precision, train.attention and train.recompute as the
+// enums the model and its ops take: the one place these values are read.
 struct ComputeSettings {
   Device device = Device::kCPU;
   // Activations and the compute copy of the weights: kBF16 for
   // precision bf16, else kF32.
   DType dtype = DType::kF32;
   AttentionChoice attention = AttentionChoice::kAuto;
+  // train.recompute.
+  Recompute recompute = Recompute::kNone;
 };
 ComputeSettings ComputeSettingsOf(const Config& config);
 

@@ -27,8 +27,8 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_
   ActivationOptions act;
   act.micro_batch = micro;
   act.seq_len = config.data().seq_len();
-  act.recompute = config.train().recompute();
   const ComputeSettings compute = ComputeSettingsOf(config);
+  act.recompute = compute.recompute;
   if (compute.device == Device::kCUDA) {
     act.device = Device::kCUDA;
     act.dtype = compute.dtype;

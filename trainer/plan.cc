@@ -46,7 +46,7 @@ Result<std::string> PlanJson(const Config& config) {
   ActivationOptions act;
   act.micro_batch = micro;
   act.seq_len = config.data().seq_len();
-  act.recompute = config.train().recompute();
+  act.recompute = compute.recompute;
   act.cpu_threads = 1;
   if (compute.device == Device::kCUDA) {
     act.device = Device::kCUDA;

@@ -54,7 +54,7 @@ class CudaModelTest : public testing::RandomTest {
     const ModelShape shape = SmallShape(tied, head_dim);
     ActivationOptions cpu_act = Options(Device::kCPU, DType::kF32, seq_len);
     ActivationOptions gpu_act = Options(Device::kCUDA, dtype, seq_len);
-    gpu_act.recompute = recompute;
+    gpu_act.recompute = recompute ? Recompute::kFull : Recompute::kNone;
     gpu_act.attention = attention;
     LlamaModel cpu(shape, cpu_act);
     LlamaModel gpu(shape, gpu_act);
@@ -121,7 +121,7 @@ TEST_F(CudaModelTest, RecomputeIsBitwiseIdentical) {
   const ModelShape shape = SmallShape(false);
   ActivationOptions keep = Options(Device::kCUDA, DType::kBF16);
   ActivationOptions again = keep;
-  again.recompute = true;
+  again.recompute = Recompute::kFull;
   LlamaModel a(shape, keep), b(shape, again);
   a.parameters().InitWeights(11);
   b.parameters().InitWeights(11);

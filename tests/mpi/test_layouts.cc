@@ -1,8 +1,12 @@
 // Any parallel layout trains exactly like one process.
 //
-//   mpirun -np T*P*D test_layouts TENSOR PIPELINE DATA VIRTUAL_STAGES ZERO_STAGE TIED RECOMPUTE [DEVICE]
+//   mpirun -np T*P*D test_layouts tp=T pp=P dp=D [vs=V] [zero=Z] [tied=0|1]
+//       [recompute=none|selective|full] [sp=0|1] [first=N] [last=N] [device=cpu|cuda]
 //
-// DEVICE is cpu (the default: MPI communicators) or cuda: one GPU per rank,
+// Unnamed options keep their defaults (vs=1 zero=0 tied=0 recompute=none
+// sp=0 first=0 last=0 device=cpu); sp is parallel.sequence_parallel, first
+// and last are parallel.first_stage_layers / last_stage_layers.
+// device is cpu (the default: MPI communicators) or cuda: one GPU per rank,
 // NCCL communicators, fp32 on the GPU, and the single-process reference on
 // the same GPU (the GPU model against the CPU model is
 // tests/cuda/test_cuda_model.cc). Without a GPU for every rank (or without
@@ -18,6 +22,7 @@
 //   - the tensor-, pipeline- and data-parallel groups moved exactly the
 //     bytes the layout implies (formulas below).
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -50,17 +55,82 @@ double BucketMb(int tp, int pp, int dp, int vs) {
   return sizes[(7 * tp + 3 * pp + dp + vs) % 3];
 }
 
-Config TinyConfig(int tp, int pp, int dp, int vs, int zero, bool tied, bool recompute) {
+// One layout under test, from the command line.
+struct LayoutArgs {
+  int tp = 1, pp = 1, dp = 1, vs = 1, zero = 0;
+  bool tied = false;
+  config::TrainConfig::Recompute recompute = config::TrainConfig::NONE;
+  bool sp = false;
+  int first = 0, last = 0;
+  config::TrainConfig::Device device = config::TrainConfig::cpu;
+
+  std::string Name() const {
+    std::string n = "layout tp" + std::to_string(tp) + " pp" + std::to_string(pp) + " dp" + std::to_string(dp) +
+                    " vs" + std::to_string(vs) + " zero" + std::to_string(zero);
+    if (tied) n += " tied";
+    if (recompute != config::TrainConfig::NONE) n += " recompute=" + config::TrainConfig::Recompute_Name(recompute);
+    if (sp) n += " sp";
+    if (first > 0 || last > 0) n += " stages " + std::to_string(first) + "/" + std::to_string(last);
+    n += " buckets " + std::to_string(BucketMb(tp, pp, dp, vs)) + " MB";
+    if (device == config::TrainConfig::cuda) n += " cuda";
+    return n;
+  }
+};
+
+// Parses key=value arguments; false (after a message) on a bad one.
+bool ParseLayoutArgs(int argc, char** argv, LayoutArgs* a) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const size_t eq = arg.find('=');
+    const std::string key = arg.substr(0, eq), value = eq == std::string::npos ? "" : arg.substr(eq + 1);
+    bool ok = eq != std::string::npos && !value.empty();
+    auto number = [&](int* out) {
+      char* end = nullptr;
+      const long v = std::strtol(value.c_str(), &end, 10);
+      ok = ok && *end == '\0' && v >= 0;
+      *out = static_cast<int>(v);
+    };
+    int flag = 0;
+    if (key == "tp") number(&a->tp);
+    else if (key == "pp") number(&a->pp);
+    else if (key == "dp") number(&a->dp);
+    else if (key == "vs") number(&a->vs);
+    else if (key == "zero") number(&a->zero);
+    else if (key == "first") number(&a->first);
+    else if (key == "last") number(&a->last);
+    else if (key == "tied") { number(&flag); a->tied = flag != 0; }
+    else if (key == "sp") { number(&flag); a->sp = flag != 0; }
+    else if (key == "recompute") {
+      std::string upper = value;
+      for (char& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+      ok = ok && config::TrainConfig::Recompute_Parse(upper, &a->recompute);
+    } else if (key == "device") {
+      ok = ok && config::TrainConfig::Device_Parse(value, &a->device);
+    } else {
+      ok = false;
+    }
+    if (!ok) {
+      std::fprintf(stderr, "test_layouts: bad argument '%s'\n", arg.c_str());
+      return false;
+    }
+  }
+  return true;
+}
+
+Config TinyConfig(const LayoutArgs& a) {
   Config c;
-  *c.mutable_model() = testing::TinyModelConfig(tied);
+  *c.mutable_model() = testing::TinyModelConfig(a.tied);
   c.mutable_model()->set_rope_theta(10000);
   auto* p = c.mutable_parallel();
-  p->set_tensor(tp);
-  p->set_pipeline(pp);
-  p->set_data(dp);
-  p->set_virtual_stages(vs);
-  p->set_zero_stage(zero);
-  p->set_grad_bucket_mb(BucketMb(tp, pp, dp, vs));
+  p->set_tensor(a.tp);
+  p->set_pipeline(a.pp);
+  p->set_data(a.dp);
+  p->set_virtual_stages(a.vs);
+  p->set_zero_stage(a.zero);
+  p->set_sequence_parallel(a.sp);
+  p->set_first_stage_layers(a.first);
+  p->set_last_stage_layers(a.last);
+  p->set_grad_bucket_mb(BucketMb(a.tp, a.pp, a.dp, a.vs));
   auto* o = c.mutable_optimizer();
   o->set_lr(1e-2);
   o->set_min_lr(1e-3);
@@ -75,7 +145,8 @@ Config TinyConfig(int tp, int pp, int dp, int vs, int zero, bool tied, bool reco
   t->set_steps(kSteps);
   t->set_micro_batch_size(2);
   t->set_global_batch_size(16);
-  t->set_recompute(recompute);
+  t->set_recompute(a.recompute);
+  t->set_device(a.device);
   t->set_seed(77);
   return c;
 }
@@ -122,29 +193,24 @@ int main(int argc, char** argv) {
   // ranks than cores, one thread each; spinning OpenMP teams would starve the
   // ranks they share a core with).
   ConfigureCpuThreads(mpi.local_size());
-  if (argc != 8 && argc != 9) {
-    std::fprintf(stderr, "usage: test_layouts TENSOR PIPELINE DATA VIRTUAL_STAGES ZERO TIED RECOMPUTE [cpu|cuda]\n");
+  LayoutArgs args;
+  if (argc < 2 || !ParseLayoutArgs(argc, argv, &args)) {
+    std::fprintf(stderr,
+                 "usage: test_layouts tp=T pp=P dp=D [vs=V] [zero=Z] [tied=0|1] [recompute=none|selective|full] "
+                 "[sp=0|1] [first=N] [last=N] [device=cpu|cuda]\n");
     return 2;
   }
-  config::TrainConfig::Device device_arg = config::TrainConfig::cpu;
-  if (argc == 9 && !config::TrainConfig::Device_Parse(argv[8], &device_arg)) {
-    std::fprintf(stderr, "test_layouts: device '%s' is not cpu or cuda\n", argv[8]);
-    return 2;
-  }
-  const bool cuda = device_arg == config::TrainConfig::cuda;
-  const int tp = std::atoi(argv[1]), pp = std::atoi(argv[2]), dp = std::atoi(argv[3]), vs = std::atoi(argv[4]);
-  const int zero = std::atoi(argv[5]);
-  const bool tied = std::atoi(argv[6]) != 0, recompute = std::atoi(argv[7]) != 0;
-  const std::string name = "layout tp" + std::to_string(tp) + " pp" + std::to_string(pp) + " dp" + std::to_string(dp) +
-                           " vs" + std::to_string(vs) + " zero" + std::to_string(zero) + (tied ? " tied" : "") +
-                           (recompute ? " recompute" : "") + " buckets " +
-                           std::to_string(BucketMb(tp, pp, dp, vs)) + " MB" + (cuda ? " cuda" : "");
+  const bool cuda = args.device == config::TrainConfig::cuda;
+  const int tp = args.tp, pp = args.pp, dp = args.dp;
+  const int zero = args.zero;
+  const bool recompute_full = args.recompute == config::TrainConfig::FULL;
+  const std::string name = args.Name();
   latam::testing::MpiChecks t(name);
-  Config config = TinyConfig(tp, pp, dp, vs, zero, tied, recompute);
-  Config single_config = TinyConfig(1, 1, 1, 1, 0, tied, false);
-  if (cuda) {
-    for (Config* c : {&config, &single_config}) c->mutable_train()->set_device(config::TrainConfig::cuda);
-  }
+  Config config = TinyConfig(args);
+  LayoutArgs single_args;
+  single_args.tied = args.tied;
+  single_args.device = args.device;
+  Config single_config = TinyConfig(single_args);
   ValidationOptions vo;
   vo.world_size = mpi.world_size();
   vo.check_files = false;
@@ -183,7 +249,7 @@ int main(int argc, char** argv) {
   const ModelLayout& layout = engine.model().layout();
   const int64_t m = 2 * 16, dim = shape.dim, micro_batches = engine.micro_batches();
   // Stage p of a 1F1B pipeline keeps at most P - p micro-batches' activations.
-  if (vs == 1) {
+  if (args.vs == 1) {
     t.Eq(engine.model().slots(0), static_cast<int>(std::min<int64_t>(pp - grid.pp_rank(), micro_batches)),
          "activation slots");
   }
@@ -208,7 +274,7 @@ int main(int argc, char** argv) {
     // backward (the QKV and gate/up input gradients), [m, dim] each; the
     // embedding's output; on the last stage the head's row statistics (max,
     // then sum-exp and target logit: 3 m floats) and its input gradient.
-    int64_t tp_bytes = (recompute ? 6 : 4) * layers * m * dim;
+    int64_t tp_bytes = (recompute_full ? 6 : 4) * layers * m * dim;
     if (layout.holds_embedding()) tp_bytes += m * dim;
     if (layout.holds_head()) tp_bytes += 3 * m + m * dim;
     t.Eq(grid.tp().stats().bytes_of(CommOp::kAllReduce), 4 * micro_batches * tp_bytes, "tensor-parallel bytes" + at);

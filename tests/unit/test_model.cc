@@ -103,7 +103,7 @@ TEST_F(ModelTest, RecomputeGivesBitwiseIdenticalGradients) {
   base.micro_batch = 3;
   base.seq_len = 9;
   ActivationOptions recompute = base;
-  recompute.recompute = true;
+  recompute.recompute = Recompute::kFull;
   LlamaModel a(shape, base), b(shape, recompute);
   EXPECT_LT(ActivationBytes(shape, ModelLayout::Single(shape), recompute),
             ActivationBytes(shape, ModelLayout::Single(shape), base));
