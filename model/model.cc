@@ -17,6 +17,16 @@ int64_t LogitsRows(const ModelLayout& l, const ActivationOptions& o) {
 
 int SlotsOf(const ActivationOptions& o, size_t chunk) { return o.slots.empty() ? 1 : o.slots.at(chunk); }
 
+// Rows of the residual stream a rank holds: all m, or its 1/T under
+// sequence parallelism.
+int64_t ShardRows(const ModelLayout& l, const ActivationOptions& o) {
+  const int64_t m = o.micro_batch * o.seq_len;
+  if (!o.sequence_parallel) return m;
+  LATAM_CHECK(m % l.tp == 0, "sequence parallelism needs the " << m << " tokens of a micro-batch to divide over "
+                                                               << l.tp << " tensor-parallel ranks");
+  return m / l.tp;
+}
+
 OpsShape LocalOpsShape(const ModelShape& s, const ModelLayout& l, const ActivationOptions& o) {
   OpsShape shape;
   shape.attention = AttentionDims{static_cast<int>(o.micro_batch), static_cast<int>(o.seq_len),
@@ -45,26 +55,27 @@ std::string SlotName(size_t chunk, int slot, const std::string& rest) {
 void AddLayerActivations(TensorTable* t, const std::string& prefix, const ModelShape& s, const ModelLayout& l,
                          const ActivationOptions& o) {
   const int64_t m = o.micro_batch * o.seq_len, qkv = (l.heads + 2 * l.kv_heads) * s.head_dim;
+  const int64_t rows = ShardRows(l, o);  // the residual stream's rows here
   auto add = [&](const char* what, DType dtype, Shape shape) {
     t->Align(Arena::kAlignment);
     t->Add(prefix + what, dtype, shape);
   };
   const DType act = o.dtype;
   add("xn", act, Shape{m, s.dim});
-  add("rstd1", DType::kF32, Shape{m});
+  add("rstd1", DType::kF32, Shape{rows});
   add("qkv", act, Shape{m, qkv});
   add("att", act, Shape{m, l.heads * s.head_dim});
   add("lse", DType::kF32, Shape{o.micro_batch, l.heads, o.seq_len});
-  add("h", act, Shape{m, s.dim});
+  add("h", act, Shape{rows, s.dim});
   add("hn", act, Shape{m, s.dim});
-  add("rstd2", DType::kF32, Shape{m});
+  add("rstd2", DType::kF32, Shape{rows});
   add("gu", act, Shape{m, 2 * l.ffn});
   add("act", act, Shape{m, l.ffn});
 }
 
 // The activation arena's layout. Every tensor starts on a 256-byte boundary.
 TensorTable BuildActivationTable(const ModelShape& s, const ModelLayout& l, const ActivationOptions& o) {
-  const int64_t m = o.micro_batch * o.seq_len;
+  const int64_t m = o.micro_batch * o.seq_len, rows = ShardRows(l, o);
   TensorTable t;
   auto add = [&t](const std::string& name, DType dtype, Shape shape) {
     t.Align(Arena::kAlignment);
@@ -74,25 +85,25 @@ TensorTable BuildActivationTable(const ModelShape& s, const ModelLayout& l, cons
     const ChunkInfo& info = l.chunks[c];
     const int64_t n = info.layer_end - info.layer_begin;
     for (int slot = 0; slot < SlotsOf(o, c); ++slot) {
-      for (int64_t k = 0; k <= n; ++k) add(SlotName(c, slot, "x." + std::to_string(k)), o.dtype, Shape{m, s.dim});
+      for (int64_t k = 0; k <= n; ++k) add(SlotName(c, slot, "x." + std::to_string(k)), o.dtype, Shape{rows, s.dim});
       if (o.recompute != Recompute::kFull) {
         for (int64_t k = 0; k < n; ++k) {
           AddLayerActivations(&t, SlotName(c, slot, "layer." + std::to_string(k) + "."), s, l, o);
         }
       }
       if (info.first) add(SlotName(c, slot, "ids"), DType::kI32, Shape{m});
-      add(SlotName(c, slot, "grad"), o.dtype, Shape{m, s.dim});
+      add(SlotName(c, slot, "grad"), o.dtype, Shape{rows, s.dim});
     }
     if (o.recompute == Recompute::kFull) AddLayerActivations(&t, Name(c, "scratch."), s, l, o);
   }
   if (l.holds_head()) {
-    const int64_t rows = LogitsRows(l, o);
+    const int64_t logits_rows = LogitsRows(l, o);
     add("targets", DType::kI32, Shape{m});
     add("xf", o.dtype, Shape{m, s.dim});
-    add("rstdf", DType::kF32, Shape{m});
-    add("logits", o.dtype, Shape{rows, l.vocab});
-    add("row_stats", DType::kF32, Shape{3 * rows});
-    add("lse", DType::kF32, Shape{rows});
+    add("rstdf", DType::kF32, Shape{rows});
+    add("logits", o.dtype, Shape{logits_rows, l.vocab});
+    add("row_stats", DType::kF32, Shape{3 * logits_rows});
+    add("lse", DType::kF32, Shape{logits_rows});
   }
   // Gradient scratch, shared by all layers.
   add("dnorm", o.dtype, Shape{m, s.dim});
@@ -101,6 +112,10 @@ TensorTable BuildActivationTable(const ModelShape& s, const ModelLayout& l, cons
   add("dgu", o.dtype, Shape{m, 2 * l.ffn});
   add("dact", o.dtype, Shape{m, l.ffn});
   add("partial", o.dtype, Shape{m, s.dim});
+  if (o.sequence_parallel) {
+    add("seq_norm", o.dtype, Shape{rows, s.dim});
+    add("seq_sum", o.dtype, Shape{rows, s.dim});
+  }
   return t;
 }
 
@@ -134,6 +149,8 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
   LATAM_CHECK(options.recompute != Recompute::kSelective, "selective recompute is not implemented yet");
   options_ = options;
   rows_ = options.micro_batch * options.seq_len;
+  sequence_parallel_ = options.sequence_parallel;
+  shard_rows_ = ShardRows(layout_, options);
   logits_rows_ = LogitsRows(layout_, options);
   const OpsShape ops_shape = LocalOpsShape(shape_, layout_, options);
   n_rot_heads_ = ops_shape.attention.n_heads + ops_shape.attention.n_kv_heads;
@@ -252,6 +269,10 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
   dgu_ = act("dgu");
   dact_ = act("dact");
   partial_ = act("partial");
+  if (sequence_parallel_) {
+    seq_norm_ = act("seq_norm");
+    seq_sum_ = act("seq_sum");
+  }
 }
 
 PipelineChunk LlamaModel::chunk(int c) const {
@@ -273,54 +294,93 @@ const LlamaModel::LayerActivations& LlamaModel::Saved(const Chunk& c, const Slot
   return options_.recompute == Recompute::kFull ? c.scratch : s.saved[static_cast<size_t>(k)];
 }
 
+void LlamaModel::NormForward(const Tensor& x, const Tensor& w, const Tensor& full, const Tensor& rstd) {
+  const float eps = static_cast<float>(shape_.norm_eps);
+  if (!sequence_parallel_) {
+    ops_->RmsNormForward(x, w, eps, full, rstd);
+    return;
+  }
+  ops_->RmsNormForward(x, w, eps, seq_norm_, rstd);
+  tp_.GatherSequence(seq_norm_, full);
+}
+
+Tensor LlamaModel::RowParallelSum() {
+  if (!sequence_parallel_) {
+    tp_.RowParallelOutput(partial_);
+    return partial_;
+  }
+  tp_.ReduceScatterSequence(partial_, seq_sum_);
+  return seq_sum_;
+}
+
+Tensor LlamaModel::ColumnParallelSum(const Tensor& partial) {
+  if (!sequence_parallel_) {
+    tp_.ColumnParallelInputGrad(partial);
+    return partial;
+  }
+  tp_.ReduceScatterSequence(partial, seq_sum_);
+  return seq_sum_;
+}
+
+Tensor LlamaModel::FullRows(const Tensor& rows) {
+  if (!sequence_parallel_) return rows;
+  tp_.GatherSequence(rows, partial_);
+  return partial_;
+}
+
 void LlamaModel::LayerForward(int64_t local_layer, const Tensor& x, const Tensor& x_next, const LayerActivations& a) {
   const LayerWeights& w = weights_[static_cast<size_t>(local_layer)];
   const float eps = static_cast<float>(shape_.norm_eps);
   // Attention block: h = x + o_proj(attn(rope(qkv(norm(x))))); o_proj is
-  // row-parallel, so its partial products are summed over tensor parallelism.
-  ops_->RmsNormForward(x, w.attn_norm, eps, a.xn, a.rstd1);
+  // row-parallel, so its partial products are summed over tensor parallelism
+  // (to the row shard under sequence parallelism, where x and h are shards).
+  NormForward(x, w.attn_norm, a.xn, a.rstd1);
   ops_->LinearForward(a.xn, w.qkv, a.qkv, false);
   ops_->RopeForward(a.qkv, n_rot_heads_);
   ops_->AttentionForward(a.qkv, a.att, a.lse);
   ops_->LinearForward(a.att, w.o, partial_, false);
-  tp_.RowParallelOutput(partial_);
+  const Tensor attn_out = RowParallelSum();
   // MLP block: x_next = h + down(swiglu(gate_up(norm(h)))); down is row-parallel.
-  ops_->AddRmsNormForward(x, partial_, w.mlp_norm, eps, a.h, a.hn, a.rstd2);
+  ops_->AddRmsNormForward(x, attn_out, w.mlp_norm, eps, a.h, sequence_parallel_ ? seq_norm_ : a.hn, a.rstd2);
+  if (sequence_parallel_) tp_.GatherSequence(seq_norm_, a.hn);
   ops_->LinearForward(a.hn, w.gate_up, a.gu, false);
   ops_->SwigluForward(a.gu, a.act);
   ops_->LinearForward(a.act, w.down, partial_, false);
-  tp_.RowParallelOutput(partial_);
-  ops_->Add(a.h, partial_, x_next);
+  ops_->Add(a.h, RowParallelSum(), x_next);
 }
 
-// On entry `grad` = dL/dx_{l+1}; on exit `grad` = dL/dx_l.
+// On entry `grad` = dL/dx_{l+1}; on exit `grad` = dL/dx_l (row shards of
+// both under sequence parallelism).
 void LlamaModel::LayerBackward(int64_t local_layer, const Tensor& x, const Tensor& grad, const LayerActivations& a) {
   const LayerWeights& w = weights_[static_cast<size_t>(local_layer)];
   const LayerWeights& g = weight_grads_[static_cast<size_t>(local_layer)];
   // MLP block; `grad` also carries dL/dh through the residual connection.
+  // down_proj is row-parallel: its input gradient needs all rows of dL/dx_{l+1}.
   // The gate/up projection is column-parallel: its input gradient is summed
   // over tensor parallelism before the norm's backward.
-  ops_->LinearBackwardInput(grad, w.down, dact_, false);
-  ops_->LinearBackwardWeight(grad, a.act, g.down);
+  const Tensor dy_mlp = FullRows(grad);
+  ops_->LinearBackwardInput(dy_mlp, w.down, dact_, false);
+  ops_->LinearBackwardWeight(dy_mlp, a.act, g.down);
   ops_->SwigluBackward(dact_, a.gu, dgu_);
   ops_->LinearBackwardInput(dgu_, w.gate_up, dnorm_, false);
-  tp_.ColumnParallelInputGrad(dnorm_);
+  const Tensor dhn = ColumnParallelSum(dnorm_);
   ops_->LinearBackwardWeight(dgu_, a.hn, g.gate_up);
-  ops_->RmsNormBackward(dnorm_, a.h, w.mlp_norm, a.rstd2, grad, true, g.mlp_norm);
+  ops_->RmsNormBackward(dhn, a.h, w.mlp_norm, a.rstd2, grad, true, g.mlp_norm);
   // Attention block; `grad` now holds dL/dh.
-  ops_->LinearBackwardInput(grad, w.o, datt_, false);
-  ops_->LinearBackwardWeight(grad, a.att, g.o);
+  const Tensor dy_attn = FullRows(grad);
+  ops_->LinearBackwardInput(dy_attn, w.o, datt_, false);
+  ops_->LinearBackwardWeight(dy_attn, a.att, g.o);
   ops_->AttentionBackward(a.qkv, a.att, datt_, a.lse, dqkv_);
   ops_->RopeBackward(dqkv_, n_rot_heads_);
   ops_->LinearBackwardInput(dqkv_, w.qkv, dnorm_, false);
-  tp_.ColumnParallelInputGrad(dnorm_);
+  const Tensor dxn = ColumnParallelSum(dnorm_);
   ops_->LinearBackwardWeight(dqkv_, a.xn, g.qkv);
-  ops_->RmsNormBackward(dnorm_, x, w.attn_norm, a.rstd1, grad, true, g.attn_norm);
+  ops_->RmsNormBackward(dxn, x, w.attn_norm, a.rstd1, grad, true, g.attn_norm);
 }
 
 void LlamaModel::HeadForward(const Tensor& x_last, const int32_t* targets, float grad_scale, bool with_grads,
                                const Tensor& grad_out) {
-  ops_->RmsNormForward(x_last, final_norm_, static_cast<float>(shape_.norm_eps), xf_, rstdf_);
+  NormForward(x_last, final_norm_, xf_, rstdf_);
   ops_->UploadIds(targets, targets_);
   for (int64_t r0 = 0; r0 < rows_; r0 += logits_rows_) {
     const int64_t r1 = std::min(rows_, r0 + logits_rows_), n = r1 - r0;
@@ -348,8 +408,8 @@ void LlamaModel::HeadForward(const Tensor& x_last, const int32_t* targets, float
     }
   }
   if (with_grads) {
-    tp_.ColumnParallelInputGrad(dnorm_);
-    ops_->RmsNormBackward(dnorm_, x_last, final_norm_, rstdf_, grad_out, false, final_norm_grad_);
+    const Tensor dxf = ColumnParallelSum(dnorm_);
+    ops_->RmsNormBackward(dxf, x_last, final_norm_, rstdf_, grad_out, false, final_norm_grad_);
   }
 }
 
@@ -361,15 +421,23 @@ void LlamaModel::Forward(int chunk, int slot, const int32_t* ids, const int32_t*
   if (info.first) {
     // Vocab-parallel embedding: each rank fills the rows of its ids, zeros elsewhere.
     ops_->UploadIds(ids, s.ids);
-    ops_->EmbeddingForward(s.ids, embed_, layout_.vocab_offset, s.x.front());
-    tp_.VocabParallelEmbedding(s.x.front());
+    if (sequence_parallel_) {
+      ops_->EmbeddingForward(s.ids, embed_, layout_.vocab_offset, partial_);
+      tp_.ReduceScatterSequence(partial_, s.x.front());
+    } else {
+      ops_->EmbeddingForward(s.ids, embed_, layout_.vocab_offset, s.x.front());
+      tp_.VocabParallelEmbedding(s.x.front());
+    }
   }
   for (int64_t k = 0; k < c.n_layers; ++k) {
     LayerForward(c.first_layer + k, s.x[static_cast<size_t>(k)], s.x[static_cast<size_t>(k + 1)], Saved(c, s, k));
   }
   if (!info.last) return;
   HeadForward(s.x.back(), targets, grad_scale, with_grads, s.grad);
-  if (with_grads && last_micro_batch) ReportFinal(head_tensors_);
+  if (with_grads && last_micro_batch) {
+    if (sequence_parallel_) tp_.SumReplicatedGrad(final_norm_grad_);
+    ReportFinal(head_tensors_);
+  }
 }
 
 void LlamaModel::ReportFinal(const std::vector<size_t>& tensors) const {
@@ -391,11 +459,15 @@ void LlamaModel::Backward(int chunk, int slot, bool last_micro_batch) {
       // theirs over the replicas (every replica runs the same schedule).
       const size_t layer = static_cast<size_t>(c.first_layer + k);
       if (layout_.kv_replicas > 1) comms_.kv_replicas->AllReduceSync(weight_grads_[layer].kv, ReduceOp::kSum);
+      if (sequence_parallel_) {
+        tp_.SumReplicatedGrad(weight_grads_[layer].attn_norm);
+        tp_.SumReplicatedGrad(weight_grads_[layer].mlp_norm);
+      }
       ReportFinal(layer_tensors_[layer]);
     }
   }
   if (info.first) {
-    ops_->EmbeddingBackward(s.ids, s.grad, layout_.vocab_offset, embed_grad_);
+    ops_->EmbeddingBackward(s.ids, FullRows(s.grad), layout_.vocab_offset, embed_grad_);
     if (last_micro_batch) ReportFinal(embedding_tensors_);
   }
 }

@@ -20,6 +20,23 @@
 //                    logit over the vocabulary shards (kernels/cross_entropy.h);
 //                    the full logits are never gathered.
 //
+// Sequence parallelism (ActivationOptions::sequence_parallel; Megatron). The
+// m = micro_batch x seq_len rows of the residual stream are split over the
+// T tensor-parallel ranks, rank t holding rows [t m/T, (t+1) m/T): the
+// layer inputs x_l (and so the pipeline's activations and gradients), the
+// residual h, and the norms run on row shards. Per layer, forward:
+//   xn = all-gather(rmsnorm(x_t))         (saved gathered, for dW_qkv)
+//   h_t = x_t + reduce-scatter(o_proj(..))  hn = all-gather(rmsnorm(h_t))
+//   x_t' = h_t + reduce-scatter(down(..))
+// backward: dy = all-gather(dx_t') before each row-parallel GEMM's input
+// gradient, reduce-scatter of each column-parallel input gradient, then the
+// norm backward on the shard. The embedding's partial rows are
+// reduce-scattered (and its backward all-gathers the gradient); the final
+// norm runs on the shard and is all-gathered before the LM head. Every
+// all-reduce of [m, dim] is thus replaced by one reduce-scatter plus one
+// all-gather, the same bytes on a ring. The norm gains' gradients cover
+// each rank's rows only and are summed over the group when final.
+//
 // Device. The model computes through ModelOps (model/model_ops.h): fp32
 // reference kernels on the CPU, or CUDA kernels on one compute stream with
 // activations in ActivationOptions::dtype (bf16 or f32); its parameter,
@@ -77,6 +94,9 @@ struct ActivationOptions {
   int64_t micro_batch = 1;
   int64_t seq_len = 1;
   Recompute recompute = Recompute::kNone;
+  // Megatron sequence parallelism over the tensor-parallel group (see
+  // above); needs micro_batch x seq_len divisible by the group's size.
+  bool sequence_parallel = false;
   // Rows per LM-head chunk; 0 picks as many rows as fit in 2^24 logits.
   int64_t logits_chunk_rows = 0;
   // OpenMP threads the CPU attention workspace is sized for; 0 means
@@ -161,6 +181,17 @@ class LlamaModel : public PipelineStages {
   struct LayerActivations {
     Tensor xn, rstd1, qkv, att, lse, h, hn, rstd2, gu, act;
   };
+  // Sequence parallelism: the norm of the row shard x into `full` (gathered
+  // over TP), or straight into `full` without it.
+  void NormForward(const Tensor& x, const Tensor& w, const Tensor& full, const Tensor& rstd);
+  // The summed output of a row-parallel GEMM (in partial_), in the residual
+  // stream's rows: all-reduced in place, or reduce-scattered to the shard.
+  Tensor RowParallelSum();
+  // A column-parallel input gradient (in `partial`), summed the same way.
+  Tensor ColumnParallelSum(const Tensor& partial);
+  // The full-rows copy of a residual-stream gradient (itself without
+  // sequence parallelism; gathered into partial_ with it).
+  Tensor FullRows(const Tensor& rows);
   struct Slot {
     std::vector<Tensor> x;                // x_0 .. x_n of the chunk's n layers
     std::vector<LayerActivations> saved;  // per layer, unless recomputing
@@ -200,6 +231,9 @@ class LlamaModel : public PipelineStages {
   std::vector<Chunk> chunks_;
   Tensor targets_, xf_, rstdf_, logits_, row_stats_, lse_;
   Tensor dnorm_, dqkv_, datt_, dgu_, dact_, partial_;
+  Tensor seq_norm_, seq_sum_;  // sequence parallelism: [m/T, dim] shards
+  bool sequence_parallel_ = false;
+  int64_t shard_rows_ = 0;  // rows of the residual stream this rank holds
   // Parameter indices reported final together: per local layer, the head's,
   // the embedding's.
   std::vector<std::vector<size_t>> layer_tensors_;

@@ -17,9 +17,22 @@
 //                    rows); cross-entropy combines per-row max, sum-exp and
 //                    target logit over the shards (VocabParallelMax / Sum)
 //                    so the logits are never gathered.
-// Every call is an in-place all-reduce that returns when the result is in
-// `t` (on CUDA: enqueued on the communicator's stream, ordered with the
+// Every call above is an in-place all-reduce that returns when the result is
+// in `t` (on CUDA: enqueued on the communicator's stream, ordered with the
 // compute stream). With T = 1 they do nothing but cost a call.
+//
+// Sequence parallelism (Megatron, parallel.sequence_parallel): between the
+// GEMM pairs, the [m, dim] activations (norm inputs and outputs, residual
+// stream) are split by rows: rank t holds rows [t m/T, (t+1) m/T) (m =
+// tokens of the micro-batch, T | m). Each all-reduce of a [m, dim] partial
+// sum becomes a reduce-scatter to the row shards, and each column-parallel
+// GEMM is preceded by an all-gather of its input from the shards:
+//   GatherSequence(shard, full)      full <- the T shards in rank order
+//   ReduceScatterSequence(full, shard)  shard <- rows of (sum over ranks of full)
+// A ring all-reduce moves the bytes of one reduce-scatter plus one
+// all-gather, so replacing each all-reduce by that pair moves the same
+// bytes, while the activations between the pairs shrink T-fold. Both return
+// when the result is in place (ordered on CUDA as above).
 #pragma once
 
 #include "core/tensor.h"
@@ -38,6 +51,14 @@ class TensorParallel {
   void VocabParallelEmbedding(const Tensor& rows) const { group_->AllReduceSync(rows, ReduceOp::kSum); }
   void VocabParallelMax(const Tensor& row_max) const { group_->AllReduceSync(row_max, ReduceOp::kMax); }
   void VocabParallelSum(const Tensor& row_sums) const { group_->AllReduceSync(row_sums, ReduceOp::kSum); }
+
+  void GatherSequence(const Tensor& shard, const Tensor& full) const { group_->AllGather(shard, full)->Wait(); }
+  void ReduceScatterSequence(const Tensor& full, const Tensor& shard) const {
+    group_->ReduceScatter(full, shard)->Wait();
+  }
+  // Sums a replicated tensor's gradient over the group: under sequence
+  // parallelism each rank's norm-gain gradient covers its rows only.
+  void SumReplicatedGrad(const Tensor& grad) const { group_->AllReduceSync(grad, ReduceOp::kSum); }
 
  private:
   Communicator* group_;

@@ -325,7 +325,6 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   c.Require(p.zero_stage() == 0 || p.zero_stage() == 1, "parallel.zero_stage",
             "must be 0 or 1 (got " + Checker::Str(p.zero_stage()) + ")");
   // NOT YET IMPLEMENTED (each is removed with its implementation).
-  c.Require(!p.sequence_parallel(), "parallel.sequence_parallel", "is not implemented yet");
   c.Require(p.first_stage_layers() == 0 && p.last_stage_layers() == 0, "parallel.first_stage_layers",
             "uneven pipeline stages are not implemented yet");
   c.Require(config.train().recompute() != config::TrainConfig::SELECTIVE, "train.recompute",
@@ -336,6 +335,14 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
       m.n_kv_heads() % p.tensor() == 0 || p.tensor() % m.n_kv_heads() == 0, "model.n_kv_heads",
       Checker::Str(m.n_kv_heads()) + " must divide or be divisible by parallel.tensor = " + Checker::Str(p.tensor()));
   c.Divisible(m.ffn_dim(), "model.ffn_dim", p.tensor(), "parallel.tensor");
+  if (p.sequence_parallel()) {
+    c.Require(p.tensor() > 1, "parallel.sequence_parallel",
+              "needs parallel.tensor > 1 (it splits the sequence over the tensor-parallel ranks)");
+    c.Require(config.data().seq_len() % p.tensor() == 0, "data.seq_len",
+              Checker::Str(config.data().seq_len()) + " is not divisible by parallel.tensor = " +
+                  Checker::Str(p.tensor()) +
+                  " (parallel.sequence_parallel splits each sequence over the tensor-parallel ranks)");
+  }
   c.Divisible(m.vocab_size(), "model.vocab_size", p.tensor(), "parallel.tensor");
   c.Divisible(m.n_layers(), "model.n_layers", p.pipeline() * p.virtual_stages(),
               "parallel.pipeline x parallel.virtual_stages");

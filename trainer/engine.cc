@@ -29,6 +29,7 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_
   act.seq_len = config.data().seq_len();
   const ComputeSettings compute = ComputeSettingsOf(config);
   act.recompute = compute.recompute;
+  act.sequence_parallel = p.sequence_parallel();
   if (compute.device == Device::kCUDA) {
     act.device = Device::kCUDA;
     act.dtype = compute.dtype;

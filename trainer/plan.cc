@@ -47,6 +47,7 @@ Result<std::string> PlanJson(const Config& config) {
   act.micro_batch = micro;
   act.seq_len = config.data().seq_len();
   act.recompute = compute.recompute;
+  act.sequence_parallel = p.sequence_parallel();
   act.cpu_threads = 1;
   if (compute.device == Device::kCUDA) {
     act.device = Device::kCUDA;

@@ -274,13 +274,37 @@ int main(int argc, char** argv) {
     // backward (the QKV and gate/up input gradients), [m, dim] each; the
     // embedding's output; on the last stage the head's row statistics (max,
     // then sum-exp and target logit: 3 m floats) and its input gradient.
-    int64_t tp_bytes = (recompute_full ? 6 : 4) * layers * m * dim;
-    if (layout.holds_embedding()) tp_bytes += m * dim;
-    if (layout.holds_head()) tp_bytes += 3 * m + m * dim;
-    t.Eq(grid.tp().stats().bytes_of(CommOp::kAllReduce), 4 * micro_batches * tp_bytes, "tensor-parallel bytes" + at);
+    // Sequence parallelism replaces each [m, dim] all-reduce by a
+    // reduce-scatter (counted at its [m, dim] input) and adds the matching
+    // all-gathers (counted at their [m, dim] output): before QKV and gate/up
+    // (again when recomputed), of the gradient before the o_proj and
+    // down_proj input gradients, of the final norm's output before the head,
+    // and of the gradient before the embedding's backward. The norm gains'
+    // gradients are then all-reduced once per step (each rank's covers its
+    // rows only): 2 per layer and the final norm, dim floats each.
+    const int64_t layer_passes = recompute_full ? 3 : 2;  // forward passes + backward of each layer
+    int64_t tp_bytes = 0, rs_bytes = 0, ag_bytes = 0, per_step_bytes = 0;
+    if (!args.sp) {
+      tp_bytes = 2 * layer_passes * layers * m * dim;
+      if (layout.holds_embedding()) tp_bytes += m * dim;
+      if (layout.holds_head()) tp_bytes += 3 * m + m * dim;
+    } else {
+      rs_bytes = ag_bytes = 2 * layer_passes * layers * m * dim;
+      if (layout.holds_embedding()) rs_bytes += m * dim, ag_bytes += m * dim;
+      if (layout.holds_head()) tp_bytes += 3 * m, rs_bytes += m * dim, ag_bytes += m * dim;
+      per_step_bytes = (2 * layers + (layout.holds_head() ? 1 : 0)) * dim;
+    }
+    t.Eq(grid.tp().stats().bytes_of(CommOp::kAllReduce), 4 * (micro_batches * tp_bytes + per_step_bytes),
+         "tensor-parallel all-reduce bytes" + at);
+    t.Eq(grid.tp().stats().bytes_of(CommOp::kReduceScatter), 4 * micro_batches * rs_bytes,
+         "tensor-parallel reduce-scatter bytes" + at);
+    t.Eq(grid.tp().stats().bytes_of(CommOp::kAllGather), 4 * micro_batches * ag_bytes,
+         "tensor-parallel all-gather bytes" + at);
     // PP: every chunk but the last sends its output forward, every chunk but
-    // the first sends its input gradient back, [m, dim] per micro-batch.
-    const int64_t pp_bytes = 4 * micro_batches * (non_first + non_last) * m * dim;
+    // the first sends its input gradient back, [m, dim] per micro-batch
+    // ([m / T, dim] under sequence parallelism).
+    const int64_t rows = args.sp ? m / tp : m;
+    const int64_t pp_bytes = 4 * micro_batches * (non_first + non_last) * rows * dim;
     t.Eq(grid.pp().stats().bytes_of(CommOp::kSend), pp_bytes, "pipeline send bytes" + at);
     t.Eq(grid.pp().stats().bytes_of(CommOp::kRecv), pp_bytes, "pipeline recv bytes" + at);
     // DP: ZeRO-0 all-reduces the gradients; ZeRO-1 reduce-scatters them and

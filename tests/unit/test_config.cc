@@ -125,6 +125,24 @@ TEST(ConfigTest, ValidationNamesTheField) {
   }
 }
 
+// Sequence parallelism splits each sequence over the tensor-parallel ranks:
+// it needs more than one, and a sequence length they divide.
+TEST(ConfigTest, SequenceParallelNeedsTensorParallelismAndDivisibleSequences) {
+  Config c = QuickstartAsIs();  // tensor 2 x pipeline 2
+  ASSERT_TRUE(ApplyOverride(&c, "parallel.sequence_parallel=true").ok());
+  EXPECT_TRUE(ValidateConfig(c, NoFiles(4)).ok());
+  for (const auto& [assignments, expected] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"parallel.tensor=1"}, "parallel.sequence_parallel: needs parallel.tensor > 1"},
+           {{"data.seq_len=63"}, "data.seq_len: 63 is not divisible by parallel.tensor = 2"}}) {
+    Config bad = c;
+    for (const std::string& a : assignments) ASSERT_TRUE(ApplyOverride(&bad, a).ok()) << a;
+    const Status s = ValidateConfig(bad, NoFiles(4));
+    ASSERT_FALSE(s.ok()) << expected;
+    EXPECT_EQ(s.exit_code(), 2);
+    EXPECT_NE(s.message().find(expected), std::string::npos) << s.message();
+  }
+}
+
 // train.device, train.precision and train.attention take their value names
 // only; anything else names the field and the values it allows.
 TEST(ConfigTest, EnumOverridesTakeValueNames) {

@@ -117,6 +117,34 @@ TEST_F(ModelTest, RecomputeGivesBitwiseIdenticalGradients) {
   ASSERT_EQ(std::memcmp(ga.data, gb.data, ga.bytes()), 0);
 }
 
+// Sequence parallelism shrinks exactly the residual-stream activations by
+// the tensor-parallel factor T: per slot the layer inputs x_0..x_L and the
+// gradient buffer, per layer h (the rstd vectors too; at these sizes they
+// round to one 256-byte block either way), and adds two [m/T, dim] shards
+// of scratch. dim = 64 fp32 makes every [rows, dim] tensor a whole number
+// of 256-byte blocks, so the difference is exact.
+TEST_F(ModelTest, SequenceParallelShrinksTheResidualStreamByTensorParallelism) {
+  const ModelShape shape = testing::SmallShape(
+      {.vocab = 64, .n_layers = 4, .n_heads = 4, .n_kv_heads = 2, .head_dim = 16, .ffn_dim = 128, .max_seq_len = 16});
+  for (int tp : {2, 4}) {
+    for (int pp_rank : {0, 1}) {  // with the embedding / with the head
+      const ModelLayout layout = ModelLayout::Make(shape, tp, 0, 2, pp_rank, 1);
+      ActivationOptions base;
+      base.micro_batch = 2;
+      base.seq_len = 16;
+      ActivationOptions sp = base;
+      sp.sequence_parallel = true;
+      const int64_t m = 32, layers = layout.chunks[0].layer_end - layout.chunks[0].layer_begin;
+      const int64_t full = m * shape.dim * 4, shard = full / tp;
+      const int64_t expected = (layers + 2) * (full - shard) + layers * (full - shard) - 2 * shard;
+      EXPECT_EQ(static_cast<int64_t>(ActivationBytes(shape, layout, base)) -
+                    static_cast<int64_t>(ActivationBytes(shape, layout, sp)),
+                expected)
+          << "tp " << tp << " stage " << pp_rank;
+    }
+  }
+}
+
 // Running the LM head in row chunks only reorders fp32 sums.
 // Tolerance: 2e-5 x max|g| + 1e-4 relative.
 TEST_F(ModelTest, HeadChunkingMatchesOneChunk) {
