@@ -328,8 +328,6 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   c.Require(!p.sequence_parallel(), "parallel.sequence_parallel", "is not implemented yet");
   c.Require(p.first_stage_layers() == 0 && p.last_stage_layers() == 0, "parallel.first_stage_layers",
             "uneven pipeline stages are not implemented yet");
-  c.Require(config.train().recompute() != config::TrainConfig::SELECTIVE, "train.recompute",
-            "SELECTIVE is not implemented yet");
   if (!c.ok()) return c.status();
   c.Divisible(m.n_heads(), "model.n_heads", p.tensor(), "parallel.tensor");
   c.Require(

@@ -270,7 +270,9 @@ int main(int argc, char** argv) {
       non_last += c.last ? 0 : 1;
     }
     // TP all-reduces per micro-batch: 2 in each layer's forward (o_proj,
-    // down_proj; twice more when the forward is recomputed) and 2 in its
+    // down_proj; twice more when recompute=full re-runs the forward, none
+    // more for recompute=selective, whose element-wise ops communicate
+    // nothing) and 2 in its
     // backward (the QKV and gate/up input gradients), [m, dim] each; the
     // embedding's output; on the last stage the head's row statistics (max,
     // then sum-exp and target logit: 3 m floats) and its input gradient.
