@@ -51,12 +51,22 @@ std::string SlotName(size_t chunk, int slot, const std::string& rest) {
   return Name(chunk, inner);
 }
 
-// Adds one set of saved layer activations under `prefix`.
+// Which of a layer's activations a set in the table holds: all of them (a
+// slot's under kNone, the chunk's scratch under kFull); those kSelective
+// keeps per slot (all but xn, hn, act); or kSelective's per-chunk scratch
+// (xn, hn, act, and the rstd the recomputed norms write).
+enum class LayerSet { kAll, kKept, kRecomputed };
+
+bool RecomputedBySelective(const std::string& what) { return what == "xn" || what == "hn" || what == "act"; }
+
+// Adds one set of layer activations under `prefix`.
 void AddLayerActivations(TensorTable* t, const std::string& prefix, const ModelShape& s, const ModelLayout& l,
-                         const ActivationOptions& o) {
+                         const ActivationOptions& o, LayerSet set) {
   const int64_t m = o.micro_batch * o.seq_len, qkv = (l.heads + 2 * l.kv_heads) * s.head_dim;
   const int64_t rows = ShardRows(l, o);  // the residual stream's rows here
-  auto add = [&](const char* what, DType dtype, Shape shape) {
+  auto add = [&](const std::string& what, DType dtype, Shape shape) {
+    const bool recomputed = RecomputedBySelective(what);
+    if ((set == LayerSet::kKept && recomputed) || (set == LayerSet::kRecomputed && !recomputed)) return;
     t->Align(Arena::kAlignment);
     t->Add(prefix + what, dtype, shape);
   };
@@ -71,6 +81,10 @@ void AddLayerActivations(TensorTable* t, const std::string& prefix, const ModelS
   add("rstd2", DType::kF32, Shape{rows});
   add("gu", act, Shape{m, 2 * l.ffn});
   add("act", act, Shape{m, l.ffn});
+  if (set == LayerSet::kRecomputed) {
+    t->Align(Arena::kAlignment);
+    t->Add(prefix + "rstd", DType::kF32, Shape{rows});
+  }
 }
 
 // The activation arena's layout. Every tensor starts on a 256-byte boundary.
@@ -87,14 +101,18 @@ TensorTable BuildActivationTable(const ModelShape& s, const ModelLayout& l, cons
     for (int slot = 0; slot < SlotsOf(o, c); ++slot) {
       for (int64_t k = 0; k <= n; ++k) add(SlotName(c, slot, "x." + std::to_string(k)), o.dtype, Shape{rows, s.dim});
       if (o.recompute != Recompute::kFull) {
+        const LayerSet set = o.recompute == Recompute::kSelective ? LayerSet::kKept : LayerSet::kAll;
         for (int64_t k = 0; k < n; ++k) {
-          AddLayerActivations(&t, SlotName(c, slot, "layer." + std::to_string(k) + "."), s, l, o);
+          AddLayerActivations(&t, SlotName(c, slot, "layer." + std::to_string(k) + "."), s, l, o, set);
         }
       }
       if (info.first) add(SlotName(c, slot, "ids"), DType::kI32, Shape{m});
       add(SlotName(c, slot, "grad"), o.dtype, Shape{rows, s.dim});
     }
-    if (o.recompute == Recompute::kFull) AddLayerActivations(&t, Name(c, "scratch."), s, l, o);
+    if (o.recompute == Recompute::kFull) AddLayerActivations(&t, Name(c, "scratch."), s, l, o, LayerSet::kAll);
+    if (o.recompute == Recompute::kSelective) {
+      AddLayerActivations(&t, Name(c, "scratch."), s, l, o, LayerSet::kRecomputed);
+    }
   }
   if (l.holds_head()) {
     const int64_t logits_rows = LogitsRows(l, o);
@@ -126,6 +144,25 @@ size_t ActivationBytes(const ModelShape& shape, const ModelLayout& layout, const
          OpsWorkspaceBytes(options.device, LocalOpsShape(shape, layout, options));
 }
 
+double RecomputeFlopsPerToken(const ModelShape& s, const ModelLayout& l, Recompute recompute, int64_t seq_len) {
+  if (recompute == Recompute::kNone) return 0.0;
+  const double dim = static_cast<double>(s.dim), hd = static_cast<double>(s.head_dim);
+  const double q = static_cast<double>(l.heads) * hd, kv = static_cast<double>(l.kv_heads) * hd;
+  const double ffn = static_cast<double>(l.ffn);
+  int64_t layers = 0;
+  for (const ChunkInfo& c : l.chunks) layers += c.layer_end - c.layer_begin;
+  // See model.h for each term.
+  const double rmsnorm = 4.0 * dim + 4.0, swiglu = 6.0 * ffn;
+  double per_layer = 2.0 * rmsnorm + swiglu;
+  if (recompute == Recompute::kFull) {
+    const double matmul_params = (q + 2.0 * kv) * dim + q * dim + 3.0 * ffn * dim;
+    const double attention = 2.0 * static_cast<double>(seq_len) * q;
+    const double rope = 3.0 * (q + kv), residual_adds = 2.0 * dim;
+    per_layer += 2.0 * matmul_params + attention + rope + residual_adds;
+  }
+  return static_cast<double>(layers) * per_layer;
+}
+
 LlamaModel::LlamaModel(const ModelShape& shape, const ActivationOptions& options)
     : shape_(shape), layout_(ModelLayout::Single(shape)), self_comm_(std::make_unique<SelfCommunicator>("tp")) {
   comms_.tp = self_comm_.get();
@@ -146,7 +183,6 @@ LlamaModel::LlamaModel(const ModelShape& shape, const ModelLayout& layout, const
 
 void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, int64_t grad_bucket_elems) {
   tp_ = TensorParallel(comms_.tp);
-  LATAM_CHECK(options.recompute != Recompute::kSelective, "selective recompute is not implemented yet");
   options_ = options;
   rows_ = options.micro_batch * options.seq_len;
   sequence_parallel_ = options.sequence_parallel;
@@ -233,6 +269,12 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
     return LayerActivations{get("xn"), get("rstd1"), get("qkv"),   get("att"), get("lse"),
                             get("h"),  get("hn"),    get("rstd2"), get("gu"),  get("act")};
   };
+  // kSelective: the saved set (all but xn, hn, act) with the chunk's scratch xn, hn, act.
+  auto selective_acts = [&](const std::string& prefix, const LayerActivations& scratch) {
+    auto get = [&](const char* what) { return act(prefix + what); };
+    return LayerActivations{scratch.xn, get("rstd1"), get("qkv"),   get("att"), get("lse"),
+                            get("h"),   scratch.hn,   get("rstd2"), get("gu"),  scratch.act};
+  };
   int64_t local_layer = 0;
   for (size_t c = 0; c < layout_.chunks.size(); ++c) {
     const ChunkInfo& info = layout_.chunks[c];
@@ -240,19 +282,25 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
     chunk.first_layer = local_layer;
     chunk.n_layers = info.layer_end - info.layer_begin;
     local_layer += chunk.n_layers;
+    if (options.recompute == Recompute::kFull) chunk.scratch = layer_acts(Name(c, "scratch."));
+    if (options.recompute == Recompute::kSelective) {
+      chunk.scratch.xn = act(Name(c, "scratch.xn"));
+      chunk.scratch.hn = act(Name(c, "scratch.hn"));
+      chunk.scratch.act = act(Name(c, "scratch.act"));
+      chunk.recompute_rstd = act(Name(c, "scratch.rstd"));
+    }
     for (int s = 0; s < SlotsOf(options, c); ++s) {
       Slot slot;
       for (int64_t k = 0; k <= chunk.n_layers; ++k) slot.x.push_back(act(SlotName(c, s, "x." + std::to_string(k))));
-      if (options.recompute != Recompute::kFull) {
-        for (int64_t k = 0; k < chunk.n_layers; ++k) {
-          slot.saved.push_back(layer_acts(SlotName(c, s, "layer." + std::to_string(k) + ".")));
-        }
+      for (int64_t k = 0; k < chunk.n_layers && options.recompute != Recompute::kFull; ++k) {
+        const std::string prefix = SlotName(c, s, "layer." + std::to_string(k) + ".");
+        slot.saved.push_back(options.recompute == Recompute::kSelective ? selective_acts(prefix, chunk.scratch)
+                                                                        : layer_acts(prefix));
       }
       if (info.first) slot.ids = act(SlotName(c, s, "ids"));
       slot.grad = act(SlotName(c, s, "grad"));
       chunk.slots.push_back(std::move(slot));
     }
-    if (options.recompute == Recompute::kFull) chunk.scratch = layer_acts(Name(c, "scratch."));
     chunks_.push_back(std::move(chunk));
   }
   if (layout_.holds_head()) {
@@ -378,6 +426,33 @@ void LlamaModel::LayerBackward(int64_t local_layer, const Tensor& x, const Tenso
   ops_->RmsNormBackward(dxn, x, w.attn_norm, a.rstd1, grad, true, g.attn_norm);
 }
 
+// kSelective: refills the chunk scratch's xn, hn and act of a layer whose
+// input is x and whose kept activations are in `a` (a.xn, a.hn, a.act are the
+// scratch), before its backward; the norms' rstd goes to `rstd`, a scratch
+// the backward does not read (it reads the saved rstd1 and rstd2).
+//   xn  = rmsnorm(x, attn_norm)   the kernel LayerForward ran on the same x;
+//   hn  = rmsnorm(h, mlp_norm)    LayerForward's AddRmsNormForward is Add then
+//                                 RmsNormForward on the CPU; its CUDA kernel
+//                                 normalises the h it rounded and stored, in
+//                                 RmsNormForward's per-thread order
+//                                 (kernels/cuda/fused_norm.h), so this gives
+//                                 its values bit for bit (tested);
+//   act = swiglu(gu)              the same kernel on the saved gu.
+// qkv is saved after RoPE, so nothing of RoPE is recomputed; the backward
+// only needs RopeBackward, which reads no activation. Without sequence
+// parallelism nothing here communicates: x and h are whole (replicated) on
+// every tensor-parallel rank and gu is the rank's own slice. With it, x and
+// h are row shards, and each recomputed norm is all-gathered into xn / hn as
+// in the forward (NormForward): two all-gathers per layer, the price of not
+// keeping the gathered norm outputs.
+void LlamaModel::RecomputeElementwise(int64_t local_layer, const Tensor& x, const LayerActivations& a,
+                                      const Tensor& rstd) {
+  const LayerWeights& w = weights_[static_cast<size_t>(local_layer)];
+  NormForward(x, w.attn_norm, a.xn, rstd);
+  NormForward(a.h, w.mlp_norm, a.hn, rstd);
+  ops_->SwigluForward(a.gu, a.act);
+}
+
 void LlamaModel::HeadForward(const Tensor& x_last, const int32_t* targets, float grad_scale, bool with_grads,
                                const Tensor& grad_out) {
   NormForward(x_last, final_norm_, xf_, rstdf_);
@@ -451,8 +526,12 @@ void LlamaModel::Backward(int chunk, int slot, bool last_micro_batch) {
   for (int64_t k = c.n_layers - 1; k >= 0; --k) {
     const Tensor& x = s.x[static_cast<size_t>(k)];
     // The recompute scratch may hold another layer or micro-batch: re-run
-    // this layer's forward from its saved input first.
+    // this layer's forward (kFull), or its element-wise ops (kSelective),
+    // from what the slot kept first.
     if (options_.recompute == Recompute::kFull) LayerForward(c.first_layer + k, x, s.x[static_cast<size_t>(k + 1)], c.scratch);
+    if (options_.recompute == Recompute::kSelective) {
+      RecomputeElementwise(c.first_layer + k, x, Saved(c, s, k), c.recompute_rstd);
+    }
     LayerBackward(c.first_layer + k, x, s.grad, Saved(c, s, k));
     if (last_micro_batch) {
       // The layer's gradients are complete; replicated KV heads first sum

@@ -63,9 +63,24 @@
 // is overwritten in place by its gradient.
 //
 // Activations live in one arena sized at construction (ActivationBytes
-// gives the same number without building a model, for --plan). With
-// recompute only each layer's input is kept per slot and the layer's forward
-// is re-run before its backward.
+// gives the same number without building a model, for --plan). Each slot
+// always keeps its layers' inputs x_0 .. x_n [m, dim] (m = micro_batch x
+// seq_len rows). Per layer and slot it also keeps, by Recompute:
+//   kNone       xn = rmsnorm(x) [m, dim], rstd1 [m] (f32), qkv after RoPE
+//               [m, (Hq + 2 Hkv) hd], att [m, Hq hd], lse [B, Hq, S] (f32),
+//               h [m, dim], hn = rmsnorm(h) [m, dim], rstd2 [m] (f32),
+//               gu = gate_up(hn) [m, 2 ffn], act = swiglu(gu) [m, ffn]
+//               (local widths under tensor parallelism);
+//   kSelective  the same less xn, hn and act: before a layer's backward they
+//               are recomputed from x, h and gu into one scratch set per
+//               chunk, shared by its layers and slots (RMSNorm forward and
+//               SwiGLU forward again: the kernels and inputs of the forward,
+//               so the same values; no communication). qkv is kept after
+//               RoPE, so RoPE is never recomputed;
+//   kFull       nothing: the layer's whole forward is re-run from x into one
+//               scratch set per chunk before its backward (with its
+//               tensor-parallel all-reduces).
+// Gradients are bitwise identical under all three.
 #pragma once
 
 #include <cstdint>
@@ -86,7 +101,7 @@ namespace latam {
 // What the backward pass recomputes instead of keeping (train.recompute):
 //   kNone       every layer's activations are kept per micro-batch slot;
 //   kSelective  the GEMM and attention outputs are kept, the element-wise
-//               ops (norms, RoPE, SwiGLU) are recomputed;
+//               ops (the two RMSNorms, SwiGLU) are recomputed;
 //   kFull       only each layer's input is kept, the layer's forward is re-run.
 enum class Recompute { kNone, kSelective, kFull };
 
@@ -117,6 +132,25 @@ struct ActivationOptions {
 // Bytes of the activation arena and kernel workspaces a LlamaModel with this
 // layout allocates.
 size_t ActivationBytes(const ModelShape& shape, const ModelLayout& layout, const ActivationOptions& options);
+
+// The forward FLOPs per token that `recompute` adds to one training step on
+// the rank of `layout` (its local layers, at their tensor-parallel widths),
+// at sequence length `seq_len`; the planner's cost of the memory it saves.
+// Per local layer, with dim D, local widths Hq hd (queries), Hkv hd (keys,
+// values) and F (FFN):
+//   kNone       0;
+//   kSelective  the two RMSNorms, 4 D + 4 each (x^2 and its sum: 2 per
+//               element; x rstd w: 2 per element; mean, + eps, sqrt and
+//               reciprocal: 4 per row), and SwiGLU, 6 F (g sigmoid(g) u with
+//               sigmoid(g) = 1 / (1 + exp(-g)), exp counted as one FLOP);
+//   kFull       the whole layer forward: its GEMMs, 2 x (local matmul
+//               parameters (Hq + 2 Hkv) hd D + Hq hd D + 3 F D), causal
+//               attention 2 seq_len Hq hd (QK^T and PV, half the positions
+//               masked, as TrainingFlopsPerToken counts it; softmax not
+//               counted), and its element-wise ops: kSelective's, RoPE
+//               3 (Hq + Hkv) hd (x cos -/+ y sin) and the two residual adds 2 D.
+double RecomputeFlopsPerToken(const ModelShape& shape, const ModelLayout& layout, Recompute recompute,
+                              int64_t seq_len);
 
 // The groups the model computes with.
 struct ModelComms {
@@ -193,22 +227,29 @@ class LlamaModel : public PipelineStages {
   // sequence parallelism; gathered into partial_ with it).
   Tensor FullRows(const Tensor& rows);
   struct Slot {
-    std::vector<Tensor> x;                // x_0 .. x_n of the chunk's n layers
-    std::vector<LayerActivations> saved;  // per layer, unless recomputing
-    Tensor ids;                           // first chunk: the micro-batch's ids
-    Tensor grad;                          // gradient at the chunk's output, then input
+    std::vector<Tensor> x;  // x_0 .. x_n of the chunk's n layers
+    // Per layer, except with kFull; with kSelective xn, hn and act are the
+    // chunk's scratch ones.
+    std::vector<LayerActivations> saved;
+    Tensor ids;   // first chunk: the micro-batch's ids
+    Tensor grad;  // gradient at the chunk's output, then input
   };
   struct Chunk {
     int64_t first_layer = 0;  // local layer index of its first layer
     int64_t n_layers = 0;
     std::vector<Slot> slots;
-    LayerActivations scratch;  // with recompute
+    // kFull: a whole layer's activations; kSelective: xn, hn and act only.
+    LayerActivations scratch;
+    // kSelective: the rstd the recomputed norms write (the saved rstd1 and
+    // rstd2 are left as the forward wrote them).
+    Tensor recompute_rstd;
   };
 
   void Build(const ActivationOptions& options, int64_t param_pad_to, int64_t grad_bucket_elems);
   const LayerActivations& Saved(const Chunk& c, const Slot& s, int64_t k) const;
   void LayerForward(int64_t local_layer, const Tensor& x, const Tensor& x_next, const LayerActivations& a);
   void LayerBackward(int64_t local_layer, const Tensor& x, const Tensor& grad, const LayerActivations& a);
+  void RecomputeElementwise(int64_t local_layer, const Tensor& x, const LayerActivations& a, const Tensor& rstd);
   void HeadForward(const Tensor& x_last, const int32_t* targets, float grad_scale, bool with_grads,
                      const Tensor& grad_out);
 

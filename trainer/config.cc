@@ -327,8 +327,6 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   // NOT YET IMPLEMENTED (each is removed with its implementation).
   c.Require(p.first_stage_layers() == 0 && p.last_stage_layers() == 0, "parallel.first_stage_layers",
             "uneven pipeline stages are not implemented yet");
-  c.Require(config.train().recompute() != config::TrainConfig::SELECTIVE, "train.recompute",
-            "SELECTIVE is not implemented yet");
   if (!c.ok()) return c.status();
   c.Divisible(m.n_heads(), "model.n_heads", p.tensor(), "parallel.tensor");
   c.Require(

@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -129,6 +130,39 @@ TEST_F(CudaModelTest, RecomputeIsBitwiseIdentical) {
   const std::vector<int32_t> ids = RandomIds(rows, shape.vocab), targets = RandomIds(rows, shape.vocab);
   EXPECT_EQ(a.ForwardBackward(ids.data(), targets.data(), 0.5f), b.ForwardBackward(ids.data(), targets.data(), 0.5f));
   EXPECT_EQ(testing::HostCopy(a.parameters().padded_grads()), testing::HostCopy(b.parameters().padded_grads()));
+}
+
+// Selective recomputation re-runs the norms (RmsNormForward where the
+// forward ran the fused add + norm for hn, kernels/cuda/fused_norm.h) and
+// SwiGLU on the kept inputs: the loss and every gradient are bitwise those of
+// the run that kept everything, in bf16 and fp32, over two accumulated
+// micro-batches.
+TEST_F(CudaModelTest, SelectiveRecomputeIsBitwiseIdentical) {
+  LATAM_REQUIRE_GPU();
+  const ModelShape shape = SmallShape(false);
+  for (const DType dtype : {DType::kBF16, DType::kF32}) {
+    SCOPED_TRACE(DTypeName(dtype));
+    ActivationOptions keep = Options(Device::kCUDA, dtype);
+    ActivationOptions selective = keep;
+    selective.recompute = Recompute::kSelective;
+    LlamaModel a(shape, keep), b(shape, selective);
+    a.parameters().InitWeights(13);
+    b.parameters().InitWeights(13);
+    a.parameters().ZeroGrads();
+    b.parameters().ZeroGrads();
+    const size_t rows = static_cast<size_t>(a.tokens_per_micro_batch());
+    for (int micro = 0; micro < 2; ++micro) {
+      const std::vector<int32_t> ids = RandomIds(rows, shape.vocab), targets = RandomIds(rows, shape.vocab);
+      EXPECT_EQ(a.ForwardBackward(ids.data(), targets.data(), 0.5f), b.ForwardBackward(ids.data(), targets.data(), 0.5f))
+          << "micro-batch " << micro;
+    }
+    for (size_t i = 0; i < a.parameters().size(); ++i) {
+      const std::vector<float> ga = testing::HostCopy(a.parameters().grad(i));
+      const std::vector<float> gb = testing::HostCopy(b.parameters().grad(i));
+      ASSERT_EQ(ga.size(), gb.size());
+      EXPECT_EQ(std::memcmp(ga.data(), gb.data(), ga.size() * sizeof(float)), 0) << a.parameters().spec(i).name;
+    }
+  }
 }
 
 // Ten AdamW steps on a fixed batch, bf16 on the GPU against fp32 on the CPU,

@@ -270,7 +270,9 @@ int main(int argc, char** argv) {
       non_last += c.last ? 0 : 1;
     }
     // TP all-reduces per micro-batch: 2 in each layer's forward (o_proj,
-    // down_proj; twice more when the forward is recomputed) and 2 in its
+    // down_proj; twice more when recompute=full re-runs the forward, none
+    // more for recompute=selective, whose element-wise ops communicate
+    // nothing) and 2 in its
     // backward (the QKV and gate/up input gradients), [m, dim] each; the
     // embedding's output; on the last stage the head's row statistics (max,
     // then sum-exp and target logit: 3 m floats) and its input gradient.
@@ -281,7 +283,9 @@ int main(int argc, char** argv) {
     // down_proj input gradients, of the final norm's output before the head,
     // and of the gradient before the embedding's backward. The norm gains'
     // gradients are then all-reduced once per step (each rank's covers its
-    // rows only): 2 per layer and the final norm, dim floats each.
+    // rows only): 2 per layer and the final norm, dim floats each. Selective
+    // recompute with sequence parallelism all-gathers each recomputed norm
+    // output again: 2 more all-gathers per layer.
     const int64_t layer_passes = recompute_full ? 3 : 2;  // forward passes + backward of each layer
     int64_t tp_bytes = 0, rs_bytes = 0, ag_bytes = 0, per_step_bytes = 0;
     if (!args.sp) {
@@ -290,6 +294,7 @@ int main(int argc, char** argv) {
       if (layout.holds_head()) tp_bytes += 3 * m + m * dim;
     } else {
       rs_bytes = ag_bytes = 2 * layer_passes * layers * m * dim;
+      if (args.recompute == config::TrainConfig::SELECTIVE) ag_bytes += 2 * layers * m * dim;
       if (layout.holds_embedding()) rs_bytes += m * dim, ag_bytes += m * dim;
       if (layout.holds_head()) tp_bytes += 3 * m, rs_bytes += m * dim, ag_bytes += m * dim;
       per_step_bytes = (2 * layers + (layout.holds_head() ? 1 : 0)) * dim;

@@ -1,5 +1,6 @@
 // The whole model: gradients against finite differences, and the equivalence
-// of recomputation, LM-head chunking and gradient accumulation.
+// of recomputation (full and selective), LM-head chunking and gradient
+// accumulation; activation memory and recomputation FLOPs.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -143,6 +144,164 @@ TEST_F(ModelTest, SequenceParallelShrinksTheResidualStreamByTensorParallelism) {
           << "tp " << tp << " stage " << pp_rank;
     }
   }
+}
+
+
+// Selective recomputation keeps the GEMM and attention outputs and re-runs
+// the norms and SwiGLU on the same inputs with the same kernels: the loss and
+// every gradient are bitwise those of the run that kept everything, over two
+// micro-batches of gradient accumulation.
+TEST_F(ModelTest, SelectiveRecomputeGivesBitwiseIdenticalGradients) {
+  for (bool tied : {false, true}) {
+    SCOPED_TRACE(tied ? "tied embeddings" : "untied embeddings");
+    const ModelShape shape = TinyShape(tied);
+    ActivationOptions base;
+    base.micro_batch = 3;
+    base.seq_len = 9;
+    ActivationOptions selective = base;
+    selective.recompute = Recompute::kSelective;
+    LlamaModel a(shape, base), b(shape, selective);
+    a.parameters().InitWeights(seed_);
+    b.parameters().InitWeights(seed_);
+    Perturb(a.parameters());
+    CopyTensor(b.parameters().padded_params(), a.parameters().padded_params());
+    const int64_t rows = base.micro_batch * base.seq_len;
+    a.parameters().ZeroGrads();
+    b.parameters().ZeroGrads();
+    for (int micro = 0; micro < 2; ++micro) {
+      const auto inputs = RandomIds(rows, shape.vocab), targets = RandomIds(rows, shape.vocab);
+      EXPECT_EQ(a.ForwardBackward(inputs.data(), targets.data(), 0.5f),
+                b.ForwardBackward(inputs.data(), targets.data(), 0.5f))
+          << "micro-batch " << micro;
+    }
+    for (size_t i = 0; i < a.parameters().size(); ++i) {
+      const Tensor ga = a.parameters().grad(i), gb = b.parameters().grad(i);
+      EXPECT_EQ(std::memcmp(ga.data, gb.data, ga.bytes()), 0) << a.parameters().spec(i).name;
+    }
+    const Tensor ga = a.parameters().padded_grads(), gb = b.parameters().padded_grads();
+    ASSERT_EQ(std::memcmp(ga.data, gb.data, ga.bytes()), 0);
+  }
+}
+
+// Runs micro-batches through a model of two local chunks on one process (a
+// pipeline of one stage with two virtual stages) as a pipeline schedule
+// would, several in flight per chunk: the forwards of micro-batches 0 .. n-1
+// in slots 0 .. n-1, then their backwards in reverse, moving each chunk's
+// output to the next chunk's input and the gradient back. Returns the summed
+// loss; the gradients accumulate in the model.
+double TwoChunkStep(LlamaModel& model, int n, const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
+                    float scale) {
+  const size_t rows = static_cast<size_t>(model.tokens_per_micro_batch());
+  for (int s = 0; s < n; ++s) {
+    const size_t at = static_cast<size_t>(s) * rows;
+    model.Forward(0, s, ids.data() + at, nullptr, scale, true, s == n - 1);
+    CopyTensor(model.Input(1, s), model.Output(0, s));
+    model.Forward(1, s, nullptr, targets.data() + at, scale, true, s == n - 1);
+  }
+  for (int s = n - 1; s >= 0; --s) {
+    model.Backward(1, s, s == 0);
+    CopyTensor(model.Grad(0, s), model.Grad(1, s));
+    model.Backward(0, s, s == 0);
+  }
+  return model.TakeLoss();
+}
+
+// The same with two chunks of two layers and two slots each, the slots' and
+// chunks' saved activations interleaved with the shared scratch: still
+// bitwise, over two steps of accumulation.
+TEST_F(ModelTest, SelectiveRecomputeWithChunksAndSlotsIsBitwiseIdentical) {
+  ModelShape shape = TinyShape(false);
+  shape.n_layers = 4;
+  const ModelLayout layout = ModelLayout::Make(shape, 1, 0, 1, 0, 2);
+  ASSERT_EQ(layout.chunks.size(), 2u);
+  ActivationOptions base;
+  base.micro_batch = 2;
+  base.seq_len = 7;
+  base.slots = {2, 2};
+  ActivationOptions selective = base;
+  selective.recompute = Recompute::kSelective;
+  SelfCommunicator tp_a("tp"), tp_b("tp");
+  LlamaModel a(shape, layout, base, ModelComms{&tp_a}), b(shape, layout, selective, ModelComms{&tp_b});
+  a.parameters().InitWeights(seed_);
+  Perturb(a.parameters());
+  CopyTensor(b.parameters().padded_params(), a.parameters().padded_params());
+  const size_t rows = static_cast<size_t>(base.micro_batch * base.seq_len);
+  const float scale = 1.0f / static_cast<float>(4 * rows);
+  a.parameters().ZeroGrads();
+  b.parameters().ZeroGrads();
+  for (int step = 0; step < 2; ++step) {
+    const auto ids = RandomIds(2 * rows, shape.vocab), targets = RandomIds(2 * rows, shape.vocab);
+    const double la = TwoChunkStep(a, 2, ids, targets, scale);
+    EXPECT_GT(la, 0.0);
+    EXPECT_EQ(la, TwoChunkStep(b, 2, ids, targets, scale)) << "step " << step;
+  }
+  for (size_t i = 0; i < a.parameters().size(); ++i) {
+    const Tensor ga = a.parameters().grad(i), gb = b.parameters().grad(i);
+    EXPECT_EQ(std::memcmp(ga.data, gb.data, ga.bytes()), 0) << a.parameters().spec(i).name;
+  }
+}
+
+// Activation memory: kSelective drops xn [m, dim], hn [m, dim] and act
+// [m, ffn] from every layer of every slot and adds one scratch set per
+// chunk (xn, hn, act and an f32 rstd [m]); each tensor starts on a 256-byte
+// boundary. kFull keeps less still.
+TEST(ModelMemoryTest, SelectiveSavesTheDroppedTensors) {
+  ModelShape shape = TinyShape(false);
+  shape.n_layers = 4;
+  auto aligned = [](int64_t bytes) { return (bytes + 255) / 256 * 256; };
+  for (const int vs : {1, 2}) {
+    SCOPED_TRACE("virtual stages " + std::to_string(vs));
+    const ModelLayout layout = ModelLayout::Make(shape, 1, 0, 1, 0, vs);
+    ActivationOptions none;
+    none.micro_batch = 3;
+    none.seq_len = 9;
+    none.cpu_threads = 1;
+    none.slots = std::vector<int>(layout.chunks.size(), 3);
+    ActivationOptions selective = none, full = none;
+    selective.recompute = Recompute::kSelective;
+    full.recompute = Recompute::kFull;
+    const size_t bytes_none = ActivationBytes(shape, layout, none);
+    const size_t bytes_selective = ActivationBytes(shape, layout, selective);
+    const size_t bytes_full = ActivationBytes(shape, layout, full);
+    EXPECT_LT(bytes_full, bytes_selective);
+    EXPECT_LT(bytes_selective, bytes_none);
+    const int64_t m = 27, f32 = 4;
+    const int64_t dropped = 2 * aligned(m * shape.dim * f32) + aligned(m * shape.ffn_dim * f32);
+    const int64_t scratch = dropped + aligned(m * f32);
+    int64_t saved = 0;
+    for (const ChunkInfo& c : layout.chunks) saved += 3 * (c.layer_end - c.layer_begin) * dropped - scratch;
+    EXPECT_EQ(static_cast<int64_t>(bytes_none - bytes_selective), saved);
+    // With 4 layers and 3 slots: 12 layer sets dropped, one (vs=1) or two
+    // (vs=2) scratch sets added.
+    EXPECT_EQ(saved, 12 * dropped - vs * scratch);
+  }
+}
+
+// RecomputeFlopsPerToken against a hand count for TinyShape (dim 16, 4 query
+// and 2 KV heads of 4, ffn 24, 2 layers) at seq_len 9. Per layer:
+//   SELECTIVE  two RMSNorms 2 (4 x 16 + 4) = 136, SwiGLU 6 x 24 = 144: 280.
+//   FULL       GEMMs 2 (QKV (16 + 2 x 8) x 16 + o 16 x 16 + gate/up and
+//              down 3 x 24 x 16) = 2 (512 + 256 + 1152) = 3840, attention
+//              2 x 9 x 16 = 288, RoPE 3 x (16 + 8) = 72, residual adds
+//              2 x 16 = 32, and the 280 above: 4512.
+// Under tp=2 (rank 0: 2 query heads, 1 KV head, ffn 12) per layer:
+//   SELECTIVE  136 + 6 x 12 = 208.
+//   FULL       2 ((8 + 2 x 4) x 16 + 8 x 16 + 3 x 12 x 16) = 2 (256 + 128 +
+//              576) = 1920, + 2 x 9 x 8 = 144, + 3 x (8 + 4) = 36, + 32,
+//              + 208: 2340.
+TEST(ModelMemoryTest, RecomputeFlopsPerTokenMatchesAHandCount) {
+  const ModelShape shape = TinyShape(false);
+  const ModelLayout single = ModelLayout::Single(shape);
+  EXPECT_EQ(RecomputeFlopsPerToken(shape, single, Recompute::kNone, 9), 0.0);
+  EXPECT_EQ(RecomputeFlopsPerToken(shape, single, Recompute::kSelective, 9), 2 * 280.0);
+  EXPECT_EQ(RecomputeFlopsPerToken(shape, single, Recompute::kFull, 9), 2 * 4512.0);
+  const ModelLayout tp2 = ModelLayout::Make(shape, 2, 0, 1, 0, 1);
+  EXPECT_EQ(RecomputeFlopsPerToken(shape, tp2, Recompute::kSelective, 9), 2 * 208.0);
+  EXPECT_EQ(RecomputeFlopsPerToken(shape, tp2, Recompute::kFull, 9), 2 * 2340.0);
+  // A pipeline stage counts its own layers only: one of the two.
+  const ModelLayout stage = ModelLayout::Make(shape, 1, 0, 2, 1, 1);
+  EXPECT_EQ(RecomputeFlopsPerToken(shape, stage, Recompute::kSelective, 9), 280.0);
+  EXPECT_EQ(RecomputeFlopsPerToken(shape, stage, Recompute::kFull, 9), 4512.0);
 }
 
 // Running the LM head in row chunks only reorders fp32 sums.
