@@ -4,7 +4,30 @@
 
 namespace latam {
 
-ModelLayout ModelLayout::Make(const ModelShape& s, int tp, int tp_rank, int pp, int pp_rank, int virtual_stages) {
+std::vector<int64_t> StageLayerCounts(int64_t n_layers, int pp, const StageSplit& split) {
+  std::vector<int64_t> counts(static_cast<size_t>(pp), 0);
+  const bool pin_first = split.first_layers > 0, pin_last = split.last_layers > 0 && pp > 1;
+  int64_t rest = n_layers;
+  int unpinned = pp;
+  if (pin_first) {
+    counts.front() = split.first_layers;
+    rest -= split.first_layers;
+    --unpinned;
+  }
+  if (pin_last) {
+    counts.back() = split.last_layers;
+    rest -= split.last_layers;
+    --unpinned;
+  }
+  for (int p = 0; p < pp; ++p) {
+    const bool pinned = (p == 0 && pin_first) || (p == pp - 1 && pin_last);
+    if (!pinned) counts[static_cast<size_t>(p)] = rest / unpinned;
+  }
+  return counts;
+}
+
+ModelLayout ModelLayout::Make(const ModelShape& s, int tp, int tp_rank, int pp, int pp_rank, int virtual_stages,
+                              const StageSplit& split) {
   ModelLayout l;
   l.tp = tp;
   l.tp_rank = tp_rank;
@@ -25,16 +48,24 @@ ModelLayout ModelLayout::Make(const ModelShape& s, int tp, int tp_rank, int pp, 
   l.ffn_offset = tp_rank * l.ffn;
   l.vocab = s.vocab / tp;
   l.vocab_offset = tp_rank * l.vocab;
+  // Walk the global chunks g = v P + p in order; chunk g starts where chunk
+  // g - 1 ended and holds L_p / V layers.
   const int total = pp * virtual_stages;
-  const int64_t per_chunk = s.n_layers / total;
-  for (int v = 0; v < virtual_stages; ++v) {
-    ChunkInfo c;
-    c.global_index = v * pp + pp_rank;
-    c.layer_begin = c.global_index * per_chunk;
-    c.layer_end = c.layer_begin + per_chunk;
-    c.first = c.global_index == 0;
-    c.last = c.global_index == total - 1;
-    l.chunks.push_back(c);
+  const std::vector<int64_t> stage_layers = StageLayerCounts(s.n_layers, pp, split);
+  int64_t begin = 0;
+  for (int g = 0; g < total; ++g) {
+    const int stage = g % pp;
+    const int64_t size = stage_layers[static_cast<size_t>(stage)] / virtual_stages;
+    if (stage == pp_rank) {
+      ChunkInfo c;
+      c.global_index = g;
+      c.layer_begin = begin;
+      c.layer_end = begin + size;
+      c.first = g == 0;
+      c.last = g == total - 1;
+      l.chunks.push_back(c);
+    }
+    begin += size;
   }
   return l;
 }

@@ -1,10 +1,25 @@
 // ModelLayout: which part of the model one rank holds.
 //
-// Pipeline: the n_layers layers form P x V chunks of n_layers / (P V)
-// consecutive layers (V = virtual stages). Global chunk g lives on pipeline
-// rank g % P, so rank p holds chunks p, p + P, p + 2P, ... (interleaved
-// 1F1B); chunk 0 also holds the embedding, chunk P V - 1 the final norm, the
-// LM head and the loss.
+// Pipeline stages: stage p (pipeline rank p of P) holds L_p layers,
+// sum_p L_p = n_layers (StageLayerCounts):
+//   even split       L_p = n_layers / P
+//   uneven split     L_0 = first_layers when > 0, L_{P-1} = last_layers when
+//                    > 0 (either or both), and every other stage the same
+//                    share of the rest, (n_layers - pinned layers) /
+//                    (P - pinned stages); e.g. 80 layers over P = 6 with
+//                    first = last = 12: 12, 14, 14, 14, 14, 12
+// (Megatron's decoder_first/last_pipeline_num_layers: a lighter first or last
+// stage balances the embedding's or the LM head's cost.)
+//
+// Virtual stages (interleaved 1F1B, V chunks per stage): stage p's L_p layers
+// are split evenly over its V chunks, L_p / V each. Global chunk g = v P + p
+// (v in [0, V)) lives on pipeline rank p, and the model's layers run in
+// global-chunk order: chunk g holds the layers that follow those of chunks
+// 0..g-1, so
+//   layer_begin(g = v P + p) = v n_layers / V + sum_{q < p} L_q / V.
+// With an uneven split the chunks differ in size. Chunk 0 also holds the
+// embedding, chunk P V - 1 the final norm, the LM head and the loss.
+// ValidateConfig guarantees every L_p is a positive multiple of V.
 //
 // Tensor parallelism (Megatron): with T ranks, rank t holds
 //   query heads   [t Hq/T, (t+1) Hq/T)                  (column-parallel Q)
@@ -24,6 +39,24 @@
 #include "model/parameters.h"
 
 namespace latam {
+
+// The layers pinned on the end stages (parallel.first_stage_layers /
+// last_stage_layers); 0 = that stage takes the even share like the others.
+struct StageSplit {
+  int64_t first_layers = 0;
+  int64_t last_layers = 0;
+  bool uneven() const { return first_layers != 0 || last_layers != 0; }
+  static StageSplit FromConfig(const config::ParallelConfig& p) {
+    return {p.first_stage_layers(), p.last_stage_layers()};
+  }
+};
+
+// L_p for p in [0, pp): the layers of each pipeline stage under `split` (the
+// one place the per-stage counts are computed: layout, validation, planner).
+// The unpinned stages get (n_layers - pinned) / unpinned, rounded down; a
+// split whose counts do not add up to n_layers is rejected by ValidateConfig,
+// which compares their sum with n_layers.
+std::vector<int64_t> StageLayerCounts(int64_t n_layers, int pp, const StageSplit& split);
 
 struct ChunkInfo {
   int global_index = 0;     // g in [0, P V)
@@ -47,9 +80,10 @@ struct ModelLayout {
   int64_t vocab = 0, vocab_offset = 0;
   std::vector<ChunkInfo> chunks;  // this rank's chunks, in pipeline order
 
-  // The layout of rank (tp_rank, pp_rank); the shape must be divisible
-  // (ValidateConfig checks it).
-  static ModelLayout Make(const ModelShape& shape, int tp, int tp_rank, int pp, int pp_rank, int virtual_stages);
+  // The layout of rank (tp_rank, pp_rank) with stages split as `split`; the
+  // shape must be divisible (ValidateConfig checks it).
+  static ModelLayout Make(const ModelShape& shape, int tp, int tp_rank, int pp, int pp_rank, int virtual_stages,
+                          const StageSplit& split = {});
   static ModelLayout Single(const ModelShape& shape) { return Make(shape, 1, 0, 1, 0, 1); }
 
   int total_chunks() const { return pp * virtual_stages; }

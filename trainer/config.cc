@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "model/layout.h"
+
 namespace latam {
 
 namespace pb = google::protobuf;
@@ -287,6 +289,60 @@ class Checker {
   Status status_;
 };
 
+// The pipeline stages' layer counts (model/layout.h, StageLayerCounts): an
+// even split needs n_layers divisible by pipeline x virtual_stages; an
+// uneven one needs the pinned end stages and the unpinned stages' equal
+// share to add up to n_layers exactly, and every stage's count to be a
+// positive multiple of virtual_stages (one or more layers per chunk).
+void CheckStageSplit(Checker& c, const config::ModelConfig& m, const config::ParallelConfig& p) {
+  const int64_t first = p.first_stage_layers(), last = p.last_stage_layers();
+  c.Require(first >= 0, "parallel.first_stage_layers", "must be >= 0 (got " + Checker::Str(first) + ")");
+  c.Require(last >= 0, "parallel.last_stage_layers", "must be >= 0 (got " + Checker::Str(last) + ")");
+  if (!c.ok()) return;
+  const StageSplit split{first, last};
+  const int pp = p.pipeline(), vs = p.virtual_stages();
+  if (!split.uneven()) {
+    c.Divisible(m.n_layers(), "model.n_layers", pp * vs, "parallel.pipeline x parallel.virtual_stages");
+    return;
+  }
+  // The field named is the pinned one (the first when both are).
+  const std::string field = first > 0 ? "parallel.first_stage_layers" : "parallel.last_stage_layers";
+  c.Require(pp > 1, field, "needs parallel.pipeline > 1 (got " + Checker::Str(pp) + ")");
+  if (!c.ok()) return;
+  const bool both = first > 0 && last > 0;
+  const std::string pins =
+      both ? Checker::Str(first) + " + parallel.last_stage_layers " + Checker::Str(last) : Checker::Str(first + last);
+  const int unpinned = pp - (first > 0 ? 1 : 0) - (last > 0 ? 1 : 0);
+  const int64_t rest = m.n_layers() - first - last;
+  auto count = [](int64_t n, const std::string& what) { return Checker::Str(n) + " " + what + (n == 1 ? "" : "s"); };
+  const std::string leave = pins + (both ? " leave " : " leaves ") + count(rest, "layer") + " for " +
+                            count(unpinned, both ? "middle stage" : "other stage");
+  const std::vector<int64_t> counts = StageLayerCounts(m.n_layers(), pp, split);
+  int64_t total = 0;
+  for (int64_t n : counts) total += n;
+  if (unpinned == 0) {
+    c.Require(total == m.n_layers(), field,
+              pins + " add up to " + Checker::Str(total) + ", not model.n_layers = " + Checker::Str(m.n_layers()) +
+                  " (parallel.pipeline = " + Checker::Str(pp) + " has no middle stages)");
+    return;
+  }
+  c.Require(rest >= static_cast<int64_t>(unpinned) * vs, field,
+            leave + " (each needs at least parallel.virtual_stages = " + Checker::Str(vs) + ", one per chunk)");
+  if (!c.ok()) return;
+  c.Require(total == m.n_layers(), field, leave + " (not divisible)");
+  if (!c.ok()) return;
+  for (int stage = 0; stage < pp; ++stage) {
+    const int64_t n = counts[static_cast<size_t>(stage)];
+    const bool pinned = (stage == 0 && first > 0) || (stage == pp - 1 && last > 0);
+    const std::string name =
+        pinned ? (stage == 0 ? "parallel.first_stage_layers" : "parallel.last_stage_layers") : field;
+    const std::string what = pinned ? Checker::Str(n) + " is" : leave + ", " + Checker::Str(n) + " each,";
+    c.Require(n % vs == 0, name,
+              what + " not divisible by parallel.virtual_stages = " + Checker::Str(vs) +
+                  " (a stage splits its layers evenly over its chunks)");
+  }
+}
+
 }  // namespace
 
 Status ValidateConfig(const Config& config, const ValidationOptions& options) {
@@ -324,9 +380,6 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   c.Require(p.grad_bucket_mb() >= 0, "parallel.grad_bucket_mb", "must be >= 0 (0: one bucket)");
   c.Require(p.zero_stage() == 0 || p.zero_stage() == 1, "parallel.zero_stage",
             "must be 0 or 1 (got " + Checker::Str(p.zero_stage()) + ")");
-  // NOT YET IMPLEMENTED (each is removed with its implementation).
-  c.Require(p.first_stage_layers() == 0 && p.last_stage_layers() == 0, "parallel.first_stage_layers",
-            "uneven pipeline stages are not implemented yet");
   if (!c.ok()) return c.status();
   c.Divisible(m.n_heads(), "model.n_heads", p.tensor(), "parallel.tensor");
   c.Require(
@@ -342,8 +395,7 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
                   " (parallel.sequence_parallel splits each sequence over the tensor-parallel ranks)");
   }
   c.Divisible(m.vocab_size(), "model.vocab_size", p.tensor(), "parallel.tensor");
-  c.Divisible(m.n_layers(), "model.n_layers", p.pipeline() * p.virtual_stages(),
-              "parallel.pipeline x parallel.virtual_stages");
+  CheckStageSplit(c, m, p);
   if (options.world_size > 0) {
     const int tp_pp = p.tensor() * p.pipeline();
     const int dp = DataParallelSize(config, options.world_size);

@@ -13,8 +13,8 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_
   LATAM_CHECK(g.tensor == p.tensor() && g.pipeline == p.pipeline(),
               "grid " << g.tensor << "x" << g.pipeline << " does not match the config");
   const ModelShape shape = ModelShape::FromConfig(config.model());
-  const ModelLayout layout =
-      ModelLayout::Make(shape, g.tensor, grid->tp_rank(), g.pipeline, grid->pp_rank(), p.virtual_stages());
+  const ModelLayout layout = ModelLayout::Make(shape, g.tensor, grid->tp_rank(), g.pipeline, grid->pp_rank(),
+                                               p.virtual_stages(), StageSplit::FromConfig(p));
   const int64_t micro = config.train().micro_batch_size();
   micro_batches_ = static_cast<int>(config.train().global_batch_size() / (micro * g.data));
 

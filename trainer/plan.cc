@@ -54,14 +54,15 @@ Result<std::string> PlanJson(const Config& config) {
     act.dtype = compute.dtype;
     act.attention = compute.attention;
   }
-  // The largest rank is a tensor-parallel rank of the first or the last
-  // pipeline stage (they add the embedding and the head); its activations
-  // are those of the slots its pipeline schedule keeps in flight.
+  // The largest rank is a tensor-parallel rank of some pipeline stage (the
+  // first and last add the embedding and the head, but with uneven stages a
+  // middle one may hold more layers); its activations are those of the slots
+  // its pipeline schedule keeps in flight.
   int64_t per_rank = 0;
   double act_bytes = 0.0;
-  for (int stage : {0, static_cast<int>(pp) - 1}) {
-    const ModelLayout layout =
-        ModelLayout::Make(s, static_cast<int>(tp), 0, static_cast<int>(pp), stage, p.virtual_stages());
+  for (int stage = 0; stage < static_cast<int>(pp); ++stage) {
+    const ModelLayout layout = ModelLayout::Make(s, static_cast<int>(tp), 0, static_cast<int>(pp), stage,
+                                                 p.virtual_stages(), StageSplit::FromConfig(p));
     per_rank = std::max(per_rank, CountParameters(LlamaParameterSpecs(s, layout)));
     act.slots =
         SlotsNeeded(BuildSchedule(static_cast<int>(pp), stage, p.virtual_stages(), micro_batches), p.virtual_stages());

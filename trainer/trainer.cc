@@ -9,6 +9,7 @@
 #include "core/env.h"
 #include "data/tokenizer.h"
 #include "parallel/mpi_communicator.h"
+#include "model/layout.h"
 #include "model/model_ops.h"
 #include "model/state.h"
 #include "trainer/plan.h"
@@ -164,12 +165,22 @@ Status Trainer::Restore(const std::string& resume) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
     std::printf("latam-train: rank 0 read %.1f MB in %.2f s\n", static_cast<double>(reader->bytes_read()) / 1e6,
                 seconds);
+    // Uneven stages: the layers of each stage, e.g. ", stages of 2, 3, 3 layers".
+    std::string stages;
+    const StageSplit split{l.first_stage_layers(), l.last_stage_layers()};
+    if (split.uneven()) {
+      for (int64_t n : StageLayerCounts(reader->manifest().model().n_layers(), l.pipeline(), split)) {
+        stages += (stages.empty() ? ", stages of " : ", ") + std::to_string(n);
+      }
+      stages += " layers";
+    }
     std::printf("latam-train: loaded %s from %s (step %lld, %llu samples consumed, saved as tensor %d x pipeline %d x "
-                "data %d, %d virtual stages, ZeRO-%d%s)\n",
+                "data %d, %d virtual stages%s, ZeRO-%d%s)\n",
                 what == ckpt::LoadWhat::kAll ? "everything" : what == ckpt::LoadWhat::kWeights ? "weights" : "weights and optimizer",
                 reader->dir().c_str(), static_cast<long long>(reader->manifest().step()),
                 static_cast<unsigned long long>(reader->manifest().consumed_samples()), l.tensor(), l.pipeline(),
-                l.data(), l.virtual_stages(), l.zero_stage(), loaded.moments_loaded ? "" : "; fresh optimizer state");
+                l.data(), l.virtual_stages(), stages.c_str(), l.zero_stage(),
+                loaded.moments_loaded ? "" : "; fresh optimizer state");
     std::fflush(stdout);
   }
   return Status::Ok();
@@ -188,6 +199,8 @@ Status Trainer::StartSave(int64_t step) {
   l->set_data(grid_->shape().data);
   l->set_virtual_stages(p.virtual_stages());
   l->set_zero_stage(p.zero_stage());
+  l->set_first_stage_layers(p.first_stage_layers());
+  l->set_last_stage_layers(p.last_stage_layers());
   ckpt::OptimizerState* o = h.mutable_optimizer();
   *o->mutable_hyper() = config_.optimizer();
   o->set_step(engine_->optimizer().step());

@@ -38,3 +38,18 @@ expect_exit_2 2 "model.vocab_size: 4095 is not divisible by parallel.tensor = 2"
 expect_exit_2 2 "interleaved pipelining (parallel.virtual_stages > 1) needs a multiple of parallel.pipeline = 2" \
   --set parallel.tensor=1 --set parallel.pipeline=2 --set parallel.virtual_stages=2 --set train.global_batch_size=24 \
   --set train.micro_batch_size=8
+# Uneven pipeline stages (parallel.first_stage_layers / last_stage_layers):
+# each rule names the field.
+expect_exit_2 2 "parallel.first_stage_layers: must be >= 0 (got -1)" \
+  --set parallel.tensor=1 --set parallel.first_stage_layers=-1
+expect_exit_2 1 "parallel.last_stage_layers: needs parallel.pipeline > 1 (got 1)" \
+  --set parallel.tensor=1 --set parallel.pipeline=1 --set parallel.last_stage_layers=2
+expect_exit_2 4 "parallel.first_stage_layers: 3 + parallel.last_stage_layers 2 leave 3 layers for 2 middle stages (not divisible)" \
+  --set parallel.tensor=1 --set parallel.pipeline=4 --set model.n_layers=8 --set parallel.first_stage_layers=3 \
+  --set parallel.last_stage_layers=2
+expect_exit_2 2 "parallel.first_stage_layers: 3 + parallel.last_stage_layers 2 add up to 5, not model.n_layers = 4" \
+  --set parallel.tensor=1 --set parallel.first_stage_layers=3 --set parallel.last_stage_layers=2
+expect_exit_2 3 "parallel.last_stage_layers: 3 leaves 1 layer for 2 other stages (each needs at least parallel.virtual_stages = 1" \
+  --set parallel.tensor=1 --set parallel.pipeline=3 --set parallel.last_stage_layers=3
+expect_exit_2 2 "parallel.first_stage_layers: 3 is not divisible by parallel.virtual_stages = 2" \
+  --set parallel.tensor=1 --set parallel.virtual_stages=2 --set model.n_layers=8 --set parallel.first_stage_layers=3

@@ -4,6 +4,8 @@
 //     from there back to TP2 x PP2: the losses match the uninterrupted run
 //     to fp32 tolerance, the consumed-sample count continues exactly, and the
 //     final parameters agree;
+//   - an even pipeline split resumes as an uneven one and the other way
+//     (parallel.first_stage_layers / last_stage_layers), with the same losses;
 //   - resuming under the same layout is bitwise identical (losses and every
 //     byte of the next checkpoint), ZeRO-1 slices included;
 //   - kill -9 of a rank in the middle of a save (seen by a rank file still
@@ -167,6 +169,37 @@ TEST_F(ResumeTest, ReshardsAcrossLayoutsAndBack) {
     }
     EXPECT_LE(diff, 1e-3 * scale + 1e-7) << t.name();
   }
+}
+
+// Uneven pipeline stages: an even TP1 x PP2 run (4 + 4 layers) resumes at
+// step 4 as PP3 with stages of 2, 3, 3 layers; an uneven PP2 run of 3 + 5
+// layers (which itself matches the even run from step 1) resumes at step 4
+// as the even PP2 layout. Every loss is the uninterrupted even run's, to
+// fp32 tolerance.
+TEST_F(ResumeTest, ReshardsBetweenEvenAndUnevenStages) {
+  const std::string first2 = " --set parallel.first_stage_layers=2";
+  const std::string split35 = " --set parallel.first_stage_layers=3 --set parallel.last_stage_layers=5";
+  auto even = Run(TrainCommand(2, "even", 1, 2, 1, 0, 8));
+  ASSERT_EQ(even.exit_code, 0) << even.out << even.err;
+  const auto ref = Losses("even");
+
+  auto to_uneven = Run(TrainCommand(3, "to_uneven", 1, 3, 1, 0, 8) + first2 + " --resume " +
+                       (dir_ / "even/checkpoints/step_00000004").string());
+  ASSERT_EQ(to_uneven.exit_code, 0) << to_uneven.out << to_uneven.err;
+  ExpectLossesMatch(Losses("to_uneven"), ref, 5, 8, 5e-5);
+  const ckpt::Checkpoint saved = Manifest("to_uneven/checkpoints/step_00000008");
+  EXPECT_EQ(saved.layout().pipeline(), 3);
+  EXPECT_EQ(saved.layout().first_stage_layers(), 2);
+  EXPECT_EQ(saved.layout().last_stage_layers(), 0);
+
+  auto uneven = Run(TrainCommand(2, "uneven", 1, 2, 1, 0, 8) + split35);
+  ASSERT_EQ(uneven.exit_code, 0) << uneven.out << uneven.err;
+  ExpectLossesMatch(Losses("uneven"), ref, 1, 8, 5e-5);
+  auto to_even = Run(TrainCommand(2, "to_even", 1, 2, 1, 0, 8) + " --resume " +
+                     (dir_ / "uneven/checkpoints/step_00000004").string());
+  ASSERT_EQ(to_even.exit_code, 0) << to_even.out << to_even.err;
+  EXPECT_NE(to_even.out.find("1 virtual stages, stages of 3, 5 layers, ZeRO-0"), std::string::npos) << to_even.out;
+  ExpectLossesMatch(Losses("to_even"), ref, 5, 8, 5e-5);
 }
 
 // ZeRO-1 with virtual stages: each replica's moment slice comes back exactly.

@@ -140,6 +140,69 @@ TEST(ConfigTest, SequenceParallelNeedsTensorParallelismAndDivisibleSequences) {
     ASSERT_FALSE(s.ok()) << expected;
     EXPECT_EQ(s.exit_code(), 2);
     EXPECT_NE(s.message().find(expected), std::string::npos) << s.message();
+// parallel.first_stage_layers / last_stage_layers on the 8-layer model: each
+// rule of an uneven split names the field it is about; valid splits pass.
+TEST(ConfigTest, UnevenStagesAreValidated) {
+  using Assignments = std::vector<std::string>;
+  for (const auto& [assignments, expected] : std::vector<std::pair<Assignments, std::string>>{
+           {{"parallel.pipeline=4", "parallel.first_stage_layers=1", "parallel.last_stage_layers=1"}, ""},
+           {{"parallel.pipeline=3", "parallel.first_stage_layers=2"}, ""},
+           {{"parallel.pipeline=3", "parallel.last_stage_layers=2"}, ""},
+           {{"parallel.pipeline=2", "parallel.first_stage_layers=3", "parallel.last_stage_layers=5"}, ""},
+           {{"parallel.pipeline=2", "parallel.virtual_stages=2", "parallel.first_stage_layers=2"}, ""},
+           {{"parallel.pipeline=4", "parallel.virtual_stages=2", "parallel.first_stage_layers=2",
+             "parallel.last_stage_layers=2"},
+            ""},
+           {{"parallel.pipeline=2", "parallel.first_stage_layers=-1"},
+            "parallel.first_stage_layers: must be >= 0 (got -1)"},
+           {{"parallel.pipeline=2", "parallel.last_stage_layers=-2"},
+            "parallel.last_stage_layers: must be >= 0 (got -2)"},
+           {{"parallel.first_stage_layers=2"}, "parallel.first_stage_layers: needs parallel.pipeline > 1 (got 1)"},
+           {{"parallel.last_stage_layers=2"}, "parallel.last_stage_layers: needs parallel.pipeline > 1 (got 1)"},
+           {{"parallel.pipeline=4", "parallel.first_stage_layers=3", "parallel.last_stage_layers=2"},
+            "parallel.first_stage_layers: 3 + parallel.last_stage_layers 2 leave 3 layers for 2 middle stages "
+            "(not divisible)"},
+           {{"parallel.pipeline=3", "parallel.first_stage_layers=3"},
+            "parallel.first_stage_layers: 3 leaves 5 layers for 2 other stages (not divisible)"},
+           {{"parallel.pipeline=3", "parallel.last_stage_layers=3"},
+            "parallel.last_stage_layers: 3 leaves 5 layers for 2 other stages (not divisible)"},
+           {{"parallel.pipeline=2", "parallel.first_stage_layers=3", "parallel.last_stage_layers=4"},
+            "parallel.first_stage_layers: 3 + parallel.last_stage_layers 4 add up to 7, not model.n_layers = 8 "
+            "(parallel.pipeline = 2 has no middle stages)"},
+           {{"parallel.pipeline=4", "parallel.first_stage_layers=6", "parallel.last_stage_layers=1"},
+            "parallel.first_stage_layers: 6 + parallel.last_stage_layers 1 leave 1 layer for 2 middle stages (each "
+            "needs at least parallel.virtual_stages = 1, one per chunk)"},
+           {{"parallel.pipeline=2", "parallel.first_stage_layers=8"},
+            "parallel.first_stage_layers: 8 leaves 0 layers for 1 other stage (each needs at least"},
+           {{"parallel.pipeline=3", "parallel.virtual_stages=2", "parallel.last_stage_layers=6"},
+            "parallel.last_stage_layers: 6 leaves 2 layers for 2 other stages (each needs at least "
+            "parallel.virtual_stages = 2, one per chunk)"},
+           {{"parallel.pipeline=2", "parallel.virtual_stages=2", "parallel.first_stage_layers=3"},
+            "parallel.first_stage_layers: 3 is not divisible by parallel.virtual_stages = 2"},
+           {{"parallel.pipeline=2", "parallel.virtual_stages=2", "parallel.first_stage_layers=4",
+             "parallel.last_stage_layers=4", "model.n_layers=8"},
+            ""},
+           {{"parallel.pipeline=3", "parallel.virtual_stages=2", "parallel.first_stage_layers=2"},
+            "parallel.first_stage_layers: 2 leaves 6 layers for 2 other stages, 3 each, not divisible by "
+            "parallel.virtual_stages = 2"},
+           {{"parallel.pipeline=2", "parallel.virtual_stages=2", "parallel.last_stage_layers=2", "model.n_layers=9"},
+            "parallel.last_stage_layers: 2 leaves 7 layers for 1 other stage, 7 each, not divisible by "
+            "parallel.virtual_stages = 2"}}) {
+    Config c = Quickstart();
+    ASSERT_TRUE(ApplyOverride(&c, "model.n_layers=8").ok());
+    std::string what;
+    for (const std::string& a : assignments) {
+      ASSERT_TRUE(ApplyOverride(&c, a).ok()) << a;
+      what += a + " ";
+    }
+    const Status s = ValidateConfig(c, NoFiles(0));
+    if (expected.empty()) {
+      EXPECT_TRUE(s.ok()) << what << "-> " << s.message();
+      continue;
+    }
+    ASSERT_FALSE(s.ok()) << what;
+    EXPECT_EQ(s.exit_code(), 2);
+    EXPECT_NE(s.message().find(expected), std::string::npos) << what << "-> " << s.message();
   }
 }
 
@@ -360,6 +423,34 @@ TEST(PlanTest, ZeroOneShardsOptimizerStateAcrossDataParallelRanks) {
   const auto z1 = nlohmann::json::parse(*PlanJson(c));
   EXPECT_EQ(z0["memory_breakdown"]["optimizer"].get<int64_t>(), 4 * z1["memory_breakdown"]["optimizer"].get<int64_t>());
   EXPECT_EQ(z1["layout"]["data"].get<int64_t>(), 4);
+}
+
+// Llama 3.1 70B's 80 layers over 6 stages as 12, 14, 14, 14, 14, 12: the
+// largest rank is a middle stage's (14 layers), not an end stage's (12 layers
+// plus the embedding or the head), and --plan reports it.
+TEST(PlanTest, UnevenStagesReportTheLargestStage) {
+  auto c = LoadConfigFile(SourcePath("configs/latam-gpt-70b.textproto"));
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  for (const char* a : {"parallel.pipeline=6", "parallel.virtual_stages=1", "parallel.first_stage_layers=12",
+                        "parallel.last_stage_layers=12"}) {
+    ASSERT_TRUE(ApplyOverride(&*c, a).ok()) << a;
+  }
+  auto plan = PlanJson(*c);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  const auto j = nlohmann::json::parse(*plan);
+  // One layer on a TP-8 rank: the two norm gains whole, an eighth of the
+  // q, k, v, o and MLP matrices (dim 8192, 8 KV heads of 128, ffn 28672).
+  const int64_t dim = 8192, tp = 8;
+  const int64_t layer = 2 * dim + (dim * dim + 2 * 1024 * dim + dim * dim + 3 * 28672 * dim) / tp;
+  const int64_t vocab_shard = 128256 / tp * dim;
+  EXPECT_EQ(j["parameters_per_rank"].get<int64_t>(), 14 * layer);
+  EXPECT_GT(14 * layer, 12 * layer + vocab_shard + dim);  // the middle stage is indeed the largest
+  // With the head stage lightened alone (14 x 5 + 10), the first stage's 14
+  // layers and the embedding are the largest.
+  ASSERT_TRUE(ApplyOverride(&*c, "parallel.first_stage_layers=0").ok());
+  ASSERT_TRUE(ApplyOverride(&*c, "parallel.last_stage_layers=10").ok());
+  const auto k = nlohmann::json::parse(*PlanJson(*c));
+  EXPECT_EQ(k["parameters_per_rank"].get<int64_t>(), 14 * layer + vocab_shard);
 }
 
 }  // namespace
