@@ -150,7 +150,7 @@ Status Trainer::Restore(const std::string& resume) {
       StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->dp_rank());
   LATAM_ASSIGN_OR_RETURN(const ckpt::LoadResult loaded, ckpt::LoadState(*reader, config_.model(), pieces, what));
   FinishOptimizerLoad(engine_->optimizer(), loaded.moments_loaded, loaded.optimizer_step);
-  engine_->model().parameters().SyncCompute();
+  engine_->optimizer().WeightsLoaded();  // the compute copy from the loaded master weights
   start_step_ = loaded.step;
   last_saved_step_ = what == ckpt::LoadWhat::kAll ? loaded.step : -1;
   consumed_ = loaded.consumed_samples;
