@@ -20,13 +20,13 @@
 namespace latam {
 namespace {
 
-struct Run {
+struct ZeroRun {
   std::vector<double> losses, norms;
   std::vector<float> master;  // f32 master weights, padded layout
   std::vector<uint16_t> copy;  // the bf16 compute copy's bits
 };
 
-Run Train(int zero, const std::vector<int32_t>& ids, const std::vector<int32_t>& targets) {
+ZeroRun Train(int zero, const std::vector<int32_t>& ids, const std::vector<int32_t>& targets) {
   const ModelShape shape = testing::SmallShape({.vocab = 256,
                                                 .n_layers = 2,
                                                 .n_heads = 4,
@@ -60,7 +60,7 @@ Run Train(int zero, const std::vector<int32_t>& ids, const std::vector<int32_t>&
   EXPECT_EQ(m.moments, static_cast<int64_t>(opt.moment_bytes()));
   if (zero == 1) EXPECT_EQ(p.param_bytes(), 0u);  // no full f32 weights
 
-  Run out;
+  ZeroRun out;
   const float scale = 1.0f / static_cast<float>(ids.size());
   for (int step = 0; step < 3; ++step) {
     model.parameters().ZeroGrads();
@@ -87,7 +87,7 @@ class CudaZeroTest : public testing::RandomTest {};
 TEST_F(CudaZeroTest, Bf16ZeroOneOverOneReplicaTrainsLikeZeroZero) {
   LATAM_REQUIRE_GPU();
   const std::vector<int32_t> ids = RandomIds(64, 256), targets = RandomIds(64, 256);
-  const Run a = Train(0, ids, targets), b = Train(1, ids, targets);
+  const ZeroRun a = Train(0, ids, targets), b = Train(1, ids, targets);
   EXPECT_EQ(a.losses, b.losses);
   EXPECT_EQ(a.norms, b.norms);
   EXPECT_NE(a.losses.front(), a.losses.back());  // it trained
