@@ -318,6 +318,8 @@ Status Trainer::Run() {
                                std::to_string(r.step) + " and saved a checkpoint; resume with --resume auto");
     }
   }
+  // The last update's parameter all-gathers (ZeRO-1) complete here.
+  engine_->optimizer().FinishParameterGather();
   return PollSave(true);
 }
 
