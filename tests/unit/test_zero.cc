@@ -200,6 +200,33 @@ TEST(ZeroOne, ForwardWaitsForEachBucketWhenItReachesIt) {
   EXPECT_EQ(dp.gathers_waited.size(), 6u);
 }
 
+// The reducer's gathers on their own: one per bucket over the owned range
+// into the bucket (any dtype: here i32 as a stand-in for a non-f32 copy),
+// waited once each; a new StartGather first completes the old ones.
+TEST(ZeroOne, ReducerGathersEveryBucketOnceAndWaitsOnDemand) {
+  ReplicaCommunicator dp(2, 1);
+  std::vector<GradBucket> buckets = {{0, 4, 0, 1}, {4, 10, 1, 3}};
+  GradientReducer reducer(buckets, {"a", "b", "c"}, &dp, 1);
+  std::vector<int32_t> copy(10, 0);
+  const Tensor t = Tensor::Of(copy.data(), Shape{10});
+  EXPECT_EQ(reducer.owned(0), (std::pair<int64_t, int64_t>{2, 4}));
+  EXPECT_EQ(reducer.owned(1), (std::pair<int64_t, int64_t>{7, 10}));
+  reducer.StartGather(t);
+  EXPECT_EQ(dp.gathers_issued, (std::vector<const void*>{copy.data(), copy.data() + 4}));
+  EXPECT_TRUE(reducer.gathering(0) && reducer.gathering(1));
+  reducer.WaitGather(1);
+  EXPECT_EQ(dp.gathers_waited, (std::vector<const void*>{copy.data() + 4}));
+  EXPECT_FALSE(reducer.gathering(1));
+  reducer.WaitGather(1);  // no-op
+  EXPECT_EQ(dp.gathers_waited.size(), 1u);
+  reducer.StartGather(t);  // completes bucket 0's first
+  EXPECT_EQ(dp.gathers_waited, (std::vector<const void*>{copy.data() + 4, copy.data()}));
+  EXPECT_EQ(dp.gathers_issued.size(), 4u);
+  reducer.FinishGather();
+  EXPECT_EQ(dp.gathers_waited.size(), 4u);
+  EXPECT_FALSE(reducer.gathering(0) || reducer.gathering(1));
+}
+
 // D replicas, each with its own optimizer over a group that moves no data:
 // the master shard is the replica's share of every bucket of the initial
 // weights, and the checkpoint the replicas write together (each its master
