@@ -145,8 +145,8 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
   } else {
     ops_ = MakeCudaOps(ops_shape, rope, options.dtype, options.stream, options.attention);
   }
-  params_ = std::make_unique<ParameterSet>(LlamaParameterSpecs(shape_, layout_), param_pad_to,
-                                           ParameterPlacement{options.device, options.dtype, options.stream, options.fp32_weights},
+  const ParameterPlacement placement{options.device, options.dtype, options.stream, options.fp32_weights};
+  params_ = std::make_unique<ParameterSet>(LlamaParameterSpecs(shape_, layout_), param_pad_to, placement,
                                            grad_bucket_elems);
   act_table_ = BuildActivationTable(shape_, layout_, options);
   act_arena_ = Arena(options.device, act_table_.total_bytes());
