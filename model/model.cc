@@ -198,8 +198,8 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
   } else {
     ops_ = MakeCudaOps(ops_shape, rope, options.dtype, options.stream, options.attention);
   }
-  params_ = std::make_unique<ParameterSet>(LlamaParameterSpecs(shape_, layout_), param_pad_to,
-                                           ParameterPlacement{options.device, options.dtype, options.stream},
+  const ParameterPlacement placement{options.device, options.dtype, options.stream, options.fp32_weights};
+  params_ = std::make_unique<ParameterSet>(LlamaParameterSpecs(shape_, layout_), param_pad_to, placement,
                                            grad_bucket_elems);
   act_table_ = BuildActivationTable(shape_, layout_, options);
   act_arena_ = Arena(options.device, act_table_.total_bytes());
@@ -249,6 +249,10 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
     if (shape_.tie_embeddings && !layout_.holds_embedding()) {
       head_tensors_.push_back(table.IndexOf("model.embed_tokens.weight"));
     }
+  }
+  if (layout_.holds_head()) {
+    head_weight_tensors_ = {table.IndexOf("model.norm.weight"),
+                            table.IndexOf(shape_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")};
   }
   if (layout_.holds_embedding()) embedding_tensors_.push_back(table.IndexOf("model.embed_tokens.weight"));
   if (params_->table().Contains("model.embed_tokens.weight")) {
@@ -494,6 +498,7 @@ void LlamaModel::Forward(int chunk, int slot, const int32_t* ids, const int32_t*
   Chunk& c = chunks_[static_cast<size_t>(chunk)];
   Slot& s = c.slots[static_cast<size_t>(slot)];
   if (info.first) {
+    NeedWeights(embedding_tensors_);
     // Vocab-parallel embedding: each rank fills the rows of its ids, zeros elsewhere.
     ops_->UploadIds(ids, s.ids);
     if (sequence_parallel_) {
@@ -505,14 +510,20 @@ void LlamaModel::Forward(int chunk, int slot, const int32_t* ids, const int32_t*
     }
   }
   for (int64_t k = 0; k < c.n_layers; ++k) {
+    NeedWeights(layer_tensors_[static_cast<size_t>(c.first_layer + k)]);
     LayerForward(c.first_layer + k, s.x[static_cast<size_t>(k)], s.x[static_cast<size_t>(k + 1)], Saved(c, s, k));
   }
   if (!info.last) return;
+  NeedWeights(head_weight_tensors_);
   HeadForward(s.x.back(), targets, grad_scale, with_grads, s.grad);
   if (with_grads && last_micro_batch) {
     if (sequence_parallel_) tp_.SumReplicatedGrad(final_norm_grad_);
     ReportFinal(head_tensors_);
   }
+}
+
+void LlamaModel::NeedWeights(const std::vector<size_t>& tensors) const {
+  if (weights_needed_ && !tensors.empty()) weights_needed_(tensors);
 }
 
 void LlamaModel::ReportFinal(const std::vector<size_t>& tensors) const {

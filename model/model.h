@@ -127,6 +127,10 @@ struct ActivationOptions {
   DType dtype = DType::kF32;
   Stream stream;
   AttentionChoice attention = AttentionChoice::kAuto;
+  // Whether the parameter set keeps full f32 weights
+  // (ParameterPlacement::fp32_weights; false under ZeRO >= 1, where the
+  // optimizer holds the f32 master shard).
+  bool fp32_weights = true;
 };
 
 // Bytes of the activation arena and kernel workspaces a LlamaModel with this
@@ -198,6 +202,13 @@ class LlamaModel : public PipelineStages {
   // complete for the step; see above.
   using GradientsFinalFn = std::function<void(const std::vector<size_t>& tensors)>;
   void OnGradientsFinal(GradientsFinalFn fn) { gradients_final_ = std::move(fn); }
+  // Called with parameter indices (ParameterSet order) whose compute copy the
+  // forward is about to read: before the embedding, before each layer's
+  // forward, before the head. The optimizer's parameter all-gathers (ZeRO >=
+  // 1) may still be in flight when a forward starts; this is where it waits
+  // for the buckets holding them.
+  using WeightsNeededFn = std::function<void(const std::vector<size_t>& tensors)>;
+  void OnWeightsNeeded(WeightsNeededFn fn) { weights_needed_ = std::move(fn); }
   // Sum of the token losses of the last chunk's forwards since the last
   // call (0 on other ranks).
   double TakeLoss() override { return ops_->TakeLoss(); }
@@ -279,7 +290,10 @@ class LlamaModel : public PipelineStages {
   // the embedding's.
   std::vector<std::vector<size_t>> layer_tensors_;
   std::vector<size_t> head_tensors_, embedding_tensors_;
+  std::vector<size_t> head_weight_tensors_;  // the weights the head's forward reads
   GradientsFinalFn gradients_final_;
+  WeightsNeededFn weights_needed_;
+  void NeedWeights(const std::vector<size_t>& tensors) const;
   void ReportFinal(const std::vector<size_t>& tensors) const;
 };
 

@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include "core/cuda_check.h"
+#include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/optimizer.h"
 #endif
 
@@ -29,12 +30,34 @@ float ClipFactor(double grad_norm, double max_norm) {
   return static_cast<float>(max_norm / (grad_norm + 1e-6));
 }
 
+OptimizerMemory AdamWOptimizer::MemoryPerRank(int64_t padded_numel, int dp, int zero_stage, DType compute_dtype) {
+  LATAM_CHECK(zero_stage == 0 || zero_stage == 1, "ZeRO stage " << zero_stage);
+  LATAM_CHECK(dp >= 1 && (zero_stage == 0 || padded_numel % dp == 0),
+              padded_numel << " elements do not split over " << dp << " replicas");
+  const int64_t n = padded_numel, f32 = 4;
+  const int64_t copy = compute_dtype == DType::kF32 ? 0 : static_cast<int64_t>(DTypeSize(compute_dtype));
+  OptimizerMemory m;
+  if (zero_stage == 0) {
+    m.weights = f32 * n + copy * n;  // the f32 master and the compute copy
+    m.grads = f32 * n;
+    m.moments = 2 * f32 * n;
+  } else {
+    const int64_t owned = n / dp;
+    m.weights = copy > 0 ? copy * n : f32 * n;  // only the compute copy
+    m.grads = f32 * n + f32 * owned;            // the full arena and the reduce-scatter's shard
+    m.master = f32 * owned;
+    m.moments = 2 * f32 * owned;
+  }
+  return m;
+}
+
 AdamWOptimizer::AdamWOptimizer(ParameterSet* params, const config::OptimizerConfig& config)
     : params_(params),
       config_(config),
       self_dp_(std::make_unique<SelfCommunicator>("dp")),
       self_norm_(std::make_unique<SelfCommunicator>("norm")) {
   comms_ = {self_dp_.get(), self_norm_.get()};
+  LATAM_CHECK(params->has_fp32_params(), "ZeRO-0 needs the parameters' f32 master weights");
   Init();
 }
 
@@ -43,6 +66,10 @@ AdamWOptimizer::AdamWOptimizer(ParameterSet* params, const config::OptimizerConf
     : params_(params), config_(config), zero_stage_(zero_stage), comms_(comms) {
   LATAM_CHECK(comms.dp != nullptr && comms.norm_group != nullptr, "optimizer groups missing");
   LATAM_CHECK(zero_stage == 0 || zero_stage == 1, "ZeRO stage " << zero_stage);
+  LATAM_CHECK(zero_stage == 0 || !params->placement().fp32_weights ||
+                  params->placement().compute_dtype == DType::kF32,
+              "ZeRO-1 keeps the f32 master weights: place the parameters without them (fp32_weights false)");
+  LATAM_CHECK(zero_stage == 1 || params->has_fp32_params(), "ZeRO-0 needs the parameters' f32 master weights");
   Init();
 }
 
@@ -58,17 +85,31 @@ void AdamWOptimizer::Init() {
     const auto [own_begin, own_end] = reducer_->owned(k);
     const int64_t at = reducer_->owned_at(k);
     for (size_t i = buckets[k].first_tensor; i < buckets[k].end_tensor; ++i) {
-      const int64_t begin = params_->flat_offset(i), end = begin + params_->param(i).numel();
+      const int64_t begin = params_->flat_offset(i), end = begin + params_->spec(i).shape.numel();
       const int64_t lo = std::max(begin, own_begin), hi = std::min(end, own_end);
       if (lo < hi) segments_.push_back({i, lo, hi, at + (lo - own_begin)});
     }
   }
   owned_size_ = reducer_->owned_size();
-  if (zero_stage_ == 1) slice_grads_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
+  if (zero_stage_ == 1) {
+    slice_grads_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
+    master_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
+    if (params_->has_fp32_params()) {
+      // The set's f32 array (the compute copy here) may already hold weights.
+      const Tensor full = params_->padded_params();
+      for (size_t k = 0; k < buckets.size(); ++k) {
+        const auto [own_begin, own_end] = reducer_->owned(k);
+        const int64_t at = reducer_->owned_at(k);
+        CopyTensor(Master().Rows(at, at + (own_end - own_begin)), full.Rows(own_begin, own_end));
+      }
+    }
+  }
   exp_avg_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
   exp_avg_sq_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
   if (params_->device() == Device::kCUDA) BuildDeviceTable();
 }
+
+Tensor AdamWOptimizer::Master() const { return master_.View(0, DType::kF32, Shape{owned_size_}); }
 
 Tensor AdamWOptimizer::OwnedGrads() const {
   return zero_stage_ == 1 ? slice_grads_.View(0, DType::kF32, Shape{owned_size_}) : params_->padded_grads();
@@ -78,17 +119,19 @@ void AdamWOptimizer::BuildDeviceTable() {
 #ifdef LATAM_HAVE_CUDA
   // The arenas never move, so the table is built once.
   float* grads = OwnedGrads().as<float>();
-  float* params = params_->padded_params().as<float>();
+  // ZeRO-1 updates the master shard (indexed like the moments), ZeRO-0 the
+  // set's f32 weights (indexed by flat offset).
+  float* params = zero_stage_ == 1 ? Master().as<float>() : params_->padded_params().as<float>();
   float* m = static_cast<float*>(exp_avg_.data());
   float* v = static_cast<float*>(exp_avg_sq_.data());
-  // ZeRO-1 re-casts the whole copy after the all-gather instead.
-  BF16* copy = params_->placement().compute_dtype == DType::kBF16 && zero_stage_ == 0
-                   ? params_->padded_compute().as<BF16>()
-                   : nullptr;
+  // The update writes the bf16 copy of what it updates (ZeRO-1: the owned
+  // range, which the all-gather then spreads).
+  BF16* copy =
+      params_->placement().compute_dtype == DType::kBF16 ? params_->padded_compute().as<BF16>() : nullptr;
   std::vector<cuda::OptimizerSegment> table;
   for (const Segment& s : segments_) {
     cuda::OptimizerSegment seg{};
-    seg.param = params + s.begin;
+    seg.param = params + (zero_stage_ == 1 ? s.owned_at : s.begin);
     seg.grad = grads + s.owned_at;
     seg.exp_avg = m + s.owned_at;
     seg.exp_avg_sq = v + s.owned_at;
@@ -113,7 +156,11 @@ std::vector<AdamWOptimizer::MomentSlice> AdamWOptimizer::Moments() const {
   std::vector<MomentSlice> out;
   float* m = static_cast<float*>(exp_avg_.data());
   float* v = static_cast<float*>(exp_avg_sq_.data());
-  for (const Segment& s : segments_) out.push_back({s.tensor, s.begin, s.end, m + s.owned_at, v + s.owned_at});
+  float* master = zero_stage_ == 1 ? Master().as<float>() : nullptr;
+  for (const Segment& s : segments_) {
+    out.push_back({s.tensor, s.begin, s.end, m + s.owned_at, v + s.owned_at,
+                   master != nullptr ? master + s.owned_at : nullptr});
+  }
   return out;
 }
 
@@ -165,16 +212,72 @@ double AdamWOptimizer::GradNorm() {
   return std::sqrt(comms_.norm_group->AllReduceScalar(sum, ReduceOp::kSum));
 }
 
-void AdamWOptimizer::GatherParameters() {
-  if (zero_stage_ != 1) return;
-  reducer_->AllGatherParameters(params_->padded_params());
-  params_->SyncCompute();
+void AdamWOptimizer::WriteShardToCompute(bool bf16_done) {
+  const Tensor compute = params_->padded_compute();
+  const bool bf16 = compute.dtype != DType::kF32;
+  if (bf16 && bf16_done) return;
+  const std::vector<GradBucket>& buckets = params_->buckets();
+  for (size_t k = 0; k < buckets.size(); ++k) {
+    const auto [own_begin, own_end] = reducer_->owned(k);
+    const int64_t at = reducer_->owned_at(k);
+    const Tensor shard = Master().Rows(at, at + (own_end - own_begin));
+    const Tensor dst = compute.Rows(own_begin, own_end);
+    if (params_->device() == Device::kCPU) {
+      CopyTensor(dst, shard);
+      continue;
+    }
+#ifdef LATAM_HAVE_CUDA
+    const auto stream = params_->placement().stream.cuda();
+    if (bf16) {
+      cuda::Cast(shard, dst, stream);  // rounds to nearest even, as the update kernel does
+    } else if (shard.numel() > 0) {
+      CUDA_CHECK(cudaMemcpyAsync(dst.data, shard.data, shard.bytes(), cudaMemcpyDeviceToDevice, stream));
+    }
+#endif
+  }
 }
+
+void AdamWOptimizer::InitWeights(uint64_t seed) {
+  if (zero_stage_ == 0) {
+    params_->InitWeights(seed);
+    return;
+  }
+  // Every replica draws the same weights; each keeps its shares as the master.
+  std::vector<float> host = params_->DrawWeights(seed);
+  const Tensor all = Tensor::Of(host.data(), Shape{params_->padded_numel()});
+  const std::vector<GradBucket>& buckets = params_->buckets();
+  for (size_t k = 0; k < buckets.size(); ++k) {
+    const auto [own_begin, own_end] = reducer_->owned(k);
+    const int64_t at = reducer_->owned_at(k);
+    CopyTensor(Master().Rows(at, at + (own_end - own_begin)), all.Rows(own_begin, own_end));
+  }
+  WeightsLoaded();
+}
+
+void AdamWOptimizer::WeightsLoaded() {
+  if (zero_stage_ == 0) {
+    params_->SyncCompute();
+    return;
+  }
+  FinishParameterGather();
+  WriteShardToCompute(false);
+  reducer_->AllGatherParameters(params_->padded_compute());
+}
+
+void AdamWOptimizer::WaitForWeights(const std::vector<size_t>& tensors) {
+  for (size_t t : tensors) reducer_->WaitGather(params_->bucket_of(t));
+}
+
+void AdamWOptimizer::FinishParameterGather() { reducer_->FinishGather(); }
 
 void AdamWOptimizer::Step(float lr, float grad_factor) {
   ++step_;
+  // The copy's owned ranges are about to be rewritten: no gather may still read them.
+  FinishParameterGather();
   const Tensor grads = OwnedGrads();
-  const Tensor params = params_->padded_params();
+  // ZeRO-1 updates the master shard (indexed like the moments), ZeRO-0 the
+  // set's f32 weights (indexed by flat offset).
+  const Tensor params = zero_stage_ == 1 ? Master() : params_->padded_params();
   AdamWHyper h;
   h.lr = lr;
   h.beta1 = static_cast<float>(config_.beta1());
@@ -189,7 +292,10 @@ void AdamWOptimizer::Step(float lr, float grad_factor) {
                              static_cast<int>(segments_.size()), h, grad_factor,
                              params_->placement().stream.cuda());
     }
-    GatherParameters();
+    if (zero_stage_ == 1) {
+      WriteShardToCompute(true);
+      reducer_->StartGather(params_->padded_compute());
+    }
     return;
   }
 #endif
@@ -199,9 +305,13 @@ void AdamWOptimizer::Step(float lr, float grad_factor) {
   for (const Segment& s : segments_) {
     h.weight_decay = params_->spec(s.tensor).weight_decay ? static_cast<float>(config_.weight_decay()) : 0.0f;
     const int64_t b = s.owned_at, e = s.owned_at + (s.end - s.begin);
-    cpu::AdamWUpdate(params.Rows(s.begin, s.end), grads.Rows(b, e), m.Rows(b, e), v.Rows(b, e), h);
+    const Tensor p = zero_stage_ == 1 ? params.Rows(b, e) : params.Rows(s.begin, s.end);
+    cpu::AdamWUpdate(p, grads.Rows(b, e), m.Rows(b, e), v.Rows(b, e), h);
   }
-  GatherParameters();
+  if (zero_stage_ == 1) {
+    WriteShardToCompute(false);
+    reducer_->StartGather(params_->padded_compute());
+  }
 }
 
 }  // namespace latam

@@ -10,11 +10,28 @@
 // pass goes on (on GPUs on the data-parallel communicator's own stream; with
 // MPI as a non-blocking collective). FinishGradientReduction waits for all.
 // ZeRO-0: each bucket is all-reduced over the data-parallel group and every
-//   replica updates all its parameters (Adam moments for all of them).
-// ZeRO-1: each bucket (padded to a multiple of D elements) is
-//   reduce-scattered, so replica r holds the summed gradients of share r of
-//   every bucket and keeps Adam moments for those only; it updates those
-//   parameters and all-gathers every bucket from the replicas.
+//   replica updates all its parameters: the ParameterSet's full f32 weights
+//   are the master weights, Adam moments for all of them.
+// ZeRO-1 (Megatron's distributed optimizer): each bucket (padded to a
+//   multiple of D elements) is reduce-scattered, so replica r holds the
+//   summed gradients of share r of every bucket. The optimizer keeps, for
+//   those owned elements only, the f32 master weights (the master shard)
+//   and the Adam moments. Step() updates the master shard, writes it into
+//   the owned range of the compute copy (rounded to bf16 on GPUs with bf16
+//   compute), and all-gathers the compute copy bucket by bucket in the
+//   compute dtype, non-blocking: the next forward waits per bucket
+//   (WaitForWeights, called by LlamaModel::OnWeightsNeeded) only when it
+//   reaches weights still in flight. FinishParameterGather() completes them
+//   all (before anything outside a forward reads the compute copy).
+//   The ParameterSet then keeps no f32 master of its own
+//   (ParameterPlacement::fp32_weights false): with bf16 compute only the
+//   bf16 copy exists; with f32 compute its f32 array is the compute copy,
+//   and the master shard is a separate copy of the owned part.
+// Bytes per parameter per rank (N parameters, D replicas; MemoryPerRank):
+//             weights            gradients      master   moments
+//   ZeRO-0    4 (+2 bf16 copy)   4              -        8
+//   ZeRO-1    2 bf16 / 4 f32     4 + 4/D shard  4/D      8/D
+// so with bf16 compute 18 bytes (ZeRO-0) and 6 + 16/D (ZeRO-1).
 // Gradient norm: sum of squares of every parameter counted once
 //   (ParamSpec::counted excludes replicas: TP copies of the norm gains,
 //   replicated KV heads, the tied embedding's copy), summed over the
@@ -22,12 +39,13 @@
 //   over the whole world (ZeRO-1; each replica holds a different slice).
 // Weight decay applies to the tensors whose ParamSpec says so.
 //
-// Device. The moments live where the ParameterSet does. On CUDA the norm and
-// the update are one multi-tensor launch each over a table of this rank's
-// segments (kernels/cuda/optimizer.h), enqueued on the parameters' stream;
-// the update also refreshes the bf16 compute copy (ZeRO-0), or the copy is
-// re-cast after the all-gather of the updated fp32 weights (ZeRO-1). Only
-// GradNorm() waits for the device (it needs the norm on the host to clip).
+// Device. The master shard and the moments live where the ParameterSet does.
+// On CUDA the norm and the update are one multi-tensor launch each over a
+// table of this rank's segments (kernels/cuda/optimizer.h), enqueued on the
+// parameters' stream; the update also writes the bf16 compute copy of the
+// updated elements (ZeRO-0: all of them; ZeRO-1: the owned ones, which the
+// all-gather then spreads). Only GradNorm() waits for the device (it needs
+// the norm on the host to clip).
 #pragma once
 
 #include <cstdint>
@@ -55,12 +73,46 @@ struct OptimizerComms {
   Communicator* norm_group = nullptr;  // ranks whose norm sums add up: model-parallel (ZeRO-0) or world (ZeRO-1)
 };
 
+// Bytes one rank allocates for the weights and the optimizer state.
+struct OptimizerMemory {
+  int64_t weights = 0;  // full copies in the ParameterSet: f32 and / or the bf16 compute copy
+  int64_t grads = 0;    // the full f32 gradient arena, plus the owned gradient shard (ZeRO-1)
+  int64_t master = 0;   // the f32 master shard (ZeRO-1; ZeRO-0's master is in `weights`)
+  int64_t moments = 0;  // exp_avg and exp_avg_sq
+  int64_t total() const { return weights + grads + master + moments; }
+};
+
 class AdamWOptimizer {
  public:
+  // What a ParameterSet of padded_numel() elements (padded for `dp`
+  // replicas) and its optimizer allocate per rank under `zero_stage` (0 or 1)
+  // with `compute_dtype` (kF32 or kBF16).
+  static OptimizerMemory MemoryPerRank(int64_t padded_numel, int dp, int zero_stage, DType compute_dtype);
+
   // The single-process optimizer (no data parallelism).
   AdamWOptimizer(ParameterSet* params, const config::OptimizerConfig& config);
-  // params must be padded to a multiple of comms.dp->size() for ZeRO-1.
+  // params must be padded to a multiple of comms.dp->size() for ZeRO-1, and
+  // placed without f32 weights (ParameterPlacement::fp32_weights false) when
+  // its compute dtype is bf16. The master shard starts as the owned part of
+  // the set's weights when it has f32 weights, zero otherwise (then call
+  // InitWeights or load a checkpoint).
   AdamWOptimizer(ParameterSet* params, const config::OptimizerConfig& config, int zero_stage, OptimizerComms comms);
+
+  // Initialises the weights as ParameterSet::InitWeights draws them: ZeRO-0
+  // the set's own; ZeRO-1 the master shard, then the compute copy (the
+  // shard rounded to the compute dtype and all-gathered, so every replica
+  // holds the same).
+  void InitWeights(uint64_t seed);
+  // After the master weights were written other than by Step() (checkpoint
+  // load into StatePieces): refreshes the compute copy from them (ZeRO-0:
+  // ParameterSet::SyncCompute; ZeRO-1: shard into the copy, all-gather) and
+  // waits.
+  void WeightsLoaded();
+  // Waits for the parameter all-gathers of the buckets holding `tensors`
+  // (ZeRO-1; a no-op otherwise or when they are complete).
+  void WaitForWeights(const std::vector<size_t>& tensors);
+  // Completes every parameter all-gather in flight.
+  void FinishParameterGather();
 
   // Sums the gradients over data parallelism (ZeRO-1: into this rank's
   // shares), bucket by bucket as their tensors are declared final:
@@ -75,7 +127,8 @@ class AdamWOptimizer {
   // The global gradient norm (after ReduceGradients).
   double GradNorm();
   // Multiplies the (reduced) gradients by grad_factor, applies AdamW with
-  // learning rate `lr`, and (ZeRO-1) all-gathers the parameters.
+  // learning rate `lr`, and (ZeRO-1) writes the updated shard into the
+  // compute copy and starts its all-gather (not waited for: see above).
   void Step(float lr, float grad_factor);
   int64_t step() const { return step_; }
   // Restores the step counter (bias correction) when resuming.
@@ -85,17 +138,27 @@ class AdamWOptimizer {
   // The Adam moments this rank keeps, one entry per piece of a parameter
   // tensor: flat elements [begin, end) of the parameter arena (ZeRO-0: every
   // tensor whole; ZeRO-1: the pieces inside this rank's bucket shares) and
-  // their exp_avg / exp_avg_sq storage. Checkpoints save and restore them in
-  // place.
+  // their exp_avg / exp_avg_sq storage, and (ZeRO-1) the master weights of
+  // the piece (nullptr under ZeRO-0, whose master is the ParameterSet's).
+  // Checkpoints save and restore them in place.
   struct MomentSlice {
     size_t tensor;
     int64_t begin, end;
     float* exp_avg;
     float* exp_avg_sq;
+    float* master;
   };
   std::vector<MomentSlice> Moments() const;
   // Sets every moment to zero (a fresh optimizer).
   void ResetMoments();
+
+  // Bytes of this optimizer's arenas: the master shard, the moments, the
+  // owned gradient shard (MemoryPerRank's master, moments, grads beyond the
+  // ParameterSet's).
+  size_t master_bytes() const { return master_.size(); }
+  size_t moment_bytes() const { return exp_avg_.size() + exp_avg_sq_.size(); }
+  size_t grad_shard_bytes() const { return slice_grads_.size(); }
+  int64_t owned_size() const { return owned_size_; }
 
  private:
   // A piece of one tensor that this rank updates.
@@ -108,7 +171,10 @@ class AdamWOptimizer {
   // The summed gradients this rank updates from: the gradient arena (ZeRO-0)
   // or its bucket shares, in bucket order (ZeRO-1).
   Tensor OwnedGrads() const;
-  void GatherParameters();  // ZeRO-1: all-gathers every bucket, then refreshes the compute copy
+  // ZeRO-1: writes the master shard into the compute copy's owned ranges
+  // (cast when bf16; `bf16_done`: the update kernel already wrote them).
+  void WriteShardToCompute(bool bf16_done);
+  Tensor Master() const;
   void BuildDeviceTable();  // CUDA only
 
   ParameterSet* params_;
@@ -120,6 +186,7 @@ class AdamWOptimizer {
   int64_t owned_size_ = 0;                    // elements this rank updates
   std::vector<Segment> segments_;
   Arena exp_avg_, exp_avg_sq_, slice_grads_;  // over the owned elements (slice_grads_: ZeRO-1 only)
+  Arena master_;                               // ZeRO-1: f32 master weights of the owned elements
   Arena device_segments_, norm_scratch_;       // CUDA: segment table; norm partials and sum
   int64_t step_ = 0;
 };

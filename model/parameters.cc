@@ -99,11 +99,23 @@ ParameterSet::ParameterSet(std::vector<ParamSpec> specs, int64_t pad_to, Paramet
     bucket_of_.insert(bucket_of_.end(), buckets_[b].end_tensor - buckets_[b].first_tensor, b);
   }
   padded_numel_ = static_cast<int64_t>(table_.total_bytes() / sizeof(float));
-  params_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * sizeof(float));
+  if (has_fp32_params()) params_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * sizeof(float));
   grads_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * sizeof(float));
   if (placement.compute_dtype != DType::kF32) {
     compute_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * DTypeSize(placement.compute_dtype));
   }
+}
+
+Tensor ParameterSet::param(const std::string& name) const {
+  LATAM_CHECK(has_fp32_params(), "no f32 weights here (bf16 compute under ZeRO >= 1): read " << name
+                                     << " from the optimizer's master shard");
+  return table_.Get(params_, name);
+}
+
+Tensor ParameterSet::param(size_t i) const {
+  LATAM_CHECK(has_fp32_params(), "no f32 weights here (bf16 compute under ZeRO >= 1): read "
+                                     << specs_[i].name << " from the optimizer's master shard");
+  return table_.Get(params_, i);
 }
 
 Tensor ParameterSet::compute(const std::string& name) const {
@@ -128,6 +140,7 @@ Tensor ParameterSet::Fused(const TensorTable& table, const Arena& arena, const s
 }
 
 Tensor ParameterSet::FusedParam(const std::string& first, size_t count, int64_t cols) const {
+  LATAM_CHECK(has_fp32_params(), "no f32 weights here (bf16 compute under ZeRO >= 1)");
   return Fused(table_, params_, first, count, cols);
 }
 
@@ -140,7 +153,10 @@ Tensor ParameterSet::FusedCompute(const std::string& first, size_t count, int64_
                                                  : Fused(compute_table_, compute_, first, count, cols);
 }
 
-Tensor ParameterSet::padded_params() const { return params_.View(0, DType::kF32, Shape{padded_numel_}); }
+Tensor ParameterSet::padded_params() const {
+  LATAM_CHECK(has_fp32_params(), "no f32 weights here (bf16 compute under ZeRO >= 1)");
+  return params_.View(0, DType::kF32, Shape{padded_numel_});
+}
 Tensor ParameterSet::padded_grads() const { return grads_.View(0, DType::kF32, Shape{padded_numel_}); }
 Tensor ParameterSet::padded_compute() const {
   return placement_.compute_dtype == DType::kF32
@@ -150,44 +166,42 @@ Tensor ParameterSet::padded_compute() const {
 
 void ParameterSet::SyncCompute() {
   if (placement_.compute_dtype == DType::kF32) return;
+  LATAM_CHECK(has_fp32_params(), "SyncCompute without f32 weights: the optimizer refreshes the compute copy");
 #ifdef LATAM_HAVE_CUDA
   cuda::Cast(padded_params(), padded_compute(), placement_.stream.cuda());
 #endif
 }
 
-void ParameterSet::InitWeights(uint64_t seed) {
-  // Drawn on the host; a device set is filled with one copy afterwards.
-  Arena host;
-  const Arena* target = &params_;
-  if (placement_.device != Device::kCPU) {
-    host = Arena(Device::kCPU, params_.size());
-    target = &host;
-  }
+std::vector<float> ParameterSet::DrawWeights(uint64_t seed) const {
+  std::vector<float> host(static_cast<size_t>(padded_numel_), 0.0f);
   for (size_t i = 0; i < specs_.size(); ++i) {
     const ParamSpec& p = specs_[i];
-    const Tensor t = table_.Get(*target, i);
-    float* data = t.as<float>();
+    float* data = host.data() + flat_offset(i);
+    const int64_t n = p.shape.numel();
     if (p.init_std == 0.0) {
-      for (int64_t j = 0; j < t.numel(); ++j) data[j] = 1.0f;
+      for (int64_t j = 0; j < n; ++j) data[j] = 1.0f;
       continue;
     }
     const float std = static_cast<float>(p.init_std);
     const uint64_t stream = StreamId(p.name);
     if (p.shard_dim == 1) {
       // A block of columns: each local row is a contiguous run of the global row.
-      const int64_t rows = t.shape.rows(), cols = t.shape.cols(), global_cols = p.global_shape.cols();
+      const int64_t rows = p.shape.rows(), cols = p.shape.cols(), global_cols = p.global_shape.cols();
       for (int64_t r = 0; r < rows; ++r) {
         FillNormal(data + r * cols, cols, std, seed, stream, static_cast<uint64_t>(r * global_cols + p.shard_offset));
       }
     } else {
       // The whole tensor, or a block of rows: one contiguous run.
       const int64_t first = p.shard_dim == 0 ? p.shard_offset * p.global_shape.cols() : 0;
-      FillNormal(data, t.numel(), std, seed, stream, static_cast<uint64_t>(first));
+      FillNormal(data, n, std, seed, stream, static_cast<uint64_t>(first));
     }
   }
-  if (target != &params_) {
-    CopyTensor(padded_params(), host.View(0, DType::kF32, Shape{padded_numel_}));
-  }
+  return host;
+}
+
+void ParameterSet::InitWeights(uint64_t seed) {
+  std::vector<float> host = DrawWeights(seed);
+  CopyTensor(padded_params(), Tensor::Of(host.data(), Shape{padded_numel_}));
   SyncCompute();
 }
 

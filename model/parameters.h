@@ -75,11 +75,19 @@ std::string LayerParamName(int64_t layer, const char* suffix);
 //                  kBF16 (CUDA): they read a bf16 copy in a third arena,
 //                  refreshed by SyncCompute() and by the optimizer;
 //   stream         the CUDA compute stream that zeroing and casts are
-//                  enqueued on (a cudaStream_t; nullptr = legacy default).
+//                  enqueued on (a cudaStream_t; nullptr = legacy default);
+//   fp32_weights   whether the set keeps full fp32 weights. With ZeRO >= 1
+//                  the fp32 master weights live sharded in the optimizer
+//                  (model/optimizer.h), and the set keeps only what the
+//                  kernels read: with an f32 compute dtype the f32 array is
+//                  the compute copy (it exists either way), with bf16 only
+//                  the bf16 copy exists (false here: no f32 weight arena;
+//                  param(), padded_params() etc. are then programmer errors).
 struct ParameterPlacement {
   Device device = Device::kCPU;
   DType compute_dtype = DType::kF32;
   Stream stream;
+  bool fp32_weights = true;
 };
 
 // Gradient buckets (GradBucket, parallel/data_parallel.h): a layer's
@@ -109,10 +117,17 @@ class ParameterSet {
   int64_t flat_offset(size_t i) const { return static_cast<int64_t>(table_.entry(i).offset / sizeof(float)); }
   Device device() const { return placement_.device; }
 
-  Tensor param(const std::string& name) const { return table_.Get(params_, name); }
+  // The f32 weights (see ParameterPlacement::fp32_weights: a programmer
+  // error when the set has none) and the f32 gradients.
+  Tensor param(const std::string& name) const;
   Tensor grad(const std::string& name) const { return table_.Get(grads_, name); }
-  Tensor param(size_t i) const { return table_.Get(params_, i); }
+  Tensor param(size_t i) const;
   Tensor grad(size_t i) const { return table_.Get(grads_, i); }
+  // Whether the f32 weight arena exists (always unless a bf16 compute copy
+  // stands alone: ParameterPlacement::fp32_weights false).
+  bool has_fp32_params() const {
+    return placement_.fp32_weights || placement_.compute_dtype == DType::kF32;
+  }
   // The weights the kernels read: param() itself, or its bf16 copy.
   Tensor compute(const std::string& name) const;
 
@@ -138,8 +153,18 @@ class ParameterSet {
   void SyncCompute();
   // Initialises every parameter from its spec, then SyncCompute(). Element j
   // of the full tensor `name` gets init_std * NormalAt(seed, StreamId(name),
-  // j), so every layout and device draws the same weights.
+  // j), so every layout and device draws the same weights. Needs the f32
+  // arena; without it the optimizer initialises (AdamWOptimizer::InitWeights)
+  // from DrawWeights.
   void InitWeights(uint64_t seed);
+  // The same initial weights as a host f32 array of padded_numel() elements
+  // (padding zero), laid out like padded_params().
+  std::vector<float> DrawWeights(uint64_t seed) const;
+  // Bytes of the arenas this set allocated: f32 weights (0 without them),
+  // f32 gradients, the bf16 compute copy (0 for f32 compute).
+  size_t param_bytes() const { return params_.size(); }
+  size_t grad_bytes() const { return grads_.size(); }
+  size_t compute_bytes() const { return compute_.size(); }
 
  private:
   Tensor Fused(const TensorTable& table, const Arena& arena, const std::string& first, size_t count,

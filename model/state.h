@@ -5,15 +5,20 @@
 // Which blocks a rank holds. A parameter's block is its ParamSpec's place in
 // the global tensor (a row or column range under tensor parallelism, the
 // whole tensor otherwise). Its moments are the same block under ZeRO-0; under
-// ZeRO-1 a rank keeps the moments of a flat slice of its parameter arena, so
-// each piece of a tensor inside the slice is a flat element range of the
-// local block, split into at most three rectangles (FlatRangeBlocks).
+// ZeRO-1 a rank keeps the moments and the f32 master weights of a flat slice
+// of its parameter arena, so each piece of a tensor inside the slice is a
+// flat element range of the local block, split into at most three
+// rectangles (FlatRangeBlocks); the weights are then saved and loaded from
+// the master shard this way (the format is the same: the pieces tile each
+// tensor), never from the compute copy. After a load, call
+// AdamWOptimizer::WeightsLoaded() to refresh the compute copy.
 //
 // Which copy is written. Every element is stored once: only the copy that
 // counts in the gradient norm (ParamSpec::counted: tensor-parallel rank 0
 // for the norm gains, the first replica of a replicated KV head, the first
 // stage's tied embedding), and among data-parallel replicas only replica 0
-// (parameters; ZeRO-0 moments) or the slice's owner (ZeRO-1 moments).
+// (ZeRO-0 parameters and moments) or the slice's owner (ZeRO-1 master
+// weights and moments).
 // Loading fills every copy a rank holds, replicas included.
 #pragma once
 

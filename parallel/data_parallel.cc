@@ -89,14 +89,29 @@ void GradientReducer::Finish() {
   in_flight_.clear();
 }
 
-void GradientReducer::AllGatherParameters(const Tensor& params) {
+void GradientReducer::StartGather(const Tensor& params) {
   if (zero_stage_ != 1) return;
+  FinishGather();
+  gathers_.resize(buckets_.size());
   for (size_t b = 0; b < buckets_.size(); ++b) {
     const auto [begin, end] = owned(b);
-    in_flight_.push_back(dp_->AllGather(params.Rows(begin, end), params.Rows(buckets_[b].begin, buckets_[b].end)));
+    gathers_[b] = dp_->AllGather(params.Rows(begin, end), params.Rows(buckets_[b].begin, buckets_[b].end));
   }
-  for (auto& request : in_flight_) request->Wait();
-  in_flight_.clear();
+}
+
+void GradientReducer::WaitGather(size_t b) {
+  if (!gathering(b)) return;
+  gathers_[b]->Wait();
+  gathers_[b].reset();
+}
+
+void GradientReducer::FinishGather() {
+  for (size_t b = 0; b < gathers_.size(); ++b) WaitGather(b);
+}
+
+void GradientReducer::AllGatherParameters(const Tensor& params) {
+  StartGather(params);
+  FinishGather();
 }
 
 }  // namespace latam

@@ -16,8 +16,12 @@
 //           summed gradients of every element and updates all of them.
 //   ZeRO-1  each bucket [b, e) is reduce-scattered: replica r receives the
 //           sum of share r, elements [b + r s, b + (r+1) s) with
-//           s = (e - b) / D, into its owned buffer; after the update,
-//           AllGatherParameters gathers every bucket's shares back.
+//           s = (e - b) / D, into its owned buffer; after the update the
+//           owner has written its share of the weights' compute copy, and
+//           StartGather all-gathers every bucket of that copy (in the
+//           compute dtype: bf16 on GPUs) non-blocking, in bucket order (the
+//           forward order); WaitGather(b) completes one bucket (the next
+//           forward waits there, bucket by bucket), FinishGather() all.
 // The owned elements of all buckets, in bucket order, form one buffer of
 // owned_size() elements (ZeRO-0: the whole padded array), where bucket b's
 // owned range starts at owned_at(b).
@@ -76,8 +80,20 @@ class GradientReducer {
   void Begin();
   void TensorsFinal(const std::vector<size_t>& tensors, const Tensor& grads, const Tensor& owned);
   void Finish();
-  // ZeRO-1: every replica's updated share of every bucket of `params` (the
-  // flat parameter array) to every replica. A no-op for ZeRO-0.
+  // ZeRO-1: every replica's updated share of every bucket of `params` (a
+  // flat array laid out like the gradients, of any dtype: the compute copy)
+  // to every replica, one non-blocking all-gather per bucket in bucket
+  // order. `params` must stay valid and its shares untouched until the
+  // bucket's WaitGather (or FinishGather). A no-op for ZeRO-0. Starting
+  // while gathers are in flight completes those first.
+  void StartGather(const Tensor& params);
+  // Completes bucket b's gather if it is in flight (a no-op otherwise).
+  void WaitGather(size_t b);
+  // Completes every gather in flight.
+  void FinishGather();
+  // Whether bucket b's gather is in flight.
+  bool gathering(size_t b) const { return b < gathers_.size() && gathers_[b] != nullptr; }
+  // StartGather then FinishGather.
   void AllGatherParameters(const Tensor& params);
 
  private:
@@ -95,6 +111,8 @@ class GradientReducer {
   std::vector<int> pending_;
   std::vector<bool> final_;
   std::vector<std::unique_ptr<Request>> in_flight_;
+  // The parameter gathers in flight, per bucket (nullptr: none).
+  std::vector<std::unique_ptr<Request>> gathers_;
 };
 
 }  // namespace latam

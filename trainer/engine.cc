@@ -36,6 +36,9 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_
     act.stream = stream;
     act.attention = compute.attention;
   }
+  // ZeRO-1: the optimizer holds the f32 master weights (sharded); the
+  // parameter set keeps only the compute copy.
+  act.fp32_weights = p.zero_stage() == 0;
   act.slots =
       SlotsNeeded(BuildSchedule(g.pipeline, grid->pp_rank(), p.virtual_stages(), micro_batches_), p.virtual_stages());
   ModelComms comms;
@@ -44,12 +47,15 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_
   const int zero = p.zero_stage();
   const int64_t bucket_elems = static_cast<int64_t>(p.grad_bucket_mb() * 1e6 / sizeof(float));
   model_ = std::make_unique<LlamaModel>(shape, layout, act, comms, zero == 1 ? g.data : 1, bucket_elems);
-  model_->parameters().InitWeights(config.train().seed());
   executor_ = std::make_unique<PipelineExecutor>(model_.get(), &grid->pp(), micro_batches_);
   OptimizerComms oc;
   oc.dp = &grid->dp();
   oc.norm_group = zero == 1 ? &grid->world() : &grid->model_parallel();
   optimizer_ = std::make_unique<AdamWOptimizer>(&model_->parameters(), config.optimizer(), zero, oc);
+  optimizer_->InitWeights(config.train().seed());
+  // ZeRO-1's parameter all-gathers run into the next forward, which waits
+  // for each bucket only when it reaches its weights.
+  model_->OnWeightsNeeded([this](const std::vector<size_t>& tensors) { optimizer_->WaitForWeights(tensors); });
   // Gradients go to the data-parallel reduction as the backward pass
   // completes them, except a tied embedding split over the first and last
   // stages: its two copies are summed after the pipeline, then reduced.
@@ -135,6 +141,7 @@ Result<double> Engine::Evaluate(int64_t n, const SampleFn& sample) {
       }
     }
   };
+  optimizer_->FinishParameterGather();
   const double local_loss = executor_->EvalStep(micro_batches, fetch);
   const double bad = grid_->world().AllReduceScalar(status.ok() ? 0.0 : 1.0, ReduceOp::kSum);
   if (!status.ok()) return status;

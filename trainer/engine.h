@@ -16,7 +16,10 @@
 //      the rest of the backward pass; a tied embedding split over the first
 //      and last stages sums its two copies after the pipeline, then joins it;
 //   4. the optimizer takes the global norm, clips and updates
-//      (model/optimizer.h).
+//      (model/optimizer.h); under ZeRO-1 it then starts all-gathering the
+//      updated weights bucket by bucket, and the next step's forward waits
+//      for each bucket when it reaches its weights (LlamaModel's
+//      OnWeightsNeeded hook); Evaluate completes them first.
 // Any layout therefore computes the same losses and parameters as one
 // process, up to floating-point summation order.
 #pragma once

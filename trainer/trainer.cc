@@ -151,7 +151,7 @@ Status Trainer::Restore(const std::string& resume) {
       StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->dp_rank());
   LATAM_ASSIGN_OR_RETURN(const ckpt::LoadResult loaded, ckpt::LoadState(*reader, config_.model(), pieces, what));
   FinishOptimizerLoad(engine_->optimizer(), loaded.moments_loaded, loaded.optimizer_step);
-  engine_->model().parameters().SyncCompute();
+  engine_->optimizer().WeightsLoaded();  // the compute copy from the loaded master weights
   start_step_ = loaded.step;
   last_saved_step_ = what == ckpt::LoadWhat::kAll ? loaded.step : -1;
   consumed_ = loaded.consumed_samples;
@@ -331,6 +331,8 @@ Status Trainer::Run() {
                                std::to_string(r.step) + " and saved a checkpoint; resume with --resume auto");
     }
   }
+  // The last update's parameter all-gathers (ZeRO-1) complete here.
+  engine_->optimizer().FinishParameterGather();
   return PollSave(true);
 }
 

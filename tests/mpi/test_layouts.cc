@@ -312,15 +312,22 @@ int main(int argc, char** argv) {
     const int64_t pp_bytes = 4 * micro_batches * (non_first + non_last) * rows * dim;
     t.Eq(grid.pp().stats().bytes_of(CommOp::kSend), pp_bytes, "pipeline send bytes" + at);
     t.Eq(grid.pp().stats().bytes_of(CommOp::kRecv), pp_bytes, "pipeline recv bytes" + at);
-    // DP: ZeRO-0 all-reduces the gradients; ZeRO-1 reduce-scatters them and
-    // all-gathers the parameters, both over the buffer padded to D slices.
+    // DP: ZeRO-0 all-reduces the f32 gradients; ZeRO-1 reduce-scatters them
+    // and, after the update, all-gathers the weights' compute copy (not the
+    // f32 master weights, which stay sharded): compute-dtype bytes per
+    // element, 4 for the f32 compute of these layouts (2 with bf16). Both
+    // collectives span the buffer padded to D slices. The all-gathers issued
+    // by a step complete in the next forward, but the counters record them
+    // when issued, so each step counts its own.
     const ParameterSet& params = engine.model().parameters();
     if (zero == 0) {
       t.Eq(grid.dp().stats().bytes_of(CommOp::kAllReduce), 4 * params.numel(), "data-parallel all-reduce bytes" + at);
     } else {
+      const int64_t compute_bytes = static_cast<int64_t>(DTypeSize(params.placement().compute_dtype));
       t.Eq(params.padded_numel() % dp, int64_t{0}, "padding");
       t.Eq(grid.dp().stats().bytes_of(CommOp::kReduceScatter), 4 * params.padded_numel(), "reduce-scatter bytes" + at);
-      t.Eq(grid.dp().stats().bytes_of(CommOp::kAllGather), 4 * params.padded_numel(), "all-gather bytes" + at);
+      t.Eq(grid.dp().stats().bytes_of(CommOp::kAllGather), compute_bytes * params.padded_numel(),
+           "all-gather bytes" + at);
     }
   }
 

@@ -1,0 +1,103 @@
+// The distributed optimizer on the GPU with bf16 compute (model/optimizer.h):
+// a ZeRO-1 optimizer over a one-replica data-parallel group keeps the f32
+// master weights as its shard (the ParameterSet holds only the bf16 copy),
+// and trains bitwise like ZeRO-0 (the update kernel runs the same arithmetic
+// on the same values, writing the master shard and the bf16 copy of the
+// owned range, which the all-gather, the identity here, spreads). The
+// multi-replica path needs NCCL and several GPUs (tests/mpi/test_layouts.cc
+// with device=cuda).
+#include <cuda_runtime.h>
+
+#include <string>
+#include <vector>
+
+#include "model/layout.h"
+#include "model/model.h"
+#include "model/optimizer.h"
+#include "tests/cuda/cuda_test_util.h"
+#include "tests/test_util.h"
+
+namespace latam {
+namespace {
+
+struct ZeroRun {
+  std::vector<double> losses, norms;
+  std::vector<float> master;  // f32 master weights, padded layout
+  std::vector<uint16_t> copy;  // the bf16 compute copy's bits
+};
+
+ZeroRun Train(int zero, const std::vector<int32_t>& ids, const std::vector<int32_t>& targets) {
+  const ModelShape shape = testing::SmallShape({.vocab = 256,
+                                                .n_layers = 2,
+                                                .n_heads = 4,
+                                                .n_kv_heads = 2,
+                                                .head_dim = 32,
+                                                .ffn_dim = 256,
+                                                .max_seq_len = 32,
+                                                .init_std = 0.05,
+                                                .tied = false});
+  ActivationOptions act;
+  act.micro_batch = 2;
+  act.seq_len = 32;
+  act.device = Device::kCUDA;
+  act.dtype = DType::kBF16;
+  act.fp32_weights = zero == 0;
+  SelfCommunicator tp("tp"), dp("dp"), norm("norm");
+  // One bucket per layer: the embedding, 2 layers, the head.
+  LlamaModel model(shape, ModelLayout::Single(shape), act, ModelComms{&tp, nullptr}, 1, 1);
+  config::OptimizerConfig oc;
+  oc.set_lr(3e-3);
+  oc.set_weight_decay(0.1);
+  AdamWOptimizer opt(&model.parameters(), oc, zero, OptimizerComms{&dp, &norm});
+  opt.InitWeights(5);
+  model.OnWeightsNeeded([&](const std::vector<size_t>& t) { opt.WaitForWeights(t); });
+  const ParameterSet& p = model.parameters();
+  // What the arenas hold is MemoryPerRank's.
+  const OptimizerMemory m = AdamWOptimizer::MemoryPerRank(p.padded_numel(), 1, zero, DType::kBF16);
+  EXPECT_EQ(m.weights, static_cast<int64_t>(p.param_bytes() + p.compute_bytes()));
+  EXPECT_EQ(m.grads, static_cast<int64_t>(p.grad_bytes() + opt.grad_shard_bytes()));
+  EXPECT_EQ(m.master, static_cast<int64_t>(opt.master_bytes()));
+  EXPECT_EQ(m.moments, static_cast<int64_t>(opt.moment_bytes()));
+  if (zero == 1) EXPECT_EQ(p.param_bytes(), 0u);  // no full f32 weights
+
+  ZeroRun out;
+  const float scale = 1.0f / static_cast<float>(ids.size());
+  for (int step = 0; step < 3; ++step) {
+    model.parameters().ZeroGrads();
+    out.losses.push_back(model.ForwardBackward(ids.data(), targets.data(), scale));
+    opt.ReduceGradients();
+    out.norms.push_back(opt.GradNorm());
+    opt.Step(3e-3f, ClipFactor(out.norms.back(), 1.0));
+  }
+  opt.FinishParameterGather();
+  out.master.assign(static_cast<size_t>(p.padded_numel()), 0.0f);
+  for (const AdamWOptimizer::MomentSlice& s : opt.Moments()) {
+    const float* src = zero == 1 ? s.master : p.padded_params().as<float>() + s.begin;
+    CUDA_CHECK(cudaMemcpy(out.master.data() + s.begin, src, static_cast<size_t>(s.end - s.begin) * sizeof(float),
+                          cudaMemcpyDeviceToHost));
+  }
+  out.copy.assign(static_cast<size_t>(p.padded_numel()), 0);
+  CUDA_CHECK(cudaMemcpy(out.copy.data(), p.padded_compute().data, out.copy.size() * sizeof(uint16_t),
+                        cudaMemcpyDeviceToHost));
+  return out;
+}
+
+class CudaZeroTest : public testing::RandomTest {};
+
+TEST_F(CudaZeroTest, Bf16ZeroOneOverOneReplicaTrainsLikeZeroZero) {
+  LATAM_REQUIRE_GPU();
+  const std::vector<int32_t> ids = RandomIds(64, 256), targets = RandomIds(64, 256);
+  const ZeroRun a = Train(0, ids, targets), b = Train(1, ids, targets);
+  EXPECT_EQ(a.losses, b.losses);
+  EXPECT_EQ(a.norms, b.norms);
+  EXPECT_NE(a.losses.front(), a.losses.back());  // it trained
+  ASSERT_EQ(a.master.size(), b.master.size());
+  for (size_t i = 0; i < a.master.size(); ++i) {
+    ASSERT_EQ(a.master[i], b.master[i]) << "master element " << i;
+    ASSERT_EQ(a.copy[i], b.copy[i]) << "bf16 element " << i;
+    ASSERT_EQ(b.copy[i], BF16::FromFloat(b.master[i]).bits) << "the copy is the master rounded, element " << i;
+  }
+}
+
+}  // namespace
+}  // namespace latam
