@@ -13,6 +13,7 @@
 // PlanJson on the same config. Each layout's engine is freed before the
 // next one is built. About 2.5 GB of host memory at the largest layout.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -90,8 +91,15 @@ int main(int argc, char** argv) {
       ProcessGrid grid(std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world"), GridShape{l.tp, l.pp, l.dp});
       ResetHostArenaPeak();
       const size_t before = HostArenaLiveBytes();
+      const auto t0 = std::chrono::steady_clock::now();
       Engine engine(config, &grid);
+      const auto t1 = std::chrono::steady_clock::now();
       auto r = engine.Step(0, 0, Sample);
+      const auto t2 = std::chrono::steady_clock::now();
+      if (mpi.world_rank() == 0) {
+        std::printf("%s: engine built in %.1f s, one step in %.1f s\n", name.c_str(),
+                    std::chrono::duration<double>(t1 - t0).count(), std::chrono::duration<double>(t2 - t1).count());
+      }
       t.Check(r.ok() && std::isfinite(r->loss), name + ": step failed");
       const double mine = static_cast<double>(HostArenaPeakBytes() - before);
       measured = grid.world().AllReduceScalar(mine, ReduceOp::kMax);
