@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "model/layout.h"
@@ -267,6 +268,39 @@ TEST(StepTimeTest, UnknownMachinesAreRejected) {
   ASSERT_TRUE(hw.ok());
   EXPECT_EQ(hw->capacity_bytes, 141e9);
   EXPECT_EQ(hw->peak_flops, 989e12);
+}
+
+}  // namespace
+}  // namespace latam
+
+namespace latam {
+namespace {
+
+// The command line: --gpu adds the fit and the step time; bad machine flags
+// exit 2 naming the flag.
+TEST(StepTimeTest, PlanFlagsOnTheCommandLine) {
+  const std::filesystem::path dir = testing::FreshTestDir("step_time_cli");
+  const std::string train = testing::BinPath("latam-train") + " --config configs/latam-gpt-70b-p5.textproto";
+  const auto ok = testing::RunCommand(train + " --plan --gpu h100 --network efa --gpus-per-node 8", LATAM_SOURCE_DIR, dir);
+  ASSERT_EQ(ok.exit_code, 0) << ok.err;
+  const auto j = nlohmann::json::parse(ok.out);
+  EXPECT_EQ(j["step_time"]["network"].get<std::string>(), "efa");
+  EXPECT_EQ(j["memory_capacity_bytes"].get<int64_t>(), 80000000000);
+  EXPECT_TRUE(j.contains("headroom_fraction"));
+  const auto plain = testing::RunCommand(train + " --plan", LATAM_SOURCE_DIR, dir);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_FALSE(nlohmann::json::parse(plain.out).contains("step_time"));
+  for (const auto& [args, expected] : std::vector<std::pair<std::string, std::string>>{
+           {" --plan --gpu a100", "--gpu must be h100 or h200"},
+           {" --plan --gpu h100 --network ethernet", "--network must be ib or efa"},
+           {" --plan --gpu h100 --gpus-per-node 0", "--gpus-per-node must be a positive integer"},
+           {" --plan --network efa", "need --gpu"},
+           {" --gpu h100", "go with --plan"}}) {
+    const auto r = testing::RunCommand(train + args, LATAM_SOURCE_DIR, dir);
+    EXPECT_EQ(r.exit_code, 2) << args;
+    EXPECT_NE(r.err.find(expected), std::string::npos) << args << ": " << r.err;
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
