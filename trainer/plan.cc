@@ -32,7 +32,9 @@ int64_t LocalLayerMatmulParameters(const ModelShape& s, const ModelLayout& l) {
 
 // The recomputed forward of FULL recompute, per token on one rank of one
 // layer: 2 x its matmul parameters plus the causal attention forward.
-// SELECTIVE recomputes element-wise ops only: no matmul FLOPs.
+// SELECTIVE recomputes element-wise ops only: no matmul FLOPs. (Stands in
+// for the model's own count, RecomputeFlopsPerToken, once model/model.h has
+// it.)
 double LocalLayerRecomputeFlopsPerToken(const ModelShape& s, const ModelLayout& l, Recompute r, int64_t seq_len) {
   if (r != Recompute::kFull) return 0.0;
   return 2.0 * static_cast<double>(LocalLayerMatmulParameters(s, l)) +
@@ -46,6 +48,9 @@ double TrainingFlopsPerToken(const ModelShape& s, int64_t seq_len) {
          6.0 * static_cast<double>(s.n_layers) * static_cast<double>(seq_len) * static_cast<double>(s.attn_dim());
 }
 
+// The per-rank state of the parameters, by the formula of trainer/plan.h
+// (the distributed optimizer's layout). Once AdamWOptimizer::MemoryPerRank
+// exists it is the single source and this function forwards to it.
 ParameterMemory ParameterMemoryPerRank(int64_t parameters, bool bf16, int zero_stage, int64_t data_parallel,
                                        int64_t bucket_elems) {
   const double p = static_cast<double>(parameters);
@@ -114,11 +119,11 @@ Result<PlanCore> MakePlanCore(const Config& config) {
   in.tokens_per_step = static_cast<int64_t>(config.train().global_batch_size()) * act.seq_len;
   in.model_flops_per_step = core.flops_per_token * static_cast<double>(in.tokens_per_step);
 
-  // The largest rank is a tensor-parallel rank of the first or the last
-  // pipeline stage (they add the embedding and the head); its activations
-  // are those of the slots its pipeline schedule keeps in flight. The same
-  // two stages are the step-time model's candidates for the slowest.
-  for (int stage : {0, static_cast<int>(pp) - 1}) {
+  // Every pipeline stage (tensor-parallel rank 0 of it): the largest rank's
+  // parameters and activations (those of the slots its pipeline schedule
+  // keeps in flight; usually the first or the last stage, which add the
+  // embedding and the head), and each stage's load for the step-time model.
+  for (int stage = 0; stage < static_cast<int>(pp); ++stage) {
     const ModelLayout layout =
         ModelLayout::Make(s, static_cast<int>(tp), 0, static_cast<int>(pp), stage, p.virtual_stages());
     const int64_t params = CountParameters(LlamaParameterSpecs(s, layout));
@@ -156,7 +161,6 @@ Result<PlanCore> MakePlanCore(const Config& config) {
       load.last_bucket_parameters = std::min(params, layers_per_bucket * layer_params);
     }
     in.stages.push_back(load);
-    if (pp == 1) break;
   }
   return core;
 }

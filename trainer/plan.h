@@ -3,8 +3,9 @@
 // predicted step time (trainer/step_time.h).
 //
 // Parameter counts are exact. Per-rank numbers are for the largest rank
-// (the first or last pipeline stage, which also hold the vocab-parallel
-// embedding and LM head). With P = parameters of that rank, D data-parallel
+// over the pipeline stages (usually the first or the last, which also hold
+// the vocab-parallel embedding and LM head; parameters and activations
+// are each the largest over stages). With P = parameters of that rank, D data-parallel
 // ranks, memory is (ParameterMemoryPerRank below):
 //   weights        the compute copy, P x 2 (bf16) or P x 4 (fp32), plus
 //                  under ZeRO-0 with bf16 the fp32 master weights, P x 4;
@@ -51,8 +52,8 @@ struct PlanOptions {
 // The plan as a one-line JSON object.
 Result<std::string> PlanJson(const Config& config, const PlanOptions& options = {});
 
-// The step-time model's input for the config (trainer/step_time.h): the
-// first and the last pipeline stage's loads.
+// The step-time model's input for the config (trainer/step_time.h): every
+// pipeline stage's load.
 Result<StepInput> PlanStepInput(const Config& config);
 
 // Training FLOPs per token of `shape` at sequence length `seq_len`.

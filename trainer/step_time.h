@@ -5,9 +5,9 @@
 // Nothing here is measured; every constant is an assumption stated in the
 // plan's output and justified in docs/performance.md.
 //
-// Inputs. The plan (trainer/plan.cc) describes each pipeline stage it
-// evaluates (the first and the last: the embedding, the LM head and, with
-// uneven stages, the most layers are there) as a StageLoad: its layers,
+// Inputs. The plan (trainer/plan.cc) describes every pipeline stage (the
+// first holds the embedding, the last the LM head; with uneven stages the
+// middle ones may hold the most layers) as a StageLoad: its layers,
 // chunks, training FLOPs per micro-batch on one GPU (recompute included),
 // and the parameters it reduces over data parallelism. StepModel() turns
 // them into a StepTime. All times are seconds, all sizes bytes.
@@ -118,7 +118,7 @@ struct StepInput {
   bool recompute_full = false;
   double model_flops_per_step = 0;      // whole model, no recompute, all tokens
   int64_t tokens_per_step = 0;
-  std::vector<StageLoad> stages;        // at least one
+  std::vector<StageLoad> stages;        // at least one; the plan gives every stage
 };
 
 // Bytes one GPU of a stage moves per step in each group (as
