@@ -225,10 +225,9 @@ TEST(StepTimeTest, BytesPerGroupMatchTheLayoutTestsCounts) {
   }
 }
 
-// Each preset fits its GPU with at least 10% headroom, and the step time's
-// parts add up. A preset that needs a feature this build still rejects
-// (sequence parallelism, SELECTIVE recompute, uneven stages, ZeRO-2) is
-// tolerated with exactly that rejection.
+// Each preset fits its GPU with at least 10% headroom, plans the whole
+// cluster, and the step time's parts add up. (No preset needs a feature
+// validation still rejects, so none is tolerated.)
 TEST(StepTimeTest, PresetsFitTheirGpusWithTenPercentHeadroom) {
   struct Preset {
     const char* file;
