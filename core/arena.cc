@@ -1,5 +1,6 @@
 #include "core/arena.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
@@ -12,13 +13,28 @@ namespace latam {
 
 namespace {
 size_t RoundUp(size_t n, size_t alignment) { return (n + alignment - 1) / alignment * alignment; }
+
+std::atomic<size_t> host_live{0};
+std::atomic<size_t> host_peak{0};
+
+void CountHostAllocation(size_t bytes) {
+  const size_t live = host_live.fetch_add(bytes) + bytes;
+  size_t peak = host_peak.load();
+  while (live > peak && !host_peak.compare_exchange_weak(peak, live)) {
+  }
+}
 }  // namespace
+
+size_t HostArenaLiveBytes() { return host_live.load(); }
+size_t HostArenaPeakBytes() { return host_peak.load(); }
+void ResetHostArenaPeak() { host_peak.store(host_live.load()); }
 
 Arena::Arena(Device device, size_t bytes) : size_(bytes), device_(device) {
   if (bytes == 0) return;
   if (device == Device::kCPU) {
     data_ = std::aligned_alloc(kAlignment, RoundUp(bytes, kAlignment));
     LATAM_CHECK(data_ != nullptr, "host allocation of " << bytes << " bytes failed");
+    CountHostAllocation(bytes);
   } else {
 #ifdef LATAM_HAVE_CUDA
     CUDA_CHECK(cudaMalloc(&data_, bytes));
@@ -48,6 +64,7 @@ void Arena::Release() {
   if (data_ == nullptr) return;
   if (device_ == Device::kCPU) {
     std::free(data_);
+    host_live.fetch_sub(size_);
   } else {
 #ifdef LATAM_HAVE_CUDA
     CUDA_CHECK(cudaFree(data_));

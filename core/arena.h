@@ -7,6 +7,12 @@
 // the step loop. Host arenas are 256-byte aligned and zero-filled; device
 // arenas use cudaMalloc (only in builds with LATAM_CUDA) and are zero-filled
 // too.
+//
+// Host-arena accounting: the process counts the bytes of its live host
+// arenas (the size asked for, alignment padding not included) and the peak
+// of that count since the last ResetHostArenaPeak(). `latam-train --plan`'s
+// CPU memory is checked against it (tests/mpi/test_plan_memory.cc). Device
+// arenas are not counted. Thread-safe.
 #pragma once
 
 #include <cstddef>
@@ -50,6 +56,13 @@ class Arena {
   size_t size_ = 0;
   Device device_ = Device::kCPU;
 };
+
+// Bytes of host arenas alive now in this process.
+size_t HostArenaLiveBytes();
+// The largest HostArenaLiveBytes() since the last reset (or the start).
+size_t HostArenaPeakBytes();
+// Starts a new peak from the bytes alive now.
+void ResetHostArenaPeak();
 
 // Copies src into dst (equal byte sizes; any pair of devices) and returns
 // once the copy is done. Device copies synchronise the whole device first, so

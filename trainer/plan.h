@@ -1,23 +1,41 @@
 // `latam-train --plan`: sizes, memory and FLOPs of a config, without data,
-// MPI or any allocation.
+// MPI or any allocation; with a GPU kind, also whether it fits and a
+// predicted step time (trainer/step_time.h).
 //
 // Parameter counts are exact. Per-rank numbers are for the largest rank
-// (the first or last pipeline stage, which also hold the vocab-parallel
-// embedding and LM head). Memory is:
-//   weights     parameters_per_rank x (4 bytes of fp32 master weights,
-//               + 2 for the bf16 compute copy with train.precision=bf16)
-//   gradients   parameters_per_rank x 4 (fp32 accumulation)
-//   optimizer   parameters_per_rank x 8 (Adam moments), divided by the
-//               data-parallel size under ZeRO-1
-//   activations what the rank's activation arena and kernel workspaces
-//               hold (ActivationBytes: its TP-local widths in the
-//               activation dtype, its chunks, one slot per micro-batch its
-//               pipeline schedule keeps in flight; the CUDA workspaces,
-//               cuBLASLt's included, only in builds with CUDA)
-// Not counted: the CUDA context, NCCL's buffers, allocator slack.
+// over the pipeline stages (usually the first or the last, which also hold
+// the vocab-parallel embedding and LM head; parameters and activations
+// are each the largest over stages). With P = parameters of that rank, D data-parallel
+// ranks, memory is (ParameterMemoryPerRank below, which is
+// AdamWOptimizer::MemoryPerRank: what the optimizer and its ParameterSet
+// allocate):
+//   weights        ZeRO-0: the fp32 weights, P x 4, plus with bf16 the bf16
+//                  copy the kernels read, P x 2; ZeRO-1: only the copy the
+//                  kernels read, P x 2 (bf16) or P x 4 (fp32);
+//   master_weights ZeRO-1: the fp32 master shard, P x 4 / D;
+//   gradients      fp32: P x 4, plus under ZeRO-1 the shard the
+//                  reduce-scatter writes, P x 4 / D;
+//   optimizer      the Adam moments: P x 8, or P x 8 / D under ZeRO-1;
+//   activations    what the rank's activation arena and kernel workspaces
+//                  hold (ActivationBytes, model/model.h: its TP-local widths
+//                  in the activation dtype, its chunks, one slot per
+//                  micro-batch its pipeline schedule keeps in flight; the
+//                  CUDA workspaces, cuBLASLt's included, only for cuda).
+// memory_bytes_per_rank is their sum: on the CPU exactly what the rank's
+// host arenas hold at their peak, up to the per-bucket padding
+// (tests/mpi/test_plan_memory.cc measures it). Not counted there: the CUDA
+// context, NCCL's buffers; with a GPU kind the plan adds an allowance for
+// them (Hardware::reserved_bytes) before comparing with the GPU's memory:
+//   fits               memory_bytes_per_rank + reserved <= capacity
+//   headroom_fraction  1 - (memory_bytes_per_rank + reserved) / capacity
 // flops_per_token is training FLOPs: 6 x (matmul parameters) plus causal
 // attention 6 x n_layers x seq_len x (n_heads x head_dim) (QK^T and PV,
-// forward and backward, half the positions masked).
+// forward and backward, half the positions masked); recompute is not in it
+// (step_time counts it separately). recompute_choices gives, for NONE,
+// SELECTIVE and FULL with everything else unchanged, the largest rank's
+// activations and memory and the model's extra forward FLOPs per token
+// (RecomputeFlopsPerToken summed over every rank of one model replica), also
+// as a fraction of flops_per_token.
 #pragma once
 
 #include <string>
@@ -25,13 +43,35 @@
 #include "core/status.h"
 #include "trainer/config.h"
 #include "model/parameters.h"
+#include "trainer/step_time.h"
 
 namespace latam {
 
+// The machine a plan predicts for: no step time when gpu is empty.
+struct PlanOptions {
+  std::string gpu;  // "", "h100" or "h200"
+  int gpus_per_node = 8;
+  std::string network = "ib";  // "ib" or "efa"
+};
+
 // The plan as a one-line JSON object.
-Result<std::string> PlanJson(const Config& config);
+Result<std::string> PlanJson(const Config& config, const PlanOptions& options = {});
+
+// The step-time model's input for the config (trainer/step_time.h): every
+// pipeline stage's load.
+Result<StepInput> PlanStepInput(const Config& config);
 
 // Training FLOPs per token of `shape` at sequence length `seq_len`.
 double TrainingFlopsPerToken(const ModelShape& shape, int64_t seq_len);
+
+// Bytes per rank of the weights, gradients and optimizer state of a rank
+// holding `parameters` parameters (the formula above). bucket_elems is the
+// gradient bucket size (ZeRO-2 keeps one in full).
+struct ParameterMemory {
+  double weights = 0, master_weights = 0, gradients = 0, optimizer = 0;
+  double total() const { return weights + master_weights + gradients + optimizer; }
+};
+ParameterMemory ParameterMemoryPerRank(int64_t parameters, bool bf16, int zero_stage, int64_t data_parallel,
+                                       int64_t bucket_elems);
 
 }  // namespace latam

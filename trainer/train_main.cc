@@ -1,10 +1,14 @@
 // latam-train: the trainer's command line.
 //
 //   latam-train --config FILE.textproto [--set key=value ...]
-//               [--resume auto|none|DIR] [--plan]
+//               [--resume auto|none|DIR]
+//               [--plan [--gpu h100|h200] [--gpus-per-node N] [--network ib|efa]]
 //
 // --plan prints the JSON plan (trainer/plan.h) and exits without MPI, data or
-// allocation. Otherwise the process joins the MPI job and trains.
+// allocation; --gpu adds whether the rank fits that GPU and the predicted
+// step time (trainer/step_time.h) with N GPUs per node (default 8) joined
+// by NDR InfiniBand (ib, default) or AWS EFA. Otherwise the process joins
+// the MPI job and trains.
 // --resume auto (default) continues from run_dir/checkpoints/latest when it
 // exists; none refuses a run_dir that has checkpoints; DIR loads that
 // checkpoint (a step directory or a checkpoints/ directory) under the
@@ -12,6 +16,7 @@
 // Exit codes: 0 ok, 2 bad input (config, data, world size, checkpoint),
 // 3 preempted by SIGTERM/SIGUSR1 after saving, 1 other failures.
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -25,13 +30,16 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: latam-train --config FILE.textproto [--set key=value ...] [--resume auto|none|DIR] [--plan]\n";
+    "usage: latam-train --config FILE.textproto [--set key=value ...] [--resume auto|none|DIR]\n"
+    "                   [--plan [--gpu h100|h200] [--gpus-per-node N] [--network ib|efa]]\n";
 
 struct Args {
   std::string config_path;
   std::vector<std::string> overrides;
   std::string resume = "auto";
   bool plan = false;
+  latam::PlanOptions plan_options;
+  bool plan_machine_flags = false;  // --gpus-per-node or --network given
 };
 
 latam::Result<Args> ParseArgs(int argc, char** argv) {
@@ -51,11 +59,37 @@ latam::Result<Args> ParseArgs(int argc, char** argv) {
       LATAM_ASSIGN_OR_RETURN(a.resume, value("--resume"));
     } else if (arg == "--plan") {
       a.plan = true;
+    } else if (arg == "--gpu") {
+      LATAM_ASSIGN_OR_RETURN(a.plan_options.gpu, value("--gpu"));
+      if (a.plan_options.gpu != "h100" && a.plan_options.gpu != "h200") {
+        return latam::Status::InvalidInput("--gpu must be h100 or h200 (got '" + a.plan_options.gpu + "')");
+      }
+    } else if (arg == "--gpus-per-node") {
+      LATAM_ASSIGN_OR_RETURN(std::string v, value("--gpus-per-node"));
+      char* end = nullptr;
+      const long n = std::strtol(v.c_str(), &end, 10);
+      if (v.empty() || *end != '\0' || n < 1 || n > 1024) {
+        return latam::Status::InvalidInput("--gpus-per-node must be a positive integer (got '" + v + "')");
+      }
+      a.plan_options.gpus_per_node = static_cast<int>(n);
+      a.plan_machine_flags = true;
+    } else if (arg == "--network") {
+      LATAM_ASSIGN_OR_RETURN(a.plan_options.network, value("--network"));
+      if (a.plan_options.network != "ib" && a.plan_options.network != "efa") {
+        return latam::Status::InvalidInput("--network must be ib or efa (got '" + a.plan_options.network + "')");
+      }
+      a.plan_machine_flags = true;
     } else if (arg == "--help" || arg == "-h") {
       return latam::Status::InvalidInput(kUsage);
     } else {
       return latam::Status::InvalidInput("unknown argument '" + arg + "'\n" + kUsage);
     }
+  }
+  if (!a.plan && (!a.plan_options.gpu.empty() || a.plan_machine_flags)) {
+    return latam::Status::InvalidInput(std::string("--gpu, --gpus-per-node and --network go with --plan\n") + kUsage);
+  }
+  if (a.plan_machine_flags && a.plan_options.gpu.empty()) {
+    return latam::Status::InvalidInput(std::string("--gpus-per-node and --network need --gpu\n") + kUsage);
   }
   if (a.config_path.empty()) return latam::Status::InvalidInput(std::string("--config is required\n") + kUsage);
   return a;
@@ -82,7 +116,7 @@ int main(int argc, char** argv) {
   if (!config.ok()) return Fail(config.status(), 0);
 
   if (args->plan) {
-    auto plan = latam::PlanJson(*config);
+    auto plan = latam::PlanJson(*config, args->plan_options);
     if (!plan.ok()) return Fail(plan.status(), 0);
     std::printf("%s\n", plan->c_str());
     return 0;

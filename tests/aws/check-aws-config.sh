@@ -28,8 +28,11 @@ done
 for s in launch/slurm/latam-gpu.sbatch launch/aws/latam-p5.sbatch; do
   grep -q '^#SBATCH --gpus-per-node=8' "$s" && grep -q '^#SBATCH --ntasks-per-node=8' "$s" ||
     fail "$s does not run one rank per GPU on 8-GPU nodes"
-  grep -q 'configs/latam-gpt-70b.textproto' "$s" || fail "$s does not default to the 70B config"
 done
+grep -q 'CONFIG=${LATAM_CONFIG:-configs/latam-gpt-70b.textproto}' launch/slurm/latam-gpu.sbatch ||
+  fail "launch/slurm/latam-gpu.sbatch does not default to the 70B config"
+grep -q 'CONFIG=${LATAM_CONFIG:-configs/latam-gpt-70b-p5.textproto}' launch/aws/latam-p5.sbatch ||
+  fail "launch/aws/latam-p5.sbatch does not default to the 70B p5 config"
 for v in FI_PROVIDER=efa FI_EFA_USE_DEVICE_RDMA=1 FI_EFA_FORK_SAFE=1 NCCL_SOCKET_IFNAME ofi-nccl 'fi_info -p efa'; do
   grep -q -- "$v" launch/aws/latam-p5.sbatch || fail "launch/aws/latam-p5.sbatch does not mention $v"
 done

@@ -141,6 +141,9 @@ TEST(ConfigTest, SequenceParallelNeedsTensorParallelismAndDivisibleSequences) {
     ASSERT_FALSE(s.ok()) << expected;
     EXPECT_EQ(s.exit_code(), 2);
     EXPECT_NE(s.message().find(expected), std::string::npos) << s.message();
+  }
+}
+
 // parallel.first_stage_layers / last_stage_layers on the 8-layer model: each
 // rule of an uneven split names the field it is about; valid splits pass.
 TEST(ConfigTest, UnevenStagesAreValidated) {

@@ -222,3 +222,32 @@ TEST(EnvTest, FilesDirectoriesAndAtomicWrites) {
 
 }  // namespace
 }  // namespace latam
+
+namespace latam {
+namespace {
+
+// Host arenas count their bytes while alive; a move hands the count over,
+// and the peak stays until reset.
+TEST(ArenaAccountingTest, LiveAndPeakHostBytes) {
+  const size_t base = HostArenaLiveBytes();
+  ResetHostArenaPeak();
+  EXPECT_EQ(HostArenaPeakBytes(), base);
+  {
+    Arena a(Device::kCPU, 1000);
+    EXPECT_EQ(HostArenaLiveBytes(), base + 1000);
+    Arena b(Device::kCPU, 3000);
+    EXPECT_EQ(HostArenaLiveBytes(), base + 4000);
+    Arena c = std::move(b);
+    EXPECT_EQ(HostArenaLiveBytes(), base + 4000);
+    a = std::move(c);  // releases a's 1000 bytes
+    EXPECT_EQ(HostArenaLiveBytes(), base + 3000);
+    EXPECT_EQ(HostArenaPeakBytes(), base + 4000);
+  }
+  EXPECT_EQ(HostArenaLiveBytes(), base);
+  EXPECT_EQ(HostArenaPeakBytes(), base + 4000);
+  ResetHostArenaPeak();
+  EXPECT_EQ(HostArenaPeakBytes(), base);
+}
+
+}  // namespace
+}  // namespace latam
