@@ -58,7 +58,9 @@ ZeroRun Train(int zero, const std::vector<int32_t>& ids, const std::vector<int32
   EXPECT_EQ(m.grads, static_cast<int64_t>(p.grad_bytes() + opt.grad_shard_bytes()));
   EXPECT_EQ(m.master, static_cast<int64_t>(opt.master_bytes()));
   EXPECT_EQ(m.moments, static_cast<int64_t>(opt.moment_bytes()));
-  if (zero == 1) EXPECT_EQ(p.param_bytes(), 0u);  // no full f32 weights
+  if (zero == 1) {
+    EXPECT_EQ(p.param_bytes(), 0u);  // no full f32 weights
+  }
 
   ZeroRun out;
   const float scale = 1.0f / static_cast<float>(ids.size());
