@@ -435,8 +435,8 @@ TEST(PlanTest, ZeroOneShardsOptimizerStateAcrossDataParallelRanks) {
 TEST(PlanTest, UnevenStagesReportTheLargestStage) {
   auto c = LoadConfigFile(SourcePath("configs/latam-gpt-70b.textproto"));
   ASSERT_TRUE(c.ok()) << c.status().message();
-  for (const char* a : {"parallel.pipeline=6", "parallel.virtual_stages=1", "parallel.first_stage_layers=12",
-                        "parallel.last_stage_layers=12"}) {
+  for (const char* a : {"parallel.tensor=8", "parallel.pipeline=6", "parallel.virtual_stages=1",
+                        "parallel.first_stage_layers=12", "parallel.last_stage_layers=12"}) {
     ASSERT_TRUE(ApplyOverride(&*c, a).ok()) << a;
   }
   auto plan = PlanJson(*c);
