@@ -184,6 +184,20 @@ inline ModelShape SmallShape(const SmallModel& m) {
   return s;
 }
 
+// The 4-layer model of the gradient-bucket and ZeRO tests: vocab 32, 4 query
+// and 2 KV heads of 4, ffn 24, 8 positions, init std 0.1, untied.
+inline ModelShape FourLayerShape() {
+  return SmallShape({.vocab = 32,
+                     .n_layers = 4,
+                     .n_heads = 4,
+                     .n_kv_heads = 2,
+                     .head_dim = 4,
+                     .ffn_dim = 24,
+                     .max_seq_len = 8,
+                     .init_std = 0.1,
+                     .tied = false});
+}
+
 // The 8-layer model config of the checkpoint and layout tests: vocab 64,
 // dim 32, 4 query and 2 KV heads, ffn 48, 16 positions, init std 0.1 (RoPE
 // theta left at its default).

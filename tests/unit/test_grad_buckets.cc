@@ -14,18 +14,6 @@
 namespace latam {
 namespace {
 
-ModelShape Shape4Layers() {
-  return testing::SmallShape({.vocab = 32,
-                              .n_layers = 4,
-                              .n_heads = 4,
-                              .n_kv_heads = 2,
-                              .head_dim = 4,
-                              .ffn_dim = 24,
-                              .max_seq_len = 8,
-                              .init_std = 0.1,
-                              .tied = false});
-}
-
 // Which bucket each tensor of the bucket is in, by name.
 std::vector<std::vector<std::string>> BucketNames(const ParameterSet& p) {
   std::vector<std::vector<std::string>> out;
@@ -37,7 +25,7 @@ std::vector<std::vector<std::string>> BucketNames(const ParameterSet& p) {
 }
 
 TEST(GradBucketTest, LayersGroupUpToTheSizeAndSpecialTensorsStandAlone) {
-  const ModelShape s = Shape4Layers();
+  const ModelShape s = testing::FourLayerShape();
   const std::vector<ParamSpec> specs = LlamaParameterSpecs(s, ModelLayout::Single(s));
   const int64_t layer_elems = 2 * 16 + 16 * 16 + 2 * 8 * 16 + 16 * 16 + 3 * 24 * 16;
 
@@ -94,7 +82,7 @@ class RecordingCommunicator : public SelfCommunicator {
 };
 
 TEST(GradBucketTest, EachBucketIsReducedWhenTheBackwardPassCompletesIt) {
-  const ModelShape s = Shape4Layers();
+  const ModelShape s = testing::FourLayerShape();
   ActivationOptions act;
   act.micro_batch = 1;
   act.seq_len = 8;

@@ -27,18 +27,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-ModelShape Shape4Layers() {
-  return testing::SmallShape({.vocab = 32,
-                              .n_layers = 4,
-                              .n_heads = 4,
-                              .n_kv_heads = 2,
-                              .head_dim = 4,
-                              .ffn_dim = 24,
-                              .max_seq_len = 8,
-                              .init_std = 0.1,
-                              .tied = false});
-}
-
 // A request that runs `on_wait` once, when waited for.
 class CallbackRequest : public Request {
  public:
@@ -86,7 +74,7 @@ ActivationOptions Act(bool fp32_weights) {
 }
 
 TEST(ZeroMemory, MemoryPerRankIsWhatTheArenasHold) {
-  const ModelShape s = Shape4Layers();
+  const ModelShape s = testing::FourLayerShape();
   SelfCommunicator tp("tp"), norm("norm");
   config::OptimizerConfig oc;
   struct Case {
@@ -125,7 +113,7 @@ struct Trained {
 };
 
 Trained Train(int zero, int64_t bucket_elems, int steps) {
-  const ModelShape s = Shape4Layers();
+  const ModelShape s = testing::FourLayerShape();
   SelfCommunicator tp("tp"), dp("dp"), norm("norm");
   LlamaModel model(s, ModelLayout::Single(s), Act(zero == 0), ModelComms{&tp, nullptr}, 1, bucket_elems);
   config::OptimizerConfig oc;
@@ -163,7 +151,7 @@ TEST(ZeroOne, OneReplicaTrainsBitwiseLikeZeroZero) {
 }
 
 TEST(ZeroOne, ForwardWaitsForEachBucketWhenItReachesIt) {
-  const ModelShape s = Shape4Layers();
+  const ModelShape s = testing::FourLayerShape();
   SelfCommunicator tp("tp"), norm("norm");
   // One bucket per group: embedding, layers 0-3, head.
   LlamaModel model(s, ModelLayout::Single(s), Act(false), ModelComms{&tp, nullptr}, 1, 1);
