@@ -97,6 +97,9 @@ std::vector<ParamSpec> LlamaParameterSpecs(const ModelShape& s, const ModelLayou
   if (l.holds_embedding() || l.holds_tied_copy(s)) {
     ParamSpec e = rows("model.embed_tokens.weight", l.vocab, s.vocab, l.vocab_offset, std);
     e.counted = l.holds_embedding();  // the last stage's tied copy is not counted twice
+    // Tied, the LM head and the embedding (or the two stages' copies, summed
+    // after the pipeline) add to one gradient over the whole step.
+    e.whole_step_grad = s.tie_embeddings;
     specs.push_back(e);
   }
   for (const ChunkInfo& c : l.chunks) {

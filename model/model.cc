@@ -198,7 +198,8 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
   } else {
     ops_ = MakeCudaOps(ops_shape, rope, options.dtype, options.stream, options.attention);
   }
-  const ParameterPlacement placement{options.device, options.dtype, options.stream, options.fp32_weights};
+  const ParameterPlacement placement{options.device, options.dtype, options.stream, options.fp32_weights,
+                                    options.pooled_grads};
   params_ = std::make_unique<ParameterSet>(LlamaParameterSpecs(shape_, layout_), param_pad_to, placement,
                                            grad_bucket_elems);
   act_table_ = BuildActivationTable(shape_, layout_, options);
@@ -515,10 +516,11 @@ void LlamaModel::Forward(int chunk, int slot, const int32_t* ids, const int32_t*
   }
   if (!info.last) return;
   NeedWeights(head_weight_tensors_);
+  if (with_grads) NeedGrads(head_tensors_);
   HeadForward(s.x.back(), targets, grad_scale, with_grads, s.grad);
-  if (with_grads && last_micro_batch) {
+  if (with_grads && (last_micro_batch || options_.pooled_grads)) {
     if (sequence_parallel_) tp_.SumReplicatedGrad(final_norm_grad_);
-    ReportFinal(head_tensors_);
+    ReportFinal(head_tensors_, last_micro_batch);
   }
 }
 
@@ -526,8 +528,12 @@ void LlamaModel::NeedWeights(const std::vector<size_t>& tensors) const {
   if (weights_needed_ && !tensors.empty()) weights_needed_(tensors);
 }
 
-void LlamaModel::ReportFinal(const std::vector<size_t>& tensors) const {
-  if (gradients_final_ && !tensors.empty()) gradients_final_(tensors);
+void LlamaModel::ReportFinal(const std::vector<size_t>& tensors, bool last_micro_batch) const {
+  if (gradients_final_ && !tensors.empty()) gradients_final_(tensors, last_micro_batch);
+}
+
+void LlamaModel::NeedGrads(const std::vector<size_t>& tensors) const {
+  if (gradients_needed_ && !tensors.empty()) gradients_needed_(tensors);
 }
 
 void LlamaModel::Backward(int chunk, int slot, bool last_micro_batch) {
@@ -543,22 +549,24 @@ void LlamaModel::Backward(int chunk, int slot, bool last_micro_batch) {
     if (options_.recompute == Recompute::kSelective) {
       RecomputeElementwise(c.first_layer + k, x, Saved(c, s, k), c.recompute_rstd);
     }
+    const size_t layer = static_cast<size_t>(c.first_layer + k);
+    NeedGrads(layer_tensors_[layer]);
     LayerBackward(c.first_layer + k, x, s.grad, Saved(c, s, k));
-    if (last_micro_batch) {
+    if (last_micro_batch || options_.pooled_grads) {
       // The layer's gradients are complete; replicated KV heads first sum
       // theirs over the replicas (every replica runs the same schedule).
-      const size_t layer = static_cast<size_t>(c.first_layer + k);
       if (layout_.kv_replicas > 1) comms_.kv_replicas->AllReduceSync(weight_grads_[layer].kv, ReduceOp::kSum);
       if (sequence_parallel_) {
         tp_.SumReplicatedGrad(weight_grads_[layer].attn_norm);
         tp_.SumReplicatedGrad(weight_grads_[layer].mlp_norm);
       }
-      ReportFinal(layer_tensors_[layer]);
+      ReportFinal(layer_tensors_[layer], last_micro_batch);
     }
   }
   if (info.first) {
+    NeedGrads(embedding_tensors_);
     ops_->EmbeddingBackward(s.ids, FullRows(s.grad), layout_.vocab_offset, embed_grad_);
-    if (last_micro_batch) ReportFinal(embedding_tensors_);
+    if (last_micro_batch || options_.pooled_grads) ReportFinal(embedding_tensors_, last_micro_batch);
   }
 }
 

@@ -59,7 +59,13 @@
 // to the OnGradientsFinal callback (a layer's as soon as its backward is
 // done, the head's after the loss backward, the embedding's at the very
 // end), after summing a layer's replicated KV-head gradients over their
-// replicas; the optimizer starts reducing them over data parallelism there. The LM head runs in row chunks whose logits buffer
+// replicas; the optimizer starts reducing them over data parallelism there.
+// With pooled gradients (ActivationOptions::pooled_grads, ZeRO-2) it does
+// so after every micro-batch, telling the callback whether it is the last,
+// and calls OnGradientsNeeded before it first writes a group's gradients
+// in each micro-batch (before the head's loss backward, each layer's
+// backward, the embedding's backward): buckets then live only while they
+// are written and reduced. The LM head runs in row chunks whose logits buffer
 // is overwritten in place by its gradient.
 //
 // Activations live in one arena sized at construction (ActivationBytes
@@ -131,6 +137,10 @@ struct ActivationOptions {
   // (ParameterPlacement::fp32_weights; false under ZeRO >= 1, where the
   // optimizer holds the f32 master shard).
   bool fp32_weights = true;
+  // ZeRO-2: gradient buckets in a two-slot pool
+  // (ParameterPlacement::pooled_grads), reported final after every
+  // micro-batch (see above).
+  bool pooled_grads = false;
 };
 
 // Bytes of the activation arena and kernel workspaces a LlamaModel with this
@@ -199,9 +209,14 @@ class LlamaModel : public PipelineStages {
                bool last_micro_batch) override;
   void Backward(int chunk, int slot, bool last_micro_batch) override;
   // Called with parameter indices (ParameterSet order) whose gradients are
-  // complete for the step; see above.
-  using GradientsFinalFn = std::function<void(const std::vector<size_t>& tensors)>;
+  // complete for the step (for the micro-batch, with pooled gradients), and
+  // whether this is the step's last micro-batch; see above.
+  using GradientsFinalFn = std::function<void(const std::vector<size_t>& tensors, bool last_micro_batch)>;
   void OnGradientsFinal(GradientsFinalFn fn) { gradients_final_ = std::move(fn); }
+  // Called with parameter indices whose gradients the model is about to
+  // write for the first time in this micro-batch (pooled gradients only).
+  using GradientsNeededFn = std::function<void(const std::vector<size_t>& tensors)>;
+  void OnGradientsNeeded(GradientsNeededFn fn) { gradients_needed_ = std::move(fn); }
   // Called with parameter indices (ParameterSet order) whose compute copy the
   // forward is about to read: before the embedding, before each layer's
   // forward, before the head. The optimizer's parameter all-gathers (ZeRO >=
@@ -292,9 +307,11 @@ class LlamaModel : public PipelineStages {
   std::vector<size_t> head_tensors_, embedding_tensors_;
   std::vector<size_t> head_weight_tensors_;  // the weights the head's forward reads
   GradientsFinalFn gradients_final_;
+  GradientsNeededFn gradients_needed_;
   WeightsNeededFn weights_needed_;
   void NeedWeights(const std::vector<size_t>& tensors) const;
-  void ReportFinal(const std::vector<size_t>& tensors) const;
+  void ReportFinal(const std::vector<size_t>& tensors, bool last_micro_batch) const;
+  void NeedGrads(const std::vector<size_t>& tensors) const;
 };
 
 }  // namespace latam

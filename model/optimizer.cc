@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numbers>
 
 #include "kernels/adamw.h"
+#include "kernels/elementwise.h"
 #include "kernels/grad_norm.h"
 
 #ifdef LATAM_HAVE_CUDA
@@ -30,8 +32,10 @@ float ClipFactor(double grad_norm, double max_norm) {
   return static_cast<float>(max_norm / (grad_norm + 1e-6));
 }
 
-OptimizerMemory AdamWOptimizer::MemoryPerRank(int64_t padded_numel, int dp, int zero_stage, DType compute_dtype) {
-  LATAM_CHECK(zero_stage == 0 || zero_stage == 1, "ZeRO stage " << zero_stage);
+OptimizerMemory AdamWOptimizer::MemoryPerRank(int64_t padded_numel, int dp, int zero_stage, DType compute_dtype,
+                                              int64_t grad_arena_elems) {
+  LATAM_CHECK(zero_stage >= 0 && zero_stage <= 2, "ZeRO stage " << zero_stage);
+  LATAM_CHECK(zero_stage != 2 || grad_arena_elems >= 0, "ZeRO-2's memory needs the gradient pool's size");
   LATAM_CHECK(dp >= 1 && (zero_stage == 0 || padded_numel % dp == 0),
               padded_numel << " elements do not split over " << dp << " replicas");
   const int64_t n = padded_numel, f32 = 4;
@@ -44,7 +48,9 @@ OptimizerMemory AdamWOptimizer::MemoryPerRank(int64_t padded_numel, int dp, int 
   } else {
     const int64_t owned = n / dp;
     m.weights = copy > 0 ? copy * n : f32 * n;  // only the compute copy
-    m.grads = f32 * n + f32 * owned;            // the full arena and the reduce-scatter's shard
+    // ZeRO-1 reduce-scatters in place into the full arena; ZeRO-2 keeps
+    // only the bucket pool and accumulates the reduced shares beside it.
+    m.grads = zero_stage == 1 ? f32 * n : f32 * grad_arena_elems + f32 * owned;
     m.master = f32 * owned;
     m.moments = 2 * f32 * owned;
   }
@@ -65,18 +71,47 @@ AdamWOptimizer::AdamWOptimizer(ParameterSet* params, const config::OptimizerConf
                                OptimizerComms comms)
     : params_(params), config_(config), zero_stage_(zero_stage), comms_(comms) {
   LATAM_CHECK(comms.dp != nullptr && comms.norm_group != nullptr, "optimizer groups missing");
-  LATAM_CHECK(zero_stage == 0 || zero_stage == 1, "ZeRO stage " << zero_stage);
+  LATAM_CHECK(zero_stage >= 0 && zero_stage <= 2, "ZeRO stage " << zero_stage);
+  LATAM_CHECK((zero_stage == 2) == params->placement().pooled_grads,
+              "pooled gradient buckets go with ZeRO-2, and ZeRO-2 needs them");
   LATAM_CHECK(zero_stage == 0 || !params->placement().fp32_weights ||
                   params->placement().compute_dtype == DType::kF32,
-              "ZeRO-1 keeps the f32 master weights: place the parameters without them (fp32_weights false)");
-  LATAM_CHECK(zero_stage == 1 || params->has_fp32_params(), "ZeRO-0 needs the parameters' f32 master weights");
+              "ZeRO-1/2 keep the f32 master weights: place the parameters without them (fp32_weights false)");
+  LATAM_CHECK(zero_stage >= 1 || params->has_fp32_params(), "ZeRO-0 needs the parameters' f32 master weights");
   Init();
 }
 
 void AdamWOptimizer::Init() {
   std::vector<std::string> names;
   for (size_t i = 0; i < params_->size(); ++i) names.push_back(params_->spec(i).name);
-  reducer_ = std::make_unique<GradientReducer>(params_->buckets(), std::move(names), comms_.dp, zero_stage_);
+  GradStorage storage;
+  storage.at = params_->grad_at();
+  for (size_t b = 0; b < params_->buckets().size(); ++b) storage.whole_step.push_back(params_->whole_step_bucket(b));
+  if (zero_stage_ == 2) {
+    const Device device = params_->device();
+    const Stream stream = params_->placement().stream;
+    storage.zero = [device, stream](const Tensor& t) {
+      if (device == Device::kCPU) {
+        if (t.numel() > 0) std::memset(t.data, 0, t.bytes());
+        return;
+      }
+#ifdef LATAM_HAVE_CUDA
+      if (t.numel() > 0) CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.bytes(), stream.cuda()));
+#endif
+    };
+    storage.add = [device, stream](const Tensor& acc, const Tensor& t) {
+      if (t.numel() == 0) return;
+      if (device == Device::kCPU) {
+        cpu::Add(acc, t, acc);
+        return;
+      }
+#ifdef LATAM_HAVE_CUDA
+      cuda::Add(acc, t, acc, stream.cuda());
+#endif
+    };
+  }
+  reducer_ = std::make_unique<GradientReducer>(params_->buckets(), std::move(names), comms_.dp, zero_stage_,
+                                               std::move(storage));
   // The elements this rank updates ("owned"), bucket by bucket: all of them
   // (ZeRO-0), or share r of every bucket (ZeRO-1). The owned gradients,
   // moments and the segments' owned_at index one buffer in bucket order.
@@ -87,12 +122,12 @@ void AdamWOptimizer::Init() {
     for (size_t i = buckets[k].first_tensor; i < buckets[k].end_tensor; ++i) {
       const int64_t begin = params_->flat_offset(i), end = begin + params_->spec(i).shape.numel();
       const int64_t lo = std::max(begin, own_begin), hi = std::min(end, own_end);
-      if (lo < hi) segments_.push_back({i, lo, hi, at + (lo - own_begin)});
+      if (lo < hi) segments_.push_back({i, k, lo, hi, at + (lo - own_begin), reducer_->reduced_at(k, lo)});
     }
   }
   owned_size_ = reducer_->owned_size();
-  if (zero_stage_ == 1) {
-    slice_grads_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
+  if (zero_stage_ >= 1) {
+    if (zero_stage_ == 2) owned_grads_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
     master_ = Arena(params_->device(), static_cast<size_t>(owned_size_) * sizeof(float));
     if (params_->has_fp32_params()) {
       // The set's f32 array (the compute copy here) may already hold weights.
@@ -111,17 +146,21 @@ void AdamWOptimizer::Init() {
 
 Tensor AdamWOptimizer::Master() const { return master_.View(0, DType::kF32, Shape{owned_size_}); }
 
-Tensor AdamWOptimizer::OwnedGrads() const {
-  return zero_stage_ == 1 ? slice_grads_.View(0, DType::kF32, Shape{owned_size_}) : params_->padded_grads();
+Tensor AdamWOptimizer::ReducedGrads() const {
+  return zero_stage_ == 2 ? owned_grads_.View(0, DType::kF32, Shape{owned_size_}) : params_->grad_arena();
+}
+
+Tensor AdamWOptimizer::SegmentGrads(const Segment& s) const {
+  return ReducedGrads().Rows(s.grad_at, s.grad_at + (s.end - s.begin));
 }
 
 void AdamWOptimizer::BuildDeviceTable() {
 #ifdef LATAM_HAVE_CUDA
   // The arenas never move, so the table is built once.
-  float* grads = OwnedGrads().as<float>();
-  // ZeRO-1 updates the master shard (indexed like the moments), ZeRO-0 the
+  float* grads = ReducedGrads().as<float>();
+  // ZeRO-1/2 update the master shard (indexed like the moments), ZeRO-0 the
   // set's f32 weights (indexed by flat offset).
-  float* params = zero_stage_ == 1 ? Master().as<float>() : params_->padded_params().as<float>();
+  float* params = zero_stage_ >= 1 ? Master().as<float>() : params_->padded_params().as<float>();
   float* m = static_cast<float*>(exp_avg_.data());
   float* v = static_cast<float*>(exp_avg_sq_.data());
   // The update writes the bf16 copy of what it updates (ZeRO-1: the owned
@@ -131,8 +170,8 @@ void AdamWOptimizer::BuildDeviceTable() {
   std::vector<cuda::OptimizerSegment> table;
   for (const Segment& s : segments_) {
     cuda::OptimizerSegment seg{};
-    seg.param = params + (zero_stage_ == 1 ? s.owned_at : s.begin);
-    seg.grad = grads + s.owned_at;
+    seg.param = params + (zero_stage_ >= 1 ? s.owned_at : s.begin);
+    seg.grad = grads + s.grad_at;
     seg.exp_avg = m + s.owned_at;
     seg.exp_avg_sq = v + s.owned_at;
     seg.param_bf16 = copy != nullptr ? copy + s.begin : nullptr;
@@ -156,7 +195,7 @@ std::vector<AdamWOptimizer::MomentSlice> AdamWOptimizer::Moments() const {
   std::vector<MomentSlice> out;
   float* m = static_cast<float*>(exp_avg_.data());
   float* v = static_cast<float*>(exp_avg_sq_.data());
-  float* master = zero_stage_ == 1 ? Master().as<float>() : nullptr;
+  float* master = zero_stage_ >= 1 ? Master().as<float>() : nullptr;
   for (const Segment& s : segments_) {
     out.push_back({s.tensor, s.begin, s.end, m + s.owned_at, v + s.owned_at,
                    master != nullptr ? master + s.owned_at : nullptr});
@@ -170,15 +209,21 @@ void AdamWOptimizer::ResetMoments() {
   step_ = 0;
 }
 
-void AdamWOptimizer::BeginGradientReduction() { reducer_->Begin(); }
+void AdamWOptimizer::BeginGradientReduction() {
+  reducer_->Begin(params_->grad_arena(),
+                  zero_stage_ == 2 ? owned_grads_.View(0, DType::kF32, Shape{owned_size_}) : Tensor());
+}
 
-void AdamWOptimizer::GradientsFinal(const std::vector<size_t>& tensors) {
-  reducer_->TensorsFinal(tensors, params_->padded_grads(), OwnedGrads());
+void AdamWOptimizer::GradientsNeeded(const std::vector<size_t>& tensors) { reducer_->TensorsNeeded(tensors); }
+
+void AdamWOptimizer::GradientsFinal(const std::vector<size_t>& tensors, bool last_micro_batch) {
+  reducer_->TensorsFinal(tensors, last_micro_batch);
 }
 
 void AdamWOptimizer::FinishGradientReduction() { reducer_->Finish(); }
 
 void AdamWOptimizer::ReduceGradients() {
+  LATAM_CHECK(zero_stage_ != 2, "ZeRO-2 reduces as the model computes (GradientsNeeded, GradientsFinal)");
   BeginGradientReduction();
   std::vector<size_t> all(params_->size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = i;
@@ -187,7 +232,6 @@ void AdamWOptimizer::ReduceGradients() {
 }
 
 double AdamWOptimizer::GradNorm() {
-  const Tensor grads = OwnedGrads();
   double sum = 0.0;
 #ifdef LATAM_HAVE_CUDA
   if (params_->device() == Device::kCUDA) {
@@ -207,7 +251,7 @@ double AdamWOptimizer::GradNorm() {
 #endif
   for (const Segment& s : segments_) {
     if (!params_->spec(s.tensor).counted) continue;
-    sum += cpu::SumOfSquares(grads.Rows(s.owned_at, s.owned_at + (s.end - s.begin)));
+    sum += cpu::SumOfSquares(SegmentGrads(s));
   }
   return std::sqrt(comms_.norm_group->AllReduceScalar(sum, ReduceOp::kSum));
 }
@@ -274,10 +318,9 @@ void AdamWOptimizer::Step(float lr, float grad_factor) {
   ++step_;
   // The copy's owned ranges are about to be rewritten: no gather may still read them.
   FinishParameterGather();
-  const Tensor grads = OwnedGrads();
-  // ZeRO-1 updates the master shard (indexed like the moments), ZeRO-0 the
+  // ZeRO-1/2 update the master shard (indexed like the moments), ZeRO-0 the
   // set's f32 weights (indexed by flat offset).
-  const Tensor params = zero_stage_ == 1 ? Master() : params_->padded_params();
+  const Tensor params = zero_stage_ >= 1 ? Master() : params_->padded_params();
   AdamWHyper h;
   h.lr = lr;
   h.beta1 = static_cast<float>(config_.beta1());
@@ -292,23 +335,24 @@ void AdamWOptimizer::Step(float lr, float grad_factor) {
                              static_cast<int>(segments_.size()), h, grad_factor,
                              params_->placement().stream.cuda());
     }
-    if (zero_stage_ == 1) {
+    if (zero_stage_ >= 1) {
       WriteShardToCompute(true);
       reducer_->StartGather(params_->padded_compute());
     }
     return;
   }
 #endif
-  if (grad_factor != 1.0f) cpu::Scale(grads, grad_factor);
   const Tensor m = exp_avg_.View(0, DType::kF32, Shape{owned_size_});
   const Tensor v = exp_avg_sq_.View(0, DType::kF32, Shape{owned_size_});
   for (const Segment& s : segments_) {
     h.weight_decay = params_->spec(s.tensor).weight_decay ? static_cast<float>(config_.weight_decay()) : 0.0f;
     const int64_t b = s.owned_at, e = s.owned_at + (s.end - s.begin);
-    const Tensor p = zero_stage_ == 1 ? params.Rows(b, e) : params.Rows(s.begin, s.end);
-    cpu::AdamWUpdate(p, grads.Rows(b, e), m.Rows(b, e), v.Rows(b, e), h);
+    const Tensor p = zero_stage_ >= 1 ? params.Rows(b, e) : params.Rows(s.begin, s.end);
+    const Tensor g = SegmentGrads(s);
+    if (grad_factor != 1.0f) cpu::Scale(g, grad_factor);
+    cpu::AdamWUpdate(p, g, m.Rows(b, e), v.Rows(b, e), h);
   }
-  if (zero_stage_ == 1) {
+  if (zero_stage_ >= 1) {
     WriteShardToCompute(false);
     reducer_->StartGather(params_->padded_compute());
   }

@@ -1,5 +1,6 @@
 #include "model/parameters.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/random.h"
@@ -100,7 +101,29 @@ ParameterSet::ParameterSet(std::vector<ParamSpec> specs, int64_t pad_to, Paramet
   }
   padded_numel_ = static_cast<int64_t>(table_.total_bytes() / sizeof(float));
   if (has_fp32_params()) params_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * sizeof(float));
-  grads_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * sizeof(float));
+  // Where each bucket's gradients live (see ParameterPlacement::pooled_grads).
+  std::vector<int64_t> sizes;
+  for (const GradBucket& b : buckets_) {
+    bool whole = false;
+    for (size_t i = b.first_tensor; i < b.end_tensor; ++i) whole = whole || specs_[i].whole_step_grad;
+    whole_step_.push_back(whole);
+    sizes.push_back(b.end - b.begin);
+  }
+  if (!placement.pooled_grads) {
+    for (const GradBucket& b : buckets_) grad_at_.push_back(b.begin);
+  } else {
+    int64_t at = 0, slot = 0;
+    for (size_t b = 0; b < buckets_.size(); ++b) {
+      if (whole_step_[b]) grad_at_.push_back(at), at += sizes[b];
+      else grad_at_.push_back(-1), slot = std::max(slot, sizes[b]);
+    }
+    int parity = 0;
+    for (size_t b = buckets_.size(); b-- > 0;) {
+      if (!whole_step_[b]) grad_at_[b] = at + (parity++ % 2) * slot;
+    }
+  }
+  grads_ = Arena(placement.device,
+                 static_cast<size_t>(GradArenaElems(sizes, whole_step_, placement.pooled_grads)) * sizeof(float));
   if (placement.compute_dtype != DType::kF32) {
     compute_ = Arena(placement.device, static_cast<size_t>(padded_numel_) * DTypeSize(placement.compute_dtype));
   }
@@ -125,6 +148,11 @@ Tensor ParameterSet::compute(const std::string& name) const {
 Tensor ParameterSet::Fused(const TensorTable& table, const Arena& arena, const std::string& first, size_t count,
                            int64_t cols) const {
   const TensorTable::Entry& e = table.Find(first);
+  return arena.View(e.offset, e.dtype, Shape{FusedRows(table, first, count, cols), cols});
+}
+
+int64_t ParameterSet::FusedRows(const TensorTable& table, const std::string& first, size_t count, int64_t cols) {
+  const TensorTable::Entry& e = table.Find(first);
   size_t index = 0;
   while (table.entry(index).name != first) ++index;
   int64_t rows = 0;
@@ -136,7 +164,7 @@ Tensor ParameterSet::Fused(const TensorTable& table, const Arena& arena, const s
     rows += part.shape.rows();
     expected_offset += static_cast<size_t>(part.shape.numel()) * DTypeSize(e.dtype);
   }
-  return arena.View(e.offset, e.dtype, Shape{rows, cols});
+  return rows;
 }
 
 Tensor ParameterSet::FusedParam(const std::string& first, size_t count, int64_t cols) const {
@@ -145,7 +173,10 @@ Tensor ParameterSet::FusedParam(const std::string& first, size_t count, int64_t 
 }
 
 Tensor ParameterSet::FusedGrad(const std::string& first, size_t count, int64_t cols) const {
-  return Fused(table_, grads_, first, count, cols);
+  // The tensors of one fused operand share a bucket, so their gradients are
+  // adjacent wherever the bucket lives.
+  const Tensor head = grad(table_.IndexOf(first));
+  return Tensor(head.data, DType::kF32, Shape{FusedRows(table_, first, count, cols), cols}, head.device);
 }
 
 Tensor ParameterSet::FusedCompute(const std::string& first, size_t count, int64_t cols) const {
@@ -157,7 +188,55 @@ Tensor ParameterSet::padded_params() const {
   LATAM_CHECK(has_fp32_params(), "no f32 weights here (bf16 compute under ZeRO >= 1)");
   return params_.View(0, DType::kF32, Shape{padded_numel_});
 }
-Tensor ParameterSet::padded_grads() const { return grads_.View(0, DType::kF32, Shape{padded_numel_}); }
+Tensor ParameterSet::padded_grads() const {
+  LATAM_CHECK(!placement_.pooled_grads, "pooled gradients (ZeRO-2) have no flat gradient array");
+  return grads_.View(0, DType::kF32, Shape{padded_numel_});
+}
+
+Tensor ParameterSet::grad_arena() const {
+  return grads_.View(0, DType::kF32, Shape{static_cast<int64_t>(grads_.size() / sizeof(float))});
+}
+
+Tensor ParameterSet::grad(size_t i) const {
+  const size_t b = bucket_of_[i];
+  const int64_t at = grad_at_[b] + flat_offset(i) - buckets_[b].begin;
+  return grads_.View(static_cast<size_t>(at) * sizeof(float), DType::kF32, specs_[i].shape);
+}
+
+int64_t ParameterSet::GradArenaElemsFor(const std::vector<ParamSpec>& specs, int64_t pad_to, int64_t bucket_elems,
+                                        bool pooled) {
+  // The constructor's buckets without allocating: every bucket starts
+  // aligned, so it spans its tensors rounded up to pad_to.
+  std::vector<BucketItem> items;
+  for (const ParamSpec& p : specs) {
+    std::string group = BucketGroup(p.name);
+    const bool layer = group.rfind("model.layers.", 0) == 0;
+    items.push_back({std::move(group), layer, p.shape.numel()});
+  }
+  std::vector<int64_t> sizes;
+  std::vector<bool> whole;
+  size_t first = 0;
+  for (size_t end : PlanBuckets(items, bucket_elems)) {
+    int64_t n = 0;
+    bool w = false;
+    for (size_t i = first; i < end; ++i) n += specs[i].shape.numel(), w = w || specs[i].whole_step_grad;
+    sizes.push_back((n + pad_to - 1) / pad_to * pad_to);
+    whole.push_back(w);
+    first = end;
+  }
+  return GradArenaElems(sizes, whole, pooled);
+}
+
+int64_t ParameterSet::GradArenaElems(const std::vector<int64_t>& bucket_elems, const std::vector<bool>& whole_step,
+                                     bool pooled) {
+  int64_t total = 0, whole = 0, slot = 0;
+  for (size_t b = 0; b < bucket_elems.size(); ++b) {
+    total += bucket_elems[b];
+    if (whole_step[b]) whole += bucket_elems[b];
+    else slot = std::max(slot, bucket_elems[b]);
+  }
+  return pooled ? whole + 2 * slot : total;
+}
 Tensor ParameterSet::padded_compute() const {
   return placement_.compute_dtype == DType::kF32
              ? padded_params()

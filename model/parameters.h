@@ -63,6 +63,12 @@ struct ParamSpec {
   // A KV projection replicated over tensor-parallel ranks: its gradient is
   // summed over the replicas.
   bool kv_replica = false;
+  // Its gradient accumulates over the whole step before it is reduced (a
+  // tied embedding: the LM head and the embedding both add to it, or its two
+  // pipeline copies are summed after the pipeline), so with pooled gradient
+  // buckets (ParameterPlacement::pooled_grads) its bucket keeps storage of
+  // its own.
+  bool whole_step_grad = false;
 };
 
 // Canonical per-layer names.
@@ -83,11 +89,22 @@ std::string LayerParamName(int64_t layer, const char* suffix);
 //                  the compute copy (it exists either way), with bf16 only
 //                  the bf16 copy exists (false here: no f32 weight arena;
 //                  param(), padded_params() etc. are then programmer errors).
+//   pooled_grads   ZeRO-2: no gradient arena for the whole set. Each bucket's
+//                  gradients live in one of two slots of the largest
+//                  bucket's size, alternating in backward order (the last
+//                  bucket in slot 0, the one before it in slot 1, ...), so
+//                  a bucket can be reduced while the next one fills; a
+//                  bucket holding a whole_step_grad tensor keeps storage of
+//                  its own in front of the slots. grad() views stay valid,
+//                  but buckets sharing a slot share memory: the gradient
+//                  reduction (GradientReducer) zeroes a slot before a bucket
+//                  fills it and reduces it before the next one does.
 struct ParameterPlacement {
   Device device = Device::kCPU;
   DType compute_dtype = DType::kF32;
   Stream stream;
   bool fp32_weights = true;
+  bool pooled_grads = false;
 };
 
 // Gradient buckets (GradBucket, parallel/data_parallel.h): a layer's
@@ -120,9 +137,9 @@ class ParameterSet {
   // The f32 weights (see ParameterPlacement::fp32_weights: a programmer
   // error when the set has none) and the f32 gradients.
   Tensor param(const std::string& name) const;
-  Tensor grad(const std::string& name) const { return table_.Get(grads_, name); }
+  Tensor grad(const std::string& name) const { return grad(table_.IndexOf(name)); }
   Tensor param(size_t i) const;
-  Tensor grad(size_t i) const { return table_.Get(grads_, i); }
+  Tensor grad(size_t i) const;
   // Whether the f32 weight arena exists (always unless a bf16 compute copy
   // stands alone: ParameterPlacement::fp32_weights false).
   bool has_fp32_params() const {
@@ -140,8 +157,24 @@ class ParameterSet {
   // All parameters / gradients as one flat f32 tensor, padding included
   // (padded_numel() elements; the padding stays zero). Element i of the
   // compute copy (padded_compute()) is element i of the parameters.
+  // padded_grads() needs the full gradient arena (not pooled_grads).
   Tensor padded_params() const;
   Tensor padded_grads() const;
+  // Where each bucket's gradients live in grad_arena(), in elements: its
+  // flat begin, or its pool slot (pooled_grads); and the whole arena.
+  const std::vector<int64_t>& grad_at() const { return grad_at_; }
+  Tensor grad_arena() const;
+  // Whether bucket b's gradients accumulate over the whole step
+  // (ParamSpec::whole_step_grad).
+  bool whole_step_bucket(size_t b) const { return whole_step_[b]; }
+  // The gradient arena's elements for buckets of these (padded) sizes and
+  // whole-step flags: their sum, or with pooled gradients the whole-step
+  // buckets plus two slots of the largest other bucket.
+  static int64_t GradArenaElems(const std::vector<int64_t>& bucket_elems, const std::vector<bool>& whole_step,
+                                bool pooled);
+  // The same for the set these constructor arguments would build.
+  static int64_t GradArenaElemsFor(const std::vector<ParamSpec>& specs, int64_t pad_to, int64_t bucket_elems,
+                                   bool pooled);
   Tensor padded_compute() const;
   int64_t padded_numel() const { return padded_numel_; }
 
@@ -161,7 +194,8 @@ class ParameterSet {
   // (padding zero), laid out like padded_params().
   std::vector<float> DrawWeights(uint64_t seed) const;
   // Bytes of the arenas this set allocated: f32 weights (0 without them),
-  // f32 gradients, the bf16 compute copy (0 for f32 compute).
+  // f32 gradients (GradArenaElems), the bf16 compute copy (0 for f32
+  // compute).
   size_t param_bytes() const { return params_.size(); }
   size_t grad_bytes() const { return grads_.size(); }
   size_t compute_bytes() const { return compute_.size(); }
@@ -169,11 +203,16 @@ class ParameterSet {
  private:
   Tensor Fused(const TensorTable& table, const Arena& arena, const std::string& first, size_t count,
                int64_t cols) const;
+  // The rows of `count` adjacent tensors from `first` viewed with `cols`
+  // columns (checks they are adjacent).
+  static int64_t FusedRows(const TensorTable& table, const std::string& first, size_t count, int64_t cols);
   std::vector<ParamSpec> specs_;
   ParameterPlacement placement_;
   TensorTable table_, compute_table_;
   std::vector<GradBucket> buckets_;
   std::vector<size_t> bucket_of_;
+  std::vector<int64_t> grad_at_;  // per bucket, elements into grads_
+  std::vector<bool> whole_step_;  // per bucket
   Arena params_;
   Arena grads_;
   Arena compute_;  // only with a bf16 compute dtype

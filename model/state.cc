@@ -21,9 +21,9 @@ Block ParamBlock(const ParamSpec& p) {
 
 std::vector<StatePiece> StatePieces(const ParameterSet& params, const AdamWOptimizer* optimizer, int dp_rank) {
   std::vector<StatePiece> pieces;
-  // ZeRO-1: the f32 weights are the optimizer's master shard, saved and
+  // ZeRO-1/2: the f32 weights are the optimizer's master shard, saved and
   // loaded as flat-range pieces like the moments; otherwise the set's own.
-  const bool zero1 = optimizer != nullptr && optimizer->zero_stage() == 1;
+  const bool zero1 = optimizer != nullptr && optimizer->zero_stage() >= 1;
   if (!zero1) {
     for (size_t i = 0; i < params.size(); ++i) {
       const ParamSpec& p = params.spec(i);

@@ -12,6 +12,8 @@
 // Semantics (n = group size, all tensors f32 unless stated):
 //   AllReduce(buf, op)          buf <- op over ranks of buf            (in place)
 //   ReduceScatter(in, out)      out <- sum over ranks of in[rank*k .. (rank+1)*k), k = out.numel()
+//                               (out may be in's own slot in[rank*k ..): in-place,
+//                               the rest of in is then left undefined)
 //   AllGather(in, out)          out[r*k .. (r+1)*k) <- in of rank r,   k = in.numel()
 //                               (in may alias out's own slot: in-place)
 //   Broadcast(buf, root)        buf <- buf of root

@@ -1,5 +1,8 @@
 #include "parallel/mpi_communicator.h"
 
+#include <cstring>
+#include <functional>
+
 #include "parallel/mpi_env.h"
 
 namespace latam {
@@ -13,11 +16,20 @@ class MpiRequest : public Request {
     // A request must be completed before it is dropped: MPI still owns the buffer.
     if (request_ != MPI_REQUEST_NULL) Wait();
   }
-  void Wait() override { MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE)); }
+  void Wait() override {
+    MPI_CHECK(MPI_Wait(&request_, MPI_STATUS_IGNORE));
+    if (then_) {
+      then_();
+      then_ = nullptr;
+    }
+  }
   MPI_Request* get() { return &request_; }
+  // Runs once, on the first Wait() that completes the operation.
+  void Then(std::function<void()> fn) { then_ = std::move(fn); }
 
  private:
   MPI_Request request_ = MPI_REQUEST_NULL;
+  std::function<void()> then_;
 };
 
 MPI_Datatype TypeOf(const Tensor& t) {
@@ -77,7 +89,23 @@ std::unique_ptr<Request> MpiCommunicator::ReduceScatter(const Tensor& in, const 
               "reduce-scatter " << in.str() << " -> " << out.str() << " over " << size_ << " ranks");
   Count(CommOp::kReduceScatter, in);
   auto r = std::make_unique<MpiRequest>();
-  MPI_CHECK(MPI_Ireduce_scatter_block(in.data, out.data, Count32(out.numel()), TypeOf(out), MPI_SUM, comm_, r->get()));
+  char* own_slot = static_cast<char*>(in.data) + static_cast<size_t>(rank_) * out.bytes();
+  if (out.data != own_slot) {
+    MPI_CHECK(
+        MPI_Ireduce_scatter_block(in.data, out.data, Count32(out.numel()), TypeOf(out), MPI_SUM, comm_, r->get()));
+    return r;
+  }
+  // In place (out is this rank's slot of in, as NCCL defines it). MPI's
+  // MPI_IN_PLACE reads the whole input from the receive buffer but leaves
+  // the result at its start, so the share moves to its slot once complete.
+  MPI_CHECK(MPI_Ireduce_scatter_block(MPI_IN_PLACE, in.data, Count32(out.numel()), TypeOf(out), MPI_SUM, comm_,
+                                      r->get()));
+  if (rank_ != 0) {
+    void* dst = out.data;
+    const void* src = in.data;
+    const size_t bytes = out.bytes();
+    r->Then([dst, src, bytes] { std::memmove(dst, src, bytes); });
+  }
   return r;
 }
 

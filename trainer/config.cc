@@ -380,8 +380,6 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   c.Require(p.grad_bucket_mb() >= 0, "parallel.grad_bucket_mb", "must be >= 0 (0: one bucket)");
   c.Require(p.zero_stage() >= 0 && p.zero_stage() <= 2, "parallel.zero_stage",
             "must be 0, 1 or 2 (got " + Checker::Str(p.zero_stage()) + ")");
-  c.Require(p.zero_stage() != 2, "parallel.zero_stage",
-            "2 (sharded gradients) is not implemented yet; 1 shards the master weights and Adam moments");
   if (!c.ok()) return c.status();
   c.Divisible(m.n_heads(), "model.n_heads", p.tensor(), "parallel.tensor");
   c.Require(

@@ -39,18 +39,26 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_
   // ZeRO-1: the optimizer holds the f32 master weights (sharded); the
   // parameter set keeps only the compute copy.
   act.fp32_weights = p.zero_stage() == 0;
+  // ZeRO-2: gradient buckets in a two-slot pool, reduced after every
+  // micro-batch (see AdamWOptimizer).
+  act.pooled_grads = p.zero_stage() == 2;
   act.slots =
       SlotsNeeded(BuildSchedule(g.pipeline, grid->pp_rank(), p.virtual_stages(), micro_batches_), p.virtual_stages());
   ModelComms comms;
   comms.tp = &grid->tp();
   comms.kv_replicas = layout.kv_replicas > 1 ? kv_group_.get() : nullptr;
   const int zero = p.zero_stage();
-  const int64_t bucket_elems = static_cast<int64_t>(p.grad_bucket_mb() * 1e6 / sizeof(float));
-  model_ = std::make_unique<LlamaModel>(shape, layout, act, comms, zero == 1 ? g.data : 1, bucket_elems);
+  // ZeRO-2 gives every layer a bucket of its own (1 element closes each):
+  // the pool's slots are the largest bucket's size, and a bucket spanning
+  // layers of two virtual-stage chunks would be filled by interleaved
+  // backward passes.
+  const int64_t bucket_elems =
+      zero == 2 ? 1 : static_cast<int64_t>(p.grad_bucket_mb() * 1e6 / sizeof(float));
+  model_ = std::make_unique<LlamaModel>(shape, layout, act, comms, zero >= 1 ? g.data : 1, bucket_elems);
   executor_ = std::make_unique<PipelineExecutor>(model_.get(), &grid->pp(), micro_batches_);
   OptimizerComms oc;
   oc.dp = &grid->dp();
-  oc.norm_group = zero == 1 ? &grid->world() : &grid->model_parallel();
+  oc.norm_group = zero >= 1 ? &grid->world() : &grid->model_parallel();
   optimizer_ = std::make_unique<AdamWOptimizer>(&model_->parameters(), config.optimizer(), zero, oc);
   optimizer_->InitWeights(config.train().seed());
   // ZeRO-1's parameter all-gathers run into the next forward, which waits
@@ -62,16 +70,17 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_
   if (embedding_group_ != nullptr) {
     tied_embedding_ = model_->parameters().table().IndexOf("model.embed_tokens.weight");
   }
-  model_->OnGradientsFinal([this](const std::vector<size_t>& tensors) {
+  model_->OnGradientsNeeded([this](const std::vector<size_t>& tensors) { optimizer_->GradientsNeeded(tensors); });
+  model_->OnGradientsFinal([this](const std::vector<size_t>& tensors, bool last_micro_batch) {
     if (embedding_group_ == nullptr) {
-      optimizer_->GradientsFinal(tensors);
+      optimizer_->GradientsFinal(tensors, last_micro_batch);
       return;
     }
     std::vector<size_t> now;
     for (size_t t : tensors) {
       if (t != tied_embedding_) now.push_back(t);
     }
-    optimizer_->GradientsFinal(now);
+    optimizer_->GradientsFinal(now, last_micro_batch);
   });
 }
 

@@ -44,11 +44,11 @@ double TrainingFlopsPerToken(const ModelShape& s, int64_t seq_len) {
 // for `parameters` rounded up to a multiple of the data-parallel size (the
 // per-bucket padding adds at most D elements per bucket).
 ParameterMemory ParameterMemoryPerRank(int64_t parameters, bool bf16, int zero_stage, int64_t data_parallel,
-                                       int64_t /*bucket_elems*/) {
+                                       int64_t grad_arena_elems) {
   const int64_t d = std::max<int64_t>(data_parallel, 1);
   const int64_t padded = (parameters + d - 1) / d * d;
-  const OptimizerMemory o =
-      AdamWOptimizer::MemoryPerRank(padded, static_cast<int>(d), zero_stage, bf16 ? DType::kBF16 : DType::kF32);
+  const OptimizerMemory o = AdamWOptimizer::MemoryPerRank(padded, static_cast<int>(d), zero_stage,
+                                                          bf16 ? DType::kBF16 : DType::kF32, grad_arena_elems);
   ParameterMemory m;
   m.weights = static_cast<double>(o.weights);
   m.master_weights = static_cast<double>(o.master);
@@ -65,6 +65,7 @@ struct PlanCore {
   int64_t per_rank = 0;
   double act_bytes = 0.0;
   int64_t bucket_elems = 0;
+  int64_t grad_arena_elems = 0;  // ZeRO-2: the largest rank's pooled gradient arena
   bool bf16 = false;
   double flops_per_token = 0.0;
   // The model's extra forward FLOPs per token under train.recompute: the sum
@@ -84,7 +85,8 @@ Result<PlanCore> MakePlanCore(const Config& config) {
   const int64_t tp = p.tensor(), pp = p.pipeline(), dp = DataParallelSize(config, 0);
   const ComputeSettings compute = ComputeSettingsOf(config);
   core.bf16 = compute.dtype == DType::kBF16;
-  core.bucket_elems = static_cast<int64_t>(p.grad_bucket_mb() * 1e6 / sizeof(float));
+  // As the engine does: ZeRO-2 gives every layer a bucket of its own.
+  core.bucket_elems = p.zero_stage() == 2 ? 1 : static_cast<int64_t>(p.grad_bucket_mb() * 1e6 / sizeof(float));
 
   const int64_t micro = config.train().micro_batch_size();
   const int micro_batches = static_cast<int>(config.train().global_batch_size() / (micro * dp));
@@ -123,8 +125,13 @@ Result<PlanCore> MakePlanCore(const Config& config) {
     const ModelLayout layout =
         ModelLayout::Make(s, static_cast<int>(tp), 0, static_cast<int>(pp), stage, p.virtual_stages(),
                           StageSplit::FromConfig(p));
-    const int64_t params = CountParameters(LlamaParameterSpecs(s, layout));
+    const std::vector<ParamSpec> specs = LlamaParameterSpecs(s, layout);
+    const int64_t params = CountParameters(specs);
     core.per_rank = std::max(core.per_rank, params);
+    if (p.zero_stage() == 2) {
+      core.grad_arena_elems =
+          std::max(core.grad_arena_elems, ParameterSet::GradArenaElemsFor(specs, dp, core.bucket_elems, true));
+    }
     act.slots =
         SlotsNeeded(BuildSchedule(static_cast<int>(pp), stage, p.virtual_stages(), micro_batches), p.virtual_stages());
     core.act_bytes = std::max(core.act_bytes, static_cast<double>(ActivationBytes(s, layout, act)));
@@ -183,7 +190,7 @@ Result<std::string> PlanJson(const Config& config, const PlanOptions& options) {
   const double act_bytes = core.act_bytes;
   const double flops = core.flops_per_token;
   const int64_t tokens_per_step = core.step.tokens_per_step;
-  const ParameterMemory pm = ParameterMemoryPerRank(per_rank, core.bf16, p.zero_stage(), dp, core.bucket_elems);
+  const ParameterMemory pm = ParameterMemoryPerRank(per_rank, core.bf16, p.zero_stage(), dp, core.grad_arena_elems);
   const double memory = pm.total() + act_bytes;
 
   nlohmann::ordered_json j;

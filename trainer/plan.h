@@ -10,12 +10,14 @@
 // AdamWOptimizer::MemoryPerRank: what the optimizer and its ParameterSet
 // allocate):
 //   weights        ZeRO-0: the fp32 weights, P x 4, plus with bf16 the bf16
-//                  copy the kernels read, P x 2; ZeRO-1: only the copy the
-//                  kernels read, P x 2 (bf16) or P x 4 (fp32);
-//   master_weights ZeRO-1: the fp32 master shard, P x 4 / D;
-//   gradients      fp32: P x 4, plus under ZeRO-1 the shard the
-//                  reduce-scatter writes, P x 4 / D;
-//   optimizer      the Adam moments: P x 8, or P x 8 / D under ZeRO-1;
+//                  copy the kernels read, P x 2; ZeRO-1/2: only the copy
+//                  the kernels read, P x 2 (bf16) or P x 4 (fp32);
+//   master_weights ZeRO-1/2: the fp32 master shard, P x 4 / D;
+//   gradients      fp32: P x 4 (ZeRO-1 reduce-scatters in place); ZeRO-2:
+//                  the bucket pool (two slots of the largest bucket, one
+//                  layer's or the embedding's or the head's, plus a tied
+//                  embedding's own), plus the owned shard, P x 4 / D;
+//   optimizer      the Adam moments: P x 8, or P x 8 / D under ZeRO-1/2;
 //   activations    what the rank's activation arena and kernel workspaces
 //                  hold (ActivationBytes, model/model.h: its TP-local widths
 //                  in the activation dtype, its chunks, one slot per
@@ -65,13 +67,14 @@ Result<StepInput> PlanStepInput(const Config& config);
 double TrainingFlopsPerToken(const ModelShape& shape, int64_t seq_len);
 
 // Bytes per rank of the weights, gradients and optimizer state of a rank
-// holding `parameters` parameters (the formula above). bucket_elems is the
-// gradient bucket size (ZeRO-2 keeps one in full).
+// holding `parameters` parameters (the formula above). grad_arena_elems is
+// ZeRO-2's pooled gradient arena (ParameterSet::GradArenaElemsFor; ignored
+// for ZeRO-0/1).
 struct ParameterMemory {
   double weights = 0, master_weights = 0, gradients = 0, optimizer = 0;
   double total() const { return weights + master_weights + gradients + optimizer; }
 };
 ParameterMemory ParameterMemoryPerRank(int64_t parameters, bool bf16, int zero_stage, int64_t data_parallel,
-                                       int64_t bucket_elems);
+                                       int64_t grad_arena_elems);
 
 }  // namespace latam

@@ -3,7 +3,10 @@
 // master weights as its shard (the ParameterSet holds only the bf16 copy),
 // and trains bitwise like ZeRO-0 (the update kernel runs the same arithmetic
 // on the same values, writing the master shard and the bf16 copy of the
-// owned range, which the all-gather, the identity here, spreads). The
+// owned range, which the all-gather, the identity here, spreads). ZeRO-2
+// (gradients in a two-slot pool, each bucket zeroed on the compute stream
+// before it fills and its reduced share added into the owned buffer) trains
+// bitwise like ZeRO-1 with one micro-batch per step. The
 // multi-replica path needs NCCL and several GPUs (tests/mpi/test_layouts.cc
 // with device=cuda).
 #include <cuda_runtime.h>
@@ -42,6 +45,7 @@ ZeroRun Train(int zero, const std::vector<int32_t>& ids, const std::vector<int32
   act.device = Device::kCUDA;
   act.dtype = DType::kBF16;
   act.fp32_weights = zero == 0;
+  act.pooled_grads = zero == 2;
   SelfCommunicator tp("tp"), dp("dp"), norm("norm");
   // One bucket per layer: the embedding, 2 layers, the head.
   LlamaModel model(shape, ModelLayout::Single(shape), act, ModelComms{&tp, nullptr}, 1, 1);
@@ -51,30 +55,38 @@ ZeroRun Train(int zero, const std::vector<int32_t>& ids, const std::vector<int32
   AdamWOptimizer opt(&model.parameters(), oc, zero, OptimizerComms{&dp, &norm});
   opt.InitWeights(5);
   model.OnWeightsNeeded([&](const std::vector<size_t>& t) { opt.WaitForWeights(t); });
+  model.OnGradientsNeeded([&](const std::vector<size_t>& t) { opt.GradientsNeeded(t); });
+  model.OnGradientsFinal([&](const std::vector<size_t>& t, bool last) { opt.GradientsFinal(t, last); });
   const ParameterSet& p = model.parameters();
   // What the arenas hold is MemoryPerRank's.
-  const OptimizerMemory m = AdamWOptimizer::MemoryPerRank(p.padded_numel(), 1, zero, DType::kBF16);
+  const int64_t pool = static_cast<int64_t>(p.grad_bytes() / sizeof(float));
+  const OptimizerMemory m =
+      AdamWOptimizer::MemoryPerRank(p.padded_numel(), 1, zero, DType::kBF16, zero == 2 ? pool : -1);
   EXPECT_EQ(m.weights, static_cast<int64_t>(p.param_bytes() + p.compute_bytes()));
   EXPECT_EQ(m.grads, static_cast<int64_t>(p.grad_bytes() + opt.grad_shard_bytes()));
   EXPECT_EQ(m.master, static_cast<int64_t>(opt.master_bytes()));
   EXPECT_EQ(m.moments, static_cast<int64_t>(opt.moment_bytes()));
-  if (zero == 1) {
+  if (zero >= 1) {
     EXPECT_EQ(p.param_bytes(), 0u);  // no full f32 weights
+  }
+  if (zero == 2) {
+    EXPECT_LT(pool, p.padded_numel());  // no full gradient arena
   }
 
   ZeroRun out;
   const float scale = 1.0f / static_cast<float>(ids.size());
   for (int step = 0; step < 3; ++step) {
     model.parameters().ZeroGrads();
+    opt.BeginGradientReduction();
     out.losses.push_back(model.ForwardBackward(ids.data(), targets.data(), scale));
-    opt.ReduceGradients();
+    opt.FinishGradientReduction();
     out.norms.push_back(opt.GradNorm());
     opt.Step(3e-3f, ClipFactor(out.norms.back(), 1.0));
   }
   opt.FinishParameterGather();
   out.master.assign(static_cast<size_t>(p.padded_numel()), 0.0f);
   for (const AdamWOptimizer::MomentSlice& s : opt.Moments()) {
-    const float* src = zero == 1 ? s.master : p.padded_params().as<float>() + s.begin;
+    const float* src = zero >= 1 ? s.master : p.padded_params().as<float>() + s.begin;
     CUDA_CHECK(cudaMemcpy(out.master.data() + s.begin, src, static_cast<size_t>(s.end - s.begin) * sizeof(float),
                           cudaMemcpyDeviceToHost));
   }
@@ -98,6 +110,20 @@ TEST_F(CudaZeroTest, Bf16ZeroOneOverOneReplicaTrainsLikeZeroZero) {
     ASSERT_EQ(a.master[i], b.master[i]) << "master element " << i;
     ASSERT_EQ(a.copy[i], b.copy[i]) << "bf16 element " << i;
     ASSERT_EQ(b.copy[i], BF16::FromFloat(b.master[i]).bits) << "the copy is the master rounded, element " << i;
+  }
+}
+
+TEST_F(CudaZeroTest, Bf16ZeroTwoOverOneReplicaTrainsLikeZeroOne) {
+  LATAM_REQUIRE_GPU();
+  const std::vector<int32_t> ids = RandomIds(64, 256), targets = RandomIds(64, 256);
+  const ZeroRun a = Train(1, ids, targets), b = Train(2, ids, targets);
+  EXPECT_EQ(a.losses, b.losses);
+  EXPECT_EQ(a.norms, b.norms);
+  EXPECT_NE(a.losses.front(), a.losses.back());  // it trained
+  ASSERT_EQ(a.master.size(), b.master.size());
+  for (size_t i = 0; i < a.master.size(); ++i) {
+    ASSERT_EQ(a.master[i], b.master[i]) << "master element " << i;
+    ASSERT_EQ(a.copy[i], b.copy[i]) << "bf16 element " << i;
   }
 }
 

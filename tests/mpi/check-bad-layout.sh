@@ -31,7 +31,7 @@ expect_exit_2 3 "world size 3 != tensor (2) x pipeline (2) x data (derived)" \
 expect_exit_2 4 "world size 4 != tensor (2) x pipeline (1) x data (3)" \
   --set parallel.tensor=2 --set parallel.pipeline=1 --set parallel.data=3
 expect_exit_2 3 "model.n_heads: 4 is not divisible by parallel.tensor = 3" --set parallel.tensor=3
-expect_exit_2 2 "parallel.zero_stage: 2 (sharded gradients) is not implemented yet" --set parallel.zero_stage=2
+expect_exit_2 2 "parallel.zero_stage: must be 0, 1 or 2 (got 3)" --set parallel.zero_stage=3
 expect_exit_2 3 "model.n_layers: 4 is not divisible by parallel.pipeline x parallel.virtual_stages = 3" \
   --set parallel.pipeline=3
 expect_exit_2 2 "model.vocab_size: 4095 is not divisible by parallel.tensor = 2" \

@@ -207,9 +207,9 @@ TEST_F(ResumeTest, ReshardsBetweenEvenAndUnevenStages) {
 // Across ZeRO stages and data-parallel sizes: ZeRO-0 over 2 replicas saves
 // (weights from replica 0's full copy), ZeRO-1 over 4 replicas resumes (each
 // loads its master shard and moments) and saves (each owner writes its
-// shard's pieces), ZeRO-0 on one process resumes from that; the losses
-// follow the uninterrupted ZeRO-0 run to fp32 tolerance. (ZeRO-2 is
-// rejected by validation: not implemented.)
+// shard's pieces), ZeRO-0 on one process resumes from that; ZeRO-2 over 2
+// replicas resumes from the ZeRO-0 save and ZeRO-1 over 4 from ZeRO-2's;
+// the losses follow the uninterrupted ZeRO-0 run to fp32 tolerance.
 TEST_F(ResumeTest, ReshardsAcrossZeroStages) {
   auto a = Run(TrainCommand(2, "z0", 1, 1, 1, 0, 12));
   ASSERT_EQ(a.exit_code, 0) << a.out << a.err;
@@ -228,6 +228,17 @@ TEST_F(ResumeTest, ReshardsAcrossZeroStages) {
                   (dir_ / "z1/checkpoints/step_00000008").string());
   ASSERT_EQ(down.exit_code, 0) << down.out << down.err;
   ExpectLossesMatch(Losses("z0b"), ref, 9, 12, 5e-5);
+
+  auto two = Run(TrainCommand(2, "z2", 1, 1, 1, 2, 12) + " --resume " + (dir_ / "z0/checkpoints/step_00000004").string());
+  ASSERT_EQ(two.exit_code, 0) << two.out << two.err;
+  EXPECT_NE(two.out.find("loaded everything from"), std::string::npos) << two.out;
+  ExpectLossesMatch(Losses("z2"), ref, 5, 12, 5e-5);
+  EXPECT_EQ(Manifest("z2/checkpoints/step_00000008").layout().zero_stage(), 2);
+
+  auto from_two = Run(TrainCommand(4, "z1b", 1, 1, 1, 1, 12) + " --resume " +
+                      (dir_ / "z2/checkpoints/step_00000008").string());
+  ASSERT_EQ(from_two.exit_code, 0) << from_two.out << from_two.err;
+  ExpectLossesMatch(Losses("z1b"), ref, 9, 12, 5e-5);
 }
 
 // ZeRO-1 with virtual stages: each replica's moment slice comes back exactly.

@@ -45,6 +45,14 @@ void CheckCollectives(Communicator& c, testing::MpiChecks& t) {
   ok = true;
   for (int j = 0; j < block; ++j) ok &= out[j] == static_cast<float>(1000 * n * (n - 1) / 2 + n * (r * block + j));
   t.Check(ok, g + "reduce_scatter");
+  // In place: the output is this rank's slot of the input.
+  for (int i = 0; i < block * n; ++i) in[i] = static_cast<float>(r * 1000 + i);
+  c.ReduceScatter(Tensor::Of(in.data(), {block * n}), Tensor::Of(in.data() + r * block, {block}))->Wait();
+  ok = true;
+  for (int j = 0; j < block; ++j) {
+    ok &= in[r * block + j] == static_cast<float>(1000 * n * (n - 1) / 2 + n * (r * block + j));
+  }
+  t.Check(ok, g + "reduce_scatter in place");
 
   // all_gather, out of place and in place.
   std::vector<float> mine(block), gathered(static_cast<size_t>(block) * n);
@@ -91,7 +99,7 @@ void CheckCollectives(Communicator& c, testing::MpiChecks& t) {
   const CommStats& s = c.stats();
   t.Eq(s.calls_of(CommOp::kAllReduce), 7, g + "all_reduce calls");
   t.Eq(s.bytes_of(CommOp::kAllReduce), int64_t{4} * (2 * k + 5 + 4 * 5), g + "all_reduce bytes");
-  t.Eq(s.bytes_of(CommOp::kReduceScatter), int64_t{4} * block * n, g + "reduce_scatter bytes");
+  t.Eq(s.bytes_of(CommOp::kReduceScatter), int64_t{8} * block * n, g + "reduce_scatter bytes");
   t.Eq(s.bytes_of(CommOp::kAllGather), int64_t{8} * block * n, g + "all_gather bytes");
   t.Eq(s.bytes_of(CommOp::kBroadcast), int64_t{36}, g + "broadcast bytes");
   t.Eq(s.bytes_of(CommOp::kSend), n > 1 ? int64_t{52} : 0, g + "send bytes");

@@ -285,7 +285,8 @@ int main(int argc, char** argv) {
     // gradients are then all-reduced once per step (each rank's covers its
     // rows only): 2 per layer and the final norm, dim floats each. Selective
     // recompute with sequence parallelism all-gathers each recomputed norm
-    // output again: 2 more all-gathers per layer.
+    // output again: 2 more all-gathers per layer. ZeRO-2 reduces gradients
+    // after every micro-batch, so the norm gains' sums run every micro-batch.
     const int64_t layer_passes = recompute_full ? 3 : 2;  // forward passes + backward of each layer
     int64_t tp_bytes = 0, rs_bytes = 0, ag_bytes = 0, per_step_bytes = 0;
     if (!args.sp) {
@@ -299,6 +300,7 @@ int main(int argc, char** argv) {
       if (layout.holds_head()) tp_bytes += 3 * m, rs_bytes += m * dim, ag_bytes += m * dim;
       per_step_bytes = (2 * layers + (layout.holds_head() ? 1 : 0)) * dim;
     }
+    if (zero == 2) per_step_bytes *= micro_batches;
     t.Eq(grid.tp().stats().bytes_of(CommOp::kAllReduce), 4 * (micro_batches * tp_bytes + per_step_bytes),
          "tensor-parallel all-reduce bytes" + at);
     t.Eq(grid.tp().stats().bytes_of(CommOp::kReduceScatter), 4 * micro_batches * rs_bytes,
@@ -318,14 +320,24 @@ int main(int argc, char** argv) {
     // element, 4 for the f32 compute of these layouts (2 with bf16). Both
     // collectives span the buffer padded to D slices. The all-gathers issued
     // by a step complete in the next forward, but the counters record them
-    // when issued, so each step counts its own.
+    // when issued, so each step counts its own. ZeRO-2 reduce-scatters every
+    // bucket after every micro-batch, except a tied embedding's (whole-step)
+    // bucket, reduced once.
     const ParameterSet& params = engine.model().parameters();
     if (zero == 0) {
       t.Eq(grid.dp().stats().bytes_of(CommOp::kAllReduce), 4 * params.numel(), "data-parallel all-reduce bytes" + at);
     } else {
       const int64_t compute_bytes = static_cast<int64_t>(DTypeSize(params.placement().compute_dtype));
       t.Eq(params.padded_numel() % dp, int64_t{0}, "padding");
-      t.Eq(grid.dp().stats().bytes_of(CommOp::kReduceScatter), 4 * params.padded_numel(), "reduce-scatter bytes" + at);
+      int64_t reduced = params.padded_numel();
+      if (zero == 2) {
+        reduced = 0;
+        for (size_t b = 0; b < params.buckets().size(); ++b) {
+          const int64_t n = params.buckets()[b].end - params.buckets()[b].begin;
+          reduced += params.whole_step_bucket(b) ? n : micro_batches * n;
+        }
+      }
+      t.Eq(grid.dp().stats().bytes_of(CommOp::kReduceScatter), 4 * reduced, "reduce-scatter bytes" + at);
       t.Eq(grid.dp().stats().bytes_of(CommOp::kAllGather), compute_bytes * params.padded_numel(),
            "all-gather bytes" + at);
     }

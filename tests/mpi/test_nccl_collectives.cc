@@ -134,6 +134,17 @@ void CheckTyped(Communicator& c, testing::MpiChecks& t, cudaStream_t s) {
   c.ReduceScatter(in.tensor(), out.tensor())->Wait();
   t.Check(AllEqual(out.Read(), [&](int j) { return n * (n - 1) / 2 + 4 * n * ((r * block + j) % 5); }),
           g + "reduce_scatter");
+  // In place: the output is this rank's slot of the input.
+  in.Fill([&](int i) { return r + 4 * (i % 5); });
+  c.ReduceScatter(in.tensor(), in.Slice(r * block, block))->Wait();
+  {
+    const std::vector<float> got = in.Read();
+    bool same = true;
+    for (int j = 0; j < block; ++j) {
+      same &= got[r * block + j] == static_cast<float>(n * (n - 1) / 2 + 4 * n * ((r * block + j) % 5));
+    }
+    t.Check(same, g + "reduce_scatter in place");
+  }
 
   // all_gather, out of place and in place (the input is this rank's slot of the output).
   DeviceBuffer<T> mine(block, s), gathered(block * n, s);
@@ -184,8 +195,8 @@ void CheckTyped(Communicator& c, testing::MpiChecks& t, cudaStream_t s) {
   const CommStats& st = c.stats();
   t.Eq(st.calls_of(CommOp::kAllReduce), 7, g + "all_reduce calls");
   t.Eq(st.bytes_of(CommOp::kAllReduce), e * (2 * k + large_n + 4 * 5), g + "all_reduce bytes");
-  t.Eq(st.calls_of(CommOp::kReduceScatter), 1, g + "reduce_scatter calls");
-  t.Eq(st.bytes_of(CommOp::kReduceScatter), e * block * n, g + "reduce_scatter bytes");
+  t.Eq(st.calls_of(CommOp::kReduceScatter), 2, g + "reduce_scatter calls");
+  t.Eq(st.bytes_of(CommOp::kReduceScatter), 2 * e * block * n, g + "reduce_scatter bytes");
   t.Eq(st.calls_of(CommOp::kAllGather), 2, g + "all_gather calls");
   t.Eq(st.bytes_of(CommOp::kAllGather), 2 * e * block * n, g + "all_gather bytes");
   t.Eq(st.bytes_of(CommOp::kBroadcast), e * 9, g + "broadcast bytes");

@@ -98,7 +98,7 @@ TEST(GradBucketTest, EachBucketIsReducedWhenTheBackwardPassCompletesIt) {
   // The model reports each group as its backward completes it; the
   // optimizer must have issued exactly that group's bucket by then.
   std::vector<size_t> issued_after_report;
-  model.OnGradientsFinal([&](const std::vector<size_t>& tensors) {
+  model.OnGradientsFinal([&](const std::vector<size_t>& tensors, bool) {
     opt.GradientsFinal(tensors);
     issued_after_report.push_back(dp.issued.size());
     ASSERT_FALSE(dp.issued.empty());

@@ -1,4 +1,4 @@
-// The distributed optimizer (ZeRO-1, model/optimizer.h) in one process:
+// The distributed optimizer (ZeRO-1 and 2, model/optimizer.h) in one process:
 //   - the bytes it and the ParameterSet allocate are MemoryPerRank's;
 //   - over a one-replica group it trains bitwise like ZeRO-0 (the master
 //     shard is then the whole set, and the update is the same arithmetic);
@@ -7,9 +7,14 @@
 //   - with D replicas (simulated: one optimizer per replica over a group
 //     that only reports its size and rank) each replica's master shard is
 //     its share of every bucket, and the checkpoint written from the shards
-//     of all replicas loads into a ZeRO-0 set as exactly the initial weights.
+//     of all replicas loads into a ZeRO-0 set as exactly the initial weights;
+//   - ZeRO-2's gradient pool: two slots, buckets alternating, each slot
+//     reduced before it is reused, one reduce-scatter per bucket and
+//     micro-batch, and training equal to ZeRO-0/1.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <string>
@@ -65,11 +70,12 @@ class ReplicaCommunicator : public SelfCommunicator {
   int size_, rank_;
 };
 
-ActivationOptions Act(bool fp32_weights) {
+ActivationOptions Act(bool fp32_weights, bool pooled_grads = false) {
   ActivationOptions act;
   act.micro_batch = 1;
   act.seq_len = 8;
   act.fp32_weights = fp32_weights;
+  act.pooled_grads = pooled_grads;
   return act;
 }
 
@@ -81,28 +87,47 @@ TEST(ZeroMemory, MemoryPerRankIsWhatTheArenasHold) {
     int dp, zero;
     int64_t bucket_elems;
   };
-  for (const Case c : {Case{1, 0, 0}, Case{2, 0, 1}, Case{1, 1, 0}, Case{2, 1, 1}, Case{4, 1, 3000}, Case{3, 1, 1}}) {
+  for (const Case c : {Case{1, 0, 0}, Case{2, 0, 1}, Case{1, 1, 0}, Case{2, 1, 1}, Case{4, 1, 3000}, Case{3, 1, 1},
+                       Case{1, 2, 1}, Case{4, 2, 1}, Case{3, 2, 1}}) {
     const std::string what = "dp " + std::to_string(c.dp) + " zero " + std::to_string(c.zero);
-    LlamaModel model(s, ModelLayout::Single(s), Act(c.zero == 0), ModelComms{&tp, nullptr}, c.zero == 1 ? c.dp : 1,
+    const int64_t pad = c.zero >= 1 ? c.dp : 1;
+    LlamaModel model(s, ModelLayout::Single(s), Act(c.zero == 0, c.zero == 2), ModelComms{&tp, nullptr}, pad,
                      c.bucket_elems);
     ReplicaCommunicator dp(c.dp, c.dp - 1);
     AdamWOptimizer opt(&model.parameters(), oc, c.zero, OptimizerComms{&dp, &norm});
     const ParameterSet& p = model.parameters();
-    const OptimizerMemory m = AdamWOptimizer::MemoryPerRank(p.padded_numel(), c.dp, c.zero, DType::kF32);
+    // ZeRO-2's pool, from the specs alone (as --plan computes it).
+    const int64_t pool =
+        ParameterSet::GradArenaElemsFor(LlamaParameterSpecs(s, ModelLayout::Single(s)), pad, c.bucket_elems, true);
+    const OptimizerMemory m =
+        AdamWOptimizer::MemoryPerRank(p.padded_numel(), c.dp, c.zero, DType::kF32, c.zero == 2 ? pool : -1);
     EXPECT_EQ(m.weights, static_cast<int64_t>(p.param_bytes() + p.compute_bytes())) << what;
     EXPECT_EQ(m.grads, static_cast<int64_t>(p.grad_bytes() + opt.grad_shard_bytes())) << what;
     EXPECT_EQ(m.master, static_cast<int64_t>(opt.master_bytes())) << what;
     EXPECT_EQ(m.moments, static_cast<int64_t>(opt.moment_bytes())) << what;
-    // The formulas per parameter: 16 bytes (ZeRO-0, f32 compute), 8 + 16/D (ZeRO-1).
+    // The formulas per parameter: 16 bytes (ZeRO-0, f32 compute), 4 + 12/D
+    // (ZeRO-1: the f32 compute copy and gradients, reduced in place), and
+    // 4 + 16/D plus the pool (ZeRO-2).
     const int64_t n = p.padded_numel();
-    EXPECT_EQ(m.total(), c.zero == 0 ? 16 * n : 8 * n + 16 * n / c.dp) << what;
+    const int64_t expected = c.zero == 0 ? 16 * n : c.zero == 1 ? 8 * n + 12 * n / c.dp : 4 * n + 16 * n / c.dp + 4 * pool;
+    EXPECT_EQ(m.total(), expected) << what;
+    if (c.zero == 2) {
+      // Two slots of the largest bucket (a layer's here), smaller than the
+      // whole set's gradients.
+      int64_t largest = 0;
+      for (const GradBucket& b : p.buckets()) largest = std::max(largest, b.end - b.begin);
+      EXPECT_EQ(pool, 2 * largest) << what;
+      EXPECT_LT(pool, n) << what;
+    }
   }
   // bf16 compute (sizes only: such a set lives on the GPU, see
   // tests/cuda/test_cuda_zero.cc): 18 bytes per parameter for ZeRO-0,
-  // 6 + 16/D for ZeRO-1.
+  // 6 + 12/D for ZeRO-1 (Megatron's distributed optimizer), 2 + 16/D plus
+  // the pool for ZeRO-2.
   EXPECT_EQ(AdamWOptimizer::MemoryPerRank(800, 1, 0, DType::kBF16).total(), 18 * 800);
-  EXPECT_EQ(AdamWOptimizer::MemoryPerRank(800, 8, 1, DType::kBF16).total(), 6 * 800 + 16 * 100);
+  EXPECT_EQ(AdamWOptimizer::MemoryPerRank(800, 8, 1, DType::kBF16).total(), 6 * 800 + 12 * 100);
   EXPECT_EQ(AdamWOptimizer::MemoryPerRank(800, 8, 1, DType::kBF16).weights, 2 * 800);
+  EXPECT_EQ(AdamWOptimizer::MemoryPerRank(800, 8, 2, DType::kBF16, 160).total(), 2 * 800 + 16 * 100 + 4 * 160);
 }
 
 // Trains `steps` steps of one micro-batch; returns the losses and the final
@@ -112,26 +137,38 @@ struct Trained {
   std::vector<float> weights;
 };
 
-Trained Train(int zero, int64_t bucket_elems, int steps) {
+Trained Train(int zero, int64_t bucket_elems, int steps, int micro_batches = 1) {
   const ModelShape s = testing::FourLayerShape();
   SelfCommunicator tp("tp"), dp("dp"), norm("norm");
-  LlamaModel model(s, ModelLayout::Single(s), Act(zero == 0), ModelComms{&tp, nullptr}, 1, bucket_elems);
+  LlamaModel model(s, ModelLayout::Single(s), Act(zero == 0, zero == 2), ModelComms{&tp, nullptr}, 1, bucket_elems);
   config::OptimizerConfig oc;
   oc.set_lr(1e-2);
   oc.set_weight_decay(0.1);
   AdamWOptimizer opt(&model.parameters(), oc, zero, OptimizerComms{&dp, &norm});
   opt.InitWeights(5);
   model.OnWeightsNeeded([&](const std::vector<size_t>& t) { opt.WaitForWeights(t); });
+  // As the engine wires them: ZeRO-0/1 reduce on the last micro-batch's
+  // reports, ZeRO-2 on every micro-batch's.
+  model.OnGradientsNeeded([&](const std::vector<size_t>& t) { opt.GradientsNeeded(t); });
+  model.OnGradientsFinal([&](const std::vector<size_t>& t, bool last) { opt.GradientsFinal(t, last); });
   Trained out;
   for (int step = 0; step < steps; ++step) {
-    std::vector<int32_t> ids(8), targets(8);
-    for (int i = 0; i < 8; ++i) {
-      ids[static_cast<size_t>(i)] = (step * 5 + i * 3) % 32;
-      targets[static_cast<size_t>(i)] = (step * 7 + i * 11) % 32;
-    }
     model.parameters().ZeroGrads();
-    out.losses.push_back(model.ForwardBackward(ids.data(), targets.data(), 0.125f));
-    opt.ReduceGradients();
+    opt.BeginGradientReduction();
+    double loss = 0.0;
+    for (int mb = 0; mb < micro_batches; ++mb) {
+      std::vector<int32_t> ids(8), targets(8);
+      for (int i = 0; i < 8; ++i) {
+        ids[static_cast<size_t>(i)] = (step * 5 + i * 3 + mb * 13) % 32;
+        targets[static_cast<size_t>(i)] = (step * 7 + i * 11 + mb * 17) % 32;
+      }
+      const bool last = mb == micro_batches - 1;
+      model.Forward(0, 0, ids.data(), targets.data(), 0.125f / static_cast<float>(micro_batches), true, last);
+      model.Backward(0, 0, last);
+      loss += model.TakeLoss();
+    }
+    out.losses.push_back(loss);
+    opt.FinishGradientReduction();
     out.norms.push_back(opt.GradNorm());
     opt.Step(1e-2f, ClipFactor(out.norms.back(), 1.0));
   }
@@ -148,6 +185,96 @@ TEST(ZeroOne, OneReplicaTrainsBitwiseLikeZeroZero) {
     EXPECT_EQ(a.weights, b.weights) << "buckets of " << bucket_elems;
     EXPECT_NE(a.losses.front(), a.losses.back());  // it did train
   }
+}
+
+// ZeRO-2 over one replica: with one micro-batch each reduced share is the
+// bucket itself added to zero, so it trains bitwise like ZeRO-1; with
+// several, the micro-batches' gradients are summed after each reduction
+// instead of in the gradient arena, equal up to rounding.
+TEST(ZeroTwo, TrainsLikeZeroOneAndZeroZero) {
+  const Trained one = Train(1, 1, 4), two = Train(2, 1, 4);
+  EXPECT_EQ(one.losses, two.losses);
+  EXPECT_EQ(one.norms, two.norms);
+  EXPECT_EQ(one.weights, two.weights);
+  const Trained zero = Train(0, 1, 4, 3), accumulated = Train(2, 1, 4, 3);
+  ASSERT_EQ(zero.weights.size(), accumulated.weights.size());
+  for (size_t k = 0; k < zero.losses.size(); ++k) {
+    EXPECT_NEAR(accumulated.losses[k], zero.losses[k], 1e-5 * std::abs(zero.losses[k])) << "step " << k;
+    EXPECT_NEAR(accumulated.norms[k], zero.norms[k], 1e-5 * zero.norms[k]) << "step " << k;
+  }
+  double worst = 0.0;
+  for (size_t i = 0; i < zero.weights.size(); ++i) {
+    worst = std::max(worst, static_cast<double>(std::abs(zero.weights[i] - accumulated.weights[i])));
+  }
+  EXPECT_LT(worst, 1e-5);
+  EXPECT_NE(zero.losses.front(), zero.losses.back());  // it did train
+}
+
+// Records reduce-scatters (input, output) and completes them on Wait.
+class ReduceScatterLog : public ReplicaCommunicator {
+ public:
+  ReduceScatterLog(int size, int rank) : ReplicaCommunicator(size, rank) {}
+  std::unique_ptr<Request> ReduceScatter(const Tensor& in, const Tensor& out) override {
+    issued.push_back({in.data, out.data});
+    return std::make_unique<CallbackRequest>([this, p = in.data] { waited.push_back(p); });
+  }
+  std::vector<std::pair<const void*, const void*>> issued;
+  std::vector<const void*> waited;
+};
+
+TEST(ZeroTwo, BucketsAlternateBetweenTwoSlotsReducedBeforeReuse) {
+  const ModelShape s = testing::FourLayerShape();
+  SelfCommunicator tp("tp"), norm("norm");
+  const int d = 2;
+  // One bucket per group: embedding, layers 0-3, head (6 buckets).
+  LlamaModel model(s, ModelLayout::Single(s), Act(false, true), ModelComms{&tp, nullptr}, d, 1);
+  ReduceScatterLog dp(d, 1);
+  config::OptimizerConfig oc;
+  AdamWOptimizer opt(&model.parameters(), oc, 2, OptimizerComms{&dp, &norm});
+  opt.InitWeights(5);
+  const ParameterSet& p = model.parameters();
+  ASSERT_EQ(p.buckets().size(), 6u);
+  // The last bucket (the head, filled first) in slot 0, then alternating.
+  int64_t slot = 0;
+  for (const GradBucket& b : p.buckets()) slot = std::max(slot, b.end - b.begin);
+  EXPECT_EQ(p.grad_arena().numel(), 2 * slot);
+  for (size_t b = 0; b < 6; ++b) EXPECT_EQ(p.grad_at()[b], (5 - b) % 2 == 0 ? 0 : slot) << "bucket " << b;
+  const float* arena = p.grad_arena().as<float>();
+  std::vector<size_t> needed;
+  model.OnGradientsNeeded([&](const std::vector<size_t>& t) {
+    opt.GradientsNeeded(t);
+    needed.push_back(dp.waited.size());
+  });
+  model.OnGradientsFinal([&](const std::vector<size_t>& t, bool last) { opt.GradientsFinal(t, last); });
+  opt.BeginGradientReduction();
+  const std::vector<int32_t> ids = {1, 2, 3, 4, 5, 6, 7, 8}, targets = {2, 3, 4, 5, 6, 7, 8, 9};
+  for (bool last : {false, true}) {
+    model.Forward(0, 0, ids.data(), targets.data(), 0.0625f, true, last);
+    model.Backward(0, 0, last);
+  }
+  // One in-place reduce-scatter per bucket and micro-batch, in backward
+  // order (head, layers 3..0, embedding), each of its slot into this
+  // replica's half of it.
+  ASSERT_EQ(dp.issued.size(), 12u);
+  for (size_t k = 0; k < 12; ++k) {
+    const size_t b = 5 - k % 6;
+    const float* in = arena + p.grad_at()[b];
+    EXPECT_EQ(dp.issued[k].first, in) << k;
+    EXPECT_EQ(dp.issued[k].second, in + (p.buckets()[b].end - p.buckets()[b].begin) / d) << k;
+  }
+  // A slot is reused only after its previous bucket's reduction completed,
+  // and no earlier: once the k-th group's slot is ready (k >= 1), the
+  // reductions of groups 0 .. k-2 are complete, while group k-1's (in the
+  // other slot) still runs.
+  ASSERT_EQ(needed.size(), 12u);
+  for (size_t k = 1; k < 12; ++k) EXPECT_EQ(needed[k], k - 1) << k;
+  opt.FinishGradientReduction();
+  EXPECT_EQ(dp.waited.size(), 12u);
+
+  // Writing a bucket without asking for it first is caught.
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  opt.BeginGradientReduction();
+  EXPECT_DEATH(opt.GradientsFinal({0}, false), "before its bucket was opened");
 }
 
 TEST(ZeroOne, ForwardWaitsForEachBucketWhenItReachesIt) {
