@@ -113,7 +113,11 @@ Result<PlanCore> MakePlanCore(const Config& config) {
   in.tokens_per_micro_batch = rows;
   in.dim = s.dim;
   in.activation_bytes = static_cast<double>(DTypeSize(act.dtype));
+  // The ZeRO all-gather moves the weights' compute copy.
+  in.weight_bytes = static_cast<double>(DTypeSize(compute.dtype));
   in.recompute_full = compute.recompute == Recompute::kFull;
+  in.recompute_selective = compute.recompute == Recompute::kSelective;
+  in.sequence_parallel = act.sequence_parallel;
   in.tokens_per_step = static_cast<int64_t>(config.train().global_batch_size()) * act.seq_len;
   in.model_flops_per_step = core.flops_per_token * static_cast<double>(in.tokens_per_step);
 

@@ -22,10 +22,66 @@ double Latency(const std::string& link, const Hardware& hw) {
   return link == "nvlink" ? hw.nvlink_latency_s : hw.network_latency_s;
 }
 
+// The tensor-parallel collectives of one GPU of a stage, as
+// tests/mpi/test_layouts.cc counts them: bytes per micro-batch of each kind
+// (all-reduce and reduce-scatter at their input, all-gather at its output),
+// the bytes all-reduced once per step, and how many collectives of each.
+struct TpTraffic {
+  double all_reduce_mb = 0, reduce_scatter_mb = 0, all_gather_mb = 0, all_reduce_step = 0;
+  double collectives_mb = 0, collectives_step = 0;
+};
+
+TpTraffic TensorParallelTraffic(const StepInput& in, const StageLoad& s) {
+  TpTraffic t;
+  if (in.tp <= 1) return t;
+  const double r = static_cast<double>(in.tokens_per_micro_batch);
+  const double rda = r * static_cast<double>(in.dim) * in.activation_bytes;
+  const double layers = static_cast<double>(s.layers);
+  // [r, d] sums per layer: 2 forward (o_proj, down_proj), 2 more when FULL
+  // recompute re-runs the forward, 2 backward (QKV and gate/up input
+  // gradients).
+  const double per_layer = in.recompute_full ? 6.0 : 4.0;
+  const double emb = s.embedding ? 1.0 : 0.0, head = s.head ? 1.0 : 0.0;
+  // The head's row statistics (max, then sum-exp and target logit): 3 r
+  // floats in two all-reduces, with or without sequence parallelism.
+  t.all_reduce_mb = head * 3.0 * r * 4.0;
+  if (!in.sequence_parallel) {
+    // Every [r, d] sum is an all-reduce: the layers', the embedding's
+    // output and the head's input gradient.
+    t.all_reduce_mb += (per_layer * layers + emb + head) * rda;
+    t.collectives_mb = per_layer * layers + emb + 3.0 * head;
+    return t;
+  }
+  // Sequence parallelism: each of those sums is a reduce-scatter to the row
+  // shards, and each is matched by an all-gather of [r, d] rows (before QKV
+  // and gate/up, of the gradient before the o_proj and down_proj input
+  // gradients, of the gradient before the embedding's backward, of the final
+  // norm's output before the head). SELECTIVE recompute all-gathers the two
+  // recomputed norm outputs of each layer again before its backward.
+  t.reduce_scatter_mb = (per_layer * layers + emb + head) * rda;
+  t.all_gather_mb = (per_layer * layers + (in.recompute_selective ? 2.0 : 0.0) * layers + emb + head) * rda;
+  t.collectives_mb = 2.0 * (per_layer * layers + emb + head) + (in.recompute_selective ? 2.0 : 0.0) * layers +
+                     2.0 * head;
+  // Each rank's norm-gain gradients cover its rows only: the two gains of
+  // every layer and the final norm's are all-reduced once per step (f32,
+  // d elements each).
+  t.all_reduce_step = (2.0 * layers + head) * static_cast<double>(in.dim) * 4.0;
+  t.collectives_step = 2.0 * layers + head;
+  return t;
+}
+
+// Of `total` seconds of bucketed collectives running behind `window`
+// seconds of compute, the exposed part: the bucket that cannot start before
+// the window ends (`bucket` seconds) plus whatever of the rest does not fit.
+double ExposedBehind(double total, double bucket, double window) {
+  return std::min(total, bucket + std::max(0.0, total - bucket - window));
+}
+
 // What one GPU of one stage spends per micro-batch and per step.
 struct StageTime {
   double compute_mb = 0, recompute_mb = 0, tp_mb = 0, pp_mb = 0;
-  double t_mb = 0;  // compute + TP + exposed PP
+  double t_mb = 0;     // compute + TP + exposed PP
+  double tp_step = 0;  // TP collectives once per step (the norm gains' under SP)
   double dp_total = 0, dp_exposed = 0, optimizer = 0;
   GroupBytes bytes;
 };
@@ -74,24 +130,28 @@ Result<Hardware> MakeHardware(const std::string& gpu, int gpus_per_node, const s
 
 GroupBytes StepGroupBytes(const StepInput& in, const StageLoad& s) {
   GroupBytes b;
-  const double a = in.activation_bytes;
-  const double rd = static_cast<double>(in.tokens_per_micro_batch) * static_cast<double>(in.dim);
   if (in.tp > 1) {
-    double per_mb = (in.recompute_full ? 6.0 : 4.0) * static_cast<double>(s.layers) * rd * a;
-    if (s.embedding) per_mb += rd * a;
-    if (s.head) per_mb += rd * a + 3.0 * static_cast<double>(in.tokens_per_micro_batch) * 4.0;
-    b.tp_all_reduce = static_cast<int64_t>(per_mb) * in.micro_batches;
+    const TpTraffic t = TensorParallelTraffic(in, s);
+    b.tp_all_reduce = static_cast<int64_t>(t.all_reduce_mb) * in.micro_batches + static_cast<int64_t>(t.all_reduce_step);
+    b.tp_reduce_scatter = static_cast<int64_t>(t.reduce_scatter_mb) * in.micro_batches;
+    b.tp_all_gather = static_cast<int64_t>(t.all_gather_mb) * in.micro_batches;
   }
   if (in.pp > 1) {
-    b.pp_send = static_cast<int64_t>(static_cast<double>(s.sends_forward + s.sends_backward) * rd * a) *
+    // Under sequence parallelism a chunk boundary carries the rank's row
+    // shard, r / T rows.
+    const double rows = static_cast<double>(in.tokens_per_micro_batch) / (in.sequence_parallel ? in.tp : 1);
+    b.pp_send = static_cast<int64_t>(static_cast<double>(s.sends_forward + s.sends_backward) * rows *
+                                     static_cast<double>(in.dim) * in.activation_bytes) *
                 in.micro_batches;
   }
   if (in.dp > 1) {
     if (in.zero_stage == 0) {
       b.dp_all_reduce = 4 * s.parameters;
     } else {
-      b.dp_reduce_scatter = 4 * s.parameters;
-      b.dp_all_gather = 4 * s.parameters;
+      // ZeRO-2 reduce-scatters every micro-batch's gradients, ZeRO-1 the
+      // step's sum once; both all-gather the compute copy once.
+      b.dp_reduce_scatter = 4 * s.parameters * (in.zero_stage == 2 ? in.micro_batches : 1);
+      b.dp_all_gather = static_cast<int64_t>(in.weight_bytes * static_cast<double>(s.parameters));
     }
   }
   return b;
@@ -128,14 +188,14 @@ StepTime StepModel(const StepInput& in, const Hardware& hw) {
     t.compute_mb = s.flops_per_micro_batch / gemm_flops;
     t.recompute_mb = s.recompute_flops_per_micro_batch / gemm_flops;
     if (in.tp > 1) {
-      // Collectives per micro-batch: 2 per layer forward (4 with FULL
-      // recompute's second forward) and 2 per layer backward, the
-      // embedding's, and the head's three (max, sum-exp + target, dx).
-      const double count = (in.recompute_full ? 6.0 : 4.0) * static_cast<double>(s.layers) + (s.embedding ? 1 : 0) +
-                           (s.head ? 3 : 0);
-      const double bytes = static_cast<double>(t.bytes.tp_all_reduce) / m;
-      t.tp_mb = CollectiveSeconds(Collective::kAllReduce, bytes, in.tp, Bandwidth(tp_link, hw), 0.0) +
-                count * Latency(tp_link, hw);
+      const TpTraffic tp = TensorParallelTraffic(in, s);
+      const double bw = Bandwidth(tp_link, hw), lat = Latency(tp_link, hw);
+      t.tp_mb = CollectiveSeconds(Collective::kAllReduce, tp.all_reduce_mb, in.tp, bw, 0.0) +
+                CollectiveSeconds(Collective::kReduceScatter, tp.reduce_scatter_mb, in.tp, bw, 0.0) +
+                CollectiveSeconds(Collective::kAllGather, tp.all_gather_mb, in.tp, bw, 0.0) +
+                tp.collectives_mb * lat;
+      t.tp_step = CollectiveSeconds(Collective::kAllReduce, tp.all_reduce_step, in.tp, bw, 0.0) +
+                  tp.collectives_step * lat;
     }
     if (in.pp > 1) {
       const double sends = static_cast<double>(s.sends_forward + s.sends_backward);
@@ -144,21 +204,37 @@ StepTime StepModel(const StepInput& in, const Hardware& hw) {
     t.t_mb = t.compute_mb + t.tp_mb + hw.pp_exposed_fraction * t.pp_mb;
     if (in.dp > 1) {
       const double bw = Bandwidth(dp_link, hw), lat = Latency(dp_link, hw);
-      const Collective reduce = in.zero_stage == 0 ? Collective::kAllReduce : Collective::kReduceScatter;
-      const double reduce_s = CollectiveSeconds(reduce, 4.0 * static_cast<double>(s.parameters), in.dp, bw, lat);
-      const double last_s =
-          CollectiveSeconds(reduce, 4.0 * static_cast<double>(s.last_bucket_parameters), in.dp, bw, lat);
-      const double gather_s =
-          in.zero_stage == 0 ? 0.0
-                             : CollectiveSeconds(Collective::kAllGather, 4.0 * static_cast<double>(s.parameters),
-                                                 in.dp, bw, lat);
-      // The last micro-batch's backward pass (the recomputed forward
-      // included) hides the buckets before the last one.
+      const double n = static_cast<double>(s.parameters), bucket = static_cast<double>(s.last_bucket_parameters);
+      // A micro-batch's forward pass is a third of its FLOPs without the
+      // recompute (2 of the 6 per parameter and token); its backward pass,
+      // the recomputed forward included, the rest.
       const double f = s.flops_per_micro_batch, r = s.recompute_flops_per_micro_batch;
-      const double backward_share = f > 0 ? 1.0 - (f - r) / (3.0 * f) : 0.0;
-      const double window = backward_share * t.t_mb;
-      t.dp_total = reduce_s + gather_s;
-      t.dp_exposed = std::min(reduce_s, last_s + std::max(0.0, reduce_s - last_s - window)) + gather_s;
+      const double forward_share = f > 0 ? (f - r) / (3.0 * f) : 0.0;
+      const double backward_share = f > 0 ? 1.0 - forward_share : 0.0;
+      const double backward_window = backward_share * t.t_mb, forward_window = forward_share * t.t_mb;
+      if (in.zero_stage == 0) {
+        // All-reduced bucket by bucket during the last micro-batch's
+        // backward pass; its last bucket is exposed.
+        const double reduce_s = CollectiveSeconds(Collective::kAllReduce, 4.0 * n, in.dp, bw, lat);
+        const double last_s = CollectiveSeconds(Collective::kAllReduce, 4.0 * bucket, in.dp, bw, lat);
+        t.dp_total = reduce_s;
+        t.dp_exposed = ExposedBehind(reduce_s, last_s, backward_window);
+      } else {
+        // Reduce-scatter: ZeRO-1 once, during the last micro-batch's
+        // backward pass; ZeRO-2 during every micro-batch's.
+        const double reductions = in.zero_stage == 2 ? m : 1.0;
+        const double reduce_s = CollectiveSeconds(Collective::kReduceScatter, 4.0 * n, in.dp, bw, lat);
+        const double last_s = CollectiveSeconds(Collective::kReduceScatter, 4.0 * bucket, in.dp, bw, lat);
+        // All-gather of the compute copy, in the compute dtype, after the
+        // update: the next step's first forward waits only for the buckets
+        // still in flight. Its first bucket (the one reduced last) cannot
+        // be hidden; the rest runs behind that forward pass.
+        const double gather_s = CollectiveSeconds(Collective::kAllGather, in.weight_bytes * n, in.dp, bw, lat);
+        const double first_s = CollectiveSeconds(Collective::kAllGather, in.weight_bytes * bucket, in.dp, bw, lat);
+        t.dp_total = reductions * reduce_s + gather_s;
+        t.dp_exposed = reductions * ExposedBehind(reduce_s, last_s, backward_window) +
+                       ExposedBehind(gather_s, first_s, forward_window);
+      }
     }
     const double updated =
         static_cast<double>(s.parameters) / static_cast<double>(in.zero_stage == 0 ? 1 : in.dp);
@@ -179,8 +255,8 @@ StepTime StepModel(const StepInput& in, const Hardware& hw) {
   out.bubble_s = in.pp > 1 ? BubbleFraction(in.pp, in.virtual_stages, in.micro_batches) * m * s.t_mb : 0.0;
 
   out.tp.link = tp_link;
-  out.tp.bytes = s.bytes.tp_all_reduce;
-  out.tp.seconds = m * s.tp_mb;
+  out.tp.bytes = s.bytes.tp_all_reduce + s.bytes.tp_reduce_scatter + s.bytes.tp_all_gather;
+  out.tp.seconds = m * s.tp_mb + s.tp_step;
   out.tp.exposed_s = out.tp.seconds;
   out.pp.link = pp_link;
   out.pp.bytes = s.bytes.pp_send;

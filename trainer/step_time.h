@@ -15,42 +15,74 @@
 // Terms, for one GPU of stage p (T tensor, P pipeline, D data-parallel
 // ranks, V virtual stages, m micro-batches per step and data-parallel rank,
 // r = b x seq_len tokens per micro-batch, d = model dim, a = activation
-// dtype bytes):
+// dtype bytes, w = bytes per element of the weights' compute copy, L the
+// stage's layers, N its parameters, k = 4 layer sums per micro-batch (6
+// with FULL recompute); byte counts are those tests/mpi/test_layouts.cc
+// checks on real runs):
 //   compute      F_p / (peak x achievable_fraction), F_p the stage's training
 //                FLOPs per micro-batch (6 x matmul parameters x r / T plus
 //                attention, plus the recomputed forward under FULL).
-//   TP           per micro-batch the all-reduces tests/mpi/test_layouts.cc
-//                counts: (4, or 6 with FULL recompute) x layers x r x d x a,
-//                the embedding output r x d x a on the first stage, the
-//                head's row statistics 3 r x 4 and input gradient r x d x a
-//                on the last. A ring all-reduce of B bytes over n ranks takes
-//                2 (n-1)/n x B / bus_bw + latency per collective. Exposed in
-//                full: each sits between two GEMMs of the same micro-batch.
-//                (Sequence parallelism replaces each all-reduce by a
-//                reduce-scatter and an all-gather: the same bus traffic.)
+//   TP           without sequence parallelism, per micro-batch all-reduces
+//                of (k L + [embedding] + [head]) x r x d x a (the layers'
+//                sums, the embedding output, the head's input gradient) and
+//                the head's row statistics 3 r x 4 in two more:
+//                k L + [embedding] + 3 [head] collectives. With sequence
+//                parallelism each [r, d] all-reduce becomes a reduce-scatter
+//                plus an all-gather of [r, d] (the same bus traffic),
+//                SELECTIVE recompute all-gathers the two recomputed norm
+//                outputs of each layer again (2 L x r x d x a more), the
+//                final norm's output is all-gathered before the head, and
+//                once per step the norm gains' gradients are all-reduced
+//                ((2 L + [head]) x d x 4 bytes, one collective each):
+//                2 (k L + [embedding] + [head]) + 2 L [SELECTIVE] + 2 [head]
+//                collectives per micro-batch. Ring bus traffic: an
+//                all-reduce of B bytes over n ranks takes 2 (n-1)/n x B /
+//                bus_bw, a reduce-scatter or all-gather (n-1)/n x B / bus_bw,
+//                plus the link latency per collective. Exposed in full: each
+//                sits between two GEMMs of the same micro-batch.
 //   PP           per micro-batch every chunk but the model's last sends its
-//                output (r x d x a) forward, every chunk but the first sends
-//                its input gradient back: B / p2p_bw + latency each. A
-//                fraction pp_exposed_fraction of it is exposed (the sends of
-//                the warm-up and cool-down phases, where no other
+//                output forward, every chunk but the first sends its input
+//                gradient back: r x d x a each, r / T x d x a (the rank's
+//                row shard) with sequence parallelism; B / p2p_bw + latency
+//                each. A fraction pp_exposed_fraction of it is exposed (the
+//                sends of the warm-up and cool-down phases, where no other
 //                micro-batch's compute hides them); the rest overlaps.
 //   pipelined    per micro-batch t_mb = compute + TP + exposed PP; the
 //                slowest stage sets the pace: pipelined = m x max_p t_mb.
 //   bubble       interleaved 1F1B idles (P-1)/(V m) of the pipelined time:
 //                (P-1)/V x max_p t_mb (0 for P = 1).
-//   DP           ZeRO-0 all-reduces the stage's fp32 gradients (4 bytes x
-//                parameters); ZeRO-1 reduce-scatters them and all-gathers
-//                the updated fp32 parameters (4 bytes x parameters each;
-//                ring: (n-1)/n x B / bus_bw). The gradient reduction runs
-//                bucket by bucket during the last micro-batch's backward
-//                pass: exposed is the last bucket's collective plus whatever
-//                of the rest does not fit in that backward pass
-//                (backward_fraction x t_mb); the ZeRO-1 all-gather follows
-//                the update and is exposed in full.
+//   windows      a micro-batch's forward pass is forward_fraction =
+//                (F - R) / (3 F) of t_mb (a third of the FLOPs without the
+//                recompute R: 2 of the 6 per parameter and token; 1/3
+//                without recompute), its backward pass, the recomputed
+//                forward included, backward_fraction = 1 - forward_fraction.
+//                Collectives issued bucket by bucket behind a window of
+//                compute expose the bucket that cannot overlap plus whatever
+//                of the rest does not fit: min(C, c + max(0, C - c - window))
+//                for C the whole collective, c its one bucket.
+//   DP           gradients in fp32 (4 bytes x N), ring: (n-1)/n x B /
+//                bus_bw per reduce-scatter or all-gather, twice that per
+//                all-reduce, plus latency.
+//                ZeRO-0 all-reduces them during the last micro-batch's
+//                backward pass (window backward_fraction x t_mb; the bucket
+//                finished last is exposed).
+//                ZeRO-1 reduce-scatters them the same way, once per step.
+//                ZeRO-2 reduce-scatters every micro-batch's gradients during
+//                its own backward pass: m x 4 N bytes, m times the exposed
+//                part of one.
+//                ZeRO-1 and ZeRO-2 then all-gather the updated weights'
+//                compute copy (w x N bytes: bf16 on GPUs), non-blocking; the
+//                next step's first forward waits per bucket, so it runs in
+//                the window forward_fraction x t_mb, its first bucket in
+//                forward order exposed.
+//                The bucket finished last in backward is the first in
+//                forward order (StageLoad::last_bucket_parameters: the
+//                embedding on the first stage, else the first layers').
 //   optimizer    the AdamW update reads and writes about 32 bytes per
-//                parameter this rank updates (parameters / D under ZeRO-1),
-//                at hbm_fraction of the HBM bandwidth.
-//   step         pipelined + bubble + max_p (exposed DP + optimizer).
+//                parameter this rank updates (parameters / D under ZeRO-1
+//                and ZeRO-2), at hbm_fraction of the HBM bandwidth.
+//   step         pipelined + bubble + TP once per step (of the slowest
+//                stage) + max_p (exposed DP + optimizer).
 //   tokens/s/GPU tokens_per_step / step / world_size.
 //   MFU          model FLOPs (without recompute) per step / (step x world x
 //                peak).
@@ -106,16 +138,23 @@ struct StageLoad {
   double flops_per_micro_batch = 0;            // training FLOPs on this GPU, recompute included
   double recompute_flops_per_micro_batch = 0;  // the recompute share of it
   int64_t parameters = 0;    // elements this rank reduces over data parallelism
-  int64_t last_bucket_parameters = 0;  // the gradient bucket finished last
+  // The gradient bucket finished last in backward, which is also the first
+  // in forward order: the first whose ZeRO all-gather the next forward waits
+  // for.
+  int64_t last_bucket_parameters = 0;
 };
 
 struct StepInput {
-  int tp = 1, pp = 1, dp = 1, virtual_stages = 1, zero_stage = 0;
+  int tp = 1, pp = 1, dp = 1, virtual_stages = 1;
+  int zero_stage = 0;                   // 0, 1 or 2
   int64_t micro_batches = 1;            // per data-parallel rank and step
   int64_t tokens_per_micro_batch = 1;   // r = b x seq_len
   int64_t dim = 1;
   double activation_bytes = 2;          // a: bytes per activation element
+  double weight_bytes = 2;              // w: bytes per element of the weights' compute copy
   bool recompute_full = false;
+  bool recompute_selective = false;
+  bool sequence_parallel = false;       // parallel.sequence_parallel
   double model_flops_per_step = 0;      // whole model, no recompute, all tokens
   int64_t tokens_per_step = 0;
   std::vector<StageLoad> stages;        // at least one; the plan gives every stage
@@ -126,10 +165,12 @@ struct StepInput {
 // collective; p2p counts what it sends).
 struct GroupBytes {
   int64_t tp_all_reduce = 0;
+  int64_t tp_reduce_scatter = 0;  // sequence parallelism
+  int64_t tp_all_gather = 0;      // sequence parallelism
   int64_t pp_send = 0;
   int64_t dp_all_reduce = 0;      // ZeRO-0
-  int64_t dp_reduce_scatter = 0;  // ZeRO-1
-  int64_t dp_all_gather = 0;      // ZeRO-1
+  int64_t dp_reduce_scatter = 0;  // ZeRO-1 and ZeRO-2
+  int64_t dp_all_gather = 0;      // ZeRO-1 and ZeRO-2
 };
 GroupBytes StepGroupBytes(const StepInput& in, const StageLoad& stage);
 

@@ -4,6 +4,7 @@
 // `--plan --gpu` on the presets.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -88,15 +89,18 @@ TEST(StepTimeTest, EveryTermOfASmallCaseByHand) {
   // DP (T P D = 8 > 4: network, 1e8 B/s): reduce-scatter (1/2) x 4e6 / 1e8
   // = 20 ms, its last bucket (1/2) x 1e6 / 1e8 = 5 ms; the backward pass of
   // the last micro-batch (2/3 of 3.9 ms = 2.6 ms) hides 2.6 ms of the other
-  // 15: exposed 5 + 12.4 = 17.4 ms, plus the all-gather, 20 ms.
+  // 15: exposed 5 + 12.4 = 17.4 ms. The all-gather of the bf16 compute copy,
+  // (1/2) x 2e6 / 1e8 = 10 ms, runs into the next step's first forward
+  // (1/3 of 3.9 ms = 1.3 ms): its first bucket (the embedding's, 2.5 ms)
+  // and 10 - 2.5 - 1.3 = 6.2 ms of the rest are exposed, 8.7 ms.
   EXPECT_EQ(t.dp.link, "network");
-  EXPECT_EQ(t.dp.bytes, 8000000);
-  EXPECT_NEAR(t.dp.seconds, 0.04, tol);
-  EXPECT_NEAR(t.dp.exposed_s, 0.0374, tol);
-  EXPECT_NEAR(t.dp.overlapped_s, 0.0026, tol);
+  EXPECT_EQ(t.dp.bytes, 6000000);
+  EXPECT_NEAR(t.dp.seconds, 0.03, tol);
+  EXPECT_NEAR(t.dp.exposed_s, 0.0174 + 0.0087, tol);
+  EXPECT_NEAR(t.dp.overlapped_s, 0.0026 + 0.0013, tol);
   // Optimizer: 1e6 / 2 updated parameters x 32 B / 1e9 B/s = 16 ms.
   EXPECT_NEAR(t.optimizer_s, 0.016, tol);
-  const double step = 8e-3 + 7.2e-3 + 4e-4 + 3.9e-3 + 0.0374 + 0.016;
+  const double step = 8e-3 + 7.2e-3 + 4e-4 + 3.9e-3 + 0.0261 + 0.016;
   EXPECT_NEAR(t.step_s, step, tol);
   EXPECT_NEAR(t.tokens_per_s_per_gpu, 8000.0 / step / 8.0, 1e-9);
   EXPECT_NEAR(t.mfu, 1.6e10 / (step * 8.0 * 1e12), 1e-12);
@@ -115,10 +119,107 @@ TEST(StepTimeTest, FullRecomputeAddsTheForwardAndWidensTheOverlapWindow) {
   EXPECT_NEAR(t.recompute_s, 4.0 * (1e9 / 3.0) / 5e11, 1e-12);
   // 6 all-reduces per layer: (6 x 2 + 1) x 2e5 B per micro-batch.
   EXPECT_EQ(t.tp.bytes, 4 * 13 * 200000);
-  // Backward share: 1 - (F - R) / (3F) = 3/4 of the micro-batch time.
+  // Backward share: 1 - (F - R) / (3F) = 3/4 of the micro-batch time; the
+  // next forward, which hides the all-gather, the other 1/4.
   const double t_mb = (4e9 / 3.0) / 5e11 + 13 * 200000 / 1e9 + 0.5 * 2e-4;
   const double reduce = 0.02, last = 0.005, window = 0.75 * t_mb;
-  EXPECT_NEAR(t.dp.exposed_s, last + (reduce - last - window) + 0.02, 1e-12);
+  const double gather = 0.01, first = 0.0025, forward = 0.25 * t_mb;
+  EXPECT_NEAR(t.dp.exposed_s, last + (reduce - last - window) + first + (gather - first - forward), 1e-12);
+}
+
+// ZeRO-1 all-gathers the weights' compute copy (bf16: 2 bytes a parameter;
+// f32 compute: 4), and the next step's forward waits for each bucket only
+// when it reaches it: the first bucket is exposed, the rest runs behind the
+// first micro-batch's forward pass.
+TEST(StepTimeTest, ZeroOneGathersTheComputeCopyBehindTheNextForward) {
+  const Hardware hw = PaperMachine();
+  // The paper case: reduce-scatter 20 ms (17.4 exposed), 3.9 ms per
+  // micro-batch, of which the forward pass is 1.3 ms.
+  const double t_mb = 3.9e-3, reduce_exposed = 0.0174;
+  for (const double w : {2.0, 4.0}) {
+    StepInput in = PaperStep();
+    in.weight_bytes = w;
+    const StepTime t = StepModel(in, hw);
+    const double gather = 0.5 * w * 1e6 / 1e8, first = 0.5 * w * 250000 / 1e8;
+    const double exposed = first + std::max(0.0, gather - first - t_mb / 3.0);
+    EXPECT_EQ(t.dp.bytes, 4000000 + static_cast<int64_t>(w * 1e6)) << "w = " << w;
+    EXPECT_EQ(StepGroupBytes(in, in.stages[0]).dp_all_gather, static_cast<int64_t>(w * 1e6)) << "w = " << w;
+    EXPECT_NEAR(t.dp.seconds, 0.02 + gather, 1e-12) << "w = " << w;
+    EXPECT_NEAR(t.dp.exposed_s, reduce_exposed + exposed, 1e-12) << "w = " << w;
+    EXPECT_LT(t.dp.exposed_s, 0.02 + gather) << "w = " << w;
+  }
+  // A forward longer than the gather hides all of it but the first bucket.
+  StepInput in = PaperStep();
+  in.stages[0].flops_per_micro_batch = 1e11;  // 200 ms per micro-batch
+  const StepTime t = StepModel(in, hw);
+  EXPECT_NEAR(t.dp.exposed_s, 0.005 + 0.0025, 1e-12);
+  EXPECT_NEAR(t.dp.overlapped_s, 0.015 + 0.0075, 1e-12);
+}
+
+// Sequence parallelism: each pipeline message is the rank's row shard, and
+// SELECTIVE recompute all-gathers the two recomputed norm outputs of every
+// layer again before its backward.
+TEST(StepTimeTest, SequenceParallelShardsPipelineSendsAndSelectiveRegathersNorms) {
+  Hardware hw = PaperMachine();
+  hw.nvlink_latency_s = 1e-6;
+  StepInput in = PaperStep();
+  in.sequence_parallel = true;
+  const StepTime t = StepModel(in, hw);
+  const double tol = 1e-12;
+  // PP: one send of r / T = 500 rows x 100 x 2 B = 1e5 B per micro-batch,
+  // 0.1 ms + 1 us.
+  EXPECT_EQ(t.pp.bytes, 4 * 100000);
+  EXPECT_NEAR(t.pp.seconds, 4 * (1e-4 + 1e-6), tol);
+  EXPECT_NEAR(t.pp.exposed_s, 2 * (1e-4 + 1e-6), tol);
+  // TP: the 9 [r, d] sums of the paper case (4 x 2 layers + embedding)
+  // become 9 reduce-scatters and 9 all-gathers of 2e5 B, (1/2) x 1.8e6 /
+  // 1e9 = 0.9 ms each kind: 18 collectives per micro-batch. Once per step
+  // the 2 x 2 norm gains' gradients, 100 f32 each, are all-reduced: 1600 B,
+  // 4 collectives.
+  const GroupBytes b = StepGroupBytes(in, in.stages[0]);
+  EXPECT_EQ(b.tp_reduce_scatter, 4 * 1800000);
+  EXPECT_EQ(b.tp_all_gather, 4 * 1800000);
+  EXPECT_EQ(b.tp_all_reduce, 1600);
+  EXPECT_EQ(t.tp.bytes, 2 * 7200000 + 1600);
+  EXPECT_NEAR(t.tp.seconds, 4 * (1.8e-3 + 18e-6) + (1600 / 1e9 + 4e-6), tol);
+  EXPECT_NEAR(t.tp.exposed_s, t.tp.seconds, tol);
+  // SELECTIVE: 2 more all-gathers of 2e5 B per layer and micro-batch.
+  in.recompute_selective = true;
+  const StepTime s = StepModel(in, hw);
+  EXPECT_EQ(StepGroupBytes(in, in.stages[0]).tp_all_gather, 4 * (1800000 + 800000));
+  EXPECT_EQ(StepGroupBytes(in, in.stages[0]).tp_reduce_scatter, 4 * 1800000);
+  EXPECT_NEAR(s.tp.seconds, 4 * (1.8e-3 + 0.4e-3 + 22e-6) + (1600 / 1e9 + 4e-6), tol);
+  // Without sequence parallelism SELECTIVE communicates nothing more, and
+  // the sends carry whole rows.
+  in.sequence_parallel = false;
+  const StepTime n = StepModel(in, hw);
+  EXPECT_EQ(n.tp.bytes, 7200000);
+  EXPECT_NEAR(n.tp.seconds, 4 * (1.8e-3 + 9e-6), tol);
+  EXPECT_EQ(n.pp.bytes, 4 * 200000);
+}
+
+// ZeRO-2 reduce-scatters every micro-batch's gradients as its backward pass
+// finishes them, each behind that backward pass, and gathers as ZeRO-1.
+TEST(StepTimeTest, ZeroTwoReduceScattersEveryMicroBatch) {
+  const Hardware hw = PaperMachine();
+  StepInput in = PaperStep();
+  in.zero_stage = 2;
+  const GroupBytes b = StepGroupBytes(in, in.stages[0]);
+  EXPECT_EQ(b.dp_reduce_scatter, 4 * 4000000);
+  EXPECT_EQ(b.dp_all_gather, 2000000);
+  EXPECT_EQ(b.dp_all_reduce, 0);
+  const StepTime t = StepModel(in, hw);
+  const double tol = 1e-12;
+  // Per micro-batch: reduce-scatter 20 ms, 17.4 exposed (the paper case);
+  // the all-gather 10 ms, 8.7 exposed, once.
+  EXPECT_EQ(t.dp.bytes, 4 * 4000000 + 2000000);
+  EXPECT_NEAR(t.dp.seconds, 4 * 0.02 + 0.01, tol);
+  EXPECT_NEAR(t.dp.exposed_s, 4 * 0.0174 + 0.0087, tol);
+  EXPECT_NEAR(t.dp.overlapped_s, 4 * 0.0026 + 0.0013, tol);
+  // The update is ZeRO-1's: parameters / D.
+  EXPECT_NEAR(t.optimizer_s, 0.016, tol);
+  const double step = 8e-3 + 7.2e-3 + 4e-4 + 3.9e-3 + 4 * 0.0174 + 0.0087 + 0.016;
+  EXPECT_NEAR(t.step_s, step, tol);
 }
 
 TEST(StepTimeTest, BubbleIsPMinusOneOverVirtualStagesTimesMicroBatches) {
@@ -159,15 +260,21 @@ TEST(StepTimeTest, CollectivesFollowTheRingBusBandwidthConvention) {
 // the plan describes each stage: its bytes per group equal that test's
 // formulas, worked out here from the stage's layout.
 TEST(StepTimeTest, BytesPerGroupMatchTheLayoutTestsCounts) {
+  using config::TrainConfig;
   struct Case {
     int tp, pp, dp, vs, zero;
-    bool recompute;
+    TrainConfig::Recompute recompute;
+    bool sp;
   };
-  for (const Case& k : std::vector<Case>{{2, 2, 2, 1, 1, false},
-                                         {1, 4, 2, 2, 0, false},
-                                         {4, 2, 1, 2, 0, false},
-                                         {2, 2, 2, 1, 0, true},
-                                         {2, 1, 4, 1, 1, false}}) {
+  for (const Case& k : std::vector<Case>{{2, 2, 2, 1, 1, TrainConfig::NONE, false},
+                                         {1, 4, 2, 2, 0, TrainConfig::NONE, false},
+                                         {4, 2, 1, 2, 0, TrainConfig::NONE, false},
+                                         {2, 2, 2, 1, 0, TrainConfig::FULL, false},
+                                         {2, 1, 4, 1, 1, TrainConfig::NONE, false},
+                                         {2, 2, 2, 1, 1, TrainConfig::SELECTIVE, false},
+                                         {2, 2, 2, 1, 1, TrainConfig::NONE, true},
+                                         {2, 2, 2, 1, 1, TrainConfig::SELECTIVE, true},
+                                         {4, 2, 1, 2, 0, TrainConfig::FULL, true}}) {
     Config c;
     *c.mutable_model() = testing::TinyModelConfig(false);
     auto* p = c.mutable_parallel();
@@ -176,6 +283,7 @@ TEST(StepTimeTest, BytesPerGroupMatchTheLayoutTestsCounts) {
     p->set_data(k.dp);
     p->set_virtual_stages(k.vs);
     p->set_zero_stage(k.zero);
+    p->set_sequence_parallel(k.sp);
     c.mutable_data()->set_seq_len(16);
     c.mutable_data()->set_tokenizer("t.json");
     c.mutable_data()->add_train()->set_path("x.bin");
@@ -184,12 +292,17 @@ TEST(StepTimeTest, BytesPerGroupMatchTheLayoutTestsCounts) {
     t->set_micro_batch_size(2);
     t->set_global_batch_size(16);
     t->set_run_dir("runs/x");
-    t->set_recompute(k.recompute ? config::TrainConfig::FULL : config::TrainConfig::NONE);
+    t->set_recompute(k.recompute);
     const std::string name = "tp" + std::to_string(k.tp) + " pp" + std::to_string(k.pp) + " dp" +
-                             std::to_string(k.dp) + " vs" + std::to_string(k.vs) + " zero" + std::to_string(k.zero);
+                             std::to_string(k.dp) + " vs" + std::to_string(k.vs) + " zero" + std::to_string(k.zero) +
+                             " " + TrainConfig::Recompute_Name(k.recompute) + " sp" + std::to_string(k.sp);
     auto in = PlanStepInput(c);
     ASSERT_TRUE(in.ok()) << name << ": " << in.status().message();
     EXPECT_EQ(in->activation_bytes, 4.0) << name;  // the CPU computes in f32
+    EXPECT_EQ(in->weight_bytes, 4.0) << name;      // and its compute copy is f32
+    EXPECT_EQ(in->sequence_parallel, k.sp) << name;
+    EXPECT_EQ(in->recompute_selective, k.recompute == TrainConfig::SELECTIVE) << name;
+    EXPECT_EQ(in->recompute_full, k.recompute == TrainConfig::FULL) << name;
     const ModelShape shape = ModelShape::FromConfig(c.model());
     const int64_t m = 2 * 16, dim = shape.dim, micro_batches = 16 / (2 * k.dp);
     ASSERT_EQ(in->micro_batches, micro_batches) << name;
@@ -201,16 +314,31 @@ TEST(StepTimeTest, BytesPerGroupMatchTheLayoutTestsCounts) {
         non_first += ch.first ? 0 : 1;
         non_last += ch.last ? 0 : 1;
       }
-      int64_t tp_bytes = (k.recompute ? 6 : 4) * layers * m * dim;
-      if (layout.holds_embedding()) tp_bytes += m * dim;
-      if (layout.holds_head()) tp_bytes += 3 * m + m * dim;
+      // test_layouts.cc's counts, in f32 elements.
+      const int64_t layer_passes = k.recompute == TrainConfig::FULL ? 3 : 2;
+      int64_t tp_bytes = 0, rs_bytes = 0, ag_bytes = 0, per_step_bytes = 0;
+      if (!k.sp) {
+        tp_bytes = 2 * layer_passes * layers * m * dim;
+        if (layout.holds_embedding()) tp_bytes += m * dim;
+        if (layout.holds_head()) tp_bytes += 3 * m + m * dim;
+      } else {
+        rs_bytes = ag_bytes = 2 * layer_passes * layers * m * dim;
+        if (k.recompute == TrainConfig::SELECTIVE) ag_bytes += 2 * layers * m * dim;
+        if (layout.holds_embedding()) rs_bytes += m * dim, ag_bytes += m * dim;
+        if (layout.holds_head()) tp_bytes += 3 * m, rs_bytes += m * dim, ag_bytes += m * dim;
+        per_step_bytes = (2 * layers + (layout.holds_head() ? 1 : 0)) * dim;
+      }
+      const int64_t rows = k.sp ? m / k.tp : m;
       const GroupBytes b = StepGroupBytes(*in, stage);
       const std::string at = name + " stage " + std::to_string(stage.stage);
-      EXPECT_EQ(b.tp_all_reduce, k.tp > 1 ? 4 * micro_batches * tp_bytes : 0) << at;
-      EXPECT_EQ(b.pp_send, k.pp > 1 ? 4 * micro_batches * (non_first + non_last) * m * dim : 0) << at;
+      EXPECT_EQ(b.tp_all_reduce, k.tp > 1 ? 4 * (micro_batches * tp_bytes + per_step_bytes) : 0) << at;
+      EXPECT_EQ(b.tp_reduce_scatter, k.tp > 1 ? 4 * micro_batches * rs_bytes : 0) << at;
+      EXPECT_EQ(b.tp_all_gather, k.tp > 1 ? 4 * micro_batches * ag_bytes : 0) << at;
+      EXPECT_EQ(b.pp_send, k.pp > 1 ? 4 * micro_batches * (non_first + non_last) * rows * dim : 0) << at;
       // DP: the stage's gradients; ZeRO-1 pads each bucket to a multiple of
       // D elements (test_layouts counts the padded buffer), which the plan
-      // leaves out: at most D - 1 elements per bucket.
+      // leaves out: at most D - 1 elements per bucket. The all-gather moves
+      // the compute copy: f32 here, 4 bytes per element like the gradients.
       ParameterSet params(LlamaParameterSpecs(shape, layout), k.zero == 1 ? k.dp : 1);
       if (k.zero == 0) {
         EXPECT_EQ(b.dp_all_reduce, k.dp > 1 ? 4 * params.numel() : 0) << at;
@@ -222,6 +350,30 @@ TEST(StepTimeTest, BytesPerGroupMatchTheLayoutTestsCounts) {
         EXPECT_EQ(b.dp_all_gather, b.dp_reduce_scatter) << at;
       }
     }
+  }
+}
+
+// The presets train in bf16 with sequence parallelism and SELECTIVE
+// recompute: the plan tells the step model so, and the ZeRO-1 all-gather
+// moves 2 bytes per parameter.
+TEST(StepTimeTest, PlanPassesComputeDtypeSequenceParallelismAndRecompute) {
+  auto c = LoadConfigFile(testing::SourcePath("configs/latam-gpt-70b.textproto"));
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  auto in = PlanStepInput(*c);
+  ASSERT_TRUE(in.ok()) << in.status().message();
+  EXPECT_EQ(in->weight_bytes, 2.0);
+  EXPECT_EQ(in->activation_bytes, 2.0);
+  EXPECT_TRUE(in->sequence_parallel);
+  EXPECT_TRUE(in->recompute_selective);
+  EXPECT_FALSE(in->recompute_full);
+  ASSERT_EQ(in->zero_stage, 1);
+  for (const StageLoad& stage : in->stages) {
+    const GroupBytes b = StepGroupBytes(*in, stage);
+    EXPECT_EQ(b.dp_all_gather, 2 * stage.parameters) << "stage " << stage.stage;
+    EXPECT_EQ(b.dp_reduce_scatter, 4 * stage.parameters) << "stage " << stage.stage;
+    EXPECT_EQ(b.pp_send, (stage.sends_forward + stage.sends_backward) * in->micro_batches *
+                             (in->tokens_per_micro_batch / in->tp) * in->dim * 2)
+        << "stage " << stage.stage;
   }
 }
 
