@@ -3,12 +3,13 @@
 //   mpirun -np 8 test_plan_memory
 //
 // A 99.6M-parameter Llama (dim 768, 8 layers, 12 query / 4 KV heads, FFN
-// 2048, vocabulary 32000) is built by the Engine on 8 CPU ranks in three
+// 2048, vocabulary 32000) is built by the Engine on 8 CPU ranks in four
 // layouts: TP 2 x PP 2 x DP 2 with ZeRO-1, TP 1 x PP 4 x DP 2 with ZeRO-0,
-// and TP 2 x PP 1 x DP 4 with ZeRO-1. After one optimizer step (sequence 32,
-// micro-batches of 1, two per data-parallel rank) the peak of every rank's
-// host arenas (core/arena.h: parameters, gradients, Adam moments, the
-// ZeRO-1 gradient shard, activations and kernel workspaces) is taken; the
+// TP 2 x PP 1 x DP 4 with ZeRO-1, and TP 2 x PP 2 x DP 2 with ZeRO-2. After
+// one optimizer step (sequence 32, micro-batches of 1, two per data-parallel
+// rank) the peak of every rank's host arenas (core/arena.h: parameters,
+// gradients (ZeRO-2: the bucket pool and the owned shard), Adam moments,
+// activations and kernel workspaces) is taken; the
 // largest over ranks must be within 10% of `memory_bytes_per_rank` of
 // PlanJson on the same config. Each layout's engine is freed before the
 // next one is built. At most 4.5 GB of host memory over the 8 ranks (TP 2
@@ -79,7 +80,7 @@ int main(int argc, char** argv) {
   struct Layout {
     int tp, pp, dp, zero;
   };
-  for (const Layout& l : {Layout{2, 2, 2, 1}, Layout{1, 4, 2, 0}, Layout{2, 1, 4, 1}}) {
+  for (const Layout& l : {Layout{2, 2, 2, 1}, Layout{1, 4, 2, 0}, Layout{2, 1, 4, 1}, Layout{2, 2, 2, 2}}) {
     const std::string name = "tp" + std::to_string(l.tp) + " pp" + std::to_string(l.pp) + " dp" +
                              std::to_string(l.dp) + " zero" + std::to_string(l.zero);
     const Config config = HundredMillionConfig(l.tp, l.pp, l.dp, l.zero);
