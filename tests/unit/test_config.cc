@@ -429,6 +429,26 @@ TEST(PlanTest, ZeroOneShardsOptimizerStateAcrossDataParallelRanks) {
   EXPECT_EQ(z1["layout"]["data"].get<int64_t>(), 4);
 }
 
+// ZeRO-1 reduce-scatters in place: the gradients are 4 bytes per parameter.
+// ZeRO-2 keeps two slots of the largest bucket (the quickstart's head: final
+// norm 128 + LM head 4096 x 128) plus the owned fp32 shard, 4 / D bytes.
+TEST(PlanTest, ZeroTwoPlansTheBucketPoolAndTheOwnedShard) {
+  Config c = Quickstart();
+  ASSERT_TRUE(ApplyOverride(&c, "parallel.data=4").ok());
+  ASSERT_TRUE(ApplyOverride(&c, "train.global_batch_size=32").ok());
+  ASSERT_TRUE(ApplyOverride(&c, "parallel.zero_stage=1").ok());
+  const auto z1 = nlohmann::json::parse(*PlanJson(c));
+  ASSERT_TRUE(ApplyOverride(&c, "parallel.zero_stage=2").ok());
+  const auto z2 = nlohmann::json::parse(*PlanJson(c));
+  const int64_t p = z1["parameters_per_rank"].get<int64_t>();  // every bucket already a multiple of 4
+  EXPECT_EQ(z1["memory_breakdown"]["gradients"].get<int64_t>(), 4 * p);
+  const int64_t slot = 128 + 4096 * 128;
+  EXPECT_EQ(z2["memory_breakdown"]["gradients"].get<int64_t>(), 4 * 2 * slot + 4 * p / 4);
+  EXPECT_EQ(z2["memory_breakdown"]["optimizer"], z1["memory_breakdown"]["optimizer"]);
+  EXPECT_EQ(z2["memory_breakdown"]["master_weights"], z1["memory_breakdown"]["master_weights"]);
+  EXPECT_EQ(z2["layout"]["zero_stage"].get<int>(), 2);
+}
+
 // Llama 3.1 70B's 80 layers over 6 stages as 12, 14, 14, 14, 14, 12: the
 // largest rank is a middle stage's (14 layers), not an end stage's (12 layers
 // plus the embedding or the head), and --plan reports it.

@@ -353,11 +353,11 @@ TEST(StepTimeTest, BytesPerGroupMatchTheLayoutTestsCounts) {
   }
 }
 
-// The presets train in bf16 with sequence parallelism and SELECTIVE
+// The p5 preset trains in bf16 with sequence parallelism and SELECTIVE
 // recompute: the plan tells the step model so, and the ZeRO-1 all-gather
 // moves 2 bytes per parameter.
 TEST(StepTimeTest, PlanPassesComputeDtypeSequenceParallelismAndRecompute) {
-  auto c = LoadConfigFile(testing::SourcePath("configs/latam-gpt-70b.textproto"));
+  auto c = LoadConfigFile(testing::SourcePath("configs/latam-gpt-70b-p5.textproto"));
   ASSERT_TRUE(c.ok()) << c.status().message();
   auto in = PlanStepInput(*c);
   ASSERT_TRUE(in.ok()) << in.status().message();
