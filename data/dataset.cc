@@ -5,7 +5,8 @@
 
 namespace latam::data {
 
-Result<std::unique_ptr<TokenDataset>> TokenDataset::Open(const std::string& path, int seq_len, int64_t vocab_size) {
+Result<std::unique_ptr<TokenDataset>> TokenDataset::Open(const std::string& path, int seq_len, int64_t vocab_size,
+                                                         bool mask_cross_document) {
   namespace fs = std::filesystem;
   std::vector<std::string> files;
   std::error_code ec;
@@ -22,6 +23,7 @@ Result<std::unique_ptr<TokenDataset>> TokenDataset::Open(const std::string& path
   ds->path_ = path;
   ds->seq_len_ = seq_len;
   ds->vocab_ = vocab_size;
+  ds->mask_cross_document_ = mask_cross_document;
   for (const std::string& f : files) {
     LATAM_ASSIGN_OR_RETURN(auto shard, ShardReader::Open(f));
     const uint64_t windows = shard->n_tokens() > 0 ? (shard->n_tokens() - 1) / static_cast<uint64_t>(seq_len) : 0;
@@ -59,6 +61,22 @@ Status TokenDataset::ReadWindow(uint64_t window, int32_t* inputs, int32_t* targe
   for (int i = 0; i < seq_len_; ++i) {
     inputs[i] = static_cast<int32_t>(tokens[i]);
     targets[i] = static_cast<int32_t>(tokens[i + 1]);
+  }
+  if (mask_cross_document_) {
+    // Targets start + 1 .. start + seq_len: those at a document's start.
+    uint64_t lo = 0, hi = shard.n_docs();  // first document starting after `start`
+    while (lo < hi) {
+      const uint64_t mid = lo + (hi - lo) / 2;
+      if (shard.DocOffset(mid) <= start)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    for (uint64_t d = lo; d < shard.n_docs(); ++d) {
+      const uint64_t at = shard.DocOffset(d);
+      if (at > start + static_cast<uint64_t>(seq_len_)) break;
+      targets[at - start - 1] = -1;
+    }
   }
   return Status::Ok();
 }

@@ -6,7 +6,10 @@
 // holds (n_s - 1) / seq_len windows; window k of shard s covers tokens
 // [k seq_len, k seq_len + seq_len + 1), so windows never cross a shard's
 // end. The dataset's windows are numbered shard by shard. Inputs are a
-// window's first seq_len tokens, targets its last seq_len. Every id is
+// window's first seq_len tokens, targets its last seq_len; with
+// `mask_cross_document` a target that is the first token of a document
+// (the one following the previous document's last token, EOS) is -1, which
+// the loss ignores. Every id is
 // checked against the model's vocabulary as it is read; an out-of-range id
 // is a bad-input error naming the file and the token's position.
 #pragma once
@@ -25,7 +28,8 @@ class TokenDataset {
  public:
   // Fails (kInvalidInput) if a shard is unreadable or the dataset has no
   // window of seq_len + 1 tokens.
-  static Result<std::unique_ptr<TokenDataset>> Open(const std::string& path, int seq_len, int64_t vocab_size);
+  static Result<std::unique_ptr<TokenDataset>> Open(const std::string& path, int seq_len, int64_t vocab_size,
+                                                    bool mask_cross_document = false);
 
   uint64_t num_windows() const { return window_starts_.back(); }
   uint64_t num_tokens() const;
@@ -41,6 +45,7 @@ class TokenDataset {
   std::string path_;
   int seq_len_ = 0;
   int64_t vocab_ = 0;
+  bool mask_cross_document_ = false;
   std::vector<std::unique_ptr<ShardReader>> shards_;
   std::vector<uint64_t> window_starts_{0};  // prefix sums of windows per shard
 };

@@ -3,7 +3,8 @@
 //   latam-data train-tokenizer --out tokenizer.json --vocab-size N
 //              [--min-frequency 2] [--special TOKEN]... [--text-field text] FILE...
 //   latam-data encode --tokenizer tokenizer.json --out SHARD.bin
-//              [--eos-token <|end_of_text|>] [--text-field text] FILE...
+//              [--eos-token <|end_of_text|>] [--bos-token <|begin_of_text|>]
+//              [--text-field text] FILE...
 //   latam-data tokenize --tokenizer tokenizer.json      (text on stdin -> ids)
 //   latam-data detokenize --tokenizer tokenizer.json    (ids on stdin -> text)
 //   latam-data inspect SHARD.bin [--tokenizer tokenizer.json]
@@ -44,7 +45,7 @@ constexpr const char* kUsage =
     "usage: latam-data train-tokenizer --out tokenizer.json --vocab-size N [--min-frequency F]\n"
     "                  [--special TOKEN]... [--text-field NAME] FILE...\n"
     "       latam-data encode --tokenizer tokenizer.json --out SHARD.bin [--eos-token TOKEN]\n"
-    "                  [--text-field NAME] FILE...\n"
+    "                  [--bos-token TOKEN] [--text-field NAME] FILE...\n"
     "       latam-data tokenize --tokenizer tokenizer.json   < text\n"
     "       latam-data detokenize --tokenizer tokenizer.json < ids\n"
     "       latam-data inspect SHARD.bin [--tokenizer tokenizer.json]\n"
@@ -189,7 +190,8 @@ Status TrainTokenizer(int argc, char** argv) {
 }
 
 Status Encode(int argc, char** argv) {
-  LATAM_ASSIGN_OR_RETURN(const Args args, Parse(argc, argv, {"tokenizer", "out", "eos-token", "text-field"}));
+  LATAM_ASSIGN_OR_RETURN(const Args args,
+                         Parse(argc, argv, {"tokenizer", "out", "eos-token", "bos-token", "text-field"}));
   LATAM_ASSIGN_OR_RETURN(const std::string tokenizer_path, args.Required("tokenizer"));
   LATAM_ASSIGN_OR_RETURN(const std::string out, args.Required("out"));
   if (args.positional.empty()) return Status::InvalidInput(std::string("no corpus files given\n") + kUsage);
@@ -197,6 +199,21 @@ Status Encode(int argc, char** argv) {
   const std::string eos_token = args.Get("eos-token", "<|end_of_text|>");
   const auto eos = tok->TokenId(eos_token);
   if (!eos) return Status::InvalidInput(tokenizer_path + ": has no token '" + eos_token + "' (set --eos-token)");
+  // Llama 3 starts every document with <|begin_of_text|>: the default when
+  // the tokenizer has it; --bos-token '' writes none.
+  std::optional<uint32_t> bos;
+  if (args.Has("bos-token")) {
+    const std::string bos_token = args.Get("bos-token", "");
+    if (!bos_token.empty()) {
+      bos = tok->TokenId(bos_token);
+      if (!bos) {
+        return Status::InvalidInput(tokenizer_path + ": has no token '" + bos_token +
+                                    "' (set --bos-token, or --bos-token '' for none)");
+      }
+    }
+  } else {
+    bos = tok->TokenId("<|begin_of_text|>");
+  }
   LATAM_ASSIGN_OR_RETURN(auto writer, latam::data::ShardWriter::Create(out));
 
   const int threads = omp_get_max_threads();
@@ -208,7 +225,9 @@ Status Encode(int argc, char** argv) {
     std::vector<std::vector<uint32_t>> ids(batch.size());
 #pragma omp parallel for schedule(dynamic, 8)
     for (size_t d = 0; d < batch.size(); ++d) {
-      ids[d] = tok->Encode(batch[d], &caches[static_cast<size_t>(omp_get_thread_num())]);
+      if (bos) ids[d].push_back(*bos);
+      const std::vector<uint32_t> text = tok->Encode(batch[d], &caches[static_cast<size_t>(omp_get_thread_num())]);
+      ids[d].insert(ids[d].end(), text.begin(), text.end());
       ids[d].push_back(*eos);
     }
     for (size_t d = 0; d < batch.size(); ++d) {

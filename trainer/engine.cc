@@ -93,10 +93,12 @@ Result<StepResult> Engine::Step(int64_t step, uint64_t first_sample, const Sampl
       first_sample, static_cast<uint64_t>(t.global_batch_size()), grid_->dp_rank(), grid_->shape().data);
 
   Status status;
+  double local_counted = 0.0;  // targets that count in the loss (not -1)
   auto fetch = [&](int m, int32_t* ids, int32_t* targets) {
     for (int64_t b = 0; b < micro && status.ok(); ++b) {
       status = sample(samples[static_cast<size_t>(m * micro + b)], ids + b * seq_len, targets + b * seq_len);
     }
+    for (int64_t i = 0; i < micro * seq_len; ++i) local_counted += targets[i] >= 0 ? 1.0 : 0.0;
   };
   model_->parameters().ZeroGrads();
   optimizer_->BeginGradientReduction();
@@ -111,14 +113,21 @@ Result<StepResult> Engine::Step(int64_t step, uint64_t first_sample, const Sampl
   if (!status.ok()) return status;
   if (bad > 0) return Status::InvalidInput("a data error on another rank stopped the step");
 
-  StepResult r;
-  r.grad_norm = optimizer_->GradNorm();
-  r.lr = LearningRate(config_.optimizer(), step, t.steps());
-  optimizer_->Step(static_cast<float>(r.lr), ClipFactor(r.grad_norm, config_.optimizer().grad_clip()));
-  // The loss of a token is computed identically by every tensor-parallel rank
-  // of the last stage; count it once.
+  // The loss is the mean over the targets that count (masked ones, -1, do
+  // not). The backward pass scaled each token's gradient by 1 / tokens
+  // before the count was known; `rescale` turns that into 1 / counted,
+  // for the norm and the update alike. The loss and the count of a token
+  // are the same on every tensor-parallel rank of the last stage: count
+  // them once.
   const bool reports = model_->layout().holds_head() && grid_->tp_rank() == 0;
-  r.loss = grid_->world().AllReduceScalar(reports ? local_loss : 0.0, ReduceOp::kSum) / tokens;
+  const double counted = grid_->world().AllReduceScalar(reports ? local_counted : 0.0, ReduceOp::kSum);
+  const double rescale = counted > 0 ? tokens / counted : 0.0;
+  StepResult r;
+  r.grad_norm = optimizer_->GradNorm() * rescale;
+  r.lr = LearningRate(config_.optimizer(), step, t.steps());
+  optimizer_->Step(static_cast<float>(r.lr),
+                   static_cast<float>(rescale) * ClipFactor(r.grad_norm, config_.optimizer().grad_clip()));
+  r.loss = counted > 0 ? grid_->world().AllReduceScalar(reports ? local_loss : 0.0, ReduceOp::kSum) / counted : 0.0;
   r.step = step + 1;
   r.step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   r.tokens_per_s = tokens / (r.step_ms / 1000.0);
@@ -143,7 +152,7 @@ Result<double> Engine::Evaluate(int64_t n, const SampleFn& sample) {
       const int64_t k = (m * micro + b) * d + r;
       if (k < n && status.ok()) {
         status = sample(static_cast<uint64_t>(k), ids + b * seq_len, targets + b * seq_len);
-        local_tokens += static_cast<double>(seq_len);
+        for (int64_t i = 0; i < seq_len; ++i) local_tokens += targets[b * seq_len + i] >= 0 ? 1.0 : 0.0;
       } else {
         std::fill(ids + b * seq_len, ids + (b + 1) * seq_len, 0);
         std::fill(targets + b * seq_len, targets + (b + 1) * seq_len, -1);

@@ -8,10 +8,10 @@
 
 #include "core/env.h"
 #include "data/tokenizer.h"
-#include "parallel/mpi_communicator.h"
 #include "model/layout.h"
 #include "model/model_ops.h"
 #include "model/state.h"
+#include "parallel/mpi_communicator.h"
 #include "trainer/plan.h"
 #ifdef LATAM_HAVE_NCCL
 #include "parallel/nccl_communicator.h"
@@ -57,14 +57,16 @@ Status Trainer::OpenData() {
   std::vector<double> weights;
   std::vector<uint64_t> windows;
   for (const auto& t : d.train()) {
-    LATAM_ASSIGN_OR_RETURN(auto ds, data::TokenDataset::Open(t.path(), d.seq_len(), vocab));
+    LATAM_ASSIGN_OR_RETURN(auto ds,
+                           data::TokenDataset::Open(t.path(), d.seq_len(), vocab, d.mask_cross_document_loss()));
     weights.push_back(t.weight());
     windows.push_back(ds->num_windows());
     train_data_.push_back(std::move(ds));
   }
   sampler_ = std::make_unique<data::MixtureSampler>(weights, windows, d.seed());
   for (const auto& e : d.eval()) {
-    LATAM_ASSIGN_OR_RETURN(auto ds, data::TokenDataset::Open(e.path(), d.seq_len(), vocab));
+    LATAM_ASSIGN_OR_RETURN(auto ds,
+                           data::TokenDataset::Open(e.path(), d.seq_len(), vocab, d.mask_cross_document_loss()));
     eval_data_.push_back(std::move(ds));
   }
   if (mpi_.world_rank() == 0) {
@@ -87,8 +89,8 @@ Status Trainer::Init(const std::string& resume) {
   LATAM_RETURN_IF_ERROR(ValidateConfig(config_, options));
   const auto& p = config_.parallel();
   LATAM_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> world, OpenWorld());
-  grid_ = std::make_unique<ProcessGrid>(std::move(world), GridShape{p.tensor(), p.pipeline(),
-                                                                    DataParallelSize(config_, mpi_.world_size())});
+  grid_ = std::make_unique<ProcessGrid>(
+      std::move(world), GridShape{p.tensor(), p.pipeline(), DataParallelSize(config_, mpi_.world_size())});
   LATAM_RETURN_IF_ERROR(AgreeOnStatus(OpenData(), grid_->world()));
   engine_ = std::make_unique<Engine>(config_, grid_.get(), device_ != nullptr ? device_->stream() : Stream());
   LATAM_RETURN_IF_ERROR(AgreeOnStatus(Restore(resume), grid_->world()));
@@ -118,11 +120,12 @@ Result<std::unique_ptr<Communicator>> Trainer::OpenWorld() {
   }
 #ifdef LATAM_HAVE_NCCL
   LATAM_ASSIGN_OR_RETURN(const NcclOptions options, NcclOptionsFromEnvironment());
-  return std::unique_ptr<Communicator>(new NcclCommunicator(
-      MPI_COMM_WORLD, "world", device_->stream().cuda(), options));
+  return std::unique_ptr<Communicator>(
+      new NcclCommunicator(MPI_COMM_WORLD, "world", device_->stream().cuda(), options));
 #else
-  return Status::InvalidInput("train.device=cuda needs the NCCL communicator: this build has none (install NCCL, "
-                              "configure with LATAM_NCCL=ON)");
+  return Status::InvalidInput(
+      "train.device=cuda needs the NCCL communicator: this build has none (install NCCL, "
+      "configure with LATAM_NCCL=ON)");
 #endif
 }
 
@@ -161,8 +164,7 @@ Status Trainer::Restore(const std::string& resume) {
   }
   if (mpi_.world_rank() == 0) {
     const ckpt::Layout& l = reader->manifest().layout();
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
     std::printf("latam-train: rank 0 read %.1f MB in %.2f s\n", static_cast<double>(reader->bytes_read()) / 1e6,
                 seconds);
     // Uneven stages: the layers of each stage, e.g. ", stages of 2, 3, 3 layers".
@@ -174,13 +176,15 @@ Status Trainer::Restore(const std::string& resume) {
       }
       stages += " layers";
     }
-    std::printf("latam-train: loaded %s from %s (step %lld, %llu samples consumed, saved as tensor %d x pipeline %d x "
-                "data %d, %d virtual stages%s, ZeRO-%d%s)\n",
-                what == ckpt::LoadWhat::kAll ? "everything" : what == ckpt::LoadWhat::kWeights ? "weights" : "weights and optimizer",
-                reader->dir().c_str(), static_cast<long long>(reader->manifest().step()),
-                static_cast<unsigned long long>(reader->manifest().consumed_samples()), l.tensor(), l.pipeline(),
-                l.data(), l.virtual_stages(), stages.c_str(), l.zero_stage(),
-                loaded.moments_loaded ? "" : "; fresh optimizer state");
+    std::printf(
+        "latam-train: loaded %s from %s (step %lld, %llu samples consumed, saved as tensor %d x pipeline %d x "
+        "data %d, %d virtual stages%s, ZeRO-%d%s)\n",
+        what == ckpt::LoadWhat::kAll       ? "everything"
+        : what == ckpt::LoadWhat::kWeights ? "weights"
+                                           : "weights and optimizer",
+        reader->dir().c_str(), static_cast<long long>(reader->manifest().step()),
+        static_cast<unsigned long long>(reader->manifest().consumed_samples()), l.tensor(), l.pipeline(), l.data(),
+        l.virtual_stages(), stages.c_str(), l.zero_stage(), loaded.moments_loaded ? "" : "; fresh optimizer state");
     std::fflush(stdout);
   }
   return Status::Ok();
@@ -211,12 +215,11 @@ Status Trainer::StartSave(int64_t step) {
   *d->mutable_train() = config_.data().train();
   h.set_rng_seed(config_.train().seed());
   h.set_config_text(ConfigToText(config_));
-  h.set_created_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
-                            std::chrono::system_clock::now().time_since_epoch())
-                            .count());
+  h.set_created_unix_ms(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
   last_saved_step_ = step;
-  return saver_->Start(
-      h, StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->dp_rank()));
+  return saver_->Start(h, StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->dp_rank()));
 }
 
 Status Trainer::PollSave(bool wait) {

@@ -161,6 +161,10 @@ Status Sample(uint64_t index, int32_t* ids, int32_t* targets) {
     if (t > 0) targets[t - 1] = cur;
     cur = next;
   }
+  // A few targets do not count (as at document boundaries with
+  // data.mask_cross_document_loss): a different number per sample, so the
+  // loss's mean over the counted targets needs every rank's count.
+  for (int t = static_cast<int>(index % 5); t < 16; t += 6) targets[t] = -1;
   return Status::Ok();
 }
 

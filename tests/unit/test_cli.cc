@@ -194,7 +194,9 @@ TEST_F(CliTest, UnknownEnumValueInConfigFileIsBadInput) {
 }
 
 // train-tokenizer -> encode -> inspect, and tokenize/detokenize, as a user
-// runs them; the shard holds exactly the tokenizer's ids plus EOS per document.
+// runs them; the shard holds exactly the tokenizer's ids between BOS (the
+// trained tokenizer has <|begin_of_text|>, so encode adds it by default)
+// and EOS per document; `--bos-token ''` writes no BOS.
 TEST_F(CliTest, DataPipelineFromCorpusToShards) {
   std::vector<std::string> docs;
   {
@@ -226,19 +228,32 @@ TEST_F(CliTest, DataPipelineFromCorpusToShards) {
   ASSERT_TRUE(shard.ok()) << shard.status().message();
   ASSERT_EQ((*shard)->n_docs(), docs.size());
   const uint32_t eos = *(*tokenizer)->TokenId("<|end_of_text|>");
+  const uint32_t bos = *(*tokenizer)->TokenId("<|begin_of_text|>");
+  r = Run(BinPath("latam-data") + " encode --tokenizer " + tok + " --bos-token '' --out " +
+          (dir_ / "nobos.bin").string() + " " + corpus);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto nobos = data::ShardReader::Open((dir_ / "nobos.bin").string());
+  ASSERT_TRUE(nobos.ok()) << nobos.status().message();
+  ASSERT_EQ((*nobos)->n_docs(), docs.size());
   for (size_t d = 0; d < docs.size(); ++d) {
-    std::vector<uint32_t> expected = (*tokenizer)->Encode(docs[d]);
+    const std::vector<uint32_t> text = (*tokenizer)->Encode(docs[d]);
+    std::vector<uint32_t> expected = {bos};
+    expected.insert(expected.end(), text.begin(), text.end());
     expected.push_back(eos);
     const std::vector<uint32_t> got((*shard)->tokens() + (*shard)->DocOffset(d),
                                     (*shard)->tokens() + (*shard)->DocOffset(d + 1));
     ASSERT_EQ(got, expected) << "document " << d;
+    expected.erase(expected.begin());  // without BOS
+    const std::vector<uint32_t> got_nobos((*nobos)->tokens() + (*nobos)->DocOffset(d),
+                                          (*nobos)->tokens() + (*nobos)->DocOffset(d + 1));
+    ASSERT_EQ(got_nobos, expected) << "document " << d << " without BOS";
   }
 
   r = Run(BinPath("latam-data") + " inspect " + (dir_ / "s.bin").string() + " --tokenizer " + tok);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto info = nlohmann::json::parse(r.out);
   EXPECT_EQ(info["documents"].get<int>(), 41);
-  EXPECT_EQ(info["sample_text"].get<std::string>(), docs[0] + "<|end_of_text|>");
+  EXPECT_EQ(info["sample_text"].get<std::string>(), "<|begin_of_text|>" + docs[0] + "<|end_of_text|>");
 
   // tokenize | detokenize gives the text back.
   std::ofstream(dir_ / "in.txt", std::ios::binary) << plain;
@@ -267,6 +282,8 @@ TEST_F(CliTest, DataPipelineFromCorpusToShards) {
        "broken.jsonl:2: not valid JSON"},
       {" encode --tokenizer " + tok + " --out " + (dir_ / "x.bin").string() + " --eos-token '<nope>' " + corpus,
        "has no token '<nope>'"},
+      {" encode --tokenizer " + tok + " --out " + (dir_ / "x.bin").string() + " --bos-token '<bos?>' " + corpus,
+       "has no token '<bos?>' (set --bos-token, or --bos-token '' for none)"},
       {" encode --tokenizer /nope/tok.json --out x.bin " + corpus, "/nope/tok.json: cannot open tokenizer file"},
       {" train-tokenizer --out " + (dir_ / "t2.json").string() + " --vocab-size 10 " + corpus, "--vocab-size 10"},
       {" train-tokenizer --vocab-size 1000 " + corpus, "--out is required"},

@@ -236,6 +236,46 @@ TEST_F(DataTest, DatasetOfShardsReadsWindowsWithinEachShard) {
   EXPECT_NE(empty.status().message().find("no *.bin token shards"), std::string::npos);
 }
 
+// With mask_cross_document, exactly the targets that are a document's first
+// token (the one after the previous document's EOS) are -1; everything else
+// is the unmasked window. Documents of 1 to 11 tokens, one-token ones
+// included, over windows of 8.
+TEST_F(DataTest, CrossDocumentTargetsAreMasked) {
+  const std::vector<size_t> lengths = {5, 1, 7, 3, 11, 1, 1, 9, 2, 6, 4};
+  std::vector<std::vector<uint32_t>> docs;
+  std::vector<bool> starts_doc;  // per token of the shard
+  for (size_t d = 0; d < lengths.size(); ++d) {
+    std::vector<uint32_t> doc;
+    for (size_t k = 0; k < lengths[d]; ++k) {
+      doc.push_back(static_cast<uint32_t>(100 * d + k));
+      starts_doc.push_back(k == 0);
+    }
+    docs.push_back(doc);
+  }
+  WriteShard("docs.bin", docs);
+  auto plain = TokenDataset::Open((dir_ / "docs.bin").string(), 8, 5000, false);
+  auto masked = TokenDataset::Open((dir_ / "docs.bin").string(), 8, 5000, true);
+  ASSERT_TRUE(plain.ok() && masked.ok());
+  ASSERT_GT((*masked)->num_windows(), 4u);
+  int masked_count = 0;
+  for (uint64_t w = 0; w < (*masked)->num_windows(); ++w) {
+    std::vector<int32_t> in(8), tg(8), in_m(8), tg_m(8);
+    ASSERT_TRUE((*plain)->ReadWindow(w, in.data(), tg.data()).ok());
+    ASSERT_TRUE((*masked)->ReadWindow(w, in_m.data(), tg_m.data()).ok());
+    EXPECT_EQ(in, in_m) << "window " << w;
+    for (size_t i = 0; i < 8; ++i) {
+      const size_t target_at = w * 8 + i + 1;
+      if (starts_doc[target_at]) {
+        EXPECT_EQ(tg_m[i], -1) << "window " << w << " target " << i;
+        ++masked_count;
+      } else {
+        EXPECT_EQ(tg_m[i], tg[i]) << "window " << w << " target " << i;
+      }
+    }
+  }
+  EXPECT_GE(masked_count, 8);
+}
+
 TEST_F(DataTest, SyntheticStreamHasTheDesignedEntropy) {
   SyntheticSpec spec;
   spec.vocab = 64;
