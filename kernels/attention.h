@@ -15,17 +15,32 @@
 // dK and dV of a KV head sum over the query heads of its group.
 #pragma once
 
+#include <cstdint>
+
 #include "core/tensor.h"
 
 namespace latam {
 
 // The shape of one attention call, shared by the CPU and CUDA kernels.
+//
+// Document masking (block-causal attention over packed documents). With
+// doc_start null every query sees every earlier key of its sequence. Else
+// doc_start[b * seq_len + t] (int32, in the same memory as qkv: host for
+// the CPU kernels, device for the CUDA ones) is the position in sequence b
+// where token t's document begins, and key j is visible to query i iff
+// doc_start[i] <= j <= i. Documents are contiguous runs: within a sequence
+// doc_start[0] == 0, and doc_start[t] is either t (a document starts) or
+// doc_start[t - 1]. Every query sees at least itself, so lse stays finite;
+// a document of one token attends only to itself. The kernels skip whole
+// key tiles that lie before the first document of a query tile. The result
+// equals running each document alone as its own sequence.
 struct AttentionDims {
   int batch = 0;
   int seq_len = 0;
   int n_heads = 0;     // query heads
   int n_kv_heads = 0;  // key/value heads; divides n_heads
   int head_dim = 0;
+  const int32_t* doc_start = nullptr;
 };
 
 }  // namespace latam
