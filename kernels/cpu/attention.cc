@@ -152,6 +152,23 @@ class Carver {
   int64_t used_ = 0;
 };
 
+// The first key tile a query tile starting at q0 sees: the one holding the
+// start of its first row's document (the earliest any of its rows sees).
+int FirstKeyTile(const int32_t* doc, int q0) { return doc != nullptr ? doc[q0] / kTile * kTile : 0; }
+
+// Checks the document-start contract of kernels/attention.h.
+void CheckDocStarts(const AttentionDims& d) {
+  if (d.doc_start == nullptr) return;
+  for (int b = 0; b < d.batch; ++b) {
+    const int32_t* doc = d.doc_start + static_cast<int64_t>(b) * d.seq_len;
+    for (int t = 0; t < d.seq_len; ++t) {
+      const bool ok = t == 0 ? doc[0] == 0 : doc[t] == t || doc[t] == doc[t - 1];
+      LATAM_CHECK(ok, "attention doc_start of sequence " << b << " position " << t << " is " << doc[t]
+                                                         << " (documents must be contiguous runs)");
+    }
+  }
+}
+
 // Per-thread scratch for one (batch, kv head) task of the forward pass.
 struct ForwardScratch {
   float *kt, *v, *q, *s, *o, *row_max, *row_sum;
@@ -178,6 +195,7 @@ void ForwardTask(const float* qkv, float* out, float* lse, const AttentionDims& 
     for (int e = 0; e < hd; ++e) w.kt[e * T + t] = krow[e];
     std::copy(vrow, vrow + hd, w.v + static_cast<int64_t>(t) * hd);
   }
+  const int32_t* doc = d.doc_start != nullptr ? d.doc_start + static_cast<int64_t>(b) * T : nullptr;
   for (int hi = 0; hi < l.group; ++hi) {
     const int h = g * l.group + hi;
     for (int q0 = 0; q0 < T; q0 += kTile) {
@@ -189,22 +207,29 @@ void ForwardTask(const float* qkv, float* out, float* lse, const AttentionDims& 
         w.row_sum[i] = 0.0f;
       }
       std::fill_n(w.o, static_cast<int64_t>(kTile) * hd, 0.0f);
-      for (int k0 = 0; k0 < q0 + nq; k0 += kTile) {
+      for (int k0 = FirstKeyTile(doc, q0); k0 < q0 + nq; k0 += kTile) {
         const int nk = std::min(kTile, q0 + nq - k0);
         TileMatmul(nq, nk, hd, w.q, hd, w.kt + k0, T, w.s, kTile, false);
         for (int i = 0; i < nq; ++i) {
           float* srow = w.s + i * kTile;
-          // Causal mask: key k0 + j is visible to query q0 + i iff k0 + j <= q0 + i.
+          // Key k0 + j is visible to query q0 + i iff doc_start(q0 + i) <=
+          // k0 + j <= q0 + i: keys [first, visible) of the tile.
           const int visible = std::min(nk, q0 + i - k0 + 1);
+          const int first = doc != nullptr ? std::max(0, doc[q0 + i] - k0) : 0;
+          if (first >= visible) {  // nothing of this row here
+            std::fill_n(srow, nk, 0.0f);
+            continue;
+          }
+          std::fill_n(srow, first, 0.0f);
           float tile_max = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : tile_max)
-          for (int j = 0; j < visible; ++j) tile_max = srow[j] > tile_max ? srow[j] : tile_max;
+          for (int j = first; j < visible; ++j) tile_max = srow[j] > tile_max ? srow[j] : tile_max;
           const float old_max = w.row_max[i];
           const float new_max = std::max(old_max, tile_max);
           const float alpha = ExpF(old_max - new_max);
           float tile_sum = 0.0f;
 #pragma omp simd reduction(+ : tile_sum)
-          for (int j = 0; j < visible; ++j) {
+          for (int j = first; j < visible; ++j) {
             const float p = ExpF(srow[j] - new_max);
             srow[j] = p;
             tile_sum += p;
@@ -281,6 +306,7 @@ void BackwardTask(const float* qkv, const float* out, const float* dout, const f
   }
   std::fill_n(w.dk, static_cast<int64_t>(T) * hd, 0.0f);
   std::fill_n(w.dv, static_cast<int64_t>(T) * hd, 0.0f);
+  const int32_t* doc = d.doc_start != nullptr ? d.doc_start + static_cast<int64_t>(b) * T : nullptr;
   for (int hi = 0; hi < l.group; ++hi) {
     const int h = g * l.group + hi;
     for (int q0 = 0; q0 < T; q0 += kTile) {
@@ -300,7 +326,7 @@ void BackwardTask(const float* qkv, const float* out, const float* dout, const f
       }
       std::fill_n(w.dq, static_cast<int64_t>(kTile) * hd, 0.0f);
       const float* lse_rows = lse + (static_cast<int64_t>(b) * d.n_heads + h) * T + q0;
-      for (int k0 = 0; k0 < q0 + nq; k0 += kTile) {
+      for (int k0 = FirstKeyTile(doc, q0); k0 < q0 + nq; k0 += kTile) {
         const int nk = std::min(kTile, q0 + nq - k0);
         // P = exp(Q K^T scale - lse) with the causal mask; dP = dO V^T.
         TileMatmul(nq, nk, hd, w.q, hd, w.kt + k0, T, w.p, kTile, false);
@@ -309,9 +335,14 @@ void BackwardTask(const float* qkv, const float* out, const float* dout, const f
           float* prow = w.p + i * kTile;
           float* dsrow = w.ds + i * kTile;
           const int visible = std::min(nk, q0 + i - k0 + 1);
+          const int first = std::min(visible, doc != nullptr ? std::max(0, doc[q0 + i] - k0) : 0);
           const float row_lse = lse_rows[i];
           const float row_dsum = w.dsum[i];
-          for (int j = 0; j < visible; ++j) {
+          for (int j = 0; j < first; ++j) {
+            prow[j] = 0.0f;
+            dsrow[j] = 0.0f;
+          }
+          for (int j = first; j < visible; ++j) {
             const float pv = ExpF(prow[j] - row_lse);
             prow[j] = pv;
             dsrow[j] = pv * (dsrow[j] - row_dsum);
@@ -357,6 +388,7 @@ void AttentionForward(const Tensor& qkv, const AttentionDims& d, const Tensor& o
   CheckTensor(out, DType::kF32, Shape{rows, static_cast<int64_t>(d.n_heads) * d.head_dim}, Device::kCPU,
               "attention out");
   CheckTensor(lse, DType::kF32, Shape{d.batch, d.n_heads, d.seq_len}, Device::kCPU, "attention lse");
+  CheckDocStarts(d);
   const Layout l = MakeLayout(d);
   const int tasks = d.batch * d.n_kv_heads;
 #pragma omp parallel
@@ -380,6 +412,7 @@ void AttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout,
   CheckTensor(dout, DType::kF32, out_shape, Device::kCPU, "attention dout");
   CheckTensor(lse, DType::kF32, Shape{d.batch, d.n_heads, d.seq_len}, Device::kCPU, "attention lse");
   CheckTensor(dqkv, DType::kF32, qkv.shape, Device::kCPU, "attention dqkv");
+  CheckDocStarts(d);
   const Layout l = MakeLayout(d);
   const int tasks = d.batch * d.n_kv_heads;
 #pragma omp parallel

@@ -96,5 +96,111 @@ TEST_F(AttentionTest, LargeScoresStayFinite) {
   EXPECT_TRUE(testing::AllClose(lse, lse_ref, 1e-3, 1e-4));
 }
 
+// Document masking (AttentionDims::doc_start) against its exact oracle:
+// each document run alone as its own sequence, by the same kernel without
+// the mask. Outputs, lse and dq/dk/dv, for random mixes of document lengths
+// per sequence, with one-token documents and documents longer than a tile
+// (64). The two runs tile differently, so they agree to rounding: 2e-5
+// absolute + 1e-4 relative.
+class DocumentMaskTest : public testing::RandomTest {
+ protected:
+  struct Run {
+    std::vector<float> out, lse, dqkv;
+  };
+  Run Attend(const std::vector<float>& qkv, const std::vector<float>& dout, AttentionDims d) {
+    const int64_t rows = static_cast<int64_t>(d.batch) * d.seq_len;
+    const int64_t width = static_cast<int64_t>(d.n_heads + 2 * d.n_kv_heads) * d.head_dim;
+    const int64_t out_width = static_cast<int64_t>(d.n_heads) * d.head_dim;
+    Run r{std::vector<float>(rows * out_width), std::vector<float>(static_cast<size_t>(d.batch) * d.n_heads * d.seq_len),
+          std::vector<float>(rows * width, std::numeric_limits<float>::quiet_NaN())};
+    std::vector<float> ws(cpu::AttentionWorkspaceElems(d, omp_get_max_threads()));
+    std::vector<float> q = qkv;
+    const Tensor qkv_t = Tensor::Of(q.data(), {rows, width});
+    const Tensor out_t = Tensor::Of(r.out.data(), {rows, out_width});
+    const Tensor lse_t = Tensor::Of(r.lse.data(), {d.batch, d.n_heads, d.seq_len});
+    const Tensor ws_t = Tensor::Of(ws.data(), {static_cast<int64_t>(ws.size())});
+    cpu::AttentionForward(qkv_t, d, out_t, lse_t, ws_t);
+    std::vector<float> dq = dout;
+    cpu::AttentionBackward(qkv_t, out_t, Tensor::Of(dq.data(), {rows, out_width}), lse_t, d,
+                           Tensor::Of(r.dqkv.data(), {rows, width}), ws_t);
+    return r;
+  }
+
+  void Check(int batch, int seq, int hq, int hkv, int hd, const std::vector<std::vector<int>>& lengths) {
+    SCOPED_TRACE(::testing::Message() << "B=" << batch << " T=" << seq << " Hq=" << hq << " Hkv=" << hkv
+                                      << " hd=" << hd);
+    const int64_t width = static_cast<int64_t>(hq + 2 * hkv) * hd, out_width = static_cast<int64_t>(hq) * hd;
+    const auto qkv = Normal(static_cast<size_t>(batch) * seq * width);
+    const auto dout = Normal(static_cast<size_t>(batch) * seq * out_width);
+    std::vector<int32_t> doc(static_cast<size_t>(batch) * seq);
+    for (int b = 0; b < batch; ++b) {
+      int at = 0;
+      for (int len : lengths[static_cast<size_t>(b)]) {
+        for (int t = at; t < at + len; ++t) doc[static_cast<size_t>(b) * seq + t] = at;
+        at += len;
+      }
+      ASSERT_EQ(at, seq);
+    }
+    AttentionDims d{batch, seq, hq, hkv, hd};
+    d.doc_start = doc.data();
+    const Run masked = Attend(qkv, dout, d);
+    for (int b = 0; b < batch; ++b) {
+      int at = 0;
+      for (int len : lengths[static_cast<size_t>(b)]) {
+        SCOPED_TRACE(::testing::Message() << "sequence " << b << " document at " << at << " of " << len);
+        const size_t first = static_cast<size_t>(b) * seq + at;
+        const std::vector<float> q(qkv.begin() + first * width, qkv.begin() + (first + len) * width);
+        const std::vector<float> g(dout.begin() + first * out_width, dout.begin() + (first + len) * out_width);
+        const Run alone = Attend(q, g, AttentionDims{1, len, hq, hkv, hd});
+        const std::vector<float> out(masked.out.begin() + first * out_width,
+                                     masked.out.begin() + (first + len) * out_width);
+        const std::vector<float> dqkv(masked.dqkv.begin() + first * width, masked.dqkv.begin() + (first + len) * width);
+        std::vector<float> lse;
+        for (int h = 0; h < hq; ++h) {
+          const size_t row = (static_cast<size_t>(b) * hq + h) * seq + at;
+          lse.insert(lse.end(), masked.lse.begin() + row, masked.lse.begin() + row + len);
+        }
+        EXPECT_TRUE(testing::AllClose(out, testing::ToDouble(alone.out), 2e-5, 1e-4));
+        EXPECT_TRUE(testing::AllClose(lse, testing::ToDouble(alone.lse), 2e-5, 1e-4));
+        EXPECT_TRUE(testing::AllClose(dqkv, testing::ToDouble(alone.dqkv), 2e-5, 1e-4));
+        at += len;
+      }
+    }
+  }
+};
+
+TEST_F(DocumentMaskTest, EqualsEachDocumentAlone) {
+  // One-token documents, documents across tile edges, one longer than two tiles.
+  Check(2, 200, 4, 2, 16, {{1, 70, 1, 1, 127}, {150, 3, 1, 46}});
+  Check(1, 64, 2, 2, 8, {{64}});                 // one document: plain causal
+  Check(1, 9, 3, 1, 8, {{1, 1, 1, 1, 1, 1, 1, 1, 1}});  // every token alone
+}
+
+TEST_F(DocumentMaskTest, RandomDocumentMixes) {
+  for (int trial = 0; trial < 4; ++trial) {
+    const int batch = UniformInt(1, 2), seq = UniformInt(2, 260), hkv = UniformInt(1, 2);
+    std::vector<std::vector<int>> lengths(static_cast<size_t>(batch));
+    for (auto& l : lengths) {
+      for (int left = seq; left > 0;) {
+        const int len = std::min(left, UniformInt(0, 3) == 0 ? 1 : UniformInt(1, 140));
+        l.push_back(len);
+        left -= len;
+      }
+    }
+    Check(batch, seq, hkv * UniformInt(1, 2), hkv, 2 * UniformInt(2, 12), lengths);
+  }
+}
+
+TEST(AttentionDeathTest, DocumentsMustBeContiguousRuns) {
+  AttentionDims d{1, 4, 1, 1, 8};
+  const std::vector<int32_t> bad = {0, 0, 1, 2};  // position 2 starts at 1, inside the first document
+  d.doc_start = bad.data();
+  std::vector<float> qkv(4 * 24), out(4 * 8), lse(4), ws(cpu::AttentionWorkspaceElems(d, omp_get_max_threads()));
+  EXPECT_DEATH(cpu::AttentionForward(Tensor::Of(qkv.data(), {4, 24}), d, Tensor::Of(out.data(), {4, 8}),
+                                     Tensor::Of(lse.data(), {1, 1, 4}),
+                                     Tensor::Of(ws.data(), {static_cast<int64_t>(ws.size())})),
+               "doc_start of sequence 0 position 2 is 1");
+}
+
 }  // namespace
 }  // namespace latam
