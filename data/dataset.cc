@@ -44,7 +44,7 @@ uint64_t TokenDataset::num_tokens() const {
   return n;
 }
 
-Status TokenDataset::ReadWindow(uint64_t window, int32_t* inputs, int32_t* targets) const {
+Status TokenDataset::ReadWindow(uint64_t window, int32_t* inputs, int32_t* targets, int32_t* doc_start) const {
   LATAM_CHECK(window < num_windows(), "window " << window << " of " << num_windows() << " in " << path_);
   const size_t s = static_cast<size_t>(std::upper_bound(window_starts_.begin(), window_starts_.end(), window) -
                                        window_starts_.begin() - 1);
@@ -62,16 +62,30 @@ Status TokenDataset::ReadWindow(uint64_t window, int32_t* inputs, int32_t* targe
     inputs[i] = static_cast<int32_t>(tokens[i]);
     targets[i] = static_cast<int32_t>(tokens[i + 1]);
   }
+  // The documents starting inside the window: from the first one after
+  // `start`.
+  uint64_t lo = 0, hi = shard.n_docs();
+  while (lo < hi) {
+    const uint64_t mid = lo + (hi - lo) / 2;
+    if (shard.DocOffset(mid) <= start) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  if (doc_start != nullptr) {
+    int32_t current = 0;
+    uint64_t d = lo;
+    for (int i = 0; i < seq_len_; ++i) {
+      if (d < shard.n_docs() && shard.DocOffset(d) == start + static_cast<uint64_t>(i)) {
+        current = i;
+        ++d;
+      }
+      doc_start[i] = current;
+    }
+  }
   if (mask_cross_document_) {
     // Targets start + 1 .. start + seq_len: those at a document's start.
-    uint64_t lo = 0, hi = shard.n_docs();  // first document starting after `start`
-    while (lo < hi) {
-      const uint64_t mid = lo + (hi - lo) / 2;
-      if (shard.DocOffset(mid) <= start)
-        lo = mid + 1;
-      else
-        hi = mid;
-    }
     for (uint64_t d = lo; d < shard.n_docs(); ++d) {
       const uint64_t at = shard.DocOffset(d);
       if (at > start + static_cast<uint64_t>(seq_len_)) break;

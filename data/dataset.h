@@ -37,8 +37,11 @@ class TokenDataset {
   const std::string& path() const { return path_; }
 
   // Fills inputs[seq_len] and targets[seq_len] from window `window`
-  // (< num_windows()).
-  Status ReadWindow(uint64_t window, int32_t* inputs, int32_t* targets) const;
+  // (< num_windows()), and when doc_start is not null doc_start[seq_len]:
+  // for each input position, the position in the window where its document
+  // begins (0 for the document the window starts inside), as
+  // AttentionDims::doc_start (kernels/attention.h) reads it.
+  Status ReadWindow(uint64_t window, int32_t* inputs, int32_t* targets, int32_t* doc_start = nullptr) const;
 
  private:
   TokenDataset() = default;

@@ -107,6 +107,7 @@ TensorTable BuildActivationTable(const ModelShape& s, const ModelLayout& l, cons
         }
       }
       if (info.first) add(SlotName(c, slot, "ids"), DType::kI32, Shape{m});
+      if (o.document_mask) add(SlotName(c, slot, "docs"), DType::kI32, Shape{m});
       add(SlotName(c, slot, "grad"), o.dtype, Shape{rows, s.dim});
     }
     if (o.recompute == Recompute::kFull) AddLayerActivations(&t, Name(c, "scratch."), s, l, o, LayerSet::kAll);
@@ -303,6 +304,7 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
                                                                         : layer_acts(prefix));
       }
       if (info.first) slot.ids = act(SlotName(c, s, "ids"));
+      if (options.document_mask) slot.docs = act(SlotName(c, s, "docs"));
       slot.grad = act(SlotName(c, s, "grad"));
       chunk.slots.push_back(std::move(slot));
     }
@@ -390,7 +392,7 @@ void LlamaModel::LayerForward(int64_t local_layer, const Tensor& x, const Tensor
   NormForward(x, w.attn_norm, a.xn, a.rstd1);
   ops_->LinearForward(a.xn, w.qkv, a.qkv, false);
   ops_->RopeForward(a.qkv, n_rot_heads_);
-  ops_->AttentionForward(a.qkv, a.att, a.lse);
+  ops_->AttentionForward(a.qkv, a.att, a.lse, attention_docs_);
   ops_->LinearForward(a.att, w.o, partial_, false);
   const Tensor attn_out = RowParallelSum();
   // MLP block: x_next = h + down(swiglu(gate_up(norm(h)))); down is row-parallel.
@@ -423,7 +425,7 @@ void LlamaModel::LayerBackward(int64_t local_layer, const Tensor& x, const Tenso
   const Tensor dy_attn = FullRows(grad);
   ops_->LinearBackwardInput(dy_attn, w.o, datt_, false);
   ops_->LinearBackwardWeight(dy_attn, a.att, g.o);
-  ops_->AttentionBackward(a.qkv, a.att, datt_, a.lse, dqkv_);
+  ops_->AttentionBackward(a.qkv, a.att, datt_, a.lse, dqkv_, attention_docs_);
   ops_->RopeBackward(dqkv_, n_rot_heads_);
   ops_->LinearBackwardInput(dqkv_, w.qkv, dnorm_, false);
   const Tensor dxn = ColumnParallelSum(dnorm_);
@@ -493,11 +495,17 @@ void LlamaModel::HeadForward(const Tensor& x_last, const int32_t* targets, float
   }
 }
 
-void LlamaModel::Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, float grad_scale,
-                         bool with_grads, bool last_micro_batch) {
+void LlamaModel::Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, const int32_t* doc_start,
+                         float grad_scale, bool with_grads, bool last_micro_batch) {
   const ChunkInfo& info = layout_.chunks[static_cast<size_t>(chunk)];
   Chunk& c = chunks_[static_cast<size_t>(chunk)];
   Slot& s = c.slots[static_cast<size_t>(slot)];
+  attention_docs_ = nullptr;
+  if (options_.document_mask) {
+    LATAM_CHECK(doc_start != nullptr, "document-masked attention without the micro-batch's document starts");
+    ops_->UploadIds(doc_start, s.docs);
+    attention_docs_ = s.docs.as<int32_t>();
+  }
   if (info.first) {
     NeedWeights(embedding_tensors_);
     // Vocab-parallel embedding: each rank fills the rows of its ids, zeros elsewhere.
@@ -540,6 +548,7 @@ void LlamaModel::Backward(int chunk, int slot, bool last_micro_batch) {
   const ChunkInfo& info = layout_.chunks[static_cast<size_t>(chunk)];
   Chunk& c = chunks_[static_cast<size_t>(chunk)];
   Slot& s = c.slots[static_cast<size_t>(slot)];
+  attention_docs_ = options_.document_mask ? s.docs.as<int32_t>() : nullptr;
   for (int64_t k = c.n_layers - 1; k >= 0; --k) {
     const Tensor& x = s.x[static_cast<size_t>(k)];
     // The recompute scratch may hold another layer or micro-batch: re-run

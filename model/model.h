@@ -118,6 +118,10 @@ struct ActivationOptions {
   // Megatron sequence parallelism over the tensor-parallel group (see
   // above); needs micro_batch x seq_len divisible by the group's size.
   bool sequence_parallel = false;
+  // Document-masked attention (AttentionDims::doc_start): every chunk's
+  // Forward gets the micro-batch's document starts, kept per slot
+  // (micro_batch x seq_len int32) for its backward pass.
+  bool document_mask = false;
   // Rows per LM-head chunk; 0 picks as many rows as fit in 2^24 logits.
   int64_t logits_chunk_rows = 0;
   // OpenMP threads the CPU attention workspace is sized for; 0 means
@@ -205,8 +209,15 @@ class LlamaModel : public PipelineStages {
 
   // ids and targets (host, tokens_per_micro_batch() each) are read by the
   // first and the last chunk.
+  bool needs_documents() const override { return options_.document_mask; }
+  // doc_start (micro_batch x seq_len, host) is read with document_mask.
+  void Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, const int32_t* doc_start,
+               float grad_scale, bool with_grads, bool last_micro_batch) override;
+  // Without document starts (not with document_mask).
   void Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, float grad_scale, bool with_grads,
-               bool last_micro_batch) override;
+               bool last_micro_batch) {
+    Forward(chunk, slot, ids, targets, nullptr, grad_scale, with_grads, last_micro_batch);
+  }
   void Backward(int chunk, int slot, bool last_micro_batch) override;
   // Called with parameter indices (ParameterSet order) whose gradients are
   // complete for the step (for the micro-batch, with pooled gradients), and
@@ -258,6 +269,7 @@ class LlamaModel : public PipelineStages {
     // chunk's scratch ones.
     std::vector<LayerActivations> saved;
     Tensor ids;   // first chunk: the micro-batch's ids
+    Tensor docs;  // document_mask: the micro-batch's document starts
     Tensor grad;  // gradient at the chunk's output, then input
   };
   struct Chunk {
@@ -307,6 +319,9 @@ class LlamaModel : public PipelineStages {
   std::vector<size_t> head_tensors_, embedding_tensors_;
   std::vector<size_t> head_weight_tensors_;  // the weights the head's forward reads
   GradientsFinalFn gradients_final_;
+  // The document starts of the micro-batch whose layers run now (null
+  // without document_mask), in the ops' memory.
+  const int32_t* attention_docs_ = nullptr;
   GradientsNeededFn gradients_needed_;
   WeightsNeededFn weights_needed_;
   void NeedWeights(const std::vector<size_t>& tensors) const;

@@ -78,9 +78,12 @@ class ModelOps {
   virtual void RopeBackward(const Tensor& dqkv, int n_rot_heads) = 0;
   // kernels/attention.h with the OpsShape's dimensions: out, lse overwritten;
   // dqkv overwritten.
-  virtual void AttentionForward(const Tensor& qkv, const Tensor& out, const Tensor& lse) = 0;
+  // doc_start: AttentionDims::doc_start (null: plain causal), in the ops'
+  // memory (host or device).
+  virtual void AttentionForward(const Tensor& qkv, const Tensor& out, const Tensor& lse,
+                                const int32_t* doc_start = nullptr) = 0;
   virtual void AttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
-                                 const Tensor& dqkv) = 0;
+                                 const Tensor& dqkv, const int32_t* doc_start = nullptr) = 0;
   // out = a + b (out may alias a or b).
   virtual void Add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
   // h = x + r, then y, rstd = RMSNorm(h, w) (kernels/cuda/fused_norm.h: one

@@ -65,12 +65,16 @@ class CpuOps final : public ModelOps {
   void RopeBackward(const Tensor& dqkv, int n_rot_heads) override {
     cpu::RopeBackward(dqkv, shape_.attention.seq_len, n_rot_heads, rope_);
   }
-  void AttentionForward(const Tensor& qkv, const Tensor& out, const Tensor& lse) override {
-    cpu::AttentionForward(qkv, shape_.attention, out, lse, workspace_);
+  void AttentionForward(const Tensor& qkv, const Tensor& out, const Tensor& lse, const int32_t* doc_start) override {
+    AttentionDims d = shape_.attention;
+    d.doc_start = doc_start;
+    cpu::AttentionForward(qkv, d, out, lse, workspace_);
   }
   void AttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
-                         const Tensor& dqkv) override {
-    cpu::AttentionBackward(qkv, out, dout, lse, shape_.attention, dqkv, workspace_);
+                         const Tensor& dqkv, const int32_t* doc_start) override {
+    AttentionDims d = shape_.attention;
+    d.doc_start = doc_start;
+    cpu::AttentionBackward(qkv, out, dout, lse, d, dqkv, workspace_);
   }
   void Add(const Tensor& a, const Tensor& b, const Tensor& out) override { cpu::Add(a, b, out); }
   void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, float eps, const Tensor& h,

@@ -120,20 +120,27 @@ class CudaOps final : public ModelOps {
   void RopeBackward(const Tensor& dqkv, int n_rot_heads) override {
     cuda::RopeBackward(dqkv, shape_.attention.seq_len, n_rot_heads, rope_, stream_);
   }
-  void AttentionForward(const Tensor& qkv, const Tensor& out, const Tensor& lse) override {
+  // Document masking runs on the mma.sync flash kernels (the wgmma ones do
+  // not implement it) or the simple ones.
+  void AttentionForward(const Tensor& qkv, const Tensor& out, const Tensor& lse, const int32_t* doc_start) override {
+    AttentionDims d = shape_.attention;
+    d.doc_start = doc_start;
     if (flash_) {
-      cuda::FlashAttentionForward(qkv, shape_.attention, true, out, lse, stream_, forward_path_);
+      const auto path = doc_start != nullptr ? cuda::FlashForwardPath::kMmaSync : forward_path_;
+      cuda::FlashAttentionForward(qkv, d, true, out, lse, stream_, path);
     } else {
-      cuda::AttentionForward(qkv, shape_.attention, out, lse, stream_);
+      cuda::AttentionForward(qkv, d, out, lse, stream_);
     }
   }
   void AttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
-                         const Tensor& dqkv) override {
+                         const Tensor& dqkv, const int32_t* doc_start) override {
+    AttentionDims d = shape_.attention;
+    d.doc_start = doc_start;
     if (flash_) {
-      cuda::FlashAttentionBackward(qkv, out, dout, lse, shape_.attention, true, dqkv, attention_ws_, stream_,
-                                   backward_path_);
+      const auto path = doc_start != nullptr ? cuda::FlashBackwardPath::kMmaSync : backward_path_;
+      cuda::FlashAttentionBackward(qkv, out, dout, lse, d, true, dqkv, attention_ws_, stream_, path);
     } else {
-      cuda::AttentionBackward(qkv, out, dout, lse, shape_.attention, dqkv, attention_ws_, stream_);
+      cuda::AttentionBackward(qkv, out, dout, lse, d, dqkv, attention_ws_, stream_);
     }
   }
   void Add(const Tensor& a, const Tensor& b, const Tensor& out) override { cuda::Add(a, b, out, stream_); }

@@ -84,6 +84,7 @@ PipelineExecutor::PipelineExecutor(PipelineStages* model, Communicator* pp, int 
   }
   ids_.resize(static_cast<size_t>(model->tokens_per_micro_batch()));
   targets_.resize(ids_.size());
+  doc_start_.resize(ids_.size());
 }
 
 int PipelineExecutor::Tag(int micro, int global_chunk, int direction) const {
@@ -109,9 +110,14 @@ double PipelineExecutor::Run(const std::vector<PipelineAction>& schedule, const 
     const int g = info.global_index;
     WaitSends(a.chunk, a.slot);
     if (a.kind == PipelineAction::kForward) {
-      if (info.first || info.last) fetch(a.micro, ids_.data(), targets_.data());
+      // With document masking every chunk's attention needs the
+      // micro-batch's document starts, so every stage fetches.
+      const bool docs = model_->needs_documents();
+      int32_t* doc_start = docs ? doc_start_.data() : nullptr;
+      if (info.first || info.last || docs) fetch(a.micro, ids_.data(), targets_.data(), doc_start);
       if (!info.first) pp_->Recv(model_->Input(a.chunk, a.slot), prev, Tag(a.micro, g, 0))->Wait();
-      model_->Forward(a.chunk, a.slot, ids_.data(), targets_.data(), grad_scale, with_grads, a.micro == last);
+      model_->Forward(a.chunk, a.slot, ids_.data(), targets_.data(), doc_start, grad_scale, with_grads,
+                      a.micro == last);
       if (!info.last) {
         pending_[static_cast<size_t>(a.chunk)][static_cast<size_t>(a.slot)].push_back(
             pp_->Send(model_->Output(a.chunk, a.slot), next, Tag(a.micro, g + 1, 0)));

@@ -75,8 +75,11 @@ class PipelineStages {
   virtual Tensor Input(int chunk, int slot) const = 0;
   virtual Tensor Output(int chunk, int slot) const = 0;
   virtual Tensor Grad(int chunk, int slot) const = 0;
-  virtual void Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, float grad_scale,
-                       bool with_grads, bool last_micro_batch) = 0;
+  // Whether every chunk's forward needs the micro-batch's document starts
+  // (document-masked attention): then every stage fetches them.
+  virtual bool needs_documents() const { return false; }
+  virtual void Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, const int32_t* doc_start,
+                       float grad_scale, bool with_grads, bool last_micro_batch) = 0;
   virtual void Backward(int chunk, int slot, bool last_micro_batch) = 0;
   virtual double TakeLoss() = 0;
 };
@@ -84,7 +87,10 @@ class PipelineStages {
 class PipelineExecutor {
  public:
   // Fills ids and targets (micro_batch x seq_len each) of micro-batch `micro`.
-  using FetchFn = std::function<void(int micro, int32_t* ids, int32_t* targets)>;
+  // Fills micro-batch `micro`'s ids and targets and, when doc_start is not
+  // null (the stages mask documents), its document starts (as
+  // AttentionDims::doc_start).
+  using FetchFn = std::function<void(int micro, int32_t* ids, int32_t* targets, int32_t* doc_start)>;
 
   // Checks that the model has the activation slots that the training
   // schedule of `micro_batches` micro-batches needs.
@@ -108,7 +114,7 @@ class PipelineExecutor {
   Communicator* pp_;
   std::vector<PipelineAction> schedule_;
   std::vector<std::vector<std::vector<std::unique_ptr<Request>>>> pending_;  // [chunk][slot] sends in flight
-  std::vector<int32_t> ids_, targets_;
+  std::vector<int32_t> ids_, targets_, doc_start_;
 };
 
 }  // namespace latam

@@ -30,6 +30,7 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_
   const ComputeSettings compute = ComputeSettingsOf(config);
   act.recompute = compute.recompute;
   act.sequence_parallel = p.sequence_parallel();
+  act.document_mask = config.data().document_mask();
   if (compute.device == Device::kCUDA) {
     act.device = Device::kCUDA;
     act.dtype = compute.dtype;
@@ -94,9 +95,10 @@ Result<StepResult> Engine::Step(int64_t step, uint64_t first_sample, const Sampl
 
   Status status;
   double local_counted = 0.0;  // targets that count in the loss (not -1)
-  auto fetch = [&](int m, int32_t* ids, int32_t* targets) {
+  auto fetch = [&](int m, int32_t* ids, int32_t* targets, int32_t* doc_start) {
     for (int64_t b = 0; b < micro && status.ok(); ++b) {
-      status = sample(samples[static_cast<size_t>(m * micro + b)], ids + b * seq_len, targets + b * seq_len);
+      status = sample(samples[static_cast<size_t>(m * micro + b)], ids + b * seq_len, targets + b * seq_len,
+                      doc_start != nullptr ? doc_start + b * seq_len : nullptr);
     }
     for (int64_t i = 0; i < micro * seq_len; ++i) local_counted += targets[i] >= 0 ? 1.0 : 0.0;
   };
@@ -147,15 +149,17 @@ Result<double> Engine::Evaluate(int64_t n, const SampleFn& sample) {
   const int micro_batches = static_cast<int>((per_rank + micro - 1) / micro);
   Status status;
   double local_tokens = 0.0;
-  auto fetch = [&](int m, int32_t* ids, int32_t* targets) {
+  auto fetch = [&](int m, int32_t* ids, int32_t* targets, int32_t* doc_start) {
     for (int64_t b = 0; b < micro; ++b) {
       const int64_t k = (m * micro + b) * d + r;
+      int32_t* docs = doc_start != nullptr ? doc_start + b * seq_len : nullptr;
       if (k < n && status.ok()) {
-        status = sample(static_cast<uint64_t>(k), ids + b * seq_len, targets + b * seq_len);
+        status = sample(static_cast<uint64_t>(k), ids + b * seq_len, targets + b * seq_len, docs);
         for (int64_t i = 0; i < seq_len; ++i) local_tokens += targets[b * seq_len + i] >= 0 ? 1.0 : 0.0;
       } else {
         std::fill(ids + b * seq_len, ids + (b + 1) * seq_len, 0);
         std::fill(targets + b * seq_len, targets + (b + 1) * seq_len, -1);
+        if (docs != nullptr) std::fill(docs, docs + seq_len, 0);
       }
     }
   };

@@ -49,7 +49,10 @@ struct StepResult {
 class Engine {
  public:
   // Fills ids and targets (seq_len each) of global sample `index`.
-  using SampleFn = std::function<Status(uint64_t index, int32_t* ids, int32_t* targets)>;
+  // Fills sample `index`'s ids and targets (seq_len each) and, when
+  // doc_start is not null (data.document_mask), its document starts
+  // (TokenDataset::ReadWindow).
+  using SampleFn = std::function<Status(uint64_t index, int32_t* ids, int32_t* targets, int32_t* doc_start)>;
 
   // The grid's shape must match the config's layout (ValidateConfig first).
   // With train.device=cuda, `stream` is the rank's compute stream (a

@@ -244,8 +244,8 @@ Result<std::vector<double>> Trainer::Evaluate() {
   const int64_t samples = config_.train().eval_samples();
   for (const auto& ds : eval_data_) {
     // Evaluation reads the dataset's first windows in file order.
-    auto sample = [&](uint64_t k, int32_t* ids, int32_t* targets) {
-      return ds->ReadWindow(k % ds->num_windows(), ids, targets);
+    auto sample = [&](uint64_t k, int32_t* ids, int32_t* targets, int32_t* doc_start) {
+      return ds->ReadWindow(k % ds->num_windows(), ids, targets, doc_start);
     };
     LATAM_ASSIGN_OR_RETURN(const double loss, engine_->Evaluate(samples, sample));
     losses.push_back(loss);
@@ -286,9 +286,9 @@ void Trainer::Log(const StepResult& r) {
 
 Status Trainer::Run() {
   const auto& t = config_.train();
-  auto sample = [&](uint64_t index, int32_t* ids, int32_t* targets) {
+  auto sample = [&](uint64_t index, int32_t* ids, int32_t* targets, int32_t* doc_start) {
     const data::MixtureSampler::Draw draw = sampler_->Sample(index);
-    return train_data_[static_cast<size_t>(draw.dataset)]->ReadWindow(draw.window, ids, targets);
+    return train_data_[static_cast<size_t>(draw.dataset)]->ReadWindow(draw.window, ids, targets, doc_start);
   };
   for (int64_t step = start_step_; step < t.steps(); ++step) {
     grid_->ResetStats();

@@ -62,6 +62,7 @@ struct LayoutArgs {
   config::TrainConfig::Recompute recompute = config::TrainConfig::NONE;
   bool sp = false;
   int first = 0, last = 0;
+  bool doc = false;  // data.document_mask
   config::TrainConfig::Device device = config::TrainConfig::cpu;
 
   std::string Name() const {
@@ -71,6 +72,7 @@ struct LayoutArgs {
     if (recompute != config::TrainConfig::NONE) n += " recompute=" + config::TrainConfig::Recompute_Name(recompute);
     if (sp) n += " sp";
     if (first > 0 || last > 0) n += " stages " + std::to_string(first) + "/" + std::to_string(last);
+    if (doc) n += " document_mask";
     n += " buckets " + std::to_string(BucketMb(tp, pp, dp, vs)) + " MB";
     if (device == config::TrainConfig::cuda) n += " cuda";
     return n;
@@ -100,6 +102,7 @@ bool ParseLayoutArgs(int argc, char** argv, LayoutArgs* a) {
     else if (key == "last") number(&a->last);
     else if (key == "tied") { number(&flag); a->tied = flag != 0; }
     else if (key == "sp") { number(&flag); a->sp = flag != 0; }
+    else if (key == "doc") { number(&flag); a->doc = flag != 0; }
     else if (key == "recompute") {
       std::string upper = value;
       for (char& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
@@ -141,6 +144,7 @@ Config TinyConfig(const LayoutArgs& a) {
   // that are almost zero (their sign would otherwise decide the update).
   o->set_eps(1e-5);
   c.mutable_data()->set_seq_len(16);
+  c.mutable_data()->set_document_mask(a.doc);
   auto* t = c.mutable_train();
   t->set_steps(kSteps);
   t->set_micro_batch_size(2);
@@ -153,7 +157,7 @@ Config TinyConfig(const LayoutArgs& a) {
 
 // Sample `index`: tokens drawn from a fixed random first-order chain, so
 // the model has something to learn and gradients are not noise.
-Status Sample(uint64_t index, int32_t* ids, int32_t* targets) {
+Status Sample(uint64_t index, int32_t* ids, int32_t* targets, int32_t* doc_start) {
   int32_t cur = static_cast<int32_t>(Mix64(index * 7919 + 1) % 64);
   for (int t = 0; t <= 16; ++t) {
     const int32_t next = static_cast<int32_t>((Mix64(static_cast<uint64_t>(cur) * 3 + Mix64(index ^ t) % 3)) % 64);
@@ -165,6 +169,14 @@ Status Sample(uint64_t index, int32_t* ids, int32_t* targets) {
   // data.mask_cross_document_loss): a different number per sample, so the
   // loss's mean over the counted targets needs every rank's count.
   for (int t = static_cast<int>(index % 5); t < 16; t += 6) targets[t] = -1;
+  // Packed documents of 1 to 9 tokens, a different mix per sample.
+  if (doc_start != nullptr) {
+    int start = 0;
+    for (int t = 0; t < 16; ++t) {
+      if (t > 0 && Mix64(index * 131 + static_cast<uint64_t>(t)) % 4 == 0) start = t;
+      doc_start[t] = start;
+    }
+  }
   return Status::Ok();
 }
 
@@ -201,7 +213,7 @@ int main(int argc, char** argv) {
   if (argc < 2 || !ParseLayoutArgs(argc, argv, &args)) {
     std::fprintf(stderr,
                  "usage: test_layouts tp=T pp=P dp=D [vs=V] [zero=Z] [tied=0|1] [recompute=none|selective|full] "
-                 "[sp=0|1] [first=N] [last=N] [device=cpu|cuda]\n");
+                 "[sp=0|1] [first=N] [last=N] [doc=0|1] [device=cpu|cuda]\n");
     return 2;
   }
   const bool cuda = args.device == config::TrainConfig::cuda;
@@ -213,6 +225,7 @@ int main(int argc, char** argv) {
   Config config = TinyConfig(args);
   LayoutArgs single_args;
   single_args.tied = args.tied;
+  single_args.doc = args.doc;
   single_args.device = args.device;
   Config single_config = TinyConfig(single_args);
   ValidationOptions vo;

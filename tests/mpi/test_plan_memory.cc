@@ -60,7 +60,7 @@ Config HundredMillionConfig(int tp, int pp, int dp, int zero) {
   return c;
 }
 
-Status Sample(uint64_t index, int32_t* ids, int32_t* targets) {
+Status Sample(uint64_t index, int32_t* ids, int32_t* targets, int32_t* /*doc_start*/) {
   for (int i = 0; i < 32; ++i) {
     ids[i] = static_cast<int32_t>((index * 131 + static_cast<uint64_t>(i) * 17) % 32000);
     targets[i] = static_cast<int32_t>((index * 131 + static_cast<uint64_t>(i + 1) * 17) % 32000);

@@ -238,18 +238,24 @@ TEST_F(DataTest, DatasetOfShardsReadsWindowsWithinEachShard) {
 
 // With mask_cross_document, exactly the targets that are a document's first
 // token (the one after the previous document's EOS) are -1; everything else
-// is the unmasked window. Documents of 1 to 11 tokens, one-token ones
+// is the unmasked window. The document starts (for document-masked
+// attention) give, per input position, where its document begins in the
+// window (0 if before it). Documents of 1 to 11 tokens, one-token ones
 // included, over windows of 8.
 TEST_F(DataTest, CrossDocumentTargetsAreMasked) {
   const std::vector<size_t> lengths = {5, 1, 7, 3, 11, 1, 1, 9, 2, 6, 4};
   std::vector<std::vector<uint32_t>> docs;
-  std::vector<bool> starts_doc;  // per token of the shard
+  std::vector<bool> starts_doc;    // per token of the shard
+  std::vector<size_t> doc_begin;  // per token: where its document starts
+  size_t at = 0;
   for (size_t d = 0; d < lengths.size(); ++d) {
     std::vector<uint32_t> doc;
     for (size_t k = 0; k < lengths[d]; ++k) {
       doc.push_back(static_cast<uint32_t>(100 * d + k));
       starts_doc.push_back(k == 0);
+      doc_begin.push_back(at);
     }
+    at += lengths[d];
     docs.push_back(doc);
   }
   WriteShard("docs.bin", docs);
@@ -259,10 +265,14 @@ TEST_F(DataTest, CrossDocumentTargetsAreMasked) {
   ASSERT_GT((*masked)->num_windows(), 4u);
   int masked_count = 0;
   for (uint64_t w = 0; w < (*masked)->num_windows(); ++w) {
-    std::vector<int32_t> in(8), tg(8), in_m(8), tg_m(8);
+    std::vector<int32_t> in(8), tg(8), in_m(8), tg_m(8), starts(8);
     ASSERT_TRUE((*plain)->ReadWindow(w, in.data(), tg.data()).ok());
-    ASSERT_TRUE((*masked)->ReadWindow(w, in_m.data(), tg_m.data()).ok());
+    ASSERT_TRUE((*masked)->ReadWindow(w, in_m.data(), tg_m.data(), starts.data()).ok());
     EXPECT_EQ(in, in_m) << "window " << w;
+    for (size_t i = 0; i < 8; ++i) {
+      const size_t begin = doc_begin[w * 8 + i];
+      EXPECT_EQ(starts[i], static_cast<int32_t>(begin < w * 8 ? 0 : begin - w * 8)) << "window " << w << " " << i;
+    }
     for (size_t i = 0; i < 8; ++i) {
       const size_t target_at = w * 8 + i + 1;
       if (starts_doc[target_at]) {

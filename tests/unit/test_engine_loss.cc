@@ -37,7 +37,7 @@ Config SmallConfig() {
 
 // Sample i: ids and targets from a fixed recurrence; targets at positions
 // where (i + t) % 5 == 0 are -1.
-Status Sample(uint64_t index, int32_t* ids, int32_t* targets) {
+Status Sample(uint64_t index, int32_t* ids, int32_t* targets, int32_t* /*doc_start*/) {
   for (int t = 0; t < kSeq; ++t) {
     ids[t] = static_cast<int32_t>((index * 37 + static_cast<uint64_t>(t) * 11) % 64);
     targets[t] = (index + static_cast<uint64_t>(t)) % 5 == 0 ? -1 : static_cast<int32_t>((ids[t] * 7 + 3) % 64);
@@ -62,7 +62,7 @@ TEST(EngineLossTest, MeanOverCountedTargets) {
   std::vector<int32_t> ids(kBatch * kSeq), targets(kBatch * kSeq);
   int counted = 0;
   for (int b = 0; b < kBatch; ++b) {
-    ASSERT_TRUE(Sample(static_cast<uint64_t>(b), ids.data() + b * kSeq, targets.data() + b * kSeq).ok());
+    ASSERT_TRUE(Sample(static_cast<uint64_t>(b), ids.data() + b * kSeq, targets.data() + b * kSeq, nullptr).ok());
   }
   for (int32_t t : targets) counted += t >= 0 ? 1 : 0;
   ASSERT_LT(counted, kBatch * kSeq);
