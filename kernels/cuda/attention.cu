@@ -16,8 +16,10 @@ namespace latam::cuda {
 namespace {
 
 // Query and key tile edge. Query and key tiles share one grid, so a query
-// tile needs the key tiles up to and including its own, and every query row
-// sees key 0 in the first one (its running max is finite from then on).
+// tile needs the key tiles up to and including its own. With document
+// masking it starts at the key tile holding its first row's document start
+// (documents' starts never decrease along a sequence, so no row of the tile
+// sees an earlier key), and a row may see no key of the first tiles.
 constexpr int kTile = 32;
 constexpr int kMaxHeadDim = 256;
 constexpr size_t kDefaultSharedBytes = 48 * 1024;
@@ -51,6 +53,10 @@ struct Geometry {
   int64_t v_col;       // first column of the value heads
   int64_t out_stride;  // elements per token row of out
   float scale;         // 1 / sqrt(head_dim)
+  // Document masking (kernels/attention.h): null, or [batch * seq_len] with
+  // where each token's document begins; key j is visible to query i iff
+  // doc_start[i] <= j <= i.
+  const int32_t* doc_start;
 };
 
 Geometry MakeGeometry(const AttentionDims& d) {
@@ -64,6 +70,7 @@ Geometry MakeGeometry(const AttentionDims& d) {
   g.v_col = g.k_col + static_cast<int64_t>(d.n_kv_heads) * d.head_dim;
   g.out_stride = static_cast<int64_t>(d.n_heads) * d.head_dim;
   g.scale = 1.0f / std::sqrt(static_cast<float>(d.head_dim));  // as the CPU kernel rounds it
+  g.doc_start = d.doc_start;
   return g;
 }
 
@@ -141,17 +148,21 @@ __global__ void __launch_bounds__(Threads<kMaxHd>::kCount)
   const T* base = qkv + static_cast<int64_t>(b) * seq_len * g.row_stride;
   LoadTile(base + q0 * g.row_stride + static_cast<int64_t>(h) * hd, g.row_stride, nq, hd, g.scale, sq, ld);
 
-  // Causal mask: key j is visible to query q0 + row iff j <= q0 + row. Rows
-  // past the end (never stored) see the last row's keys, which keeps their
-  // running max finite.
+  // Causal mask: key j is visible to query q0 + row iff first_key <= j <=
+  // q0 + row, first_key the start of the row's document (0 without document
+  // masking). Rows past the end (never stored) see the last row's keys,
+  // which keeps their running max finite.
   const int last_key = min(q0 + row, seq_len - 1);
+  const int32_t* doc = g.doc_start == nullptr ? nullptr : g.doc_start + static_cast<int64_t>(b) * seq_len;
+  const int first_key = doc == nullptr ? 0 : doc[last_key];
+  const int k_begin = doc == nullptr ? 0 : doc[q0] / kTile * kTile;
   float m = -INFINITY, l = 0.0f;
   float o[Th::kAcc];
 #pragma unroll
   for (int a = 0; a < Th::kAcc; ++a) o[a] = 0.0f;
 
   const int k_end = min(seq_len, q0 + kTile);
-  for (int k0 = 0; k0 < k_end; k0 += kTile) {
+  for (int k0 = k_begin; k0 < k_end; k0 += kTile) {
     const int nk = min(kTile, seq_len - k0);
     __syncthreads();  // the previous K, V tiles are consumed (and Q is loaded)
     const T* krows = base + k0 * g.row_stride + static_cast<int64_t>(kv) * hd;
@@ -171,15 +182,18 @@ __global__ void __launch_bounds__(Threads<kMaxHd>::kCount)
     float tile_max = -INFINITY;
 #pragma unroll
     for (int c = 0; c < Th::kCols; ++c) {
-      if (k0 + lane + Th::kLanes * c > last_key) s[c] = -INFINITY;
+      const int j = k0 + lane + Th::kLanes * c;
+      if (j > last_key || j < first_key) s[c] = -INFINITY;
       tile_max = fmaxf(tile_max, s[c]);
     }
     const float m_new = fmaxf(m, RowMax<Th::kLanes>(tile_max));
-    const float alpha = expf(m - m_new);
+    // A row that has seen no key yet (only with documents) keeps l = o = 0.
+    const float m_base = m_new == -INFINITY ? 0.0f : m_new;
+    const float alpha = expf(m - m_base);
     float tile_sum = 0.0f;
 #pragma unroll
     for (int c = 0; c < Th::kCols; ++c) {
-      const float p = expf(s[c] - m_new);  // 0 where masked
+      const float p = expf(s[c] - m_base);  // 0 where masked
       sp[row * kScoreLd + lane + Th::kLanes * c] = p;
       tile_sum += p;
     }
@@ -268,13 +282,16 @@ __global__ void __launch_bounds__(Threads<kMaxHd>::kCount)
   const bool valid_row = qi < seq_len;
   const float row_lse = valid_row ? lse[stat] : 0.0f;
   const float row_dsum = valid_row ? dsum[stat] : 0.0f;
+  const int32_t* doc = g.doc_start == nullptr ? nullptr : g.doc_start + static_cast<int64_t>(b) * seq_len;
+  const int first_key = doc == nullptr || !valid_row ? 0 : doc[qi];  // the row's document start
+  const int k_begin = doc == nullptr ? 0 : doc[q0] / kTile * kTile;
 
   float dq[Th::kAcc];
 #pragma unroll
   for (int a = 0; a < Th::kAcc; ++a) dq[a] = 0.0f;
 
   const int k_end = min(seq_len, q0 + kTile);
-  for (int k0 = 0; k0 < k_end; k0 += kTile) {
+  for (int k0 = k_begin; k0 < k_end; k0 += kTile) {
     const int nk = min(kTile, seq_len - k0);
     __syncthreads();
     const T* krows = base + k0 * g.row_stride + static_cast<int64_t>(kv) * hd;
@@ -297,7 +314,7 @@ __global__ void __launch_bounds__(Threads<kMaxHd>::kCount)
 #pragma unroll
     for (int c = 0; c < Th::kCols; ++c) {
       const int j = lane + Th::kLanes * c;
-      const bool visible = valid_row && k0 + j <= qi;
+      const bool visible = valid_row && k0 + j <= qi && k0 + j >= first_key;
       const float p = visible ? expf(s[c] - row_lse) : 0.0f;
       sds[row * kScoreLd + j] = p * (dp[c] - row_dsum);
     }
@@ -330,7 +347,9 @@ __global__ void __launch_bounds__(Threads<kMaxHd>::kCount)
 // keys, Q (pre-scaled) and dO tiles [kTile, hd + 1], the transposed tiles
 // P^T and dS^T [kTile, kScoreLd], and lse, D of the query tile. Thread rows
 // are keys here. For every query head of the group, every query tile at or
-// after the key tile (earlier queries see none of these keys):
+// after the key tile (earlier queries see none of these keys) and, with
+// document masking, up to the one holding the end of the document of the
+// tile's last key (later queries' documents start after it):
 //   P^T_ji = exp(K_j . (Q_i scale) - lse_i),  dP^T_ji = V_j . dO_i
 //   dS^T_ji = P^T_ji (dP^T_ji - D_i)
 //   dv_j += sum_i P^T_ji dO_i,  dk_j += sum_i dS^T_ji (Q_i scale)
@@ -350,10 +369,12 @@ __global__ void __launch_bounds__(Threads<kMaxHd>::kCount)
   float* sdst = spt + kTile * kScoreLd;
   float* slse = sdst + kTile * kScoreLd;
   float* sdsum = slse + kTile;
+  int32_t* sdoc = reinterpret_cast<int32_t*>(sdsum + kTile);
 
   const int k0 = blockIdx.x * kTile, kv = blockIdx.y, b = blockIdx.z;
   const int row = threadIdx.x / Th::kLanes, lane = threadIdx.x % Th::kLanes;
   const int nk = min(kTile, seq_len - k0), kj = k0 + row;
+  const int32_t* doc = g.doc_start == nullptr ? nullptr : g.doc_start + static_cast<int64_t>(b) * seq_len;
   const T* base = qkv + static_cast<int64_t>(b) * seq_len * g.row_stride;
   const T* krows = base + k0 * g.row_stride + static_cast<int64_t>(kv) * hd;
   LoadTile(krows + g.k_col, g.row_stride, nk, hd, 1.0f, sk, ld);
@@ -366,6 +387,10 @@ __global__ void __launch_bounds__(Threads<kMaxHd>::kCount)
   for (int hi = 0; hi < g.group; ++hi) {
     const int h = kv * g.group + hi;
     for (int q0 = k0; q0 < seq_len; q0 += kTile) {
+      // doc_start never decreases: once the tile's first query's document
+      // starts after the last key, so do all later ones' (uniform: every
+      // thread reads the same element).
+      if (doc != nullptr && doc[q0] > k0 + nk - 1) break;
       const int nq = min(kTile, seq_len - q0);
       __syncthreads();  // the previous Q, dO, lse, D tiles are consumed (and K, V are loaded)
       LoadTile(base + q0 * g.row_stride + static_cast<int64_t>(h) * hd, g.row_stride, nq, hd, g.scale, sq, ld);
@@ -376,6 +401,7 @@ __global__ void __launch_bounds__(Threads<kMaxHd>::kCount)
         const bool valid = static_cast<int>(threadIdx.x) < nq;
         slse[threadIdx.x] = valid ? lse[stat] : 0.0f;
         sdsum[threadIdx.x] = valid ? dsum[stat] : 0.0f;
+        sdoc[threadIdx.x] = valid && doc != nullptr ? doc[q0 + threadIdx.x] : 0;
       }
       __syncthreads();
 
@@ -394,7 +420,8 @@ __global__ void __launch_bounds__(Threads<kMaxHd>::kCount)
 #pragma unroll
       for (int c = 0; c < Th::kCols; ++c) {
         const int i = lane + Th::kLanes * c;
-        const bool visible = i < nq && kj <= q0 + i;  // keys past the end fail kj <= q0 + i < T
+        // Keys past the end fail kj <= q0 + i < T; sdoc is 0 without documents.
+        const bool visible = i < nq && kj <= q0 + i && kj >= sdoc[i];
         const float p = visible ? expf(st[c] - slse[i]) : 0.0f;
         spt[row * kScoreLd + i] = p;
         sdst[row * kScoreLd + i] = p * (dpt[c] - sdsum[i]);
@@ -480,7 +507,8 @@ void LaunchBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, co
          qkv_p, dout_p, lse.as<float>(), dsum, dqkv_p, g);
   CUDA_CHECK_LAUNCH();
 
-  const size_t kv_bytes = 4 * TileBytes(d.head_dim) + 2 * kScoreTileBytes + 2 * kTile * sizeof(float);
+  const size_t kv_bytes =
+      4 * TileBytes(d.head_dim) + 2 * kScoreTileBytes + 2 * kTile * sizeof(float) + kTile * sizeof(int32_t);
   AllowSharedBytes(AttentionBackwardKeyValueKernel<T, kMaxHd>, kv_bytes);
   Launch(AttentionBackwardKeyValueKernel<T, kMaxHd>, TileGrid(d, d.n_kv_heads), Threads<kMaxHd>::kCount, kv_bytes,
          stream, qkv_p, dout_p, lse.as<float>(), dsum, dqkv_p, g);

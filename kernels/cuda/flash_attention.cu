@@ -37,6 +37,14 @@ void CheckFlashTensors(const Tensor& qkv, const AttentionDims& d, const Tensor& 
   }
 }
 
+void CheckDocuments(const AttentionDims& d, bool causal, bool wgmma) {
+  if (d.doc_start == nullptr) return;
+  LATAM_CHECK(causal, "flash attention: document masking (doc_start) is block-causal and needs causal = true");
+  LATAM_CHECK(!wgmma,
+              "flash attention: the wgmma kernels do not implement document masking (doc_start); "
+              "run FlashForwardPath::kMmaSync / FlashBackwardPath::kMmaSync (FlashWgmmaSupports)");
+}
+
 }  // namespace flash
 
 namespace {
@@ -161,6 +169,8 @@ bool FlashWgmmaForwardAvailable() {
 #endif
 }
 
+bool FlashWgmmaSupports(const AttentionDims& d) { return d.doc_start == nullptr; }
+
 bool FlashAttentionSupports(const AttentionDims& d, DType dtype) {
   return dtype == DType::kBF16 && (d.head_dim == 64 || d.head_dim == 128) && d.batch > 0 && d.batch <= 65535 &&
          d.seq_len > 0 && d.n_heads > 0 && d.n_kv_heads > 0 && d.n_heads % d.n_kv_heads == 0 && d.n_heads <= 65535;
@@ -169,6 +179,7 @@ bool FlashAttentionSupports(const AttentionDims& d, DType dtype) {
 void FlashAttentionForward(const Tensor& qkv, const AttentionDims& dims, bool causal, const Tensor& out,
                            const Tensor& lse, cudaStream_t stream, FlashForwardPath path) {
   flash::CheckFlashTensors(qkv, dims, out, lse);
+  flash::CheckDocuments(dims, causal, path != FlashForwardPath::kMmaSync);
   if (path == FlashForwardPath::kWgmma || path == FlashForwardPath::kWgmmaTma) {
     LATAM_CHECK(FlashWgmmaForwardAvailable(),
                 "the wgmma attention forward needs a compute capability 9.0 GPU (H100, H200), and this device is not one");

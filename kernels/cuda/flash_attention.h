@@ -10,6 +10,15 @@
 // lse[B, Hq, T] (f32, natural log). With `causal`, key j > query i is
 // masked; without it every query sees all T keys.
 //
+// Document masking (AttentionDims::doc_start, kernels/attention.h: device
+// memory, causal only): key j is visible to query i iff doc_start[i] <= j
+// <= i. The mma.sync kernels implement it: a query tile starts at the key
+// tile holding its first row's document start, a key tile's dK/dV stop at
+// the query tile holding the end of its last key's document, and only tiles
+// straddling a document boundary test each element. The wgmma kernels do
+// not: FlashWgmmaSupports(dims) is false with doc_start set, and asking a
+// wgmma path for it is a fatal error, as is doc_start without `causal`.
+//
 // Forward (one CTA per 64 query rows of one head, 4 warps of 16 rows):
 //   S = Q K^T (mma.sync m16n8k16, bf16 in, fp32 accumulate), scaled by
 //   log2(e) / sqrt(hd) so the online softmax uses exp2; running row max m and
@@ -45,8 +54,14 @@
 
 namespace latam::cuda {
 
-// bf16 operands, head_dim 64 or 128, batch and heads within grid limits.
+// bf16 operands, head_dim 64 or 128, batch and heads within grid limits
+// (with or without document masking, on the mma.sync paths).
 bool FlashAttentionSupports(const AttentionDims& dims, DType dtype);
+
+// Whether the wgmma paths (FlashForwardPath::kWgmma, kWgmmaTma,
+// FlashBackwardPath::kWgmma) compute this call: not with document masking
+// (doc_start set), where a caller must pick kMmaSync.
+bool FlashWgmmaSupports(const AttentionDims& dims);
 
 // The forward kernel to run:
 //   kMmaSync:  FlashForwardKernel above (mma.sync; sm_80 and later; the default);

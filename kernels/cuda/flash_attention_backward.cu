@@ -82,6 +82,7 @@ void FlashAttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& 
                             const AttentionDims& dims, bool causal, const Tensor& dqkv, const Tensor& workspace,
                             cudaStream_t stream, FlashBackwardPath path) {
   flash::CheckFlashTensors(qkv, dims, out, lse);
+  flash::CheckDocuments(dims, causal, path != FlashBackwardPath::kMmaSync);
   LATAM_CHECK(path == FlashBackwardPath::kMmaSync || FlashWgmmaForwardAvailable(),
               "the wgmma attention backward needs a compute capability 9.0 GPU (H100, H200), and this device is not "
               "one");

@@ -38,6 +38,35 @@ struct FlashGeometry {
   float scale;         // 1 / sqrt(head_dim)
   float scale_log2;    // log2(e) / sqrt(head_dim)
   bool causal;
+  // Document masking (kernels/attention.h): null, or [batch * seq_len] with
+  // the position where each token's document begins; implies causal. Key j
+  // is visible to query i iff doc_start[i] <= j <= i.
+  const int32_t* doc_start;
+
+  // The start of the document holding token t of batch b (0 without
+  // document masking). t < seq_len.
+  __device__ __forceinline__ int DocStart(int b, int t) const {
+    return doc_start == nullptr ? 0 : doc_start[static_cast<int64_t>(b) * seq_len + t];
+  }
+  // One past the last token of the document holding token t of batch b:
+  // the queries that see key t are exactly [t, DocumentEnd(b, t)). doc_start
+  // never decreases along a sequence, so this is the first position after t
+  // whose document starts after t, found by binary search (seq_len without
+  // document masking).
+  __device__ __forceinline__ int DocumentEnd(int b, int t) const {
+    if (doc_start == nullptr) return seq_len;
+    const int32_t* row = doc_start + static_cast<int64_t>(b) * seq_len;
+    int lo = t + 1, hi = seq_len;
+    while (lo < hi) {
+      const int mid = lo + (hi - lo) / 2;
+      if (row[mid] > t) {
+        hi = mid;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    return lo;
+  }
 
   // The first qkv column of the key / value head that query head h reads
   // (GQA: `group` consecutive query heads share one), for head dim hd.
@@ -60,11 +89,15 @@ inline FlashGeometry MakeFlashGeometry(const AttentionDims& d, bool causal) {
   g.scale = 1.0f / std::sqrt(static_cast<float>(d.head_dim));
   g.scale_log2 = g.scale * 1.4426950408889634f;
   g.causal = causal;
+  g.doc_start = d.doc_start;
   return g;
 }
 
 // Fatal checks of the shapes, dtypes and alignment every entry point shares.
 void CheckFlashTensors(const Tensor& qkv, const AttentionDims& d, const Tensor& out, const Tensor& lse);
+// Fatal unless document masking (d.doc_start) comes with `causal` and the
+// mma.sync kernels (`wgmma` false): the wgmma kernels do not implement it.
+void CheckDocuments(const AttentionDims& d, bool causal, bool wgmma);
 
 // The block's dynamic shared memory (cuda::DynamicShared in launch.cuh).
 __device__ __forceinline__ unsigned char* DynamicShared() { return cuda::DynamicShared<unsigned char>(); }

@@ -30,13 +30,16 @@ __global__ void __launch_bounds__(kThreads)
   const bf16* ksrc = batch + g.KeyColumn(h, kHd);
   const bf16* vsrc = batch + g.ValueColumn(h, kHd);
 
-  // Causal: the keys up to this tile's last query row.
+  // Causal: the keys up to this tile's last query row. With documents, from
+  // the key tile holding the start of the first row's document (rows' starts
+  // never decrease, so no row of the tile sees a key before it).
   const int kv_end = g.causal ? min(T, q0 + kBlockM) : T;
   const int n_tiles = (kv_end + kBlockN - 1) / kBlockN;
+  const int first_tile = g.DocStart(b, q0) / kBlockN;
 
   flash::LoadTile<kHd, kBlockM>(sq, qsrc, g.row_stride, q0, T);
-  flash::LoadTile<kHd, kBlockN>(sk, ksrc, g.row_stride, 0, T);
-  flash::LoadTile<kHd, kBlockN>(sv, vsrc, g.row_stride, 0, T);
+  flash::LoadTile<kHd, kBlockN>(sk, ksrc, g.row_stride, first_tile * kBlockN, T);
+  flash::LoadTile<kHd, kBlockN>(sv, vsrc, g.row_stride, first_tile * kBlockN, T);
   mma::CpAsyncCommit();
 
   uint32_t qf[kHd / 16][4];  // this warp's Q rows as A fragments, one per k16 step
@@ -45,9 +48,14 @@ __global__ void __launch_bounds__(kThreads)
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
   const int row_in_tile = warp * 16 + lane / 4;
   const int qi[2] = {q0 + row_in_tile, q0 + row_in_tile + 8};
+  // The document starts of the lane's rows (rows past the end take the last
+  // row's, and are masked anyway), and the latest start among the warp's
+  // rows: key tiles from there on need no per-element document test.
+  const int row_doc[2] = {g.DocStart(b, min(qi[0], T - 1)), g.DocStart(b, min(qi[1], T - 1))};
+  const int warp_doc_max = g.DocStart(b, min(q0 + warp * 16 + 15, T - 1));
 
-  for (int j = 0; j < n_tiles; ++j) {
-    const int stage = j & 1;
+  for (int j = first_tile; j < n_tiles; ++j) {
+    const int stage = (j - first_tile) & 1;
     if (j + 1 < n_tiles) {
       flash::LoadTile<kHd, kBlockN>(sk + (stage ^ 1) * kBlockN * kHd, ksrc, g.row_stride, (j + 1) * kBlockN, T);
       flash::LoadTile<kHd, kBlockN>(sv + (stage ^ 1) * kBlockN * kHd, vsrc, g.row_stride, (j + 1) * kBlockN, T);
@@ -55,7 +63,7 @@ __global__ void __launch_bounds__(kThreads)
     mma::CpAsyncCommit();  // possibly empty: keeps one group per iteration
     mma::CpAsyncWait<1>();  // all but the prefetch just issued have landed
     __syncthreads();
-    if (j == 0) {
+    if (j == first_tile) {
       for (int ks = 0; ks < kHd / 16; ++ks) {
         mma::LdMatrixX4(qf[ks], sq + mma::Swizzle<kHd>(warp * 16 + lane % 16, 2 * ks + lane / 16));
       }
@@ -75,16 +83,18 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
 
-    // Scale into the exp2 domain; mask keys past the end and, causally, past
-    // the row (only tiles that reach past the warp's first row can hold such keys).
+    // Scale into the exp2 domain; mask keys past the end, causally past the
+    // row, and before the row's document (only tiles that reach past the
+    // warp's first row, or start before its last row's document, can hold
+    // such keys).
     const int key0 = j * kBlockN;
-    const bool mask = key0 + kBlockN > T || (g.causal && key0 + kBlockN - 1 > q0 + warp * 16);
+    const bool mask = key0 + kBlockN > T || (g.causal && key0 + kBlockN - 1 > q0 + warp * 16) || key0 < warp_doc_max;
     for (int nb = 0; nb < kBlockN / 8; ++nb) {
       for (int e = 0; e < 4; ++e) {
         float v = s[nb][e] * g.scale_log2;
         if (mask) {
           const int key = key0 + nb * 8 + 2 * (lane % 4) + (e & 1);
-          if (key >= T || (g.causal && key > qi[e / 2])) v = -INFINITY;
+          if (key >= T || (g.causal && key > qi[e / 2]) || key < row_doc[e / 2]) v = -INFINITY;
         }
         s[nb][e] = v;
       }
@@ -346,11 +356,14 @@ __global__ void __launch_bounds__(kRowDotThreads)
 // and query q0 + col0 + nb * 8 + 2 (lane % 4) + (e & 1), whose lse and D are
 // at that column of lse_tile and d_tile. With `mask`, elements with key >
 // query (causal), query >= T or key >= T become 0 (zero-filled rows would
-// add nothing to the rows stored, but are zeroed rather than relied on).
+// add nothing to the rows stored, but are zeroed rather than relied on), and
+// so do keys before the query's document when doc_tile (the document starts
+// of the tile's queries, by column) is given.
 template <int kCols>
 __device__ __forceinline__ void KeyValueGradients(float (&st)[kCols / 8][4], float (&dpt)[kCols / 8][4],
                                                   const float* lse_tile, const float* d_tile, int col0, int q0,
-                                                  int key_lo, bool mask, int lane, const FlashGeometry& g) {
+                                                  int key_lo, bool mask, int lane, const FlashGeometry& g,
+                                                  const int32_t* doc_tile = nullptr) {
   const int T = g.seq_len;
   for (int nb = 0; nb < kCols / 8; ++nb) {
     const int col = col0 + nb * 8 + 2 * (lane % 4);  // query q0 + col (e even), q0 + col + 1 (e odd)
@@ -358,7 +371,8 @@ __device__ __forceinline__ void KeyValueGradients(float (&st)[kCols / 8][4], flo
     const float dval[2] = {d_tile[col], d_tile[col + 1]};
     for (int e = 0; e < 4; ++e) {
       const int query = q0 + col + (e & 1), key = key_lo + 8 * (e / 2);
-      const bool visible = !mask || (query < T && key < T && !(g.causal && key > query));
+      const bool visible = !mask || (query < T && key < T && !(g.causal && key > query) &&
+                                     (doc_tile == nullptr || key >= doc_tile[col + (e & 1)]));
       const float p = visible ? exp2f(st[nb][e] * g.scale_log2 - lse_log2[e & 1]) : 0.0f;
       dpt[nb][e] = visible ? p * (dpt[nb][e] - dval[e & 1]) : 0.0f;
       st[nb][e] = p;
@@ -370,17 +384,19 @@ __device__ __forceinline__ void KeyValueGradients(float (&st)[kCols / 8][4], flo
 // element (nb, e) is row qi[e / 2] (lse in the exp2 domain and D of that
 // row in lse_log2, dval) and key key_lo + nb * 8 + 2 (lane % 4) + (e & 1).
 // With `mask`, elements with key > row (causal), key >= T or row >= T
-// become 0.
+// become 0, and so do keys before the row's document: doc0, doc1 are the
+// document starts of rows qi[0], qi[1] (0 without document masking; passed
+// by value, as an array they would be kept in local memory).
 template <int kCols>
 __device__ __forceinline__ void QueryGradients(const float (&s)[kCols / 8][4], float (&dp)[kCols / 8][4],
-                                               const int (&qi)[2], const float (&lse_log2)[2],
-                                               const float (&dval)[2], int key_lo, bool mask, int lane,
-                                               const FlashGeometry& g) {
+                                               const int (&qi)[2], const float (&lse_log2)[2], const float (&dval)[2],
+                                               int key_lo, bool mask, int lane, const FlashGeometry& g, int doc0 = 0,
+                                               int doc1 = 0) {
   const int T = g.seq_len;
   for (int nb = 0; nb < kCols / 8; ++nb) {
     for (int e = 0; e < 4; ++e) {
       const int key = key_lo + nb * 8 + 2 * (lane % 4) + (e & 1), row = qi[e / 2];
-      const bool visible = !mask || (key < T && row < T && !(g.causal && key > row));
+      const bool visible = !mask || (key < T && row < T && !(g.causal && key > row) && key >= (e < 2 ? doc0 : doc1));
       const float p = visible ? exp2f(s[nb][e] * g.scale_log2 - lse_log2[e / 2]) : 0.0f;
       dp[nb][e] = visible ? p * (dp[nb][e] - dval[e / 2]) : 0.0f;
     }
@@ -391,12 +407,14 @@ __device__ __forceinline__ void QueryGradients(const float (&s)[kCols / 8][4], f
 // 2. dK, dV.
 //
 // CTA: keys [k0, k0 + 64) of KV head kv in batch b. Shared memory: the K and
-// V tiles (loaded once), two stages of {Q tile, dO tile, lse[64], D[64]} for
-// the query tiles streamed through a cp.async double buffer. Iteration `it`
-// of the flattened (query head, query tile) loop handles query head
-// kv * group + it / n_qt and query tile qt_begin + it % n_qt, where causal
-// query tiles start at the key tile's own index (the first tile holding a
-// row >= k0; earlier rows see none of these keys) and non-causal ones at 0.
+// V tiles (loaded once), two stages of {Q tile, dO tile, lse[64], D[64],
+// and with document masking doc_start[64]} for the query tiles streamed
+// through a cp.async double buffer. Iteration `it` of the flattened (query
+// head, query tile) loop handles query head kv * group + it / n_qt and query
+// tile qt_begin + it % n_qt, where causal query tiles start at the key
+// tile's own index (the first tile holding a row >= k0; earlier rows see
+// none of these keys) and non-causal ones at 0; with document masking they
+// end at the tile holding the last query of the tile's last key's document.
 //
 // Warp w owns keys k0 + 16 w .. + 15 (A rows of every product) and holds
 // their dK, dV accumulators (16 x kHd fp32 each). Per query tile (64 rows
@@ -409,16 +427,18 @@ __device__ __forceinline__ void QueryGradients(const float (&s)[kCols / 8][4], f
 //   dK  += dS^T Q         (A: dS^T as bf16;                     B: Q rows, transposed load)
 // and at the end dK *= 1 / sqrt(hd).
 template <int kHd>
-constexpr size_t KeyValueSmemBytes() {  // K, V, 2 x Q, 2 x dO tiles (bf16), then 2 x lse, 2 x D (f32)
-  return static_cast<size_t>(6 * kBlockN * kHd) * sizeof(bf16) + 4 * kBlockM * sizeof(float);
+constexpr size_t KeyValueSmemBytes() {  // K, V, 2 x Q, 2 x dO tiles (bf16), 2 x lse, 2 x D (f32), 2 x doc_start
+  return static_cast<size_t>(6 * kBlockN * kHd) * sizeof(bf16) + 4 * kBlockM * sizeof(float) +
+         2 * kBlockM * sizeof(int32_t);
 }
 
 // Issues (does not commit) the copies of iteration `it`'s Q and dO tiles and
-// lse, D rows into `stage`.
+// lse, D rows into `stage`, and with document masking the rows' document
+// starts into sdoc.
 template <int kHd>
 __device__ __forceinline__ void IssueQueryTile(const FlashGeometry& g, const bf16* qkv_batch, const bf16* dout_batch,
                                                const float* lse, const float* dsum, int b, int h, int q0, bf16* sq,
-                                               bf16* sdo, float* slse, float* sd) {
+                                               bf16* sdo, float* slse, float* sd, int32_t* sdoc) {
   const int T = g.seq_len;
   flash::LoadTile<kHd, kBlockM>(sq, qkv_batch + static_cast<int64_t>(h) * kHd, g.row_stride, q0, T);
   flash::LoadTile<kHd, kBlockM>(sdo, dout_batch + static_cast<int64_t>(h) * kHd, g.out_stride, q0, T);
@@ -428,6 +448,10 @@ __device__ __forceinline__ void IssueQueryTile(const FlashGeometry& g, const bf1
   const float* src = (is_d ? dsum : lse) + (static_cast<int64_t>(b) * g.n_heads + h) * T;
   const bool valid = q0 + t < T;
   CpAsync4((is_d ? sd : slse) + t, valid ? src + q0 + t : src, valid);
+  if (g.doc_start != nullptr && !is_d) {
+    const int32_t* doc = g.doc_start + static_cast<int64_t>(b) * T;
+    CpAsync4(sdoc + t, valid ? doc + q0 + t : doc, valid);
+  }
 }
 
 // (The explicit minimum of 1 CTA per SM lets ptxas use up to 255 registers;
@@ -445,6 +469,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   bf16* sdo = sq + 2 * kTile;                               // 2 stages of kBlockM x kHd
   float* slse = reinterpret_cast<float*>(sdo + 2 * kTile);  // 2 stages of kBlockM
   float* sd = slse + 2 * kBlockM;                           // 2 stages of kBlockM
+  int32_t* sdoc = reinterpret_cast<int32_t*>(sd + 2 * kBlockM);  // 2 stages of kBlockM (document masking)
 
   // Causal: key tile 0 sees every query tile, so the natural order already
   // starts with the heaviest CTAs.
@@ -455,14 +480,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bf16* qkv_batch = qkv + static_cast<int64_t>(b) * T * g.row_stride;
   const bf16* dout_batch = dout + static_cast<int64_t>(b) * T * g.out_stride;
 
-  const int n_q_tiles = (T + kBlockM - 1) / kBlockM;
+  // With documents, the queries that see any of these keys end with the
+  // document holding the tile's last key (doc_start never decreases, so
+  // every later query's document starts after that key): the query tiles
+  // past it are skipped.
+  const int q_end = g.DocumentEnd(b, min(k0 + kBlockN, T) - 1);
+  const int n_q_tiles = (q_end + kBlockM - 1) / kBlockM;
   const int qt_begin = g.causal ? k_tile : 0;  // kBlockM == kBlockN: row k0 lies in query tile k_tile
   const int n_qt = n_q_tiles - qt_begin;       // >= 1
   const int n_iter = g.group * n_qt;
+  const bool documents = g.doc_start != nullptr;
 
   flash::LoadTile<kHd, kBlockN>(sk, qkv_batch + g.k_col + static_cast<int64_t>(kv) * kHd, g.row_stride, k0, T);
   flash::LoadTile<kHd, kBlockN>(sv, qkv_batch + g.v_col + static_cast<int64_t>(kv) * kHd, g.row_stride, k0, T);
-  IssueQueryTile<kHd>(g, qkv_batch, dout_batch, lse, dsum, b, kv * g.group, qt_begin * kBlockM, sq, sdo, slse, sd);
+  IssueQueryTile<kHd>(g, qkv_batch, dout_batch, lse, dsum, b, kv * g.group, qt_begin * kBlockM, sq, sdo, slse, sd,
+                      sdoc);
   mma::CpAsyncCommit();
 
   float dk[kHd / 8][4], dv[kHd / 8][4];  // C fragments: keys warp*16 + g (+8), dims nb*8 + 2q (+1)
@@ -478,7 +510,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int next = stage ^ 1;
       IssueQueryTile<kHd>(g, qkv_batch, dout_batch, lse, dsum, b, kv * g.group + (it + 1) / n_qt,
                           (qt_begin + (it + 1) % n_qt) * kBlockM, sq + next * kTile, sdo + next * kTile,
-                          slse + next * kBlockM, sd + next * kBlockM);
+                          slse + next * kBlockM, sd + next * kBlockM, sdoc + next * kBlockM);
     }
     mma::CpAsyncCommit();   // possibly empty: keeps one group per iteration
     mma::CpAsyncWait<1>();  // everything but the prefetch just issued has landed
@@ -489,6 +521,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const bf16* do_tile = sdo + stage * kTile;
     const float* lse_tile = slse + stage * kBlockM;
     const float* d_tile = sd + stage * kBlockM;
+    const int32_t* doc_tile = documents ? sdoc + stage * kBlockM : nullptr;
 
     for (int c0 = 0; c0 < kBlockM; c0 += kSub) {
       // S^T (16 keys x kSub queries c0 ..) and dP^T, accumulated over kHd in k16 steps.
@@ -518,9 +551,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       // nothing to the rows stored, but are zeroed rather than relied on).
       // Only the blocks that can hold such elements test each one: on the
       // causal diagonal (the warp's last key k0 + r0 + 15 is past the
-      // block's first query q0 + c0) and at the sequence end.
-      const bool mask = q0 + c0 + kSub > T || k0 + kBlockN > T || (g.causal && k0 + r0 + 15 > q0 + c0);
-      KeyValueGradients<kSub>(st, dpt, lse_tile, d_tile, c0, q0, key_lo, mask, lane, g);
+      // block's first query q0 + c0), at the sequence end, and where the
+      // block's last query's document starts after the warp's first key
+      // (then some query's document may start after some key).
+      const bool mask = q0 + c0 + kSub > T || k0 + kBlockN > T || (g.causal && k0 + r0 + 15 > q0 + c0) ||
+                        (documents && doc_tile[c0 + kSub - 1] > k0 + r0);
+      KeyValueGradients<kSub>(st, dpt, lse_tile, d_tile, c0, q0, key_lo, mask, lane, g, doc_tile);
 
       // dV += P^T dO and dK += dS^T Q over the block's queries in k16 steps.
       for (int ks = 0; ks < kSub / 16; ++ks) {
@@ -589,15 +625,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bf16* ksrc = qkv_batch + g.KeyColumn(h, kHd);
   const bf16* vsrc = qkv_batch + g.ValueColumn(h, kHd);
 
-  // Causal: the keys up to this tile's last query row.
+  // Causal: the keys up to this tile's last query row. With documents, from
+  // the key tile holding the start of the first row's document (as the forward).
   const int kv_end = g.causal ? min(T, q0 + kBlockM) : T;
   const int n_tiles = (kv_end + kBlockN - 1) / kBlockN;
+  const int first_tile = g.DocStart(b, q0) / kBlockN;
 
   flash::LoadTile<kHd, kBlockM>(sq, qkv_batch + static_cast<int64_t>(h) * kHd, g.row_stride, q0, T);
   flash::LoadTile<kHd, kBlockM>(sdo, dout + static_cast<int64_t>(b) * T * g.out_stride + static_cast<int64_t>(h) * kHd,
                                 g.out_stride, q0, T);
-  flash::LoadTile<kHd, kBlockN>(sk, ksrc, g.row_stride, 0, T);
-  flash::LoadTile<kHd, kBlockN>(sv, vsrc, g.row_stride, 0, T);
+  flash::LoadTile<kHd, kBlockN>(sk, ksrc, g.row_stride, first_tile * kBlockN, T);
+  flash::LoadTile<kHd, kBlockN>(sv, vsrc, g.row_stride, first_tile * kBlockN, T);
   mma::CpAsyncCommit();
 
   // The lane's rows q0 + r0 + g and + 8 (C elements e = 0, 1 and 2, 3):
@@ -610,14 +648,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     lse_log2[r] = qi[r] < T ? lse[stat] * kLog2e : 0.0f;
     dval[r] = qi[r] < T ? dsum[stat] : 0.0f;
   }
+  // Document starts of the lane's rows (rows past the end take the last
+  // row's; they are masked anyway) and the latest among the warp's rows.
+  const int row_doc[2] = {g.DocStart(b, min(qi[0], T - 1)), g.DocStart(b, min(qi[1], T - 1))};
+  const int warp_doc_max = g.DocStart(b, min(q0 + r0 + 15, T - 1));
 
   float dq[kHd / 8][4];  // C fragments: rows r0 + g (+8), dims nb*8 + 2q (+1)
   for (int nb = 0; nb < kHd / 8; ++nb) {
     for (int e = 0; e < 4; ++e) dq[nb][e] = 0.0f;
   }
 
-  for (int j = 0; j < n_tiles; ++j) {
-    const int stage = j & 1;
+  for (int j = first_tile; j < n_tiles; ++j) {
+    const int stage = (j - first_tile) & 1;
     if (j + 1 < n_tiles) {
       flash::LoadTile<kHd, kBlockN>(sk + (stage ^ 1) * kTile, ksrc, g.row_stride, (j + 1) * kBlockN, T);
       flash::LoadTile<kHd, kBlockN>(sv + (stage ^ 1) * kTile, vsrc, g.row_stride, (j + 1) * kBlockN, T);
@@ -655,11 +697,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       // dS in place of dP. Masked: causally, key > row; keys >= T and rows
       // >= T (zero-filled K, V, Q, dO rows: they would add nothing to the
       // rows stored, but are zeroed rather than relied on). Only blocks at
-      // the sequence end or reaching past the warp's first row (key_lo +
-      // kSub - 1 > q0 + r0) test each element.
+      // the sequence end, reaching past the warp's first row (key_lo +
+      // kSub - 1 > q0 + r0) or starting before the warp's last row's
+      // document test each element.
       const int key_lo = key0 + c0;
-      const bool mask = key_lo + kSub > T || q0 + kBlockM > T || (g.causal && key_lo + kSub - 1 > q0 + r0);
-      QueryGradients<kSub>(s, dp, qi, lse_log2, dval, key_lo, mask, lane, g);
+      const bool mask =
+          key_lo + kSub > T || q0 + kBlockM > T || (g.causal && key_lo + kSub - 1 > q0 + r0) || key_lo < warp_doc_max;
+      QueryGradients<kSub>(s, dp, qi, lse_log2, dval, key_lo, mask, lane, g, row_doc[0], row_doc[1]);
 
       // dQ += dS K over the block's keys in k16 steps.
       for (int ks = 0; ks < kSub / 16; ++ks) {
