@@ -386,9 +386,6 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
       m.n_kv_heads() % p.tensor() == 0 || p.tensor() % m.n_kv_heads() == 0, "model.n_kv_heads",
       Checker::Str(m.n_kv_heads()) + " must divide or be divisible by parallel.tensor = " + Checker::Str(p.tensor()));
   c.Divisible(m.ffn_dim(), "model.ffn_dim", p.tensor(), "parallel.tensor");
-  // The CUDA attention kernels do not implement document masking yet.
-  c.Require(!config.data().document_mask() || config.train().device() != config::TrainConfig::cuda,
-            "data.document_mask", "is not implemented on train.device: cuda yet (the CPU path has it)");
   if (p.sequence_parallel()) {
     c.Require(p.tensor() > 1, "parallel.sequence_parallel",
               "needs parallel.tensor > 1 (it splits the sequence over the tensor-parallel ranks)");

@@ -95,11 +95,15 @@ Result<StepResult> Engine::Step(int64_t step, uint64_t first_sample, const Sampl
 
   Status status;
   double local_counted = 0.0;  // targets that count in the loss (not -1)
+  // A rank may fetch a micro-batch more than once (for each of its chunks,
+  // under document masking with virtual stages); count it once.
+  std::vector<char> seen(static_cast<size_t>(micro_batches_), 0);
   auto fetch = [&](int m, int32_t* ids, int32_t* targets, int32_t* doc_start) {
     for (int64_t b = 0; b < micro && status.ok(); ++b) {
       status = sample(samples[static_cast<size_t>(m * micro + b)], ids + b * seq_len, targets + b * seq_len,
                       doc_start != nullptr ? doc_start + b * seq_len : nullptr);
     }
+    if (seen[static_cast<size_t>(m)]++ != 0) return;
     for (int64_t i = 0; i < micro * seq_len; ++i) local_counted += targets[i] >= 0 ? 1.0 : 0.0;
   };
   model_->parameters().ZeroGrads();
@@ -149,13 +153,17 @@ Result<double> Engine::Evaluate(int64_t n, const SampleFn& sample) {
   const int micro_batches = static_cast<int>((per_rank + micro - 1) / micro);
   Status status;
   double local_tokens = 0.0;
+  std::vector<char> seen(static_cast<size_t>(micro_batches), 0);  // count each micro-batch once
   auto fetch = [&](int m, int32_t* ids, int32_t* targets, int32_t* doc_start) {
+    const bool first_fetch = seen[static_cast<size_t>(m)]++ == 0;
     for (int64_t b = 0; b < micro; ++b) {
       const int64_t k = (m * micro + b) * d + r;
       int32_t* docs = doc_start != nullptr ? doc_start + b * seq_len : nullptr;
       if (k < n && status.ok()) {
         status = sample(static_cast<uint64_t>(k), ids + b * seq_len, targets + b * seq_len, docs);
-        for (int64_t i = 0; i < seq_len; ++i) local_tokens += targets[b * seq_len + i] >= 0 ? 1.0 : 0.0;
+        for (int64_t i = 0; i < seq_len && first_fetch; ++i) {
+          local_tokens += targets[b * seq_len + i] >= 0 ? 1.0 : 0.0;
+        }
       } else {
         std::fill(ids + b * seq_len, ids + (b + 1) * seq_len, 0);
         std::fill(targets + b * seq_len, targets + (b + 1) * seq_len, -1);

@@ -51,10 +51,12 @@ using testing::RelativeL2;
 class CudaModelTest : public testing::RandomTest {
  protected:
   void CompareOneStep(DType dtype, bool tied, bool recompute, double loss_rtol, double grad_rtol, int64_t head_dim = 32,
-                      int64_t seq_len = 64, AttentionChoice attention = AttentionChoice::kAuto) {
+                      int64_t seq_len = 64, AttentionChoice attention = AttentionChoice::kAuto,
+                      bool document_mask = false) {
     const ModelShape shape = SmallShape(tied, head_dim);
     ActivationOptions cpu_act = Options(Device::kCPU, DType::kF32, seq_len);
     ActivationOptions gpu_act = Options(Device::kCUDA, dtype, seq_len);
+    cpu_act.document_mask = gpu_act.document_mask = document_mask;
     gpu_act.recompute = recompute ? Recompute::kFull : Recompute::kNone;
     gpu_act.attention = attention;
     LlamaModel cpu(shape, cpu_act);
@@ -71,8 +73,22 @@ class CudaModelTest : public testing::RandomTest {
     // ForwardBackward accumulates into the gradients: start both from zero.
     cpu.parameters().ZeroGrads();
     gpu.parameters().ZeroGrads();
-    const double cpu_loss = cpu.ForwardBackward(ids.data(), targets.data(), scale);
-    const double gpu_loss = gpu.ForwardBackward(ids.data(), targets.data(), scale);
+    // Document starts: packed documents of 1 to 40 tokens per sequence.
+    std::vector<int32_t> docs(rows);
+    for (size_t b = 0; b < rows / static_cast<size_t>(seq_len); ++b) {
+      int start = 0;
+      for (int t = 0; t < seq_len; ++t) {
+        if (t > 0 && (t - start >= 40 || UniformInt(0, 9) == 0)) start = t;
+        docs[b * static_cast<size_t>(seq_len) + static_cast<size_t>(t)] = start;
+      }
+    }
+    auto step = [&](LlamaModel& m) {
+      m.Forward(0, 0, ids.data(), targets.data(), document_mask ? docs.data() : nullptr, scale, true, true);
+      m.Backward(0, 0, true);
+      return m.TakeLoss();
+    };
+    const double cpu_loss = step(cpu);
+    const double gpu_loss = step(gpu);
     ASSERT_TRUE(std::isfinite(gpu_loss));
     EXPECT_NEAR(gpu_loss, cpu_loss, loss_rtol * std::abs(cpu_loss));
 
@@ -89,6 +105,14 @@ TEST_F(CudaModelTest, Fp32ForwardBackwardMatchesCpu) {
   LATAM_REQUIRE_GPU();
   CompareOneStep(DType::kF32, false, false, 1e-5, 1e-3);
   CompareOneStep(DType::kF32, true, false, 1e-5, 1e-3);
+}
+
+// Document-masked attention through the whole model: the simple kernels
+// (fp32) and the tensor-core flash kernels (bf16, head dim 64).
+TEST_F(CudaModelTest, DocumentMaskedForwardBackwardMatchesCpu) {
+  LATAM_REQUIRE_GPU();
+  CompareOneStep(DType::kF32, false, false, 1e-5, 1e-3, 32, 64, AttentionChoice::kAuto, true);
+  CompareOneStep(DType::kBF16, false, false, 1e-2, 8e-2, 64, 96, AttentionChoice::kAuto, true);
 }
 
 TEST_F(CudaModelTest, Bf16ForwardBackwardMatchesCpu) {
