@@ -547,10 +547,13 @@ TEST_F(Safetensors, ExportErrors) {
     return Status::InvalidInput("no data for " + name);
   });
   EXPECT_TRUE(BadInput(failing, {out, specs_[0].name}));
-  const Status short_data = WriteHfWeights(out, specs_, StDType::kF32, [](const std::string&, std::vector<float>* d) {
-    d->assign(1, 0.0f);
-    return Status::Ok();
-  });
+  // One value too many, so the first tensor already fails whatever its
+  // random shape (a 1 x 1 one would take a single value).
+  const Status short_data =
+      WriteHfWeights(out, specs_, StDType::kF32, [this](const std::string& name, std::vector<float>* d) {
+        d->assign(values_.at(name).size() + 1, 0.0f);
+        return Status::Ok();
+      });
   EXPECT_FALSE(short_data.ok());
   EXPECT_NE(short_data.message().find(specs_[0].name), std::string::npos) << short_data.message();
   for (const auto& entry : fs::directory_iterator(out)) ADD_FAILURE() << "left behind: " << entry.path();
