@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/attention.h"
@@ -19,6 +21,23 @@ namespace latam::testing {
 using DocumentLengths = std::vector<std::vector<int>>;
 
 // doc_start[b * seq_len + t] for the layout (kernels/attention.h).
+// The sequence length (the first sequence's) and " [ l l ] [ l ]" for
+// test traces.
+inline std::pair<int, std::string> DescribeDocuments(const DocumentLengths& lengths) {
+  int seq = 0;
+  for (const int len : lengths[0]) seq += len;
+  std::string docs;
+  for (const auto& s : lengths) {
+    docs += " [";
+    for (const int len : s) {
+      docs.push_back(' ');
+      docs.append(std::to_string(len));
+    }
+    docs += " ]";
+  }
+  return {seq, docs};
+}
+
 inline std::vector<int32_t> DocStarts(const DocumentLengths& lengths) {
   std::vector<int32_t> starts;
   for (const std::vector<int>& seq : lengths) {

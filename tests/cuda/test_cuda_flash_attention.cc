@@ -189,14 +189,7 @@ class CudaFlashAttentionTest : public testing::RandomTest {
 
   void CheckDocuments(const testing::DocumentLengths& lengths, int hq, int hkv, int hd) {
     const int batch = static_cast<int>(lengths.size());
-    int seq = 0;
-    for (const int len : lengths[0]) seq += len;
-    ::testing::Message docs;
-    for (const auto& s : lengths) {
-      docs << " [";
-      for (const int len : s) docs << " " << len;
-      docs << " ]";
-    }
+    const auto [seq, docs] = testing::DescribeDocuments(lengths);
     SCOPED_TRACE(::testing::Message() << "B=" << batch << " T=" << seq << " Hq=" << hq << " Hkv=" << hkv << " hd=" << hd
                                       << " documents" << docs);
     const std::vector<int32_t> doc_start = testing::DocStarts(lengths);
