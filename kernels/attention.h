@@ -43,6 +43,35 @@ struct AttentionDims {
   const int32_t* doc_start = nullptr;
 };
 
+// One block of ring attention (context parallelism, parallel/context_parallel.h):
+// the query rows of one block of a rank's local sequence attend to the key and
+// value rows of one block, local or received from another rank, by global
+// position. Every tensor holds, per sequence b of `batch`, `rows` local rows
+// (the rank's share of the sequence), in the layouts:
+//   qkv  [batch*rows, (Hq + 2 Hkv) hd]  the fused QKV activation (queries read)
+//   kv   [batch*rows, 2 Hkv hd]         keys (Hkv heads) then values (Hkv heads)
+//   out  [batch*rows, Hq hd],  lse [batch, Hq, rows]
+// The query block is local rows [q_row0, q_row0 + q_rows) of every sequence,
+// at global positions q_pos0 + i; the key/value block is rows
+// [kv_row0, kv_row0 + kv_rows) of kv, at global positions kv_pos0 + j. Key j
+// is visible to query i iff
+//   kv_pos0 + j <= q_pos0 + i                       (causal), and
+//   kv_pos0 + j >= doc_start[b * rows + q_row0 + i] (same document; when
+//                                                    doc_start is not null)
+// where doc_start holds, per local row, the GLOBAL position at which that
+// row's document begins (memory as qkv's). A query may see no key of a block.
+struct AttentionBlockDims {
+  int batch = 0;
+  int rows = 0;  // local rows per sequence, in every tensor above
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int q_row0 = 0, q_rows = 0;
+  int kv_row0 = 0, kv_rows = 0;
+  int64_t q_pos0 = 0, kv_pos0 = 0;
+  const int32_t* doc_start = nullptr;
+};
+
 }  // namespace latam
 
 namespace latam::cpu {
@@ -60,5 +89,31 @@ void AttentionForward(const Tensor& qkv, const AttentionDims& dims, const Tensor
 // dqkv is overwritten (every element is written).
 void AttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
                        const AttentionDims& dims, const Tensor& dqkv, const Tensor& workspace);
+
+// Ring attention's block kernels (AttentionBlockDims). The workspace of
+// AttentionWorkspaceElems(AttentionDims{batch, rows, ...}, threads) serves any
+// block of those dimensions.
+//
+// AttentionBlockForward merges the block into a running result: out and lse
+// of the query rows hold the normalised output and log-sum-exp over the keys
+// seen so far (out 0 and lse -inf before the first block), and become those
+// over the keys seen so far plus this block's visible keys:
+//   lse' = log(exp(lse) + exp(lse_b)),  out' = out exp(lse - lse') + out_b exp(lse_b - lse')
+// Rows that see no key of the block are left unchanged; other rows of out and
+// lse are not touched. Merging the blocks in any order gives one attention
+// over all of them (to rounding).
+void AttentionBlockForward(const Tensor& qkv, const Tensor& kv, const AttentionBlockDims& dims, const Tensor& out,
+                           const Tensor& lse, const Tensor& workspace);
+
+// The block's share of the backward pass, given the FINAL out and lse (after
+// every block was merged) and dout:
+//   P = exp(S - lse) on the visible keys,  D_i = sum_d dout[i,d] out[i,d],
+//   dQ += dS K / sqrt(hd),  dK += dS^T Q / sqrt(hd),  dV += P^T dO
+// dQ is added to the query columns of dqkv (query rows only; its key/value
+// columns are not touched); dK, dV are added to dkv's key/value block rows
+// (dkv has kv's layout).
+void AttentionBlockBackward(const Tensor& qkv, const Tensor& kv, const Tensor& out, const Tensor& dout,
+                            const Tensor& lse, const AttentionBlockDims& dims, const Tensor& dqkv, const Tensor& dkv,
+                            const Tensor& workspace);
 
 }  // namespace latam::cpu
