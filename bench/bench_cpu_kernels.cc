@@ -1,11 +1,16 @@
 // CPU kernel throughput on the shapes of a model config.
 //
 //   bench_cpu_kernels [--dim 256 --heads 8 --kv-heads 4 --ffn 688 --vocab 8192
-//                      --seq 256 --batch 8] [--seconds 1]
+//                      --seq 256 --batch 8] [--seconds 1] [--doc-len N]
+//                     [--attention-only 1]
 //
 // Prints one JSON object per kernel: achieved GFLOP/s for the GEMMs of one
 // training step (the machine's sgemm ceiling on these shapes) and for
 // attention forward+backward, and milliseconds for the memory-bound ops.
+// --doc-len N runs the attention document-masked over documents of N tokens
+// packed back to back (the last one shorter); its GFLOP/s count only the
+// visible (query, key) pairs. --attention-only 1 skips every other kernel
+// (for long sequences).
 // Runs on this process's OpenMP team (OMP_NUM_THREADS or all cores).
 #include <omp.h>
 
@@ -39,7 +44,8 @@ std::vector<float> Random(size_t n, float scale) {
 
 int main(int argc, char** argv) {
   std::map<std::string, double> opt{{"dim", 256},    {"heads", 8}, {"kv-heads", 4}, {"ffn", 688},
-                                    {"vocab", 8192}, {"seq", 256}, {"batch", 8},    {"seconds", 1.0}};
+                                    {"vocab", 8192}, {"seq", 256}, {"batch", 8},    {"seconds", 1.0},
+                                    {"doc-len", 0},  {"attention-only", 0}};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string name = std::string(argv[i]).substr(2);
     if (opt.count(name) == 0) {
@@ -62,9 +68,11 @@ int main(int argc, char** argv) {
     const char* name;
     int64_t in, out;
   };
+  const bool attention_only = opt["attention-only"] != 0;
+  const int64_t doc_len = static_cast<int64_t>(opt["doc-len"]);
   const std::vector<GemmShape> gemms = {
       {"qkv", dim, qkv}, {"o", hq * hd, dim}, {"gate_up", dim, 2 * ffn}, {"down", ffn, dim}, {"lm_head", dim, vocab}};
-  for (const GemmShape& g : gemms) {
+  for (const GemmShape& g : attention_only ? std::vector<GemmShape>{} : gemms) {
     auto x = Random(m * g.in, 1.0f), w = Random(g.out * g.in, 0.02f), y = Random(m * g.out, 1.0f);
     auto dx = x, dw = w;
     using latam::Tensor;
@@ -90,8 +98,21 @@ int main(int argc, char** argv) {
         latam::cpu::AttentionWorkspaceElems({static_cast<int>(batch), static_cast<int>(seq), static_cast<int>(hq),
                                              static_cast<int>(hkv), static_cast<int>(hd)},
                                             omp_get_max_threads())));
-    const latam::AttentionDims d{static_cast<int>(batch), static_cast<int>(seq), static_cast<int>(hq),
-                                      static_cast<int>(hkv), static_cast<int>(hd)};
+    latam::AttentionDims d{static_cast<int>(batch), static_cast<int>(seq), static_cast<int>(hq),
+                                static_cast<int>(hkv), static_cast<int>(hd)};
+    // Documents of doc_len tokens: each query sees t - start + 1 keys.
+    std::vector<int32_t> docs;
+    double pairs = static_cast<double>(batch * hq) * static_cast<double>(seq) * (seq + 1) / 2.0;
+    if (doc_len > 0) {
+      docs.resize(static_cast<size_t>(m));
+      pairs = 0.0;
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t t = i % seq;
+        docs[static_cast<size_t>(i)] = static_cast<int32_t>(t / doc_len * doc_len);
+        pairs += static_cast<double>(hq) * static_cast<double>(t - t / doc_len * doc_len + 1);
+      }
+      d.doc_start = docs.data();
+    }
     using latam::Tensor;
     const Tensor q = Tensor::Of(qkv_buf.data(), {m, qkv}), o = Tensor::Of(out.data(), {m, hq * hd});
     const Tensor l = Tensor::Of(lse.data(), {batch, hq, seq}), dq = Tensor::Of(dqkv.data(), {m, qkv});
@@ -99,16 +120,17 @@ int main(int argc, char** argv) {
     const Tensor w = Tensor::Of(ws.data(), {static_cast<int64_t>(ws.size())});
     // Causal: QK^T and PV each cost 2 * hd FLOPs per (query, visible key);
     // the backward recomputes QK^T and adds four products (2.5x forward).
-    const double pairs = static_cast<double>(batch * hq) * static_cast<double>(seq) * (seq + 1) / 2.0;
     const double fwd_flops = 4.0 * static_cast<double>(hd) * pairs;
     const double fwd = latam::bench::SecondsPerCall([&] { latam::cpu::AttentionForward(q, d, o, l, w); }, secs);
     const double bwd =
         latam::bench::SecondsPerCall([&] { latam::cpu::AttentionBackward(q, o, dO, l, d, dq, w); }, secs);
     std::printf(
-        "{\"kernel\": \"attention\", \"fwd_ms\": %.3f, \"bwd_ms\": %.3f, \"fwd_gflops\": %.1f, "
-        "\"bwd_gflops\": %.1f}\n",
-        fwd * 1e3, bwd * 1e3, fwd_flops / fwd / 1e9, 2.5 * fwd_flops / bwd / 1e9);
+        "{\"kernel\": \"attention\", \"seq\": %lld, \"doc_len\": %lld, \"fwd_ms\": %.3f, \"bwd_ms\": %.3f, "
+        "\"fwd_gflops\": %.1f, \"bwd_gflops\": %.1f}\n",
+        static_cast<long long>(seq), static_cast<long long>(doc_len), fwd * 1e3, bwd * 1e3, fwd_flops / fwd / 1e9,
+        2.5 * fwd_flops / bwd / 1e9);
   }
+  if (attention_only) return 0;
 
   {
     auto x = Random(m * dim, 1.0f), w = Random(dim, 1.0f), y = x, rstd = Random(m, 1.0f), dw = w;

@@ -108,6 +108,7 @@ TensorTable BuildActivationTable(const ModelShape& s, const ModelLayout& l, cons
       }
       if (info.first) add(SlotName(c, slot, "ids"), DType::kI32, Shape{m});
       if (o.document_mask) add(SlotName(c, slot, "docs"), DType::kI32, Shape{m});
+      if (o.reset_positions) add(SlotName(c, slot, "pos"), DType::kI32, Shape{m});
       add(SlotName(c, slot, "grad"), o.dtype, Shape{rows, s.dim});
     }
     if (o.recompute == Recompute::kFull) AddLayerActivations(&t, Name(c, "scratch."), s, l, o, LayerSet::kAll);
@@ -134,6 +135,14 @@ TensorTable BuildActivationTable(const ModelShape& s, const ModelLayout& l, cons
   if (o.sequence_parallel) {
     add("seq_norm", o.dtype, Shape{rows, s.dim});
     add("seq_sum", o.dtype, Shape{rows, s.dim});
+  }
+  if (o.context.size() > 1) {
+    // Ring attention's two key/value blocks and two gradient blocks, and
+    // the rows' global positions (fixed unless reset per document).
+    for (const char* name : {"ring.kv0", "ring.kv1", "ring.dkv0", "ring.dkv1"}) {
+      add(name, o.dtype, Shape{m, 2 * l.kv_heads * s.head_dim});
+    }
+    if (!o.reset_positions) add("positions", DType::kI32, Shape{m});
   }
   return t;
 }
@@ -191,8 +200,17 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
   logits_rows_ = LogitsRows(layout_, options);
   const OpsShape ops_shape = LocalOpsShape(shape_, layout_, options);
   n_rot_heads_ = ops_shape.attention.n_heads + ops_shape.attention.n_kv_heads;
+  const bool context_parallel = options.context.size() > 1;
+  LATAM_CHECK(!context_parallel || options.context.local_len() == options.seq_len,
+              "context parallelism over " << options.context.size() << " ranks holds "
+                                          << options.context.local_len() << " rows per sequence, not "
+                                          << options.seq_len);
+  LATAM_CHECK(!context_parallel || (comms_.cp != nullptr && comms_.cp->size() == options.context.size()),
+              "context parallelism needs a group of " << options.context.size() << " ranks");
+  // Positions reach the whole sequence's length under context parallelism.
+  const int64_t positions = context_parallel ? options.context.seq_len() : options.seq_len;
   const RopeTable rope = BuildRopeTable(shape_.rope_theta, static_cast<int>(shape_.head_dim),
-                                        static_cast<int>(options.seq_len), shape_.rope_scaling);
+                                        static_cast<int>(positions), shape_.rope_scaling);
   if (options.device == Device::kCPU) {
     LATAM_CHECK(options.dtype == DType::kF32, "CPU activations are f32, not " << DTypeName(options.dtype));
     ops_ = MakeCpuOps(ops_shape, rope);
@@ -305,6 +323,7 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
       }
       if (info.first) slot.ids = act(SlotName(c, s, "ids"));
       if (options.document_mask) slot.docs = act(SlotName(c, s, "docs"));
+      if (options.reset_positions) slot.pos = act(SlotName(c, s, "pos"));
       slot.grad = act(SlotName(c, s, "grad"));
       chunk.slots.push_back(std::move(slot));
     }
@@ -328,6 +347,21 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
     seq_norm_ = act("seq_norm");
     seq_sum_ = act("seq_sum");
   }
+  if (context_parallel) {
+    ring_ = std::make_unique<RingAttention>(
+        ops_.get(), comms_.cp, options.context, ops_shape.attention,
+        std::array<Tensor, 4>{act("ring.kv0"), act("ring.kv1"), act("ring.dkv0"), act("ring.dkv1")});
+    if (!options.reset_positions) {
+      positions_ = act("positions");
+      std::vector<int32_t> host(static_cast<size_t>(rows_));
+      for (int64_t m = 0; m < rows_; ++m) {
+        host[static_cast<size_t>(m)] =
+            static_cast<int32_t>(options.context.GlobalPosition(options.context.rank(), m % options.seq_len));
+      }
+      ops_->UploadIds(host.data(), positions_);
+    }
+  }
+  if (options.reset_positions) host_positions_.resize(static_cast<size_t>(rows_));
 }
 
 PipelineChunk LlamaModel::chunk(int c) const {
@@ -391,8 +425,12 @@ void LlamaModel::LayerForward(int64_t local_layer, const Tensor& x, const Tensor
   // (to the row shard under sequence parallelism, where x and h are shards).
   NormForward(x, w.attn_norm, a.xn, a.rstd1);
   ops_->LinearForward(a.xn, w.qkv, a.qkv, false);
-  ops_->RopeForward(a.qkv, n_rot_heads_);
-  ops_->AttentionForward(a.qkv, a.att, a.lse, attention_docs_);
+  ops_->RopeForward(a.qkv, n_rot_heads_, rope_positions_);
+  if (ring_ != nullptr) {
+    ring_->Forward(a.qkv, a.att, a.lse, attention_docs_);
+  } else {
+    ops_->AttentionForward(a.qkv, a.att, a.lse, attention_docs_);
+  }
   ops_->LinearForward(a.att, w.o, partial_, false);
   const Tensor attn_out = RowParallelSum();
   // MLP block: x_next = h + down(swiglu(gate_up(norm(h)))); down is row-parallel.
@@ -425,8 +463,12 @@ void LlamaModel::LayerBackward(int64_t local_layer, const Tensor& x, const Tenso
   const Tensor dy_attn = FullRows(grad);
   ops_->LinearBackwardInput(dy_attn, w.o, datt_, false);
   ops_->LinearBackwardWeight(dy_attn, a.att, g.o);
-  ops_->AttentionBackward(a.qkv, a.att, datt_, a.lse, dqkv_, attention_docs_);
-  ops_->RopeBackward(dqkv_, n_rot_heads_);
+  if (ring_ != nullptr) {
+    ring_->Backward(a.qkv, a.att, datt_, a.lse, dqkv_, attention_docs_);
+  } else {
+    ops_->AttentionBackward(a.qkv, a.att, datt_, a.lse, dqkv_, attention_docs_);
+  }
+  ops_->RopeBackward(dqkv_, n_rot_heads_, rope_positions_);
   ops_->LinearBackwardInput(dqkv_, w.qkv, dnorm_, false);
   const Tensor dxn = ColumnParallelSum(dnorm_);
   ops_->LinearBackwardWeight(dqkv_, a.xn, g.qkv);
@@ -506,6 +548,20 @@ void LlamaModel::Forward(int chunk, int slot, const int32_t* ids, const int32_t*
     ops_->UploadIds(doc_start, s.docs);
     attention_docs_ = s.docs.as<int32_t>();
   }
+  rope_positions_ = positions_.data != nullptr ? positions_.as<int32_t>() : nullptr;
+  if (options_.reset_positions) {
+    // Row m of sequence b sits at global position g; its document began at
+    // doc_start[m] (global), so its RoPE position is g - doc_start[m].
+    LATAM_CHECK(doc_start != nullptr, "data.reset_positions without the micro-batch's document starts");
+    const int64_t n = options_.seq_len;
+    for (int64_t m = 0; m < rows_; ++m) {
+      const int64_t g = options_.context.size() > 1 ? options_.context.GlobalPosition(options_.context.rank(), m % n)
+                                                    : m % n;
+      host_positions_[static_cast<size_t>(m)] = static_cast<int32_t>(g - doc_start[m]);
+    }
+    ops_->UploadIds(host_positions_.data(), s.pos);
+    rope_positions_ = s.pos.as<int32_t>();
+  }
   if (info.first) {
     NeedWeights(embedding_tensors_);
     // Vocab-parallel embedding: each rank fills the rows of its ids, zeros elsewhere.
@@ -549,6 +605,9 @@ void LlamaModel::Backward(int chunk, int slot, bool last_micro_batch) {
   Chunk& c = chunks_[static_cast<size_t>(chunk)];
   Slot& s = c.slots[static_cast<size_t>(slot)];
   attention_docs_ = options_.document_mask ? s.docs.as<int32_t>() : nullptr;
+  rope_positions_ = options_.reset_positions        ? s.pos.as<int32_t>()
+                    : positions_.data != nullptr ? positions_.as<int32_t>()
+                                                 : nullptr;
   for (int64_t k = c.n_layers - 1; k >= 0; --k) {
     const Tensor& x = s.x[static_cast<size_t>(k)];
     // The recompute scratch may hold another layer or micro-batch: re-run

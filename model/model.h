@@ -100,6 +100,8 @@
 #include "parallel/tensor_parallel.h"
 #include "model/layout.h"
 #include "model/model_ops.h"
+#include "model/ring_attention.h"
+#include "parallel/context_parallel.h"
 #include "model/parameters.h"
 
 namespace latam {
@@ -113,14 +115,25 @@ enum class Recompute { kNone, kSelective, kFull };
 
 struct ActivationOptions {
   int64_t micro_batch = 1;
+  // Rows per sequence this rank holds: the whole sequence, or its share
+  // (context.local_len()) under context parallelism.
   int64_t seq_len = 1;
+  // Context parallelism (parallel/context_parallel.h): which share of each
+  // sequence this rank holds; attention runs as a ring over ModelComms::cp
+  // (model/ring_attention.h) and RoPE at the rows' global positions.
+  ContextSplit context;
+  // RoPE positions restart at every document (data.reset_positions): row t
+  // is at position t - doc_start[t] (global positions under context
+  // parallelism). Forward then needs the document starts.
+  bool reset_positions = false;
   Recompute recompute = Recompute::kNone;
   // Megatron sequence parallelism over the tensor-parallel group (see
   // above); needs micro_batch x seq_len divisible by the group's size.
   bool sequence_parallel = false;
   // Document-masked attention (AttentionDims::doc_start): every chunk's
   // Forward gets the micro-batch's document starts, kept per slot
-  // (micro_batch x seq_len int32) for its backward pass.
+  // (micro_batch x seq_len int32) for its backward pass. Under context
+  // parallelism they are global positions (AttentionBlockDims::doc_start).
   bool document_mask = false;
   // Rows per LM-head chunk; 0 picks as many rows as fit in 2^24 logits.
   int64_t logits_chunk_rows = 0;
@@ -174,6 +187,7 @@ double RecomputeFlopsPerToken(const ModelShape& shape, const ModelLayout& layout
 struct ModelComms {
   Communicator* tp = nullptr;           // tensor-parallel group (size layout.tp)
   Communicator* kv_replicas = nullptr;  // ranks holding the same KV heads, when layout.kv_replicas > 1
+  Communicator* cp = nullptr;           // context-parallel group, when ActivationOptions::context.size() > 1
 };
 
 class LlamaModel : public PipelineStages {
@@ -209,8 +223,9 @@ class LlamaModel : public PipelineStages {
 
   // ids and targets (host, tokens_per_micro_batch() each) are read by the
   // first and the last chunk.
-  bool needs_documents() const override { return options_.document_mask; }
-  // doc_start (micro_batch x seq_len, host) is read with document_mask.
+  bool needs_documents() const override { return options_.document_mask || options_.reset_positions; }
+  // doc_start (micro_batch x seq_len, host) is read with document_mask or
+  // reset_positions.
   void Forward(int chunk, int slot, const int32_t* ids, const int32_t* targets, const int32_t* doc_start,
                float grad_scale, bool with_grads, bool last_micro_batch) override;
   // Without document starts (not with document_mask).
@@ -270,6 +285,7 @@ class LlamaModel : public PipelineStages {
     std::vector<LayerActivations> saved;
     Tensor ids;   // first chunk: the micro-batch's ids
     Tensor docs;  // document_mask: the micro-batch's document starts
+    Tensor pos;   // reset_positions: the rows' RoPE positions
     Tensor grad;  // gradient at the chunk's output, then input
   };
   struct Chunk {
@@ -322,6 +338,13 @@ class LlamaModel : public PipelineStages {
   // The document starts of the micro-batch whose layers run now (null
   // without document_mask), in the ops' memory.
   const int32_t* attention_docs_ = nullptr;
+  // The RoPE positions of the rows that run now (ops' memory), or null for
+  // row m % seq_len: positions_ (context parallelism, fixed) or a slot's pos
+  // (reset_positions, per micro-batch).
+  const int32_t* rope_positions_ = nullptr;
+  Tensor positions_;
+  std::vector<int32_t> host_positions_;  // reset_positions: staging for a slot's pos
+  std::unique_ptr<RingAttention> ring_;  // context parallelism
   GradientsNeededFn gradients_needed_;
   WeightsNeededFn weights_needed_;
   void NeedWeights(const std::vector<size_t>& tensors) const;

@@ -84,6 +84,25 @@ class ModelOps {
                                 const int32_t* doc_start = nullptr) = 0;
   virtual void AttentionBackward(const Tensor& qkv, const Tensor& out, const Tensor& dout, const Tensor& lse,
                                  const Tensor& dqkv, const int32_t* doc_start = nullptr) = 0;
+  // Ring attention (context parallelism, model/ring_attention.h): the block
+  // kernels of kernels/attention.h (AttentionBlockDims), whose workspace the
+  // OpsShape's attention dimensions size (seq_len = the local rows). The
+  // forward merges into out, lse; the backward adds into dqkv's query
+  // columns and into dkv. CPU only for now: the CUDA ops abort (the config
+  // validation refuses parallel.context > 1 with train.device=cuda).
+  virtual void AttentionBlockForward(const Tensor& qkv, const Tensor& kv, const AttentionBlockDims& dims,
+                                     const Tensor& out, const Tensor& lse) = 0;
+  virtual void AttentionBlockBackward(const Tensor& qkv, const Tensor& kv, const Tensor& out, const Tensor& dout,
+                                      const Tensor& lse, const AttentionBlockDims& dims, const Tensor& dqkv,
+                                      const Tensor& dkv) = 0;
+  // kv [rows, 2 Hkv hd] <- the key and value columns of qkv [rows, (Hq + 2 Hkv) hd]
+  // (overwritten), with the OpsShape's head counts.
+  virtual void PackKeyValues(const Tensor& qkv, const Tensor& kv) = 0;
+  // The key and value columns of dqkv <- dkv (overwritten; the query
+  // columns are not touched).
+  virtual void UnpackKeyValueGrads(const Tensor& dkv, const Tensor& dqkv) = 0;
+  // Every element of t <- value (f32 tensors, or the activation dtype).
+  virtual void Fill(const Tensor& t, float value) = 0;
   // out = a + b (out may alias a or b).
   virtual void Add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
   // h = x + r, then y, rstd = RMSNorm(h, w) (kernels/cuda/fused_norm.h: one

@@ -76,6 +76,25 @@ class CpuOps final : public ModelOps {
     d.doc_start = doc_start;
     cpu::AttentionBackward(qkv, out, dout, lse, d, dqkv, workspace_);
   }
+  void AttentionBlockForward(const Tensor& qkv, const Tensor& kv, const AttentionBlockDims& dims, const Tensor& out,
+                             const Tensor& lse) override {
+    cpu::AttentionBlockForward(qkv, kv, dims, out, lse, workspace_);
+  }
+  void AttentionBlockBackward(const Tensor& qkv, const Tensor& kv, const Tensor& out, const Tensor& dout,
+                              const Tensor& lse, const AttentionBlockDims& dims, const Tensor& dqkv,
+                              const Tensor& dkv) override {
+    cpu::AttentionBlockBackward(qkv, kv, out, dout, lse, dims, dqkv, dkv, workspace_);
+  }
+  void PackKeyValues(const Tensor& qkv, const Tensor& kv) override {
+    CopyKeyValueColumns(qkv, kv, true);
+  }
+  void UnpackKeyValueGrads(const Tensor& dkv, const Tensor& dqkv) override {
+    CopyKeyValueColumns(dqkv, dkv, false);
+  }
+  void Fill(const Tensor& t, float value) override {
+    LATAM_CHECK(t.dtype == DType::kF32, "Fill of a " << DTypeName(t.dtype) << " tensor on the CPU");
+    std::fill_n(t.as<float>(), t.numel(), value);
+  }
   void Add(const Tensor& a, const Tensor& b, const Tensor& out) override { cpu::Add(a, b, out); }
   void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, float eps, const Tensor& h,
                          const Tensor& y, const Tensor& rstd) override {
@@ -133,6 +152,27 @@ class CpuOps final : public ModelOps {
   }
 
  private:
+  // The key/value columns of every row of `qkv` [rows, (Hq + 2 Hkv) hd] and
+  // the rows of `kv` [rows, 2 Hkv hd]: kv <- them (to_kv) or them <- kv.
+  void CopyKeyValueColumns(const Tensor& qkv, const Tensor& kv, bool to_kv) const {
+    const AttentionDims& d = shape_.attention;
+    const int64_t q_width = static_cast<int64_t>(d.n_heads) * d.head_dim;
+    const int64_t kv_width = 2 * static_cast<int64_t>(d.n_kv_heads) * d.head_dim;
+    const int64_t rows = qkv.numel() / (q_width + kv_width);
+    CheckTensor(qkv, DType::kF32, Shape{rows, q_width + kv_width}, Device::kCPU, "key/value copy qkv");
+    CheckTensor(kv, DType::kF32, Shape{rows, kv_width}, Device::kCPU, "key/value copy kv");
+#pragma omp parallel for
+    for (int64_t m = 0; m < rows; ++m) {
+      float* wide = qkv.as<float>() + m * (q_width + kv_width) + q_width;
+      float* packed = kv.as<float>() + m * kv_width;
+      if (to_kv) {
+        std::copy(wide, wide + kv_width, packed);
+      } else {
+        std::copy(packed, packed + kv_width, wide);
+      }
+    }
+  }
+
   OpsShape shape_;
   RopeTable rope_;
   Arena workspace_arena_;

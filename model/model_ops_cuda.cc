@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "core/arena.h"
 #include "kernels/cuda/attention.h"
@@ -142,6 +143,24 @@ class CudaOps final : public ModelOps {
     } else {
       cuda::AttentionBackward(qkv, out, dout, lse, d, dqkv, attention_ws_, stream_);
     }
+  }
+  // Context parallelism has no CUDA block kernels yet; the config
+  // validation refuses it before a model is built (trainer/config.cc).
+  void AttentionBlockForward(const Tensor&, const Tensor&, const AttentionBlockDims&, const Tensor&,
+                             const Tensor&) override {
+    NoContextParallelism();
+  }
+  void AttentionBlockBackward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                              const AttentionBlockDims&, const Tensor&, const Tensor&) override {
+    NoContextParallelism();
+  }
+  void PackKeyValues(const Tensor&, const Tensor&) override { NoContextParallelism(); }
+  void UnpackKeyValueGrads(const Tensor&, const Tensor&) override { NoContextParallelism(); }
+  void Fill(const Tensor&, float) override { NoContextParallelism(); }
+  [[noreturn]] static void NoContextParallelism() {
+    LATAM_CHECK(false, "context parallelism (parallel.context > 1) runs on the CPU only: the CUDA ops have no "
+                       "ring-attention block kernels");
+    std::abort();
   }
   void Add(const Tensor& a, const Tensor& b, const Tensor& out) override { cuda::Add(a, b, out, stream_); }
   void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, float eps, const Tensor& h,

@@ -34,8 +34,9 @@ inline constexpr const char* kExpAvgSuffix = ".exp_avg";
 inline constexpr const char* kExpAvgSqSuffix = ".exp_avg_sq";
 
 // This rank's blocks of the parameters and (when `optimizer` is given) of
-// the Adam moments, pointing at live memory; dp_rank is its data-parallel
-// index.
+// the Adam moments, pointing at live memory; dp_rank is its index among
+// the ranks holding the same parameter shard (ProcessGrid::replica_rank:
+// data x context replicas), whose rank 0 saves what is replicated.
 std::vector<StatePiece> StatePieces(const ParameterSet& params, const AdamWOptimizer* optimizer, int dp_rank);
 
 // After loading a checkpoint into StatePieces: the optimizer continues from

@@ -256,8 +256,8 @@ int DataParallelSize(const Config& config, int world_size) {
   const auto& p = config.parallel();
   if (p.data() > 0) return p.data();
   if (world_size <= 0) return 1;
-  const int tp_pp = p.tensor() * p.pipeline();
-  return tp_pp > 0 ? world_size / tp_pp : 0;
+  const int model_ranks = p.tensor() * p.context() * p.pipeline();
+  return model_ranks > 0 ? world_size / model_ranks : 0;
 }
 
 namespace {
@@ -376,6 +376,7 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   c.Positive(p.tensor(), "parallel.tensor");
   c.Positive(p.pipeline(), "parallel.pipeline");
   c.Positive(p.virtual_stages(), "parallel.virtual_stages");
+  c.Positive(p.context(), "parallel.context");
   c.Require(p.data() >= 0, "parallel.data", "must be >= 0 (0 derives it from the world size)");
   c.Require(p.grad_bucket_mb() >= 0, "parallel.grad_bucket_mb", "must be >= 0 (0: one bucket)");
   c.Require(p.zero_stage() >= 0 && p.zero_stage() <= 2, "parallel.zero_stage",
@@ -389,19 +390,25 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   if (p.sequence_parallel()) {
     c.Require(p.tensor() > 1, "parallel.sequence_parallel",
               "needs parallel.tensor > 1 (it splits the sequence over the tensor-parallel ranks)");
-    c.Require(config.data().seq_len() % p.tensor() == 0, "data.seq_len",
+    c.Require(config.data().seq_len() % (p.tensor() * std::max(1, p.context())) == 0, "data.seq_len",
               Checker::Str(config.data().seq_len()) + " is not divisible by parallel.tensor = " +
-                  Checker::Str(p.tensor()) +
-                  " (parallel.sequence_parallel splits each sequence over the tensor-parallel ranks)");
+                  Checker::Str(p.tensor()) + (p.context() > 1 ? " x parallel.context = " + Checker::Str(p.context()) : "") +
+                  " (parallel.sequence_parallel splits each rank's share of a sequence over the tensor-parallel ranks)");
+  }
+  if (p.context() > 1) {
+    c.Require(config.data().seq_len() % (2 * p.context()) == 0, "data.seq_len",
+              Checker::Str(config.data().seq_len()) + " is not divisible by 2 x parallel.context = " +
+                  Checker::Str(2 * p.context()) + " (context parallelism splits each sequence into 2 x context chunks)");
   }
   c.Divisible(m.vocab_size(), "model.vocab_size", p.tensor(), "parallel.tensor");
   CheckStageSplit(c, m, p);
   if (options.world_size > 0) {
-    const int tp_pp = p.tensor() * p.pipeline();
+    const int model_ranks = p.tensor() * p.context() * p.pipeline();
     const int dp = DataParallelSize(config, options.world_size);
-    c.Require(options.world_size == tp_pp * dp, "parallel",
-              "world size " + Checker::Str(options.world_size) + " != tensor (" + Checker::Str(p.tensor()) +
-                  ") x pipeline (" + Checker::Str(p.pipeline()) + ") x data (" +
+    c.Require(options.world_size == model_ranks * dp && dp > 0, "parallel",
+              "world size " + Checker::Str(options.world_size) + " != tensor (" + Checker::Str(p.tensor()) + ")" +
+                  (p.context() > 1 ? " x context (" + Checker::Str(p.context()) + ")" : std::string()) +
+                  " x pipeline (" + Checker::Str(p.pipeline()) + ") x data (" +
                   (p.data() > 0 ? Checker::Str(p.data()) : "derived") + ")");
   }
   if (!c.ok()) return c.status();
@@ -441,6 +448,10 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
     c.Require(head_dim % 8 == 0 && head_dim <= 256, "model.dim",
               "head dimension dim / n_heads = " + Checker::Str(head_dim) +
                   " must be a multiple of 8 and at most 256 for train.device=cuda");
+    // The ring's block kernels exist on the CPU only (kernels/attention.h).
+    c.Require(p.context() == 1, "parallel.context",
+              Checker::Str(p.context()) + " needs train.device=cpu: context parallelism has no CUDA block "
+              "attention kernels yet");
   }
   if (!c.ok()) return c.status();
   const int dp = DataParallelSize(config, options.world_size);
@@ -480,6 +491,25 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
               "no such directory: " + t.init_from());
   }
   return c.status();
+}
+
+ActivationOptions TrainingActivationOptions(const Config& config, int cp_rank) {
+  const auto& p = config.parallel();
+  const ComputeSettings compute = ComputeSettingsOf(config);
+  ActivationOptions act;
+  act.micro_batch = config.train().micro_batch_size();
+  act.context = ContextSplit(std::max(1, p.context()), cp_rank, config.data().seq_len());
+  act.seq_len = act.context.local_len();
+  act.recompute = compute.recompute;
+  act.sequence_parallel = p.sequence_parallel();
+  act.document_mask = config.data().document_mask();
+  act.reset_positions = config.data().reset_positions();
+  if (compute.device == Device::kCUDA) {
+    act.device = Device::kCUDA;
+    act.dtype = compute.dtype;
+    act.attention = compute.attention;
+  }
+  return act;
 }
 
 ComputeSettings ComputeSettingsOf(const Config& config) {

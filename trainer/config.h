@@ -40,7 +40,7 @@ struct ValidationOptions {
 // Checks every value and every divisibility the layout needs.
 Status ValidateConfig(const Config& config, const ValidationOptions& options);
 
-// parallel.data, or world_size / (tensor * pipeline) when it is 0. With
+// parallel.data, or world_size / (tensor * context * pipeline) when it is 0. With
 // world_size 0 (no launch, --plan) an unset parallel.data counts as 1.
 int DataParallelSize(const Config& config, int world_size);
 
@@ -59,5 +59,13 @@ struct ComputeSettings {
   Recompute recompute = Recompute::kNone;
 };
 ComputeSettings ComputeSettingsOf(const Config& config);
+
+// The activation options of one training rank at context-parallel rank
+// `cp_rank` (train.*, data.* and parallel.* as the model takes them: the
+// micro-batch, the rank's rows per sequence and its ContextSplit, recompute,
+// sequence parallelism, document masking and positions, device and dtype).
+// The caller adds what depends on the rank's pipeline schedule (slots), the
+// stream and the parameter placement.
+ActivationOptions TrainingActivationOptions(const Config& config, int cp_rank);
 
 }  // namespace latam

@@ -10,8 +10,8 @@ namespace latam {
 Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_(config), grid_(grid) {
   const auto& p = config.parallel();
   const GridShape& g = grid->shape();
-  LATAM_CHECK(g.tensor == p.tensor() && g.pipeline == p.pipeline(),
-              "grid " << g.tensor << "x" << g.pipeline << " does not match the config");
+  LATAM_CHECK(g.tensor == p.tensor() && g.pipeline == p.pipeline() && g.context == p.context(),
+              "grid " << g.tensor << "x" << g.context << "x" << g.pipeline << " does not match the config");
   const ModelShape shape = ModelShape::FromConfig(config.model());
   const ModelLayout layout = ModelLayout::Make(shape, g.tensor, grid->tp_rank(), g.pipeline, grid->pp_rank(),
                                                p.virtual_stages(), StageSplit::FromConfig(p));
@@ -24,19 +24,9 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_
       shape.tie_embeddings && g.pipeline > 1 && (grid->pp_rank() == 0 || grid->pp_rank() == g.pipeline - 1);
   embedding_group_ = grid->pp().Split(embedding_holder ? 0 : -1, grid->pp_rank(), "embedding");
 
-  ActivationOptions act;
-  act.micro_batch = micro;
-  act.seq_len = config.data().seq_len();
-  const ComputeSettings compute = ComputeSettingsOf(config);
-  act.recompute = compute.recompute;
-  act.sequence_parallel = p.sequence_parallel();
-  act.document_mask = config.data().document_mask();
-  if (compute.device == Device::kCUDA) {
-    act.device = Device::kCUDA;
-    act.dtype = compute.dtype;
-    act.stream = stream;
-    act.attention = compute.attention;
-  }
+  ActivationOptions act = TrainingActivationOptions(config, grid->cp_rank());
+  if (act.device == Device::kCUDA) act.stream = stream;
+  context_ = act.context;
   // ZeRO-1: the optimizer holds the f32 master weights (sharded); the
   // parameter set keeps only the compute copy.
   act.fp32_weights = p.zero_stage() == 0;
@@ -48,6 +38,7 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_
   ModelComms comms;
   comms.tp = &grid->tp();
   comms.kv_replicas = layout.kv_replicas > 1 ? kv_group_.get() : nullptr;
+  comms.cp = &grid->cp();
   const int zero = p.zero_stage();
   // ZeRO-2 gives every layer a bucket of its own (1 element closes each):
   // the pool's slots are the largest bucket's size, and a bucket spanning
@@ -55,10 +46,14 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_
   // backward passes.
   const int64_t bucket_elems =
       zero == 2 ? 1 : static_cast<int64_t>(p.grad_bucket_mb() * 1e6 / sizeof(float));
-  model_ = std::make_unique<LlamaModel>(shape, layout, act, comms, zero >= 1 ? g.data : 1, bucket_elems);
+  // Context-parallel ranks hold the same parameters and compute gradients
+  // of different tokens: gradients are summed, and ZeRO shards, over the
+  // D x C replicas.
+  const int replicas = g.data * g.context;
+  model_ = std::make_unique<LlamaModel>(shape, layout, act, comms, zero >= 1 ? replicas : 1, bucket_elems);
   executor_ = std::make_unique<PipelineExecutor>(model_.get(), &grid->pp(), micro_batches_);
   OptimizerComms oc;
-  oc.dp = &grid->dp();
+  oc.dp = &grid->replicas();
   oc.norm_group = zero >= 1 ? &grid->world() : &grid->model_parallel();
   optimizer_ = std::make_unique<AdamWOptimizer>(&model_->parameters(), config.optimizer(), zero, oc);
   optimizer_->InitWeights(config.train().seed());
@@ -85,26 +80,50 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream) : config_
   });
 }
 
+Status Engine::FetchLocal(const SampleFn& sample, uint64_t index, int32_t* ids, int32_t* targets,
+                          int32_t* doc_start) {
+  if (context_.size() == 1) return sample(index, ids, targets, doc_start);
+  const size_t n = static_cast<size_t>(context_.seq_len());
+  window_ids_.resize(n);
+  window_targets_.resize(n);
+  if (doc_start != nullptr) window_docs_.resize(n);
+  LATAM_RETURN_IF_ERROR(sample(index, window_ids_.data(), window_targets_.data(),
+                               doc_start != nullptr ? window_docs_.data() : nullptr));
+  context_.Scatter(window_ids_.data(), 1, ids);
+  context_.Scatter(window_targets_.data(), 1, targets);
+  if (doc_start != nullptr) context_.Scatter(window_docs_.data(), 1, doc_start);  // global positions stay global
+  return Status::Ok();
+}
+
 Result<StepResult> Engine::Step(int64_t step, uint64_t first_sample, const SampleFn& sample) {
   const auto start = std::chrono::steady_clock::now();
   const auto& t = config_.train();
-  const int64_t seq_len = config_.data().seq_len(), micro = t.micro_batch_size();
-  const double tokens = static_cast<double>(t.global_batch_size() * seq_len);
+  // seq_len: the rows of a sample this rank holds (all of them without
+  // context parallelism); tokens: the whole step's.
+  const int64_t seq_len = context_.local_len(), micro = t.micro_batch_size();
+  const double tokens = static_cast<double>(t.global_batch_size() * config_.data().seq_len());
   const std::vector<uint64_t> samples = data::DataParallelSamples(
       first_sample, static_cast<uint64_t>(t.global_batch_size()), grid_->dp_rank(), grid_->shape().data);
 
   Status status;
   double local_counted = 0.0;  // targets that count in the loss (not -1)
+  double local_pairs = 0.0;    // document masking: visible (query, key) pairs of this rank's rows
   // A rank may fetch a micro-batch more than once (for each of its chunks,
   // under document masking with virtual stages); count it once.
   std::vector<char> seen(static_cast<size_t>(micro_batches_), 0);
   auto fetch = [&](int m, int32_t* ids, int32_t* targets, int32_t* doc_start) {
     for (int64_t b = 0; b < micro && status.ok(); ++b) {
-      status = sample(samples[static_cast<size_t>(m * micro + b)], ids + b * seq_len, targets + b * seq_len,
-                      doc_start != nullptr ? doc_start + b * seq_len : nullptr);
+      status = FetchLocal(sample, samples[static_cast<size_t>(m * micro + b)], ids + b * seq_len,
+                          targets + b * seq_len, doc_start != nullptr ? doc_start + b * seq_len : nullptr);
     }
     if (seen[static_cast<size_t>(m)]++ != 0) return;
     for (int64_t i = 0; i < micro * seq_len; ++i) local_counted += targets[i] >= 0 ? 1.0 : 0.0;
+    if (doc_start != nullptr && config_.data().document_mask()) {
+      // The query at global position g sees the keys g - doc_start + 1 of its document.
+      for (int64_t i = 0; i < micro * seq_len; ++i) {
+        local_pairs += static_cast<double>(context_.GlobalPosition(context_.rank(), i % seq_len) - doc_start[i] + 1);
+      }
+    }
   };
   model_->parameters().ZeroGrads();
   optimizer_->BeginGradientReduction();
@@ -124,7 +143,7 @@ Result<StepResult> Engine::Step(int64_t step, uint64_t first_sample, const Sampl
   // before the count was known; `rescale` turns that into 1 / counted,
   // for the norm and the update alike. The loss and the count of a token
   // are the same on every tensor-parallel rank of the last stage: count
-  // them once.
+  // them once. Context-parallel ranks hold different tokens: each counts its own.
   const bool reports = model_->layout().holds_head() && grid_->tp_rank() == 0;
   const double counted = grid_->world().AllReduceScalar(reports ? local_counted : 0.0, ReduceOp::kSum);
   const double rescale = counted > 0 ? tokens / counted : 0.0;
@@ -134,6 +153,11 @@ Result<StepResult> Engine::Step(int64_t step, uint64_t first_sample, const Sampl
   optimizer_->Step(static_cast<float>(r.lr),
                    static_cast<float>(rescale) * ClipFactor(r.grad_norm, config_.optimizer().grad_clip()));
   r.loss = counted > 0 ? grid_->world().AllReduceScalar(reports ? local_loss : 0.0, ReduceOp::kSum) / counted : 0.0;
+  if (config_.data().document_mask()) {
+    const double full = static_cast<double>(t.global_batch_size()) * static_cast<double>(config_.data().seq_len()) *
+                        static_cast<double>(config_.data().seq_len() + 1) / 2.0;
+    r.attention_fraction = grid_->world().AllReduceScalar(reports ? local_pairs : 0.0, ReduceOp::kSum) / full;
+  }
   r.step = step + 1;
   r.step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   r.tokens_per_s = tokens / (r.step_ms / 1000.0);
@@ -145,7 +169,7 @@ Result<StepResult> Engine::Step(int64_t step, uint64_t first_sample, const Sampl
 }
 
 Result<double> Engine::Evaluate(int64_t n, const SampleFn& sample) {
-  const int64_t seq_len = config_.data().seq_len(), micro = config_.train().micro_batch_size();
+  const int64_t seq_len = context_.local_len(), micro = config_.train().micro_batch_size();
   const int d = grid_->shape().data, r = grid_->dp_rank();
   // Replica r evaluates samples r, r + D, r + 2D, ...; every replica runs the
   // same number of micro-batches (short ones padded with ignored targets).
@@ -160,7 +184,7 @@ Result<double> Engine::Evaluate(int64_t n, const SampleFn& sample) {
       const int64_t k = (m * micro + b) * d + r;
       int32_t* docs = doc_start != nullptr ? doc_start + b * seq_len : nullptr;
       if (k < n && status.ok()) {
-        status = sample(static_cast<uint64_t>(k), ids + b * seq_len, targets + b * seq_len, docs);
+        status = FetchLocal(sample, static_cast<uint64_t>(k), ids + b * seq_len, targets + b * seq_len, docs);
         for (int64_t i = 0; i < seq_len && first_fetch; ++i) {
           local_tokens += targets[b * seq_len + i] >= 0 ? 1.0 : 0.0;
         }

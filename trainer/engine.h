@@ -3,7 +3,9 @@
 // the process grid, and runs optimizer steps and evaluations.
 //
 // A step (global batch G samples of seq_len tokens, D data-parallel ranks,
-// micro-batches of b samples):
+// micro-batches of b samples; with context parallelism the C ranks of a
+// context group take the same samples, each its rows of every sequence,
+// parallel/context_parallel.h):
 //   1. data-parallel rank r takes samples [c + r G/D, c + (r+1) G/D) in
 //      m = G / (D b) micro-batches, c = the samples consumed before the
 //      step (s G when G never changed; data/sampler.h);
@@ -27,6 +29,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "core/status.h"
 #include "parallel/grid.h"
@@ -44,6 +47,11 @@ struct StepResult {
   double lr = 0.0;
   double step_ms = 0.0;
   double tokens_per_s = 0.0;
+  // The share of causal attention's (query, key) pairs the step computed:
+  // with data.document_mask, sum over windows and documents of L (L + 1) / 2
+  // over G T (T + 1) / 2 (block-causal attention costs the sum of squared
+  // document lengths, not T^2); 1 without.
+  double attention_fraction = 1.0;
 };
 
 class Engine {
@@ -82,6 +90,12 @@ class Engine {
   std::unique_ptr<PipelineExecutor> executor_;
   std::unique_ptr<AdamWOptimizer> optimizer_;
   int micro_batches_ = 0;
+  // This rank's share of each sequence, and staging for whole windows
+  // under context parallelism.
+  ContextSplit context_;
+  std::vector<int32_t> window_ids_, window_targets_, window_docs_;
+  // Sample `index`'s rows this rank holds (all of them without context parallelism).
+  Status FetchLocal(const SampleFn& sample, uint64_t index, int32_t* ids, int32_t* targets, int32_t* doc_start);
   size_t tied_embedding_ = 0;  // its parameter index, when embedding_group_ exists
 };
 

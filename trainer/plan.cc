@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "data/dataset.h"
+#include "data/sampler.h"
 #include "model/layout.h"
 #include "model/model.h"
 #include "model/optimizer.h"
@@ -34,9 +36,10 @@ int64_t LocalLayerMatmulParameters(const ModelShape& s, const ModelLayout& l) {
 
 }  // namespace
 
-double TrainingFlopsPerToken(const ModelShape& s, int64_t seq_len) {
-  return 6.0 * static_cast<double>(MatmulParameters(s)) +
-         6.0 * static_cast<double>(s.n_layers) * static_cast<double>(seq_len) * static_cast<double>(s.attn_dim());
+double TrainingFlopsPerToken(const ModelShape& s, int64_t seq_len, double attention_fraction) {
+  return 6.0 * static_cast<double>(MatmulParameters(s)) + 6.0 * static_cast<double>(s.n_layers) *
+                                                              static_cast<double>(seq_len) *
+                                                              static_cast<double>(s.attn_dim()) * attention_fraction;
 }
 
 // The per-rank state of the parameters: what the optimizer and its
@@ -74,7 +77,7 @@ struct PlanCore {
   StepInput step;
 };
 
-Result<PlanCore> MakePlanCore(const Config& config) {
+Result<PlanCore> MakePlanCore(const Config& config, double attention_fraction) {
   ValidationOptions vo;
   vo.world_size = 0;
   vo.check_files = false;
@@ -82,7 +85,9 @@ Result<PlanCore> MakePlanCore(const Config& config) {
   PlanCore core;
   const ModelShape s = ModelShape::FromConfig(config.model());
   const auto& p = config.parallel();
-  const int64_t tp = p.tensor(), pp = p.pipeline(), dp = DataParallelSize(config, 0);
+  const int64_t tp = p.tensor(), pp = p.pipeline(), dp = DataParallelSize(config, 0), cp = p.context();
+  // Gradients are reduced, and ZeRO shards, over data x context replicas.
+  const int64_t replicas = dp * cp;
   const ComputeSettings compute = ComputeSettingsOf(config);
   core.bf16 = compute.dtype == DType::kBF16;
   // As the engine does: ZeRO-2 gives every layer a bucket of its own.
@@ -90,23 +95,17 @@ Result<PlanCore> MakePlanCore(const Config& config) {
 
   const int64_t micro = config.train().micro_batch_size();
   const int micro_batches = static_cast<int>(config.train().global_batch_size() / (micro * dp));
-  ActivationOptions act;
-  act.micro_batch = micro;
-  act.seq_len = config.data().seq_len();
-  act.recompute = compute.recompute;
-  act.sequence_parallel = p.sequence_parallel();
+  // Context-parallel rank 0 stands for all: every rank holds the same rows.
+  ActivationOptions act = TrainingActivationOptions(config, 0);
   act.cpu_threads = 1;
-  if (compute.device == Device::kCUDA) {
-    act.device = Device::kCUDA;
-    act.dtype = compute.dtype;
-    act.attention = compute.attention;
-  }
+  const int64_t seq_len = config.data().seq_len();  // act.seq_len is a rank's share
   const int64_t rows = micro * act.seq_len;
-  core.flops_per_token = TrainingFlopsPerToken(s, act.seq_len);
+  core.flops_per_token = TrainingFlopsPerToken(s, seq_len, attention_fraction);
   StepInput& in = core.step;
   in.tp = static_cast<int>(tp);
   in.pp = static_cast<int>(pp);
-  in.dp = static_cast<int>(dp);
+  in.dp = static_cast<int>(replicas);
+  in.context = static_cast<int>(cp);
   in.virtual_stages = p.virtual_stages();
   in.zero_stage = p.zero_stage();
   in.micro_batches = micro_batches;
@@ -118,7 +117,7 @@ Result<PlanCore> MakePlanCore(const Config& config) {
   in.recompute_full = compute.recompute == Recompute::kFull;
   in.recompute_selective = compute.recompute == Recompute::kSelective;
   in.sequence_parallel = act.sequence_parallel;
-  in.tokens_per_step = static_cast<int64_t>(config.train().global_batch_size()) * act.seq_len;
+  in.tokens_per_step = static_cast<int64_t>(config.train().global_batch_size()) * seq_len;
   in.model_flops_per_step = core.flops_per_token * static_cast<double>(in.tokens_per_step);
 
   // Every pipeline stage (tensor-parallel rank 0 of it): the largest rank's
@@ -134,7 +133,7 @@ Result<PlanCore> MakePlanCore(const Config& config) {
     core.per_rank = std::max(core.per_rank, params);
     if (p.zero_stage() == 2) {
       core.grad_arena_elems =
-          std::max(core.grad_arena_elems, ParameterSet::GradArenaElemsFor(specs, dp, core.bucket_elems, true));
+          std::max(core.grad_arena_elems, ParameterSet::GradArenaElemsFor(specs, replicas, core.bucket_elems, true));
     }
     act.slots =
         SlotsNeeded(BuildSchedule(static_cast<int>(pp), stage, p.virtual_stages(), micro_batches), p.virtual_stages());
@@ -150,8 +149,9 @@ Result<PlanCore> MakePlanCore(const Config& config) {
     load.embedding = layout.holds_embedding();
     load.head = layout.holds_head();
     const double per_layer = 6.0 * static_cast<double>(LocalLayerMatmulParameters(s, layout)) +
-                             6.0 * static_cast<double>(act.seq_len) * static_cast<double>(layout.heads * s.head_dim);
-    const double recompute = RecomputeFlopsPerToken(s, layout, compute.recompute, act.seq_len);
+                             6.0 * static_cast<double>(seq_len) * static_cast<double>(layout.heads * s.head_dim) *
+                                 attention_fraction;
+    const double recompute = RecomputeFlopsPerToken(s, layout, compute.recompute, seq_len);
     core.recompute_flops_per_token += recompute * static_cast<double>(tp);
     double per_token = static_cast<double>(load.layers) * per_layer + recompute;
     if (load.head) per_token += 6.0 * static_cast<double>(layout.vocab * s.dim);
@@ -177,24 +177,30 @@ Result<PlanCore> MakePlanCore(const Config& config) {
 }  // namespace
 
 Result<StepInput> PlanStepInput(const Config& config) {
-  LATAM_ASSIGN_OR_RETURN(PlanCore core, MakePlanCore(config));
+  LATAM_ASSIGN_OR_RETURN(PlanCore core, MakePlanCore(config, 1.0));
   return core.step;
 }
 
 Result<std::string> PlanJson(const Config& config, const PlanOptions& options) {
-  LATAM_ASSIGN_OR_RETURN(const PlanCore core, MakePlanCore(config));
+  if (!(options.attention_fraction > 0.0 && options.attention_fraction <= 1.0)) {
+    return Status::InvalidInput("--attention-fraction must be in (0, 1] (got " +
+                                std::to_string(options.attention_fraction) + ")");
+  }
+  LATAM_ASSIGN_OR_RETURN(const PlanCore core, MakePlanCore(config, options.attention_fraction));
   Hardware hw;
   if (!options.gpu.empty()) {
     LATAM_ASSIGN_OR_RETURN(hw, MakeHardware(options.gpu, options.gpus_per_node, options.network));
   }
   const auto& p = config.parallel();
   const ModelShape s = ModelShape::FromConfig(config.model());
-  const int64_t tp = core.step.tp, pp = core.step.pp, dp = core.step.dp;
+  const int64_t tp = core.step.tp, pp = core.step.pp, cp = core.step.context, replicas = core.step.dp;
+  const int64_t dp = replicas / cp;
   const int64_t per_rank = core.per_rank;
   const double act_bytes = core.act_bytes;
   const double flops = core.flops_per_token;
   const int64_t tokens_per_step = core.step.tokens_per_step;
-  const ParameterMemory pm = ParameterMemoryPerRank(per_rank, core.bf16, p.zero_stage(), dp, core.grad_arena_elems);
+  const ParameterMemory pm =
+      ParameterMemoryPerRank(per_rank, core.bf16, p.zero_stage(), replicas, core.grad_arena_elems);
   const double memory = pm.total() + act_bytes;
 
   nlohmann::ordered_json j;
@@ -207,12 +213,14 @@ Result<std::string> PlanJson(const Config& config, const PlanOptions& options) {
                            {"optimizer", static_cast<int64_t>(pm.optimizer)},
                            {"activations", static_cast<int64_t>(act_bytes)}};
   j["flops_per_token"] = flops;
+  j["attention_fraction"] = options.attention_fraction;
   j["layout"] = {{"tensor", tp},
+                 {"context", cp},
                  {"pipeline", pp},
                  {"data", dp},
                  {"virtual_stages", p.virtual_stages()},
                  {"zero_stage", p.zero_stage()},
-                 {"world_size", tp * pp * dp}};
+                 {"world_size", tp * cp * pp * dp}};
   j["precision"] = config::TrainConfig::Precision_Name(config.train().precision());
   j["attention"] = config::TrainConfig::Attention_Name(config.train().attention());
   j["recompute"] = config::TrainConfig::Recompute_Name(config.train().recompute());
@@ -221,7 +229,7 @@ Result<std::string> PlanJson(const Config& config, const PlanOptions& options) {
   for (const auto r : {config::TrainConfig::NONE, config::TrainConfig::SELECTIVE, config::TrainConfig::FULL}) {
     Config other = config;
     other.mutable_train()->set_recompute(r);
-    LATAM_ASSIGN_OR_RETURN(const PlanCore c, MakePlanCore(other));
+    LATAM_ASSIGN_OR_RETURN(const PlanCore c, MakePlanCore(other, options.attention_fraction));
     choices[config::TrainConfig::Recompute_Name(r)] = {
         {"activations", static_cast<int64_t>(c.act_bytes)},
         {"memory_bytes_per_rank", static_cast<int64_t>(pm.total() + c.act_bytes)},
@@ -242,6 +250,32 @@ Result<std::string> PlanJson(const Config& config, const PlanOptions& options) {
     j["step_time"] = StepTimeJson(StepModel(core.step, hw), hw);
   }
   return j.dump();
+}
+
+Result<double> EstimateAttentionFraction(const Config& config, int samples) {
+  const auto& d = config.data();
+  const int64_t seq_len = d.seq_len();
+  std::vector<std::unique_ptr<data::TokenDataset>> sets;
+  std::vector<double> weights;
+  std::vector<uint64_t> windows;
+  for (int i = 0; i < d.train_size(); ++i) {
+    LATAM_ASSIGN_OR_RETURN(auto ds, data::TokenDataset::Open(d.train(i).path(), static_cast<int>(seq_len),
+                                                             config.model().vocab_size(), false));
+    weights.push_back(d.train(i).weight());
+    windows.push_back(ds->num_windows());
+    sets.push_back(std::move(ds));
+  }
+  if (sets.empty()) return Status::InvalidInput("data.train: at least one training dataset is required");
+  const data::MixtureSampler sampler(weights, windows, d.seed());
+  std::vector<int32_t> ids(static_cast<size_t>(seq_len)), targets(ids.size()), docs(ids.size());
+  double pairs = 0.0;
+  for (int k = 0; k < samples; ++k) {
+    const data::MixtureSampler::Draw draw = sampler.Sample(static_cast<uint64_t>(k));
+    LATAM_RETURN_IF_ERROR(sets[static_cast<size_t>(draw.dataset)]->ReadWindow(draw.window, ids.data(),
+                                                                              targets.data(), docs.data()));
+    for (int64_t t = 0; t < seq_len; ++t) pairs += static_cast<double>(t - docs[static_cast<size_t>(t)] + 1);
+  }
+  return pairs / (static_cast<double>(samples) * static_cast<double>(seq_len) * static_cast<double>(seq_len + 1) / 2.0);
 }
 
 }  // namespace latam

@@ -32,7 +32,9 @@
 //   headroom_fraction  1 - (memory_bytes_per_rank + reserved) / capacity
 // flops_per_token is training FLOPs: 6 x (matmul parameters) plus causal
 // attention 6 x n_layers x seq_len x (n_heads x head_dim) (QK^T and PV,
-// forward and backward, half the positions masked); recompute is not in it
+// forward and backward, half the positions masked) x attention_fraction
+// (PlanOptions; block-causal attention over documents costs the sum of
+// squared document lengths, not T^2); recompute is not in it
 // (step_time counts it separately). recompute_choices gives, for NONE,
 // SELECTIVE and FULL with everything else unchanged, the largest rank's
 // activations and memory and the model's extra forward FLOPs per token
@@ -54,7 +56,18 @@ struct PlanOptions {
   std::string gpu;  // "", "h100" or "h200"
   int gpus_per_node = 8;
   std::string network = "ib";  // "ib" or "efa"
+  // The share of causal attention's (query, key) pairs a step computes
+  // (StepResult::attention_fraction): 1 for plain causal attention; with
+  // data.document_mask, what the data gives (EstimateAttentionFraction).
+  // Scales the attention FLOPs of flops_per_token and of the step time.
+  double attention_fraction = 1.0;
 };
+
+// The attention fraction of `samples` training samples drawn as the run
+// would draw them (data.train, data.seed, data.seq_len): sum over windows
+// and documents of L (L + 1) / 2 over samples x T (T + 1) / 2. Opens the
+// shards; errors name the file.
+Result<double> EstimateAttentionFraction(const Config& config, int samples);
 
 // The plan as a one-line JSON object.
 Result<std::string> PlanJson(const Config& config, const PlanOptions& options = {});
@@ -63,8 +76,11 @@ Result<std::string> PlanJson(const Config& config, const PlanOptions& options = 
 // pipeline stage's load.
 Result<StepInput> PlanStepInput(const Config& config);
 
-// Training FLOPs per token of `shape` at sequence length `seq_len`.
-double TrainingFlopsPerToken(const ModelShape& shape, int64_t seq_len);
+// Training FLOPs per token of `shape` at sequence length `seq_len`, with
+// `attention_fraction` of causal attention's (query, key) pairs computed
+// (document masking: sum of L (L + 1) / 2 over the documents of a window,
+// over T (T + 1) / 2; 1 for plain causal attention).
+double TrainingFlopsPerToken(const ModelShape& shape, int64_t seq_len, double attention_fraction = 1.0);
 
 // Bytes per rank of the weights, gradients and optimizer state of a rank
 // holding `parameters` parameters (the formula above). grad_arena_elems is

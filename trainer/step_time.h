@@ -145,7 +145,11 @@ struct StageLoad {
 };
 
 struct StepInput {
+  // dp: the ranks gradients are reduced over (data x context replicas).
   int tp = 1, pp = 1, dp = 1, virtual_stages = 1;
+  // parallel.context. The ring attention's traffic is not modelled: it is
+  // assumed hidden behind the attention it overlaps with.
+  int context = 1;
   int zero_stage = 0;                   // 0, 1 or 2
   int64_t micro_batches = 1;            // per data-parallel rank and step
   int64_t tokens_per_micro_batch = 1;   // r = b x seq_len

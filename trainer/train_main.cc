@@ -2,10 +2,14 @@
 //
 //   latam-train --config FILE.textproto [--set key=value ...]
 //               [--resume auto|none|DIR]
-//               [--plan [--gpu h100|h200] [--gpus-per-node N] [--network ib|efa]]
+//               [--plan [--gpu h100|h200] [--gpus-per-node N] [--network ib|efa]
+//                       [--attention-fraction F]]
 //
-// --plan prints the JSON plan (trainer/plan.h) and exits without MPI, data or
-// allocation; --gpu adds whether the rank fits that GPU and the predicted
+// --plan prints the JSON plan (trainer/plan.h) and exits without MPI or
+// allocation. With data.document_mask it reads the first 512 samples of the
+// run's data, when the shards exist, for the share of causal attention's
+// work that block-causal attention does (--attention-fraction F sets it
+// instead); --gpu adds whether the rank fits that GPU and the predicted
 // step time (trainer/step_time.h) with N GPUs per node (default 8) joined
 // by NDR InfiniBand (ib, default) or AWS EFA. Otherwise the process joins
 // the MPI job and trains.
@@ -17,6 +21,7 @@
 // 3 preempted by SIGTERM/SIGUSR1 after saving, 1 other failures.
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -31,7 +36,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: latam-train --config FILE.textproto [--set key=value ...] [--resume auto|none|DIR]\n"
-    "                   [--plan [--gpu h100|h200] [--gpus-per-node N] [--network ib|efa]]\n";
+    "                   [--plan [--gpu h100|h200] [--gpus-per-node N] [--network ib|efa]\n"
+    "                           [--attention-fraction F]]\n";
 
 struct Args {
   std::string config_path;
@@ -40,6 +46,7 @@ struct Args {
   bool plan = false;
   latam::PlanOptions plan_options;
   bool plan_machine_flags = false;  // --gpus-per-node or --network given
+  bool attention_fraction_set = false;
 };
 
 latam::Result<Args> ParseArgs(int argc, char** argv) {
@@ -59,6 +66,15 @@ latam::Result<Args> ParseArgs(int argc, char** argv) {
       LATAM_ASSIGN_OR_RETURN(a.resume, value("--resume"));
     } else if (arg == "--plan") {
       a.plan = true;
+    } else if (arg == "--attention-fraction") {
+      LATAM_ASSIGN_OR_RETURN(std::string v, value("--attention-fraction"));
+      char* end = nullptr;
+      const double f = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || !(f > 0.0 && f <= 1.0)) {
+        return latam::Status::InvalidInput("--attention-fraction must be a number in (0, 1] (got '" + v + "')");
+      }
+      a.plan_options.attention_fraction = f;
+      a.attention_fraction_set = true;
     } else if (arg == "--gpu") {
       LATAM_ASSIGN_OR_RETURN(a.plan_options.gpu, value("--gpu"));
       if (a.plan_options.gpu != "h100" && a.plan_options.gpu != "h200") {
@@ -84,6 +100,9 @@ latam::Result<Args> ParseArgs(int argc, char** argv) {
     } else {
       return latam::Status::InvalidInput("unknown argument '" + arg + "'\n" + kUsage);
     }
+  }
+  if (!a.plan && a.attention_fraction_set) {
+    return latam::Status::InvalidInput(std::string("--attention-fraction goes with --plan\n") + kUsage);
   }
   if (!a.plan && (!a.plan_options.gpu.empty() || a.plan_machine_flags)) {
     return latam::Status::InvalidInput(std::string("--gpu, --gpus-per-node and --network go with --plan\n") + kUsage);
@@ -116,7 +135,19 @@ int main(int argc, char** argv) {
   if (!config.ok()) return Fail(config.status(), 0);
 
   if (args->plan) {
-    auto plan = latam::PlanJson(*config, args->plan_options);
+    latam::PlanOptions options = args->plan_options;
+    // Block-causal attention costs what the documents give: measured on
+    // the run's own first samples when its data is there.
+    if (config->data().document_mask() && !args->attention_fraction_set) {
+      bool have_data = config->data().train_size() > 0;
+      for (const auto& t : config->data().train()) have_data = have_data && std::filesystem::exists(t.path());
+      if (have_data) {
+        auto fraction = latam::EstimateAttentionFraction(*config, 512);
+        if (!fraction.ok()) return Fail(fraction.status(), 0);
+        options.attention_fraction = *fraction;
+      }
+    }
+    auto plan = latam::PlanJson(*config, options);
     if (!plan.ok()) return Fail(plan.status(), 0);
     std::printf("%s\n", plan->c_str());
     return 0;
@@ -131,11 +162,14 @@ int main(int argc, char** argv) {
   if (!trainer.ok()) return Fail(trainer.status(), mpi.world_rank());
   if (mpi.world_rank() == 0) {
     const auto& p = config->parallel();
+    std::string context;  // shown when the layout has it
+    if (p.context() > 1) context.append(" x context ").append(std::to_string(p.context()));
     std::printf(
-        "latam-train: %lld parameters, %d ranks (tensor %d x pipeline %d x data %d, %d virtual stages, ZeRO-%d), "
-        "%d CPU threads per rank, %d micro-batches per step, run_dir %s\n",
+        "latam-train: %lld parameters, %d ranks (tensor %d%s x pipeline %d x data %d, %d virtual stages, "
+        "ZeRO-%d), %d CPU threads per rank, %d micro-batches per step, run_dir %s\n",
         static_cast<long long>(latam::ModelShape::FromConfig(config->model()).ParameterCount()), mpi.world_size(),
-        p.tensor(), p.pipeline(), latam::DataParallelSize(*config, mpi.world_size()), p.virtual_stages(),
+        p.tensor(), context.c_str(), p.pipeline(), latam::DataParallelSize(*config, mpi.world_size()),
+        p.virtual_stages(),
         p.zero_stage(), threads, (*trainer)->engine().micro_batches(), config->train().run_dir().c_str());
   }
   const latam::Status status = (*trainer)->Run();

@@ -90,7 +90,8 @@ Status Trainer::Init(const std::string& resume) {
   const auto& p = config_.parallel();
   LATAM_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> world, OpenWorld());
   grid_ = std::make_unique<ProcessGrid>(
-      std::move(world), GridShape{p.tensor(), p.pipeline(), DataParallelSize(config_, mpi_.world_size())});
+      std::move(world),
+      GridShape{p.tensor(), p.pipeline(), DataParallelSize(config_, mpi_.world_size()), std::max(1, p.context())});
   LATAM_RETURN_IF_ERROR(AgreeOnStatus(OpenData(), grid_->world()));
   engine_ = std::make_unique<Engine>(config_, grid_.get(), device_ != nullptr ? device_->stream() : Stream());
   LATAM_RETURN_IF_ERROR(AgreeOnStatus(Restore(resume), grid_->world()));
@@ -151,7 +152,7 @@ Status Trainer::Restore(const std::string& resume) {
   const auto load_start = std::chrono::steady_clock::now();
   LATAM_ASSIGN_OR_RETURN(auto reader, ckpt::CheckpointReader::Open(source));
   const std::vector<StatePiece> pieces =
-      StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->dp_rank());
+      StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->replica_rank());
   LATAM_ASSIGN_OR_RETURN(const ckpt::LoadResult loaded, ckpt::LoadState(*reader, config_.model(), pieces, what));
   FinishOptimizerLoad(engine_->optimizer(), loaded.moments_loaded, loaded.optimizer_step);
   engine_->optimizer().WeightsLoaded();  // the compute copy from the loaded master weights
@@ -201,6 +202,7 @@ Status Trainer::StartSave(int64_t step) {
   l->set_tensor(p.tensor());
   l->set_pipeline(p.pipeline());
   l->set_data(grid_->shape().data);
+  l->set_context(grid_->shape().context);
   l->set_virtual_stages(p.virtual_stages());
   l->set_zero_stage(p.zero_stage());
   l->set_first_stage_layers(p.first_stage_layers());
@@ -219,7 +221,7 @@ Status Trainer::StartSave(int64_t step) {
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
           .count());
   last_saved_step_ = step;
-  return saver_->Start(h, StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->dp_rank()));
+  return saver_->Start(h, StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->replica_rank()));
 }
 
 Status Trainer::PollSave(bool wait) {
@@ -268,11 +270,18 @@ void Trainer::Log(const StepResult& r) {
                                        {"step_ms", r.step_ms},
                                        {"comm_bytes/tp", moved(grid_->tp())},
                                        {"comm_bytes/pp", moved(grid_->pp())},
-                                       {"comm_bytes/dp", moved(grid_->dp())}};
+                                       {"comm_bytes/dp", moved(grid_->replicas())}};
+  // Ring attention's key/value traffic; the gradient reduction over data x
+  // context ranks counts as dp above.
+  if (grid_->shape().context > 1) values["comm_bytes/cp"] = moved(grid_->cp());
+  // Block-causal attention's share of the causal (query, key) pairs: its
+  // cost follows the sum of squared document lengths.
+  if (config_.data().document_mask()) values["attention_fraction"] = r.attention_fraction;
   if (device_ != nullptr) {
     // Model FLOPs utilisation of the job's GPUs (rank 0's GPU stands for
     // the peak memory of every rank).
-    const double flops = TrainingFlopsPerToken(ModelShape::FromConfig(config_.model()), config_.data().seq_len());
+    const double flops = TrainingFlopsPerToken(ModelShape::FromConfig(config_.model()), config_.data().seq_len(),
+                                               r.attention_fraction);
     const double peak = ComputeDevice::PeakFlops(ComputeSettingsOf(config_).dtype == DType::kBF16) * mpi_.world_size();
     values["mfu"] = r.tokens_per_s * flops / peak;
     values["gpu_peak_memory_bytes"] = static_cast<double>(device_->PeakMemoryBytes());

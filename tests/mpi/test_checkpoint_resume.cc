@@ -241,6 +241,38 @@ TEST_F(ResumeTest, ReshardsAcrossZeroStages) {
   ExpectLossesMatch(Losses("z1b"), ref, 9, 12, 5e-5);
 }
 
+// Context parallelism splits only activations: a CP 1 x DP 2 run with
+// document-masked attention and per-document positions saves at step 4; CP 2
+// x DP 2 (ZeRO-1 sharded over the 4 replicas) resumes from it and saves at
+// step 8; CP 4 (ZeRO-2) resumes from that, and so does one process. The
+// losses follow the uninterrupted run to fp32 tolerance.
+TEST_F(ResumeTest, ReshardsAcrossContextSizes) {
+  const std::string docs = " --set data.document_mask=true --set data.reset_positions=true";
+  auto a = Run(TrainCommand(2, "c1", 1, 1, 1, 0, 12) + docs);
+  ASSERT_EQ(a.exit_code, 0) << a.out << a.err;
+  const auto ref = Losses("c1");
+
+  auto two = Run(TrainCommand(4, "c2", 1, 1, 1, 1, 12) + docs + " --set parallel.context=2 --resume " +
+                 (dir_ / "c1/checkpoints/step_00000004").string());
+  ASSERT_EQ(two.exit_code, 0) << two.out << two.err;
+  EXPECT_NE(two.out.find("loaded everything from"), std::string::npos) << two.out;
+  ExpectLossesMatch(Losses("c2"), ref, 5, 12, 5e-5);
+  const ckpt::Checkpoint m = Manifest("c2/checkpoints/step_00000008");
+  EXPECT_EQ(m.layout().context(), 2);
+  EXPECT_EQ(m.layout().data(), 2);
+
+  auto four = Run(TrainCommand(4, "c4", 1, 1, 1, 2, 12) + docs + " --set parallel.context=4 --resume " +
+                  (dir_ / "c2/checkpoints/step_00000008").string());
+  ASSERT_EQ(four.exit_code, 0) << four.out << four.err;
+  ExpectLossesMatch(Losses("c4"), ref, 9, 12, 5e-5);
+
+  // And back to no context parallelism, on one process.
+  auto back = Run(TrainCommand(1, "c1b", 1, 1, 1, 0, 12) + docs + " --resume " +
+                  (dir_ / "c2/checkpoints/step_00000008").string());
+  ASSERT_EQ(back.exit_code, 0) << back.out << back.err;
+  ExpectLossesMatch(Losses("c1b"), ref, 9, 12, 5e-5);
+}
+
 // ZeRO-1 with virtual stages: each replica's moment slice comes back exactly.
 TEST_F(ResumeTest, ZeroOneResumesBitwise) {
   auto full = Run(TrainCommand(4, "full", 1, 2, 2, 1, 8));

@@ -1,11 +1,14 @@
 // Any parallel layout trains exactly like one process.
 //
-//   mpirun -np T*P*D test_layouts tp=T pp=P dp=D [vs=V] [zero=Z] [tied=0|1]
-//       [recompute=none|selective|full] [sp=0|1] [first=N] [last=N] [device=cpu|cuda]
+//   mpirun -np T*C*P*D test_layouts tp=T pp=P dp=D [cp=C] [vs=V] [zero=Z] [tied=0|1]
+//       [recompute=none|selective|full] [sp=0|1] [first=N] [last=N] [doc=0|1]
+//       [reset=0|1] [device=cpu|cuda]
 //
-// Unnamed options keep their defaults (vs=1 zero=0 tied=0 recompute=none
-// sp=0 first=0 last=0 device=cpu); sp is parallel.sequence_parallel, first
-// and last are parallel.first_stage_layers / last_stage_layers.
+// Unnamed options keep their defaults (cp=1 vs=1 zero=0 tied=0
+// recompute=none sp=0 first=0 last=0 doc=0 reset=0 device=cpu); cp is
+// parallel.context, sp is parallel.sequence_parallel, first and last are
+// parallel.first_stage_layers / last_stage_layers, doc is
+// data.document_mask and reset is data.reset_positions.
 // device is cpu (the default: MPI communicators) or cuda: one GPU per rank,
 // NCCL communicators, fp32 on the GPU, and the single-process reference on
 // the same GPU (the GPU model against the CPU model is
@@ -19,8 +22,8 @@
 //   - the per-step losses and gradient norms agree to 2e-5 (relative);
 //   - every parameter block this rank holds equals the matching slice of the
 //     single process's tensor to 1e-4 (relative to the tensor's scale);
-//   - the tensor-, pipeline- and data-parallel groups moved exactly the
-//     bytes the layout implies (formulas below).
+//   - the tensor-, context-, pipeline- and data-parallel groups moved
+//     exactly the bytes the layout implies (formulas below).
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -57,22 +60,25 @@ double BucketMb(int tp, int pp, int dp, int vs) {
 
 // One layout under test, from the command line.
 struct LayoutArgs {
-  int tp = 1, pp = 1, dp = 1, vs = 1, zero = 0;
+  int tp = 1, pp = 1, dp = 1, cp = 1, vs = 1, zero = 0;
   bool tied = false;
   config::TrainConfig::Recompute recompute = config::TrainConfig::NONE;
   bool sp = false;
   int first = 0, last = 0;
-  bool doc = false;  // data.document_mask
+  bool doc = false;    // data.document_mask
+  bool reset = false;  // data.reset_positions
   config::TrainConfig::Device device = config::TrainConfig::cpu;
 
   std::string Name() const {
     std::string n = "layout tp" + std::to_string(tp) + " pp" + std::to_string(pp) + " dp" + std::to_string(dp) +
                     " vs" + std::to_string(vs) + " zero" + std::to_string(zero);
+    if (cp > 1) n.append(" cp").append(std::to_string(cp));
     if (tied) n += " tied";
     if (recompute != config::TrainConfig::NONE) n += " recompute=" + config::TrainConfig::Recompute_Name(recompute);
     if (sp) n += " sp";
     if (first > 0 || last > 0) n += " stages " + std::to_string(first) + "/" + std::to_string(last);
     if (doc) n += " document_mask";
+    if (reset) n += " reset_positions";
     n += " buckets " + std::to_string(BucketMb(tp, pp, dp, vs)) + " MB";
     if (device == config::TrainConfig::cuda) n += " cuda";
     return n;
@@ -96,6 +102,7 @@ bool ParseLayoutArgs(int argc, char** argv, LayoutArgs* a) {
     if (key == "tp") number(&a->tp);
     else if (key == "pp") number(&a->pp);
     else if (key == "dp") number(&a->dp);
+    else if (key == "cp") number(&a->cp);
     else if (key == "vs") number(&a->vs);
     else if (key == "zero") number(&a->zero);
     else if (key == "first") number(&a->first);
@@ -103,6 +110,7 @@ bool ParseLayoutArgs(int argc, char** argv, LayoutArgs* a) {
     else if (key == "tied") { number(&flag); a->tied = flag != 0; }
     else if (key == "sp") { number(&flag); a->sp = flag != 0; }
     else if (key == "doc") { number(&flag); a->doc = flag != 0; }
+    else if (key == "reset") { number(&flag); a->reset = flag != 0; }
     else if (key == "recompute") {
       std::string upper = value;
       for (char& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
@@ -128,6 +136,7 @@ Config TinyConfig(const LayoutArgs& a) {
   p->set_tensor(a.tp);
   p->set_pipeline(a.pp);
   p->set_data(a.dp);
+  p->set_context(a.cp);
   p->set_virtual_stages(a.vs);
   p->set_zero_stage(a.zero);
   p->set_sequence_parallel(a.sp);
@@ -145,6 +154,7 @@ Config TinyConfig(const LayoutArgs& a) {
   o->set_eps(1e-5);
   c.mutable_data()->set_seq_len(16);
   c.mutable_data()->set_document_mask(a.doc);
+  c.mutable_data()->set_reset_positions(a.reset);
   auto* t = c.mutable_train();
   t->set_steps(kSteps);
   t->set_micro_batch_size(2);
@@ -212,12 +222,13 @@ int main(int argc, char** argv) {
   LayoutArgs args;
   if (argc < 2 || !ParseLayoutArgs(argc, argv, &args)) {
     std::fprintf(stderr,
-                 "usage: test_layouts tp=T pp=P dp=D [vs=V] [zero=Z] [tied=0|1] [recompute=none|selective|full] "
-                 "[sp=0|1] [first=N] [last=N] [doc=0|1] [device=cpu|cuda]\n");
+                 "usage: test_layouts tp=T pp=P dp=D [cp=C] [vs=V] [zero=Z] [tied=0|1] "
+                 "[recompute=none|selective|full] [sp=0|1] [first=N] [last=N] [doc=0|1] [reset=0|1] "
+                 "[device=cpu|cuda]\n");
     return 2;
   }
   const bool cuda = args.device == config::TrainConfig::cuda;
-  const int tp = args.tp, pp = args.pp, dp = args.dp;
+  const int tp = args.tp, pp = args.pp, dp = args.dp, cp = args.cp;
   const int zero = args.zero;
   const bool recompute_full = args.recompute == config::TrainConfig::FULL;
   const std::string name = args.Name();
@@ -226,6 +237,7 @@ int main(int argc, char** argv) {
   LayoutArgs single_args;
   single_args.tied = args.tied;
   single_args.doc = args.doc;
+  single_args.reset = args.reset;
   single_args.device = args.device;
   Config single_config = TinyConfig(single_args);
   ValidationOptions vo;
@@ -257,14 +269,15 @@ int main(int argc, char** argv) {
 #endif
   }
   const Stream stream = device != nullptr ? device->stream() : Stream();
-  ProcessGrid grid(std::move(world), GridShape{tp, pp, dp});
+  ProcessGrid grid(std::move(world), GridShape{tp, pp, dp, cp});
   Engine engine(config, &grid, stream);
   auto single_grid = ProcessGrid::Single();
   Engine single(single_config, single_grid.get(), stream);
 
   const ModelShape shape = ModelShape::FromConfig(config.model());
   const ModelLayout& layout = engine.model().layout();
-  const int64_t m = 2 * 16, dim = shape.dim, micro_batches = engine.micro_batches();
+  // m: the tokens of a micro-batch this rank holds (its 1/C of each sequence).
+  const int64_t m = 2 * 16 / cp, dim = shape.dim, micro_batches = engine.micro_batches();
   // Stage p of a 1F1B pipeline keeps at most P - p micro-batches' activations.
   if (args.vs == 1) {
     t.Eq(engine.model().slots(0), static_cast<int>(std::min<int64_t>(pp - grid.pp_rank(), micro_batches)),
@@ -331,6 +344,16 @@ int main(int argc, char** argv) {
     const int64_t pp_bytes = 4 * micro_batches * (non_first + non_last) * rows * dim;
     t.Eq(grid.pp().stats().bytes_of(CommOp::kSend), pp_bytes, "pipeline send bytes" + at);
     t.Eq(grid.pp().stats().bytes_of(CommOp::kRecv), pp_bytes, "pipeline recv bytes" + at);
+    // CP: ring attention sends each layer's key/value block, [m, 2 Hkv hd]
+    // with the rank's Hkv, C - 1 times in the forward (again when
+    // recompute=full re-runs it) and C - 1 times in the backward, plus its
+    // gradient C times in the backward (model/ring_attention.h); receives
+    // match sends.
+    const int64_t kv_block = m * 2 * layout.kv_heads * shape.head_dim;
+    const int64_t ring_blocks = cp > 1 ? (layer_passes - 1) * (cp - 1) + (cp - 1) + cp : 0;
+    const int64_t cp_bytes = 4 * micro_batches * layers * ring_blocks * kv_block;
+    t.Eq(grid.cp().stats().bytes_of(CommOp::kSend), cp_bytes, "context-parallel send bytes" + at);
+    t.Eq(grid.cp().stats().bytes_of(CommOp::kRecv), cp_bytes, "context-parallel recv bytes" + at);
     // DP: ZeRO-0 all-reduces the f32 gradients; ZeRO-1 reduce-scatters them
     // and, after the update, all-gathers the weights' compute copy (not the
     // f32 master weights, which stay sharded): compute-dtype bytes per
@@ -339,13 +362,16 @@ int main(int argc, char** argv) {
     // by a step complete in the next forward, but the counters record them
     // when issued, so each step counts its own. ZeRO-2 reduce-scatters every
     // bucket after every micro-batch, except a tied embedding's (whole-step)
-    // bucket, reduced once.
+    // bucket, reduced once. All of it runs over the D x C replicas (the
+    // data-parallel group itself when C = 1).
     const ParameterSet& params = engine.model().parameters();
+    const Communicator& replicas = grid.replicas();
+    t.Eq(replicas.size(), dp * cp, "replicas");
     if (zero == 0) {
-      t.Eq(grid.dp().stats().bytes_of(CommOp::kAllReduce), 4 * params.numel(), "data-parallel all-reduce bytes" + at);
+      t.Eq(replicas.stats().bytes_of(CommOp::kAllReduce), 4 * params.numel(), "data-parallel all-reduce bytes" + at);
     } else {
       const int64_t compute_bytes = static_cast<int64_t>(DTypeSize(params.placement().compute_dtype));
-      t.Eq(params.padded_numel() % dp, int64_t{0}, "padding");
+      t.Eq(params.padded_numel() % (dp * cp), int64_t{0}, "padding");
       int64_t reduced = params.padded_numel();
       if (zero == 2) {
         reduced = 0;
@@ -354,8 +380,8 @@ int main(int argc, char** argv) {
           reduced += params.whole_step_bucket(b) ? n : micro_batches * n;
         }
       }
-      t.Eq(grid.dp().stats().bytes_of(CommOp::kReduceScatter), 4 * reduced, "reduce-scatter bytes" + at);
-      t.Eq(grid.dp().stats().bytes_of(CommOp::kAllGather), compute_bytes * params.padded_numel(),
+      t.Eq(replicas.stats().bytes_of(CommOp::kReduceScatter), 4 * reduced, "reduce-scatter bytes" + at);
+      t.Eq(replicas.stats().bytes_of(CommOp::kAllGather), compute_bytes * params.padded_numel(),
            "all-gather bytes" + at);
     }
   }

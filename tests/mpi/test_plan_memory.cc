@@ -3,9 +3,11 @@
 //   mpirun -np 8 test_plan_memory
 //
 // A 99.6M-parameter Llama (dim 768, 8 layers, 12 query / 4 KV heads, FFN
-// 2048, vocabulary 32000) is built by the Engine on 8 CPU ranks in four
+// 2048, vocabulary 32000) is built by the Engine on 8 CPU ranks in five
 // layouts: TP 2 x PP 2 x DP 2 with ZeRO-1, TP 1 x PP 4 x DP 2 with ZeRO-0,
-// TP 2 x PP 1 x DP 4 with ZeRO-1, and TP 2 x PP 2 x DP 2 with ZeRO-2. After
+// TP 2 x PP 1 x DP 4 with ZeRO-1, TP 2 x PP 2 x DP 2 with ZeRO-2, and TP 2
+// x CP 2 x DP 2 with ZeRO-1 and document masking (ring buffers, positions
+// and document starts; ZeRO shards over the 4 data x context replicas). After
 // one optimizer step (sequence 32, micro-batches of 1, two per data-parallel
 // rank) the peak of every rank's host arenas (core/arena.h: parameters,
 // gradients (ZeRO-2: the bucket pool and the owned shard), Adam moments,
@@ -35,7 +37,7 @@
 namespace latam {
 namespace {
 
-Config HundredMillionConfig(int tp, int pp, int dp, int zero) {
+Config HundredMillionConfig(int tp, int pp, int dp, int zero, int cp) {
   Config c;
   auto* m = c.mutable_model();
   m->set_vocab_size(32000);
@@ -49,9 +51,11 @@ Config HundredMillionConfig(int tp, int pp, int dp, int zero) {
   p->set_tensor(tp);
   p->set_pipeline(pp);
   p->set_data(dp);
+  p->set_context(cp);
   p->set_zero_stage(zero);
   p->set_grad_bucket_mb(16);
   c.mutable_data()->set_seq_len(32);
+  c.mutable_data()->set_document_mask(cp > 1);
   auto* t = c.mutable_train();
   t->set_steps(1);
   t->set_micro_batch_size(1);
@@ -60,8 +64,9 @@ Config HundredMillionConfig(int tp, int pp, int dp, int zero) {
   return c;
 }
 
-Status Sample(uint64_t index, int32_t* ids, int32_t* targets, int32_t* /*doc_start*/) {
+Status Sample(uint64_t index, int32_t* ids, int32_t* targets, int32_t* doc_start) {
   for (int i = 0; i < 32; ++i) {
+    if (doc_start != nullptr) doc_start[i] = i < 20 ? 0 : 20;  // two documents
     ids[i] = static_cast<int32_t>((index * 131 + static_cast<uint64_t>(i) * 17) % 32000);
     targets[i] = static_cast<int32_t>((index * 131 + static_cast<uint64_t>(i + 1) * 17) % 32000);
   }
@@ -78,12 +83,13 @@ int main(int argc, char** argv) {
   testing::MpiChecks t("plan memory");
   if (!t.Eq(mpi.world_size(), 8, "world size")) return t.Finish();
   struct Layout {
-    int tp, pp, dp, zero;
+    int tp, pp, dp, zero, cp;
   };
-  for (const Layout& l : {Layout{2, 2, 2, 1}, Layout{1, 4, 2, 0}, Layout{2, 1, 4, 1}, Layout{2, 2, 2, 2}}) {
-    const std::string name = "tp" + std::to_string(l.tp) + " pp" + std::to_string(l.pp) + " dp" +
-                             std::to_string(l.dp) + " zero" + std::to_string(l.zero);
-    const Config config = HundredMillionConfig(l.tp, l.pp, l.dp, l.zero);
+  for (const Layout& l : {Layout{2, 2, 2, 1, 1}, Layout{1, 4, 2, 0, 1}, Layout{2, 1, 4, 1, 1}, Layout{2, 2, 2, 2, 1},
+                          Layout{2, 1, 2, 1, 2}}) {
+    const std::string name = "tp" + std::to_string(l.tp) + " cp" + std::to_string(l.cp) + " pp" +
+                             std::to_string(l.pp) + " dp" + std::to_string(l.dp) + " zero" + std::to_string(l.zero);
+    const Config config = HundredMillionConfig(l.tp, l.pp, l.dp, l.zero, l.cp);
     auto plan = PlanJson(config);
     if (!t.Check(plan.ok(), name + ": plan: " + (plan.ok() ? "" : plan.status().message()))) continue;
     const auto j = nlohmann::json::parse(*plan);
@@ -91,7 +97,7 @@ int main(int argc, char** argv) {
 
     double measured = 0.0;
     {
-      ProcessGrid grid(std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world"), GridShape{l.tp, l.pp, l.dp});
+      ProcessGrid grid(std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world"), GridShape{l.tp, l.pp, l.dp, l.cp});
       ResetHostArenaPeak();
       const size_t before = HostArenaLiveBytes();
       const auto t0 = std::chrono::steady_clock::now();
