@@ -11,6 +11,7 @@
 //   dx[i+half]    = dy[i+half] cos - dy[i] sin
 #pragma once
 
+#include <cstdint>
 #include <vector>
 
 #include "core/tensor.h"
@@ -44,10 +45,22 @@ RopeTable BuildRopeTable(double theta, int head_dim, int max_positions, const Ro
 namespace latam::cpu {
 
 // Rotates in place the first n_rot_heads heads (of head_dim each) of every row
-// of x[B*T, row_width]; row m is at position m % seq_len. For the fused QKV
-// activation, n_rot_heads = n_heads + n_kv_heads rotates Q and K, not V.
-void RopeForward(const Tensor& x, int seq_len, int n_rot_heads, const RopeTable& table);
-void RopeBackward(const Tensor& dx, int seq_len, int n_rot_heads, const RopeTable& table);
+// of x[B*T, row_width] (T = seq_len). For the fused QKV activation,
+// n_rot_heads = n_heads + n_kv_heads rotates Q and K, not V.
+//
+// Positions: with positions null, row m is at position m % seq_len. Else row
+// m is at position positions[m] (int32, B*T of them, host memory like x), for
+// rows whose positions are not m % seq_len: a context-parallel rank's chunks
+// of a sequence (global positions), or positions that restart at every
+// document of a packed window. They may repeat and need not increase; each
+// must be in [0, table.max_positions), else the call aborts naming the first
+// offending row and its position. Positions equal to m % seq_len give
+// bitwise the null-positions result. seq_len is checked as without
+// positions (rows a multiple of it, at most table.max_positions).
+void RopeForward(const Tensor& x, int seq_len, int n_rot_heads, const RopeTable& table,
+                 const int32_t* positions = nullptr);
+void RopeBackward(const Tensor& dx, int seq_len, int n_rot_heads, const RopeTable& table,
+                  const int32_t* positions = nullptr);
 
 // The forward rotation of rows at consecutive positions: row m of
 // x[rows, row_width] is at position first_position + m (decoding after a

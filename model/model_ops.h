@@ -74,8 +74,12 @@ class ModelOps {
   virtual void LinearBackwardInput(const Tensor& dy, const Tensor& w, const Tensor& dx, bool accumulate) = 0;
   virtual void LinearBackwardWeight(const Tensor& dy, const Tensor& x, const Tensor& dw) = 0;
   // kernels/rope.h on the first n_rot_heads heads of each fused-QKV row, in place.
-  virtual void RopeForward(const Tensor& qkv, int n_rot_heads) = 0;
-  virtual void RopeBackward(const Tensor& dqkv, int n_rot_heads) = 0;
+  // positions: null, row m at position m % seq_len (the OpsShape's); else row
+  // m at positions[m] (int32, one per row, in the ops' memory: host or
+  // device), each inside the RoPE table: the CPU checks, on CUDA the caller
+  // guarantees it (one outside makes the kernel trap, kernels/cuda/rope.h).
+  virtual void RopeForward(const Tensor& qkv, int n_rot_heads, const int32_t* positions = nullptr) = 0;
+  virtual void RopeBackward(const Tensor& dqkv, int n_rot_heads, const int32_t* positions = nullptr) = 0;
   // kernels/attention.h with the OpsShape's dimensions: out, lse overwritten;
   // dqkv overwritten.
   // doc_start: AttentionDims::doc_start (null: plain causal), in the ops'

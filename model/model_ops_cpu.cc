@@ -59,11 +59,11 @@ class CpuOps final : public ModelOps {
   void LinearBackwardWeight(const Tensor& dy, const Tensor& x, const Tensor& dw) override {
     cpu::LinearBackwardWeight(dy, x, dw);
   }
-  void RopeForward(const Tensor& qkv, int n_rot_heads) override {
-    cpu::RopeForward(qkv, shape_.attention.seq_len, n_rot_heads, rope_);
+  void RopeForward(const Tensor& qkv, int n_rot_heads, const int32_t* positions) override {
+    cpu::RopeForward(qkv, shape_.attention.seq_len, n_rot_heads, rope_, positions);
   }
-  void RopeBackward(const Tensor& dqkv, int n_rot_heads) override {
-    cpu::RopeBackward(dqkv, shape_.attention.seq_len, n_rot_heads, rope_);
+  void RopeBackward(const Tensor& dqkv, int n_rot_heads, const int32_t* positions) override {
+    cpu::RopeBackward(dqkv, shape_.attention.seq_len, n_rot_heads, rope_, positions);
   }
   void AttentionForward(const Tensor& qkv, const Tensor& out, const Tensor& lse, const int32_t* doc_start) override {
     AttentionDims d = shape_.attention;

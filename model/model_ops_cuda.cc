@@ -115,11 +115,11 @@ class CudaOps final : public ModelOps {
   void LinearBackwardWeight(const Tensor& dy, const Tensor& x, const Tensor& dw) override {
     cuda::LinearBackwardWeight(gemm_, dy, x, dw, stream_);
   }
-  void RopeForward(const Tensor& qkv, int n_rot_heads) override {
-    cuda::RopeForward(qkv, shape_.attention.seq_len, n_rot_heads, rope_, stream_);
+  void RopeForward(const Tensor& qkv, int n_rot_heads, const int32_t* positions) override {
+    cuda::RopeForward(qkv, shape_.attention.seq_len, n_rot_heads, rope_, stream_, positions);
   }
-  void RopeBackward(const Tensor& dqkv, int n_rot_heads) override {
-    cuda::RopeBackward(dqkv, shape_.attention.seq_len, n_rot_heads, rope_, stream_);
+  void RopeBackward(const Tensor& dqkv, int n_rot_heads, const int32_t* positions) override {
+    cuda::RopeBackward(dqkv, shape_.attention.seq_len, n_rot_heads, rope_, stream_, positions);
   }
   // Document masking runs on the mma.sync flash kernels (the wgmma ones do
   // not implement it) or the simple ones.

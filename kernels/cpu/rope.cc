@@ -59,13 +59,14 @@ namespace latam::cpu {
 namespace {
 
 // direction = +1 rotates by +angle (forward), -1 by -angle (backward).
+// Row m is at position positions[m], or m % seq_len when positions is null.
 LATAM_CPU_CLONES
-void Rotate(float* x, int64_t rows, int64_t row_width, int seq_len, int n_rot_heads, int head_dim,
-            const float* cos_table, const float* sin_table, float direction) {
+void Rotate(float* x, int64_t rows, int64_t row_width, int seq_len, const int32_t* positions, int n_rot_heads,
+            int head_dim, const float* cos_table, const float* sin_table, float direction) {
   const int half = head_dim / 2;
 #pragma omp parallel for schedule(static)
   for (int64_t m = 0; m < rows; ++m) {
-    const int64_t t = m % seq_len;
+    const int64_t t = positions == nullptr ? m % seq_len : static_cast<int64_t>(positions[m]);
     const float* c = cos_table + t * half;
     const float* s = sin_table + t * half;
     for (int h = 0; h < n_rot_heads; ++h) {
@@ -81,27 +82,33 @@ void Rotate(float* x, int64_t rows, int64_t row_width, int seq_len, int n_rot_he
   }
 }
 
-void CheckRope(const Tensor& x, int seq_len, int n_rot_heads, const RopeTable& table) {
+void CheckRope(const Tensor& x, int seq_len, int n_rot_heads, const RopeTable& table, const int32_t* positions) {
   LATAM_CHECK(x.dtype == DType::kF32 && x.device == Device::kCPU, "rope x must be f32 on cpu, got " << x.str());
   LATAM_CHECK(seq_len > 0 && seq_len <= table.max_positions,
               "seq_len " << seq_len << " exceeds the RoPE table (" << table.max_positions << ")");
   LATAM_CHECK(x.shape.rows() % seq_len == 0, "rope rows " << x.shape.rows() << " not a multiple of " << seq_len);
   LATAM_CHECK(static_cast<int64_t>(n_rot_heads) * table.head_dim <= x.shape.cols(),
               n_rot_heads << " heads of " << table.head_dim << " exceed row width " << x.shape.cols());
+  if (positions == nullptr) return;
+  for (int64_t m = 0; m < x.shape.rows(); ++m) {
+    LATAM_CHECK(positions[m] >= 0 && positions[m] < table.max_positions,
+                "rope row " << m << " is at position " << positions[m] << ", outside the RoPE table [0, "
+                            << table.max_positions << ")");
+  }
 }
 
 }  // namespace
 
-void RopeForward(const Tensor& x, int seq_len, int n_rot_heads, const RopeTable& table) {
-  CheckRope(x, seq_len, n_rot_heads, table);
-  Rotate(x.as<float>(), x.shape.rows(), x.shape.cols(), seq_len, n_rot_heads, table.head_dim, table.cos.data(),
-         table.sin.data(), 1.0f);
+void RopeForward(const Tensor& x, int seq_len, int n_rot_heads, const RopeTable& table, const int32_t* positions) {
+  CheckRope(x, seq_len, n_rot_heads, table, positions);
+  Rotate(x.as<float>(), x.shape.rows(), x.shape.cols(), seq_len, positions, n_rot_heads, table.head_dim,
+         table.cos.data(), table.sin.data(), 1.0f);
 }
 
-void RopeBackward(const Tensor& dx, int seq_len, int n_rot_heads, const RopeTable& table) {
-  CheckRope(dx, seq_len, n_rot_heads, table);
-  Rotate(dx.as<float>(), dx.shape.rows(), dx.shape.cols(), seq_len, n_rot_heads, table.head_dim, table.cos.data(),
-         table.sin.data(), -1.0f);
+void RopeBackward(const Tensor& dx, int seq_len, int n_rot_heads, const RopeTable& table, const int32_t* positions) {
+  CheckRope(dx, seq_len, n_rot_heads, table, positions);
+  Rotate(dx.as<float>(), dx.shape.rows(), dx.shape.cols(), seq_len, positions, n_rot_heads, table.head_dim,
+         table.cos.data(), table.sin.data(), -1.0f);
 }
 
 void RopeForwardAt(const Tensor& x, int64_t first_position, int n_rot_heads, const RopeTable& table) {

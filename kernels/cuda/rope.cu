@@ -56,13 +56,18 @@ __device__ __forceinline__ void Store(T* p, const float (&in)[kN]) {
 // One work item is (row m, rotated head h, kN consecutive i in [0, half)):
 // grid-stride over rows * n_rot_heads * half / kN items, consecutive threads
 // on consecutive i, so both halves of a head are read and written coalesced.
-// With t = first_position + m % seq_len, c = cos[t, i], s = direction * sin[t, i]:
+// Row m is at position t = positions[m] (kPositions) or else
+// t = first_position + m % seq_len; with c = cos[t, i], s = direction * sin[t, i]:
 //   lo[i] = a c - b s,   hi[i] = b c + a s,   a = lo[i], b = hi[i]
 // direction = +1 is the forward rotation, -1 the backward (rotation by -angle).
-template <typename T, bool kVec>
+// A position outside [0, max_positions) stops the kernel before the table is
+// read: __trap() on the device (the launch fails and the next synchronising
+// CUDA call reports it; the context is unusable afterwards), a fatal error
+// naming the row in the host emulation.
+template <typename T, bool kVec, bool kPositions>
 __global__ void RopeKernel(T* __restrict__ x, const float* __restrict__ cos_table, const float* __restrict__ sin_table,
-                           int64_t rows, int64_t row_width, int64_t seq_len, int64_t first_position,
-                           int n_rot_heads, int half, float direction) {
+                           const int32_t* __restrict__ positions, int max_positions, int64_t rows, int64_t row_width,
+                           int64_t seq_len, int64_t first_position, int n_rot_heads, int half, float direction) {
   constexpr int kN = kVec ? Pack<T>::kN : 1;
   const int chunks_per_head = half / kN;
   const int64_t chunks_per_row = static_cast<int64_t>(n_rot_heads) * chunks_per_head;
@@ -73,7 +78,22 @@ __global__ void RopeKernel(T* __restrict__ x, const float* __restrict__ cos_tabl
     const int rest = static_cast<int>(item - m * chunks_per_row);
     const int h = rest / chunks_per_head;
     const int i = (rest - h * chunks_per_head) * kN;
-    const int64_t t = first_position + m % seq_len;
+    int64_t t;
+    if constexpr (kPositions) {
+      const int32_t p = positions[m];
+      if (static_cast<uint32_t>(p) >= static_cast<uint32_t>(max_positions)) {
+#ifdef LATAM_CUDA_EMULATION
+        LATAM_CHECK(false, "cuda rope row " << m << " is at position " << p << ", outside the RoPE table [0, "
+                                            << max_positions << ")");
+#else
+        __trap();
+#endif
+        return;
+      }
+      t = p;
+    } else {
+      t = first_position + m % seq_len;
+    }
     T* lo = x + m * row_width + static_cast<int64_t>(h) * 2 * half + i;
     T* hi = lo + half;
     float a[kN], b[kN], c[kN], s[kN];
@@ -95,8 +115,17 @@ __global__ void RopeKernel(T* __restrict__ x, const float* __restrict__ cos_tabl
 
 bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
+template <typename T, bool kVec, bool kPositions>
+void LaunchKernel(int blocks, const Tensor& x, const int32_t* positions, int64_t seq_len, int64_t first_position,
+                  int n_rot_heads, const RopeDeviceTable& table, float direction, cudaStream_t stream) {
+  Launch(RopeKernel<T, kVec, kPositions>, blocks, kThreads, 0, stream, static_cast<T*>(x.data), table.cos.as<float>(),
+         table.sin.as<float>(), positions, table.max_positions(), x.shape.rows(), x.shape.cols(), seq_len,
+         first_position, n_rot_heads, table.head_dim() / 2, direction);
+}
+
+// positions (device int32, one per row) or null: first_position + m % seq_len.
 template <typename T>
-void LaunchRope(const Tensor& x, int64_t seq_len, int64_t first_position, int n_rot_heads,
+void LaunchRope(const Tensor& x, const int32_t* positions, int64_t seq_len, int64_t first_position, int n_rot_heads,
                 const RopeDeviceTable& table, float direction, cudaStream_t stream) {
   const int64_t rows = x.shape.rows();
   const int64_t row_width = x.shape.cols();
@@ -109,14 +138,17 @@ void LaunchRope(const Tensor& x, int64_t seq_len, int64_t first_position, int n_
   const int64_t n_items = rows * n_rot_heads * (vec ? half / kN : half);
   if (n_items == 0) return;
   const int blocks = static_cast<int>(std::min<int64_t>((n_items + kThreads - 1) / kThreads, kMaxBlocks));
-  const float* cos_table = table.cos.as<float>();
-  const float* sin_table = table.sin.as<float>();
-  if (vec) {
-    Launch(RopeKernel<T, true>, blocks, kThreads, 0, stream, static_cast<T*>(x.data), cos_table, sin_table, rows,
-           row_width, seq_len, first_position, n_rot_heads, half, direction);
+  if (positions != nullptr) {
+    if (vec) {
+      LaunchKernel<T, true, true>(blocks, x, positions, seq_len, first_position, n_rot_heads, table, direction, stream);
+    } else {
+      LaunchKernel<T, false, true>(blocks, x, positions, seq_len, first_position, n_rot_heads, table, direction,
+                                   stream);
+    }
+  } else if (vec) {
+    LaunchKernel<T, true, false>(blocks, x, nullptr, seq_len, first_position, n_rot_heads, table, direction, stream);
   } else {
-    Launch(RopeKernel<T, false>, blocks, kThreads, 0, stream, static_cast<T*>(x.data), cos_table, sin_table, rows,
-           row_width, seq_len, first_position, n_rot_heads, half, direction);
+    LaunchKernel<T, false, false>(blocks, x, nullptr, seq_len, first_position, n_rot_heads, table, direction, stream);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -132,22 +164,22 @@ void CheckRope(const Tensor& x, int n_rot_heads, const RopeDeviceTable& table) {
               n_rot_heads << " heads of " << table.head_dim() << " exceed row width " << x.shape.cols());
 }
 
-void Dispatch(const Tensor& x, int64_t seq_len, int64_t first_position, int n_rot_heads,
+void Dispatch(const Tensor& x, const int32_t* positions, int64_t seq_len, int64_t first_position, int n_rot_heads,
               const RopeDeviceTable& table, float direction, cudaStream_t stream) {
   if (x.dtype == DType::kF32) {
-    LaunchRope<float>(x, seq_len, first_position, n_rot_heads, table, direction, stream);
+    LaunchRope<float>(x, positions, seq_len, first_position, n_rot_heads, table, direction, stream);
   } else {
-    LaunchRope<__nv_bfloat16>(x, seq_len, first_position, n_rot_heads, table, direction, stream);
+    LaunchRope<__nv_bfloat16>(x, positions, seq_len, first_position, n_rot_heads, table, direction, stream);
   }
 }
 
-void Rotate(const Tensor& x, int seq_len, int n_rot_heads, const RopeDeviceTable& table, float direction,
-            cudaStream_t stream) {
+void Rotate(const Tensor& x, int seq_len, int n_rot_heads, const RopeDeviceTable& table, const int32_t* positions,
+            float direction, cudaStream_t stream) {
   CheckRope(x, n_rot_heads, table);
   LATAM_CHECK(seq_len > 0 && seq_len <= table.max_positions(),
               "seq_len " << seq_len << " exceeds the RoPE table (" << table.max_positions() << ")");
   LATAM_CHECK(x.shape.rows() % seq_len == 0, "rope rows " << x.shape.rows() << " not a multiple of " << seq_len);
-  Dispatch(x, seq_len, 0, n_rot_heads, table, direction, stream);
+  Dispatch(x, positions, seq_len, 0, n_rot_heads, table, direction, stream);
 }
 
 }  // namespace
@@ -169,12 +201,14 @@ RopeDeviceTable UploadRopeTable(const RopeTable& table, const Arena& arena, size
   return out;
 }
 
-void RopeForward(const Tensor& x, int seq_len, int n_rot_heads, const RopeDeviceTable& table, cudaStream_t stream) {
-  Rotate(x, seq_len, n_rot_heads, table, 1.0f, stream);
+void RopeForward(const Tensor& x, int seq_len, int n_rot_heads, const RopeDeviceTable& table, cudaStream_t stream,
+                 const int32_t* positions) {
+  Rotate(x, seq_len, n_rot_heads, table, positions, 1.0f, stream);
 }
 
-void RopeBackward(const Tensor& dx, int seq_len, int n_rot_heads, const RopeDeviceTable& table, cudaStream_t stream) {
-  Rotate(dx, seq_len, n_rot_heads, table, -1.0f, stream);
+void RopeBackward(const Tensor& dx, int seq_len, int n_rot_heads, const RopeDeviceTable& table, cudaStream_t stream,
+                  const int32_t* positions) {
+  Rotate(dx, seq_len, n_rot_heads, table, positions, -1.0f, stream);
 }
 
 void RopeForwardAt(const Tensor& x, int64_t first_position, int n_rot_heads, const RopeDeviceTable& table,
@@ -185,7 +219,7 @@ void RopeForwardAt(const Tensor& x, int64_t first_position, int n_rot_heads, con
               "rows at positions [" << first_position << ", " << first_position + rows
                                     << ") exceed the RoPE table (" << table.max_positions() << ")");
   if (rows == 0) return;
-  Dispatch(x, rows, first_position, n_rot_heads, table, 1.0f, stream);
+  Dispatch(x, nullptr, rows, first_position, n_rot_heads, table, 1.0f, stream);
 }
 
 }  // namespace latam::cuda

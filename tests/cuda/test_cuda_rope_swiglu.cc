@@ -2,7 +2,10 @@
 // bf16, shapes that take the 16-byte path and shapes that fall back to
 // scalar (row widths not a multiple of the pack, pointers off 16-byte
 // alignment), odd row counts. RoPE is also run backward over its own forward
-// output, which must give back the input.
+// output, which must give back the input, and at explicit per-row positions
+// (random positions over a table larger than the sequence, including its
+// first and last rows, repeated, decreasing and restarting positions) against
+// the CPU kernel at the same positions.
 //
 // Every device buffer sits between guard bytes, and outputs start as NaN
 // (all bytes 0xff, a NaN in f32 and in bf16), so an unwritten element or a
@@ -80,24 +83,53 @@ constexpr double kRoundTripRel = std::is_same_v<T, BF16> ? 1.0 / 64 : 1e-5;
 
 class CudaRopeTest : public testing::RandomTest {
  protected:
+  // One position per row in [0, max_positions), random but for a few runs
+  // that the callers of explicit positions produce: the table's first and
+  // last rows, a repeated position, a decreasing run, and positions
+  // restarting at 0 (documents of a packed window).
+  std::vector<int32_t> Positions(int64_t rows, int max_positions) {
+    std::vector<int32_t> positions(static_cast<size_t>(rows));
+    for (auto& p : positions) p = UniformInt(0, max_positions - 1);
+    const auto set = [&](int64_t m, int p) {
+      if (m < rows) positions[static_cast<size_t>(m)] = p;
+    };
+    set(0, max_positions - 1);
+    set(1, 0);
+    set(2, max_positions / 2);
+    set(3, max_positions / 2);
+    for (int k = 0; k < 4; ++k) set(4 + k, max_positions - 2 - k);
+    for (int k = 0; k < 6; ++k) set(8 + k, k % 3);
+    return positions;
+  }
+
   // x is the fused QKV activation [batch * seq_len, (n_heads + 2 n_kv_heads)
-  // head_dim + extra_cols]; Q and K heads are rotated.
+  // head_dim + extra_cols]; Q and K heads are rotated. explicit_positions:
+  // rows at Positions() over a table of batch * seq_len + 9 positions (as a
+  // context-parallel rank's global positions exceed its local seq_len), on
+  // the device and on the CPU; else at m % seq_len.
   template <typename T>
-  void Run(int64_t batch, int seq_len, int n_heads, int n_kv_heads, int head_dim, int64_t extra_cols, bool misalign) {
+  void Run(int64_t batch, int seq_len, int n_heads, int n_kv_heads, int head_dim, int64_t extra_cols, bool misalign,
+           bool explicit_positions = false) {
     const int64_t rows = batch * seq_len;
     const int64_t row_width = static_cast<int64_t>(n_heads + 2 * n_kv_heads) * head_dim + extra_cols;
     const int n_rot_heads = n_heads + n_kv_heads;
     SCOPED_TRACE(::testing::Message() << DTypeName(DTypeOf<T>::value) << " rows=" << rows << " seq_len=" << seq_len
                                       << " row_width=" << row_width << " head_dim=" << head_dim
-                                      << " n_rot_heads=" << n_rot_heads << " misalign=" << misalign);
+                                      << " n_rot_heads=" << n_rot_heads << " misalign=" << misalign
+                                      << " explicit_positions=" << explicit_positions);
     RopeScaling scaling;
     scaling.factor = 8.0;
-    const RopeTable table = BuildRopeTable(500000.0, head_dim, seq_len + 5, scaling);
+    const int max_positions = explicit_positions ? static_cast<int>(rows) + 9 : seq_len + 5;
+    const RopeTable table = BuildRopeTable(500000.0, head_dim, max_positions, scaling);
     const auto x = RoundTo<T>(Normal(rows * row_width)), dy = RoundTo<T>(Normal(rows * row_width));
+    const std::vector<int32_t> positions = explicit_positions ? Positions(rows, max_positions) : std::vector<int32_t>{};
+    const int32_t* host_positions = explicit_positions ? positions.data() : nullptr;
+    const Arena positions_mem = testing::ToDevice(explicit_positions ? positions : std::vector<int32_t>{0});
+    const int32_t* device_positions = explicit_positions ? static_cast<const int32_t*>(positions_mem.data()) : nullptr;
 
     auto y_expected = x, dx_expected = dy;
-    cpu::RopeForward(Tensor::Of(y_expected.data(), {rows, row_width}), seq_len, n_rot_heads, table);
-    cpu::RopeBackward(Tensor::Of(dx_expected.data(), {rows, row_width}), seq_len, n_rot_heads, table);
+    cpu::RopeForward(Tensor::Of(y_expected.data(), {rows, row_width}), seq_len, n_rot_heads, table, host_positions);
+    cpu::RopeBackward(Tensor::Of(dx_expected.data(), {rows, row_width}), seq_len, n_rot_heads, table, host_positions);
 
     const size_t table_offset = misalign ? sizeof(float) : 0;
     Arena table_arena(Device::kCUDA, table_offset + cuda::RopeTableBytes(table));
@@ -105,8 +137,8 @@ class CudaRopeTest : public testing::RandomTest {
     GuardedBuffer<T> xd(FromFloats<T>(x), misalign), dyd(FromFloats<T>(dy), misalign);
     const Tensor xt = xd.View({rows, row_width}), dyt = dyd.View({rows, row_width});
 
-    cuda::RopeForward(xt, seq_len, n_rot_heads, device_table, nullptr);
-    cuda::RopeBackward(dyt, seq_len, n_rot_heads, device_table, nullptr);
+    cuda::RopeForward(xt, seq_len, n_rot_heads, device_table, nullptr, device_positions);
+    cuda::RopeBackward(dyt, seq_len, n_rot_heads, device_table, nullptr, device_positions);
     CUDA_CHECK(cudaDeviceSynchronize());
     const Tolerance tol = kTolerance<T>;
     EXPECT_TRUE(testing::AllClose(ToFloats<T>(xd.Read()), testing::ToDouble(y_expected), tol.atol, tol.rtol))
@@ -114,7 +146,7 @@ class CudaRopeTest : public testing::RandomTest {
     EXPECT_TRUE(testing::AllClose(ToFloats<T>(dyd.Read()), testing::ToDouble(dx_expected), tol.atol, tol.rtol))
         << "backward";
 
-    cuda::RopeBackward(xt, seq_len, n_rot_heads, device_table, nullptr);
+    cuda::RopeBackward(xt, seq_len, n_rot_heads, device_table, nullptr, device_positions);
     CUDA_CHECK(cudaDeviceSynchronize());
     EXPECT_TRUE(RoundTripClose(ToFloats<T>(xd.Read()), x, row_width, n_rot_heads, head_dim, kRoundTripRel<T>))
         << "round trip";
@@ -139,6 +171,61 @@ TEST_F(CudaRopeTest, BFloat16MatchesCpuAndRoundTrips) {
   Run<BF16>(5, 3, 3, 1, 8, 0, false);     // half = 4: scalar for bf16
   Run<BF16>(3, 7, 4, 2, 64, 4, false);    // row width 516: scalar
   Run<BF16>(3, 7, 4, 2, 64, 0, true);     // misaligned x and table: scalar
+}
+
+TEST_F(CudaRopeTest, Float32AtPositionsMatchesCpuAndRoundTrips) {
+  LATAM_REQUIRE_GPU();
+  Run<float>(3, 7, 4, 2, 64, 0, false, true);    // float4 path
+  Run<float>(1, 33, 8, 2, 128, 0, false, true);  // Llama 3 head_dim
+  Run<float>(5, 3, 3, 1, 6, 0, false, true);     // half = 3: scalar
+  Run<float>(3, 7, 4, 2, 64, 3, false, true);    // row width 515: scalar
+  Run<float>(3, 7, 4, 2, 64, 0, true, true);     // misaligned x and table: scalar
+}
+
+TEST_F(CudaRopeTest, BFloat16AtPositionsMatchesCpuAndRoundTrips) {
+  LATAM_REQUIRE_GPU();
+  Run<BF16>(3, 7, 4, 2, 64, 0, false, true);    // 8 x bf16 path
+  Run<BF16>(1, 33, 8, 2, 128, 0, false, true);  // Llama 3 head_dim
+  Run<BF16>(5, 3, 3, 1, 8, 0, false, true);     // half = 4: scalar for bf16
+  Run<BF16>(3, 7, 4, 2, 64, 4, false, true);    // row width 516: scalar
+  Run<BF16>(3, 7, 4, 2, 64, 0, true, true);     // misaligned x and table: scalar
+}
+
+// A position outside the table stops the kernel before it reads the table:
+// a trap on a GPU (the synchronisation after it fails), a fatal error naming
+// the row in the emulation. The death tests run in a fresh process
+// (threadsafe style), so the parent's CUDA context is never used by a fork.
+TEST_F(CudaRopeTest, PositionOutsideTheTableStopsTheKernel) {
+  LATAM_REQUIRE_GPU();
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const int64_t rows = 8, head_dim = 8, row_width = 3 * head_dim;
+  const RopeTable table = BuildRopeTable(10000.0, head_dim, 16, RopeScaling{});
+  Arena table_mem(Device::kCUDA, cuda::RopeTableBytes(table));
+  const cuda::RopeDeviceTable device_table = cuda::UploadRopeTable(table, table_mem, 0, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const Arena x_mem = testing::ToDevice(Normal(rows * row_width));
+  const Tensor x = testing::View<float>(x_mem, {rows, row_width});
+  std::vector<int32_t> positions(static_cast<size_t>(rows), 3);
+  positions[5] = 16;  // one past the table
+  const Arena past_end = testing::ToDevice(positions);
+  positions[5] = -1;
+  const Arena negative = testing::ToDevice(positions);
+  const auto rotate = [&](const Arena& p, bool forward) {
+    const auto* device_positions = static_cast<const int32_t*>(p.data());
+    if (forward) {
+      cuda::RopeForward(x, 4, 2, device_table, nullptr, device_positions);
+    } else {
+      cuda::RopeBackward(x, 4, 2, device_table, nullptr, device_positions);
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());
+  };
+#ifdef LATAM_CUDA_EMULATION
+  EXPECT_DEATH(rotate(past_end, true), "cuda rope row 5 is at position 16, outside the RoPE table \\[0, 16\\)");
+  EXPECT_DEATH(rotate(negative, false), "cuda rope row 5 is at position -1, outside the RoPE table");
+#else
+  EXPECT_DEATH(rotate(past_end, true), "cudaDeviceSynchronize");
+  EXPECT_DEATH(rotate(negative, false), "cudaDeviceSynchronize");
+#endif
 }
 
 class CudaSwigluTest : public testing::RandomTest {
