@@ -2,8 +2,9 @@
 """Scans parallel layouts of a config with `latam-train --plan` and lists the
 fastest that fit.
 
-For a fixed world size (the config's tensor x pipeline x data) and global
-batch, it tries every tensor size that stays inside a node, every pipeline
+For a fixed world size (the config's tensor x context x pipeline x data) and
+global batch, it tries every tensor size that stays inside a node, the
+context-parallel sizes of --context (default: the config's), every pipeline
 size whose data-parallel size divides the global batch, even and uneven
 stages (the last stage one or two layers lighter, for the LM head), virtual
 stages, sequence parallelism, recompute NONE / SELECTIVE / FULL and ZeRO 1
@@ -12,6 +13,7 @@ memory free, fastest first (predicted tokens/s per GPU), as JSON lines.
 
   bench/plan_scan.py --config configs/latam-gpt-70b.textproto --gpu h200
   bench/plan_scan.py --config configs/latam-gpt-70b-p5.textproto --gpu h100 --network efa
+  bench/plan_scan.py --config configs/latam-gpt-70b-32k.textproto --gpu h200 --context 1,2,4
 
 Nothing runs on a GPU: these are the planner's predictions (trainer/plan.h,
 trainer/step_time.h), as reliable as its stated assumptions.
@@ -50,6 +52,7 @@ def main():
     ap.add_argument("--top", type=int, default=10)
     ap.add_argument("--binary", default=os.path.join("build", "bin", "latam-train"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--context", default=None, help="comma-separated parallel.context sizes to try")
     args = ap.parse_args()
 
     text = open(args.config).read()
@@ -59,38 +62,42 @@ def main():
     batch, micro = config_value(text, "global_batch_size"), config_value(text, "micro_batch_size") or 1
     if not dp0 or not layers or not batch:
         sys.exit("plan_scan: the config must set parallel.data, model.n_layers and train.global_batch_size")
-    world = tp0 * pp0 * dp0
+    cp0 = config_value(text, "context") or 1
+    world = tp0 * cp0 * pp0 * dp0
+    contexts = [int(c) for c in args.context.split(",")] if args.context else [cp0]
 
     candidates = []
-    for tp in (t for t in (1, 2, 4, 8) if t <= args.gpus_per_node):
-        for pp in range(1, min(layers, 16) + 1):
-            if world % (tp * pp):
-                continue
-            dp = world // (tp * pp)
-            if batch % (dp * micro):
-                continue
-            per = -(-layers // pp)  # the heaviest stage's layers
-            splits = [(0, 0)] if layers % pp == 0 else []
-            if pp > 1:
-                for lighter in (1, 2):
-                    last = layers - per * (pp - 1)
-                    if layers % pp == 0:
-                        last = layers // pp - lighter
-                    if last >= 1:
-                        splits.append((0, last))
-            for first, last in sorted(set(splits)):
-                for vs in (1, 2):
-                    if vs > 1 and (pp == 1 or last or (batch // (dp * micro)) % pp):
-                        continue
-                    for sp in ([False, True] if tp > 1 else [False]):
-                        for recompute in ("NONE", "SELECTIVE", "FULL"):
-                            for zero in (1, 2):
-                                sets = [f"parallel.tensor={tp}", f"parallel.pipeline={pp}", f"parallel.data={dp}",
-                                        f"parallel.virtual_stages={vs}", f"parallel.first_stage_layers={first}",
-                                        f"parallel.last_stage_layers={last}",
-                                        f"parallel.sequence_parallel={'true' if sp else 'false'}",
-                                        f"train.recompute={recompute}", f"parallel.zero_stage={zero}"]
-                                candidates.append(sets)
+    shapes = [(tp, cp, pp) for tp in (1, 2, 4, 8) if tp <= args.gpus_per_node for cp in contexts
+              for pp in range(1, min(layers, 16) + 1)]
+    for tp, cp, pp in shapes:
+        if world % (tp * cp * pp):
+            continue
+        dp = world // (tp * cp * pp)
+        if batch % (dp * micro):
+            continue
+        per = -(-layers // pp)  # the heaviest stage's layers
+        splits = [(0, 0)] if layers % pp == 0 else []
+        if pp > 1:
+            for lighter in (1, 2):
+                last = layers - per * (pp - 1)
+                if layers % pp == 0:
+                    last = layers // pp - lighter
+                if last >= 1:
+                    splits.append((0, last))
+        for first, last in sorted(set(splits)):
+            for vs in (1, 2):
+                if vs > 1 and (pp == 1 or last or (batch // (dp * micro)) % pp):
+                    continue
+                for sp in ([False, True] if tp > 1 else [False]):
+                    for recompute in ("NONE", "SELECTIVE", "FULL"):
+                        for zero in (1, 2):
+                            sets = [f"parallel.tensor={tp}", f"parallel.context={cp}",
+                                    f"parallel.pipeline={pp}", f"parallel.data={dp}",
+                                    f"parallel.virtual_stages={vs}", f"parallel.first_stage_layers={first}",
+                                    f"parallel.last_stage_layers={last}",
+                                    f"parallel.sequence_parallel={'true' if sp else 'false'}",
+                                    f"train.recompute={recompute}", f"parallel.zero_stage={zero}"]
+                            candidates.append(sets)
 
     results = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:

@@ -81,6 +81,7 @@ Result<PlanCore> MakePlanCore(const Config& config, double attention_fraction) {
   ValidationOptions vo;
   vo.world_size = 0;
   vo.check_files = false;
+  vo.check_device_support = false;
   LATAM_RETURN_IF_ERROR(ValidateConfig(config, vo));
   PlanCore core;
   const ModelShape s = ModelShape::FromConfig(config.model());
@@ -156,6 +157,14 @@ Result<PlanCore> MakePlanCore(const Config& config, double attention_fraction) {
     double per_token = static_cast<double>(load.layers) * per_layer + recompute;
     if (load.head) per_token += 6.0 * static_cast<double>(layout.vocab * s.dim);
     load.flops_per_micro_batch = per_token * static_cast<double>(rows);
+    // Attention: 6 x T x (Hq hd) per token and layer, 2 more under FULL
+    // recompute (its forward runs again), scaled by the visible pairs.
+    const double attention_per_token = (compute.recompute == Recompute::kFull ? 8.0 : 6.0) *
+                                       static_cast<double>(seq_len) *
+                                       static_cast<double>(layout.heads * s.head_dim) * attention_fraction;
+    load.attention_flops_per_micro_batch =
+        static_cast<double>(load.layers) * attention_per_token * static_cast<double>(rows);
+    in.kv_width = 2 * layout.kv_heads * s.head_dim;
     load.recompute_flops_per_micro_batch = recompute * static_cast<double>(rows);
     load.parameters = params;
     // The bucket reduced last: the embedding's own on the first stage (its

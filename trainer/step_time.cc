@@ -79,7 +79,7 @@ double ExposedBehind(double total, double bucket, double window) {
 
 // What one GPU of one stage spends per micro-batch and per step.
 struct StageTime {
-  double compute_mb = 0, recompute_mb = 0, tp_mb = 0, pp_mb = 0;
+  double compute_mb = 0, recompute_mb = 0, tp_mb = 0, pp_mb = 0, cp_mb = 0, cp_exposed_mb = 0;
   double t_mb = 0;     // compute + TP + exposed PP
   double tp_step = 0;  // TP collectives once per step (the norm gains' under SP)
   double dp_total = 0, dp_exposed = 0, optimizer = 0;
@@ -144,6 +144,14 @@ GroupBytes StepGroupBytes(const StepInput& in, const StageLoad& s) {
                                      static_cast<double>(in.dim) * in.activation_bytes) *
                 in.micro_batches;
   }
+  if (in.context > 1) {
+    const int64_t c = in.context, forward_passes = in.recompute_full ? 2 : 1;
+    const double block = static_cast<double>(in.tokens_per_micro_batch) * static_cast<double>(in.kv_width) *
+                         in.activation_bytes;
+    b.cp_send = static_cast<int64_t>(static_cast<double>(s.layers * (forward_passes * (c - 1) + (c - 1) + c)) *
+                                     block) *
+                in.micro_batches;
+  }
   if (in.dp > 1) {
     if (in.zero_stage == 0) {
       b.dp_all_reduce = 4 * s.parameters;
@@ -176,7 +184,9 @@ double CollectiveSeconds(Collective op, double bytes, int ranks, double bus_byte
 
 StepTime StepModel(const StepInput& in, const Hardware& hw) {
   const std::string tp_link = LinkOf(in.tp, in.tp, hw);
-  const std::string pp_link = LinkOf(in.pp, static_cast<int64_t>(in.tp) * in.pp, hw);
+  // in.dp counts the D x C replicas: T x P x in.dp is the world.
+  const std::string cp_link = LinkOf(in.context, static_cast<int64_t>(in.tp) * in.context, hw);
+  const std::string pp_link = LinkOf(in.pp, static_cast<int64_t>(in.tp) * in.context * in.pp, hw);
   const std::string dp_link = LinkOf(in.dp, static_cast<int64_t>(in.tp) * in.pp * in.dp, hw);
   const double m = static_cast<double>(in.micro_batches);
   const double gemm_flops = hw.peak_flops * hw.achievable_fraction;
@@ -201,7 +211,13 @@ StepTime StepModel(const StepInput& in, const Hardware& hw) {
       const double sends = static_cast<double>(s.sends_forward + s.sends_backward);
       t.pp_mb = static_cast<double>(t.bytes.pp_send) / m / Bandwidth(pp_link, hw) + sends * Latency(pp_link, hw);
     }
-    t.t_mb = t.compute_mb + t.tp_mb + hw.pp_exposed_fraction * t.pp_mb;
+    if (in.context > 1) {
+      const int64_t c = in.context, forward_passes = in.recompute_full ? 2 : 1;
+      const double sends = static_cast<double>(s.layers * (forward_passes * (c - 1) + (c - 1) + c));
+      t.cp_mb = static_cast<double>(t.bytes.cp_send) / m / Bandwidth(cp_link, hw) + sends * Latency(cp_link, hw);
+      t.cp_exposed_mb = std::max(0.0, t.cp_mb - s.attention_flops_per_micro_batch / gemm_flops);
+    }
+    t.t_mb = t.compute_mb + t.tp_mb + hw.pp_exposed_fraction * t.pp_mb + t.cp_exposed_mb;
     if (in.dp > 1) {
       const double bw = Bandwidth(dp_link, hw), lat = Latency(dp_link, hw);
       const double n = static_cast<double>(s.parameters), bucket = static_cast<double>(s.last_bucket_parameters);
@@ -263,6 +279,11 @@ StepTime StepModel(const StepInput& in, const Hardware& hw) {
   out.pp.seconds = m * s.pp_mb;
   out.pp.exposed_s = hw.pp_exposed_fraction * out.pp.seconds;
   out.pp.overlapped_s = out.pp.seconds - out.pp.exposed_s;
+  out.cp.link = in.context > 1 ? cp_link : "none";
+  out.cp.bytes = s.bytes.cp_send;
+  out.cp.seconds = m * s.cp_mb;
+  out.cp.exposed_s = m * s.cp_exposed_mb;
+  out.cp.overlapped_s = out.cp.seconds - out.cp.exposed_s;
   const StageTime& d = times[tail];
   out.dp.link = dp_link;
   out.dp.bytes = d.bytes.dp_all_reduce + d.bytes.dp_reduce_scatter + d.bytes.dp_all_gather;
@@ -271,8 +292,8 @@ StepTime StepModel(const StepInput& in, const Hardware& hw) {
   out.dp.overlapped_s = d.dp_total - d.dp_exposed;
   out.optimizer_s = d.optimizer;
 
-  out.step_s = out.compute_s + out.tp.exposed_s + out.pp.exposed_s + out.bubble_s + out.dp.exposed_s +
-               out.optimizer_s;
+  out.step_s = out.compute_s + out.tp.exposed_s + out.pp.exposed_s + out.cp.exposed_s + out.bubble_s +
+               out.dp.exposed_s + out.optimizer_s;
   const double world = static_cast<double>(in.tp) * in.pp * in.dp;
   const double tokens = static_cast<double>(in.tokens_per_step);
   out.tokens_per_s_per_gpu = tokens / out.step_s / world;
@@ -309,7 +330,7 @@ nlohmann::ordered_json StepTimeJson(const StepTime& t, const Hardware& hw) {
   j["recompute_s"] = t.recompute_s;
   j["bubble_s"] = t.bubble_s;
   j["optimizer_s"] = t.optimizer_s;
-  j["communication"] = {{"tp", group(t.tp)}, {"pp", group(t.pp)}, {"dp", group(t.dp)}};
+  j["communication"] = {{"tp", group(t.tp)}, {"cp", group(t.cp)}, {"pp", group(t.pp)}, {"dp", group(t.dp)}};
   j["exposed_communication_s"] = t.tp.exposed_s + t.pp.exposed_s + t.dp.exposed_s;
   j["overlapped_communication_s"] = t.tp.overlapped_s + t.pp.overlapped_s + t.dp.overlapped_s;
   j["tokens_per_s_per_gpu"] = t.tokens_per_s_per_gpu;

@@ -78,6 +78,16 @@
 //                The bucket finished last in backward is the first in
 //                forward order (StageLoad::last_bucket_parameters: the
 //                embedding on the first stage, else the first layers').
+//   CP           ring attention (parallel.context = C > 1): per micro-batch
+//                and layer a rank sends its key/value block (K = r x kv_width
+//                x a bytes, r the rank's tokens) C - 1 times forward (twice
+//                with FULL recompute) and C - 1 times backward plus the
+//                gradient block C times; B / p2p_bw + latency each. Each
+//                send overlaps the block attention of the same ring step:
+//                exposed is the part of the ring's time beyond the
+//                micro-batch's attention compute, added to t_mb.
+//                Context-parallel ranks are adjacent to their tensor-parallel
+//                ones (parallel/grid.h): NVLink when T C <= G.
 //   optimizer    the AdamW update reads and writes about 32 bytes per
 //                parameter this rank updates (parameters / D under ZeRO-1
 //                and ZeRO-2), at hbm_fraction of the HBM bandwidth.
@@ -88,8 +98,9 @@
 //                peak).
 //   days         300e9 tokens / (tokens_per_step / step) / 86400.
 // Links: a group stays inside a node (NVLink) when its ranks' span in the
-// world order (tensor fastest, then pipeline, then data; parallel/grid.h)
-// fits in gpus_per_node: TP when T <= G, PP when T P <= G, DP when T P D <= G;
+// world order (tensor fastest, then context, then pipeline, then data;
+// parallel/grid.h) fits in gpus_per_node: TP when T <= G, CP when T C <= G,
+// PP when T C P <= G, DP (over the D x C replicas) when T C P D <= G;
 // otherwise it crosses nodes over the network, where each GPU has its own
 // 400 Gb/s NIC (NDR InfiniBand) or its eighth of the node's 3200 Gb/s (EFA).
 #pragma once
@@ -138,6 +149,9 @@ struct StageLoad {
   double flops_per_micro_batch = 0;            // training FLOPs on this GPU, recompute included
   double recompute_flops_per_micro_batch = 0;  // the recompute share of it
   int64_t parameters = 0;    // elements this rank reduces over data parallelism
+  // Attention's share of flops_per_micro_batch (recompute included): what
+  // the context-parallel ring overlaps with.
+  double attention_flops_per_micro_batch = 0;
   // The gradient bucket finished last in backward, which is also the first
   // in forward order: the first whose ZeRO all-gather the next forward waits
   // for.
@@ -147,9 +161,10 @@ struct StageLoad {
 struct StepInput {
   // dp: the ranks gradients are reduced over (data x context replicas).
   int tp = 1, pp = 1, dp = 1, virtual_stages = 1;
-  // parallel.context. The ring attention's traffic is not modelled: it is
-  // assumed hidden behind the attention it overlaps with.
+  // parallel.context (C), and a tensor-parallel rank's key/value width
+  // 2 Hkv hd: the ring's blocks are tokens_per_micro_batch x kv_width.
   int context = 1;
+  int64_t kv_width = 0;
   int zero_stage = 0;                   // 0, 1 or 2
   int64_t micro_batches = 1;            // per data-parallel rank and step
   int64_t tokens_per_micro_batch = 1;   // r = b x seq_len
@@ -175,6 +190,7 @@ struct GroupBytes {
   int64_t dp_all_reduce = 0;      // ZeRO-0
   int64_t dp_reduce_scatter = 0;  // ZeRO-1 and ZeRO-2
   int64_t dp_all_gather = 0;      // ZeRO-1 and ZeRO-2
+  int64_t cp_send = 0;            // ring attention (context parallelism)
 };
 GroupBytes StepGroupBytes(const StepInput& in, const StageLoad& stage);
 
@@ -198,7 +214,7 @@ struct StepTime {
   int slowest_stage = 0;
   double compute_s = 0;    // m x compute per micro-batch of the slowest stage
   double recompute_s = 0;  // the recompute part of compute_s
-  GroupTime tp, pp, dp;
+  GroupTime tp, pp, dp, cp;
   double bubble_s = 0;
   double optimizer_s = 0;
   double step_s = 0;

@@ -118,6 +118,85 @@ TEST_F(ModelTest, RecomputeGivesBitwiseIdenticalGradients) {
   ASSERT_EQ(std::memcmp(ga.data, gb.data, ga.bytes()), 0);
 }
 
+// data.reset_positions with document masking: a window of packed documents
+// computes, document by document, what each document computes alone at the
+// start of a window (positions from 0, the rest of the window a filler whose
+// targets do not count): losses and parameter gradients, to fp32 rounding
+// (1e-5 relative). Under document masking the reset changes only rounding
+// (RoPE is relative); without masking it changes the loss.
+TEST_F(ModelTest, ResetPositionsEqualEachDocumentAloneAtTheWindowStart) {
+  const ModelShape shape = TinyShape(false);
+  const int64_t t = 16;
+  ActivationOptions reset;
+  reset.micro_batch = 1;
+  reset.seq_len = t;
+  reset.document_mask = true;
+  reset.reset_positions = true;
+  ActivationOptions no_reset = reset;
+  no_reset.reset_positions = false;
+  LlamaModel packed(shape, reset), alone(shape, no_reset);
+  packed.parameters().InitWeights(seed_);
+  alone.parameters().InitWeights(seed_);
+  packed.parameters().ZeroGrads();
+  alone.parameters().ZeroGrads();
+  const std::vector<int> lengths = {5, 1, 7, 3};
+  const auto ids = RandomIds(t, shape.vocab), targets = RandomIds(t, shape.vocab);
+  std::vector<int32_t> docs(static_cast<size_t>(t));
+  for (int64_t i = 0, start = 0, d = 0; i < t; ++i) {
+    if (i == start + lengths[static_cast<size_t>(d)]) start += lengths[static_cast<size_t>(d++)];
+    docs[static_cast<size_t>(i)] = static_cast<int32_t>(start);
+  }
+  packed.Forward(0, 0, ids.data(), targets.data(), docs.data(), 1.0f, true, true);
+  packed.Backward(0, 0, true);
+  const double packed_loss = packed.TakeLoss();
+
+  double sum = 0.0;
+  int64_t start = 0;
+  for (int len : lengths) {
+    // The document at the window's start, then one filler document.
+    std::vector<int32_t> win_ids(static_cast<size_t>(t), 0), win_targets(static_cast<size_t>(t), -1);
+    std::vector<int32_t> win_docs(static_cast<size_t>(t), len);
+    for (int i = 0; i < len; ++i) {
+      win_ids[static_cast<size_t>(i)] = ids[static_cast<size_t>(start + i)];
+      win_targets[static_cast<size_t>(i)] = targets[static_cast<size_t>(start + i)];
+      win_docs[static_cast<size_t>(i)] = 0;
+    }
+    alone.Forward(0, 0, win_ids.data(), win_targets.data(), win_docs.data(), 1.0f, true, true);
+    alone.Backward(0, 0, true);
+    sum += alone.TakeLoss();
+    start += len;
+  }
+  EXPECT_NEAR(packed_loss, sum, 1e-5 * std::abs(sum));
+  const Tensor ga = packed.parameters().padded_grads(), gb = alone.parameters().padded_grads();
+  double scale = 0.0, worst = 0.0;
+  for (int64_t i = 0; i < ga.numel(); ++i) {
+    scale = std::max(scale, static_cast<double>(std::abs(gb.as<float>()[i])));
+    worst = std::max(worst, static_cast<double>(std::abs(ga.as<float>()[i] - gb.as<float>()[i])));
+  }
+  EXPECT_LE(worst, 1e-5 * scale);
+
+  // RoPE scores depend only on the distance between query and key, so
+  // under document masking (no key of another document) restarting the
+  // positions changes nothing but rounding...
+  LlamaModel shifted(shape, no_reset);
+  shifted.parameters().InitWeights(seed_);
+  shifted.Forward(0, 0, ids.data(), targets.data(), docs.data(), 0.0f, false, false);
+  EXPECT_NEAR(shifted.TakeLoss(), packed_loss, 1e-5 * std::abs(packed_loss));
+  // ...while without it, where documents attend to each other, the reset
+  // moves the earlier documents' keys relative to the later queries.
+  ActivationOptions open_reset = reset, open_plain = reset;
+  open_reset.document_mask = false;
+  open_plain.document_mask = false;
+  open_plain.reset_positions = false;
+  LlamaModel a(shape, open_reset), b(shape, open_plain);
+  a.parameters().InitWeights(seed_);
+  b.parameters().InitWeights(seed_);
+  a.Forward(0, 0, ids.data(), targets.data(), docs.data(), 0.0f, false, false);
+  b.Forward(0, 0, ids.data(), targets.data(), docs.data(), 0.0f, false, false);
+  const double with_reset = a.TakeLoss(), without = b.TakeLoss();
+  EXPECT_GT(std::abs(with_reset - without), 1e-3 * std::abs(without));
+}
+
 // Sequence parallelism shrinks exactly the residual-stream activations by
 // the tensor-parallel factor T: per slot the layer inputs x_0..x_L and the
 // gradient buffer, per layer h (the rstd vectors too; at these sizes they
