@@ -108,6 +108,40 @@ __global__ void CastKernel(const In* __restrict__ in, Out* __restrict__ out, int
   for (int64_t j = n_items * kItem + first; j < n; j += stride) out[j] = Narrow<Out>(Widen(in[j]));
 }
 
+// out[r * out_stride + c] = in[r * in_stride + c] converted, for r < rows and
+// c < cols (in and out already point at their first column). With `vector`
+// (both column blocks 16-byte aligned on every row, cols a multiple of
+// kItem) each work item is kItem elements of a row, else one element.
+template <typename In, typename Out>
+__global__ void CopyColumnsKernel(const In* __restrict__ in, int64_t in_stride, Out* __restrict__ out,
+                                  int64_t out_stride, int64_t rows, int64_t cols, bool vector) {
+  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t per_row = vector ? cols / kItem : cols;
+  for (int64_t i = first; i < rows * per_row; i += stride) {
+    const int64_t r = i / per_row, c = i % per_row;
+    if (vector) {
+      float x[kItem];
+      LoadItem(in + r * in_stride + c * kItem, x);
+      StoreItem(out + r * out_stride + c * kItem, x);
+    } else {
+      out[r * out_stride + c] = Narrow<Out>(Widen(in[r * in_stride + c]));
+    }
+  }
+}
+
+// out[i] = value, in vector items and a scalar remainder as AddKernel.
+template <typename T>
+__global__ void FillKernel(T* __restrict__ out, float value, int64_t n_items, int64_t n) {
+  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  float x[kItem];
+#pragma unroll
+  for (int k = 0; k < kItem; ++k) x[k] = value;
+  for (int64_t i = first; i < n_items; i += stride) StoreItem(out + i * kItem, x);
+  for (int64_t j = n_items * kItem + first; j < n; j += stride) out[j] = Narrow<T>(value);
+}
+
 // One block of kLossThreads. Thread t takes rows t, t + kLossThreads, ... in
 // that order, writes their lse and sums their losses in double; the partial
 // sums are then added pairwise in a fixed tree, and thread 0 adds the total
@@ -168,9 +202,42 @@ void LaunchCast(const Tensor& in, const Tensor& out, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH();
 }
 
+template <typename In, typename Out>
+void LaunchCopyColumns(const Tensor& in, int64_t in_col0, const Tensor& out, int64_t out_col0, int64_t cols,
+                       cudaStream_t stream) {
+  const In* src = static_cast<const In*>(in.data) + in_col0;
+  Out* dst = static_cast<Out*>(out.data) + out_col0;
+  const int64_t rows = in.shape[0], in_stride = in.shape[1], out_stride = out.shape[1];
+  const bool vector = cols % kItem == 0 && Aligned16(src) && Aligned16(dst) &&
+                      in_stride * static_cast<int64_t>(sizeof(In)) % 16 == 0 &&
+                      out_stride * static_cast<int64_t>(sizeof(Out)) % 16 == 0;
+  Launch(CopyColumnsKernel<In, Out>, Blocks(rows * (vector ? cols / kItem : cols)), kThreads, 0, stream, src,
+         in_stride, dst, out_stride, rows, cols, vector);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void LaunchFill(const Tensor& t, float value, cudaStream_t stream) {
+  const int64_t n = t.numel();
+  const int64_t n_items = VectorItems(n, Aligned16(t.data));
+  Launch(FillKernel<T>, Blocks(std::max(n_items, n - n_items * kItem)), kThreads, 0, stream, static_cast<T*>(t.data),
+         value, n_items, n);
+  CUDA_CHECK_LAUNCH();
+}
+
 void CheckFloating(const Tensor& t, const char* what) {
   LATAM_CHECK(t.dtype == DType::kF32 || t.dtype == DType::kBF16, what << " must be f32 or bf16, got " << t.str());
   CheckTensor(t, t.dtype, t.shape, Device::kCUDA, what);
+}
+
+// Calls fn(float{}) or fn(Bf16Bits{}) by t's dtype (f32 or bf16).
+template <typename Fn>
+void ByFloating(const Tensor& t, Fn fn) {
+  if (t.dtype == DType::kF32) {
+    fn(float{});
+  } else {
+    fn(Bf16Bits{});
+  }
 }
 
 }  // namespace
@@ -206,6 +273,31 @@ void Cast(const Tensor& in, const Tensor& out, cudaStream_t stream) {
   } else {
     LaunchCast<Bf16Bits, float>(in, out, stream);
   }
+}
+
+void CopyColumns(const Tensor& in, int64_t in_col0, const Tensor& out, int64_t out_col0, int64_t cols,
+                 cudaStream_t stream) {
+  CheckFloating(in, "cuda copy columns in");
+  CheckFloating(out, "cuda copy columns out");
+  LATAM_CHECK(in.shape.rank() == 2 && out.shape.rank() == 2 && in.shape[0] == out.shape[0],
+              "cuda copy columns needs 2-D tensors with equal rows, got " << in.str() << " and " << out.str());
+  LATAM_CHECK(cols >= 0 && in_col0 >= 0 && out_col0 >= 0 && in_col0 + cols <= in.shape[1] &&
+                  out_col0 + cols <= out.shape[1],
+              "cuda copy columns: columns [" << in_col0 << ", +" << cols << ") of " << in.str() << " to ["
+                                             << out_col0 << ", +" << cols << ") of " << out.str());
+  LATAM_CHECK(!Overlap(in, out), "cuda copy columns: in and out overlap");
+  if (cols == 0 || in.shape[0] == 0) return;
+  ByFloating(in, [&](auto in_type) {
+    ByFloating(out, [&](auto out_type) {
+      LaunchCopyColumns<decltype(in_type), decltype(out_type)>(in, in_col0, out, out_col0, cols, stream);
+    });
+  });
+}
+
+void Fill(const Tensor& t, float value, cudaStream_t stream) {
+  CheckFloating(t, "cuda fill");
+  if (t.numel() == 0) return;
+  ByFloating(t, [&](auto type) { LaunchFill<decltype(type)>(t, value, stream); });
 }
 
 void CrossEntropyLoss(const Tensor& row_max, const Tensor& row_sumexp, const Tensor& target_logit,

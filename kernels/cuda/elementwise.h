@@ -1,7 +1,7 @@
 // Element-wise helpers on the GPU: the CUDA twin of kernels/elementwise.h
-// (Add), a dtype cast, and the last step of the vocab-parallel
-// cross-entropy (kernels/cuda/cross_entropy.h) once the row statistics have
-// been combined across tensor-parallel ranks.
+// (Add), a dtype cast, a column-block copy, a fill, and the last step of the
+// vocab-parallel cross-entropy (kernels/cuda/cross_entropy.h) once the row
+// statistics have been combined across tensor-parallel ranks.
 //
 // All tensors live on the device. Everything is enqueued on `stream`;
 // nothing is allocated and no memory changes owner (the caller owns every
@@ -16,6 +16,8 @@
 #pragma once
 
 #include <cuda_runtime_api.h>
+
+#include <cstdint>
 
 #include "core/tensor.h"
 
@@ -33,6 +35,18 @@ void Add(const Tensor& a, const Tensor& b, const Tensor& out, cudaStream_t strea
 // taken flat, row-major). out is overwritten. in and out must not overlap,
 // except that a same-dtype cast of a tensor onto itself is a no-op.
 void Cast(const Tensor& in, const Tensor& out, cudaStream_t stream);
+
+// out[r, out_col0 + c] = in[r, in_col0 + c] converted as Cast does, for every
+// row r and c < cols: a block of columns moved between two 2-D row-major
+// tensors with the same number of rows, f32 or bf16 each (the other columns
+// of out are not touched). in and out must not overlap. Vectorised when both
+// column blocks start 16-byte aligned on every row and cols is a multiple of
+// 8, element by element otherwise.
+void CopyColumns(const Tensor& in, int64_t in_col0, const Tensor& out, int64_t out_col0, int64_t cols,
+                 cudaStream_t stream);
+
+// Every element of t (f32 or bf16, any shape) = value, rounded once to bf16.
+void Fill(const Tensor& t, float value, cudaStream_t stream);
 
 // Finishes the cross-entropy loss from the combined row statistics of M
 // rows (the formula of the CPU trainer's HeadForward):

@@ -1,5 +1,5 @@
-// CUDA Add, Cast and CrossEntropyLoss (kernels/cuda/elementwise.h) on fresh
-// random inputs:
+// CUDA Add, Cast, CopyColumns, Fill and CrossEntropyLoss
+// (kernels/cuda/elementwise.h) on fresh random inputs:
 //   Add               f32 against cpu::Add; bf16 against the host's
 //                     BF16::FromFloat of the fp32 sum of the (bf16) inputs.
 //                     Sizes that take the 16-byte path with and without a
@@ -12,6 +12,12 @@
 //                     rounding ties, against BF16::FromFloat; bf16 -> f32 on
 //                     all 65536 bf16 patterns; the round trip; same-dtype
 //                     copies, including a tensor onto itself.
+//   CopyColumns       every dtype pair, against the host's copy (bf16
+//                     rounded by BF16::FromFloat): column blocks on and off
+//                     16-byte packs, misaligned views, odd row strides, and
+//                     zero columns; the other columns keep their values.
+//   Fill              f32 and bf16, 0, -inf and values bf16 rounds, sizes
+//                     with and without a scalar tail, misaligned views.
 //   CrossEntropyLoss  against a host double reference, with ignored rows
 //                     (negative targets), row counts below, at and above the
 //                     kernel's block size; accumulation into loss_sum over
@@ -352,6 +358,90 @@ TEST_F(CudaCastTest, SameDTypeIsACopy) {
     RunCopy<BF16>({n}, {n}, true, true);
   }
   RunCopy<float>({6, 5}, {30}, false, false);
+}
+
+// ---------------------------------------------------------------------------
+// CopyColumns and Fill
+
+class CudaCopyColumnsTest : public testing::RandomTest {
+ protected:
+  // Columns [in_col0, + cols) of in [rows, in_width] to [out_col0, + cols) of
+  // out [rows, out_width], which starts with other random values.
+  template <typename In, typename Out>
+  void Run(int64_t rows, int64_t in_width, int64_t in_col0, int64_t out_width, int64_t out_col0, int64_t cols,
+           bool misalign_in, bool misalign_out) {
+    SCOPED_TRACE(::testing::Message() << DTypeName(DTypeOf<In>::value) << " [" << rows << ", " << in_width
+                                      << "] columns " << in_col0 << "+" << cols << " -> "
+                                      << DTypeName(DTypeOf<Out>::value) << " [" << rows << ", " << out_width
+                                      << "] at " << out_col0 << ", misalign in/out=" << misalign_in << misalign_out);
+    const std::vector<In> in = testing::FromFloats<In>(Normal(static_cast<size_t>(rows * in_width)));
+    const std::vector<Out> out0 = testing::FromFloats<Out>(Normal(static_cast<size_t>(rows * out_width)));
+    std::vector<Out> expected = out0;
+    const std::vector<float> in_f = testing::ToFloats(in);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        expected[r * out_width + out_col0 + c] = testing::FromFloats<Out>({in_f[r * in_width + in_col0 + c]})[0];
+      }
+    }
+    GuardedBuffer<In> ind(in, misalign_in);
+    GuardedBuffer<Out> outd(out0, misalign_out);
+    cuda::CopyColumns(ind.View({rows, in_width}), in_col0, outd.View({rows, out_width}), out_col0, cols, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_TRUE(BitwiseEqual(outd.Read(), expected));
+    EXPECT_TRUE(BitwiseEqual(ind.Read(), in)) << "in changed";
+    EXPECT_TRUE(ind.GuardsIntact());
+    EXPECT_TRUE(outd.GuardsIntact());
+  }
+
+  template <typename In, typename Out>
+  void RunAll() {
+    Run<In, Out>(37, 48, 16, 24, 8, 16, false, false);  // 16-byte packs
+    Run<In, Out>(1, 8, 0, 8, 0, 8, false, false);       // one row, all of it
+    Run<In, Out>(37, 48, 16, 24, 8, 16, true, false);   // misaligned: element by element
+    Run<In, Out>(37, 48, 16, 24, 8, 16, false, true);
+    Run<In, Out>(5, 48, 3, 24, 8, 16, false, false);    // a column block off a pack boundary
+    Run<In, Out>(5, 48, 16, 24, 1, 13, false, false);   // cols not a multiple of 8
+    Run<In, Out>(6, 10, 2, 7, 0, 5, false, false);      // odd row strides
+    Run<In, Out>(3, 10, 2, 7, 0, 0, false, false);      // no columns: nothing written
+  }
+};
+
+TEST_F(CudaCopyColumnsTest, MovesExactlyTheColumnsConverted) {
+  LATAM_REQUIRE_GPU();
+  RunAll<float, float>();
+  RunAll<BF16, BF16>();
+  RunAll<float, BF16>();  // rounded once, as BF16::FromFloat
+  RunAll<BF16, float>();  // exact
+}
+
+class CudaFillTest : public testing::RandomTest {
+ protected:
+  template <typename T>
+  void Run(Shape shape, float value, bool misalign) {
+    SCOPED_TRACE(::testing::Message() << DTypeName(DTypeOf<T>::value) << " " << shape.str() << " = " << value
+                                      << " misalign=" << misalign);
+    const size_t n = static_cast<size_t>(shape.numel());
+    GuardedBuffer<T> buf(n, misalign);  // poisoned: every element must be written
+    cuda::Fill(buf.View(shape), value, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<T> expected(n, testing::FromFloats<T>({value})[0]);
+    EXPECT_TRUE(BitwiseEqual(buf.Read(), expected));
+    EXPECT_TRUE(buf.GuardsIntact());
+  }
+};
+
+TEST_F(CudaFillTest, WritesEveryElement) {
+  LATAM_REQUIRE_GPU();
+  for (const float value : {0.0f, -std::numeric_limits<float>::infinity(), 1.0f / 3.0f, -2.5f}) {
+    for (const int64_t n : {1, 7, 8, 4099}) {
+      for (const bool misalign : {false, true}) {
+        Run<float>({n}, value, misalign);
+        Run<BF16>({n}, value, misalign);  // 1/3 rounds as BF16::FromFloat
+      }
+    }
+    Run<float>({3, 5, 7}, value, false);
+    Run<BF16>({3, 5, 7}, value, false);
+  }
 }
 
 // ---------------------------------------------------------------------------
