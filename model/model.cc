@@ -139,9 +139,9 @@ TensorTable BuildActivationTable(const ModelShape& s, const ModelLayout& l, cons
   if (o.context.size() > 1) {
     // Ring attention's two key/value blocks and two gradient blocks, and
     // the rows' global positions (fixed unless reset per document).
-    for (const char* name : {"ring.kv0", "ring.kv1", "ring.dkv0", "ring.dkv1"}) {
-      add(name, o.dtype, Shape{m, 2 * l.kv_heads * s.head_dim});
-    }
+    // The gradient blocks are f32: every rank of the ring adds its share.
+    for (const char* name : {"ring.kv0", "ring.kv1"}) add(name, o.dtype, Shape{m, 2 * l.kv_heads * s.head_dim});
+    for (const char* name : {"ring.dkv0", "ring.dkv1"}) add(name, DType::kF32, Shape{m, 2 * l.kv_heads * s.head_dim});
     if (!o.reset_positions) add("positions", DType::kI32, Shape{m});
   }
   return t;

@@ -92,8 +92,8 @@ class ModelOps {
   // kernels of kernels/attention.h (AttentionBlockDims), whose workspace the
   // OpsShape's attention dimensions size (seq_len = the local rows). The
   // forward merges into out, lse; the backward adds into dqkv's query
-  // columns and into dkv. CPU only for now: the CUDA ops abort (the config
-  // validation refuses parallel.context > 1 with train.device=cuda).
+  // columns and into dkv (f32: the ring adds every rank's share into it).
+  // The CUDA ops run the simple kernels' block form (kernels/cuda/attention.h).
   virtual void AttentionBlockForward(const Tensor& qkv, const Tensor& kv, const AttentionBlockDims& dims,
                                      const Tensor& out, const Tensor& lse) = 0;
   virtual void AttentionBlockBackward(const Tensor& qkv, const Tensor& kv, const Tensor& out, const Tensor& dout,
@@ -102,10 +102,10 @@ class ModelOps {
   // kv [rows, 2 Hkv hd] <- the key and value columns of qkv [rows, (Hq + 2 Hkv) hd]
   // (overwritten), with the OpsShape's head counts.
   virtual void PackKeyValues(const Tensor& qkv, const Tensor& kv) = 0;
-  // The key and value columns of dqkv <- dkv (overwritten; the query
-  // columns are not touched).
+  // The key and value columns of dqkv <- dkv (overwritten, rounded to
+  // dqkv's dtype; the query columns are not touched).
   virtual void UnpackKeyValueGrads(const Tensor& dkv, const Tensor& dqkv) = 0;
-  // Every element of t <- value (f32 tensors, or the activation dtype).
+  // Every element of t <- value (f32 or the activation dtype).
   virtual void Fill(const Tensor& t, float value) = 0;
   // out = a + b (out may alias a or b).
   virtual void Add(const Tensor& a, const Tensor& b, const Tensor& out) = 0;

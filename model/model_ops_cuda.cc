@@ -8,7 +8,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
 
 #include "core/arena.h"
 #include "kernels/cuda/attention.h"
@@ -37,8 +36,15 @@ struct CudaWorkspaceLayout {
   int64_t attention_elems = 0, norm_elems = 0, embedding_elems = 0;
 
   CudaWorkspaceLayout(const OpsShape& shape, size_t rope_bytes) {
-    attention_elems = std::max(cuda::AttentionBackwardWorkspaceElems(shape.attention),
-                               cuda::FlashAttentionBackwardWorkspaceElems(shape.attention));
+    AttentionBlockDims block;  // ring attention's blocks of this shape (context parallelism)
+    block.batch = shape.attention.batch;
+    block.rows = shape.attention.seq_len;
+    block.n_heads = shape.attention.n_heads;
+    block.n_kv_heads = shape.attention.n_kv_heads;
+    block.head_dim = shape.attention.head_dim;
+    attention_elems = std::max({cuda::AttentionBackwardWorkspaceElems(shape.attention),
+                                cuda::FlashAttentionBackwardWorkspaceElems(shape.attention),
+                                cuda::AttentionBlockBackwardWorkspaceElems(block)});
     norm_elems = cuda::RmsNormBackwardWorkspaceElems(shape.rows(), shape.dim);
     embedding_elems = cuda::EmbeddingBackwardWorkspaceElems(shape.rows());
     size_t at = 0;
@@ -144,24 +150,26 @@ class CudaOps final : public ModelOps {
       cuda::AttentionBackward(qkv, out, dout, lse, d, dqkv, attention_ws_, stream_);
     }
   }
-  // Context parallelism has no CUDA block kernels yet; the config
-  // validation refuses it before a model is built (trainer/config.cc).
-  void AttentionBlockForward(const Tensor&, const Tensor&, const AttentionBlockDims&, const Tensor&,
-                             const Tensor&) override {
-    NoContextParallelism();
+  // Ring attention's blocks run the simple kernels (kernels/cuda/attention.h):
+  // the tensor-core flash kernels have no block form yet.
+  void AttentionBlockForward(const Tensor& qkv, const Tensor& kv, const AttentionBlockDims& dims, const Tensor& out,
+                             const Tensor& lse) override {
+    cuda::AttentionBlockForward(qkv, kv, dims, out, lse, stream_);
   }
-  void AttentionBlockBackward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                              const AttentionBlockDims&, const Tensor&, const Tensor&) override {
-    NoContextParallelism();
+  void AttentionBlockBackward(const Tensor& qkv, const Tensor& kv, const Tensor& out, const Tensor& dout,
+                              const Tensor& lse, const AttentionBlockDims& dims, const Tensor& dqkv,
+                              const Tensor& dkv) override {
+    cuda::AttentionBlockBackward(qkv, kv, out, dout, lse, dims, dqkv, dkv, attention_ws_, stream_);
   }
-  void PackKeyValues(const Tensor&, const Tensor&) override { NoContextParallelism(); }
-  void UnpackKeyValueGrads(const Tensor&, const Tensor&) override { NoContextParallelism(); }
-  void Fill(const Tensor&, float) override { NoContextParallelism(); }
-  [[noreturn]] static void NoContextParallelism() {
-    LATAM_CHECK(false, "context parallelism (parallel.context > 1) runs on the CPU only: the CUDA ops have no "
-                       "ring-attention block kernels");
-    std::abort();
+  void PackKeyValues(const Tensor& qkv, const Tensor& kv) override {
+    const AttentionDims& d = shape_.attention;
+    cuda::PackKeyValues(qkv, kv, d.n_heads, d.n_kv_heads, d.head_dim, stream_);
   }
+  void UnpackKeyValueGrads(const Tensor& dkv, const Tensor& dqkv) override {
+    const AttentionDims& d = shape_.attention;
+    cuda::UnpackKeyValueGrads(dkv, dqkv, d.n_heads, d.n_kv_heads, d.head_dim, stream_);
+  }
+  void Fill(const Tensor& t, float value) override { cuda::Fill(t, value, stream_); }
   void Add(const Tensor& a, const Tensor& b, const Tensor& out) override { cuda::Add(a, b, out, stream_); }
   void AddRmsNormForward(const Tensor& x, const Tensor& r, const Tensor& w, float eps, const Tensor& h,
                          const Tensor& y, const Tensor& rstd) override {

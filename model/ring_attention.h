@@ -24,12 +24,14 @@
 //     rank only now);
 //   after step C-1, dkv belongs to rank r+1: one more send to r+1 brings
 //   rank r's own dK, dV back from r-1, into dqkv's key/value columns.
-// Bytes sent per call and rank, with K = B 2L 2 Hkv hd elements in the
-// activation dtype: forward (C-1) K; backward (C-1) K + C K (dkv).
+// Bytes sent per call and rank, with K = B 2L 2 Hkv hd elements: forward
+// (C-1) K in the activation dtype; backward (C-1) K in the activation dtype
+// plus C K in f32 (dkv).
 //
-// Buffers: four tensors of [B * 2L, 2 Hkv hd] (two key/value blocks, two
-// gradient blocks), owned by the caller (the model's activation arena) and
-// shared by all layers.
+// Buffers: four tensors of [B * 2L, 2 Hkv hd], two key/value blocks in the
+// activation dtype and two gradient blocks in f32 (each rank adds its share
+// into a travelling block, so it is not rounded to bf16 C times), owned by
+// the caller (the model's activation arena) and shared by all layers.
 #pragma once
 
 #include <array>

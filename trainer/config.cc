@@ -448,10 +448,6 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
     c.Require(head_dim % 8 == 0 && head_dim <= 256, "model.dim",
               "head dimension dim / n_heads = " + Checker::Str(head_dim) +
                   " must be a multiple of 8 and at most 256 for train.device=cuda");
-    // The ring's block kernels exist on the CPU only (kernels/attention.h).
-    c.Require(p.context() == 1 || !options.check_device_support, "parallel.context",
-              Checker::Str(p.context()) + " needs train.device=cpu: context parallelism has no CUDA block "
-              "attention kernels yet");
   }
   if (!c.ok()) return c.status();
   const int dp = DataParallelSize(config, options.world_size);

@@ -35,9 +35,7 @@ struct ValidationOptions {
   int world_size = 0;
   // Whether data files must exist (false for --plan).
   bool check_files = true;
-  // Whether the build must support the layout on the chosen device (false
-  // for --plan, which predicts layouts this build cannot run yet).
-  bool check_device_support = true;
+
 };
 
 // Checks every value and every divisibility the layout needs.

@@ -81,7 +81,6 @@ Result<PlanCore> MakePlanCore(const Config& config, double attention_fraction) {
   ValidationOptions vo;
   vo.world_size = 0;
   vo.check_files = false;
-  vo.check_device_support = false;
   LATAM_RETURN_IF_ERROR(ValidateConfig(config, vo));
   PlanCore core;
   const ModelShape s = ModelShape::FromConfig(config.model());

@@ -145,12 +145,12 @@ GroupBytes StepGroupBytes(const StepInput& in, const StageLoad& s) {
                 in.micro_batches;
   }
   if (in.context > 1) {
+    // Key/value blocks in the activation dtype, their gradients in f32.
     const int64_t c = in.context, forward_passes = in.recompute_full ? 2 : 1;
-    const double block = static_cast<double>(in.tokens_per_micro_batch) * static_cast<double>(in.kv_width) *
-                         in.activation_bytes;
-    b.cp_send = static_cast<int64_t>(static_cast<double>(s.layers * (forward_passes * (c - 1) + (c - 1) + c)) *
-                                     block) *
-                in.micro_batches;
+    const double block = static_cast<double>(in.tokens_per_micro_batch) * static_cast<double>(in.kv_width);
+    const double per_layer =
+        static_cast<double>(forward_passes * (c - 1) + (c - 1)) * block * in.activation_bytes + 4.0 * c * block;
+    b.cp_send = static_cast<int64_t>(static_cast<double>(s.layers) * per_layer) * in.micro_batches;
   }
   if (in.dp > 1) {
     if (in.zero_stage == 0) {

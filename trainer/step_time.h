@@ -80,9 +80,10 @@
 //                embedding on the first stage, else the first layers').
 //   CP           ring attention (parallel.context = C > 1): per micro-batch
 //                and layer a rank sends its key/value block (K = r x kv_width
-//                x a bytes, r the rank's tokens) C - 1 times forward (twice
-//                with FULL recompute) and C - 1 times backward plus the
-//                gradient block C times; B / p2p_bw + latency each. Each
+//                elements, r the rank's tokens; a bytes each) C - 1 times
+//                forward (twice with FULL recompute) and C - 1 times
+//                backward, plus the f32 gradient block (4 K bytes) C times;
+//                B / p2p_bw + latency each. Each
 //                send overlaps the block attention of the same ring step:
 //                exposed is the part of the ring's time beyond the
 //                micro-batch's attention compute, added to t_mb.

@@ -348,7 +348,8 @@ int main(int argc, char** argv) {
     // with the rank's Hkv, C - 1 times in the forward (again when
     // recompute=full re-runs it) and C - 1 times in the backward, plus its
     // gradient C times in the backward (model/ring_attention.h); receives
-    // match sends.
+    // match sends. 4 bytes each: these layouts compute in f32, and the
+    // gradient blocks are f32 always.
     const int64_t kv_block = m * 2 * layout.kv_heads * shape.head_dim;
     const int64_t ring_blocks = cp > 1 ? (layer_passes - 1) * (cp - 1) + (cp - 1) + cp : 0;
     const int64_t cp_bytes = 4 * micro_batches * layers * ring_blocks * kv_block;

@@ -136,9 +136,8 @@ TEST(ContextConfigTest, ValidatesSequenceWorldAndDevice) {
       << s.message();
   c = ContextConfig();
   c.mutable_train()->set_device(config::TrainConfig::cuda);
-  s = ValidateConfig(c, World(4));
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.message().rfind("parallel.context: 4 needs train.device=cpu", 0), 0u) << s.message();
+  c.mutable_train()->set_precision(config::TrainConfig::bf16);
+  EXPECT_TRUE(ValidateConfig(c, World(4)).ok());
 }
 
 // --plan: a rank holds 1/C of each sequence's activations; the parameters
