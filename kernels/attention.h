@@ -13,6 +13,13 @@
 //   P = exp(S - lse),  dV = P^T dO,  dP = dO V^T,  dS = P * (dP - D)
 //   dQ = dS K / sqrt(hd),  dK = dS^T Q / sqrt(hd)
 // dK and dV of a KV head sum over the query heads of its group.
+//
+// Ring attention (context parallelism) computes the same block by block:
+// AttentionBlockForward/Backward at the end take a query block and a
+// key/value block (possibly another rank's) at global positions; forward
+// merges the blocks' results by log-sum-exp, backward adds each block's
+// share of the gradients. On the CPU the whole-sequence kernels are the
+// special case of one block holding every row, and share their code.
 #pragma once
 
 #include <cstdint>
