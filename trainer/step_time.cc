@@ -331,8 +331,8 @@ nlohmann::ordered_json StepTimeJson(const StepTime& t, const Hardware& hw) {
   j["bubble_s"] = t.bubble_s;
   j["optimizer_s"] = t.optimizer_s;
   j["communication"] = {{"tp", group(t.tp)}, {"cp", group(t.cp)}, {"pp", group(t.pp)}, {"dp", group(t.dp)}};
-  j["exposed_communication_s"] = t.tp.exposed_s + t.pp.exposed_s + t.dp.exposed_s;
-  j["overlapped_communication_s"] = t.tp.overlapped_s + t.pp.overlapped_s + t.dp.overlapped_s;
+  j["exposed_communication_s"] = t.tp.exposed_s + t.cp.exposed_s + t.pp.exposed_s + t.dp.exposed_s;
+  j["overlapped_communication_s"] = t.tp.overlapped_s + t.cp.overlapped_s + t.pp.overlapped_s + t.dp.overlapped_s;
   j["tokens_per_s_per_gpu"] = t.tokens_per_s_per_gpu;
   j["mfu"] = t.mfu;
   j["days_for_300b_tokens"] = t.days_for_300b_tokens;

@@ -389,6 +389,7 @@ TEST(StepTimeTest, PresetsFitTheirGpusWithTenPercentHeadroom) {
   };
   for (const Preset& preset : std::vector<Preset>{{"configs/latam-gpt-70b.textproto", "h200", "ib", 96},
                                                   {"configs/latam-gpt-70b-32k.textproto", "h200", "ib", 96},
+                                                  {"configs/latam-gpt-70b-32k-cp.textproto", "h200", "ib", 96},
                                                   {"configs/latam-gpt-70b-p5.textproto", "h100", "efa", 128}}) {
     auto c = LoadConfigFile(testing::SourcePath(preset.file));
     ASSERT_TRUE(c.ok()) << c.status().message();
