@@ -437,6 +437,13 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   c.Require(t.eval_samples() >= 1, "train.eval_samples", "must be >= 1");
   c.Require(t.save_every() >= 0, "train.save_every", "must be >= 0");
   c.Require(t.keep_checkpoints() >= 1, "train.keep_checkpoints", "must be >= 1");
+  c.Require(std::isfinite(t.collective_timeout_s()) && t.collective_timeout_s() >= 0, "train.collective_timeout_s",
+            "must be a finite number of seconds >= 0 (0 = no watchdog)");
+  c.Require(std::isfinite(t.spike_zscore()) && t.spike_zscore() >= 0, "train.spike_zscore",
+            "must be >= 0 (0 = judge only non-finite values)");
+  c.Require(t.spike_window() >= 2, "train.spike_window", "must be >= 2");
+  c.Require(t.max_skipped_steps() >= 0, "train.max_skipped_steps", "must be >= 0 (0 = never roll back)");
+  c.Require(t.straggler_every() >= 0, "train.straggler_every", "must be >= 0 (0 = off)");
   c.Require(t.init_load() == "weights" || t.init_load() == "optimizer" || t.init_load() == "all", "train.init_load",
             "must be weights, optimizer or all (got '" + t.init_load() + "')");
   const ComputeSettings compute = ComputeSettingsOf(config);
