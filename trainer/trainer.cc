@@ -11,6 +11,7 @@
 #include "model/layout.h"
 #include "model/model_ops.h"
 #include "model/state.h"
+#include "parallel/agree_status.h"
 #include "parallel/mpi_communicator.h"
 #include "trainer/plan.h"
 #ifdef LATAM_HAVE_NCCL
@@ -21,19 +22,6 @@
 namespace latam {
 
 namespace fs = std::filesystem;
-
-namespace {
-
-// Collective: every rank gets `local` if it failed, or a note that another
-// rank failed, so that no rank goes on into a collective the others skip.
-Status AgreeOnStatus(const Status& local, Communicator& world) {
-  const double failures = world.AllReduceScalar(local.ok() ? 0.0 : 1.0, ReduceOp::kSum);
-  if (!local.ok()) return local;
-  if (failures > 0) return Status::InvalidInput("stopped because another rank found an input error (see its message)");
-  return Status::Ok();
-}
-
-}  // namespace
 
 Result<std::unique_ptr<Trainer>> Trainer::Create(const Config& config, const MpiSession& mpi,
                                                  const std::string& resume) {
@@ -69,14 +57,17 @@ Status Trainer::OpenData() {
                            data::TokenDataset::Open(e.path(), d.seq_len(), vocab, d.mask_cross_document_loss()));
     eval_data_.push_back(std::move(ds));
   }
-  if (mpi_.world_rank() == 0) {
-    const std::string& run_dir = config_.train().run_dir();
-    std::error_code ec;
-    fs::create_directories(run_dir, ec);
-    if (ec) return Status::InvalidInput("train.run_dir: cannot create " + run_dir + ": " + ec.message());
-    LATAM_RETURN_IF_ERROR(WriteFileAtomically(Env::Default(), run_dir + "/config.textproto", ConfigToText(config_)));
-    LATAM_ASSIGN_OR_RETURN(metrics_, MetricsWriter::Create(run_dir));
-  }
+  return Status::Ok();
+}
+
+Status Trainer::OpenRunDir() {
+  if (mpi_.world_rank() != 0) return Status::Ok();
+  const std::string& run_dir = config_.train().run_dir();
+  std::error_code ec;
+  fs::create_directories(run_dir, ec);
+  if (ec) return Status::InvalidInput("train.run_dir: cannot create " + run_dir + ": " + ec.message());
+  LATAM_RETURN_IF_ERROR(WriteFileAtomically(Env::Default(), run_dir + "/config.textproto", ConfigToText(config_)));
+  LATAM_ASSIGN_OR_RETURN(metrics_, MetricsWriter::Create(run_dir));
   return Status::Ok();
 }
 
@@ -92,9 +83,12 @@ Status Trainer::Init(const std::string& resume) {
   grid_ = std::make_unique<ProcessGrid>(
       std::move(world),
       GridShape{p.tensor(), p.pipeline(), DataParallelSize(config_, mpi_.world_size()), std::max(1, p.context())});
-  LATAM_RETURN_IF_ERROR(AgreeOnStatus(OpenData(), grid_->world()));
+  LATAM_RETURN_IF_ERROR(AgreeOnStatus(OpenData(), MPI_COMM_WORLD));
   engine_ = std::make_unique<Engine>(config_, grid_.get(), device_ != nullptr ? device_->stream() : Stream());
-  LATAM_RETURN_IF_ERROR(AgreeOnStatus(Restore(resume), grid_->world()));
+  LATAM_RETURN_IF_ERROR(AgreeOnStatus(Restore(resume), MPI_COMM_WORLD));
+  // Only a run that passed every check writes into its run directory: a
+  // refused resume leaves the directory describing its checkpoints.
+  LATAM_RETURN_IF_ERROR(AgreeOnStatus(OpenRunDir(), MPI_COMM_WORLD));
   saver_ = std::make_unique<ckpt::CheckpointSaver>(config_.train().run_dir() + "/checkpoints", &grid_->world(),
                                                    config_.train().keep_checkpoints(), config_.data().tokenizer());
   return Status::Ok();
@@ -107,10 +101,7 @@ Result<std::unique_ptr<Communicator>> Trainer::OpenWorld() {
   // Every rank learns whether every rank got its GPU before NCCL is set up.
   Result<std::unique_ptr<ComputeDevice>> device =
       ComputeDevice::Open(mpi_.local_rank(), mpi_.local_size(), mpi_.world_rank(), compute.attention);
-  {
-    MpiCommunicator agree(MPI_COMM_WORLD, "world");
-    LATAM_RETURN_IF_ERROR(AgreeOnStatus(device.status(), agree));
-  }
+  LATAM_RETURN_IF_ERROR(AgreeOnStatus(device.status(), MPI_COMM_WORLD));
   device_ = std::move(device).value();
   if (mpi_.world_rank() == 0) {
     const int64_t head_dim = ModelShape::FromConfig(config_.model()).head_dim;

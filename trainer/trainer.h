@@ -38,8 +38,10 @@ namespace latam {
 class Trainer {
  public:
   // Validates the config against the world, builds the grid and the engine,
-  // opens the data and (rank 0) the run directory. Collective: every rank
-  // returns an error when any rank found one.
+  // opens the data, loads the checkpoint it resumes from and then (rank 0)
+  // opens the run directory: nothing is written there before every check
+  // passed. Collective: when any rank found an error, every rank returns the
+  // lowest failing rank's (parallel/agree_status.h).
   // `resume` is "auto", "none" or a checkpoint directory (latam-train --resume).
   static Result<std::unique_ptr<Trainer>> Create(const Config& config, const MpiSession& mpi,
                                                  const std::string& resume = "auto");
@@ -58,7 +60,11 @@ class Trainer {
  private:
   Trainer(const Config& config, const MpiSession& mpi) : config_(config), mpi_(mpi) {}
   Status Init(const std::string& resume);
+  // Opens the datasets; writes nothing.
   Status OpenData();
+  // Rank 0 creates run_dir and writes config.textproto, metrics.jsonl and
+  // the TensorBoard file: only once the config, data and checkpoint passed.
+  Status OpenRunDir();
   // The world communicator: MPI for the CPU; for CUDA, binds the rank's GPU
   // (device_) and returns an NCCL communicator ordered after its stream.
   Result<std::unique_ptr<Communicator>> OpenWorld();
