@@ -63,7 +63,6 @@ int64_t StepOfDirName(const std::string& name) {
   return step;
 }
 
-
 std::vector<int64_t> ShapeOf(const TensorRecord& t) { return {t.shape().begin(), t.shape().end()}; }
 
 Block BlockOf(const Shard& s) {
