@@ -2,7 +2,9 @@
 //
 //   latam-ckpt info DIR                 one JSON object: step, consumed_samples,
 //                                       layout, model, optimizer, tensors
-//   latam-ckpt verify DIR               reads every shard, checks every checksum
+//   latam-ckpt verify DIR               checks the manifest's checksum and
+//                                       structure, the model's tensor set,
+//                                       every file record and every shard
 //   latam-ckpt export-hf DIR OUT [--dtype float32|bfloat16] [--max-shard-bytes N]
 //   latam-ckpt import-hf HFDIR OUT
 //
@@ -39,7 +41,9 @@ nlohmann::json ProtoToJson(const google::protobuf::Message& m) {
   options.preserve_proto_field_names = true;
   options.always_print_primitive_fields = true;
   (void)google::protobuf::util::MessageToJsonString(m, &text, options);
-  return nlohmann::json::parse(text);
+  // Never throws: what protobuf cannot print is null.
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  return j.is_discarded() ? nlohmann::json() : j;
 }
 
 Status Info(const std::string& dir) {
@@ -69,17 +73,25 @@ Status Info(const std::string& dir) {
   j["parameters"] = parameters;
   j["bytes"] = bytes;
   j["tensors"] = tensors;
-  std::printf("%s\n", j.dump(2).c_str());
+  // Strings are bytes from disk and the command line: invalid UTF-8 is
+  // printed as U+FFFD instead of throwing.
+  std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   return Status::Ok();
 }
 
+// Open (the manifest's checksum, its structure, the model's tensor set, the
+// tokenizer), then VerifyAll (every file record, every shard in full): all a
+// load checks, and the shard bytes a load would not read.
 Status Verify(const std::string& dir) {
   LATAM_ASSIGN_OR_RETURN(auto reader, ckpt::CheckpointReader::Open(dir));
   LATAM_RETURN_IF_ERROR(reader->VerifyAll());
   int shards = 0;
   for (const ckpt::TensorRecord& t : reader->manifest().tensors()) shards += t.shards_size();
-  std::printf("ok: %s: %d tensors, %d shards, %llu bytes, every checksum matches\n", reader->dir().c_str(),
-              reader->manifest().tensors_size(), shards, static_cast<unsigned long long>(reader->bytes_read()));
+  const bool v1 = reader->manifest().format_version() == ckpt::kFormatVersionWithoutChecksums;
+  std::printf("ok: %s: %d tensors, %d shards, %llu bytes, %d other files, every checksum matches%s\n",
+              reader->dir().c_str(), reader->manifest().tensors_size(), shards,
+              static_cast<unsigned long long>(reader->bytes_read()), reader->manifest().files_size(),
+              v1 ? " (format 1: the manifest itself has no checksum)" : " (the manifest's too)");
   return Status::Ok();
 }
 

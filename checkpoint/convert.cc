@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <set>
 #include <string_view>
 
 #include "checkpoint/hf_config.h"
@@ -56,6 +57,66 @@ Status RequireEmptyOutput(const std::string& dir) {
   return Env::Default()->CreateDirs(dir);
 }
 
+// The sizes config.json gives must be the ones the safetensors hold: checked
+// from the tensors' headers alone, before anything is allocated from them
+// (an absurd num_hidden_layers would otherwise size the tensor list).
+Status CheckConfigAgainstWeights(const config::ModelConfig& m, const HfWeights& weights, const std::string& hf_dir) {
+  const std::string config = hf_dir + "/config.json";
+  auto mismatch = [&](const char* key, int64_t value, const std::string& held) {
+    return Status::InvalidInput(config + ": " + key + ": " + std::to_string(value) + ", but " + held);
+  };
+  auto shape_of = [&](const std::string& name, size_t rank) -> Result<std::vector<int64_t>> {
+    const StEntry* e = weights.Find(name);
+    if (e == nullptr) return Status::InvalidInput(hf_dir + ": tensor " + name + " is missing");
+    if (e->shape.size() != rank) {
+      return Status::InvalidInput(hf_dir + ": tensor " + name + " has " + std::to_string(e->shape.size()) +
+                                  " dimensions, expected " + std::to_string(rank));
+    }
+    return e->shape;
+  };
+  LATAM_ASSIGN_OR_RETURN(const std::vector<int64_t> embed, shape_of("model.embed_tokens.weight", 2));
+  const auto held = [](const std::string& name, const std::vector<int64_t>& shape) {
+    return name + " is " + WholeBlock(shape).ToString();
+  };
+  if (embed[0] != m.vocab_size()) {
+    return mismatch("vocab_size", m.vocab_size(), held("model.embed_tokens.weight", embed));
+  }
+  if (embed[1] != m.dim()) return mismatch("hidden_size", m.dim(), held("model.embed_tokens.weight", embed));
+  // The layers present: model.layers.<i>. for every i in [0, n) and no other.
+  std::set<int64_t> layers;
+  const std::string prefix = "model.layers.";
+  for (const std::string& name : weights.names()) {
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    const size_t dot = name.find('.', prefix.size());
+    const std::string number = name.substr(prefix.size(), dot - prefix.size());
+    if (number.empty() || number.size() > 9 || !std::all_of(number.begin(), number.end(), ::isdigit)) {
+      return Status::InvalidInput(hf_dir + ": tensor " + name + " has no layer number");
+    }
+    layers.insert(std::stoll(number));
+  }
+  const int64_t present = layers.empty() ? 0 : *layers.rbegin() + 1;
+  if (static_cast<int64_t>(layers.size()) != present || present != m.n_layers()) {
+    return mismatch("num_hidden_layers", m.n_layers(),
+                    "the safetensors hold " + std::to_string(layers.size()) + " layers" +
+                        (layers.empty() ? std::string() : " numbered up to " + std::to_string(present - 1)));
+  }
+  const int64_t head_dim = m.dim() / m.n_heads();
+  LATAM_ASSIGN_OR_RETURN(const std::vector<int64_t> q, shape_of("model.layers.0.self_attn.q_proj.weight", 2));
+  if (q[0] != m.n_heads() * head_dim) {
+    return mismatch("num_attention_heads", m.n_heads(), held("model.layers.0.self_attn.q_proj.weight", q));
+  }
+  LATAM_ASSIGN_OR_RETURN(const std::vector<int64_t> k, shape_of("model.layers.0.self_attn.k_proj.weight", 2));
+  if (k[0] != m.n_kv_heads() * head_dim) {
+    return mismatch("num_key_value_heads", m.n_kv_heads(),
+                    held("model.layers.0.self_attn.k_proj.weight", k) + " (head_dim " + std::to_string(head_dim) + ")");
+  }
+  LATAM_ASSIGN_OR_RETURN(const std::vector<int64_t> gate, shape_of("model.layers.0.mlp.gate_proj.weight", 2));
+  if (gate[0] != m.ffn_dim()) {
+    return mismatch("intermediate_size", m.ffn_dim(), held("model.layers.0.mlp.gate_proj.weight", gate));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 bool CanonicalLess(const std::string& a, const std::string& b) { return SortKey(a) < SortKey(b); }
@@ -94,6 +155,7 @@ Status ExportHf(const std::string& checkpoint, const std::string& out_dir, const
 Status ImportHf(const std::string& hf_dir, const std::string& out_dir) {
   LATAM_ASSIGN_OR_RETURN(const HfConfig hf, ParseHfConfig(hf_dir + "/config.json"));
   LATAM_ASSIGN_OR_RETURN(auto weights, HfWeights::Open(hf_dir));
+  LATAM_RETURN_IF_ERROR(CheckConfigAgainstWeights(hf.model, *weights, hf_dir));
   const ModelShape shape = ModelShape::FromConfig(hf.model);
   const std::vector<ParamSpec> specs = LlamaParameterSpecs(shape, ModelLayout::Single(shape));
   // Check every tensor before writing anything.

@@ -12,6 +12,11 @@
 //     directory with one shard file, step 0 and no optimizer state, that
 //     latam-train starts from (train.init_from or --resume) under any layout.
 //     F32 and BF16 tensors are stored as they are; F16 is widened to F32.
+//     config.json's sizes are checked against the safetensors headers
+//     (vocab_size and hidden_size against the embedding, num_hidden_layers
+//     against the layers present, the head counts and intermediate_size
+//     against layer 0) before anything is allocated from them; a mismatch
+//     is Status::InvalidInput naming config.json and the key.
 // ImportHf(ExportHf(ckpt)) holds the same parameter bits as ckpt (F32).
 // Output directories must not exist or be empty: nothing on disk is replaced.
 #pragma once

@@ -64,6 +64,7 @@ class KeyReader {
     }
     if (!v->is_number()) return Error(key, "expected a number, got " + v->dump());
     *out = v->get<double>();
+    if (!std::isfinite(*out)) return Error(key, "expected a finite number, got " + v->dump());
     return Status::Ok();
   }
   Status Bool(const std::string& key, bool fallback, bool* out) const {
@@ -255,8 +256,10 @@ Result<HfConfig> ParseHfConfigText(const std::string& text, const std::string& p
   }
   double d = 0;
   LATAM_RETURN_IF_ERROR(r.Number("rms_norm_eps", false, 1e-6, &d));
+  if (!(d > 0 && d < 1)) return r.Error("rms_norm_eps", "expected a number in (0, 1), got " + j["rms_norm_eps"].dump());
   m.set_norm_eps(d);
   LATAM_RETURN_IF_ERROR(r.Number("initializer_range", false, 0.02, &d));
+  if (d < 0) return r.Error("initializer_range", "expected a number >= 0, got " + j["initializer_range"].dump());
   m.set_init_std(d);
   bool tie = false;
   LATAM_RETURN_IF_ERROR(r.Bool("tie_word_embeddings", false, &tie));

@@ -14,7 +14,11 @@
 // Ownership: plain values; nothing is retained.
 //
 // Errors: an unreadable file, invalid JSON, a missing or ill-typed required
-// key, or a model this code cannot represent (non-SiLU activation, biases,
+// key, a size that is not a positive 32-bit integer, a number that is not
+// finite (rms_norm_eps must lie in (0, 1), rope_theta and the RoPE scaling
+// factors be positive, initializer_range >= 0), heads that do not divide
+// hidden_size or KV heads that do not divide the heads, or a model this code
+// cannot represent (non-SiLU activation, biases,
 // head_dim != hidden_size / num_attention_heads, a RoPE scaling type other
 // than llama3) is Status::InvalidInput naming the path and the JSON key.
 #pragma once

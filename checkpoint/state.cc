@@ -64,6 +64,7 @@ Result<LoadResult> LoadState(CheckpointReader& reader, const config::ModelConfig
                              const std::vector<StatePiece>& pieces, LoadWhat what) {
   const Checkpoint& m = reader.manifest();
   LATAM_RETURN_IF_ERROR(CheckSameModel(m, model, reader.dir()));
+  LATAM_RETURN_IF_ERROR(reader.VerifyFiles());
   const bool have_moments =
       std::any_of(pieces.begin(), pieces.end(), [](const StatePiece& p) { return p.moment; });
   LoadResult r;
@@ -118,9 +119,10 @@ Status CheckpointSaver::PrepareDirectory(const std::string& dir) {
     LATAM_RETURN_IF_ERROR(env_->SyncDir(DirName(checkpoints_dir_)));
   }
   if (env_->FileExists(dir)) {
-    // Only a leftover (a save interrupted by a crash, or a step of an
-    // abandoned history) can be here; the checkpoint `latest` names never is.
-    if (LatestName(env_, checkpoints_dir_) == fs::path(dir).filename().string()) {
+    // Only a leftover (a save interrupted by a crash, a step of an abandoned
+    // history, or a damaged step that loading fell back from) can be here;
+    // the complete checkpoint `latest` names never is.
+    if (LatestName(env_, checkpoints_dir_) == fs::path(dir).filename().string() && CheckManifestFile(dir, env_).ok()) {
       return Status::Internal("refusing to overwrite " + dir + ", the latest complete checkpoint");
     }
     LATAM_RETURN_IF_ERROR(env_->RemoveTree(dir).WithContext("removing a stale checkpoint"));
@@ -205,12 +207,15 @@ Status WriteRankShards(const std::string& step_dir, int rank, const std::vector<
 
 Status WriteManifest(const std::string& step_dir, int ranks, const Checkpoint& header, Env* env) {
   Checkpoint manifest = header;
+  manifest.set_format_version(kFormatVersion);
   manifest.clear_tensors();
+  manifest.clear_files();
   LATAM_RETURN_IF_ERROR(MergeRankIndexes(step_dir, ranks, &manifest, env));
-  LATAM_RETURN_IF_ERROR(WriteFileAtomically(env, step_dir + "/" + kManifestFile, manifest.SerializeAsString()));
-  // The indexes are merged into the manifest; leaving one behind is harmless.
-  for (int r = 0; r < ranks; ++r) (void)env->RemoveFile(step_dir + "/" + RankIndexName(r));
-  return Status::Ok();
+  if (!manifest.tokenizer_file().empty()) {
+    LATAM_ASSIGN_OR_RETURN(const std::string bytes, env->ReadFile(step_dir + "/" + manifest.tokenizer_file()));
+    *manifest.add_files() = MakeFileRecord(manifest.tokenizer_file(), bytes);
+  }
+  return WriteFileAtomically(env, step_dir + "/" + kManifestFile, SerializeManifest(manifest));
 }
 
 Status WriteLatest(const std::string& checkpoints_dir, const std::string& step_dir_name, Env* env) {

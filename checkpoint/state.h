@@ -15,7 +15,9 @@
 //      rank_NNNNN.bin and rank_NNNNN.index.pb and fsyncs them. Training goes on.
 //   2. Poll() between steps: when every rank has finished writing (agreed by
 //      an all-reduce, so MPI is only called from the main thread), rank 0
-//      merges the indexes into manifest.pb (fsync, rename), then replaces
+//      merges the indexes into manifest.pb, recording the checksum of every
+//      index file and of the tokenizer, closes it with its own checksum
+//      (checkpoint/store.h) and makes it durable (fsync, rename), then replaces
 //      checkpoints/latest atomically, then applies retention. A crash at any
 //      point before the rename of latest leaves latest on the previous
 //      complete checkpoint; a directory without manifest.pb is never loaded.
@@ -60,8 +62,8 @@ struct LoadResult {
 Status CheckSameModel(const Checkpoint& manifest, const config::ModelConfig& model, const std::string& where);
 
 // Loads this rank's blocks from `reader` (every rank of a job calls it with
-// its own pieces). Moment pieces are loaded when `what` asks for them and
-// the checkpoint has them.
+// its own pieces), after CheckSameModel and reader.VerifyFiles(). Moment
+// pieces are loaded when `what` asks for them and the checkpoint has them.
 Result<LoadResult> LoadState(CheckpointReader& reader, const config::ModelConfig& model,
                              const std::vector<StatePiece>& pieces, LoadWhat what);
 
@@ -72,8 +74,10 @@ Result<LoadResult> LoadState(CheckpointReader& reader, const config::ModelConfig
 // durably; *bytes gets the shard bytes written.
 Status WriteRankShards(const std::string& step_dir, int rank, const std::vector<StatePiece>& pieces,
                        uint64_t* bytes = nullptr, Env* env = Env::Default());
-// Merges the indexes of ranks [0, ranks) into `header`'s tensors and writes
-// step_dir/manifest.pb durably; the rank indexes are then removed.
+// Merges the indexes of ranks [0, ranks) into `header`'s tensors, records
+// the index files and header.tokenizer_file() (already in step_dir) in its
+// files, and writes step_dir/manifest.pb (format kFormatVersion, with its
+// checksum trailer) durably. The rank indexes stay, checksummed.
 Status WriteManifest(const std::string& step_dir, int ranks, const Checkpoint& header, Env* env = Env::Default());
 // Points checkpoints_dir/latest at `step_dir_name`, atomically and durably.
 Status WriteLatest(const std::string& checkpoints_dir, const std::string& step_dir_name, Env* env = Env::Default());

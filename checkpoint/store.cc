@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <string_view>
+#include <utility>
 
 #include "core/crc32c.h"
 #include "core/tensor.h"
@@ -20,6 +22,46 @@ namespace fs = std::filesystem;
 namespace {
 
 std::string ErrnoText() { return std::strerror(errno); }
+
+constexpr uint8_t kTrailerTag = (15 << 3) | 5;  // Checkpoint.manifest_crc32c, fixed32
+constexpr size_t kTrailerBytes = 5;
+
+// `text` for a message: printable ASCII as it is, every other byte as \xNN,
+// so a NUL or a terminal escape in a file cannot cut or garble the message.
+std::string Escaped(std::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u < 0x7f && c != '\\') {
+      out.push_back(c);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", u);
+      out.append(buf);
+    }
+  }
+  return out;
+}
+
+// A name that stays inside the step directory: no separator, not . or ..
+bool PlainFileName(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\0') == std::string::npos;
+}
+
+// The step of a "step_<digits>" directory name, or -1.
+int64_t StepOfDirName(const std::string& name) {
+  const std::string prefix = "step_";
+  if (name.size() <= prefix.size() || name.size() > prefix.size() + 18 || name.compare(0, prefix.size(), prefix) != 0) {
+    return -1;
+  }
+  int64_t step = 0;
+  for (size_t i = prefix.size(); i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    step = step * 10 + (name[i] - '0');
+  }
+  return step;
+}
 
 std::vector<int64_t> ShapeOf(const TensorRecord& t) { return {t.shape().begin(), t.shape().end()}; }
 
@@ -67,6 +109,138 @@ std::string RankIndexName(int rank) {
 }
 
 size_t DTypeBytes(DType dtype) { return dtype == DType::BF16 ? 2 : 4; }
+
+// ---------------------------------------------------------------------------
+// The manifest file
+// ---------------------------------------------------------------------------
+
+FileRecord MakeFileRecord(const std::string& name, const std::string& bytes) {
+  FileRecord f;
+  f.set_name(name);
+  f.set_bytes(bytes.size());
+  f.set_crc32c(Crc32c(bytes.data(), bytes.size()));
+  return f;
+}
+
+std::string SerializeManifest(const Checkpoint& manifest) {
+  Checkpoint body = manifest;
+  body.clear_manifest_crc32c();
+  std::string bytes = body.SerializeAsString();
+  const uint32_t crc = Crc32c(bytes.data(), bytes.size());
+  bytes.push_back(static_cast<char>(kTrailerTag));
+  for (int i = 0; i < 4; ++i) bytes.push_back(static_cast<char>((crc >> (8 * i)) & 0xff));
+  return bytes;
+}
+
+Result<Checkpoint> ParseManifest(const std::string& bytes, const std::string& path, std::string* warning) {
+  warning->clear();
+  const size_t n = bytes.size();
+  const bool tagged = n >= kTrailerBytes && static_cast<uint8_t>(bytes[n - kTrailerBytes]) == kTrailerTag;
+  uint32_t stored = 0;
+  if (tagged) {
+    for (int i = 0; i < 4; ++i) stored |= static_cast<uint32_t>(static_cast<uint8_t>(bytes[n - 4 + i])) << (8 * i);
+  }
+  const bool trailer_ok = tagged && stored == Crc32c(bytes.data(), n - kTrailerBytes);
+  Checkpoint m;
+  const bool parsed = m.ParseFromString(bytes);
+  if (trailer_ok) {
+    if (!parsed) return Status::InvalidInput("checkpoint " + path + ": not a valid manifest (protobuf parse failed)");
+    if (m.format_version() < kFormatVersion) {
+      return Status::InvalidInput("checkpoint " + path + ": format version " + std::to_string(m.format_version()) +
+                                  " with a manifest checksum, which only version " + std::to_string(kFormatVersion) +
+                                  " and later have: the file is corrupt");
+    }
+    return m;
+  }
+  // No valid trailer: only a format-1 manifest may lack one. A damaged
+  // trailer (or a damaged byte anywhere) of a later version lands here too.
+  if (parsed && m.format_version() == kFormatVersionWithoutChecksums && !m.has_manifest_crc32c()) {
+    *warning = "checkpoint " + path + ": format version 1 carries no manifest checksum; its manifest is not verified";
+    return m;
+  }
+  if (tagged || (parsed && (m.format_version() >= kFormatVersion || m.has_manifest_crc32c()))) {
+    return Status::InvalidInput("checkpoint " + path + ": manifest checksum mismatch (" +
+                                (tagged ? "the trailer does not match its bytes" : "no valid trailer") +
+                                "): the file is corrupt");
+  }
+  if (!parsed) return Status::InvalidInput("checkpoint " + path + ": not a valid manifest (protobuf parse failed)");
+  return Status::InvalidInput("checkpoint " + path + ": format version " + std::to_string(m.format_version()) +
+                              ", this build reads versions " + std::to_string(kFormatVersionWithoutChecksums) +
+                              " to " + std::to_string(kFormatVersion));
+}
+
+Status CheckManifestFile(const std::string& step_dir, Env* env) {
+  const std::string path = step_dir + "/" + kManifestFile;
+  if (!env->FileExists(path)) return Status::InvalidInput("checkpoint " + step_dir + ": has no " + kManifestFile);
+  LATAM_ASSIGN_OR_RETURN(const std::string bytes, env->ReadFile(path));
+  std::string warning;
+  LATAM_ASSIGN_OR_RETURN(const Checkpoint m, ParseManifest(bytes, path, &warning));
+  (void)m;
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------
+// The tensors of a model
+// ---------------------------------------------------------------------------
+
+Status CheckModelConfig(const config::ModelConfig& m, const std::string& where) {
+  auto positive = [&](const char* field, int64_t v) -> Status {
+    if (v > 0) return Status::Ok();
+    return Status::InvalidInput(where + ": model." + field + " is " + std::to_string(v) + ", expected > 0");
+  };
+  LATAM_RETURN_IF_ERROR(positive("vocab_size", m.vocab_size()));
+  LATAM_RETURN_IF_ERROR(positive("dim", m.dim()));
+  LATAM_RETURN_IF_ERROR(positive("n_layers", m.n_layers()));
+  LATAM_RETURN_IF_ERROR(positive("n_heads", m.n_heads()));
+  LATAM_RETURN_IF_ERROR(positive("n_kv_heads", m.n_kv_heads()));
+  LATAM_RETURN_IF_ERROR(positive("ffn_dim", m.ffn_dim()));
+  if (m.dim() % m.n_heads() != 0) {
+    return Status::InvalidInput(where + ": model.n_heads " + std::to_string(m.n_heads()) + " does not divide model.dim " +
+                                std::to_string(m.dim()));
+  }
+  if (m.n_heads() % m.n_kv_heads() != 0) {
+    return Status::InvalidInput(where + ": model.n_kv_heads " + std::to_string(m.n_kv_heads()) +
+                                " does not divide model.n_heads " + std::to_string(m.n_heads()));
+  }
+  return Status::Ok();
+}
+
+int64_t ModelTensorCount(const config::ModelConfig& m, bool with_moments) {
+  const int64_t parameters = 9 * static_cast<int64_t>(m.n_layers()) + 2 + (m.tie_embeddings() ? 0 : 1);
+  return parameters * (with_moments ? 3 : 1);
+}
+
+std::vector<TensorSpec> ModelTensors(const config::ModelConfig& m, bool with_moments) {
+  const int64_t dim = m.dim(), ffn = m.ffn_dim(), vocab = m.vocab_size();
+  const int64_t hd = dim / m.n_heads(), q_rows = m.n_heads() * hd, kv_rows = m.n_kv_heads() * hd;
+  std::vector<TensorSpec> out;
+  out.reserve(static_cast<size_t>(ModelTensorCount(m, with_moments)));
+  auto add = [&](std::string name, std::vector<int64_t> shape) {
+    if (with_moments) {
+      out.push_back({name, shape});
+      out.push_back({name + ".exp_avg", shape});
+      out.push_back({name + ".exp_avg_sq", std::move(shape)});
+    } else {
+      out.push_back({std::move(name), std::move(shape)});
+    }
+  };
+  add("model.embed_tokens.weight", {vocab, dim});
+  for (int64_t i = 0; i < m.n_layers(); ++i) {
+    const std::string layer = "model.layers." + std::to_string(i) + ".";
+    add(layer + "input_layernorm.weight", {dim});
+    add(layer + "self_attn.q_proj.weight", {q_rows, dim});
+    add(layer + "self_attn.k_proj.weight", {kv_rows, dim});
+    add(layer + "self_attn.v_proj.weight", {kv_rows, dim});
+    add(layer + "self_attn.o_proj.weight", {dim, q_rows});
+    add(layer + "post_attention_layernorm.weight", {dim});
+    add(layer + "mlp.gate_proj.weight", {ffn, dim});
+    add(layer + "mlp.up_proj.weight", {ffn, dim});
+    add(layer + "mlp.down_proj.weight", {dim, ffn});
+  }
+  add("model.norm.weight", {dim});
+  if (!m.tie_embeddings()) add("lm_head.weight", {vocab, dim});
+  return out;
+}
 
 // ---------------------------------------------------------------------------
 // Writing
@@ -118,6 +292,7 @@ Status MergeRankIndexes(const std::string& dir, int ranks, Checkpoint* manifest,
     LATAM_ASSIGN_OR_RETURN(const std::string bytes, env->ReadFile(path));
     Checkpoint index;
     if (!index.ParseFromString(bytes)) return Status::IoError("cannot parse " + path);
+    *manifest->add_files() = MakeFileRecord(RankIndexName(r), bytes);
     for (const TensorRecord& t : index.tensors()) {
       auto it = position.find(t.name());
       if (it == position.end()) {
@@ -155,21 +330,39 @@ Result<std::string> ResolveCheckpointDir(const std::string& path) {
   if (!fs::exists(fs::path(path) / kLatestFile, ec) && fs::is_directory(fs::path(path) / "checkpoints", ec)) {
     checkpoints = (fs::path(path) / "checkpoints").string();
   }
-  const fs::path latest = fs::path(checkpoints) / kLatestFile;
+  const std::string latest = (fs::path(checkpoints) / kLatestFile).string();
   if (!fs::exists(latest, ec)) {
     return Status::InvalidInput("checkpoint " + path + ": not a checkpoint (no " + kManifestFile + ", no " +
                                 kLatestFile + " file naming one)");
   }
-  LATAM_ASSIGN_OR_RETURN(std::string name, Env::Default()->ReadFile(latest.string()));
+  LATAM_ASSIGN_OR_RETURN(std::string name, Env::Default()->ReadFile(latest));
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-  if (name.empty() || name.find('/') != std::string::npos) {
-    return Status::InvalidInput("checkpoint " + latest.string() + ": does not name a step directory");
+  const std::string said = "'" + Escaped(name) + "'";
+  std::string problem;
+  if (!PlainFileName(name) || StepOfDirName(name) < 0) {
+    problem = "not a step directory name";
+  } else {
+    const Status complete = CheckManifestFile(checkpoints + "/" + name);
+    if (complete.ok()) return checkpoints + "/" + name;
+    problem = complete.message();
   }
-  const std::string dir = (fs::path(checkpoints) / name).string();
-  if (!fs::exists(fs::path(dir) / kManifestFile, ec)) {
-    return Status::InvalidInput("checkpoint " + latest.string() + " names " + dir + ", which has no " + kManifestFile);
+  // The newest complete step directory instead.
+  LATAM_ASSIGN_OR_RETURN(const std::vector<std::string> names, Env::Default()->ListDir(checkpoints));
+  std::vector<std::pair<int64_t, std::string>> steps;
+  for (const std::string& n : names) {
+    if (StepOfDirName(n) >= 0 && n != name && fs::is_directory(fs::path(checkpoints) / n, ec)) {
+      steps.emplace_back(StepOfDirName(n), n);
+    }
   }
-  return dir;
+  std::sort(steps.rbegin(), steps.rend());
+  for (const auto& [step, candidate] : steps) {
+    if (!CheckManifestFile(checkpoints + "/" + candidate).ok()) continue;
+    std::fprintf(stderr, "latam: warning: %s says %s (%s); using %s, the newest complete checkpoint\n",
+                 latest.c_str(), said.c_str(), problem.c_str(), candidate.c_str());
+    return checkpoints + "/" + candidate;
+  }
+  return Status::InvalidInput("checkpoint " + latest + " says " + said + " (" + problem + "), and no step directory of " +
+                              checkpoints + " holds a complete checkpoint");
 }
 
 Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::string& path) {
@@ -178,9 +371,9 @@ Result<std::unique_ptr<CheckpointReader>> CheckpointReader::Open(const std::stri
   r->dir_ = dir;
   const std::string manifest_path = dir + "/" + kManifestFile;
   LATAM_ASSIGN_OR_RETURN(const std::string bytes, Env::Default()->ReadFile(manifest_path));
-  if (!r->manifest_.ParseFromString(bytes)) {
-    return Status::InvalidInput("checkpoint " + manifest_path + ": not a valid manifest (protobuf parse failed)");
-  }
+  std::string warning;
+  LATAM_ASSIGN_OR_RETURN(r->manifest_, ParseManifest(bytes, manifest_path, &warning));
+  if (!warning.empty()) std::fprintf(stderr, "latam: warning: %s\n", warning.c_str());
   LATAM_RETURN_IF_ERROR(r->Validate());
   return r;
 }
@@ -196,13 +389,16 @@ const TensorRecord* CheckpointReader::Find(const std::string& name) const {
 
 Status CheckpointReader::Validate() {
   const std::string where = "checkpoint " + dir_ + "/" + kManifestFile;
-  if (manifest_.format_version() != kFormatVersion) {
+  if (manifest_.format_version() < kFormatVersionWithoutChecksums || manifest_.format_version() > kFormatVersion) {
     return Status::InvalidInput(where + ": format version " + std::to_string(manifest_.format_version()) +
-                                ", this build reads version " + std::to_string(kFormatVersion));
+                                ", this build reads versions " + std::to_string(kFormatVersionWithoutChecksums) +
+                                " to " + std::to_string(kFormatVersion));
   }
   if (!manifest_.has_model() || manifest_.tensors_size() == 0) {
     return Status::InvalidInput(where + ": has no model config or no tensors");
   }
+  LATAM_RETURN_IF_ERROR(ValidateTensorSet());
+  LATAM_RETURN_IF_ERROR(ValidateFileRecords());
   std::map<std::string, uint64_t> file_sizes;
   for (int i = 0; i < manifest_.tensors_size(); ++i) {
     const TensorRecord& t = manifest_.tensors(i);
@@ -219,13 +415,18 @@ Status CheckpointReader::Validate() {
       if (b.offset.size() != shape.size() || b.extent.size() != shape.size()) {
         return Status::InvalidInput(shard_where + ": shard rank does not match the tensor's");
       }
+      for (size_t d = 0; d < shape.size(); ++d) {
+        if (b.offset[d] < 0 || b.extent[d] < 1) {
+          return Status::InvalidInput(shard_where + ": shard " + b.ToString() + " has an empty or negative extent");
+        }
+      }
       const std::optional<Block> inside = Intersect(b, whole);
       if (!inside || inside->numel() != b.numel()) {
         return Status::InvalidInput(shard_where + ": shard " + b.ToString() + " lies outside the tensor");
       }
       if (s.length() != static_cast<uint64_t>(b.numel()) * DTypeBytes(t.dtype()) || s.chunk_bytes() == 0 ||
           static_cast<uint64_t>(s.chunk_crc32c_size()) != (s.length() + s.chunk_bytes() - 1) / s.chunk_bytes() ||
-          s.file().empty() || s.file().find('/') != std::string::npos) {
+          !PlainFileName(s.file())) {
         return Status::InvalidInput(shard_where + ": inconsistent shard record");
       }
       for (int j = 0; j < k; ++j) {
@@ -254,6 +455,87 @@ Status CheckpointReader::Validate() {
                                   std::to_string(whole.numel()) + " elements stored");
     }
   }
+  return Status::Ok();
+}
+
+// The tensors must be exactly the ones a model of manifest.model() saves:
+// checked by count first, so an absurd n_layers allocates nothing.
+Status CheckpointReader::ValidateTensorSet() {
+  const std::string where = "checkpoint " + dir_ + "/" + kManifestFile;
+  const config::ModelConfig& model = manifest_.model();
+  LATAM_RETURN_IF_ERROR(CheckModelConfig(model, where));
+  const bool moments = manifest_.optimizer().has_moments();
+  const int64_t count = ModelTensorCount(model, moments);
+  const std::string what = std::string("the ") + (moments ? "parameters and Adam moments" : "parameters") +
+                           " of its model (n_layers " + std::to_string(model.n_layers()) +
+                           (model.tie_embeddings() ? ", tied embeddings" : "") + ")";
+  if (count != manifest_.tensors_size()) {
+    return Status::InvalidInput(where + ": lists " + std::to_string(manifest_.tensors_size()) + " tensors, " + what +
+                                " are " + std::to_string(count));
+  }
+  std::map<std::string, std::vector<int64_t>> expected;
+  for (TensorSpec& t : ModelTensors(model, moments)) expected.emplace(std::move(t.name), std::move(t.shape));
+  for (const TensorRecord& t : manifest_.tensors()) {
+    const auto it = expected.find(t.name());
+    if (it == expected.end()) {
+      return Status::InvalidInput(where + ": tensor '" + Escaped(t.name()) + "' is not one of " + what);
+    }
+    if (ShapeOf(t) != it->second) {
+      return Status::InvalidInput(where + ": tensor " + t.name() + " has shape " + WholeBlock(ShapeOf(t)).ToString() +
+                                  ", its model's is " + WholeBlock(it->second).ToString());
+    }
+    if (t.dtype() != DType::F32 && t.dtype() != DType::BF16) {
+      return Status::InvalidInput(where + ": tensor " + t.name() + " has an unknown dtype");
+    }
+  }
+  return Status::Ok();
+}
+
+// Every FileRecord names a plain file of the step directory, once; the
+// tokenizer has one (format 2) and its checksum is checked now.
+Status CheckpointReader::ValidateFileRecords() {
+  const std::string where = "checkpoint " + dir_ + "/" + kManifestFile;
+  std::map<std::string, const FileRecord*> records;
+  for (const FileRecord& f : manifest_.files()) {
+    if (!PlainFileName(f.name()) || !f.has_bytes() || !f.has_crc32c()) {
+      return Status::InvalidInput(where + ": file record '" + Escaped(f.name()) + "' is not a valid record");
+    }
+    if (!records.emplace(f.name(), &f).second) {
+      return Status::InvalidInput(where + ": file " + f.name() + " is recorded twice");
+    }
+  }
+  const std::string& tokenizer = manifest_.tokenizer_file();
+  if (tokenizer.empty()) return Status::Ok();
+  if (!PlainFileName(tokenizer)) {
+    return Status::InvalidInput(where + ": tokenizer_file '" + Escaped(tokenizer) + "' is not a file of " + dir_);
+  }
+  const auto it = records.find(tokenizer);
+  if (it == records.end()) {
+    if (manifest_.format_version() == kFormatVersionWithoutChecksums) return Status::Ok();
+    return Status::InvalidInput(where + ": the tokenizer " + tokenizer + " has no checksum record");
+  }
+  return VerifyFile(*it->second);
+}
+
+Status CheckpointReader::VerifyFile(const FileRecord& f) {
+  const std::string path = dir_ + "/" + f.name();
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return Status::InvalidInput("checkpoint file " + path + " is missing");
+  }
+  if (static_cast<uint64_t>(st.st_size) != f.bytes()) {
+    return Status::InvalidInput("checkpoint file " + path + " has " + std::to_string(st.st_size) +
+                                " bytes, the manifest records " + std::to_string(f.bytes()) + ": the file is corrupt");
+  }
+  LATAM_ASSIGN_OR_RETURN(const std::string bytes, Env::Default()->ReadFile(path));
+  if (bytes.size() != f.bytes() || Crc32c(bytes.data(), bytes.size()) != f.crc32c()) {
+    return Status::InvalidInput("checkpoint file " + path + ": checksum mismatch: the file is corrupt");
+  }
+  return Status::Ok();
+}
+
+Status CheckpointReader::VerifyFiles() {
+  for (const FileRecord& f : manifest_.files()) LATAM_RETURN_IF_ERROR(VerifyFile(f));
   return Status::Ok();
 }
 
@@ -346,6 +628,7 @@ Status CheckpointReader::Read(const std::string& name, const Block& want, float*
 }
 
 Status CheckpointReader::VerifyAll() {
+  LATAM_RETURN_IF_ERROR(VerifyFiles());
   std::vector<char> buf;
   for (const TensorRecord& t : manifest_.tensors()) {
     for (const Shard& s : t.shards()) {

@@ -130,29 +130,42 @@ TEST_F(CheckpointTest, WeightsReshardAcrossLayoutsBitwise) {
   }
 }
 
-// Writes one f32 tensor [rows, cols] of fresh random values as a single
-// shard; returns the values.
-std::vector<float> WriteOneTensor(const fs::path& step, int64_t rows, int64_t cols) {
+constexpr const char* kEmbedding = "model.embed_tokens.weight";
+
+// Writes a checkpoint of a one-layer tied model whose embedding is [rows,
+// cols], fresh random values (returned), every tensor one shard of rank 0,
+// the embedding first; the other tensors are zeros.
+std::vector<float> WriteEmbedding(const fs::path& step, int64_t rows, int64_t cols) {
+  config::ModelConfig model = TinyModelConfig(true);
+  model.set_vocab_size(static_cast<int32_t>(rows));
+  model.set_dim(static_cast<int32_t>(cols));
+  model.set_n_layers(1);
   std::mt19937 gen(static_cast<unsigned>(rows * 131 + cols));
   std::normal_distribution<float> normal;
-  std::vector<float> values(static_cast<size_t>(rows * cols));
-  for (float& v : values) v = normal(gen);
+  std::vector<std::vector<float>> values;
+  std::vector<StatePiece> pieces;
+  for (const TensorSpec& t : ModelTensors(model, false)) {
+    values.emplace_back(static_cast<size_t>(WholeBlock(t.shape).numel()));
+    if (t.name == kEmbedding) {
+      for (float& v : values.back()) v = normal(gen);
+    }
+    pieces.push_back({t.name, t.shape, WholeBlock(t.shape), values.back().data(), true, false});
+  }
   fs::create_directories(step);
-  StatePiece p{"model.norm.weight", {rows, cols}, WholeBlock({rows, cols}), values.data(), true, false};
-  EXPECT_TRUE(WriteRankShards(step.string(), 0, {p}).ok());
-  EXPECT_TRUE(WriteManifest(step.string(), 1, Header(TinyModelConfig(false))).ok());
-  return values;
+  EXPECT_TRUE(WriteRankShards(step.string(), 0, pieces).ok());
+  EXPECT_TRUE(WriteManifest(step.string(), 1, Header(model)).ok());
+  return values.front();
 }
 
 TEST_F(CheckpointTest, PartialReadsTouchOnlyTheirChunks) {
   // 4 MiB in one shard: rows [0, 64) are the first 256 KiB, inside chunk 0.
   const int64_t rows = 1024, cols = 1024;
   const fs::path step = dir_ / "step";
-  const std::vector<float> values = WriteOneTensor(step, rows, cols);
+  const std::vector<float> values = WriteEmbedding(step, rows, cols);
   auto reader = CheckpointReader::Open(step.string());
   ASSERT_TRUE(reader.ok()) << reader.status().message();
   std::vector<float> out(64 * 100);
-  ASSERT_TRUE((*reader)->Read("model.norm.weight", Block{{0, 300}, {64, 100}}, out.data()).ok());
+  ASSERT_TRUE((*reader)->Read(kEmbedding, Block{{0, 300}, {64, 100}}, out.data()).ok());
   EXPECT_EQ((*reader)->bytes_read(), kChunkBytes);
   for (int64_t r = 0; r < 64; ++r) {
     for (int64_t c = 0; c < 100; ++c) ASSERT_EQ(out[r * 100 + c], values[r * cols + 300 + c]);
@@ -160,14 +173,14 @@ TEST_F(CheckpointTest, PartialReadsTouchOnlyTheirChunks) {
   // A block straddling chunks 1 and 2 reads exactly those two.
   const uint64_t before = (*reader)->bytes_read();
   std::vector<float> mid(300 * cols);
-  ASSERT_TRUE((*reader)->Read("model.norm.weight", Block{{200, 0}, {300, cols}}, mid.data()).ok());
+  ASSERT_TRUE((*reader)->Read(kEmbedding, Block{{200, 0}, {300, cols}}, mid.data()).ok());
   EXPECT_EQ((*reader)->bytes_read() - before, 2 * kChunkBytes);
   EXPECT_EQ(std::memcmp(mid.data(), values.data() + 200 * cols, mid.size() * sizeof(float)), 0);
 }
 
 TEST_F(CheckpointTest, CorruptionIsCaughtAndNamed) {
   const fs::path step = dir_ / "step";
-  WriteOneTensor(step, 600, 600);  // 1.44 MB: two chunks
+  WriteEmbedding(step, 600, 600);  // 1.44 MB: two chunks
   const std::string file = (step / RankFileName(0)).string();
   {
     std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
@@ -182,21 +195,21 @@ TEST_F(CheckpointTest, CorruptionIsCaughtAndNamed) {
   ASSERT_TRUE(reader.ok()) << reader.status().message();
   std::vector<float> out(600 * 600);
   // The first chunk is intact; the second fails its checksum.
-  EXPECT_TRUE((*reader)->Read("model.norm.weight", Block{{0, 0}, {100, 600}}, out.data()).ok());
-  const Status bad = (*reader)->Read("model.norm.weight", WholeBlock({600, 600}), out.data());
+  EXPECT_TRUE((*reader)->Read(kEmbedding, Block{{0, 0}, {100, 600}}, out.data()).ok());
+  const Status bad = (*reader)->Read(kEmbedding, WholeBlock({600, 600}), out.data());
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.exit_code(), 2);
-  EXPECT_NE(bad.message().find("model.norm.weight"), std::string::npos) << bad.message();
+  EXPECT_NE(bad.message().find(kEmbedding), std::string::npos) << bad.message();
   EXPECT_NE(bad.message().find(file), std::string::npos) << bad.message();
   EXPECT_NE(bad.message().find("checksum"), std::string::npos) << bad.message();
   const Status verify = (*reader)->VerifyAll();
   ASSERT_FALSE(verify.ok());
-  EXPECT_NE(verify.message().find("model.norm.weight"), std::string::npos) << verify.message();
+  EXPECT_NE(verify.message().find(kEmbedding), std::string::npos) << verify.message();
 }
 
 TEST_F(CheckpointTest, BadCheckpointsAreRejectedAtOpen) {
   const fs::path step = dir_ / "step";
-  WriteOneTensor(step, 100, 100);
+  WriteEmbedding(step, 100, 100);
   const std::string file = (step / RankFileName(0)).string();
   auto expect_error = [&](const std::string& path, const std::string& needle) {
     auto r = CheckpointReader::Open(path);
