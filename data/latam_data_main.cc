@@ -175,7 +175,9 @@ Status TrainTokenizer(int argc, char** argv) {
   latam::data::BpeTrainerOptions options;
   LATAM_ASSIGN_OR_RETURN(const int64_t vocab, args.Int("vocab-size", 0, true));
   LATAM_ASSIGN_OR_RETURN(options.min_frequency, args.Int("min-frequency", 2));
-  if (vocab <= 0 || vocab > (int64_t{1} << 31)) return Status::InvalidInput("--vocab-size must be in [1, 2^31]");
+  if (vocab <= 0 || vocab > latam::data::Tokenizer::kMaxIds) {
+    return Status::InvalidInput("--vocab-size must be in [1, 2^24] (the ids a tokenizer.json may use)");
+  }
   options.vocab_size = static_cast<int>(vocab);
   if (args.Has("special")) options.special_tokens = args.flags.at("special");
   LATAM_ASSIGN_OR_RETURN(auto trainer, latam::data::BpeTrainer::Create(options));
