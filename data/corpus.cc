@@ -1,5 +1,6 @@
 #include "data/corpus.h"
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -12,8 +13,19 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
 }
 }  // namespace
 
+Status CheckCorpusFile(const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec) return Status::InvalidInput(path + ": cannot open corpus file: " + ec.message());
+  if (std::filesystem::is_directory(status)) {
+    return Status::InvalidInput(path + ": is a directory, not a corpus file (.jsonl or text)");
+  }
+  return Status::Ok();
+}
+
 Status ForEachDocument(const std::string& path, const std::string& text_field,
                        const std::function<bool(std::string_view)>& on_document) {
+  LATAM_RETURN_IF_ERROR(CheckCorpusFile(path));
   std::ifstream in(path, std::ios::binary);
   if (!in) return Status::InvalidInput(path + ": cannot open corpus file");
   if (!EndsWith(path, ".jsonl")) {

@@ -11,9 +11,11 @@ Result<std::unique_ptr<TokenDataset>> TokenDataset::Open(const std::string& path
   std::vector<std::string> files;
   std::error_code ec;
   if (fs::is_directory(path, ec)) {
-    for (const auto& entry : fs::directory_iterator(path, ec)) {
-      if (entry.is_regular_file() && entry.path().extension() == ".bin") files.push_back(entry.path().string());
+    for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
+      std::error_code entry_ec;
+      if (it->is_regular_file(entry_ec) && it->path().extension() == ".bin") files.push_back(it->path().string());
     }
+    if (ec) return Status::InvalidInput(path + ": cannot list the directory: " + ec.message());
     std::sort(files.begin(), files.end());
     if (files.empty()) return Status::InvalidInput(path + ": directory has no *.bin token shards");
   } else {

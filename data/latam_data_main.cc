@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -74,13 +75,24 @@ struct Args {
     }
     const std::string v = Get(name);
     char* end = nullptr;
+    errno = 0;
     const long long x = std::strtoll(v.c_str(), &end, 10);
-    if (v.empty() || *end != '\0') return Status::InvalidInput("--" + name + ": '" + v + "' is not an integer");
+    if (v.empty() || *end != '\0' || errno == ERANGE) {
+      return Status::InvalidInput("--" + name + ": '" + v + "' is not a 64-bit integer");
+    }
     return static_cast<int64_t>(x);
   }
 };
 
 // "--name value" flags (every name must be in `allowed`) and positional args.
+// --out names the file to write: a directory there is bad input.
+Result<std::string> OutputPath(const Args& args) {
+  LATAM_ASSIGN_OR_RETURN(const std::string out, args.Required("out"));
+  std::error_code ec;
+  if (std::filesystem::is_directory(out, ec)) return Status::InvalidInput("--out " + out + ": is a directory");
+  return out;
+}
+
 Result<Args> Parse(int argc, char** argv, const std::vector<std::string>& allowed) {
   Args a;
   for (int i = 2; i < argc; ++i) {
@@ -130,9 +142,11 @@ std::string Mb(double bytes) {
   return buf;
 }
 
-// Reads the corpus files in batches of documents and calls on_batch for each.
+// Reads the corpus files in batches of documents and calls on_batch for each;
+// every file is checked before the first is read.
 Status ForEachBatch(const std::vector<std::string>& files, const std::string& text_field,
                     const std::function<Status(std::vector<std::string>&)>& on_batch) {
+  for (const std::string& file : files) LATAM_RETURN_IF_ERROR(latam::data::CheckCorpusFile(file));
   std::vector<std::string> batch;
   size_t batch_bytes = 0;
   Status status;
@@ -156,12 +170,14 @@ Status ForEachBatch(const std::vector<std::string>& files, const std::string& te
 Status TrainTokenizer(int argc, char** argv) {
   LATAM_ASSIGN_OR_RETURN(const Args args,
                          Parse(argc, argv, {"out", "vocab-size", "min-frequency", "special", "text-field"}));
-  LATAM_ASSIGN_OR_RETURN(const std::string out, args.Required("out"));
+  LATAM_ASSIGN_OR_RETURN(const std::string out, OutputPath(args));
   if (args.positional.empty()) return Status::InvalidInput(std::string("no corpus files given\n") + kUsage);
   latam::data::BpeTrainerOptions options;
   LATAM_ASSIGN_OR_RETURN(const int64_t vocab, args.Int("vocab-size", 0, true));
   LATAM_ASSIGN_OR_RETURN(options.min_frequency, args.Int("min-frequency", 2));
-  if (vocab <= 0 || vocab > (int64_t{1} << 31)) return Status::InvalidInput("--vocab-size must be in [1, 2^31]");
+  if (vocab <= 0 || vocab > latam::data::Tokenizer::kMaxIds) {
+    return Status::InvalidInput("--vocab-size must be in [1, 2^24] (the ids a tokenizer.json may use)");
+  }
   options.vocab_size = static_cast<int>(vocab);
   if (args.Has("special")) options.special_tokens = args.flags.at("special");
   LATAM_ASSIGN_OR_RETURN(auto trainer, latam::data::BpeTrainer::Create(options));
@@ -193,7 +209,7 @@ Status Encode(int argc, char** argv) {
   LATAM_ASSIGN_OR_RETURN(const Args args,
                          Parse(argc, argv, {"tokenizer", "out", "eos-token", "bos-token", "text-field"}));
   LATAM_ASSIGN_OR_RETURN(const std::string tokenizer_path, args.Required("tokenizer"));
-  LATAM_ASSIGN_OR_RETURN(const std::string out, args.Required("out"));
+  LATAM_ASSIGN_OR_RETURN(const std::string out, OutputPath(args));
   if (args.positional.empty()) return Status::InvalidInput(std::string("no corpus files given\n") + kUsage);
   LATAM_ASSIGN_OR_RETURN(auto tok, latam::data::Tokenizer::Load(tokenizer_path));
   const std::string eos_token = args.Get("eos-token", "<|end_of_text|>");
@@ -296,7 +312,7 @@ Status Detokenize(int argc, char** argv) {
 Status Synthesize(int argc, char** argv) {
   LATAM_ASSIGN_OR_RETURN(const Args args,
                          Parse(argc, argv, {"out", "vocab", "tokens", "branching", "doc-len", "seed"}));
-  LATAM_ASSIGN_OR_RETURN(const std::string out, args.Required("out"));
+  LATAM_ASSIGN_OR_RETURN(const std::string out, OutputPath(args));
   latam::data::SyntheticSpec spec;
   LATAM_ASSIGN_OR_RETURN(const int64_t vocab, args.Int("vocab", 0, true));
   LATAM_ASSIGN_OR_RETURN(spec.n_tokens, args.Int("tokens", 0, true));

@@ -78,6 +78,11 @@ Result<std::unique_ptr<ShardReader>> ShardReader::Open(const std::string& path) 
     ::close(fd);
     return Status::InvalidInput("cannot stat token shard " + path + ": " + Errno());
   }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status::InvalidInput(path + (S_ISDIR(st.st_mode) ? ": is a directory" : ": is not a regular file") +
+                                ", not a token shard");
+  }
   const size_t size = static_cast<size_t>(st.st_size);
   if (size < kShardHeaderBytes) {
     ::close(fd);

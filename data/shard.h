@@ -15,7 +15,8 @@
 // onto <path> in Close(), so a crash never leaves a half-written shard under
 // the final name. ShardReader
 // memory-maps the file read-only and validates the header, the size and the
-// document index before handing out any token.
+// document index before handing out any token; a path that is not a regular
+// file (a directory, a device) is a bad-input error naming it.
 #pragma once
 
 #include <cstdint>

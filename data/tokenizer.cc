@@ -1,6 +1,7 @@
 #include "data/tokenizer.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <queue>
@@ -55,9 +56,69 @@ uint64_t PairKey(uint32_t a, uint32_t b) { return (static_cast<uint64_t>(a) << 3
 
 std::string EscapeForRegex(const std::string& literal) { return "\\Q" + literal + "\\E"; }
 
+std::string ToByteLevel(std::string_view bytes) {
+  std::string out;
+  for (char c : bytes) out += ByteLevelStrings()[static_cast<uint8_t>(c)];
+  return out;
+}
+
+// The ids of a tokenizer.json as they are read: each must be an integer in
+// [0, Tokenizer::kMaxIds) that names one text (an added token may repeat its
+// vocabulary entry, as GPT-2's <|endoftext|> does), and, once all are read,
+// the largest must be below twice the number of distinct ids, so that the
+// tables indexed by id stay proportional to the file.
+class IdChecker {
+ public:
+  explicit IdChecker(std::string source) : source_(std::move(source)) {}
+
+  // `token` as the file writes it, `text` its byte-level form.
+  Result<uint32_t> Add(const std::string& field, const std::string& token, const std::string& text, const Json& id) {
+    auto bad = [&](const std::string& what) {
+      return Status::InvalidInput(source_ + ": " + field + ": token '" + token + "' has id " + id.dump() + ", " +
+                                  what);
+    };
+    if (!id.is_number_integer()) return bad("not an integer");
+    if (id.is_number_unsigned() ? id.get<uint64_t>() >= static_cast<uint64_t>(Tokenizer::kMaxIds)
+                                : id.get<int64_t>() < 0 || id.get<int64_t>() >= Tokenizer::kMaxIds) {
+      return bad("outside [0, " + std::to_string(Tokenizer::kMaxIds) + ")");
+    }
+    const uint32_t i = static_cast<uint32_t>(id.get<int64_t>());
+    const auto [it, inserted] = text_of_.emplace(i, Named{token, text});
+    if (!inserted && it->second.text != text) return bad("already the id of '" + it->second.token + "'");
+    max_id_ = std::max(max_id_, i);
+    return i;
+  }
+
+  Status CheckBound() const {
+    if (text_of_.empty()) return Status::InvalidInput(source_ + ": model.vocab: is empty");
+    if (static_cast<uint64_t>(max_id_) >= 2 * text_of_.size()) {
+      return Status::InvalidInput(source_ + ": token id " + std::to_string(max_id_) + " (of '" +
+                                  text_of_.at(max_id_).token + "') is not below twice the number of tokens, " +
+                                  std::to_string(text_of_.size()) + ": ids must be dense or nearly so");
+    }
+    return Status::Ok();
+  }
+
+  uint32_t max_id() const { return max_id_; }
+
+ private:
+  struct Named {
+    std::string token, text;
+  };
+  std::string source_;
+  std::unordered_map<uint32_t, Named> text_of_;
+  uint32_t max_id_ = 0;
+};
+
 }  // namespace
 
 Result<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec) return Status::InvalidInput(path + ": cannot open tokenizer file: " + ec.message());
+  if (std::filesystem::is_directory(status)) {
+    return Status::InvalidInput(path + ": is a directory, not a tokenizer.json file");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) return Status::InvalidInput(path + ": cannot open tokenizer file");
   std::stringstream text;
@@ -100,20 +161,24 @@ Status Tokenizer::Parse(const std::string& json_text, const std::string& source)
     }
     ignore_merges_ = model.value("ignore_merges", false);
 
-    // Vocabulary and added tokens share one id space.
+    // Vocabulary and added tokens share one id space (see IdChecker).
     if (!model.contains("vocab") || !model["vocab"].is_object()) return fail("model.vocab", "missing");
-    uint32_t max_id = 0;
-    for (const auto& [token, id] : model["vocab"].items()) {
-      const uint32_t i = id.get<uint32_t>();
-      vocab_[token] = i;
-      max_id = std::max(max_id, i);
-    }
     const Json added = j.value("added_tokens", Json::array());
-    for (const Json& a : added) {
-      max_id = std::max(max_id, a.at("id").get<uint32_t>());
+    if (!added.is_array()) return fail("added_tokens", "is not a list");
+    IdChecker ids(source);
+    for (const auto& [token, id] : model["vocab"].items()) {
+      LATAM_ASSIGN_OR_RETURN(const uint32_t i, ids.Add("model.vocab", token, token, id));
+      vocab_[token] = i;
     }
-    id_to_bytes_.assign(static_cast<size_t>(max_id) + 1, std::string());
-    id_valid_.assign(static_cast<size_t>(max_id) + 1, false);
+    std::vector<uint32_t> added_token_ids;
+    for (const Json& a : added) {
+      const std::string content = a.at("content").get<std::string>();
+      LATAM_ASSIGN_OR_RETURN(const uint32_t i, ids.Add("added_tokens", content, ToByteLevel(content), a.at("id")));
+      added_token_ids.push_back(i);
+    }
+    LATAM_RETURN_IF_ERROR(ids.CheckBound());
+    id_to_bytes_.assign(static_cast<size_t>(ids.max_id()) + 1, std::string());
+    id_valid_.assign(static_cast<size_t>(ids.max_id()) + 1, false);
     for (const auto& [token, id] : vocab_) {
       std::string bytes;
       size_t pos = 0;
@@ -133,8 +198,9 @@ Status Tokenizer::Parse(const std::string& json_text, const std::string& source)
       }
       byte_ids_[static_cast<size_t>(b)] = it->second;
     }
-    for (const Json& a : added) {
-      AddedToken tok{a.at("id").get<uint32_t>(), a.at("content").get<std::string>(), a.value("lstrip", false),
+    for (size_t k = 0; k < added.size(); ++k) {
+      const Json& a = added[k];
+      AddedToken tok{added_token_ids[k], a.at("content").get<std::string>(), a.value("lstrip", false),
                      a.value("rstrip", false)};
       if (a.value("single_word", false)) {
         return fail("added_tokens", "'" + tok.content + "' uses single_word, which is not supported");
@@ -324,9 +390,7 @@ void Tokenizer::EncodePiece(const std::string& piece, Cache* cache, std::vector<
   const size_t start = out->size();
   bool done = false;
   if (ignore_merges_) {
-    std::string byte_level;
-    for (char c : piece) byte_level += ByteLevelStrings()[static_cast<uint8_t>(c)];
-    auto it = vocab_.find(byte_level);
+    auto it = vocab_.find(ToByteLevel(piece));
     if (it != vocab_.end()) {
       out->push_back(it->second);
       done = true;

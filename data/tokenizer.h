@@ -20,7 +20,12 @@
 // as "a b" strings or [a, b] pairs, ignore_merges), normalizer null,
 // pre_tokenizer Split / ByteLevel / Sequence of those, added tokens without
 // single_word. Anything else is rejected at load with a message naming the
-// file and the field. A loaded Tokenizer is immutable and thread-safe.
+// file and the field. Ids (model.vocab and added_tokens) must be integers in
+// [0, kMaxIds), one text per id (an added token may repeat its vocabulary
+// entry), and the largest id below twice the number of tokens: gaps are
+// allowed, but the id tables stay proportional to the file. A file that is
+// missing, a directory or unreadable is a bad-input error naming the path.
+// A loaded Tokenizer is immutable and thread-safe.
 #pragma once
 
 #include <array>
@@ -53,6 +58,9 @@ class Tokenizer {
     size_t capacity_;
     std::unordered_map<std::string, std::vector<uint32_t>> entries_;
   };
+
+  // Ids are below this bound (2^24, 16,777,216; Llama 3 uses 128,256).
+  static constexpr int64_t kMaxIds = int64_t{1} << 24;
 
   static Result<std::unique_ptr<Tokenizer>> Load(const std::string& path);
   // Parses tokenizer.json text; `source` names it in error messages.

@@ -161,6 +161,10 @@ std::string DescribeParseError(const CollectErrors& errors, const std::string& t
 }  // namespace
 
 Result<Config> LoadConfigFile(const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec) return Status::InvalidInput(path + ": cannot open config file: " + ec.message());
+  if (std::filesystem::is_directory(status)) return Status::InvalidInput(path + ": is a directory, not a config file");
   std::ifstream in(path);
   if (!in) return Status::InvalidInput(path + ": cannot open config file");
   std::stringstream text;
@@ -273,6 +277,13 @@ class Checker {
     Require(value > 0, field, "must be > 0 (got " + Str(value) + ")");
   }
   template <typename T>
+  void AtMost(T value, const std::string& field, T limit) {
+    Require(value <= limit, field, Str(value) + " exceeds the limit of " + Str(limit));
+  }
+  void Finite(double value, const std::string& field) {
+    Require(std::isfinite(value), field, "must be a finite number (got " + Str(value) + ")");
+  }
+  template <typename T>
   void Divisible(T value, const std::string& field, T by, const std::string& by_name) {
     Require(by > 0 && value % by == 0, field, Str(value) + " is not divisible by " + by_name + " = " + Str(by));
   }
@@ -343,6 +354,44 @@ void CheckStageSplit(Checker& c, const config::ModelConfig& m, const config::Par
   }
 }
 
+// What a path field names.
+enum class PathKind {
+  kFile,             // an existing file that is not a directory
+  kFileOrDirectory,  // an existing token shard or directory of shards
+  kDirectory,        // an existing directory
+  kNewDirectory,     // a directory, created when missing
+};
+
+// Looks `path` up without throwing: a name the system refuses (a component
+// longer than 255 bytes, a file where a directory should be), a missing
+// path or one of the wrong kind is an error naming `field`.
+void CheckPath(Checker& c, const std::string& field, const std::string& path, PathKind kind) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory) {
+    c.Require(false, field, "cannot use " + path + ": " + ec.message());
+    return;
+  }
+  const bool exists = fs::exists(status), directory = fs::is_directory(status);
+  switch (kind) {
+    case PathKind::kFile:
+      c.Require(exists, field, "no such file: " + path);
+      c.Require(!exists || !directory, field, path + " is a directory, not a file");
+      break;
+    case PathKind::kFileOrDirectory:
+      c.Require(exists, field, "no such file: " + path);
+      break;
+    case PathKind::kDirectory:
+      c.Require(exists, field, "no such directory: " + path);
+      c.Require(!exists || directory, field, path + " is not a directory");
+      break;
+    case PathKind::kNewDirectory:
+      c.Require(!exists || directory, field, path + " exists and is not a directory");
+      break;
+  }
+}
+
 }  // namespace
 
 Status ValidateConfig(const Config& config, const ValidationOptions& options) {
@@ -359,6 +408,16 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   c.Require(m.rope_theta() > 0, "model.rope_theta", "must be > 0");
   c.Require(m.norm_eps() > 0, "model.norm_eps", "must be > 0");
   c.Require(m.init_std() > 0, "model.init_std", "must be > 0");
+  c.Finite(m.rope_theta(), "model.rope_theta");
+  c.Finite(m.norm_eps(), "model.norm_eps");
+  c.Finite(m.init_std(), "model.init_std");
+  // Upper bounds (ConfigLimits, config.h).
+  c.AtMost(m.n_layers(), "model.n_layers", ConfigLimits::kLayers);
+  c.AtMost(m.dim(), "model.dim", ConfigLimits::kDim);
+  c.AtMost(m.ffn_dim(), "model.ffn_dim", ConfigLimits::kFfnDim);
+  c.AtMost(m.n_heads(), "model.n_heads", ConfigLimits::kHeads);
+  c.AtMost(m.vocab_size(), "model.vocab_size", ConfigLimits::kVocab);
+  c.AtMost(m.max_seq_len(), "model.max_seq_len", ConfigLimits::kSeqLen);
   if (!c.ok()) return c.status();
   c.Divisible(m.dim(), "model.dim", m.n_heads(), "model.n_heads");
   c.Divisible(m.n_heads(), "model.n_heads", m.n_kv_heads(), "model.n_kv_heads");
@@ -381,6 +440,14 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   c.Require(p.grad_bucket_mb() >= 0, "parallel.grad_bucket_mb", "must be >= 0 (0: one bucket)");
   c.Require(p.zero_stage() >= 0 && p.zero_stage() <= 2, "parallel.zero_stage",
             "must be 0, 1 or 2 (got " + Checker::Str(p.zero_stage()) + ")");
+  c.Finite(p.grad_bucket_mb(), "parallel.grad_bucket_mb");
+  if (!c.ok()) return c.status();
+  c.AtMost(p.pipeline(), "parallel.pipeline", ConfigLimits::kPipeline);
+  c.AtMost(p.virtual_stages(), "parallel.virtual_stages", ConfigLimits::kVirtualStages);
+  const int64_t ranks = int64_t{p.tensor()} * p.context() * p.pipeline() * std::max(1, p.data());
+  c.Require(ranks <= ConfigLimits::kRanks, "parallel",
+            "tensor x context x pipeline x data = " + Checker::Str(ranks) + " exceeds the limit of " +
+                Checker::Str(ConfigLimits::kRanks) + " ranks");
   if (!c.ok()) return c.status();
   c.Divisible(m.n_heads(), "model.n_heads", p.tensor(), "parallel.tensor");
   c.Require(
@@ -414,6 +481,14 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   if (!c.ok()) return c.status();
 
   const auto& o = config.optimizer();
+  for (const auto& [value, field] : std::vector<std::pair<double, const char*>>{
+           {o.lr(), "optimizer.lr"},
+           {o.min_lr(), "optimizer.min_lr"},
+           {o.weight_decay(), "optimizer.weight_decay"},
+           {o.grad_clip(), "optimizer.grad_clip"},
+           {o.eps(), "optimizer.eps"}}) {
+    c.Finite(value, field);
+  }
   c.Require(o.lr() > 0, "optimizer.lr", "must be > 0");
   c.Require(o.min_lr() >= 0 && o.min_lr() <= o.lr(), "optimizer.min_lr", "must be in [0, optimizer.lr]");
   c.Require(o.warmup_steps() >= 0, "optimizer.warmup_steps", "must be >= 0");
@@ -432,6 +507,9 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   c.Positive(t.steps(), "train.steps");
   c.Positive(t.micro_batch_size(), "train.micro_batch_size");
   c.Positive(t.global_batch_size(), "train.global_batch_size");
+  c.Require(int64_t{t.micro_batch_size()} * d.seq_len() <= ConfigLimits::kMicroBatchTokens, "train.micro_batch_size",
+            Checker::Str(t.micro_batch_size()) + " x data.seq_len " + Checker::Str(d.seq_len()) +
+                " tokens per micro-batch exceed the limit of " + Checker::Str(ConfigLimits::kMicroBatchTokens));
   c.Require(t.log_every() >= 1, "train.log_every", "must be >= 1");
   c.Require(t.eval_every() >= 0, "train.eval_every", "must be >= 0");
   c.Require(t.eval_samples() >= 1, "train.eval_samples", "must be >= 1");
@@ -442,6 +520,7 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   c.Require(std::isfinite(t.spike_zscore()) && t.spike_zscore() >= 0, "train.spike_zscore",
             "must be >= 0 (0 = judge only non-finite values)");
   c.Require(t.spike_window() >= 2, "train.spike_window", "must be >= 2");
+  c.AtMost(t.spike_window(), "train.spike_window", ConfigLimits::kSpikeWindow);
   c.Require(t.max_skipped_steps() >= 0, "train.max_skipped_steps", "must be >= 0 (0 = never roll back)");
   c.Require(t.straggler_every() >= 0, "train.straggler_every", "must be >= 0 (0 = off)");
   c.Require(t.init_load() == "weights" || t.init_load() == "optimizer" || t.init_load() == "all", "train.init_load",
@@ -460,6 +539,20 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
   const int dp = DataParallelSize(config, options.world_size);
   c.Divisible(static_cast<int64_t>(t.global_batch_size()), "train.global_batch_size",
               static_cast<int64_t>(t.micro_batch_size()) * dp, "train.micro_batch_size x data-parallel size");
+  if (c.ok()) {
+    // Every stage's pipeline schedule holds a few entries per micro-batch
+    // and chunk, and the planner builds them all.
+    const int64_t micro_batches = t.global_batch_size() / (static_cast<int64_t>(t.micro_batch_size()) * dp);
+    c.Require(micro_batches <= ConfigLimits::kMicroBatches, "train.global_batch_size",
+              "gives " + Checker::Str(micro_batches) + " micro-batches per data-parallel rank, over the limit of " +
+                  Checker::Str(ConfigLimits::kMicroBatches) + " (raise train.micro_batch_size)");
+    const int64_t entries = micro_batches * p.pipeline() * p.virtual_stages();
+    c.Require(entries <= ConfigLimits::kScheduleEntries, "train.global_batch_size",
+              "gives " + Checker::Str(micro_batches) + " micro-batches per data-parallel rank, x parallel.pipeline " +
+                  Checker::Str(p.pipeline()) + " x parallel.virtual_stages " + Checker::Str(p.virtual_stages()) +
+                  " = " + Checker::Str(entries) + " pipeline schedule entries, over the limit of " +
+                  Checker::Str(ConfigLimits::kScheduleEntries) + " (raise train.micro_batch_size)");
+  }
   if (p.virtual_stages() > 1 && c.ok()) {
     c.Require(p.pipeline() > 1, "parallel.virtual_stages", "needs parallel.pipeline > 1");
     // The interleaved schedule moves micro-batches through the stages in groups of `pipeline`.
@@ -476,22 +569,20 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
     for (int i = 0; i < d.train_size(); ++i) {
       const std::string field = "data.train[" + std::to_string(i) + "]";
       c.Require(!d.train(i).path().empty(), field + ".path", "missing");
-      c.Require(d.train(i).path().empty() || std::filesystem::exists(d.train(i).path()), field + ".path",
-                "no such file: " + d.train(i).path());
-      c.Require(d.train(i).weight() > 0, field + ".weight", "must be > 0");
+      if (!d.train(i).path().empty()) CheckPath(c, field + ".path", d.train(i).path(), PathKind::kFileOrDirectory);
+      c.Require(d.train(i).weight() > 0 && std::isfinite(d.train(i).weight()), field + ".weight",
+                "must be a finite number > 0");
     }
     for (int i = 0; i < d.eval_size(); ++i) {
       const std::string field = "data.eval[" + std::to_string(i) + "]";
       c.Require(!d.eval(i).name().empty(), field + ".name", "missing (it names the eval_loss/<name> metric)");
       c.Require(!d.eval(i).path().empty(), field + ".path", "missing");
-      c.Require(d.eval(i).path().empty() || std::filesystem::exists(d.eval(i).path()), field + ".path",
-                "no such file: " + d.eval(i).path());
+      if (!d.eval(i).path().empty()) CheckPath(c, field + ".path", d.eval(i).path(), PathKind::kFileOrDirectory);
     }
-    c.Require(d.tokenizer().empty() || std::filesystem::exists(d.tokenizer()), "data.tokenizer",
-              "no such file: " + d.tokenizer());
+    if (!d.tokenizer().empty()) CheckPath(c, "data.tokenizer", d.tokenizer(), PathKind::kFile);
     c.Require(!t.run_dir().empty(), "train.run_dir", "missing");
-    c.Require(t.init_from().empty() || std::filesystem::is_directory(t.init_from()), "train.init_from",
-              "no such directory: " + t.init_from());
+    if (!t.run_dir().empty()) CheckPath(c, "train.run_dir", t.run_dir(), PathKind::kNewDirectory);
+    if (!t.init_from().empty()) CheckPath(c, "train.init_from", t.init_from(), PathKind::kDirectory);
   }
   return c.status();
 }

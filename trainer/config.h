@@ -6,6 +6,7 @@
 //   "model.n_heads: 12 is not divisible by parallel.tensor = 8".
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "core/dtype.h"
@@ -29,6 +30,29 @@ Result<Config> LoadConfigFile(const std::string& path);
 // An enum field takes one of its value names (train.device=cuda); any other
 // value is "train.device: 'tpu' is not one of cpu, cuda".
 Status ApplyOverride(Config* config, const std::string& assignment);
+
+// Upper bounds ValidateConfig enforces: far above any real model (Llama 3.1
+// 405B has 126 layers, dim 16384, ffn_dim 53248, 128 heads, 128,256 tokens,
+// 131,072 positions), low enough that every size the planner and the trainer
+// compute fits in 64 bits and that the tables built per layer, per rank or
+// per micro-batch stay small: --plan allocates nothing in proportion to them
+// and, at the limits, runs in seconds (it builds every stage's pipeline
+// schedule, in time ~ pipeline^2 x virtual_stages x micro-batches).
+struct ConfigLimits {
+  static constexpr int kLayers = 1024;              // model.n_layers
+  static constexpr int kDim = 1 << 17;              // model.dim
+  static constexpr int kFfnDim = 1 << 19;           // model.ffn_dim
+  static constexpr int kHeads = 1024;               // model.n_heads
+  static constexpr int kVocab = 1 << 24;            // model.vocab_size
+  static constexpr int kSeqLen = 1 << 21;           // model.max_seq_len (and so data.seq_len)
+  static constexpr int kPipeline = 128;             // parallel.pipeline
+  static constexpr int kVirtualStages = 1024;       // parallel.virtual_stages
+  static constexpr int64_t kRanks = 1 << 20;        // tensor x context x pipeline x data
+  static constexpr int64_t kMicroBatchTokens = 1 << 24;  // train.micro_batch_size x data.seq_len
+  static constexpr int64_t kMicroBatches = 1 << 16;      // per data-parallel rank and step
+  static constexpr int64_t kScheduleEntries = 1 << 20;   // micro-batches x pipeline x virtual_stages
+  static constexpr int kSpikeWindow = 1 << 20;      // train.spike_window
+};
 
 struct ValidationOptions {
   // World size to check the layout against; 0 skips the check (--plan).

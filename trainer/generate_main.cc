@@ -15,10 +15,18 @@
 // is greedy. Prints the continuation (not the prompt) on stdout; generation
 // stops early at the tokenizer's end-of-text token, but not before
 // --min-new-tokens tokens (default 0).
+// Numbers are parsed whole and range-checked: --max-new-tokens and
+// --min-new-tokens are integers >= 0 (min <= max), and the prompt plus
+// --max-new-tokens may not exceed the model's max_seq_len; --temperature is
+// finite and >= 0, --top-p in (0, 1], --seed an integer in [0, 2^64).
 // Exit codes: 0 ok, 2 bad input (checkpoint, tokenizer, arguments), 1 other.
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -48,10 +56,40 @@ struct Args {
   latam::GenerateOptions options;
 };
 
-Result<double> Number(const std::string& flag, const std::string& text) {
+// Flag values are parsed whole (no trailing text, no leading space), and
+// out-of-range or non-finite values are bad input naming the flag.
+Result<int64_t> Integer(const std::string& flag, const std::string& text, int64_t min, int64_t max) {
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || std::isspace(static_cast<unsigned char>(text[0])) || *end != '\0') {
+    return Status::InvalidInput(flag + " " + text + ": not an integer");
+  }
+  if (errno == ERANGE || v < min || v > max) {
+    return Status::InvalidInput(flag + " " + text + ": must be in [" + std::to_string(min) + ", " +
+                                std::to_string(max) + "]");
+  }
+  return static_cast<int64_t>(v);
+}
+
+Result<uint64_t> Unsigned(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = std::strtoull(text.c_str(), &end, 10);
+  if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0])) || *end != '\0') {
+    return Status::InvalidInput(flag + " " + text + ": not an unsigned integer");
+  }
+  if (errno == ERANGE) return Status::InvalidInput(flag + " " + text + ": must be below 2^64");
+  return static_cast<uint64_t>(v);
+}
+
+Result<double> FiniteNumber(const std::string& flag, const std::string& text) {
   char* end = nullptr;
   const double v = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0') return Status::InvalidInput(flag + " " + text + ": not a number");
+  if (text.empty() || std::isspace(static_cast<unsigned char>(text[0])) || *end != '\0') {
+    return Status::InvalidInput(flag + " " + text + ": not a number");
+  }
+  if (!std::isfinite(v)) return Status::InvalidInput(flag + " " + text + ": must be a finite number");
   return v;
 }
 
@@ -78,24 +116,30 @@ Result<Args> ParseArgs(int argc, char** argv) {
       }
       a.cuda = value == "cuda";
     } else if (arg == "--max-new-tokens") {
-      LATAM_ASSIGN_OR_RETURN(const double v, Number(arg, value));
-      a.options.max_new_tokens = static_cast<int64_t>(v);
+      // The model's max_seq_len bounds it further, once the checkpoint is read.
+      LATAM_ASSIGN_OR_RETURN(a.options.max_new_tokens, Integer(arg, value, 0, std::numeric_limits<int32_t>::max()));
     } else if (arg == "--min-new-tokens") {
-      LATAM_ASSIGN_OR_RETURN(const double v, Number(arg, value));
-      a.options.min_new_tokens = static_cast<int64_t>(v);
+      LATAM_ASSIGN_OR_RETURN(a.options.min_new_tokens, Integer(arg, value, 0, std::numeric_limits<int32_t>::max()));
     } else if (arg == "--temperature") {
-      LATAM_ASSIGN_OR_RETURN(a.options.temperature, Number(arg, value));
+      LATAM_ASSIGN_OR_RETURN(a.options.temperature, FiniteNumber(arg, value));
+      if (a.options.temperature < 0) return Status::InvalidInput(arg + " " + value + ": must be >= 0 (0 is greedy)");
     } else if (arg == "--top-p") {
-      LATAM_ASSIGN_OR_RETURN(a.options.top_p, Number(arg, value));
+      LATAM_ASSIGN_OR_RETURN(a.options.top_p, FiniteNumber(arg, value));
+      if (!(a.options.top_p > 0 && a.options.top_p <= 1)) {
+        return Status::InvalidInput(arg + " " + value + ": must be in (0, 1]");
+      }
     } else if (arg == "--seed") {
-      LATAM_ASSIGN_OR_RETURN(const double v, Number(arg, value));
-      a.options.seed = static_cast<uint64_t>(v);
+      LATAM_ASSIGN_OR_RETURN(a.options.seed, Unsigned(arg, value));
     } else {
       return Status::InvalidInput("unknown argument '" + arg + "'\n" + kUsage);
     }
   }
   if (a.checkpoint.empty()) return Status::InvalidInput(std::string("--checkpoint is required\n") + kUsage);
   if (!a.has_prompt) return Status::InvalidInput(std::string("--prompt is required\n") + kUsage);
+  if (a.options.min_new_tokens > a.options.max_new_tokens) {
+    return Status::InvalidInput("--min-new-tokens " + std::to_string(a.options.min_new_tokens) +
+                                ": more than --max-new-tokens " + std::to_string(a.options.max_new_tokens));
+  }
   return a;
 }
 
@@ -133,6 +177,20 @@ Status Main(int argc, char** argv) {
     if (auto bos = tokenizer->TokenId("<|begin_of_text|>")) prompt.push_back(static_cast<int32_t>(*bos));
   }
   if (prompt.empty()) return Status::InvalidInput("--prompt: empty, and the tokenizer has no <|begin_of_text|>");
+  // Every prompt and generated token takes one position of the model's
+  // context (and of the key/value cache sized for it).
+  const int64_t max_seq_len = model.shape.max_seq_len;
+  const int64_t prompt_len = static_cast<int64_t>(prompt.size());
+  if (prompt_len >= max_seq_len) {
+    return Status::InvalidInput("--prompt: " + std::to_string(prompt_len) + " tokens, but the model's max_seq_len is " +
+                                std::to_string(max_seq_len) + " (the prompt must leave room for new tokens)");
+  }
+  if (prompt_len + args.options.max_new_tokens > max_seq_len) {
+    return Status::InvalidInput("--max-new-tokens " + std::to_string(args.options.max_new_tokens) +
+                                ": the prompt's " + std::to_string(prompt_len) + " tokens plus the new ones exceed "
+                                "the model's max_seq_len of " + std::to_string(max_seq_len) + "; at most " +
+                                std::to_string(max_seq_len - prompt_len) + " new tokens");
+  }
   latam::GenerateOptions options = args.options;
   for (const char* stop : {"<|end_of_text|>", "<|eot_id|>"}) {
     if (auto id = tokenizer->TokenId(stop)) options.stop_ids.push_back(static_cast<int32_t>(*id));

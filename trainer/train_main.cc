@@ -140,7 +140,8 @@ int main(int argc, char** argv) {
     // the run's own first samples when its data is there.
     if (config->data().document_mask() && !args->attention_fraction_set) {
       bool have_data = config->data().train_size() > 0;
-      for (const auto& t : config->data().train()) have_data = have_data && std::filesystem::exists(t.path());
+      std::error_code ec;
+      for (const auto& t : config->data().train()) have_data = have_data && std::filesystem::exists(t.path(), ec);
       if (have_data) {
         auto fraction = latam::EstimateAttentionFraction(*config, 512);
         if (!fraction.ok()) return Fail(fraction.status(), 0);

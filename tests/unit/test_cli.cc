@@ -98,6 +98,20 @@ TEST_F(CliTest, BadInputExitsTwoNamingTheProblem) {
       {BinPath("latam-data") + " inspect configs/quickstart.textproto", "is not a token shard"},
       {BinPath("latam-data") + " synthesize --vocab 10", "--out is required"},
       {BinPath("latam-data") + " frobnicate", "unknown command 'frobnicate'"},
+      {BinPath("latam-data") + " encode --tokenizer configs --out x.bin README.md", "configs: is a directory"},
+      {BinPath("latam-data") + " synthesize --out x.bin --vocab 9 --tokens 99999999999999999999",
+       "--tokens: '99999999999999999999' is not a 64-bit integer"},
+      // Flags are parsed whole and range-checked before the checkpoint is read.
+      {BinPath("latam-generate") + " --checkpoint x --prompt y --max-new-tokens 1e12",
+       "--max-new-tokens 1e12: not an integer"},
+      {BinPath("latam-generate") + " --checkpoint x --prompt y --max-new-tokens 4000000000",
+       "--max-new-tokens 4000000000: must be in [0, 2147483647]"},
+      {BinPath("latam-generate") + " --checkpoint x --prompt y --temperature inf",
+       "--temperature inf: must be a finite number"},
+      {BinPath("latam-generate") + " --checkpoint x --prompt y --temperature -1", "--temperature -1: must be >= 0"},
+      {BinPath("latam-generate") + " --checkpoint x --prompt y --top-p 2", "--top-p 2: must be in (0, 1]"},
+      {BinPath("latam-generate") + " --checkpoint x --prompt y --seed -1", "--seed -1: not an unsigned integer"},
+      {BinPath("latam-generate") + " --checkpoint x --prompt y --seed 12abc", "--seed 12abc: not an unsigned integer"},
   };
   for (const Case& c : cases) {
     const RunResult r = Run(c.args);

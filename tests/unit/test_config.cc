@@ -354,6 +354,80 @@ TEST(ConfigTest, MissingDataFilesAreNamed) {
       << s.message();
 }
 
+// Path fields are looked up without exceptions: an over-long component, a
+// directory where a file belongs or a file where a directory belongs names
+// the field.
+TEST(ConfigTest, BadPathsNameTheField) {
+  const std::string long_dir = "/tmp/" + std::string(300, 'n');
+  const std::string tmp = std::filesystem::temp_directory_path().string();
+  const std::string file = SourcePath("configs/quickstart.textproto");
+  for (const auto& [assignment, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"data.tokenizer=" + long_dir + "/t.json", "data.tokenizer: cannot use "},
+           {"data.train[0].path=" + long_dir, "data.train[0].path: cannot use "},
+           {"data.eval[1].path=" + long_dir + "/e.bin", "data.eval[1].path: cannot use "},
+           {"train.run_dir=" + long_dir, "train.run_dir: cannot use "},
+           {"train.init_from=" + long_dir, "train.init_from: cannot use "},
+           {"data.tokenizer=" + tmp, "data.tokenizer: " + tmp + " is a directory, not a file"},
+           {"train.run_dir=" + file, "train.run_dir: " + file + " exists and is not a directory"},
+           {"train.init_from=" + file, "train.init_from: " + file + " is not a directory"},
+           {"train.init_from=" + tmp + "/no-such-checkpoint", "train.init_from: no such directory"}}) {
+    Config c = Quickstart();
+    for (int i = 0; i < c.data().train_size(); ++i) c.mutable_data()->mutable_train(i)->set_path(file);
+    for (int i = 0; i < c.data().eval_size(); ++i) c.mutable_data()->mutable_eval(i)->set_path(file);
+    c.mutable_data()->set_tokenizer(file);
+    ASSERT_TRUE(ValidateConfig(c, ValidationOptions{1, true}).ok());
+    ASSERT_TRUE(ApplyOverride(&c, assignment).ok()) << assignment;
+    const Status s = ValidateConfig(c, ValidationOptions{1, true});
+    ASSERT_FALSE(s.ok()) << assignment;
+    EXPECT_EQ(s.exit_code(), 2);
+    EXPECT_EQ(s.message().rfind(expected, 0), 0u) << assignment << " -> " << s.message();
+  }
+  const auto missing = LoadConfigFile(long_dir + ".textproto");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("File name too long"), std::string::npos);
+  const auto directory = LoadConfigFile(tmp);
+  ASSERT_FALSE(directory.ok());
+  EXPECT_NE(directory.status().message().find(tmp + ": is a directory"), std::string::npos);
+}
+
+// Sizes beyond ConfigLimits are refused by name before anything is sized
+// by them (--plan would build per-layer and per-micro-batch tables), and
+// the limits themselves are accepted.
+TEST(ConfigTest, SizesAreBounded) {
+  for (const auto& [assignments, expected] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"model.n_layers=2147483647"}, "model.n_layers: 2147483647 exceeds the limit of 1024"},
+           {{"model.n_layers=1024"}, ""},
+           {{"model.dim=2147483646"}, "model.dim: 2147483646 exceeds the limit of 131072"},
+           {{"model.ffn_dim=1048576"}, "model.ffn_dim: 1048576 exceeds the limit of 524288"},
+           {{"model.n_heads=2048", "model.dim=4096"}, "model.n_heads: 2048 exceeds the limit of 1024"},
+           {{"model.vocab_size=16777217"}, "model.vocab_size: 16777217 exceeds the limit of 16777216"},
+           {{"model.max_seq_len=2147483647"}, "model.max_seq_len: 2147483647 exceeds the limit of 2097152"},
+           {{"model.n_layers=256", "parallel.pipeline=256"}, "parallel.pipeline: 256 exceeds the limit of 128"},
+           {{"parallel.data=2147483647"}, "parallel: tensor x context x pipeline x data = 2147483647 exceeds"},
+           {{"train.micro_batch_size=1000000", "train.global_batch_size=1000000"},
+            "train.micro_batch_size: 1000000 x data.seq_len 128 tokens per micro-batch exceed the limit"},
+           {{"train.global_batch_size=100000000"}, "train.global_batch_size: gives 25000000 micro-batches"},
+           {{"train.global_batch_size=262144"}, ""},  // 65536 micro-batches of 4
+           {{"model.n_layers=128", "parallel.pipeline=128", "train.global_batch_size=262144"},
+            "x parallel.pipeline 128 x parallel.virtual_stages 1 = 8388608 pipeline schedule entries"},
+           {{"train.spike_window=2000000"}, "train.spike_window: 2000000 exceeds the limit"},
+           {{"optimizer.lr=inf"}, "optimizer.lr: must be a finite number"},
+           {{"model.rope_theta=inf"}, "model.rope_theta: must be a finite number"},
+           {{"parallel.grad_bucket_mb=inf"}, "parallel.grad_bucket_mb: must be a finite number"}}) {
+    Config c = Quickstart();
+    for (const std::string& a : assignments) ASSERT_TRUE(ApplyOverride(&c, a).ok()) << a;
+    const Status s = ValidateConfig(c, NoFiles());
+    if (expected.empty()) {
+      EXPECT_TRUE(s.ok()) << assignments[0] << " -> " << s.message();
+      continue;
+    }
+    ASSERT_FALSE(s.ok()) << assignments[0];
+    EXPECT_EQ(s.exit_code(), 2);
+    EXPECT_NE(s.message().find(expected), std::string::npos) << assignments[0] << " -> " << s.message();
+    EXPECT_FALSE(PlanJson(c).ok());
+  }
+}
+
 // --plan reports the published parameter counts of the presets.
 TEST(PlanTest, PresetsHavePublishedParameterCounts) {
   for (const auto& [file, params] : std::vector<std::pair<std::string, int64_t>>{

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <set>
 
+#include "data/corpus.h"
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "data/shard.h"
@@ -89,6 +90,38 @@ TEST_F(DataTest, TruncatedForeignAndMissingFilesAreClearErrors) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().exit_code(), 2);
   EXPECT_NE(r.status().message().find("missing.bin"), std::string::npos);
+}
+
+// A directory or an over-long name where a file belongs: bad input naming
+// the path, never a one-token document or an exception.
+TEST_F(DataTest, DirectoriesAndOverlongNamesAreNamedErrors) {
+  fs::create_directories(dir_ / "sub");
+  const std::string sub = (dir_ / "sub").string();
+  auto shard = ShardReader::Open(sub);
+  ASSERT_FALSE(shard.ok());
+  EXPECT_EQ(shard.status().exit_code(), 2);
+  EXPECT_NE(shard.status().message().find(sub + ": is a directory"), std::string::npos) << shard.status().message();
+
+  int documents = 0;
+  Status s = ForEachDocument(sub, "text", [&](std::string_view) { return ++documents > 0; });
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.exit_code(), 2);
+  EXPECT_NE(s.message().find(sub + ": is a directory"), std::string::npos) << s.message();
+  EXPECT_EQ(documents, 0);
+
+  const std::string long_name = (dir_ / std::string(300, 'n')).string();
+  s = ForEachDocument(long_name, "text", [&](std::string_view) { return ++documents > 0; });
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.exit_code(), 2);
+  EXPECT_NE(s.message().find("File name too long"), std::string::npos) << s.message();
+
+  auto ds = TokenDataset::Open(sub, 4, 100);
+  ASSERT_FALSE(ds.ok());
+  EXPECT_NE(ds.status().message().find("directory has no *.bin token shards"), std::string::npos);
+  ds = TokenDataset::Open(long_name, 4, 100);
+  ASSERT_FALSE(ds.ok());
+  EXPECT_EQ(ds.status().exit_code(), 2);
+  EXPECT_NE(ds.status().message().find(long_name), std::string::npos) << ds.status().message();
 }
 
 TEST_F(DataTest, AbandonedWriterLeavesNothing) {

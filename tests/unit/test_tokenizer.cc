@@ -3,6 +3,7 @@
 // whose expected ids are worked out by hand.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -178,6 +179,60 @@ TEST(TokenizerTest, UnsupportedOrBrokenFilesAreNamedErrors) {
   ASSERT_FALSE(t.ok());
   EXPECT_NE(t.status().message().find("broken.json: not valid JSON"), std::string::npos);
   EXPECT_FALSE(Tokenizer::Load("/nonexistent/tokenizer.json").ok());
+}
+
+// Every id is checked before any table is sized by it: an integer in
+// [0, 2^24), one text per id, and the largest below twice the token count.
+TEST(TokenizerTest, TokenIdsAreCheckedAtLoad) {
+  struct Case {
+    std::function<void(Json&)> edit;
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      {[](Json& j) { j["model"]["vocab"]["xyz"] = -1; }, "model.vocab: token 'xyz' has id -1, outside [0, 16777216)"},
+      {[](Json& j) { j["model"]["vocab"]["xyz"] = 1e8; }, "model.vocab: token 'xyz' has id 100000000.0, not an integer"},
+      {[](Json& j) { j["model"]["vocab"]["xyz"] = 100000000; }, "token 'xyz' has id 100000000, outside"},
+      {[](Json& j) { j["model"]["vocab"]["xyz"] = int64_t{1} << 31; }, "token 'xyz' has id 2147483648, outside"},
+      {[](Json& j) { j["model"]["vocab"]["xyz"] = uint64_t{18446744073709551615u}; }, "has id 18446744073709551615"},
+      {[](Json& j) { j["model"]["vocab"]["xyz"] = "261"; }, "token 'xyz' has id \"261\", not an integer"},
+      {[](Json& j) { j["model"]["vocab"]["xyz"] = 65; }, "has id 65, already the id of"},
+      {[](Json& j) { j["model"]["vocab"]["xyz"] = 600; }, "token id 600 (of 'xyz') is not below twice the number"},
+      {[](Json& j) { j["added_tokens"][0]["id"] = -3; }, "added_tokens: token '<|eos|>' has id -3, outside"},
+      {[](Json& j) { j["added_tokens"][1]["id"] = 300; }, "added_tokens: token '<|e' has id 300, already the id of"},
+      {[](Json& j) { j["added_tokens"][0]["id"] = 97; }, "added_tokens: token '<|eos|>' has id 97, already the id of 'a'"},
+  };
+  for (const Case& c : cases) {
+    Json j = TinyTokenizer(false);
+    c.edit(j);
+    auto t = Tokenizer::FromJson(j.dump(), "ids.json");
+    ASSERT_FALSE(t.ok()) << c.expected;
+    EXPECT_EQ(t.status().exit_code(), 2);
+    EXPECT_NE(t.status().message().find("ids.json: "), std::string::npos) << t.status().message();
+    EXPECT_NE(t.status().message().find(c.expected), std::string::npos) << t.status().message();
+  }
+  // Gaps are fine up to the bound (the tiny tokenizer has 262..299 unused),
+  // and an added token may repeat its vocabulary entry, as GPT-2's
+  // <|endoftext|> does.
+  Json j = TinyTokenizer(false);
+  j["model"]["vocab"]["<|eos|>"] = 300;
+  j["model"]["vocab"]["xyz"] = 529;  // 265 distinct ids: the largest allowed
+  auto t = Tokenizer::FromJson(j.dump(), "ok.json");
+  ASSERT_TRUE(t.ok()) << t.status().message();
+  EXPECT_EQ((*t)->vocab_size(), 530u);
+  EXPECT_EQ((*t)->TokenId("<|eos|>"), std::optional<uint32_t>(300));
+  EXPECT_EQ((*t)->Encode("a<|eos|>"), (Ids{'a', 300}));
+}
+
+TEST(TokenizerTest, PathsThatAreNotFilesAreNamed) {
+  const auto dir = std::filesystem::temp_directory_path();
+  auto t = Tokenizer::Load(dir.string());
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().exit_code(), 2);
+  EXPECT_NE(t.status().message().find(dir.string() + ": is a directory"), std::string::npos) << t.status().message();
+  t = Tokenizer::Load((dir / std::string(300, 'n') / "tokenizer.json").string());
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().exit_code(), 2);
+  EXPECT_NE(t.status().message().find("File name too long"), std::string::npos) << t.status().message();
 }
 
 }  // namespace
