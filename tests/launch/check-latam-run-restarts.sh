@@ -45,10 +45,13 @@ losses() { sed -n 's/^{"step":\([0-9]*\),.*"loss":\([^,}]*\).*/\1 \2/p' "$1/metr
 steps_logged() { sed -n 's/^{"step":\([0-9]*\),.*"loss".*/\1/p' "$1/metrics.jsonl" 2>/dev/null | wc -l; }
 # rank_pid NAME K: the pid of rank K of run NAME (tagged by LATAM_TEST_RUN).
 rank_pid() {
-  local p
+  local p environ
   for p in /proc/[0-9]*; do
-    tr '\0' '\n' 2>/dev/null <"$p/environ" | grep -qx "LATAM_TEST_RUN=$T/$1" || continue
-    tr '\0' '\n' 2>/dev/null <"$p/environ" | grep -qx "OMPI_COMM_WORLD_RANK=$2" || continue
+    # Read whole first: `grep -q` in a pipe may close it early, and pipefail
+    # would count the writer's SIGPIPE as a miss.
+    environ=$(tr '\0' '\n' 2>/dev/null <"$p/environ") || continue
+    grep -qx "LATAM_TEST_RUN=$T/$1" <<<"$environ" || continue
+    grep -qx "OMPI_COMM_WORLD_RANK=$2" <<<"$environ" || continue
     echo "${p#/proc/}"
     return 0
   done
