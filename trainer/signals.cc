@@ -4,7 +4,11 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <thread>
+
+#include "core/env.h"
 
 namespace latam {
 
@@ -31,5 +35,14 @@ void WatchPreemptionSignals() {
 bool PreemptionRequested() { return g_signal.load() != 0; }
 
 int PreemptionSignal() { return g_signal.load(); }
+
+void WriteLauncherStatus(const std::string& state, const std::string& run_dir, int exit_code) {
+  const char* path = std::getenv("LATAM_STATUS_FILE");
+  if (path == nullptr || *path == '\0') return;
+  std::string text = "state=" + state + "\nrun_dir=" + run_dir + "\n";
+  if (exit_code >= 0) text.append("exit_code=").append(std::to_string(exit_code)).append("\n");
+  const Status s = WriteFileAtomically(Env::Default(), path, text);
+  if (!s.ok()) std::fprintf(stderr, "latam-train: warning: LATAM_STATUS_FILE not written: %s\n", s.message().c_str());
+}
 
 }  // namespace latam

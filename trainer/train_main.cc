@@ -18,7 +18,10 @@
 // checkpoint (a step directory or a checkpoints/ directory) under the
 // config's layout.
 // Exit codes: 0 ok, 2 bad input (config, data, world size, checkpoint),
-// 3 preempted by SIGTERM/SIGUSR1 after saving, 1 other failures.
+// 3 preempted by SIGTERM/SIGUSR1 after saving (or before the first step,
+// with nothing new to save), 1 other failures.
+// This is latam-train-main; build/bin/latam-train is the launcher that
+// starts it with the pre-emption signals blocked (trainer/train_launcher.cc).
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -126,6 +129,57 @@ int Fail(const latam::Status& s, int rank) {
   return s.exit_code();
 }
 
+// The signal any rank has received (the largest number), 0 if none: every
+// rank learns the same answer. Collective over MPI_COMM_WORLD.
+int SignalOnAnyRank() {
+  int local = latam::PreemptionSignal();
+  int any = 0;
+  MPI_CHECK(MPI_Allreduce(&local, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
+  return any;
+}
+
+// A pre-emption signal that came before the first step stops the job
+// without training or saving: the run's state is still what it started
+// from (its latest checkpoint, or nothing yet), so there is nothing new to
+// save. Exit code 3 all the same, so that a launcher resumes the job.
+latam::Status StoppedBeforeTraining(int signal, int64_t step) {
+  return latam::Status::Preempted("stopped by signal " + std::to_string(signal) + " before step " +
+                                  std::to_string(step + 1) +
+                                  " (nothing new to save); resume with --resume auto");
+}
+
+// Trains on this rank; returns latam-train's exit code.
+int Train(const Args& args, const latam::Config& config, const latam::MpiSession& mpi) {
+  // Every rank is past MPI_Init with the signals blocked once this returns.
+  if (const int signal = SignalOnAnyRank(); signal != 0) {
+    return Fail(StoppedBeforeTraining(signal, 0), mpi.world_rank());
+  }
+  if (mpi.world_rank() == 0) latam::WriteLauncherStatus("running", config.train().run_dir(), -1);
+  const int threads = latam::ConfigureCpuThreads(mpi.local_size());
+  auto trainer = latam::Trainer::Create(config, mpi, args.resume);
+  if (!trainer.ok()) return Fail(trainer.status(), mpi.world_rank());
+  // Building or loading the model can take minutes: a signal that came
+  // meanwhile stops the job before it trains.
+  if (const int signal = SignalOnAnyRank(); signal != 0) {
+    return Fail(StoppedBeforeTraining(signal, (*trainer)->start_step()), mpi.world_rank());
+  }
+  if (mpi.world_rank() == 0) {
+    const auto& p = config.parallel();
+    std::string context;  // shown when the layout has it
+    if (p.context() > 1) context.append(" x context ").append(std::to_string(p.context()));
+    std::printf(
+        "latam-train: %lld parameters, %d ranks (tensor %d%s x pipeline %d x data %d, %d virtual stages, "
+        "ZeRO-%d), %d CPU threads per rank, %d micro-batches per step, run_dir %s\n",
+        static_cast<long long>(latam::ModelShape::FromConfig(config.model()).ParameterCount()), mpi.world_size(),
+        p.tensor(), context.c_str(), p.pipeline(), latam::DataParallelSize(config, mpi.world_size()),
+        p.virtual_stages(), p.zero_stage(), threads, (*trainer)->engine().micro_batches(),
+        config.train().run_dir().c_str());
+  }
+  const latam::Status status = (*trainer)->Run();
+  if (!status.ok()) return Fail(status, mpi.world_rank());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -156,24 +210,11 @@ int main(int argc, char** argv) {
 
   // From here on a pre-emption signal is a request to save and stop (checked
   // after each step), also while MPI starts and the model is built or loaded.
+  // (The latam-train launcher has blocked the signals since the process
+  // started; this starts the thread that collects them.)
   latam::WatchPreemptionSignals();
   latam::MpiSession mpi(&argc, &argv);
-  const int threads = latam::ConfigureCpuThreads(mpi.local_size());
-  auto trainer = latam::Trainer::Create(*config, mpi, args->resume);
-  if (!trainer.ok()) return Fail(trainer.status(), mpi.world_rank());
-  if (mpi.world_rank() == 0) {
-    const auto& p = config->parallel();
-    std::string context;  // shown when the layout has it
-    if (p.context() > 1) context.append(" x context ").append(std::to_string(p.context()));
-    std::printf(
-        "latam-train: %lld parameters, %d ranks (tensor %d%s x pipeline %d x data %d, %d virtual stages, "
-        "ZeRO-%d), %d CPU threads per rank, %d micro-batches per step, run_dir %s\n",
-        static_cast<long long>(latam::ModelShape::FromConfig(config->model()).ParameterCount()), mpi.world_size(),
-        p.tensor(), context.c_str(), p.pipeline(), latam::DataParallelSize(*config, mpi.world_size()),
-        p.virtual_stages(),
-        p.zero_stage(), threads, (*trainer)->engine().micro_batches(), config->train().run_dir().c_str());
-  }
-  const latam::Status status = (*trainer)->Run();
-  if (!status.ok()) return Fail(status, mpi.world_rank());
-  return 0;
+  const int code = Train(*args, *config, mpi);
+  if (mpi.world_rank() == 0) latam::WriteLauncherStatus("exited", config->train().run_dir(), code);
+  return code;
 }

@@ -19,8 +19,10 @@ for s in "${scripts[@]}" launch/latam-run; do
 done
 for s in "${scripts[@]}"; do
   [ -x "$s" ] || fail "$s is not executable"
-  grep -q '"$LATAM_HOME/launch/latam-run" -- --config "$CONFIG" --set train.run_dir="$RUN_DIR" "$@"' "$s" ||
-    fail "$s does not launch through launch/latam-run with the config, the run directory and its arguments"
+  grep -q '^"$LATAM_HOME/launch/latam-run" --max-restarts "${LATAM_MAX_RESTARTS:-3}" --restart-backoff' "$s" ||
+    fail "$s does not launch through launch/latam-run with crash restarts"
+  grep -q '^  -- --config "$CONFIG" --set train.run_dir="$RUN_DIR" "$@" &$' "$s" ||
+    fail "$s does not pass latam-run the config, the run directory and its arguments"
   grep -q '^#SBATCH --requeue' "$s" || fail "$s lacks #SBATCH --requeue"
   grep -q '^#SBATCH --signal=B:USR1@' "$s" || fail "$s lacks the USR1 signal before the time limit"
   grep -q 'scontrol requeue' "$s" || fail "$s does not requeue on exit code 3"

@@ -14,7 +14,9 @@
 //     shorter than in the uninterrupted run) leaves `latest` on the previous
 //     complete checkpoint, and resuming from it reproduces the
 //     uninterrupted run bitwise;
-//   - SIGUSR1 finishes the step, saves and exits 3; --resume auto continues.
+//   - SIGUSR1 finishes the step, saves and exits 3; --resume auto continues;
+//     a signal to one rank (rank 1 of two, or rank 3 of a tensor 2 x
+//     pipeline 2 job) stops every rank and rank 0 names it.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -403,6 +405,30 @@ TEST_F(ResumeTest, SignalToOneRankStopsEveryRankAndIsNamed) {
   EXPECT_GE(saved, 3);
   EXPECT_NE(testing::ReadFileBytes(run + "/metrics.jsonl")
                 .find("{\"step\":" + std::to_string(saved) + ",\"preempted_by_signal\":15"),
+            std::string::npos);
+}
+
+// SIGUSR1 to one rank that is not rank 0 of a tensor 2 x pipeline 2 job
+// (rank 3: the last stage's second tensor rank) names signal 10 on rank 0,
+// which prints the message and writes metrics.jsonl.
+TEST_F(ResumeTest, SigusrToOneNonZeroRankIsNamed) {
+  const std::string run = (dir_ / "sig3").string();
+  const std::string script =
+      TrainCommand(4, "sig3", 2, 2, 1, 0, 100000) + " & job=$!; for i in $(seq 1200); do grep -q '\"step\":3[,}]' " +
+      run +
+      "/metrics.jsonl 2>/dev/null && break; sleep 0.05; done; "
+      "for p in $(pgrep -P $job); do tr '\\0' '\\n' < /proc/$p/environ | grep -qx OMPI_COMM_WORLD_RANK=3 && "
+      "kill -USR1 $p && echo signalled=$p; done; wait $job; echo exit=$?";
+  auto sig = Run("(" + script + ")");
+  ASSERT_NE(sig.out.find("signalled="), std::string::npos) << "found no rank 3 to signal\n" << sig.out << sig.err;
+  ASSERT_NE(sig.out.find("exit=3"), std::string::npos) << sig.out << sig.err;
+  EXPECT_NE(sig.err.find("latam-train: preempted: stopped by signal 10 after step"), std::string::npos) << sig.err;
+  EXPECT_EQ(sig.err.find("stopped by signal 0"), std::string::npos) << sig.err;
+  auto reader = ckpt::CheckpointReader::Open(run + "/checkpoints");
+  ASSERT_TRUE(reader.ok()) << reader.status().message();
+  const int64_t saved = (*reader)->manifest().step();
+  EXPECT_NE(testing::ReadFileBytes(run + "/metrics.jsonl")
+                .find("{\"step\":" + std::to_string(saved) + ",\"preempted_by_signal\":10"),
             std::string::npos);
 }
 
