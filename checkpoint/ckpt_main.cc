@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "core/escape.h"
 #include "checkpoint/convert.h"
 #include "checkpoint/store.h"
 
@@ -154,6 +155,6 @@ int main(int argc, char** argv) {
     status = Status::InvalidInput("unknown command or wrong arguments: '" + command + "'\n" + kUsage);
   }
   if (status.ok()) return 0;
-  std::fprintf(stderr, "latam-ckpt: error: %s\n", status.message().c_str());
+  std::fprintf(stderr, "latam-ckpt: error: %s\n", latam::EscapeControlBytes(status.message()).c_str());
   return status.exit_code();
 }

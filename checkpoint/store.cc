@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "core/crc32c.h"
+#include "core/escape.h"
 #include "core/tensor.h"
 
 namespace latam::ckpt {
@@ -26,22 +27,6 @@ std::string ErrnoText() { return std::strerror(errno); }
 constexpr uint8_t kTrailerTag = (15 << 3) | 5;  // Checkpoint.manifest_crc32c, fixed32
 constexpr size_t kTrailerBytes = 5;
 
-// `text` for a message: printable ASCII as it is, every other byte as \xNN,
-// so a NUL or a terminal escape in a file cannot cut or garble the message.
-std::string Escaped(std::string_view text) {
-  std::string out;
-  for (const char c : text) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u >= 0x20 && u < 0x7f && c != '\\') {
-      out.push_back(c);
-    } else {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\x%02x", u);
-      out.append(buf);
-    }
-  }
-  return out;
-}
 
 // A name that stays inside the step directory: no separator, not . or ..
 bool PlainFileName(const std::string& name) {
@@ -337,7 +322,7 @@ Result<std::string> ResolveCheckpointDir(const std::string& path) {
   }
   LATAM_ASSIGN_OR_RETURN(std::string name, Env::Default()->ReadFile(latest));
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-  const std::string said = "'" + Escaped(name) + "'";
+  const std::string said = "'" + EscapeBytes(name) + "'";
   std::string problem;
   if (!PlainFileName(name) || StepOfDirName(name) < 0) {
     problem = "not a step directory name";
@@ -478,7 +463,7 @@ Status CheckpointReader::ValidateTensorSet() {
   for (const TensorRecord& t : manifest_.tensors()) {
     const auto it = expected.find(t.name());
     if (it == expected.end()) {
-      return Status::InvalidInput(where + ": tensor '" + Escaped(t.name()) + "' is not one of " + what);
+      return Status::InvalidInput(where + ": tensor '" + EscapeBytes(t.name()) + "' is not one of " + what);
     }
     if (ShapeOf(t) != it->second) {
       return Status::InvalidInput(where + ": tensor " + t.name() + " has shape " + WholeBlock(ShapeOf(t)).ToString() +
@@ -498,7 +483,7 @@ Status CheckpointReader::ValidateFileRecords() {
   std::map<std::string, const FileRecord*> records;
   for (const FileRecord& f : manifest_.files()) {
     if (!PlainFileName(f.name()) || !f.has_bytes() || !f.has_crc32c()) {
-      return Status::InvalidInput(where + ": file record '" + Escaped(f.name()) + "' is not a valid record");
+      return Status::InvalidInput(where + ": file record '" + EscapeBytes(f.name()) + "' is not a valid record");
     }
     if (!records.emplace(f.name(), &f).second) {
       return Status::InvalidInput(where + ": file " + f.name() + " is recorded twice");
@@ -507,7 +492,7 @@ Status CheckpointReader::ValidateFileRecords() {
   const std::string& tokenizer = manifest_.tokenizer_file();
   if (tokenizer.empty()) return Status::Ok();
   if (!PlainFileName(tokenizer)) {
-    return Status::InvalidInput(where + ": tokenizer_file '" + Escaped(tokenizer) + "' is not a file of " + dir_);
+    return Status::InvalidInput(where + ": tokenizer_file '" + EscapeBytes(tokenizer) + "' is not a file of " + dir_);
   }
   const auto it = records.find(tokenizer);
   if (it == records.end()) {

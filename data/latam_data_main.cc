@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "core/escape.h"
 #include "data/bpe_trainer.h"
 #include "data/corpus.h"
 #include "data/shard.h"
@@ -394,6 +395,6 @@ int main(int argc, char** argv) {
     status = Status::InvalidInput("unknown command '" + command + "'\n" + kUsage);
   }
   if (status.ok()) return 0;
-  std::fprintf(stderr, "latam-data: error: %s\n", status.message().c_str());
+  std::fprintf(stderr, "latam-data: error: %s\n", latam::EscapeControlBytes(status.message()).c_str());
   return status.exit_code();
 }

@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "core/escape.h"
 #include "trainer/compute_device.h"
 #include "trainer/load_model.h"
 #ifdef LATAM_HAVE_CUDA
@@ -219,6 +220,6 @@ int main(int argc, char** argv) {
   latam::ConfigureCpuThreads(1);
   const Status s = Main(argc, argv);
   if (s.ok()) return 0;
-  std::fprintf(stderr, "latam-generate: error: %s\n", s.message().c_str());
+  std::fprintf(stderr, "latam-generate: error: %s\n", latam::EscapeControlBytes(s.message()).c_str());
   return s.exit_code();
 }

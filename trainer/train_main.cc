@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "core/escape.h"
 #include "core/threads.h"
 #include "parallel/mpi_env.h"
 #include "trainer/config.h"
@@ -125,7 +126,7 @@ latam::Result<latam::Config> LoadConfig(const Args& args) {
 
 int Fail(const latam::Status& s, int rank) {
   const char* kind = s.code() == latam::StatusCode::kPreempted ? "preempted" : "error";
-  if (rank == 0) std::fprintf(stderr, "latam-train: %s: %s\n", kind, s.message().c_str());
+  if (rank == 0) std::fprintf(stderr, "latam-train: %s: %s\n", kind, latam::EscapeControlBytes(s.message()).c_str());
   return s.exit_code();
 }
 

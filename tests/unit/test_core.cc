@@ -15,6 +15,7 @@
 
 #include "core/arena.h"
 #include "core/crc32c.h"
+#include "core/escape.h"
 #include "core/env.h"
 #include "core/random.h"
 #include "core/tensor.h"
@@ -23,6 +24,14 @@
 
 namespace latam {
 namespace {
+
+TEST(EscapeTest, ControlBytesNeverReachTheTerminal) {
+  using namespace std::string_literals;
+  const std::string text = "step\0_0001\x1b[2J\x7f caf\xc3\xa9\n\tok\\"s;
+  EXPECT_EQ(EscapeControlBytes(text), "step\\x00_0001\\x1b[2J\\x7f caf\xc3\xa9\n\tok\\");
+  EXPECT_EQ(EscapeBytes(text), "step\\x00_0001\\x1b[2J\\x7f caf\\xc3\\xa9\\x0a\\x09ok\\x5c");
+  EXPECT_EQ(EscapeBytes(""), "");
+}
 
 TEST(ShapeTest, NumelRowsColsAndPrinting) {
   const Shape s{2, 3, 5};
