@@ -16,6 +16,13 @@
 // a Preempted status (exit code 3). At start the run resumes from its own
 // checkpoints/latest (--resume auto), a given checkpoint (--resume DIR), or
 // starts from train.init_from (continued pretraining).
+//
+// Bad steps (trainer/health.h): a step the engine skipped is logged with
+// its reason; after train.max_skipped_steps skips in a row the run reloads
+// its newest checkpoint in place, marks the skipped steps' samples, and
+// goes on from the checkpoint's step (a step starting inside a marked range
+// starts at its end). Every train.straggler_every steps rank 0 logs the
+// slowest rank's step time against the median.
 #pragma once
 
 #include <cstdint>

@@ -254,7 +254,7 @@ TEST_F(BadStepsTest, StopsAfterThreeRollBacksToOneCheckpoint) {
   EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
   EXPECT_NE((r.out + r.err).find("rolled back to step 4 3 times"), std::string::npos) << r.out << r.err;
   const Timeline t = Read(Metrics("loop"));
-  EXPECT_EQ(t.rollbacks.size(), 3u);
+  ASSERT_EQ(t.rollbacks.size(), 3u);
   EXPECT_EQ(t.skipped.size(), 8u);
   EXPECT_EQ(t.rollbacks.back()["skipped_samples_end"], 12.0 * kBatch);
 }
