@@ -17,8 +17,10 @@
 //      the optimizer's bucketed data-parallel reduction, which overlaps with
 //      the rest of the backward pass; a tied embedding split over the first
 //      and last stages sums its two copies after the pipeline, then joins it;
-//   4. the optimizer takes the global norm, clips and updates
-//      (model/optimizer.h); under ZeRO-1 it then starts all-gathering the
+//   4. the optimizer takes the global norm; the loss is all-reduced; the
+//      bad-step detector (trainer/health.h) judges the two and the ranks
+//      agree on its verdict; a bad step stops here (no update, see Step),
+//      a good one is clipped and updated (model/optimizer.h); under ZeRO-1 it then starts all-gathering the
 //      updated weights bucket by bucket, and the next step's forward waits
 //      for each bucket when it reaches its weights (LlamaModel's
 //      OnWeightsNeeded hook); Evaluate completes them first.
@@ -34,6 +36,7 @@
 #include "core/status.h"
 #include "parallel/grid.h"
 #include "trainer/config.h"
+#include "trainer/health.h"
 #include "model/model.h"
 #include "model/optimizer.h"
 #include "parallel/pipeline.h"
@@ -41,11 +44,18 @@
 namespace latam {
 
 struct StepResult {
-  int64_t step = 0;  // optimizer steps completed
+  int64_t step = 0;  // steps completed, skipped ones included
+  uint64_t first_sample = 0;
+  // kUpdate, or why the step left the weights as they were.
+  StepVerdict verdict = StepVerdict::kUpdate;
   double loss = 0.0;
   double grad_norm = 0.0;
   double lr = 0.0;
   double step_ms = 0.0;
+  // This rank's part of step_ms: its forward, backward and gradient
+  // reduction, before the world-wide reductions that end every step
+  // (differs between ranks; the stragglers' measure).
+  double rank_ms = 0.0;
   double tokens_per_s = 0.0;
   // The share of causal attention's (query, key) pairs the step computed:
   // with data.document_mask, sum over windows and documents of L (L + 1) / 2
@@ -70,7 +80,11 @@ class Engine {
 
   // One optimizer step on global samples [first_sample, first_sample + G)
   // (step = the number of steps already taken: it sets the learning rate).
-  // Every rank returns the same StepResult.
+  // Every rank returns the same StepResult (rank_ms aside). A step whose
+  // loss or gradient norm the detector rejects (health(): non-finite, or a
+  // spike) returns its verdict and leaves the parameters, the Adam moments
+  // and the optimizer's step counter untouched; its result still counts as
+  // a step (r.step = step + 1).
   Result<StepResult> Step(int64_t step, uint64_t first_sample, const SampleFn& sample);
   // Mean token loss over samples [0, n) of `sample` (targets < 0 are
   // ignored), split over data-parallel ranks; every rank returns it.
@@ -81,6 +95,8 @@ class Engine {
   const Config& config() const { return config_; }
   ProcessGrid& grid() { return *grid_; }
   int micro_batches() const { return micro_batches_; }
+  // The bad-step detector's window and skip count (checkpointed by the trainer).
+  BadStepDetector& health() { return health_; }
 
  private:
   Config config_;
@@ -90,6 +106,7 @@ class Engine {
   std::unique_ptr<PipelineExecutor> executor_;
   std::unique_ptr<AdamWOptimizer> optimizer_;
   int micro_batches_ = 0;
+  BadStepDetector health_;
   // This rank's share of each sequence, and staging for whole windows
   // under context parallelism.
   ContextSplit context_;

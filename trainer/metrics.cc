@@ -67,10 +67,12 @@ Result<std::unique_ptr<MetricsWriter>> MetricsWriter::Create(const std::string& 
   return std::unique_ptr<MetricsWriter>(new MetricsWriter(std::move(jsonl), std::move(tb)));
 }
 
-void MetricsWriter::Write(int64_t step, const std::map<std::string, double>& values) {
+void MetricsWriter::Write(int64_t step, const std::map<std::string, double>& values,
+                          const std::map<std::string, std::string>& labels) {
   nlohmann::ordered_json j;
   j["step"] = step;
   for (const auto& [name, value] : values) j[name] = value;
+  for (const auto& [name, text] : labels) j[name] = text;
   const std::string line = j.dump() + "\n";
   (void)jsonl_->Append(line);  // best effort, as in WriteRecord
   (void)jsonl_->Flush();

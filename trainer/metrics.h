@@ -33,9 +33,11 @@ class MetricsWriter {
  public:
   static Result<std::unique_ptr<MetricsWriter>> Create(const std::string& run_dir, Env* env = Env::Default());
 
-  // Writes {"step": step, <name>: <value>...} to metrics.jsonl and the same
-  // scalars to TensorBoard.
-  void Write(int64_t step, const std::map<std::string, double>& values);
+  // Writes {"step": step, <name>: <value>..., <label>: "<text>"...} to
+  // metrics.jsonl (values, then labels, each in name order) and the values
+  // to TensorBoard (which has no place for text).
+  void Write(int64_t step, const std::map<std::string, double>& values,
+             const std::map<std::string, std::string>& labels = {});
 
  private:
   MetricsWriter(std::unique_ptr<WritableFile> jsonl, std::unique_ptr<TensorBoardWriter> tb)

@@ -142,14 +142,17 @@ Status Trainer::Restore(const std::string& resume) {
   }
   const auto load_start = std::chrono::steady_clock::now();
   LATAM_ASSIGN_OR_RETURN(auto reader, ckpt::CheckpointReader::Open(source));
-  const std::vector<StatePiece> pieces =
-      StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->replica_rank());
-  LATAM_ASSIGN_OR_RETURN(const ckpt::LoadResult loaded, ckpt::LoadState(*reader, config_.model(), pieces, what));
-  FinishOptimizerLoad(engine_->optimizer(), loaded.moments_loaded, loaded.optimizer_step);
-  engine_->optimizer().WeightsLoaded();  // the compute copy from the loaded master weights
+  LATAM_ASSIGN_OR_RETURN(const ckpt::LoadResult loaded, LoadInPlace(*reader, what));
   start_step_ = loaded.step;
   last_saved_step_ = what == ckpt::LoadWhat::kAll ? loaded.step : -1;
   consumed_ = loaded.consumed_samples;
+  if (what == ckpt::LoadWhat::kAll) {
+    // The run's own state: bad steps are judged and skipped as before the
+    // save, and a roll-back returns here until the run saves again.
+    LATAM_RETURN_IF_ERROR(skipped_.FromProto(reader->manifest().data()));
+    engine_->health().Restore(reader->manifest().health());
+    rollback_dir_ = reader->dir();
+  }
   if (start_step_ > t.steps()) {
     return Status::InvalidInput("train.steps: " + std::to_string(t.steps()) + " is below the step " +
                                 std::to_string(start_step_) + " of checkpoint " + reader->dir());
@@ -182,6 +185,15 @@ Status Trainer::Restore(const std::string& resume) {
   return Status::Ok();
 }
 
+Result<ckpt::LoadResult> Trainer::LoadInPlace(ckpt::CheckpointReader& reader, ckpt::LoadWhat what) {
+  const std::vector<StatePiece> pieces =
+      StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->replica_rank());
+  LATAM_ASSIGN_OR_RETURN(const ckpt::LoadResult loaded, ckpt::LoadState(reader, config_.model(), pieces, what));
+  FinishOptimizerLoad(engine_->optimizer(), loaded.moments_loaded, loaded.optimizer_step);
+  engine_->optimizer().WeightsLoaded();  // the compute copy from the loaded master weights
+  return loaded;
+}
+
 Status Trainer::StartSave(int64_t step) {
   const auto& p = config_.parallel();
   ckpt::Checkpoint h;
@@ -206,12 +218,16 @@ Status Trainer::StartSave(int64_t step) {
   d->set_consumed_samples(consumed_);
   d->set_seed(config_.data().seed());
   *d->mutable_train() = config_.data().train();
+  skipped_.ToProto(d);
+  *h.mutable_health() = engine_->health().State();
   h.set_rng_seed(config_.train().seed());
   h.set_config_text(ConfigToText(config_));
   h.set_created_unix_ms(
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
           .count());
   last_saved_step_ = step;
+  // Once written, `latest` names this save or a newer one.
+  rollback_dir_ = config_.train().run_dir() + "/checkpoints";
   return saver_->Start(h, StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->replica_rank()));
 }
 
@@ -284,6 +300,82 @@ void Trainer::Log(const StepResult& r) {
   std::fflush(stdout);
 }
 
+void Trainer::LogSkipped(const StepResult& r) {
+  if (metrics_ == nullptr) return;
+  metrics_->Write(r.step,
+                  {{"skipped_step", 1.0}, {"loss", r.loss}, {"grad_norm", r.grad_norm}, {"lr", r.lr},
+                   {"skipped_in_row", static_cast<double>(engine_->health().skipped_in_row())}},
+                  {{"skip_reason", SkipReasonName(r.verdict)}});
+  std::printf("step %6lld/%lld | skipped (%s): no update | loss %.4f | grad_norm %.3f | %d in a row\n",
+              static_cast<long long>(r.step), static_cast<long long>(config_.train().steps()),
+              SkipReasonName(r.verdict), r.loss, r.grad_norm, engine_->health().skipped_in_row());
+  std::fflush(stdout);
+}
+
+void Trainer::ReportStragglers(const StepResult& r) {
+  // Host doubles over MPI's world on either device (NCCL reduces device buffers).
+  std::vector<double> step_ms(static_cast<size_t>(mpi_.world_size()));
+  double own = r.rank_ms;
+  MPI_CHECK(MPI_Allgather(&own, 1, MPI_DOUBLE, step_ms.data(), 1, MPI_DOUBLE, MPI_COMM_WORLD));
+  if (metrics_ == nullptr) return;
+  const StragglerSummary s = SummarizeStepTimes(step_ms);
+  metrics_->Write(r.step, {{"straggler/rank", static_cast<double>(s.rank)},
+                           {"straggler/ratio", s.ratio},
+                           {"straggler/median_ms", s.median_ms}});
+  std::printf("step %6lld: slowest rank %d at %.1f ms, %.2f x the median %.1f ms\n", static_cast<long long>(r.step),
+              s.rank, step_ms[static_cast<size_t>(s.rank)], s.ratio, s.median_ms);
+  std::fflush(stdout);
+}
+
+Result<int64_t> Trainer::RollBack(const StepResult& last) {
+  // A save in flight completes first: it may be the newest checkpoint.
+  LATAM_RETURN_IF_ERROR(PollSave(true));
+  const int skipped = engine_->health().skipped_in_row();
+  const uint64_t begin = engine_->health().skipped_from_sample(), end = consumed_;
+  const std::string steps = "steps " + std::to_string(last.step - skipped + 1) + " to " + std::to_string(last.step);
+  if (rollback_dir_.empty()) {
+    return Status::Internal(std::to_string(skipped) + " steps in a row skipped as bad (" + steps + ", the last: " +
+                            SkipReasonName(last.verdict) +
+                            ") and no checkpoint to roll back to: the run has neither saved nor resumed one "
+                            "(set train.save_every)");
+  }
+  Result<std::unique_ptr<ckpt::CheckpointReader>> reader = ckpt::CheckpointReader::Open(rollback_dir_);
+  LATAM_RETURN_IF_ERROR(AgreeOnStatus(reader.status(), grid_->world()));
+  // Bad steps that return after every roll-back to one checkpoint are not
+  // in the data alone: stop rather than skip samples forever.
+  const int64_t target = (*reader)->manifest().step();
+  rollbacks_to_target_ = target == rollback_target_step_ ? rollbacks_to_target_ + 1 : 1;
+  rollback_target_step_ = target;
+  if (rollbacks_to_target_ > kRollBacksPerCheckpoint) {
+    return Status::Internal(std::to_string(skipped) + " steps in a row skipped as bad (" + steps + ", the last: " +
+                            SkipReasonName(last.verdict) + ") after the run rolled back to step " +
+                            std::to_string(target) + " " + std::to_string(kRollBacksPerCheckpoint) +
+                            " times: the run is not recovering; lower optimizer.lr or check the data from sample " +
+                            std::to_string(begin));
+  }
+  const Result<ckpt::LoadResult> loaded = LoadInPlace(**reader, ckpt::LoadWhat::kAll);
+  LATAM_RETURN_IF_ERROR(AgreeOnStatus(loaded.status(), grid_->world()));
+  const ckpt::Checkpoint& manifest = (*reader)->manifest();
+  // Training goes on from the checkpoint's step and sample, over the
+  // skipped steps' samples; the detector's window is the checkpoint's.
+  skipped_.Add(begin, end);
+  engine_->health().RolledBack(manifest.health());
+  consumed_ = loaded->consumed_samples;
+  if (metrics_ != nullptr) {
+    metrics_->Write(last.step, {{"rollback_to_step", static_cast<double>(loaded->step)},
+                                {"skipped_samples_begin", static_cast<double>(begin)},
+                                {"skipped_samples_end", static_cast<double>(end)},
+                                {"rollbacks", static_cast<double>(engine_->health().rollbacks())}});
+    std::printf("step %6lld: %d bad steps in a row (%s); rolled back to %s (step %lld) and skipping samples "
+                "[%llu, %llu)\n",
+                static_cast<long long>(last.step), skipped, steps.c_str(), (*reader)->dir().c_str(),
+                static_cast<long long>(loaded->step), static_cast<unsigned long long>(begin),
+                static_cast<unsigned long long>(end));
+    std::fflush(stdout);
+  }
+  return loaded->step;
+}
+
 Status Trainer::Run() {
   const auto& t = config_.train();
   auto sample = [&](uint64_t index, int32_t* ids, int32_t* targets, int32_t* doc_start) {
@@ -292,11 +384,29 @@ Status Trainer::Run() {
   };
   for (int64_t step = start_step_; step < t.steps(); ++step) {
     grid_->ResetStats();
+    // A roll-back marked the samples of its bad steps: training jumps over them.
+    consumed_ = skipped_.NextStart(consumed_);
     LATAM_ASSIGN_OR_RETURN(const StepResult r, engine_->Step(step, consumed_, sample));
     if (device_ != nullptr) device_->SampleMemory();
     consumed_ += static_cast<uint64_t>(t.global_batch_size());
-    if (r.step % t.log_every() == 0 || r.step == t.steps() || r.step == 1) {
+    if (r.verdict != StepVerdict::kUpdate) {
+      LogSkipped(r);
+    } else if (r.step % t.log_every() == 0 || r.step == t.steps() || r.step == 1) {
       Log(r);
+    }
+    if (t.straggler_every() > 0 && r.step % t.straggler_every() == 0) ReportStragglers(r);
+    const int skipped_in_row = engine_->health().skipped_in_row();
+    if (t.max_skipped_steps() > 0 && skipped_in_row >= t.max_skipped_steps()) {
+      LATAM_ASSIGN_OR_RETURN(const int64_t checkpoint_step, RollBack(r));
+      step = checkpoint_step - 1;  // the loop's ++step continues at the checkpoint's step
+      continue;
+    }
+    if (t.max_skipped_steps() == 0 && skipped_in_row >= kSkippedStepsWithoutRollBack) {
+      return Status::Internal(std::to_string(skipped_in_row) + " steps in a row skipped as bad (the last at step " +
+                              std::to_string(r.step) + ": " + SkipReasonName(r.verdict) +
+                              ") and train.max_skipped_steps is 0 (no roll-back): the run is not recovering; "
+                              "lower optimizer.lr or check the data from sample " +
+                              std::to_string(engine_->health().skipped_from_sample()));
     }
     if (!eval_data_.empty() && t.eval_every() > 0 && (r.step % t.eval_every() == 0 || r.step == t.steps())) {
       LATAM_ASSIGN_OR_RETURN(const std::vector<double> losses, Evaluate());

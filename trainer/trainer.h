@@ -16,6 +16,13 @@
 // a Preempted status (exit code 3). At start the run resumes from its own
 // checkpoints/latest (--resume auto), a given checkpoint (--resume DIR), or
 // starts from train.init_from (continued pretraining).
+//
+// Bad steps (trainer/health.h): a step the engine skipped is logged with
+// its reason; after train.max_skipped_steps skips in a row the run reloads
+// its newest checkpoint in place, marks the skipped steps' samples, and
+// goes on from the checkpoint's step (a step starting inside a marked range
+// starts at its end). Every train.straggler_every steps rank 0 logs the
+// slowest rank's step time against the median.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +38,7 @@
 #include "trainer/config.h"
 #include "trainer/compute_device.h"
 #include "trainer/engine.h"
+#include "trainer/health.h"
 #include "trainer/metrics.h"
 
 namespace latam {
@@ -69,6 +77,18 @@ class Trainer {
   // (device_) and returns an NCCL communicator ordered after its stream.
   Result<std::unique_ptr<Communicator>> OpenWorld();
   Status Restore(const std::string& resume);
+  // Collective: loads `reader`'s state into the engine as it stands (the
+  // parameters, and with kAll the optimizer state).
+  Result<ckpt::LoadResult> LoadInPlace(ckpt::CheckpointReader& reader, ckpt::LoadWhat what);
+  // After train.max_skipped_steps bad steps in a row ending with `last`:
+  // reloads the newest checkpoint this run saved or resumed from, marks the
+  // bad steps' samples as skipped, and returns the step to go on from.
+  // Fails without a checkpoint, and on a fourth roll-back in a row to the
+  // same checkpoint step.
+  Result<int64_t> RollBack(const StepResult& last);
+  void LogSkipped(const StepResult& r);
+  // Collective: gathers every rank's rank_ms; rank 0 logs the slowest.
+  void ReportStragglers(const StepResult& r);
   Status StartSave(int64_t step);
   Status PollSave(bool wait);
   void Log(const StepResult& r);
@@ -86,6 +106,15 @@ class Trainer {
   int64_t start_step_ = 0;
   int64_t last_saved_step_ = -1;
   uint64_t consumed_ = 0;
+  SkippedSamples skipped_;
+  std::string rollback_dir_;  // "" until the run resumes (everything) or saves
+  // With train.max_skipped_steps 0: skipped steps in a row that stop the run.
+  static constexpr int kSkippedStepsWithoutRollBack = 10;
+  // Roll-backs to one checkpoint step (in a row, in this process) before
+  // the run stops instead.
+  static constexpr int kRollBacksPerCheckpoint = 3;
+  int64_t rollback_target_step_ = -1;
+  int rollbacks_to_target_ = 0;
 };
 
 }  // namespace latam

@@ -1,9 +1,12 @@
 // Forward, backward and optimizer together: training on a learnable
 // synthetic stream drives the loss from log(vocab) down to the stream's
-// measured bigram entropy (the best a next-token model can do on it).
+// measured bigram entropy (the best a next-token model can do on it); and
+// the engine's bad-step path: a step whose loss is NaN updates nothing.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <numbers>
 
 #include "data/synthetic.h"
@@ -11,6 +14,8 @@
 #include "tests/test_util.h"
 #include "model/model.h"
 #include "model/optimizer.h"
+#include "parallel/grid.h"
+#include "trainer/engine.h"
 
 namespace latam {
 namespace {
@@ -71,6 +76,92 @@ TEST(TrainingTest, LossFallsToTheStreamsEntropyFloor) {
   EXPECT_NEAR(first_loss, std::log(static_cast<double>(spec.vocab)), 0.3);
   EXPECT_LT(last_losses, floor + 0.1) << "floor " << floor << ", first loss " << first_loss;
   EXPECT_GT(last_losses, floor - 0.1) << "a loss far below the entropy floor means targets leak into inputs";
+}
+
+// The optimizer state an update would change: the compute copy of the
+// weights, the moments and master weights, the bias-correction counter.
+struct OptimizerSnapshot {
+  std::vector<float> weights, moments;
+  int64_t step = 0;
+  bool operator==(const OptimizerSnapshot& o) const {
+    // Bitwise, NaN included.
+    return step == o.step && weights.size() == o.weights.size() && moments.size() == o.moments.size() &&
+           std::memcmp(weights.data(), o.weights.data(), weights.size() * sizeof(float)) == 0 &&
+           std::memcmp(moments.data(), o.moments.data(), moments.size() * sizeof(float)) == 0;
+  }
+};
+
+OptimizerSnapshot Snapshot(Engine& engine) {
+  OptimizerSnapshot s;
+  const Tensor w = engine.model().parameters().padded_compute();
+  s.weights.assign(w.as<float>(), w.as<float>() + w.numel());
+  for (const auto& m : engine.optimizer().Moments()) {
+    const int64_t n = m.end - m.begin;
+    s.moments.insert(s.moments.end(), m.exp_avg, m.exp_avg + n);
+    s.moments.insert(s.moments.end(), m.exp_avg_sq, m.exp_avg_sq + n);
+    if (m.master != nullptr) s.moments.insert(s.moments.end(), m.master, m.master + n);
+  }
+  s.step = engine.optimizer().step();
+  return s;
+}
+
+// A NaN in one weight makes the loss NaN: the step is skipped under every
+// ZeRO stage (no update, no moment change, no bias-correction step, no
+// parameter all-gather left behind), still counts as a step, and once the
+// weight is repaired the next step updates normally.
+TEST(EngineBadStepTest, NonFiniteLossSkipsTheUpdate) {
+  constexpr int kSeq = 16;
+  auto sample = [](uint64_t index, int32_t* ids, int32_t* targets, int32_t*) {
+    for (int t = 0; t < kSeq; ++t) {
+      ids[t] = static_cast<int32_t>((index * 13 + static_cast<uint64_t>(t) * 5) % 64);
+      targets[t] = static_cast<int32_t>((ids[t] * 3 + 1) % 64);
+    }
+    return Status::Ok();
+  };
+  for (int zero : {0, 1, 2}) {
+    SCOPED_TRACE("ZeRO-" + std::to_string(zero));
+    Config config;
+    *config.mutable_model() = testing::TinyModelConfig(false);
+    config.mutable_data()->set_seq_len(kSeq);
+    config.mutable_train()->set_steps(4);
+    config.mutable_train()->set_micro_batch_size(2);
+    config.mutable_train()->set_global_batch_size(4);
+    config.mutable_optimizer()->set_lr(1e-2);
+    config.mutable_optimizer()->set_warmup_steps(0);
+    config.mutable_parallel()->set_zero_stage(zero);
+    auto grid = ProcessGrid::Single();
+    Engine engine(config, grid.get());
+
+    auto first = engine.Step(0, 0, sample);
+    ASSERT_TRUE(first.ok()) << first.status().message();
+    EXPECT_EQ(first->verdict, StepVerdict::kUpdate);
+    EXPECT_EQ(engine.optimizer().step(), 1);
+
+    float* weights = engine.model().parameters().padded_compute().as<float>();
+    const float kept = weights[3];
+    weights[3] = std::numeric_limits<float>::quiet_NaN();
+    const OptimizerSnapshot before = Snapshot(engine);
+    auto bad = engine.Step(1, 4, sample);
+    ASSERT_TRUE(bad.ok()) << bad.status().message();
+    EXPECT_EQ(bad->verdict, StepVerdict::kNonFiniteLoss);
+    EXPECT_TRUE(std::isnan(bad->loss));
+    EXPECT_EQ(bad->step, 2);
+    EXPECT_TRUE(Snapshot(engine) == before) << "a skipped step changed the optimizer state";
+    EXPECT_EQ(engine.health().skipped_in_row(), 1);
+    EXPECT_EQ(engine.health().skipped_from_sample(), 4u);
+
+    weights[3] = kept;
+    auto next = engine.Step(2, 8, sample);
+    ASSERT_TRUE(next.ok()) << next.status().message();
+    EXPECT_EQ(next->verdict, StepVerdict::kUpdate);
+    EXPECT_TRUE(std::isfinite(next->loss));
+    EXPECT_EQ(engine.optimizer().step(), 2);
+    EXPECT_EQ(engine.health().skipped_in_row(), 0);
+    engine.optimizer().FinishParameterGather();
+    EXPECT_NE(std::memcmp(engine.model().parameters().padded_compute().as<float>(), before.weights.data(),
+                          before.weights.size() * sizeof(float)),
+              0);
+  }
 }
 
 TEST(LearningRateTest, WarmupThenCosineToMinLr) {
