@@ -340,7 +340,7 @@ Result<int64_t> Trainer::RollBack(const StepResult& last) {
                             "(set train.save_every)");
   }
   Result<std::unique_ptr<ckpt::CheckpointReader>> reader = ckpt::CheckpointReader::Open(rollback_dir_);
-  LATAM_RETURN_IF_ERROR(AgreeOnStatus(reader.status(), grid_->world()));
+  LATAM_RETURN_IF_ERROR(AgreeOnStatus(reader.status(), MPI_COMM_WORLD));
   // Bad steps that return after every roll-back to one checkpoint are not
   // in the data alone: stop rather than skip samples forever.
   const int64_t target = (*reader)->manifest().step();
@@ -354,7 +354,7 @@ Result<int64_t> Trainer::RollBack(const StepResult& last) {
                             std::to_string(begin));
   }
   const Result<ckpt::LoadResult> loaded = LoadInPlace(**reader, ckpt::LoadWhat::kAll);
-  LATAM_RETURN_IF_ERROR(AgreeOnStatus(loaded.status(), grid_->world()));
+  LATAM_RETURN_IF_ERROR(AgreeOnStatus(loaded.status(), MPI_COMM_WORLD));
   const ckpt::Checkpoint& manifest = (*reader)->manifest();
   // Training goes on from the checkpoint's step and sample, over the
   // skipped steps' samples; the detector's window is the checkpoint's.
