@@ -21,6 +21,11 @@
 // Byte counters record the payload each call hands to the operation: the
 // buffer for all-reduce, broadcast, send and recv, the full input for
 // reduce-scatter, the full output for all-gather.
+//
+// Every communicator carries a TrainingPosition (parallel/watchdog.h), the
+// step and micro-batch the job is at, shared with every communicator split
+// from it: the hang watchdog reports it, the Engine and the pipeline
+// executor set it.
 #pragma once
 
 #include <array>
@@ -29,6 +34,7 @@
 #include <string>
 
 #include "core/tensor.h"
+#include "parallel/watchdog.h"
 
 namespace latam {
 
@@ -53,6 +59,7 @@ class Request {
 
 class Communicator {
  public:
+  explicit Communicator(std::shared_ptr<TrainingPosition> position) : position_(std::move(position)) {}
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
@@ -82,19 +89,27 @@ class Communicator {
   const CommStats& stats() const { return stats_; }
   void ResetStats() { stats_ = CommStats(); }
 
+  // Where training is; the same object for this communicator and every one
+  // split from it.
+  TrainingPosition& position() const { return *position_; }
+  const std::shared_ptr<TrainingPosition>& shared_position() const { return position_; }
+
  protected:
   void Count(CommOp op, const Tensor& t) {
     ++stats_.calls[static_cast<size_t>(op)];
     stats_.bytes[static_cast<size_t>(op)] += static_cast<int64_t>(t.bytes());
   }
   CommStats stats_;
+  std::shared_ptr<TrainingPosition> position_;
 };
 
 // The group of one process. Collectives copy or do nothing; send/recv abort
 // (there is no peer).
 class SelfCommunicator : public Communicator {
  public:
-  explicit SelfCommunicator(std::string name = "self") : name_(std::move(name)) {}
+  explicit SelfCommunicator(std::string name = "self",
+                            std::shared_ptr<TrainingPosition> position = std::make_shared<TrainingPosition>())
+      : Communicator(std::move(position)), name_(std::move(name)) {}
   int rank() const override { return 0; }
   int size() const override { return 1; }
   const std::string& name() const override { return name_; }
@@ -107,7 +122,7 @@ class SelfCommunicator : public Communicator {
   void Barrier() override {}
   double AllReduceScalar(double value, ReduceOp) override { return value; }
   std::unique_ptr<Communicator> Split(int color, int, const std::string& name) override {
-    return color < 0 ? nullptr : std::make_unique<SelfCommunicator>(name);
+    return color < 0 ? nullptr : std::make_unique<SelfCommunicator>(name, position_);
   }
 
  private:

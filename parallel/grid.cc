@@ -15,7 +15,7 @@ ProcessGrid::ProcessGrid(std::unique_ptr<Communicator> world, GridShape shape)
   // group: no extra communicators (an NCCL one costs device memory).
   tp_ = world_->Split((dp_rank * p + pp_rank) * c + cp_rank, tp_rank, "tp");
   cp_ = c > 1 ? world_->Split((dp_rank * p + pp_rank) * t + tp_rank, cp_rank, "cp")
-              : std::make_unique<SelfCommunicator>("cp");
+              : std::make_unique<SelfCommunicator>("cp", world_->shared_position());
   pp_ = world_->Split((dp_rank * c + cp_rank) * t + tp_rank, pp_rank, "pp");
   dp_ = world_->Split((pp_rank * c + cp_rank) * t + tp_rank, dp_rank, "dp");
   if (c > 1) own_replicas_ = world_->Split(pp_rank * t + tp_rank, dp_rank * c + cp_rank, "replicas");

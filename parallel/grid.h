@@ -15,6 +15,8 @@
 //          compute gradients of different tokens of the same samples);
 //          the data-parallel group itself when C = 1
 //   model_parallel()  the T x P ranks of one replica (same dp, cp)
+// Every group shares the world's TrainingPosition (position()), which the
+// hang watchdog reports (parallel/watchdog.h).
 #pragma once
 
 #include <memory>
@@ -52,6 +54,8 @@ class ProcessGrid {
   Communicator& dp() const { return *dp_; }
   Communicator& replicas() const { return *replicas_; }
   Communicator& model_parallel() const { return *model_parallel_; }
+  // The step and micro-batch the job is at: the Engine sets the step.
+  TrainingPosition& position() const { return world_->position(); }
 
   // Sum of all groups' byte statistics (world included).
   CommStats TotalStats() const;

@@ -23,6 +23,20 @@ MpiSession::~MpiSession() {
   if (!finalized) MPI_Finalize();
 }
 
+std::vector<int> WorldRanks(MPI_Comm comm) {
+  MPI_Group group = MPI_GROUP_NULL, world = MPI_GROUP_NULL;
+  MPI_CHECK(MPI_Comm_group(comm, &group));
+  MPI_CHECK(MPI_Comm_group(MPI_COMM_WORLD, &world));
+  int size = 0;
+  MPI_CHECK(MPI_Group_size(group, &size));
+  std::vector<int> ranks(static_cast<size_t>(size)), world_ranks(static_cast<size_t>(size));
+  for (int r = 0; r < size; ++r) ranks[static_cast<size_t>(r)] = r;
+  MPI_CHECK(MPI_Group_translate_ranks(group, size, ranks.data(), world, world_ranks.data()));
+  MPI_CHECK(MPI_Group_free(&group));
+  MPI_CHECK(MPI_Group_free(&world));
+  return world_ranks;
+}
+
 void MpiSession::Abort(int code) const {
   MPI_Abort(MPI_COMM_WORLD, code);
   std::_Exit(code);

@@ -9,6 +9,7 @@
 #include <mpi.h>
 
 #include <string>
+#include <vector>
 
 #include "core/check.h"
 
@@ -24,6 +25,9 @@
   } while (0)
 
 namespace latam {
+
+// The MPI_COMM_WORLD rank of each rank of `comm` (collective-free).
+std::vector<int> WorldRanks(MPI_Comm comm);
 
 class MpiSession {
  public:

@@ -19,14 +19,17 @@ using NcclClock = std::chrono::steady_clock;
 
 // One operation as the watchdog sees it.
 struct NcclInFlight {
-  explicit NcclInFlight(std::string what_in) : what(std::move(what_in)), since(NcclClock::now()) {}
+  NcclInFlight(std::string operation_in, std::string detail_in, int peer_in)
+      : operation(std::move(operation_in)), detail(std::move(detail_in)), peer(peer_in), since(NcclClock::now()) {}
   ~NcclInFlight() {
     if (done != nullptr) cudaEventDestroy(done);
   }
   NcclInFlight(const NcclInFlight&) = delete;
   NcclInFlight& operator=(const NcclInFlight&) = delete;
 
-  const std::string what;  // "all_reduce bf16[4096]@cuda", "communicator creation", ...
+  const std::string operation;  // "all_reduce", "send", "communicator creation (ncclCommInitRankConfig)", ...
+  const std::string detail;     // the buffer, "bf16[4096]@cuda"; may be empty
+  const int peer;               // group rank of a send/recv's peer; -1: every other rank
   const NcclClock::time_point since;
   // Recorded on the communication stream after the operation. nullptr for a
   // send/recv still held, and for host-side steps (creation, finalisation),
@@ -41,11 +44,14 @@ struct NcclInFlight {
 // them.
 class NcclWatchdog {
  public:
-  NcclWatchdog(const std::string& group, int rank, int size, int device, double timeout_s)
+  NcclWatchdog(const std::string& group, int rank, int size, std::vector<int> world_ranks, int device,
+               double timeout_s, std::shared_ptr<const TrainingPosition> position)
       : group_(group),
         rank_(rank),
         size_(size),
+        world_ranks_(std::move(world_ranks)),
         device_(device),
+        position_(std::move(position)),
         timeout_(timeout_s),
         poll_(timeout_s > 0 ? std::clamp(timeout_s / 4, 0.001, 0.1) : 0.1),
         thread_([this] { Run(); }) {}
@@ -99,7 +105,7 @@ class NcclWatchdog {
       ncclResult_t async = ncclSuccess;
       const ncclResult_t queried = ncclCommGetAsyncError(comm_, &async);
       const ncclResult_t error = queried != ncclSuccess ? queried : async;
-      if (error != ncclSuccess && error != ncclInProgress) Fail(*ops_.front(), "failed: " + NcclErrorMessage(error));
+      if (error != ncclSuccess && error != ncclInProgress) Fail(*ops_.front(), NcclErrorMessage(error));
     }
     const NcclClock::time_point now = NcclClock::now();
     std::erase_if(ops_, [&](const std::shared_ptr<NcclInFlight>& op) {
@@ -107,30 +113,53 @@ class NcclWatchdog {
         const cudaError_t status = cudaEventQuery(op->done);
         if (status == cudaSuccess) return true;
         if (status != cudaErrorNotReady) {
-          Fail(*op, std::string("failed: CUDA error ") + cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
+          Fail(*op, std::string("CUDA error ") + cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
         }
       }
-      if (timeout_.count() > 0 && now - op->since > timeout_) Fail(*op, "has not completed");
+      if (timeout_.count() > 0 && now - op->since > timeout_) Hang(*op, now);
       return false;
     });
   }
 
-  [[noreturn]] void Fail(const NcclInFlight& op, const std::string& what_happened) {
-    const double elapsed = std::chrono::duration<double>(NcclClock::now() - op.since).count();
-    char timeout[32] = "off";
-    if (timeout_.count() > 0) std::snprintf(timeout, sizeof(timeout), "%.1f s", timeout_.count());
+  // NCCL or CUDA reported an error: not a hang, so the process aborts
+  // (exit code 1 class: a core dump, the launcher restarts the job).
+  [[noreturn]] void Fail(const NcclInFlight& op, const std::string& error) {
     std::fprintf(stderr,
-                 "[rank %s] FATAL NCCL watchdog: %s on group '%s' (rank %d of %d, device %d) %s after %.1f s "
-                 "(timeout %s, LATAM_NCCL_TIMEOUT_S); aborting the communicator and the process\n",
-                 ProcessRankLabel().c_str(), op.what.c_str(), group_.c_str(), rank_, size_, device_,
-                 what_happened.c_str(), elapsed, timeout);
+                 "[rank %s] FATAL NCCL watchdog: %s%s%s on group %s (rank %d of %d, device %d) failed: %s; "
+                 "aborting the communicator and the process\n",
+                 ProcessRankLabel().c_str(), op.operation.c_str(), op.detail.empty() ? "" : " ", op.detail.c_str(),
+                 group_.c_str(), rank_, size_, device_, error.c_str());
     std::fflush(stderr);
     if (comm_ != nullptr) ncclCommAbort(comm_);
     std::abort();
   }
 
+  // The operation outlived the timeout: the hang report the MPI path prints
+  // (parallel/watchdog.h), then exit code 4. This thread is not MPI's, so
+  // it exits the process and leaves ending the other ranks to the launcher.
+  [[noreturn]] void Hang(const NcclInFlight& op, NcclClock::time_point now) {
+    HangReport report;
+    report.operation = op.operation;
+    report.detail = op.detail;
+    report.group = group_;
+    report.group_rank = rank_;
+    report.group_size = size_;
+    report.peers =
+        op.peer >= 0 ? std::vector<int>{world_ranks_[static_cast<size_t>(op.peer)]} : OtherRanks(world_ranks_, rank_);
+    report.step = position_->step();
+    report.micro_batch = position_->micro_batch();
+    report.waited_s = std::chrono::duration<double>(now - op.since).count();
+    report.timeout_s = timeout_.count();
+    PrintHangReport(report);
+    if (comm_ != nullptr) ncclCommAbort(comm_);
+    std::_Exit(kHangExitCode);
+  }
+
   const std::string group_;
-  const int rank_, size_, device_;
+  const int rank_, size_;
+  const std::vector<int> world_ranks_;  // world rank of each group rank
+  const int device_;
+  const std::shared_ptr<const TrainingPosition> position_;
   const std::chrono::duration<double> timeout_;
   const std::chrono::duration<double> poll_;
   std::mutex mu_;
@@ -181,12 +210,10 @@ void CheckDevice(const Tensor& t, const std::string& comm) {
   LATAM_CHECK(t.device == Device::kCUDA, "NCCL communicator " << comm << " needs device buffers, got " << t.str());
 }
 
-std::string Describe(CommOp op, const Tensor& t) { return std::string(CommOpName(op)) + " " + t.str(); }
-
 }  // namespace
 
-Result<NcclOptions> NcclOptionsFromEnvironment() {
-  NcclOptions options;
+Result<NcclOptions> NcclOptionsFromEnvironment(NcclOptions defaults) {
+  NcclOptions options = defaults;
   const char* value = std::getenv("LATAM_NCCL_TIMEOUT_S");
   if (value == nullptr || value[0] == '\0') return options;
   char* end = nullptr;
@@ -199,8 +226,13 @@ Result<NcclOptions> NcclOptionsFromEnvironment() {
   return options;
 }
 
-NcclCommunicator::NcclCommunicator(MPI_Comm comm, std::string name, cudaStream_t compute_stream, NcclOptions options)
-    : mpi_comm_(comm), name_(std::move(name)), compute_stream_(compute_stream), options_(options) {
+NcclCommunicator::NcclCommunicator(MPI_Comm comm, std::string name, cudaStream_t compute_stream, NcclOptions options,
+                                   std::shared_ptr<TrainingPosition> position)
+    : Communicator(std::move(position)),
+      mpi_comm_(comm),
+      name_(std::move(name)),
+      compute_stream_(compute_stream),
+      options_(options) {
   MPI_CHECK(MPI_Comm_rank(mpi_comm_, &rank_));
   MPI_CHECK(MPI_Comm_size(mpi_comm_, &size_));
   CUDA_CHECK(cudaGetDevice(&device_));
@@ -208,8 +240,9 @@ NcclCommunicator::NcclCommunicator(MPI_Comm comm, std::string name, cudaStream_t
   if (rank_ == 0) NCCL_CHECK(ncclGetUniqueId(&id));
   MPI_CHECK(MPI_Bcast(&id, static_cast<int>(sizeof(id)), MPI_BYTE, 0, mpi_comm_));
 
-  watchdog_ = std::make_unique<NcclWatchdog>(name_, rank_, size_, device_, options_.timeout_s);
-  const auto creation = std::make_shared<NcclInFlight>("communicator creation (ncclCommInitRankConfig)");
+  watchdog_ = std::make_unique<NcclWatchdog>(name_, rank_, size_, WorldRanks(mpi_comm_), device_, options_.timeout_s,
+                                             position_);
+  const auto creation = std::make_shared<NcclInFlight>("communicator creation (ncclCommInitRankConfig)", "", -1);
   watchdog_->Track(creation);
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.commName = name_.c_str();  // names the group in NCCL_DEBUG output
@@ -231,7 +264,7 @@ NcclCommunicator::NcclCommunicator(MPI_Comm comm, std::string name, cudaStream_t
 NcclCommunicator::~NcclCommunicator() {
   FlushPointToPoint();
   CUDA_CHECK(cudaStreamSynchronize(stream_));
-  const auto finalisation = std::make_shared<NcclInFlight>("communicator finalisation (ncclCommFinalize)");
+  const auto finalisation = std::make_shared<NcclInFlight>("communicator finalisation (ncclCommFinalize)", "", -1);
   watchdog_->Track(finalisation);
   NCCL_CHECK(ncclCommFinalize(comm_));
   watchdog_->Untrack(finalisation.get());
@@ -253,10 +286,10 @@ void NcclCommunicator::WaitForCompute() {
   CUDA_CHECK(cudaStreamWaitEvent(stream_, compute_ready_, 0));
 }
 
-std::shared_ptr<NcclInFlight> NcclCommunicator::Begin(std::string what) {
+std::shared_ptr<NcclInFlight> NcclCommunicator::Begin(CommOp op, const Tensor& buf, std::string detail_suffix) {
   FlushPointToPoint();
   WaitForCompute();
-  return std::make_shared<NcclInFlight>(std::move(what));
+  return std::make_shared<NcclInFlight>(CommOpName(op), buf.str() + detail_suffix, -1);
 }
 
 void NcclCommunicator::Launched(const std::shared_ptr<NcclInFlight>& op) {
@@ -273,7 +306,7 @@ void NcclCommunicator::MakeComputeWait(NcclInFlight& op) {
 std::unique_ptr<Request> NcclCommunicator::AllReduce(const Tensor& buf, ReduceOp op) {
   CheckDevice(buf, name_);
   Count(CommOp::kAllReduce, buf);
-  auto inflight = Begin(Describe(CommOp::kAllReduce, buf));
+  auto inflight = Begin(CommOp::kAllReduce, buf);
   NCCL_CHECK(ncclAllReduce(buf.data, buf.data, Elements(buf), NcclTypeOf(buf), NcclOpOf(op), comm_, stream_));
   Launched(inflight);
   return std::make_unique<NcclRequest>(this, std::move(inflight));
@@ -286,7 +319,7 @@ std::unique_ptr<Request> NcclCommunicator::ReduceScatter(const Tensor& in, const
   LATAM_CHECK(in.dtype == out.dtype && in.numel() == out.numel() * size_,
               "reduce-scatter " << in.str() << " -> " << out.str() << " over " << size_ << " ranks");
   Count(CommOp::kReduceScatter, in);
-  auto inflight = Begin(Describe(CommOp::kReduceScatter, in));
+  auto inflight = Begin(CommOp::kReduceScatter, in);
   NCCL_CHECK(ncclReduceScatter(in.data, out.data, Elements(out), NcclTypeOf(out), ncclSum, comm_, stream_));
   Launched(inflight);
   return std::make_unique<NcclRequest>(this, std::move(inflight));
@@ -300,7 +333,7 @@ std::unique_ptr<Request> NcclCommunicator::AllGather(const Tensor& in, const Ten
   LATAM_CHECK(in.dtype == out.dtype && in.numel() * size_ == out.numel(),
               "all-gather " << in.str() << " -> " << out.str() << " over " << size_ << " ranks");
   Count(CommOp::kAllGather, out);
-  auto inflight = Begin(Describe(CommOp::kAllGather, out));
+  auto inflight = Begin(CommOp::kAllGather, out);
   NCCL_CHECK(ncclAllGather(in.data, out.data, Elements(in), NcclTypeOf(in), comm_, stream_));
   Launched(inflight);
   return std::make_unique<NcclRequest>(this, std::move(inflight));
@@ -310,7 +343,7 @@ std::unique_ptr<Request> NcclCommunicator::Broadcast(const Tensor& buf, int root
   CheckDevice(buf, name_);
   LATAM_CHECK(root >= 0 && root < size_, "broadcast root " << root << " in group " << name_ << " of " << size_);
   Count(CommOp::kBroadcast, buf);
-  auto inflight = Begin(Describe(CommOp::kBroadcast, buf) + " from rank " + std::to_string(root));
+  auto inflight = Begin(CommOp::kBroadcast, buf, " from group rank " + std::to_string(root));
   NCCL_CHECK(ncclBroadcast(buf.data, buf.data, Elements(buf), NcclTypeOf(buf), root, comm_, stream_));
   Launched(inflight);
   return std::make_unique<NcclRequest>(this, std::move(inflight));
@@ -332,8 +365,7 @@ std::unique_ptr<Request> NcclCommunicator::Hold(CommOp kind, const Tensor& buf, 
   Count(kind, buf);
   WaitForCompute();
   const bool send = kind == CommOp::kSend;
-  auto inflight =
-      std::make_shared<NcclInFlight>(Describe(kind, buf) + (send ? " to rank " : " from rank ") + std::to_string(peer));
+  auto inflight = std::make_shared<NcclInFlight>(CommOpName(kind), buf.str(), peer);
   held_.push_back(HeldPointToPoint{send, buf, peer, inflight});
   return std::make_unique<NcclRequest>(this, std::move(inflight));
 }
@@ -355,7 +387,9 @@ void NcclCommunicator::FlushPointToPoint() {
 
 void NcclCommunicator::Barrier() {
   // The maximum keeps the scratch word finite however many barriers run.
-  auto inflight = Begin("barrier");
+  FlushPointToPoint();
+  WaitForCompute();
+  auto inflight = std::make_shared<NcclInFlight>("barrier", "", -1);
   NCCL_CHECK(ncclAllReduce(scratch_, scratch_, 1, ncclFloat64, ncclMax, comm_, stream_));
   Launched(inflight);
   CUDA_CHECK(cudaEventSynchronize(inflight->done));
@@ -364,8 +398,7 @@ void NcclCommunicator::Barrier() {
 double NcclCommunicator::AllReduceScalar(double value, ReduceOp op) {
   // The value comes from the host: no wait for the compute stream.
   FlushPointToPoint();
-  auto inflight =
-      std::make_shared<NcclInFlight>(op == ReduceOp::kSum ? "scalar all_reduce (sum)" : "scalar all_reduce (max)");
+  auto inflight = std::make_shared<NcclInFlight>("all_reduce", op == ReduceOp::kSum ? "f64 scalar (sum)" : "f64 scalar (max)", -1);
   *host_scalar_ = value;
   CUDA_CHECK(cudaMemcpyAsync(scratch_, host_scalar_, sizeof(double), cudaMemcpyHostToDevice, stream_));
   NCCL_CHECK(ncclAllReduce(scratch_, scratch_, 1, ncclFloat64, NcclOpOf(op), comm_, stream_));
@@ -382,7 +415,7 @@ std::unique_ptr<Communicator> NcclCommunicator::Split(int color, int key, const 
   MPI_Comm sub = MPI_COMM_NULL;
   MPI_CHECK(MPI_Comm_split(mpi_comm_, color < 0 ? MPI_UNDEFINED : color, key, &sub));
   if (sub == MPI_COMM_NULL) return nullptr;
-  return std::make_unique<NcclCommunicator>(sub, name, compute_stream_, options_);
+  return std::make_unique<NcclCommunicator>(sub, name, compute_stream_, options_, position_);
 }
 
 }  // namespace latam

@@ -78,12 +78,15 @@
 // Watchdog. Each communicator has a background thread that, while an
 // operation (or the communicator's creation or finalisation) is in flight,
 // polls ncclCommGetAsyncError and the operations' completion events
-// (cudaEventQuery). When NCCL reports an asynchronous error, a CUDA error
-// surfaces, or an operation has been in flight longer than
-// NcclOptions::timeout_s, it prints the operation, the group's name, the
-// rank, the device and the elapsed time, aborts the NCCL communicator
-// (ncclCommAbort) and then the process, so that a lost peer ends the job
-// instead of hanging it. The elapsed time counts from the call that issued
+// (cudaEventQuery). When an operation has been in flight longer than
+// NcclOptions::timeout_s, it prints the hang report that MpiCommunicator
+// prints (parallel/watchdog.h: the operation, the group's name, the step and
+// micro-batch of position(), the global ranks waited on), aborts the NCCL
+// communicator (ncclCommAbort) and exits the process with kHangExitCode (4),
+// so that a lost peer ends the job instead of hanging it. When NCCL reports
+// an asynchronous error or a CUDA error surfaces, it prints the operation,
+// group, rank, device and error, aborts the NCCL communicator and then the
+// process (std::abort). The elapsed time counts from the call that issued
 // the operation, including its wait for the preceding compute work, so the
 // timeout must exceed the longest compute stretch that can precede a
 // collective in stream order.
@@ -109,9 +112,10 @@ struct NcclOptions {
   double timeout_s = kDefaultTimeoutS;
 };
 
-// The default options, with timeout_s read from LATAM_NCCL_TIMEOUT_S when it
-// is set (seconds, a number >= 0). InvalidInput names the variable otherwise.
-Result<NcclOptions> NcclOptionsFromEnvironment();
+// `defaults` (latam-train: timeout_s = train.collective_timeout_s), with
+// timeout_s read from LATAM_NCCL_TIMEOUT_S when it is set (seconds, a number
+// >= 0). InvalidInput names the variable otherwise.
+Result<NcclOptions> NcclOptionsFromEnvironment(NcclOptions defaults = NcclOptions());
 
 // Implementation types (nccl_communicator.cc).
 struct NcclInFlight;
@@ -122,9 +126,11 @@ class NcclCommunicator : public Communicator {
  public:
   // Collective over `comm`; takes ownership of it (freed in the destructor
   // unless it is MPI_COMM_WORLD or MPI_COMM_SELF). The NCCL communicator is
-  // created on the current CUDA device.
+  // created on the current CUDA device. Split() passes the options and the
+  // position on.
   NcclCommunicator(MPI_Comm comm, std::string name, cudaStream_t compute_stream = nullptr,
-                   NcclOptions options = NcclOptions());
+                   NcclOptions options = NcclOptions(),
+                   std::shared_ptr<TrainingPosition> position = std::make_shared<TrainingPosition>());
   ~NcclCommunicator() override;
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
@@ -167,9 +173,9 @@ class NcclCommunicator : public Communicator {
   };
 
   // Enqueues the held send/recv, then makes the communication stream wait for
-  // the compute stream; returns the record of the operation about to be
-  // enqueued.
-  std::shared_ptr<NcclInFlight> Begin(std::string what);
+  // the compute stream; returns the record of the collective `op` on `buf`
+  // about to be enqueued (detail_suffix completes its description).
+  std::shared_ptr<NcclInFlight> Begin(CommOp op, const Tensor& buf, std::string detail_suffix = "");
   // Records `op`'s completion event on the communication stream and hands it
   // to the watchdog.
   void Launched(const std::shared_ptr<NcclInFlight>& op);

@@ -105,9 +105,11 @@ double PipelineExecutor::Run(const std::vector<PipelineAction>& schedule, const 
   // complete the step's gradients.
   int last = 0;
   for (const PipelineAction& a : schedule) last = std::max(last, a.micro);
+  TrainingPosition& position = pp_->position();
   for (const PipelineAction& a : schedule) {
     const PipelineChunk info = model_->chunk(a.chunk);
     const int g = info.global_index;
+    position.SetMicroBatch(a.micro);
     WaitSends(a.chunk, a.slot);
     if (a.kind == PipelineAction::kForward) {
       // With document masking every chunk's attention needs the
@@ -134,6 +136,7 @@ double PipelineExecutor::Run(const std::vector<PipelineAction>& schedule, const 
   for (int c = 0; c < model_->num_chunks(); ++c) {
     for (int s = 0; s < model_->slots(c); ++s) WaitSends(c, s);
   }
+  position.EndMicroBatches();
   return model_->TakeLoss();
 }
 

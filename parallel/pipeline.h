@@ -20,7 +20,10 @@
 // chunk's backward and sends the input gradient back (unless first).
 // Sends are non-blocking; a receive blocks only when its data is needed, and
 // a slot's buffers are reused only after their sends completed. Messages are
-// tagged by (micro-batch, receiving chunk, direction).
+// tagged by (micro-batch, receiving chunk, direction). Each pass sets its
+// micro-batch on the pipeline group's TrainingPosition (parallel/watchdog.h)
+// before it communicates, and a step's end clears it, so a hang report names
+// the micro-batch a rank was stuck in.
 #pragma once
 
 #include <functional>

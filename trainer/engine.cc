@@ -98,6 +98,7 @@ Status Engine::FetchLocal(const SampleFn& sample, uint64_t index, int32_t* ids, 
 }
 
 Result<StepResult> Engine::Step(int64_t step, uint64_t first_sample, const SampleFn& sample) {
+  grid_->position().BeginStep(step + 1);  // numbered as StepResult::step, for hang reports
   const auto start = std::chrono::steady_clock::now();
   const auto& t = config_.train();
   // seq_len: the rows of a sample this rank holds (all of them without

@@ -96,8 +96,9 @@ Status Trainer::Init(const std::string& resume) {
 
 Result<std::unique_ptr<Communicator>> Trainer::OpenWorld() {
   const ComputeSettings compute = ComputeSettingsOf(config_);
+  const double timeout_s = config_.train().collective_timeout_s();
   if (compute.device != Device::kCUDA)
-    return std::unique_ptr<Communicator>(new MpiCommunicator(MPI_COMM_WORLD, "world"));
+    return std::unique_ptr<Communicator>(new MpiCommunicator(MPI_COMM_WORLD, "world", timeout_s));
   // Every rank learns whether every rank got its GPU before NCCL is set up.
   Result<std::unique_ptr<ComputeDevice>> device =
       ComputeDevice::Open(mpi_.local_rank(), mpi_.local_size(), mpi_.world_rank(), compute.attention);
@@ -111,7 +112,9 @@ Result<std::unique_ptr<Communicator>> Trainer::OpenWorld() {
     std::fflush(stdout);
   }
 #ifdef LATAM_HAVE_NCCL
-  LATAM_ASSIGN_OR_RETURN(const NcclOptions options, NcclOptionsFromEnvironment());
+  NcclOptions configured;
+  configured.timeout_s = timeout_s;
+  LATAM_ASSIGN_OR_RETURN(const NcclOptions options, NcclOptionsFromEnvironment(configured));
   return std::unique_ptr<Communicator>(
       new NcclCommunicator(MPI_COMM_WORLD, "world", device_->stream().cuda(), options));
 #else

@@ -114,29 +114,40 @@ int main(int argc, char** argv) {
   const auto parsed = latam::testing::GridShapeFromArgs(argc, argv, "test_collectives", mpi.world_size());
   if (!parsed) return 2;
   const latam::GridShape shape = *parsed;
-  latam::ProcessGrid grid(std::make_unique<latam::MpiCommunicator>(MPI_COMM_WORLD, "world"), shape);
-  const int w = mpi.world_rank();
-  // Megatron order: tensor innermost, then pipeline, then data.
-  t.Eq(grid.tp_rank(), w % shape.tensor, "tp rank");
-  t.Eq(grid.pp_rank(), (w / shape.tensor) % shape.pipeline, "pp rank");
-  t.Eq(grid.dp_rank(), w / (shape.tensor * shape.pipeline), "dp rank");
-  t.Eq(grid.tp().size(), shape.tensor, "tp size");
-  t.Eq(grid.pp().size(), shape.pipeline, "pp size");
-  t.Eq(grid.dp().size(), shape.data, "dp size");
-  // Each group's members, identified by the sum of their world ranks.
-  const auto sum_of_world_ranks = [&](latam::Communicator& c) {
-    return static_cast<int>(c.AllReduceScalar(w, latam::ReduceOp::kSum));
-  };
-  const int t0 = w - grid.tp_rank();  // first world rank of my tp group
-  t.Eq(sum_of_world_ranks(grid.tp()), shape.tensor * t0 + shape.tensor * (shape.tensor - 1) / 2, "tp members");
-  const int p0 = w - grid.pp_rank() * shape.tensor;
-  t.Eq(sum_of_world_ranks(grid.pp()), shape.pipeline * p0 + shape.tensor * shape.pipeline * (shape.pipeline - 1) / 2,
-       "pp members");
-  const int d0 = w - grid.dp_rank() * shape.tensor * shape.pipeline;
-  t.Eq(sum_of_world_ranks(grid.dp()),
-       shape.data * d0 + shape.tensor * shape.pipeline * shape.data * (shape.data - 1) / 2, "dp members");
-  for (latam::Communicator* c : {&grid.world(), &grid.tp(), &grid.pp(), &grid.dp(), &grid.model_parallel()}) {
-    latam::CheckCollectives(*c, t);
+  // Every check runs twice: blocking in MPI_Wait (no timeout), then polling
+  // under the hang watchdog (a timeout no healthy check comes near).
+  for (const double timeout_s : {0.0, 120.0}) {
+    const std::string mode = timeout_s > 0 ? " (watchdog on)" : "";
+    latam::ProcessGrid grid(std::make_unique<latam::MpiCommunicator>(MPI_COMM_WORLD, "world", timeout_s), shape);
+    const int w = mpi.world_rank();
+    // Megatron order: tensor innermost, then pipeline, then data.
+    t.Eq(grid.tp_rank(), w % shape.tensor, "tp rank" + mode);
+    t.Eq(grid.pp_rank(), (w / shape.tensor) % shape.pipeline, "pp rank" + mode);
+    t.Eq(grid.dp_rank(), w / (shape.tensor * shape.pipeline), "dp rank" + mode);
+    t.Eq(grid.tp().size(), shape.tensor, "tp size" + mode);
+    t.Eq(grid.pp().size(), shape.pipeline, "pp size" + mode);
+    t.Eq(grid.dp().size(), shape.data, "dp size" + mode);
+    // Each group's members, identified by the sum of their world ranks.
+    const auto sum_of_world_ranks = [&](latam::Communicator& c) {
+      return static_cast<int>(c.AllReduceScalar(w, latam::ReduceOp::kSum));
+    };
+    const int t0 = w - grid.tp_rank();  // first world rank of my tp group
+    t.Eq(sum_of_world_ranks(grid.tp()), shape.tensor * t0 + shape.tensor * (shape.tensor - 1) / 2,
+         "tp members" + mode);
+    const int p0 = w - grid.pp_rank() * shape.tensor;
+    t.Eq(sum_of_world_ranks(grid.pp()),
+         shape.pipeline * p0 + shape.tensor * shape.pipeline * (shape.pipeline - 1) / 2, "pp members" + mode);
+    const int d0 = w - grid.dp_rank() * shape.tensor * shape.pipeline;
+    t.Eq(sum_of_world_ranks(grid.dp()),
+         shape.data * d0 + shape.tensor * shape.pipeline * shape.data * (shape.data - 1) / 2, "dp members" + mode);
+    // The groups share the world's training position and its timeout.
+    grid.position().BeginStep(3);
+    for (latam::Communicator* c : {&grid.world(), &grid.tp(), &grid.pp(), &grid.dp(), &grid.model_parallel()}) {
+      t.Check(&c->position() == &grid.position(), c->name() + ": shares the world's position" + mode);
+      t.Eq(static_cast<latam::MpiCommunicator*>(c)->timeout_s(), timeout_s, c->name() + ": timeout" + mode);
+      latam::CheckCollectives(*c, t);
+    }
+    grid.world().Barrier();
   }
   return t.Finish();
 }

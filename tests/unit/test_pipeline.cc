@@ -1,7 +1,8 @@
 // Pipeline schedules: every micro-batch passes forward then backward through
 // every chunk exactly once, the whole pipeline can run them without waiting
 // forever (simulated), and in-flight micro-batches stay within what the
-// schedule needs (P - p on stage p for 1F1B).
+// schedule needs (P - p on stage p for 1F1B). The executor tells the hang
+// watchdog which micro-batch each pass belongs to.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -116,6 +117,49 @@ TEST(PipelineScheduleTest, InterleavedRunsWithoutDeadlock) {
 
 TEST(PipelineScheduleDeathTest, InterleavedNeedsMicroBatchesInGroupsOfStages) {
   EXPECT_DEATH(BuildSchedule(4, 0, 2, 6), "divisible by 4 stages");
+}
+
+// One stage of one chunk that records, at each pass, the micro-batch that
+// the pipeline group's TrainingPosition holds.
+class PositionRecordingStage : public PipelineStages {
+ public:
+  explicit PositionRecordingStage(const Communicator* pp) : pp_(pp) {}
+  int pipeline_stages() const override { return 1; }
+  int pipeline_rank() const override { return 0; }
+  int virtual_stages() const override { return 1; }
+  int num_chunks() const override { return 1; }
+  PipelineChunk chunk(int) const override { return {0, true, true}; }
+  int slots(int) const override { return 1; }
+  int64_t tokens_per_micro_batch() const override { return 4; }
+  Tensor Input(int, int) const override { return Tensor(); }
+  Tensor Output(int, int) const override { return Tensor(); }
+  Tensor Grad(int, int) const override { return Tensor(); }
+  void Forward(int, int, const int32_t*, const int32_t*, const int32_t*, float, bool, bool) override {
+    seen.push_back(pp_->position().micro_batch());
+  }
+  void Backward(int, int, bool) override { seen.push_back(pp_->position().micro_batch()); }
+  double TakeLoss() override { return 0.0; }
+
+  std::vector<int> seen;
+
+ private:
+  const Communicator* pp_;
+};
+
+TEST(PipelineExecutorTest, SetsTheMicroBatchOfEachPassForTheHangReport) {
+  SelfCommunicator pp("pp");
+  pp.position().BeginStep(4);
+  PositionRecordingStage stage(&pp);
+  PipelineExecutor executor(&stage, &pp, 3);
+  const auto fetch = [](int, int32_t*, int32_t*, int32_t*) {};
+  executor.TrainStep(fetch, 1.0f);
+  EXPECT_EQ(stage.seen, (std::vector<int>{0, 0, 1, 1, 2, 2}));
+  EXPECT_EQ(pp.position().micro_batch(), TrainingPosition::kNoMicroBatch);  // cleared after the passes
+  EXPECT_EQ(pp.position().step(), 4);
+  stage.seen.clear();
+  executor.EvalStep(2, fetch);
+  EXPECT_EQ(stage.seen, (std::vector<int>{0, 1}));
+  EXPECT_EQ(pp.position().micro_batch(), TrainingPosition::kNoMicroBatch);
 }
 
 }  // namespace
