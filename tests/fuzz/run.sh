@@ -62,9 +62,10 @@ build=${FUZZ_BUILD_DIR:-build-fuzz}
 launcher=()
 if command -v ccache >/dev/null 2>&1; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
 t0=$SECONDS
+mkdir -p "$build"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER="$cxx" "${launcher[@]}" \
-  -DLATAM_FUZZ=ON -DLATAM_CUDA=OFF -DLATAM_BUILD_TESTS=OFF >"$build.configure.log" 2>&1 ||
-  { cat "$build.configure.log"; echo "fuzz: configure failed" >&2; exit 1; }
+  -DLATAM_FUZZ=ON -DLATAM_CUDA=OFF -DLATAM_BUILD_TESTS=OFF >"$build/configure.log" 2>&1 ||
+  { cat "$build/configure.log"; echo "fuzz: configure failed" >&2; exit 1; }
 cmake --build "$build" -j "$(nproc)" || { echo "fuzz: build failed" >&2; exit 1; }
 echo "fuzz: build ${build} in $((SECONDS - t0)) s"
 
