@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <optional>
 
 #include "parallel/grid.h"
 #include "parallel/watchdog.h"
@@ -80,10 +81,17 @@ TEST(PollUntilDoneTest, GivesUpAtTheDeadline) {
 }
 
 TEST(PollUntilDoneTest, NoDeadlineWaitsPastAnyTimeout) {
-  // timeout 0: waiting goes on until done, however long it takes.
-  const auto start = std::chrono::steady_clock::now();
-  const PollOutcome outcome =
-      PollUntilDone([&] { return std::chrono::steady_clock::now() - start > std::chrono::milliseconds(50); }, 0.0);
+  // timeout 0: waiting goes on until done, however long it takes. The
+  // 50 ms count from the first poll, which comes after PollUntilDone
+  // started its own clock, so waited_s cannot be shorter.
+  std::optional<std::chrono::steady_clock::time_point> first;
+  const PollOutcome outcome = PollUntilDone(
+      [&] {
+        const auto now = std::chrono::steady_clock::now();
+        if (!first) first = now;
+        return now - *first > std::chrono::milliseconds(50);
+      },
+      0.0);
   EXPECT_TRUE(outcome.done);
   EXPECT_GE(outcome.waited_s, 0.05);
 }
