@@ -42,7 +42,7 @@ Status ForEachDocument(const std::string& path, const std::string& text_field,
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
       return Status::InvalidInput(path + ":" + std::to_string(line_no) + ": not valid JSON: " + e.what());
     }
     if (!j.is_object() || !j.contains(text_field) || !j[text_field].is_string()) {

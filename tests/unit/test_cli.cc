@@ -289,11 +289,15 @@ TEST_F(CliTest, DataPipelineFromCorpusToShards) {
   // Bad input: exit 2 with the file, line, field or id named.
   std::ofstream(dir_ / "bad.jsonl") << "{\"text\": \"ok\"}\n{\"text\": 5}\n";
   std::ofstream(dir_ / "broken.jsonl") << "{\"text\": \"ok\"}\n{\"text\": \"x\"\n";
+  // A number no double holds (the JSON library throws out_of_range, not parse_error).
+  std::ofstream(dir_ / "huge.jsonl") << "{\"text\": \"ok\"}\n{\"text\": 1e400}\n";
   const std::vector<std::pair<std::string, std::string>> bad = {
       {" encode --tokenizer " + tok + " --out " + (dir_ / "x.bin").string() + " " + (dir_ / "bad.jsonl").string(),
        "bad.jsonl:2: no string field \"text\""},
       {" encode --tokenizer " + tok + " --out " + (dir_ / "x.bin").string() + " " + (dir_ / "broken.jsonl").string(),
        "broken.jsonl:2: not valid JSON"},
+      {" encode --tokenizer " + tok + " --out " + (dir_ / "x.bin").string() + " " + (dir_ / "huge.jsonl").string(),
+       "huge.jsonl:2: not valid JSON"},
       {" encode --tokenizer " + tok + " --out " + (dir_ / "x.bin").string() + " --eos-token '<nope>' " + corpus,
        "has no token '<nope>'"},
       {" encode --tokenizer " + tok + " --out " + (dir_ / "x.bin").string() + " --bos-token '<bos?>' " + corpus,
