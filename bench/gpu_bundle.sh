@@ -30,7 +30,8 @@ cd "$(dirname "$0")/.."
 
 BUILD=${1:-build}
 BUNDLE=${2:-gpu-bundle}
-PROGRAMS=(latam_cuda_tests bench_cuda_kernels latam-train latam-data)
+# latam-train is the signal-blocking launcher; it execs latam-train-main from its own folder.
+PROGRAMS=(latam_cuda_tests bench_cuda_kernels latam-train latam-train-main latam-data)
 # Libraries never bundled: the C runtime, the C++ runtime (PyTorch needs the
 # GPU machine's newer one, and the bundle's programs run with it), the
 # kernel's vDSO, and the CUDA libraries the GPU machine provides.
