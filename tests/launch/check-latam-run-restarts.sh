@@ -145,7 +145,7 @@ while [ "$(grep -c 'latam-train: loaded everything' "$T/crash.out")" -lt 1 ] ||
   [ "$SECONDS" -lt "$deadline" ] && kill -0 "$run_pid" 2>/dev/null || break
   sleep 0.05
 done
-recovered_s=$(echo "$(date +%s.%N) - $killed_at" | bc)
+recovered_s=$(awk -v a="$killed_at" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 finish crash
 [ "$rc" -eq 0 ] || { show; fail "crash: latam-run exited $rc after a rank was killed, expected 0 after a restart"; }
 expect "$out" "failed \(exit [0-9]+[^)]*\): restart 1 of 2 in 1 s with --resume auto, from step (5|10) " "crash: restarted"
