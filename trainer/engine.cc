@@ -138,6 +138,7 @@ Result<StepResult> Engine::Step(int64_t step, uint64_t first_sample, const Sampl
   optimizer_->FinishGradientReduction();
   // A data error on any rank stops every rank, after the step's communication.
   const double bad = grid_->world().AllReduceScalar(status.ok() ? 0.0 : 1.0, ReduceOp::kSum);
+  stopped_by_other_rank_ = status.ok() && bad > 0;
   if (!status.ok()) return status;
   if (bad > 0) return Status::InvalidInput("a data error on another rank stopped the step");
 
@@ -215,6 +216,7 @@ Result<double> Engine::Evaluate(int64_t n, const SampleFn& sample) {
   optimizer_->FinishParameterGather();
   const double local_loss = executor_->EvalStep(micro_batches, fetch);
   const double bad = grid_->world().AllReduceScalar(status.ok() ? 0.0 : 1.0, ReduceOp::kSum);
+  stopped_by_other_rank_ = status.ok() && bad > 0;
   if (!status.ok()) return status;
   if (bad > 0) return Status::InvalidInput("a data error on another rank stopped the evaluation");
   const bool reports = model_->layout().holds_head() && grid_->tp_rank() == 0;

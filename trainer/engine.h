@@ -97,6 +97,12 @@ class Engine {
   int micro_batches() const { return micro_batches_; }
   // The bad-step detector's window and skip count (checkpointed by the trainer).
   BadStepDetector& health() { return health_; }
+  // After Step or Evaluate failed: true when this rank's own data was fine
+  // and it stopped only because another rank's was not. Every rank fails the
+  // same call together; the caller then agrees on the failing ranks' status
+  // over MPI (AgreeOnStatus, passing Ok on the ranks where this is true), so
+  // that the message of the rank that found the error reaches the user.
+  bool stopped_by_other_rank() const { return stopped_by_other_rank_; }
 
  private:
   Config config_;
@@ -107,6 +113,7 @@ class Engine {
   std::unique_ptr<AdamWOptimizer> optimizer_;
   int micro_batches_ = 0;
   BadStepDetector health_;
+  bool stopped_by_other_rank_ = false;
   // This rank's share of each sequence, and staging for whole windows
   // under context parallelism.
   ContextSplit context_;

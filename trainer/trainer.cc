@@ -250,6 +250,14 @@ Status Trainer::PollSave(bool wait) {
   return Status::Ok();
 }
 
+Status Trainer::AgreeOnEngineError(const Status& status) {
+  // Every rank failed the same Step or Evaluate; the ranks whose own data
+  // was fine step aside so that the message of the lowest rank that found
+  // the error (file, offset, reason) is the one every rank returns.
+  const Status agreed = AgreeOnStatus(engine_->stopped_by_other_rank() ? Status::Ok() : status, MPI_COMM_WORLD);
+  return agreed.ok() ? status : agreed;
+}
+
 Result<std::vector<double>> Trainer::Evaluate() {
   std::vector<double> losses;
   double total = 0.0, count = 0.0;
@@ -259,7 +267,9 @@ Result<std::vector<double>> Trainer::Evaluate() {
     auto sample = [&](uint64_t k, int32_t* ids, int32_t* targets, int32_t* doc_start) {
       return ds->ReadWindow(k % ds->num_windows(), ids, targets, doc_start);
     };
-    LATAM_ASSIGN_OR_RETURN(const double loss, engine_->Evaluate(samples, sample));
+    Result<double> evaluated = engine_->Evaluate(samples, sample);
+    if (!evaluated.ok()) return AgreeOnEngineError(evaluated.status());
+    const double loss = *evaluated;
     losses.push_back(loss);
     total += loss * static_cast<double>(samples);
     count += static_cast<double>(samples);
@@ -389,7 +399,9 @@ Status Trainer::Run() {
     grid_->ResetStats();
     // A roll-back marked the samples of its bad steps: training jumps over them.
     consumed_ = skipped_.NextStart(consumed_);
-    LATAM_ASSIGN_OR_RETURN(const StepResult r, engine_->Step(step, consumed_, sample));
+    Result<StepResult> stepped = engine_->Step(step, consumed_, sample);
+    if (!stepped.ok()) return AgreeOnEngineError(stepped.status());
+    const StepResult r = *stepped;
     if (device_ != nullptr) device_->SampleMemory();
     consumed_ += static_cast<uint64_t>(t.global_batch_size());
     if (r.verdict != StepVerdict::kUpdate) {

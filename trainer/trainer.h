@@ -59,6 +59,8 @@ class Trainer {
   Status Run();
   // Mean loss per eval dataset (in config order) and their token-weighted mean.
   Result<std::vector<double>> Evaluate();
+  // The error Engine::Step or Evaluate returned, agreed over every rank.
+  Status AgreeOnEngineError(const Status& status);
 
   Engine& engine() { return *engine_; }
   // The step training starts from (after a resume) and the samples consumed.

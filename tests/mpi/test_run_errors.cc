@@ -7,11 +7,15 @@
 //   - a refused start (--resume none on a run with checkpoints, or a resume
 //     whose --set contradicts the checkpoint) writes nothing into the run
 //     directory: config.textproto, metrics.jsonl and the TensorBoard file
-//     keep their bytes and no file appears.
+//     keep their bytes and no file appears;
+//   - a bad token that only a non-zero rank reads mid-run (in a training
+//     step or in an evaluation, TP2 x DP2) reaches the user with that rank,
+//     the file and the token named, and every rank exits 2.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <map>
+#include <set>
 #include <string>
 
 #include "tests/test_util.h"
@@ -50,6 +54,17 @@ class RunErrorsTest : public ::testing::Test {
            std::to_string(i) + "].path=" + (dir_ / "train.bin").string();
     }
     return c;
+  }
+
+  // A copy of `from` whose token `index` holds `id` (shard layout: a
+  // 32-byte header, then uint32 tokens).
+  fs::path DamagedCopy(const std::string& from, const std::string& name, uint64_t index, uint32_t id) const {
+    std::string bytes = testing::ReadFileBytes(dir_ / from);
+    const size_t at = 32 + 4 * index;
+    EXPECT_LT(at + 4, bytes.size());
+    for (int i = 0; i < 4; ++i) bytes[at + static_cast<size_t>(i)] = static_cast<char>((id >> (8 * i)) & 0xff);
+    testing::WriteFileBytes(dir_ / name, bytes);
+    return dir_ / name;
   }
 
   // Every file under `run` with its bytes.
@@ -109,6 +124,49 @@ TEST_F(RunErrorsTest, RefusedStartWritesNothing) {
   auto other = Run(TrainCommand("a", 4) + " --resume auto --set model.dim=64 --set model.ffn_dim=128");
   EXPECT_EQ(other.exit_code, 2) << other.out << other.err;
   EXPECT_EQ(Snapshot("a"), before);
+}
+
+TEST_F(RunErrorsTest, MidRunDataErrorOfANonZeroRankReachesTheUser) {
+  // TP2 x DP2: data-parallel rank 1 is global ranks 2 and 3. The evaluation
+  // reads windows in file order, window k on data-parallel rank k % 2, so
+  // window 1 (tokens 16..32 at seq_len 16) is read by ranks 2 and 3 only.
+  // Token 20 lies in window 1 alone. The first evaluation is at step 2.
+  const fs::path eval = DamagedCopy("train.bin", "eval_bad.bin", 20, 100000);
+  const std::string dp2 =
+      " --set parallel.pipeline=1 --set train.eval_every=2 --set train.eval_samples=4 --set train.log_every=1";
+  std::string command = TrainCommand("c", 4) + dp2;
+  for (int i = 0; i < 3; ++i) command += " --set data.eval[" + std::to_string(i) + "].path=" + eval.string();
+  auto r = Run(command);
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+  EXPECT_NE(r.out.find("step      2/4"), std::string::npos) << "the error should come mid-run\n" << r.out;
+  EXPECT_NE(r.err.find("latam-train: error: rank 2: "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("eval_bad.bin: token 20 has id 100000"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("another rank"), std::string::npos) << r.err;
+
+  // A training step: each step draws 4 windows, 2 per data-parallel rank,
+  // from a dataset of 12 windows. Damaging one window at a time, some window
+  // is read first by data-parallel rank 1, and its message must name rank 2,
+  // never "another rank".
+  const auto gen = Run(BinPath("latam-data") + " synthesize --out " + (dir_ / "small.bin").string() +
+                       " --vocab 512 --tokens 200 --seed 4");
+  ASSERT_EQ(gen.exit_code, 0) << gen.err;
+  std::set<std::string> reporters;
+  for (uint64_t window = 0; window < 12 && !reporters.count("2"); ++window) {
+    const fs::path train = DamagedCopy("small.bin", "train_bad.bin", window * 16 + 4, 100000);
+    std::string c = TrainCommand(std::string("d").append(std::to_string(window)), 4) + dp2 + " --set train.eval_every=0";
+    for (int i = 0; i < 3; ++i) c += " --set data.train[" + std::to_string(i) + "].path=" + train.string();
+    auto t = Run(c);
+    if (t.exit_code == 0) continue;  // no step of the run drew this window
+    EXPECT_EQ(t.exit_code, 2) << t.out << t.err;
+    EXPECT_NE(t.err.find("train_bad.bin: token " + std::to_string(window * 16 + 4) + " has id 100000"),
+              std::string::npos)
+        << t.err;
+    EXPECT_EQ(t.err.find("another rank"), std::string::npos) << t.err;
+    const size_t at = t.err.find("latam-train: error: rank ");
+    ASSERT_NE(at, std::string::npos) << t.err;
+    reporters.insert(t.err.substr(at + 25, 1));
+  }
+  EXPECT_TRUE(reporters.count("2")) << "no damaged window was found by data-parallel rank 1 first";
 }
 
 }  // namespace
