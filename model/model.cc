@@ -132,6 +132,11 @@ TensorTable BuildActivationTable(const ModelShape& s, const ModelLayout& l, cons
   add("dgu", o.dtype, Shape{m, 2 * l.ffn});
   add("dact", o.dtype, Shape{m, l.ffn});
   add("partial", o.dtype, Shape{m, s.dim});
+  if (o.lora.enabled()) {
+    // LoRA's u = x A^T and its gradient, shared by all adapted projections.
+    add("lora_u", o.dtype, Shape{m, o.lora.rank});
+    add("lora_du", o.dtype, Shape{m, o.lora.rank});
+  }
   if (o.sequence_parallel) {
     add("seq_norm", o.dtype, Shape{rows, s.dim});
     add("seq_sum", o.dtype, Shape{rows, s.dim});
@@ -217,10 +222,22 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
   } else {
     ops_ = MakeCudaOps(ops_shape, rope, options.dtype, options.stream, options.attention);
   }
-  const ParameterPlacement placement{options.device, options.dtype, options.stream, options.fp32_weights,
-                                    options.pooled_grads};
+  // A frozen base (LoRA) has no optimizer to hold its master weights: it
+  // keeps them itself.
+  const ParameterPlacement placement{options.device, options.dtype, options.stream,
+                                    options.fp32_weights || options.lora.enabled(), options.pooled_grads};
   params_ = std::make_unique<ParameterSet>(LlamaParameterSpecs(shape_, layout_), param_pad_to, placement,
                                            grad_bucket_elems);
+  if (options.lora.enabled()) {
+    // The adapter's parameters and gradients (small), placed and padded like
+    // the base set would be, so that its optimizer can shard it the same way
+    // (its gradients are never pooled: ZeRO-2 is refused with an adapter).
+    ParameterPlacement adapter_placement = placement;
+    adapter_placement.fp32_weights = options.fp32_weights;
+    adapter_placement.pooled_grads = false;
+    adapter_ = std::make_unique<ParameterSet>(LoraParameterSpecs(shape_, layout_, options.lora), param_pad_to,
+                                              adapter_placement, 0);
+  }
   act_table_ = BuildActivationTable(shape_, layout_, options);
   act_arena_ = Arena(options.device, act_table_.total_bytes());
 
@@ -247,6 +264,27 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
         w.down = get("mlp.down_proj.weight");
         (grad ? weight_grads_ : weights_).push_back(w);
       }
+      // The adapted projections and where each one's output sits in the
+      // (fused) base output: q, k, v in QKV; gate, up in gate/up.
+      std::array<LoraSite, kNumLoraTargets> sites{};
+      if (adapter_ != nullptr) {
+        const int64_t q = layout_.heads * shape_.head_dim, kv = layout_.kv_heads * shape_.head_dim;
+        const int64_t offsets[kNumLoraTargets] = {0, q, q + kv, 0, 0, layout_.ffn, 0};
+        const int64_t strides[kNumLoraTargets] = {q + 2 * kv, q + 2 * kv, q + 2 * kv, dim, 2 * layout_.ffn,
+                                                  2 * layout_.ffn, dim};
+        for (int i = 0; i < kNumLoraTargets; ++i) {
+          const auto t = static_cast<LoraTarget>(i);
+          if (!options.lora.has(t)) continue;
+          LoraSite& site = sites[static_cast<size_t>(i)];
+          site.a = adapter_->compute(LoraParamName(layer, t, false));
+          site.b = adapter_->compute(LoraParamName(layer, t, true));
+          site.da = adapter_->grad(LoraParamName(layer, t, false));
+          site.db = adapter_->grad(LoraParamName(layer, t, true));
+          site.out_offset = offsets[i];
+          site.out_stride = strides[i];
+        }
+      }
+      lora_sites_.push_back(sites);
     }
   }
   // Which tensors become final together (see OnGradientsFinal).
@@ -343,6 +381,10 @@ void LlamaModel::Build(const ActivationOptions& options, int64_t param_pad_to, i
   dgu_ = act("dgu");
   dact_ = act("dact");
   partial_ = act("partial");
+  if (adapter_ != nullptr) {
+    lora_u_ = act("lora_u");
+    lora_du_ = act("lora_du");
+  }
   if (sequence_parallel_) {
     seq_norm_ = act("seq_norm");
     seq_sum_ = act("seq_sum");
@@ -425,6 +467,7 @@ void LlamaModel::LayerForward(int64_t local_layer, const Tensor& x, const Tensor
   // (to the row shard under sequence parallelism, where x and h are shards).
   NormForward(x, w.attn_norm, a.xn, a.rstd1);
   ops_->LinearForward(a.xn, w.qkv, a.qkv, false);
+  AdapterForward(local_layer, {LoraTarget::kQ, LoraTarget::kK, LoraTarget::kV}, a.xn, a.qkv);
   ops_->RopeForward(a.qkv, n_rot_heads_, rope_positions_);
   if (ring_ != nullptr) {
     ring_->Forward(a.qkv, a.att, a.lse, attention_docs_);
@@ -432,13 +475,16 @@ void LlamaModel::LayerForward(int64_t local_layer, const Tensor& x, const Tensor
     ops_->AttentionForward(a.qkv, a.att, a.lse, attention_docs_);
   }
   ops_->LinearForward(a.att, w.o, partial_, false);
+  AdapterForward(local_layer, {LoraTarget::kO}, a.att, partial_);
   const Tensor attn_out = RowParallelSum();
   // MLP block: x_next = h + down(swiglu(gate_up(norm(h)))); down is row-parallel.
   ops_->AddRmsNormForward(x, attn_out, w.mlp_norm, eps, a.h, sequence_parallel_ ? seq_norm_ : a.hn, a.rstd2);
   if (sequence_parallel_) tp_.GatherSequence(seq_norm_, a.hn);
   ops_->LinearForward(a.hn, w.gate_up, a.gu, false);
+  AdapterForward(local_layer, {LoraTarget::kGate, LoraTarget::kUp}, a.hn, a.gu);
   ops_->SwigluForward(a.gu, a.act);
   ops_->LinearForward(a.act, w.down, partial_, false);
+  AdapterForward(local_layer, {LoraTarget::kDown}, a.act, partial_);
   ops_->Add(a.h, RowParallelSum(), x_next);
 }
 
@@ -453,16 +499,19 @@ void LlamaModel::LayerBackward(int64_t local_layer, const Tensor& x, const Tenso
   // over tensor parallelism before the norm's backward.
   const Tensor dy_mlp = FullRows(grad);
   ops_->LinearBackwardInput(dy_mlp, w.down, dact_, false);
-  ops_->LinearBackwardWeight(dy_mlp, a.act, g.down);
+  AdapterBackward(local_layer, {LoraTarget::kDown}, a.act, dy_mlp, dact_);
+  if (adapter_ == nullptr) ops_->LinearBackwardWeight(dy_mlp, a.act, g.down);
   ops_->SwigluBackward(dact_, a.gu, dgu_);
   ops_->LinearBackwardInput(dgu_, w.gate_up, dnorm_, false);
+  AdapterBackward(local_layer, {LoraTarget::kGate, LoraTarget::kUp}, a.hn, dgu_, dnorm_);
   const Tensor dhn = ColumnParallelSum(dnorm_);
-  ops_->LinearBackwardWeight(dgu_, a.hn, g.gate_up);
+  if (adapter_ == nullptr) ops_->LinearBackwardWeight(dgu_, a.hn, g.gate_up);
   ops_->RmsNormBackward(dhn, a.h, w.mlp_norm, a.rstd2, grad, true, g.mlp_norm);
   // Attention block; `grad` now holds dL/dh.
   const Tensor dy_attn = FullRows(grad);
   ops_->LinearBackwardInput(dy_attn, w.o, datt_, false);
-  ops_->LinearBackwardWeight(dy_attn, a.att, g.o);
+  AdapterBackward(local_layer, {LoraTarget::kO}, a.att, dy_attn, datt_);
+  if (adapter_ == nullptr) ops_->LinearBackwardWeight(dy_attn, a.att, g.o);
   if (ring_ != nullptr) {
     ring_->Backward(a.qkv, a.att, datt_, a.lse, dqkv_, attention_docs_);
   } else {
@@ -470,8 +519,9 @@ void LlamaModel::LayerBackward(int64_t local_layer, const Tensor& x, const Tenso
   }
   ops_->RopeBackward(dqkv_, n_rot_heads_, rope_positions_);
   ops_->LinearBackwardInput(dqkv_, w.qkv, dnorm_, false);
+  AdapterBackward(local_layer, {LoraTarget::kQ, LoraTarget::kK, LoraTarget::kV}, a.xn, dqkv_, dnorm_);
   const Tensor dxn = ColumnParallelSum(dnorm_);
-  ops_->LinearBackwardWeight(dqkv_, a.xn, g.qkv);
+  if (adapter_ == nullptr) ops_->LinearBackwardWeight(dqkv_, a.xn, g.qkv);
   ops_->RmsNormBackward(dxn, x, w.attn_norm, a.rstd1, grad, true, g.attn_norm);
 }
 
@@ -630,11 +680,45 @@ void LlamaModel::Backward(int chunk, int slot, bool last_micro_batch) {
       }
       ReportFinal(layer_tensors_[layer], last_micro_batch);
     }
+    if (last_micro_batch && adapter_ != nullptr) FinishAdapterGrads(layer);
   }
   if (info.first) {
     NeedGrads(embedding_tensors_);
     ops_->EmbeddingBackward(s.ids, FullRows(s.grad), layout_.vocab_offset, embed_grad_);
     if (last_micro_batch || options_.pooled_grads) ReportFinal(embedding_tensors_, last_micro_batch);
+  }
+}
+
+void LlamaModel::AdapterForward(int64_t local_layer, std::initializer_list<LoraTarget> targets, const Tensor& x,
+                                const Tensor& y) {
+  if (adapter_ == nullptr) return;
+  for (LoraTarget t : targets) {
+    const LoraSite& site = lora_sites_[static_cast<size_t>(local_layer)][static_cast<size_t>(t)];
+    if (site.a.data != nullptr) LoraForward(*ops_, site, options_.lora.scale(), x, lora_u_, y);
+  }
+}
+
+void LlamaModel::AdapterBackward(int64_t local_layer, std::initializer_list<LoraTarget> targets, const Tensor& x,
+                                 const Tensor& dy, const Tensor& dx) {
+  if (adapter_ == nullptr) return;
+  for (LoraTarget t : targets) {
+    const LoraSite& site = lora_sites_[static_cast<size_t>(local_layer)][static_cast<size_t>(t)];
+    if (site.a.data != nullptr) LoraBackward(*ops_, site, options_.lora.scale(), x, dy, dx, lora_u_, lora_du_);
+  }
+}
+
+void LlamaModel::FinishAdapterGrads(size_t local_layer) {
+  // See model/lora.h: a column-parallel target's dA and a row-parallel
+  // target's dB are partial sums over tensor parallelism; the k and v rows
+  // of B replicated over KV replicas sum over them like the base weights.
+  for (int i = 0; i < kNumLoraTargets; ++i) {
+    const LoraSite& site = lora_sites_[local_layer][static_cast<size_t>(i)];
+    if (site.a.data == nullptr) continue;
+    const auto t = static_cast<LoraTarget>(i);
+    if (layout_.tp > 1) tp_.SumReplicatedGrad(IsRowParallel(t) ? site.db : site.da);
+    if (layout_.kv_replicas > 1 && (t == LoraTarget::kK || t == LoraTarget::kV)) {
+      comms_.kv_replicas->AllReduceSync(site.db, ReduceOp::kSum);
+    }
   }
 }
 

@@ -90,7 +90,9 @@
 #pragma once
 
 #include <cstdint>
+#include <array>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <vector>
 
@@ -99,6 +101,7 @@
 #include "parallel/pipeline.h"
 #include "parallel/tensor_parallel.h"
 #include "model/layout.h"
+#include "model/lora.h"
 #include "model/model_ops.h"
 #include "model/ring_attention.h"
 #include "parallel/context_parallel.h"
@@ -158,6 +161,11 @@ struct ActivationOptions {
   // (ParameterPlacement::pooled_grads), reported final after every
   // micro-batch (see above).
   bool pooled_grads = false;
+  // LoRA (model/lora.h): when enabled, the model also holds the adapter's
+  // parameter set (adapter_parameters()); the base weights are frozen: the
+  // backward pass computes input gradients through them and the adapter's
+  // weight gradients, not the base projections' weight gradients.
+  LoraOptions lora;
 };
 
 // Bytes of the activation arena and kernel workspaces a LlamaModel with this
@@ -206,6 +214,10 @@ class LlamaModel : public PipelineStages {
   const ModelLayout& layout() const { return layout_; }
   ParameterSet& parameters() { return *params_; }
   const ParameterSet& parameters() const { return *params_; }
+  // The LoRA adapter's parameters (null without one). After the step's last
+  // micro-batch their gradients are complete (summed over tensor parallelism
+  // and KV replicas; not over data parallelism).
+  ParameterSet* adapter_parameters() { return adapter_.get(); }
   // PipelineStages (parallel/pipeline.h).
   int pipeline_stages() const override { return layout_.pp; }
   int pipeline_rank() const override { return layout_.pp_rank; }
@@ -304,6 +316,13 @@ class LlamaModel : public PipelineStages {
   void LayerForward(int64_t local_layer, const Tensor& x, const Tensor& x_next, const LayerActivations& a);
   void LayerBackward(int64_t local_layer, const Tensor& x, const Tensor& grad, const LayerActivations& a);
   void RecomputeElementwise(int64_t local_layer, const Tensor& x, const LayerActivations& a, const Tensor& rstd);
+  // LoRA on the targets of one base GEMM: y += s (x A^T) B^T; and its backward,
+  // adding to dx and to the adapter's gradients (no-ops without an adapter).
+  void AdapterForward(int64_t local_layer, std::initializer_list<LoraTarget> targets, const Tensor& x,
+                      const Tensor& y);
+  void AdapterBackward(int64_t local_layer, std::initializer_list<LoraTarget> targets, const Tensor& x,
+                       const Tensor& dy, const Tensor& dx);
+  void FinishAdapterGrads(size_t local_layer);
   void HeadForward(const Tensor& x_last, const int32_t* targets, float grad_scale, bool with_grads,
                      const Tensor& grad_out);
 
@@ -319,6 +338,9 @@ class LlamaModel : public PipelineStages {
   std::unique_ptr<ModelOps> ops_;
   std::unique_ptr<ParameterSet> params_;
   std::vector<LayerWeights> weights_, weight_grads_;  // per local layer
+  std::unique_ptr<ParameterSet> adapter_;
+  std::vector<std::array<LoraSite, kNumLoraTargets>> lora_sites_;  // per local layer; a.data null: not adapted
+  Tensor lora_u_, lora_du_;
   Tensor embed_, embed_grad_, head_, head_grad_, final_norm_, final_norm_grad_;
 
   TensorTable act_table_;

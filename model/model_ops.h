@@ -73,6 +73,18 @@ class ModelOps {
   virtual void LinearForward(const Tensor& x, const Tensor& w, const Tensor& y, bool accumulate) = 0;
   virtual void LinearBackwardInput(const Tensor& dy, const Tensor& w, const Tensor& dx, bool accumulate) = 0;
   virtual void LinearBackwardWeight(const Tensor& dy, const Tensor& x, const Tensor& dw) = 0;
+  // kernels/gemm.h Gemm with row strides, on blocks of this device's tensors:
+  // C = alpha op(A) op(B) + beta C, where each operand starts at an element
+  // offset into its tensor (a column block of a wider matrix: offset = the
+  // block's first column, ld = the full row width). A and B share a dtype;
+  // C is f32 or that dtype (the CPU: all f32). Offsets and extents are checked.
+  struct GemmOperand {
+    const Tensor& t;
+    int64_t offset;
+    int64_t ld;
+  };
+  virtual void StridedGemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, GemmOperand a,
+                           GemmOperand b, float beta, GemmOperand c) = 0;
   // kernels/rope.h on the first n_rot_heads heads of each fused-QKV row, in place.
   // positions: null, row m at position m % seq_len (the OpsShape's); else row
   // m at positions[m] (int32, one per row, in the ops' memory: host or
@@ -164,6 +176,12 @@ class ModelOps {
 // Bytes of workspace an ops object for `device` allocates (the same for any
 // activation dtype: workspaces are f32 and int32). A build without CUDA
 // returns 0 for kCUDA, since it cannot size the device kernels' scratch.
+// Checks a StridedGemm call: every operand's block (offset, rows, columns,
+// ld) lies inside its tensor, on one device. Shared by the implementations.
+void CheckStridedOperands(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                          const ModelOps::GemmOperand& a, const ModelOps::GemmOperand& b,
+                          const ModelOps::GemmOperand& c);
+
 size_t OpsWorkspaceBytes(Device device, const OpsShape& shape);
 size_t CpuOpsWorkspaceBytes(const OpsShape& shape);
 size_t CudaOpsWorkspaceBytes(const OpsShape& shape);  // builds with CUDA only

@@ -59,6 +59,16 @@ class CpuOps final : public ModelOps {
   void LinearBackwardWeight(const Tensor& dy, const Tensor& x, const Tensor& dw) override {
     cpu::LinearBackwardWeight(dy, x, dw);
   }
+  void StridedGemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, GemmOperand a,
+                   GemmOperand b, float beta, GemmOperand c) override {
+    CheckStridedOperands(trans_a, trans_b, m, n, k, a, b, c);
+    for (const GemmOperand* o : {&a, &b, &c}) {
+      LATAM_CHECK(o->t.dtype == DType::kF32, "CPU GEMM operand of dtype " << DTypeName(o->t.dtype));
+    }
+    cpu::Gemm(trans_a, trans_b, m, n, k, alpha, static_cast<const float*>(a.t.data) + a.offset, a.ld,
+              static_cast<const float*>(b.t.data) + b.offset, b.ld, beta, static_cast<float*>(c.t.data) + c.offset,
+              c.ld);
+  }
   void RopeForward(const Tensor& qkv, int n_rot_heads, const int32_t* positions) override {
     cpu::RopeForward(qkv, shape_.attention.seq_len, n_rot_heads, rope_, positions);
   }

@@ -121,6 +121,32 @@ class CudaOps final : public ModelOps {
   void LinearBackwardWeight(const Tensor& dy, const Tensor& x, const Tensor& dw) override {
     cuda::LinearBackwardWeight(gemm_, dy, x, dw, stream_);
   }
+  void StridedGemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, GemmOperand a,
+                   GemmOperand b, float beta, GemmOperand c) override {
+    CheckStridedOperands(trans_a, trans_b, m, n, k, a, b, c);
+    LATAM_CHECK(a.t.dtype == b.t.dtype, "GEMM operands of dtypes " << DTypeName(a.t.dtype) << " and "
+                                                                     << DTypeName(b.t.dtype));
+    auto at = [](const GemmOperand& o) {
+      return static_cast<char*>(o.t.data) + static_cast<size_t>(o.offset) * DTypeSize(o.t.dtype);
+    };
+    cuda::GemmArgs g;
+    g.trans_a = trans_a;
+    g.trans_b = trans_b;
+    g.m = m;
+    g.n = n;
+    g.k = k;
+    g.alpha = alpha;
+    g.a = at(a);
+    g.lda = a.ld;
+    g.b = at(b);
+    g.ldb = b.ld;
+    g.beta = beta;
+    g.c = at(c);
+    g.ldc = c.ld;
+    g.ab_dtype = a.t.dtype;
+    g.c_dtype = c.t.dtype;
+    gemm_.Gemm(g, stream_);
+  }
   void RopeForward(const Tensor& qkv, int n_rot_heads, const int32_t* positions) override {
     cuda::RopeForward(qkv, shape_.attention.seq_len, n_rot_heads, rope_, stream_, positions);
   }

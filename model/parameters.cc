@@ -257,6 +257,7 @@ std::vector<float> ParameterSet::DrawWeights(uint64_t seed) const {
     const ParamSpec& p = specs_[i];
     float* data = host.data() + flat_offset(i);
     const int64_t n = p.shape.numel();
+    if (p.zero_init) continue;  // the host array starts at zero
     if (p.init_std == 0.0) {
       for (int64_t j = 0; j < n; ++j) data[j] = 1.0f;
       continue;

@@ -69,6 +69,8 @@ struct ParamSpec {
   // buckets (ParameterPlacement::pooled_grads) its bucket keeps storage of
   // its own.
   bool whole_step_grad = false;
+  // Initialised to zero (a LoRA B matrix), whatever init_std says.
+  bool zero_init = false;
 };
 
 // Canonical per-layer names.

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "model/layout.h"
+#include "model/lora.h"
 
 namespace latam {
 
@@ -442,6 +443,11 @@ Status ValidateConfig(const Config& config, const ValidationOptions& options) {
             "must be 0, 1 or 2 (got " + Checker::Str(p.zero_stage()) + ")");
   c.Finite(p.grad_bucket_mb(), "parallel.grad_bucket_mb");
   if (!c.ok()) return c.status();
+  LATAM_RETURN_IF_ERROR(ValidateAdapterConfig(config));
+  if (config.adapter().kind() != config::AdapterConfig::NONE) {
+    c.Require(p.zero_stage() <= 1, "parallel.zero_stage",
+              "must be 0 or 1 with an adapter (its gradients are small; ZeRO-2 pools the base's)");
+  }
   c.AtMost(p.pipeline(), "parallel.pipeline", ConfigLimits::kPipeline);
   c.AtMost(p.virtual_stages(), "parallel.virtual_stages", ConfigLimits::kVirtualStages);
   const int64_t ranks = int64_t{p.tensor()} * p.context() * p.pipeline() * std::max(1, p.data());

@@ -35,6 +35,10 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream)
   // ZeRO-2: gradient buckets in a two-slot pool, reduced after every
   // micro-batch (see AdamWOptimizer).
   act.pooled_grads = p.zero_stage() == 2;
+  // LoRA: the base is frozen and the optimizer updates the adapter only
+  // (ZeRO 0 or 1 over the adapter's own parameter set; validated).
+  act.lora = LoraOptionsFromConfig(config);
+  const bool adapter = act.lora.enabled();
   act.slots =
       SlotsNeeded(BuildSchedule(g.pipeline, grid->pp_rank(), p.virtual_stages(), micro_batches_), p.virtual_stages());
   ModelComms comms;
@@ -57,8 +61,20 @@ Engine::Engine(const Config& config, ProcessGrid* grid, Stream stream)
   OptimizerComms oc;
   oc.dp = &grid->replicas();
   oc.norm_group = zero >= 1 ? &grid->world() : &grid->model_parallel();
-  optimizer_ = std::make_unique<AdamWOptimizer>(&model_->parameters(), config.optimizer(), zero, oc);
+  ParameterSet* trained = adapter ? model_->adapter_parameters() : &model_->parameters();
+  optimizer_ = std::make_unique<AdamWOptimizer>(trained, config.optimizer(), zero, oc);
+  // The frozen base draws its weights like a model without an adapter (a
+  // checkpoint or an imported model then replaces them).
+  if (adapter) model_->parameters().InitWeights(config.train().seed());
   optimizer_->InitWeights(config.train().seed());
+  if (adapter) {
+    // The model reports the base's tensors, which this optimizer does not
+    // hold: the adapter's gradients (small) are reduced after the pipeline,
+    // and its ZeRO-1 all-gathers completed before the next forward.
+    adapter_tensors_.resize(trained->size());
+    for (size_t i = 0; i < adapter_tensors_.size(); ++i) adapter_tensors_[i] = i;
+    return;
+  }
   // ZeRO-1's parameter all-gathers run into the next forward, which waits
   // for each bucket only when it reaches its weights.
   model_->OnWeightsNeeded([this](const std::vector<size_t>& tensors) { optimizer_->WaitForWeights(tensors); });
@@ -129,9 +145,15 @@ Result<StepResult> Engine::Step(int64_t step, uint64_t first_sample, const Sampl
     }
   };
   model_->parameters().ZeroGrads();
+  if (!adapter_tensors_.empty()) {
+    model_->adapter_parameters()->ZeroGrads();
+    optimizer_->FinishParameterGather();
+  }
   optimizer_->BeginGradientReduction();
   const double local_loss = executor_->TrainStep(fetch, static_cast<float>(1.0 / tokens));
-  if (embedding_group_ != nullptr) {
+  if (!adapter_tensors_.empty()) {
+    optimizer_->GradientsFinal(adapter_tensors_);
+  } else if (embedding_group_ != nullptr) {
     embedding_group_->AllReduceSync(model_->parameters().grad(tied_embedding_), ReduceOp::kSum);
     optimizer_->GradientsFinal({tied_embedding_});
   }

@@ -91,6 +91,8 @@ class Engine {
   Result<double> Evaluate(int64_t n, const SampleFn& sample);
 
   LlamaModel& model() { return *model_; }
+  // The optimizer of the trained parameters: the model's, or with a LoRA
+  // adapter (config adapter { kind: LORA }) the adapter's only.
   AdamWOptimizer& optimizer() { return *optimizer_; }
   const Config& config() const { return config_; }
   ProcessGrid& grid() { return *grid_; }
@@ -114,6 +116,9 @@ class Engine {
   int micro_batches_ = 0;
   BadStepDetector health_;
   bool stopped_by_other_rank_ = false;
+  // With a LoRA adapter: every tensor index of the adapter's parameter set
+  // (empty without one).
+  std::vector<size_t> adapter_tensors_;
   // This rank's share of each sequence, and staging for whole windows
   // under context parallelism.
   ContextSplit context_;

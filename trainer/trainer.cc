@@ -78,6 +78,13 @@ Status Trainer::Init(const std::string& resume) {
   options.world_size = mpi_.world_size();
   options.check_files = true;
   LATAM_RETURN_IF_ERROR(ValidateConfig(config_, options));
+  if (config_.adapter().kind() != config::AdapterConfig::NONE) {
+    // The engine trains adapters (model/lora.h); checkpoints, resume and
+    // --plan do not describe them yet.
+    return Status::InvalidInput(
+        "adapter.kind: latam-train cannot train an adapter yet (its checkpoints would not hold it); remove the "
+        "adapter block");
+  }
   const auto& p = config_.parallel();
   LATAM_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> world, OpenWorld());
   grid_ = std::make_unique<ProcessGrid>(

@@ -49,6 +49,7 @@ namespace latam {
 namespace {
 
 constexpr int kSteps = 6;
+constexpr int kLoraRank = 4;
 
 // The layouts cycle through three gradient-bucket sizes: one bucket for the
 // whole shard (0), about two layers per bucket (0.05 MB; a layer holds 31 KB
@@ -67,6 +68,7 @@ struct LayoutArgs {
   int first = 0, last = 0;
   bool doc = false;    // data.document_mask
   bool reset = false;  // data.reset_positions
+  bool lora = false;   // adapter { kind: LORA } on every projection
   config::TrainConfig::Device device = config::TrainConfig::cpu;
 
   std::string Name() const {
@@ -79,6 +81,7 @@ struct LayoutArgs {
     if (first > 0 || last > 0) n += " stages " + std::to_string(first) + "/" + std::to_string(last);
     if (doc) n += " document_mask";
     if (reset) n += " reset_positions";
+    if (lora) n += " lora";
     n += " buckets " + std::to_string(BucketMb(tp, pp, dp, vs)) + " MB";
     if (device == config::TrainConfig::cuda) n += " cuda";
     return n;
@@ -111,6 +114,7 @@ bool ParseLayoutArgs(int argc, char** argv, LayoutArgs* a) {
     else if (key == "sp") { number(&flag); a->sp = flag != 0; }
     else if (key == "doc") { number(&flag); a->doc = flag != 0; }
     else if (key == "reset") { number(&flag); a->reset = flag != 0; }
+    else if (key == "lora") { number(&flag); a->lora = flag != 0; }
     else if (key == "recompute") {
       std::string upper = value;
       for (char& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
@@ -162,6 +166,15 @@ Config TinyConfig(const LayoutArgs& a) {
   t->set_recompute(a.recompute);
   t->set_device(a.device);
   t->set_seed(77);
+  if (a.lora) {
+    auto* adapter = c.mutable_adapter();
+    adapter->set_kind(config::AdapterConfig::LORA);
+    adapter->set_rank(kLoraRank);
+    adapter->set_alpha(8);
+    for (const char* target : {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}) {
+      adapter->add_targets(target);
+    }
+  }
   return c;
 }
 
@@ -238,6 +251,7 @@ int main(int argc, char** argv) {
   single_args.tied = args.tied;
   single_args.doc = args.doc;
   single_args.reset = args.reset;
+  single_args.lora = args.lora;
   single_args.device = args.device;
   Config single_config = TinyConfig(single_args);
   ValidationOptions vo;
@@ -331,6 +345,10 @@ int main(int argc, char** argv) {
       per_step_bytes = (2 * layers + (layout.holds_head() ? 1 : 0)) * dim;
     }
     if (zero == 2) per_step_bytes *= micro_batches;
+    // LoRA on all seven projections (model/lora.h): per layer and step, the
+    // partial gradients of the five column-parallel targets' A [r, dim] and
+    // of the two row-parallel targets' B [dim, r] are summed over the group.
+    if (args.lora && tp > 1) per_step_bytes += 7 * layers * kLoraRank * dim;
     t.Eq(grid.tp().stats().bytes_of(CommOp::kAllReduce), 4 * (micro_batches * tp_bytes + per_step_bytes),
          "tensor-parallel all-reduce bytes" + at);
     t.Eq(grid.tp().stats().bytes_of(CommOp::kReduceScatter), 4 * micro_batches * rs_bytes,
@@ -365,7 +383,9 @@ int main(int argc, char** argv) {
     // bucket after every micro-batch, except a tied embedding's (whole-step)
     // bucket, reduced once. All of it runs over the D x C replicas (the
     // data-parallel group itself when C = 1).
-    const ParameterSet& params = engine.model().parameters();
+    // With an adapter only its parameters are trained, reduced and gathered.
+    const ParameterSet& params =
+        args.lora ? *engine.model().adapter_parameters() : engine.model().parameters();
     const Communicator& replicas = grid.replicas();
     t.Eq(replicas.size(), dp * cp, "replicas");
     if (zero == 0) {
@@ -397,8 +417,16 @@ int main(int argc, char** argv) {
   }
 
   // Every block of this rank equals the single process's slice of it.
-  const ParameterSet& mine = engine.model().parameters();
-  const ParameterSet& whole = single.model().parameters();
+  std::vector<std::pair<const ParameterSet*, const ParameterSet*>> sets = {
+      {&engine.model().parameters(), &single.model().parameters()}};
+  if (args.lora) {
+    t.Check(engine.model().adapter_parameters() != nullptr && single.model().adapter_parameters() != nullptr,
+            "adapter parameters");
+    sets.emplace_back(engine.model().adapter_parameters(), single.model().adapter_parameters());
+  }
+  for (const auto& [mine_set, whole_set] : sets) {
+  const ParameterSet& mine = *mine_set;
+  const ParameterSet& whole = *whole_set;
   for (size_t i = 0; i < mine.size(); ++i) {
     const ParamSpec& spec = mine.spec(i);
     const Tensor full = whole.param(spec.name);
@@ -411,6 +439,7 @@ int main(int argc, char** argv) {
       worst = std::max(worst, std::abs(static_cast<double>(got[k]) - expected[k]));
     t.Check(worst <= 1e-4 * scale,
             spec.name + ": max difference " + std::to_string(worst) + " vs scale " + std::to_string(scale));
+  }
   }
   return t.Finish();
 }
