@@ -285,18 +285,19 @@ Status EncodeChat(int argc, char** argv) {
   latam::data::Tokenizer::Cache cache;
   Progress progress;
   int64_t conversations = 0;
+  auto add_conversation = [&](std::vector<latam::data::ChatMessage>& messages) {
+    const latam::data::EncodedChat encoded = chat.Encode(messages, &cache);
+    LATAM_RETURN_IF_ERROR(writer->AddDocument(encoded.tokens, encoded.loss_mask));
+    ++conversations;
+    progress.Update(std::string("encoding conversations: ")
+                        .append(std::to_string(conversations))
+                        .append(", ")
+                        .append(std::to_string(writer->n_tokens()))
+                        .append(" tokens"));
+    return Status::Ok();
+  };
   for (const std::string& file : args.positional) {
-    LATAM_RETURN_IF_ERROR(latam::data::ForEachConversation(file, [&](std::vector<latam::data::ChatMessage>& messages) {
-      const latam::data::EncodedChat encoded = chat.Encode(messages, &cache);
-      LATAM_RETURN_IF_ERROR(writer->AddDocument(encoded.tokens, encoded.loss_mask));
-      ++conversations;
-      progress.Update(std::string("encoding conversations: ")
-                          .append(std::to_string(conversations))
-                          .append(", ")
-                          .append(std::to_string(writer->n_tokens()))
-                          .append(" tokens"));
-      return Status::Ok();
-    }));
+    LATAM_RETURN_IF_ERROR(latam::data::ForEachConversation(file, add_conversation));
   }
   progress.Done();
   if (conversations == 0) return Status::InvalidInput("no conversations in the input files: nothing to write");
