@@ -1,6 +1,7 @@
 #include "data/chat.h"
 
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "data/corpus.h"

@@ -396,9 +396,10 @@ TEST_F(CliTest, EncodeChatWritesConversationsWithTheirLossMask) {
       {"{\"text\": \"hola\"}", "no \"messages\" list"},
       {"{\"messages\": [{\"content\": \"hola\"}]}", "messages[0] has no string \"role\""},
       {"{\"messages\": [{\"role\": \"user\"}]}", "messages[0] has no \"content\""},
-      {"{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}", "unknown role \"robot\""},
-      {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}", "no assistant message"},
-      {"{\"messages\": [{\"role\": \"assistant\", \"content\": [\"x\"]}]}", "\"content\" is array, not a string"},
+      {"{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}", "messages[0]: unknown role \"robot\""},
+      {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}", "the conversation has no assistant message"},
+      {"{\"messages\": [{\"role\": \"assistant\", \"content\": [\"x\"]}]}",
+       "messages[0]: \"content\" is array, not a string"},
       {"{\"messages\": [{\"role\": \"assistant\", \"content\": \"\xc3(\"}]}", "invalid UTF-8 at byte"},
   };
   for (size_t i = 0; i < bad_files.size(); ++i) {
