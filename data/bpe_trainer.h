@@ -14,7 +14,10 @@
 // words it touches, not to the corpus.
 //
 // Ids: 0..255 are the bytes (in byte order), merged tokens follow in merge
-// order, special tokens come last.
+// order, special tokens come last. By default the special tokens are the
+// five of Llama 3's that pretraining (<|begin_of_text|>, <|end_of_text|>)
+// and its chat template (<|start_header_id|>, <|end_header_id|>,
+// <|eot_id|>; data/chat.h) use, in that order.
 #pragma once
 
 #include <cstdint>
@@ -36,7 +39,8 @@ inline constexpr const char* kLlama3Pattern =
 struct BpeTrainerOptions {
   int vocab_size = 16384;  // total, including the 256 bytes and the special tokens
   int64_t min_frequency = 2;
-  std::vector<std::string> special_tokens = {"<|begin_of_text|>", "<|end_of_text|>"};
+  std::vector<std::string> special_tokens = {"<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                                             "<|end_header_id|>", "<|eot_id|>"};
   std::string pattern = kLlama3Pattern;
 };
 

@@ -64,6 +64,12 @@ Status TokenDataset::ReadWindow(uint64_t window, int32_t* inputs, int32_t* targe
     inputs[i] = static_cast<int32_t>(tokens[i]);
     targets[i] = static_cast<int32_t>(tokens[i + 1]);
   }
+  if (shard.has_loss_mask()) {
+    // Target i is token start + i + 1: its mask bit decides.
+    for (int i = 0; i < seq_len_; ++i) {
+      if (!shard.CountsInLoss(start + static_cast<uint64_t>(i) + 1)) targets[i] = -1;
+    }
+  }
   // The documents starting inside the window: from the first one after
   // `start`.
   uint64_t lo = 0, hi = shard.n_docs();

@@ -9,7 +9,9 @@
 // window's first seq_len tokens, targets its last seq_len; with
 // `mask_cross_document` a target that is the first token of a document
 // (the one following the previous document's last token, EOS) is -1, which
-// the loss ignores. Every id is
+// the loss ignores. A shard with a loss mask (version 2, data/shard.h) sets
+// target i to -1 when token i + 1 of the window has mask bit 0 (for chat
+// shards: everything but the assistant's replies). Every id is
 // checked against the model's vocabulary as it is read; an out-of-range id
 // is a bad-input error naming the file and the token's position.
 #pragma once

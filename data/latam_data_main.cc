@@ -5,6 +5,7 @@
 //   latam-data encode --tokenizer tokenizer.json --out SHARD.bin
 //              [--eos-token <|end_of_text|>] [--bos-token <|begin_of_text|>]
 //              [--text-field text] FILE...
+//   latam-data encode-chat --tokenizer tokenizer.json --out SHARD.bin FILE.jsonl...
 //   latam-data tokenize --tokenizer tokenizer.json      (text on stdin -> ids)
 //   latam-data detokenize --tokenizer tokenizer.json    (ids on stdin -> text)
 //   latam-data inspect SHARD.bin [--tokenizer tokenizer.json]
@@ -12,7 +13,8 @@
 //              [--branching B] [--doc-len L] [--seed S]
 //
 // Corpus FILEs are .jsonl (one {"text": ...} document per line) or plain
-// text (one document per file). Exit codes: 0 ok, 2 bad input, 1 other.
+// text (one document per file); encode-chat's are .jsonl conversations
+// (data/chat.h). Exit codes: 0 ok, 2 bad input, 1 other.
 #include <omp.h>
 #include <unistd.h>
 
@@ -30,6 +32,7 @@
 
 #include "core/escape.h"
 #include "data/bpe_trainer.h"
+#include "data/chat.h"
 #include "data/corpus.h"
 #include "data/shard.h"
 #include "data/synthetic.h"
@@ -48,6 +51,7 @@ constexpr const char* kUsage =
     "                  [--special TOKEN]... [--text-field NAME] FILE...\n"
     "       latam-data encode --tokenizer tokenizer.json --out SHARD.bin [--eos-token TOKEN]\n"
     "                  [--bos-token TOKEN] [--text-field NAME] FILE...\n"
+    "       latam-data encode-chat --tokenizer tokenizer.json --out SHARD.bin FILE.jsonl...\n"
     "       latam-data tokenize --tokenizer tokenizer.json   < text\n"
     "       latam-data detokenize --tokenizer tokenizer.json < ids\n"
     "       latam-data inspect SHARD.bin [--tokenizer tokenizer.json]\n"
@@ -267,6 +271,47 @@ Status Encode(int argc, char** argv) {
   return Status::Ok();
 }
 
+// Conversations -> one version 2 shard (data/chat.h: template and mask).
+Status EncodeChat(int argc, char** argv) {
+  LATAM_ASSIGN_OR_RETURN(const Args args, Parse(argc, argv, {"tokenizer", "out"}));
+  LATAM_ASSIGN_OR_RETURN(const std::string tokenizer_path, args.Required("tokenizer"));
+  LATAM_ASSIGN_OR_RETURN(const std::string out, OutputPath(args));
+  if (args.positional.empty()) return Status::InvalidInput(std::string("no conversation files given\n") + kUsage);
+  for (const std::string& file : args.positional) LATAM_RETURN_IF_ERROR(latam::data::CheckCorpusFile(file));
+  LATAM_ASSIGN_OR_RETURN(auto tok, latam::data::Tokenizer::Load(tokenizer_path));
+  LATAM_ASSIGN_OR_RETURN(const latam::data::ChatTemplate chat,
+                         latam::data::ChatTemplate::Create(tok.get(), tokenizer_path));
+  LATAM_ASSIGN_OR_RETURN(auto writer, latam::data::ShardWriter::Create(out));
+  latam::data::Tokenizer::Cache cache;
+  Progress progress;
+  int64_t conversations = 0;
+  auto add_conversation = [&](std::vector<latam::data::ChatMessage>& messages) {
+    const latam::data::EncodedChat encoded = chat.Encode(messages, &cache);
+    LATAM_RETURN_IF_ERROR(writer->AddDocument(encoded.tokens, encoded.loss_mask));
+    ++conversations;
+    progress.Update(std::string("encoding conversations: ")
+                        .append(std::to_string(conversations))
+                        .append(", ")
+                        .append(std::to_string(writer->n_tokens()))
+                        .append(" tokens"));
+    return Status::Ok();
+  };
+  for (const std::string& file : args.positional) {
+    LATAM_RETURN_IF_ERROR(latam::data::ForEachConversation(file, add_conversation));
+  }
+  progress.Done();
+  if (conversations == 0) return Status::InvalidInput("no conversations in the input files: nothing to write");
+  const uint64_t tokens = writer->n_tokens(), in_loss = writer->n_loss_tokens();
+  LATAM_RETURN_IF_ERROR(writer->Close());
+  std::fprintf(stderr,
+               "encode-chat: %lld conversations -> %llu tokens, %llu in the loss (%.1f%%, assistant replies) in "
+               "%.1f s -> %s\n",
+               static_cast<long long>(conversations), static_cast<unsigned long long>(tokens),
+               static_cast<unsigned long long>(in_loss),
+               100.0 * static_cast<double>(in_loss) / static_cast<double>(tokens), progress.elapsed(), out.c_str());
+  return Status::Ok();
+}
+
 std::string ReadAll(std::FILE* f) {
   std::string data;
   char buf[1 << 16];
@@ -353,6 +398,17 @@ Status Inspect(int argc, char** argv) {
   j["path"] = path;
   j["tokens"] = shard->n_tokens();
   j["documents"] = shard->n_docs();
+  j["version"] = shard->version();
+  // Tokens that count as targets: all of them without a loss mask.
+  uint64_t in_loss = shard->n_tokens();
+  if (shard->has_loss_mask()) {
+    in_loss = 0;
+    for (uint64_t i = 0; i < shard->n_tokens(); ++i) in_loss += shard->CountsInLoss(i) ? 1 : 0;
+  }
+  j["loss_mask"] = shard->has_loss_mask();
+  j["loss_tokens"] = in_loss;
+  j["loss_fraction"] =
+      shard->n_tokens() > 0 ? static_cast<double>(in_loss) / static_cast<double>(shard->n_tokens()) : 0.0;
   j["max_token_id"] = max_id;
   const uint64_t show = std::min<uint64_t>(shard->n_docs() > 0 ? shard->DocOffset(1) : 0, 64);
   j["first_tokens"] = std::vector<uint32_t>(shard->tokens(), shard->tokens() + show);
@@ -383,6 +439,8 @@ int main(int argc, char** argv) {
     status = TrainTokenizer(argc, argv);
   } else if (command == "encode") {
     status = Encode(argc, argv);
+  } else if (command == "encode-chat") {
+    status = EncodeChat(argc, argv);
   } else if (command == "tokenize") {
     status = Tokenize(argc, argv);
   } else if (command == "detokenize") {

@@ -44,10 +44,40 @@ Result<std::unique_ptr<ShardWriter>> ShardWriter::Create(const std::string& path
   return std::unique_ptr<ShardWriter>(new ShardWriter(path, std::move(file)));
 }
 
-Status ShardWriter::AddDocument(std::span<const uint32_t> tokens) {
+Status ShardWriter::AddDocument(std::span<const uint32_t> tokens) { return Append(tokens, nullptr); }
+
+Status ShardWriter::AddDocument(std::span<const uint32_t> tokens, std::span<const uint8_t> loss_mask) {
+  if (loss_mask.size() != tokens.size()) {
+    return Status::Internal(std::string(path_)
+                                .append(": a document of ")
+                                .append(std::to_string(tokens.size()))
+                                .append(" tokens with a loss mask of ")
+                                .append(std::to_string(loss_mask.size())));
+  }
+  if (!has_mask_) {
+    // Every token before the first masked document counts.
+    has_mask_ = true;
+    mask_bits_.assign(static_cast<size_t>((n_tokens_ + 7) / 8), 0xff);
+    if (n_tokens_ % 8 != 0) mask_bits_.back() = static_cast<uint8_t>((1u << (n_tokens_ % 8)) - 1);
+  }
+  return Append(tokens, loss_mask.data());
+}
+
+Status ShardWriter::Append(std::span<const uint32_t> tokens, const uint8_t* loss_mask) {
   if (file_ == nullptr) return Status::Internal(path_ + ": AddDocument after Close");
   LATAM_RETURN_IF_ERROR(file_->file().Append(
       std::string_view(reinterpret_cast<const char*>(tokens.data()), tokens.size() * sizeof(uint32_t))));
+  if (has_mask_) {
+    mask_bits_.resize(static_cast<size_t>((n_tokens_ + tokens.size() + 7) / 8), 0);
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      if (loss_mask != nullptr && loss_mask[i] == 0) continue;
+      const uint64_t at = n_tokens_ + i;
+      mask_bits_[static_cast<size_t>(at / 8)] |= static_cast<uint8_t>(1u << (at % 8));
+      ++n_loss_tokens_;
+    }
+  } else {
+    n_loss_tokens_ += tokens.size();
+  }
   n_tokens_ += tokens.size();
   doc_offsets_.push_back(n_tokens_);
   return Status::Ok();
@@ -59,13 +89,17 @@ Status ShardWriter::Close() {
   for (size_t i = 0; i < doc_offsets_.size(); ++i) PutU64(index.data() + 8 * i, doc_offsets_[i]);
   unsigned char header[kShardHeaderBytes] = {};
   std::memcpy(header, kShardMagic, 8);
-  PutU32(header + 8, kShardVersion);
+  PutU32(header + 8, has_mask_ ? kShardVersionLossMask : kShardVersion);
   PutU32(header + 12, kShardDTypeU32);
   PutU64(header + 16, n_tokens_);
   PutU64(header + 24, doc_offsets_.size() - 1);
   // Released on return: an error leaves no temporary file behind.
   const std::unique_ptr<AtomicFile> file = std::move(file_);
   LATAM_RETURN_IF_ERROR(file->file().Append(std::string_view(reinterpret_cast<const char*>(index.data()), index.size())));
+  if (has_mask_) {
+    LATAM_RETURN_IF_ERROR(
+        file->file().Append(std::string_view(reinterpret_cast<const char*>(mask_bits_.data()), mask_bits_.size())));
+  }
   LATAM_RETURN_IF_ERROR(file->file().WriteAt(0, std::string_view(reinterpret_cast<const char*>(header), sizeof(header))));
   return file->Commit();
 }
@@ -101,10 +135,12 @@ Result<std::unique_ptr<ShardReader>> ShardReader::Open(const std::string& path) 
     return Status::InvalidInput(path + " is not a token shard (bad magic; expected \"LATAMTOK\")");
   }
   const uint32_t version = GetU32(bytes + 8);
-  if (version != kShardVersion) {
+  if (version != kShardVersion && version != kShardVersionLossMask) {
     return Status::InvalidInput(path + ": unsupported shard version " + std::to_string(version) +
-                                " (this build reads version " + std::to_string(kShardVersion) + ")");
+                                " (this build reads versions " + std::to_string(kShardVersion) + " and " +
+                                std::to_string(kShardVersionLossMask) + ")");
   }
+  r->version_ = version;
   const uint32_t dtype = GetU32(bytes + 12);
   if (dtype != kShardDTypeU32) {
     return Status::InvalidInput(path + ": unsupported token dtype code " + std::to_string(dtype));
@@ -117,7 +153,8 @@ Result<std::unique_ptr<ShardReader>> ShardReader::Open(const std::string& path) 
                                 std::to_string(r->n_docs_) + " documents, more than the file's " +
                                 std::to_string(size) + " bytes hold (truncated?)");
   }
-  const size_t expected = kShardHeaderBytes + 4 * r->n_tokens_ + 8 * (r->n_docs_ + 1);
+  const size_t mask_bytes = version == kShardVersionLossMask ? static_cast<size_t>((r->n_tokens_ + 7) / 8) : 0;
+  const size_t expected = kShardHeaderBytes + 4 * r->n_tokens_ + 8 * (r->n_docs_ + 1) + mask_bytes;
   if (size != expected) {
     return Status::InvalidInput(path + ": file is " + std::to_string(size) + " bytes but its header implies " +
                                 std::to_string(expected) + " (truncated or corrupt)");
@@ -131,6 +168,13 @@ Result<std::unique_ptr<ShardReader>> ShardReader::Open(const std::string& path) 
       return Status::InvalidInput(path + ": corrupt document index at entry " + std::to_string(d));
     }
     prev = off;
+  }
+  if (version == kShardVersionLossMask) {
+    r->mask_ = r->index_ + 8 * (r->n_docs_ + 1);
+    const unsigned bits_in_last = static_cast<unsigned>(r->n_tokens_ % 8);
+    if (bits_in_last != 0 && (r->mask_[mask_bytes - 1] >> bits_in_last) != 0) {
+      return Status::InvalidInput(path + ": corrupt loss mask (bits set past the last token)");
+    }
   }
   madvise(map, size, MADV_RANDOM);
   return r;

@@ -441,6 +441,16 @@ std::vector<uint32_t> Tokenizer::Encode(std::string_view raw, Cache* cache) cons
   return ids;
 }
 
+std::vector<uint32_t> Tokenizer::EncodeOrdinary(std::string_view raw, Cache* cache) const {
+  const std::string text = SanitizeUtf8(raw);
+  std::vector<uint32_t> ids;
+  if (text.empty()) return ids;
+  std::vector<std::string> pieces;
+  PreTokenize(text, &pieces);
+  for (const std::string& p : pieces) EncodePiece(p, cache, &ids);
+  return ids;
+}
+
 std::string Tokenizer::DecodeBytes(std::span<const uint32_t> ids) const {
   std::string out;
   for (uint32_t id : ids) {
@@ -451,6 +461,11 @@ std::string Tokenizer::DecodeBytes(std::span<const uint32_t> ids) const {
 }
 
 std::string Tokenizer::Decode(std::span<const uint32_t> ids) const { return SanitizeUtf8(DecodeBytes(ids)); }
+
+std::optional<uint32_t> Tokenizer::AddedTokenId(std::string_view content) const {
+  if (auto it = added_ids_.find(std::string(content)); it != added_ids_.end()) return it->second;
+  return std::nullopt;
+}
 
 std::optional<uint32_t> Tokenizer::TokenId(std::string_view token) const {
   const std::string key(token);

@@ -67,6 +67,11 @@ class Tokenizer {
   static Result<std::unique_ptr<Tokenizer>> FromJson(const std::string& json_text, const std::string& source);
 
   std::vector<uint32_t> Encode(std::string_view text, Cache* cache = nullptr) const;
+  // Encode without step 2: text that spells an added token (a user typing
+  // "<|eot_id|>") is ordinary text, pre-tokenized and merged like any other
+  // (Hugging Face's split_special_tokens=True, for tokenizers whose added
+  // tokens are all special, as Llama 3's are).
+  std::vector<uint32_t> EncodeOrdinary(std::string_view text, Cache* cache = nullptr) const;
   // Concatenated bytes of the tokens (may be invalid UTF-8 for a partial
   // sequence of ids). Aborts on an id outside the vocabulary: check with
   // vocab_size() first when ids come from outside.
@@ -80,6 +85,8 @@ class Tokenizer {
   // Whether `id` names a token (ids below vocab_size() may be unused).
   bool IsValidId(uint32_t id) const { return id < id_valid_.size() && id_valid_[id]; }
   std::optional<uint32_t> TokenId(std::string_view token) const;
+  // The id of an added token (tokenizer.json's added_tokens) of this content.
+  std::optional<uint32_t> AddedTokenId(std::string_view content) const;
 
  private:
   struct AddedToken {

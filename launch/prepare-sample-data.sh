@@ -2,7 +2,9 @@
 # Turns the Latin American sample corpus into what the quickstart config
 # reads: builds the corpus (launch/get-sample-corpus.sh) if missing, trains a
 # byte-level BPE tokenizer on its training splits, and encodes every split
-# into token shards.
+# into token shards. The tokenizer reserves Llama 3's special tokens
+# (train-tokenizer's default), chat ones included, so the same
+# tokenizer.json also serves `latam-data encode-chat`.
 #
 # Usage: launch/prepare-sample-data.sh [CORPUS_DIR [OUT_DIR [VOCAB_SIZE]]]
 #   CORPUS_DIR  default data/sample       ({es,pt,indigenous}/{train,eval}.jsonl)

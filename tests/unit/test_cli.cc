@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include <sstream>
 
 #include "core/crc32c.h"
+#include "data/chat.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "tests/test_util.h"
@@ -318,6 +320,117 @@ TEST_F(CliTest, DataPipelineFromCorpusToShards) {
   r = Run(BinPath("latam-data") + " detokenize --tokenizer " + tok + " < " + (dir_ / "ids.txt").string());
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("'99999' is not a token id"), std::string::npos) << r.err;
+}
+
+// encode-chat as a user runs it: conversations from two files become one
+// version 2 shard whose documents are the template's tokens and mask
+// (data/chat.h), the summary and inspect report the share of tokens in the
+// loss, and every bad input exits 2 naming the file and line.
+TEST_F(CliTest, EncodeChatWritesConversationsWithTheirLossMask) {
+  const std::string tok = (dir_ / "tok.json").string();
+  std::ofstream(dir_ / "corpus.txt") << "Hola, ¿cómo estás? Muy bien, gracias. El niño lee un libro.\n";
+  RunResult r = Run(BinPath("latam-data") + " train-tokenizer --out " + tok + " --vocab-size 300 --min-frequency 1 " +
+                    (dir_ / "corpus.txt").string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+
+  const std::string first =
+      "{\"messages\": [{\"role\": \"system\", \"content\": \"Eres breve.\"}, "
+      "{\"role\": \"user\", \"content\": \"Hola, ¿cómo estás?\"}, "
+      "{\"role\": \"assistant\", \"content\": \"Muy bien, gracias.\"}]}";
+  const std::string second =
+      "{\"id\": 2, \"messages\": [{\"role\": \"user\", \"content\": \"Escribe <|eot_id|> por favor\"}, "
+      "{\"role\": \"assistant\", \"content\": \"<|eot_id|>\"}, {\"role\": \"user\", \"content\": \"Gracias\"}]}";
+  std::ofstream(dir_ / "a.jsonl") << first << "\n\n";
+  std::ofstream(dir_ / "b.jsonl") << second << "\n" << first << "\n";
+  const std::string out = (dir_ / "chat.bin").string();
+  r = Run(BinPath("latam-data") + " encode-chat --tokenizer " + tok + " --out " + out + " " +
+          (dir_ / "a.jsonl").string() + " " + (dir_ / "b.jsonl").string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("encode-chat: 3 conversations -> "), std::string::npos) << r.err;
+
+  auto tokenizer = data::Tokenizer::Load(tok);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().message();
+  auto chat = data::ChatTemplate::Create(tokenizer->get(), tok);
+  ASSERT_TRUE(chat.ok()) << chat.status().message();
+  auto shard = data::ShardReader::Open(out);
+  ASSERT_TRUE(shard.ok()) << shard.status().message();
+  ASSERT_EQ((*shard)->version(), 2u);
+  ASSERT_EQ((*shard)->n_docs(), 3u);
+  uint64_t in_loss = 0;
+  size_t d = 0;
+  for (const std::string& line : {first, second, first}) {
+    auto messages = data::ParseConversation(line);
+    ASSERT_TRUE(messages.ok()) << messages.status().message();
+    const data::EncodedChat e = chat->Encode(*messages);
+    const uint64_t begin = (*shard)->DocOffset(d), end = (*shard)->DocOffset(d + 1);
+    ASSERT_EQ(std::vector<uint32_t>((*shard)->tokens() + begin, (*shard)->tokens() + end), e.tokens) << d;
+    for (uint64_t i = begin; i < end; ++i) {
+      EXPECT_EQ((*shard)->CountsInLoss(i), e.loss_mask[i - begin] != 0) << d << " " << i;
+      in_loss += (*shard)->CountsInLoss(i) ? 1 : 0;
+    }
+    ++d;
+  }
+  // The typed "<|eot_id|>" stayed text: one <|eot_id|> per message.
+  const uint32_t eot = *(*tokenizer)->AddedTokenId("<|eot_id|>");
+  EXPECT_EQ(std::count((*shard)->tokens(), (*shard)->tokens() + (*shard)->n_tokens(), eot), 3 + 3 + 3);
+  const std::string summary = std::string(" -> ")
+                                  .append(std::to_string((*shard)->n_tokens()))
+                                  .append(" tokens, ")
+                                  .append(std::to_string(in_loss))
+                                  .append(" in the loss (");
+  EXPECT_NE(r.err.find(summary), std::string::npos) << r.err << "\nexpected " << summary;
+
+  r = Run(BinPath("latam-data") + " inspect " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto info = nlohmann::json::parse(r.out);
+  EXPECT_EQ(info["version"].get<int>(), 2);
+  EXPECT_TRUE(info["loss_mask"].get<bool>());
+  EXPECT_EQ(info["loss_tokens"].get<uint64_t>(), in_loss);
+  EXPECT_NEAR(info["loss_fraction"].get<double>(),
+              static_cast<double>(in_loss) / static_cast<double>((*shard)->n_tokens()), 1e-12);
+
+  // Bad input: exit 2, the file and line named, no shard left behind.
+  const std::string ok_line = first + "\n";
+  const std::vector<std::pair<std::string, std::string>> bad_files = {
+      {"{\"messages\": [{\"role\": \"user\"", "not valid JSON"},
+      {"{\"text\": \"hola\"}", "no \"messages\" list"},
+      {"{\"messages\": [{\"content\": \"hola\"}]}", "messages[0] has no string \"role\""},
+      {"{\"messages\": [{\"role\": \"user\"}]}", "messages[0] has no \"content\""},
+      {"{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}", "messages[0]: unknown role \"robot\""},
+      {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}", "the conversation has no assistant message"},
+      {"{\"messages\": [{\"role\": \"assistant\", \"content\": [\"x\"]}]}",
+       "messages[0]: \"content\" is array, not a string"},
+      {"{\"messages\": [{\"role\": \"assistant\", \"content\": \"\xc3(\"}]}", "invalid UTF-8 at byte"},
+  };
+  for (size_t i = 0; i < bad_files.size(); ++i) {
+    const fs::path file = dir_ / ("bad" + std::to_string(i) + ".jsonl");
+    std::ofstream(file, std::ios::binary) << ok_line << "\n" << bad_files[i].first << "\n";
+    r = Run(BinPath("latam-data") + " encode-chat --tokenizer " + tok + " --out " + (dir_ / "x.bin").string() + " " +
+            file.string());
+    EXPECT_EQ(r.exit_code, 2) << bad_files[i].first << "\n" << r.err;
+    const std::string expected = file.string() + ":3: " + bad_files[i].second;
+    EXPECT_NE(r.err.find(expected), std::string::npos) << "expected " << expected << "\nstderr: " << r.err;
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "x.bin"));
+  EXPECT_FALSE(fs::exists(dir_ / "x.bin.tmp"));
+
+  // A tokenizer without the chat template's special tokens.
+  const std::string old_tok = (dir_ / "old.json").string();
+  r = Run(BinPath("latam-data") + " train-tokenizer --out " + old_tok +
+          " --vocab-size 300 --special '<|begin_of_text|>' --special '<|end_of_text|>' " +
+          (dir_ / "corpus.txt").string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = Run(BinPath("latam-data") + " encode-chat --tokenizer " + old_tok + " --out " + (dir_ / "x.bin").string() + " " +
+          (dir_ / "a.jsonl").string());
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find(old_tok + ": has no added token '<|start_header_id|>'"), std::string::npos) << r.err;
+  r = Run(BinPath("latam-data") + " encode-chat --tokenizer " + tok + " --out " + (dir_ / "x.bin").string());
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("no conversation files given"), std::string::npos) << r.err;
+  r = Run(BinPath("latam-data") + " encode-chat --tokenizer " + tok + " --out " + (dir_ / "x.bin").string() + " " +
+          (dir_ / "missing.jsonl").string());
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("missing.jsonl"), std::string::npos) << r.err;
 }
 
 TEST_F(CliTest, ShortTrainingRunWritesMetricsConfigAndTensorBoard) {

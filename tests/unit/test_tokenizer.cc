@@ -267,7 +267,7 @@ TEST(BpeTrainerTest, LearnsTheMostFrequentPairsFirst) {
   std::vector<std::string> docs(10, "hug");
   docs.push_back(doc.substr(3));  // everything after the first "hug"
   std::string json;
-  auto t = Train(docs, 256 + 2 + 3, 1, &json);
+  auto t = Train(docs, 256 + 3 + 5, 1, &json);  // 3 merges, Llama 3's 5 special tokens
   ASSERT_NE(t, nullptr);
   const auto j = Json::parse(json);
   // Pair counts: "u g" 10+9+5 = 24, "u n" 12+4 = 16, "Ġ p" 17, "h u" 19 ... "u g" goes first.
@@ -276,9 +276,12 @@ TEST(BpeTrainerTest, LearnsTheMostFrequentPairsFirst) {
   // Then "h ug" (19) and "Ġ p" (17).
   EXPECT_EQ(j["model"]["merges"][1], "h ug");
   EXPECT_EQ(j["model"]["merges"][2], "Ġ p");
-  EXPECT_EQ(t->vocab_size(), 261u);
+  EXPECT_EQ(t->vocab_size(), 264u);
   EXPECT_EQ(t->TokenId("<|begin_of_text|>"), 259u);
   EXPECT_EQ(t->TokenId("<|end_of_text|>"), 260u);
+  EXPECT_EQ(t->TokenId("<|start_header_id|>"), 261u);
+  EXPECT_EQ(t->TokenId("<|end_header_id|>"), 262u);
+  EXPECT_EQ(t->TokenId("<|eot_id|>"), 263u);
   EXPECT_EQ(t->Encode("hug"), (std::vector<uint32_t>{257}));
 }
 
