@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -210,20 +211,26 @@ size_t ItemValueCount(const EvalItem& item, EvalKind kind) {
   return kind == EvalKind::kPerplexity ? 2 : item.choices.size();
 }
 
-std::vector<double> ScoreItem(const EvalItem& item, EvalKind kind, const ItemSpans& spans, SequenceScorer& scorer) {
+std::vector<double> ItemValues(const EvalItem& item, EvalKind kind, const ItemSpans& spans,
+                               const std::vector<double>& span_nll) {
+  LATAM_CHECK(span_nll.size() == spans.spans.size(), "one NLL per span");
   if (kind == EvalKind::kPerplexity) {
     double nll = 0.0;
     int64_t tokens = 0;
-    for (const ScoredSpan& s : spans.spans) {
-      nll += scorer.SumNll(s);
-      tokens += s.predicted();
+    for (size_t k = 0; k < spans.spans.size(); ++k) {
+      nll += span_nll[k];
+      tokens += spans.spans[k].predicted();
     }
     return {nll, static_cast<double>(tokens)};
   }
-  std::vector<double> out;
-  out.reserve(item.choices.size());
-  for (const ScoredSpan& s : spans.spans) out.push_back(scorer.SumNll(s));
-  return out;
+  LATAM_CHECK(span_nll.size() == item.choices.size(), "one span per choice");
+  return span_nll;
+}
+
+std::vector<double> ScoreItem(const EvalItem& item, EvalKind kind, const ItemSpans& spans, SequenceScorer& scorer) {
+  std::vector<double> nll;
+  for (const ScoredSpan& s : spans.spans) nll.push_back(scorer.SumNll(s));
+  return ItemValues(item, kind, spans, nll);
 }
 
 size_t ArgmaxChoice(const std::vector<double>& log_likelihoods) {
@@ -343,6 +350,26 @@ double ModelScorer::SumNll(const ScoredSpan& span) {
     if (j + 1 >= span.first_target) targets_[static_cast<size_t>(j)] = span.tokens[static_cast<size_t>(j + 1)];
   }
   return model_.ForwardLoss(inputs_.data(), targets_.data());
+}
+
+int64_t PaddedRows(int64_t inputs, int64_t max_seq_len) {
+  int64_t rows = 16;
+  while (rows < inputs) rows *= 2;
+  return std::min(rows, max_seq_len);
+}
+
+std::vector<double> ScoreSpans(const ModelShape& shape, const ParameterSet& params,
+                               const std::vector<const ScoredSpan*>& spans) {
+  std::vector<double> out(spans.size(), 0.0);
+  std::map<int64_t, std::vector<size_t>> by_rows;
+  for (size_t i = 0; i < spans.size(); ++i) {
+    by_rows[PaddedRows(static_cast<int64_t>(spans[i]->tokens.size()) - 1, shape.max_seq_len)].push_back(i);
+  }
+  for (const auto& [rows, members] : by_rows) {
+    ModelScorer scorer(shape, params, rows);
+    for (size_t i : members) out[i] = scorer.SumNll(*spans[i]);
+  }
+  return out;
 }
 
 }  // namespace latam

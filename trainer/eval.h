@@ -123,7 +123,11 @@ class SequenceScorer {
 };
 
 // An item's values, the unit that ranks exchange: for perplexity {sum NLL,
-// predicted tokens}; for multiple choice one summed NLL per choice.
+// predicted tokens}; for multiple choice one summed NLL per choice. From the
+// summed NLL of each of the item's spans (span_nll[k] for spans.spans[k]).
+std::vector<double> ItemValues(const EvalItem& item, EvalKind kind, const ItemSpans& spans,
+                               const std::vector<double>& span_nll);
+// The same, scoring the spans with `scorer`.
 std::vector<double> ScoreItem(const EvalItem& item, EvalKind kind, const ItemSpans& spans, SequenceScorer& scorer);
 // How many values ScoreItem gives for `item`.
 size_t ItemValueCount(const EvalItem& item, EvalKind kind);
@@ -170,8 +174,8 @@ Result<EvalModel> LoadEvalModel(const EvalModelOptions& options);
 // per pass: the model's loss is one sum over its micro-batch, so separate
 // sums per choice need one sequence per micro-batch. Sequences are padded
 // to `seq_len` rows (pad inputs are token 0 and their targets are ignored;
-// causal attention keeps them from the real rows), so a span's score does
-// not depend on which other spans run. Copies the weights from `params`.
+// causal attention keeps them from the real rows). Copies the weights from
+// `params`.
 class ModelScorer : public SequenceScorer {
  public:
   ModelScorer(const ModelShape& shape, const ParameterSet& params, int64_t seq_len);
@@ -183,5 +187,16 @@ class ModelScorer : public SequenceScorer {
   LlamaModel model_;
   std::vector<int32_t> inputs_, targets_;
 };
+
+// The rows a span of `inputs` model inputs (tokens - 1) is padded to: the
+// smallest power of two >= inputs, at least 16, at most max_seq_len. A
+// span's padded length, and so its score, depends on the span alone.
+int64_t PaddedRows(int64_t inputs, int64_t max_seq_len);
+
+// The summed NLL of every span, with a ModelScorer per padded length
+// (PaddedRows), built one after the other in increasing length so that one
+// copy of the weights exists besides `params` at a time.
+std::vector<double> ScoreSpans(const ModelShape& shape, const ParameterSet& params,
+                               const std::vector<const ScoredSpan*>& spans);
 
 }  // namespace latam

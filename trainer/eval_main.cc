@@ -7,17 +7,19 @@
 // loads the whole model (any saved layout, as latam-generate does: one full
 // fp32 copy per process, on the CPU) and the tokenizer saved with the
 // checkpoint unless --tokenizer is given, reads and tokenizes the whole task
-// file (so every rank finds the same bad input and exits 2 with it, and all
-// ranks agree on the padded sequence length), then scores the items
+// file (so every rank finds the same bad input and exits 2 with it), then
+// scores the items
 // i = rank, rank + N, rank + 2N, ... of the file (whole items: a text's
 // windows and an item's choices stay on one rank). Each item's values go
 // into a vector indexed by item that is zero elsewhere, and MPI sums those
 // vectors onto rank 0: every entry has one non-zero contributor, so the sum
 // is exact, and rank 0 reduces per task in file order. The output is thus
 // bitwise the same for any number of ranks, as long as each rank's kernels
-// compute a sequence the same way (the CPU kernels do not split a row's sums
-// over threads differently with the thread count). Without mpirun it runs
-// as one process.
+// compute a sequence the same way: a span's padded length depends on the
+// span alone (PaddedRows), and the ranks run the same thread count
+// (OMP_NUM_THREADS pins it; by default it is the node's cores over its
+// ranks, and a different team size may change the last bits of a GEMM).
+// Without mpirun it runs as one process.
 //
 // Rank 0 prints one JSON line per task, in order of first appearance:
 //   {"task":"es/perplexity","n":40,"perplexity":35.2,"tokens":10432}
@@ -89,16 +91,6 @@ Status Main(int argc, char** argv, const latam::MpiSession& mpi) {
       const std::vector<latam::ItemSpans> spans,
       latam::BuildItemSpans(tasks, *model.tokenizer, latam::EvalPrefixToken(*model.tokenizer), max_seq_len));
 
-  // One padded length for every rank: the longest model input in the file.
-  int64_t seq_len = 1;
-  for (const latam::ItemSpans& s : spans) {
-    for (const latam::ScoredSpan& span : s.spans) {
-      seq_len = std::max<int64_t>(seq_len, static_cast<int64_t>(span.tokens.size()) - 1);
-    }
-  }
-  latam::ModelScorer scorer(model.model.shape, *model.model.params, seq_len);
-  model.model.params.reset();  // the scorer holds its own copy
-
   // Item i's values start at offset[i] of the exchanged vector.
   const size_t n_items = tasks.items.size();
   std::vector<size_t> offset(n_items + 1, 0);
@@ -106,11 +98,24 @@ Status Main(int argc, char** argv, const latam::MpiSession& mpi) {
     const latam::EvalItem& item = tasks.items[i];
     offset[i + 1] = offset[i] + latam::ItemValueCount(item, tasks.tasks[item.task].kind);
   }
-  std::vector<double> local(offset.back(), 0.0);
+  // This rank's items, and all their spans scored in one go (grouped by
+  // padded length inside ScoreSpans).
   const size_t rank = static_cast<size_t>(mpi.world_rank()), world = static_cast<size_t>(mpi.world_size());
+  std::vector<const latam::ScoredSpan*> mine;
+  for (size_t i = rank; i < n_items; i += world) {
+    for (const latam::ScoredSpan& span : spans[i].spans) mine.push_back(&span);
+  }
+  const std::vector<double> nll = latam::ScoreSpans(model.model.shape, *model.model.params, mine);
+  model.model.params.reset();
+  std::vector<double> local(offset.back(), 0.0);
+  size_t next = 0;
   for (size_t i = rank; i < n_items; i += world) {
     const latam::EvalItem& item = tasks.items[i];
-    const std::vector<double> v = latam::ScoreItem(item, tasks.tasks[item.task].kind, spans[i], scorer);
+    const size_t count = spans[i].spans.size();
+    const std::vector<double> span_nll(nll.begin() + static_cast<std::ptrdiff_t>(next),
+                                       nll.begin() + static_cast<std::ptrdiff_t>(next + count));
+    next += count;
+    const std::vector<double> v = latam::ItemValues(item, tasks.tasks[item.task].kind, spans[i], span_nll);
     std::copy(v.begin(), v.end(), local.begin() + static_cast<std::ptrdiff_t>(offset[i]));
   }
   std::vector<double> total(local.size(), 0.0);

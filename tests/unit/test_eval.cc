@@ -51,7 +51,9 @@ TEST_F(EvalScoring, SumNllMatchesFullLogitsLogSoftmax) {
   params.InitWeights(seed_);
   ModelScorer scorer(shape, params, 20);
   Generator generator(shape, params, shape.max_seq_len);
-  for (const auto& [length, first] : std::vector<std::pair<int, int>>{{21, 1}, {12, 5}, {2, 1}, {17, 16}}) {
+  std::vector<ScoredSpan> spans;
+  std::vector<double> expected_nll;
+  for (const auto& [length, first] : std::vector<std::pair<int, int>>{{21, 1}, {12, 5}, {2, 1}, {17, 16}, {25, 3}}) {
     ScoredSpan span{RandomIds(static_cast<size_t>(length), shape.vocab), first};
     generator.Reset();
     const std::vector<int32_t> inputs(span.tokens.begin(), span.tokens.end() - 1);
@@ -61,12 +63,28 @@ TEST_F(EvalScoring, SumNllMatchesFullLogitsLogSoftmax) {
     for (int64_t k = first; k < length; ++k) {
       expected += FullLogitsNll(logits->data() + (k - 1) * shape.vocab, shape.vocab, span.tokens[static_cast<size_t>(k)]);
     }
+    spans.push_back(span);
+    expected_nll.push_back(expected);
+    // Not vacuous: a random model's NLL is near log(vocab) per token.
+    EXPECT_GT(expected, 0.5 * std::log(61.0) * static_cast<double>(span.predicted()));
+    if (length - 1 > scorer.seq_len()) continue;
     const double got = scorer.SumNll(span);
     EXPECT_NEAR(got, expected, 2e-5 * static_cast<double>(span.predicted())) << "length " << length << " first " << first;
-    // Not vacuous: a random model's NLL is near log(vocab) per token.
-    EXPECT_GT(got, 0.5 * std::log(61.0) * static_cast<double>(span.predicted()));
-    // Padding rows after the span never change it.
+    // The same span scores the same each time.
     EXPECT_EQ(scorer.SumNll(span), got);
+  }
+  // Grouped by padded length (16 rows for the short spans, 24 = max_seq_len
+  // for the longest), every span still matches.
+  EXPECT_EQ(PaddedRows(1, 24), 16);
+  EXPECT_EQ(PaddedRows(16, 24), 16);
+  EXPECT_EQ(PaddedRows(17, 24), 24);
+  EXPECT_EQ(PaddedRows(33, 64), 64);
+  std::vector<const ScoredSpan*> pointers;
+  for (const ScoredSpan& s : spans) pointers.push_back(&s);
+  const std::vector<double> grouped = ScoreSpans(shape, params, pointers);
+  ASSERT_EQ(grouped.size(), spans.size());
+  for (size_t i = 0; i < spans.size(); ++i) {
+    EXPECT_NEAR(grouped[i], expected_nll[i], 2e-5 * static_cast<double>(spans[i].predicted())) << "span " << i;
   }
 }
 
