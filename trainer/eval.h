@@ -155,7 +155,9 @@ std::vector<TaskResult> SummarizeTasks(const EvalTasks& tasks, const std::vector
 std::string TaskResultJson(const TaskResult& result);
 
 // What latam-eval loads: the checkpoint's whole model (LoadModel) and its
-// tokenizer (`tokenizer` overrides the one saved with the checkpoint).
+// tokenizer (`tokenizer` overrides the one saved with the checkpoint). This
+// is the one place the scored weights come from: anything that changes them
+// before scoring (an adapter, say) belongs in EvalModelOptions and here.
 struct EvalModelOptions {
   std::string checkpoint;
   std::string tokenizer;

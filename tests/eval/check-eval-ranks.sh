@@ -7,7 +7,9 @@
 # totals are exact: trainer/eval_main.cc). OMP_NUM_THREADS=1 keeps every
 # rank's kernels the same whatever the rank count. Also checks the output's
 # shape: one line per task, in order of first appearance, with the numbers
-# in range.
+# in range. Last, `latam-data eval-tasks` (the regional tasks of the
+# quickstart) on two small held-out files: the same bytes twice, the tasks
+# and item counts expected, and a file latam-eval scores.
 #
 # Usage: tests/eval/check-eval-ranks.sh MPIRUN BIN_DIR
 set -euo pipefail
@@ -75,3 +77,31 @@ for np in 1 2 3; do
   cmp -s "$T/single.out" "$T/np$np.out" || { diff "$T/single.out" "$T/np$np.out" >&2; fail "$np ranks differ"; }
 done
 echo "eval ranks: the same JSON lines without mpirun and with 1, 2 and 3 ranks"
+
+# Held-out files (short documents: the model's context is 16 tokens): 6
+# Spanish documents long enough for a context and a continuation, 1 too
+# short for one, and 3 Portuguese documents.
+for i in 1 2 3 4 5 6; do
+  printf '{"text": "%s la casa es grande y la casa es bonita y grande %s"}\n' "$i" "$i"
+done >"$T/es-eval.jsonl"
+echo '{"text": "corto"}' >>"$T/es-eval.jsonl"
+for i in 1 2 3; do
+  printf '{"text": "%s o livro é azul e a casa é grande e azul %s"}\n' "$i" "$i"
+done >"$T/pt-eval.jsonl"
+"$B/latam-data" eval-tasks --out "$T/regional.jsonl" --items 5 es="$T/es-eval.jsonl" pt="$T/pt-eval.jsonl" 2>/dev/null
+"$B/latam-data" eval-tasks --out "$T/regional2.jsonl" --items 5 es="$T/es-eval.jsonl" pt="$T/pt-eval.jsonl" 2>/dev/null
+cmp -s "$T/regional.jsonl" "$T/regional2.jsonl" || fail "eval-tasks is not deterministic"
+count() { grep -c "\"task\":\"$1\"" "$T/regional.jsonl" || true; }
+[ "$(count es/perplexity)" = 5 ] || fail "es/perplexity should have 5 items (--items 5)"
+[ "$(count es/continuation)" = 5 ] || fail "es/continuation should have 5 items"
+[ "$(count pt/perplexity)" = 3 ] || fail "pt/perplexity should have 3 items"
+[ "$(count pt/continuation)" = 3 ] || fail "pt/continuation should have 3 items (3 choices each)"
+# The true choice's index rotates: item k answers k mod 4 (es) and k mod 3 (pt).
+[ "$(grep -o '"answer":[0-9]*' "$T/regional.jsonl" | tr -d '"answer:' | tr '\n' ' ')" = "0 1 2 3 0 0 1 2 " ] ||
+  fail "answers are not the rotating index"
+"$B/latam-eval" --checkpoint "$T/run" --tasks "$T/regional.jsonl" >"$T/regional.out" 2>"$T/regional.err" ||
+  { cat "$T/regional.err" >&2; fail "latam-eval on the eval-tasks file"; }
+[ "$(cut -d, -f1 "$T/regional.out" | tr '\n' ' ')" = \
+  '{"task":"es/perplexity" {"task":"es/continuation" {"task":"pt/perplexity" {"task":"pt/continuation" ' ] ||
+  fail "unexpected tasks from eval-tasks: $(cat "$T/regional.out")"
+echo "eval-tasks: deterministic, 4 tasks, rotating answers, scored by latam-eval"
