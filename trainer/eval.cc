@@ -1,6 +1,7 @@
 #include "trainer/eval.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -37,7 +38,13 @@ Result<EvalItem> ParseLine(const std::string& line, const std::string& where, st
   try {
     j = Json::parse(line);
   } catch (const Json::parse_error& e) {
-    return Status::InvalidInput(where + "malformed JSON: " + e.what());
+    // The library's text after its own "line 1, column N: " (the file's line
+    // is already named).
+    const std::string what = e.what();
+    const size_t column = what.find("column ");
+    const size_t text = column == std::string::npos ? std::string::npos : what.find(": ", column);
+    return Status::InvalidInput(where + "malformed JSON at byte " + std::to_string(e.byte) + ": " +
+                                (text == std::string::npos ? what : what.substr(text + 2)));
   }
   if (!j.is_object()) return Status::InvalidInput(where + "expected a JSON object");
   EvalItem item;
