@@ -11,6 +11,8 @@
 //   latam-data inspect SHARD.bin [--tokenizer tokenizer.json]
 //   latam-data synthesize --out SHARD.bin --vocab V --tokens N
 //              [--branching B] [--doc-len L] [--seed S]
+//   latam-data eval-tasks --out TASKS.jsonl [--items N] [--choices K]
+//              NAME=FILE...   (latam-eval tasks from held-out documents)
 //
 // Corpus FILEs are .jsonl (one {"text": ...} document per line) or plain
 // text (one document per file); encode-chat's are .jsonl conversations
@@ -55,7 +57,8 @@ constexpr const char* kUsage =
     "       latam-data tokenize --tokenizer tokenizer.json   < text\n"
     "       latam-data detokenize --tokenizer tokenizer.json < ids\n"
     "       latam-data inspect SHARD.bin [--tokenizer tokenizer.json]\n"
-    "       latam-data synthesize --out SHARD.bin --vocab V --tokens N [--branching B] [--doc-len L] [--seed S]\n";
+    "       latam-data synthesize --out SHARD.bin --vocab V --tokens N [--branching B] [--doc-len L] [--seed S]\n"
+    "       latam-data eval-tasks --out TASKS.jsonl [--items N] [--choices K] NAME=FILE...\n";
 
 // Documents are handed to the parallel stages in batches of about this size.
 constexpr size_t kBatchBytes = 16 << 20;
@@ -425,6 +428,123 @@ Status Inspect(int argc, char** argv) {
   return Status::Ok();
 }
 
+
+// eval-tasks: latam-eval tasks (trainer/eval.h) built from held-out
+// documents, deterministically (a pure function of the files and flags).
+// For each NAME=FILE, in the order given:
+//   NAME/perplexity    the first --items documents (default 64), each cut to
+//                      its first kPerplexityBytes bytes at a whitespace;
+//   NAME/continuation  multiple choice over the first --items documents that
+//                      hold a context and a continuation: the context is the
+//                      document's first kContextBytes bytes, or two thirds of
+//                      a shorter one, cut back to a whitespace (at least
+//                      kMinContextBytes in); the true choice is what follows,
+//                      up to kContinuationBytes more (cut the same way unless
+//                      the document ends first), opening with the whitespace
+//                      that separated them, as lm-evaluation-harness tasks
+//                      write choices. The other choices (--choices in all,
+//                      default 4, fewer when fewer documents qualify; no task
+//                      below 2) are the continuations of the next documents
+//                      of the list (cyclically), skipping any equal to a
+//                      choice already taken. The true choice sits at index
+//                      (item number mod choices).
+// Cuts fall on ASCII whitespace, so they never split a UTF-8 character.
+constexpr size_t kPerplexityBytes = 1024;
+constexpr size_t kContextBytes = 240;
+constexpr size_t kContinuationBytes = 96;
+constexpr size_t kMinContextBytes = 16;
+
+bool IsSpace(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
+
+// The last whitespace position p in (begin, min(end, size)] of `text`, or 0.
+size_t CutBack(std::string_view text, size_t begin, size_t end) {
+  for (size_t p = std::min(end, text.size() - 1); p > begin; --p) {
+    if (IsSpace(text[p])) return p;
+  }
+  return 0;
+}
+
+std::string_view Trim(std::string_view t) {
+  while (!t.empty() && IsSpace(t.front())) t.remove_prefix(1);
+  while (!t.empty() && IsSpace(t.back())) t.remove_suffix(1);
+  return t;
+}
+
+Status EvalTasks(int argc, char** argv) {
+  LATAM_ASSIGN_OR_RETURN(const Args args, Parse(argc, argv, {"out", "items", "choices", "text-field"}));
+  LATAM_ASSIGN_OR_RETURN(const std::string out, OutputPath(args));
+  LATAM_ASSIGN_OR_RETURN(const int64_t items, args.Int("items", 64));
+  LATAM_ASSIGN_OR_RETURN(const int64_t n_choices, args.Int("choices", 4));
+  if (items < 1 || items > 1000000) return Status::InvalidInput("--items must be in [1, 10^6]");
+  if (n_choices < 2 || n_choices > 26) return Status::InvalidInput("--choices must be in [2, 26]");
+  if (args.positional.empty()) return Status::InvalidInput(std::string("no NAME=FILE given\n") + kUsage);
+  std::string lines;
+  auto emit = [&](nlohmann::ordered_json j) {
+    lines += j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+    lines += '\n';
+  };
+  for (const std::string& spec : args.positional) {
+    const size_t eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+      return Status::InvalidInput("'" + spec + "': expected NAME=FILE");
+    }
+    const std::string name = spec.substr(0, eq), path = spec.substr(eq + 1);
+    LATAM_RETURN_IF_ERROR(latam::data::CheckCorpusFile(path));
+    std::vector<std::string> docs;
+    LATAM_RETURN_IF_ERROR(latam::data::ForEachDocument(path, args.Get("text-field", "text"), [&](std::string_view d) {
+      const std::string_view t = Trim(d);
+      if (!t.empty()) docs.emplace_back(t);
+      return true;
+    }));
+    int64_t ppl = 0;
+    for (const std::string& d : docs) {
+      if (ppl == items) break;
+      // Short documents whole, long ones up to a whitespace near the limit.
+      const size_t cut = d.size() <= kPerplexityBytes ? d.size() : CutBack(d, 0, kPerplexityBytes);
+      if (cut == 0) continue;
+      emit({{"task", name + "/perplexity"}, {"text", d.substr(0, cut)}});
+      ++ppl;
+    }
+    // Each usable document's context and continuation.
+    struct Passage {
+      std::string context, continuation;
+    };
+    std::vector<Passage> passages;
+    for (const std::string& d : docs) {
+      if (static_cast<int64_t>(passages.size()) == items) break;
+      const size_t c = CutBack(d, kMinContextBytes, std::min(kContextBytes, d.size() * 2 / 3));
+      if (c == 0) continue;
+      size_t e = d.size() <= c + kContinuationBytes ? d.size() : CutBack(d, c + 1, c + kContinuationBytes);
+      while (e > c && IsSpace(d[e - 1])) --e;
+      if (e <= c + 1) continue;
+      passages.push_back(Passage{d.substr(0, c), d.substr(c, e - c)});
+    }
+    const size_t n = passages.size();
+    const int64_t k_choices = std::min<int64_t>(n_choices, static_cast<int64_t>(n));
+    if (k_choices < 2) {
+      std::fprintf(stderr, "eval-tasks: %s: fewer than 2 documents long enough for %s/continuation; skipped\n",
+                   path.c_str(), name.c_str());
+      continue;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<std::string> others;
+      for (size_t k = 1; k < n && static_cast<int64_t>(others.size()) + 1 < k_choices; ++k) {
+        const std::string& c = passages[(i + k) % n].continuation;
+        if (c == passages[i].continuation || std::find(others.begin(), others.end(), c) != others.end()) continue;
+        others.push_back(c);
+      }
+      if (static_cast<int64_t>(others.size()) + 1 < k_choices) continue;
+      const size_t answer = i % static_cast<size_t>(k_choices);
+      others.insert(others.begin() + static_cast<std::ptrdiff_t>(answer), passages[i].continuation);
+      emit({{"task", name + "/continuation"}, {"context", passages[i].context}, {"choices", others},
+            {"answer", answer}});
+    }
+  }
+  LATAM_RETURN_IF_ERROR(latam::WriteFileAtomically(latam::Env::Default(), out, lines));
+  std::fprintf(stderr, "eval-tasks: wrote %s\n", out.c_str());
+  return Status::Ok();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -449,6 +569,8 @@ int main(int argc, char** argv) {
     status = Inspect(argc, argv);
   } else if (command == "synthesize") {
     status = Synthesize(argc, argv);
+  } else if (command == "eval-tasks") {
+    status = EvalTasks(argc, argv);
   } else {
     status = Status::InvalidInput("unknown command '" + command + "'\n" + kUsage);
   }

@@ -4,7 +4,8 @@
 # `quickstart` model on this machine's CPUs with 4 MPI ranks (2-way tensor x
 # 2-way pipeline parallelism) on a language mixture (es/pt/indigenous),
 # reporting the eval loss of each language, saving checkpoints every 200
-# steps, and ending with the trained model's continuation of a Spanish prompt.
+# steps, and ending with the trained model's continuation of a Spanish prompt
+# and its scores on the regional held-out tasks (latam-eval, 2 ranks).
 #
 # Extra arguments go to latam-train (e.g. --set train.steps=50). Environment:
 #   LATAM_BUILD_DIR  build directory (default build)
@@ -24,7 +25,7 @@ t_packages=$((SECONDS - t0))
 
 t0=$SECONDS
 [ -f "$BUILD/CMakeCache.txt" ] || cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$BUILD" -j "$(nproc)" --target latam-train latam-data latam-ckpt latam-generate
+cmake --build "$BUILD" -j "$(nproc)" --target latam-train latam-data latam-ckpt latam-generate latam-eval
 t_build=$((SECONDS - t0))
 
 t0=$SECONDS
@@ -65,5 +66,12 @@ t0=$SECONDS
 continuation=$("$BUILD/bin/latam-generate" --checkpoint "$RUN_DIR" --prompt "$prompt" \
   --max-new-tokens 48 --min-new-tokens 24 --temperature 0.7 --top-p 0.9 --seed 1)
 echo "quickstart: generated: $prompt$continuation"
+t_generate=$((SECONDS - t0))
+
+# Its scores on the regional tasks built from the held-out documents
+# (perplexity and continuation choice per language), items split over 2 ranks.
+t0=$SECONDS
+mpirun -np 2 --oversubscribe --bind-to none "$BUILD/bin/latam-eval" --checkpoint "$RUN_DIR" \
+  --tasks "$DATA/quickstart/regional-tasks.jsonl" | sed 's/^/quickstart: eval: /'
 echo "quickstart: packages ${t_packages} s, build ${t_build} s, data ${t_data} s," \
-  "training ${t_train} s, generation $((SECONDS - t0)) s"
+  "training ${t_train} s, generation ${t_generate} s, eval $((SECONDS - t0)) s"

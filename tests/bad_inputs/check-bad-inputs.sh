@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bad inputs to latam-train, latam-data and latam-generate: each case must
+# Bad inputs to latam-train, latam-data, latam-generate and latam-eval: each case must
 # exit 2 (bad input) with a message naming the culprit (the config field,
 # file or flag), within 30 s, without an abort or a core dump, and without
 # allocating in proportion to the bad number: its peak resident memory may
@@ -60,8 +60,22 @@ tokenizer sparse-id '"a": 0, "b": 1, "c": 5000'
 tokenizer added-neg-id '"a": 0' '{"id": -5, "content": "<pad>"}'
 tokenizer string-id '"a": 0, "b": "1"'
 
+# latam-eval task files, each bad on its line 2 (line 1 is fine).
+evaltasks() {  # NAME LINE2
+  printf '{"task": "p", "text": "la casa es grande"}\n%s\n' "$2" >"$T/$1.jsonl"
+}
+printf '{"task": "p", "text": "la casa es grande"}\n' >"$T/good.jsonl"
+evaltasks malformed '{"task": "p", "text": "la casa"'
+evaltasks no-task '{"text": "la casa"}'
+evaltasks answer-range '{"task": "m", "context": "la", "choices": [" casa", " es"], "answer": 2}'
+evaltasks no-choices '{"task": "m", "context": "la", "choices": [], "answer": 0}'
+evaltasks mixed '{"task": "p", "context": "la", "choices": [" casa"], "answer": 0}'
+evaltasks empty-text '{"task": "q", "text": ""}'
+evaltasks one-token '{"task": "q", "text": "l"}'
+
 TRAIN="\$B/latam-train --config \$T/tiny.textproto"
 GEN="\$B/latam-generate --checkpoint \$T/run --tokenizer \$T/tok.json --prompt casa"
+EVAL="\$B/latam-eval --checkpoint \$T/run --tokenizer \$T/tok.json"
 
 # --- the table: name | pattern | command ---------------------------------
 cases=(
@@ -118,6 +132,18 @@ cases=(
   "negative seed|--seed -1: not an unsigned integer|$GEN --seed -1"
   "fractional seed|--seed 1.5: not an unsigned integer|$GEN --seed 1.5"
   "seed past 2^64|--seed 18446744073709551616: must be below 2\^64|$GEN --seed 18446744073709551616"
+  # latam-eval's task files name FILE:LINE; its checkpoint errors are latam-generate's.
+  "eval malformed JSON|malformed\.jsonl:2: malformed JSON|$EVAL --tasks \$T/malformed.jsonl"
+  "eval missing task|no-task\.jsonl:2: missing field .task.|$EVAL --tasks \$T/no-task.jsonl"
+  "eval answer out of range|answer-range\.jsonl:2: answer 2 is outside \[0, 2\)|$EVAL --tasks \$T/answer-range.jsonl"
+  "eval empty choices|no-choices\.jsonl:2: field .choices. is empty|$EVAL --tasks \$T/no-choices.jsonl"
+  "eval task mixing kinds|mixed\.jsonl:2: task .p. mixes kinds|$EVAL --tasks \$T/mixed.jsonl"
+  "eval empty text|empty-text\.jsonl:2: field .text. is empty|$EVAL --tasks \$T/empty-text.jsonl"
+  "eval one-token text|one-token\.jsonl:2: text tokenizes to 1 token|$EVAL --tasks \$T/one-token.jsonl"
+  "eval tasks a directory|--tasks .*/dir: is a directory|$EVAL --tasks \$T/dir"
+  "eval missing checkpoint|checkpoint .*: no such directory|\$B/latam-eval --checkpoint \$T/\$LONG --tasks \$T/good.jsonl"
+  "eval checkpoint without tokenizer|has no tokenizer\.json; pass --tokenizer|\$B/latam-eval --checkpoint \$T/run --tasks \$T/one-token.jsonl"
+  "eval on cuda|--device cuda: latam-eval runs on the CPU only|$EVAL --tasks \$T/one-token.jsonl --device cuda"
   # Kinds covered elsewhere, for breadth.
   "zero steps|train\.steps: must be > 0|$TRAIN --set train.steps=0"
   "infinite learning rate|optimizer\.lr: must be a finite number|$TRAIN --set optimizer.lr=inf"
@@ -138,7 +164,7 @@ measure=()
 if [ -x /usr/bin/time ]; then measure=(/usr/bin/time -f '%M' -o "$T/rss"); fi
 baseline_kb=0
 if [ ${#measure[@]} -gt 0 ]; then
-  for bin in latam-train latam-data latam-generate; do
+  for bin in latam-train latam-data latam-generate latam-eval; do
     "${measure[@]}" "$B/$bin" >/dev/null 2>&1 || true
     rss=$(tail -n 1 "$T/rss")
     if [ "$rss" -gt "$baseline_kb" ]; then baseline_kb=$rss; fi
