@@ -59,6 +59,7 @@ Status Info(const std::string& dir) {
   j["model"] = ProtoToJson(m.model());
   j["optimizer"] = {{"step", m.optimizer().step()}, {"has_moments", m.optimizer().has_moments()}};
   j["tokenizer"] = m.tokenizer_file();
+  if (m.adapter().kind() != latam::config::AdapterConfig::NONE) j["adapter"] = ProtoToJson(m.adapter());
   uint64_t bytes = 0;
   int64_t parameters = 0;
   nlohmann::json tensors = nlohmann::json::array();

@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <set>
 #include <string_view>
 #include <utility>
 
@@ -190,24 +192,71 @@ Status CheckModelConfig(const config::ModelConfig& m, const std::string& where) 
   return Status::Ok();
 }
 
-int64_t ModelTensorCount(const config::ModelConfig& m, bool with_moments) {
-  const int64_t parameters = 9 * static_cast<int64_t>(m.n_layers()) + 2 + (m.tie_embeddings() ? 0 : 1);
-  return parameters * (with_moments ? 3 : 1);
+namespace {
+
+// The LoRA target modules in ModelTensors' order.
+constexpr const char* kAdapterModules[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                           "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                           "mlp.down_proj"};
+
+bool HasAdapter(const config::AdapterConfig& a) { return a.kind() != config::AdapterConfig::NONE; }
+
+// Whether module k (kAdapterModules) is one of the adapter's targets.
+bool Targets(const config::AdapterConfig& a, size_t k) {
+  const std::string name = std::string(kAdapterModules[k]).substr(std::string(kAdapterModules[k]).find('.') + 1);
+  return std::find(a.targets().begin(), a.targets().end(), name) != a.targets().end();
 }
 
-std::vector<TensorSpec> ModelTensors(const config::ModelConfig& m, bool with_moments) {
+}  // namespace
+
+Status CheckAdapterConfig(const config::AdapterConfig& a, const config::ModelConfig& m, const std::string& where) {
+  if (!HasAdapter(a)) return Status::Ok();
+  if (a.kind() != config::AdapterConfig::LORA && a.kind() != config::AdapterConfig::QLORA) {
+    return Status::InvalidInput(where + ": adapter.kind " + std::to_string(a.kind()) + " is unknown");
+  }
+  const int64_t limit = std::min<int64_t>(m.dim(), m.ffn_dim());
+  if (a.rank() < 1 || a.rank() > limit) {
+    return Status::InvalidInput(where + ": adapter.rank " + std::to_string(a.rank()) + " is outside [1, " +
+                                std::to_string(limit) + "]");
+  }
+  std::set<std::string> seen;
+  for (int i = 0; i < a.targets_size(); ++i) {
+    bool known = false;
+    for (const char* module : kAdapterModules) known = known || a.targets(i) == std::string(module).substr(std::string(module).find('.') + 1);
+    if (!known || !seen.insert(a.targets(i)).second) {
+      return Status::InvalidInput(where + ": adapter.targets[" + std::to_string(i) + "] '" + EscapeBytes(a.targets(i)) +
+                                  "' is unknown or repeated");
+    }
+  }
+  if (a.targets_size() == 0) return Status::InvalidInput(where + ": adapter.targets is empty");
+  return Status::Ok();
+}
+
+int64_t ModelTensorCount(const config::ModelConfig& m, bool with_moments, const config::AdapterConfig& adapter) {
+  const int64_t parameters = 9 * static_cast<int64_t>(m.n_layers()) + 2 + (m.tie_embeddings() ? 0 : 1);
+  if (!HasAdapter(adapter)) return parameters * (with_moments ? 3 : 1);
+  return parameters + 2 * adapter.targets_size() * static_cast<int64_t>(m.n_layers()) * (with_moments ? 3 : 1);
+}
+
+std::vector<TensorSpec> ModelTensors(const config::ModelConfig& m, bool with_moments,
+                                     const config::AdapterConfig& adapter) {
   const int64_t dim = m.dim(), ffn = m.ffn_dim(), vocab = m.vocab_size();
   const int64_t hd = dim / m.n_heads(), q_rows = m.n_heads() * hd, kv_rows = m.n_kv_heads() * hd;
+  const bool lora = HasAdapter(adapter);
   std::vector<TensorSpec> out;
-  out.reserve(static_cast<size_t>(ModelTensorCount(m, with_moments)));
-  auto add = [&](std::string name, std::vector<int64_t> shape) {
-    if (with_moments) {
+  out.reserve(static_cast<size_t>(ModelTensorCount(m, with_moments, adapter)));
+  auto add_with = [&](std::string name, std::vector<int64_t> shape, bool moments) {
+    if (moments) {
       out.push_back({name, shape});
       out.push_back({name + ".exp_avg", shape});
       out.push_back({name + ".exp_avg_sq", std::move(shape)});
     } else {
       out.push_back({std::move(name), std::move(shape)});
     }
+  };
+  // A frozen base (LoRA) keeps no moments.
+  auto add = [&](std::string name, std::vector<int64_t> shape) {
+    add_with(std::move(name), std::move(shape), with_moments && !lora);
   };
   add("model.embed_tokens.weight", {vocab, dim});
   for (int64_t i = 0; i < m.n_layers(); ++i) {
@@ -221,6 +270,16 @@ std::vector<TensorSpec> ModelTensors(const config::ModelConfig& m, bool with_mom
     add(layer + "mlp.gate_proj.weight", {ffn, dim});
     add(layer + "mlp.up_proj.weight", {ffn, dim});
     add(layer + "mlp.down_proj.weight", {dim, ffn});
+    if (!lora) continue;
+    // [out, in] of each target module, in kAdapterModules' order.
+    const int64_t shapes[7][2] = {{q_rows, dim}, {kv_rows, dim}, {kv_rows, dim}, {dim, q_rows},
+                                  {ffn, dim},    {ffn, dim},     {dim, ffn}};
+    const int64_t r = adapter.rank();
+    for (size_t k = 0; k < 7; ++k) {
+      if (!Targets(adapter, k)) continue;
+      add_with(layer + kAdapterModules[k] + ".lora_A.weight", {r, shapes[k][1]}, with_moments);
+      add_with(layer + kAdapterModules[k] + ".lora_B.weight", {shapes[k][0], r}, with_moments);
+    }
   }
   add("model.norm.weight", {dim});
   if (!m.tie_embeddings()) add("lm_head.weight", {vocab, dim});
@@ -449,17 +508,21 @@ Status CheckpointReader::ValidateTensorSet() {
   const std::string where = "checkpoint " + dir_ + "/" + kManifestFile;
   const config::ModelConfig& model = manifest_.model();
   LATAM_RETURN_IF_ERROR(CheckModelConfig(model, where));
+  const config::AdapterConfig& adapter = manifest_.adapter();
+  LATAM_RETURN_IF_ERROR(CheckAdapterConfig(adapter, model, where));
   const bool moments = manifest_.optimizer().has_moments();
-  const int64_t count = ModelTensorCount(model, moments);
+  const int64_t count = ModelTensorCount(model, moments, adapter);
   const std::string what = std::string("the ") + (moments ? "parameters and Adam moments" : "parameters") +
                            " of its model (n_layers " + std::to_string(model.n_layers()) +
-                           (model.tie_embeddings() ? ", tied embeddings" : "") + ")";
+                           (model.tie_embeddings() ? ", tied embeddings" : "") +
+                           (HasAdapter(adapter) ? ", a LoRA adapter of rank " + std::to_string(adapter.rank()) : "") +
+                           ")";
   if (count != manifest_.tensors_size()) {
     return Status::InvalidInput(where + ": lists " + std::to_string(manifest_.tensors_size()) + " tensors, " + what +
                                 " are " + std::to_string(count));
   }
   std::map<std::string, std::vector<int64_t>> expected;
-  for (TensorSpec& t : ModelTensors(model, moments)) expected.emplace(std::move(t.name), std::move(t.shape));
+  for (TensorSpec& t : ModelTensors(model, moments, adapter)) expected.emplace(std::move(t.name), std::move(t.shape));
   for (const TensorRecord& t : manifest_.tensors()) {
     const auto it = expected.find(t.name());
     if (it == expected.end()) {

@@ -100,9 +100,21 @@ Status CheckModelConfig(const config::ModelConfig& model, const std::string& whe
 // [vocab, dim] unless tied. With moments, each also as <name>.exp_avg and
 // <name>.exp_avg_sq right after it. (The same names and shapes as
 // LlamaParameterSpecs and StatePieces in model/; a test holds them equal.)
-std::vector<TensorSpec> ModelTensors(const config::ModelConfig& model, bool with_moments);
+// With a LoRA adapter (adapter.kind not NONE) the base tensors come without
+// moments whatever with_moments says (the base is frozen), and each layer
+// adds, after its base tensors, per target in q, k, v, o, gate, up, down
+// order: <module>.lora_A.weight [rank, in] and <module>.lora_B.weight
+// [out, rank] (with moments when with_moments), where [out, in] is the
+// module's weight shape.
+std::vector<TensorSpec> ModelTensors(const config::ModelConfig& model, bool with_moments,
+                                     const config::AdapterConfig& adapter = config::AdapterConfig());
 // Their number, without building them.
-int64_t ModelTensorCount(const config::ModelConfig& model, bool with_moments);
+int64_t ModelTensorCount(const config::ModelConfig& model, bool with_moments,
+                         const config::AdapterConfig& adapter = config::AdapterConfig());
+// A manifest's adapter block is usable: kind known, rank in [1, min(dim,
+// ffn_dim)], targets known and named once (errors name the field, after `where`).
+Status CheckAdapterConfig(const config::AdapterConfig& adapter, const config::ModelConfig& model,
+                          const std::string& where);
 
 class ShardFileWriter {
  public:

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "core/check.h"
+#include "kernels/gemm.h"
 
 namespace latam {
 
@@ -185,6 +186,22 @@ void LoraBackward(ModelOps& ops, const LoraSite& site, float scale, const Tensor
   ops.StridedGemm(false, false, m, r, out, scale, dy_block, {site.b, 0, r}, 0.0f, {du, 0, r});  // du = s dy B
   ops.StridedGemm(true, false, r, in, m, 1.0f, {du, 0, r}, {x, 0, in}, 1.0f, {site.da, 0, in});  // dA += du^T x
   ops.StridedGemm(false, false, m, in, r, 1.0f, {du, 0, r}, {site.a, 0, in}, 1.0f, {dx, 0, in});  // dx += du A
+}
+
+void MergeLora(const ParameterSet& adapter, const LoraOptions& lora, const ParameterSet& base) {
+  const float s = lora.scale();
+  for (size_t i = 0; i + 1 < adapter.size(); i += 2) {
+    // Specs come in (A, B) pairs of one module: "<module>.lora_A.weight".
+    const std::string& a_name = adapter.spec(i).name;
+    const std::string module = a_name.substr(0, a_name.size() - std::string(".lora_A.weight").size());
+    LATAM_CHECK(adapter.spec(i + 1).name == module + ".lora_B.weight", "adapter tensors out of order at " << a_name);
+    const Tensor a = adapter.param(i), b = adapter.param(i + 1), w = base.param(module + ".weight");
+    const int64_t out = w.shape.rows(), in = w.shape.cols(), r = a.shape.rows();
+    LATAM_CHECK(a.shape.cols() == in && b.shape.rows() == out && b.shape.cols() == r,
+                "adapter " << module << " does not fit its base weight " << w.shape.str());
+    // W[out, in] += s B[out, r] A[r, in].
+    cpu::Gemm(false, false, out, in, r, s, b.as<float>(), r, a.as<float>(), in, 1.0f, w.as<float>(), in);
+  }
 }
 
 }  // namespace latam

@@ -106,4 +106,9 @@ void LoraForward(ModelOps& ops, const LoraSite& site, float scale, const Tensor&
 void LoraBackward(ModelOps& ops, const LoraSite& site, float scale, const Tensor& x, const Tensor& dy,
                   const Tensor& dx, const Tensor& u, const Tensor& du);
 
+// Folds a single-process adapter into its base (both of one whole model, f32
+// on the CPU): W += s B A for every adapted projection, so the base then
+// computes what base + adapter computed (to fp32 rounding).
+void MergeLora(const ParameterSet& adapter, const LoraOptions& lora, const ParameterSet& base);
+
 }  // namespace latam

@@ -211,6 +211,21 @@ Status ApplyOverride(Config* config, const std::string& assignment) {
     if (field == nullptr) return Status::InvalidInput("--set " + path + ": " + desc->name() + " has no field " + name);
     const pb::Reflection* refl = msg->GetReflection();
     const bool last = i + 1 == components.size();
+    if (field->is_repeated() && field->cpp_type() == pb::FieldDescriptor::CPPTYPE_STRING && last && index >= 0) {
+      // A list of strings (adapter.targets[1]=v_proj): set element `index`,
+      // or append at index == size.
+      const int size = refl->FieldSize(*msg, field);
+      if (index > size) {
+        return Status::InvalidInput("--set " + path + ": index " + std::to_string(index) + " > size " +
+                                    std::to_string(size) + " of " + name);
+      }
+      if (index == size) {
+        refl->AddString(msg, field, value);
+      } else {
+        refl->SetRepeatedString(msg, field, index, value);
+      }
+      continue;
+    }
     if (field->is_repeated()) {
       if (field->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE || index < 0 || last) {
         return Status::InvalidInput("--set " + path + ": " + name + " is a list; address one element's field, e.g. " +

@@ -3,6 +3,7 @@
 #include "checkpoint/state.h"
 #include "checkpoint/store.h"
 #include "model/layout.h"
+#include "model/lora.h"
 #include "model/state.h"
 
 namespace latam {
@@ -18,6 +19,21 @@ Result<LoadedModel> LoadModel(const std::string& checkpoint) {
                          ckpt::LoadState(*reader, out.manifest.model(), StatePieces(*out.params, nullptr, 0),
                                          ckpt::LoadWhat::kWeights));
   (void)loaded;
+  // A LoRA run's checkpoint: its adapter is folded into the base weights, so
+  // that generation and evaluation run the adapted model.
+  if (out.manifest.adapter().kind() != config::AdapterConfig::NONE) {
+    config::Config with_adapter;
+    *with_adapter.mutable_model() = out.manifest.model();
+    *with_adapter.mutable_adapter() = out.manifest.adapter();
+    const LoraOptions lora = LoraOptionsFromConfig(with_adapter);
+    ParameterSet adapter(LoraParameterSpecs(out.shape, ModelLayout::Single(out.shape), lora));
+    LATAM_ASSIGN_OR_RETURN(const ckpt::LoadResult adapter_loaded,
+                           ckpt::LoadState(*reader, out.manifest.model(), StatePieces(adapter, nullptr, 0),
+                                           ckpt::LoadWhat::kWeights));
+    (void)adapter_loaded;
+    MergeLora(adapter, lora, *out.params);
+    out.adapter_merged = true;
+  }
   if (!out.manifest.tokenizer_file().empty()) out.tokenizer_path = reader->dir() + "/" + out.manifest.tokenizer_file();
   return out;
 }

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include "core/env.h"
 #include "data/tokenizer.h"
@@ -78,13 +79,6 @@ Status Trainer::Init(const std::string& resume) {
   options.world_size = mpi_.world_size();
   options.check_files = true;
   LATAM_RETURN_IF_ERROR(ValidateConfig(config_, options));
-  if (config_.adapter().kind() != config::AdapterConfig::NONE) {
-    // The engine trains adapters (model/lora.h); checkpoints, resume and
-    // --plan do not describe them yet.
-    return Status::InvalidInput(
-        "adapter.kind: latam-train cannot train an adapter yet (its checkpoints would not hold it); remove the "
-        "adapter block");
-  }
   const auto& p = config_.parallel();
   LATAM_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> world, OpenWorld());
   grid_ = std::make_unique<ProcessGrid>(
@@ -152,6 +146,11 @@ Status Trainer::Restore(const std::string& resume) {
   }
   const auto load_start = std::chrono::steady_clock::now();
   LATAM_ASSIGN_OR_RETURN(auto reader, ckpt::CheckpointReader::Open(source));
+  // An adapter run from a base model's checkpoint: weights only (LoadInPlace).
+  if (config_.adapter().kind() != config::AdapterConfig::NONE &&
+      reader->manifest().adapter().kind() == config::AdapterConfig::NONE) {
+    what = ckpt::LoadWhat::kWeights;
+  }
   LATAM_ASSIGN_OR_RETURN(const ckpt::LoadResult loaded, LoadInPlace(*reader, what));
   start_step_ = loaded.step;
   last_saved_step_ = what == ckpt::LoadWhat::kAll ? loaded.step : -1;
@@ -195,9 +194,50 @@ Status Trainer::Restore(const std::string& resume) {
   return Status::Ok();
 }
 
+std::vector<StatePiece> Trainer::Pieces(bool with_adapter) {
+  LlamaModel& model = engine_->model();
+  if (model.adapter_parameters() == nullptr) {
+    return StatePieces(model.parameters(), &engine_->optimizer(), grid_->replica_rank());
+  }
+  // LoRA: the frozen base without moments, then the adapter with its own.
+  std::vector<StatePiece> pieces = StatePieces(model.parameters(), nullptr, grid_->replica_rank());
+  if (with_adapter) {
+    std::vector<StatePiece> adapter =
+        StatePieces(*model.adapter_parameters(), &engine_->optimizer(), grid_->replica_rank());
+    pieces.insert(pieces.end(), adapter.begin(), adapter.end());
+  }
+  return pieces;
+}
+
 Result<ckpt::LoadResult> Trainer::LoadInPlace(ckpt::CheckpointReader& reader, ckpt::LoadWhat what) {
-  const std::vector<StatePiece> pieces =
-      StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->replica_rank());
+  const config::AdapterConfig& saved = reader.manifest().adapter();
+  const bool saved_adapter = saved.kind() != config::AdapterConfig::NONE;
+  const bool adapter = engine_->model().adapter_parameters() != nullptr;
+  const std::string where = "checkpoint " + reader.dir();
+  if (saved_adapter && !adapter) {
+    return Status::InvalidInput(where + " holds a LoRA adapter (rank " + std::to_string(saved.rank()) +
+                                "): resume it with the same adapter block in the config");
+  }
+  if (saved_adapter) {
+    // The adapter must be the one saved: same kind, rank, scale and targets.
+    const config::AdapterConfig& mine = config_.adapter();
+    std::string field;
+    if (saved.kind() != mine.kind()) field = "adapter.kind";
+    else if (saved.rank() != mine.rank()) field = "adapter.rank";
+    else if (saved.alpha() != mine.alpha()) field = "adapter.alpha";
+    else if (std::set<std::string>(saved.targets().begin(), saved.targets().end()) !=
+             std::set<std::string>(mine.targets().begin(), mine.targets().end())) {
+      field = "adapter.targets";
+    }
+    if (!field.empty()) {
+      return Status::InvalidInput(field + " differs from " + where + "'s adapter (rank " + std::to_string(saved.rank()) +
+                                  ", alpha " + std::to_string(saved.alpha()) + ")");
+    }
+  }
+  // An adapter run started from a base model's checkpoint takes its weights
+  // only; the adapter starts fresh (B = 0), and so does its optimizer.
+  if (adapter && !saved_adapter) what = ckpt::LoadWhat::kWeights;
+  const std::vector<StatePiece> pieces = Pieces(saved_adapter);
   LATAM_ASSIGN_OR_RETURN(const ckpt::LoadResult loaded, ckpt::LoadState(reader, config_.model(), pieces, what));
   FinishOptimizerLoad(engine_->optimizer(), loaded.moments_loaded, loaded.optimizer_step);
   engine_->optimizer().WeightsLoaded();  // the compute copy from the loaded master weights
@@ -238,7 +278,8 @@ Status Trainer::StartSave(int64_t step) {
   last_saved_step_ = step;
   // Once written, `latest` names this save or a newer one.
   rollback_dir_ = config_.train().run_dir() + "/checkpoints";
-  return saver_->Start(h, StatePieces(engine_->model().parameters(), &engine_->optimizer(), grid_->replica_rank()));
+  if (config_.adapter().kind() != config::AdapterConfig::NONE) *h.mutable_adapter() = config_.adapter();
+  return saver_->Start(h, Pieces(true));
 }
 
 Status Trainer::PollSave(bool wait) {

@@ -61,6 +61,10 @@ class Trainer {
   Result<std::vector<double>> Evaluate();
   // The error Engine::Step or Evaluate returned, agreed over every rank.
   Status AgreeOnEngineError(const Status& status);
+  // What a checkpoint holds of this rank: the model's parameters and moments;
+  // with a LoRA adapter the base's parameters, then (with_adapter) the
+  // adapter's parameters and moments.
+  std::vector<StatePiece> Pieces(bool with_adapter);
 
   Engine& engine() { return *engine_; }
   // The step training starts from (after a resume) and the samples consumed.
