@@ -124,6 +124,38 @@ inline double MaxAbs(const Tensor& t) {
   return m;
 }
 
+// The derivative of `loss` along direction u (any nonzero vector over the
+// f32 host tensor w, normalised here) two ways: g.u from the gradient g, and
+// the 4-point central difference [-L(+2h) + 8L(+h) - 8L(-h) + L(-2h)] / 12h
+// (truncation O(h^4)), moving w itself. w is restored afterwards.
+struct DirectionalDerivative {
+  double analytic = 0.0;
+  double numeric = 0.0;
+};
+template <typename LossFn>
+DirectionalDerivative CheckDirection(const Tensor& w, const Tensor& g, std::vector<float> u, double h,
+                                     const LossFn& loss) {
+  const int64_t n = w.numel();
+  double norm = 0.0;
+  for (float v : u) norm += static_cast<double>(v) * v;
+  norm = std::sqrt(norm);
+  DirectionalDerivative d;
+  for (int64_t j = 0; j < n; ++j) {
+    u[static_cast<size_t>(j)] = static_cast<float>(u[static_cast<size_t>(j)] / norm);
+    d.analytic += static_cast<double>(g.as<float>()[j]) * u[static_cast<size_t>(j)];
+  }
+  const std::vector<float> saved(w.as<float>(), w.as<float>() + n);
+  auto loss_at = [&](double step) {
+    for (int64_t j = 0; j < n; ++j) {
+      w.as<float>()[j] = static_cast<float>(saved[static_cast<size_t>(j)] + step * u[static_cast<size_t>(j)]);
+    }
+    return loss();
+  };
+  d.numeric = (-loss_at(2 * h) + 8 * loss_at(h) - 8 * loss_at(-h) + loss_at(-2 * h)) / (12 * h);
+  std::copy(saved.begin(), saved.end(), w.as<float>());
+  return d;
+}
+
 // A host copy of an f32 tensor on either device.
 inline std::vector<float> HostCopy(const Tensor& t) {
   std::vector<float> out(static_cast<size_t>(t.numel()));

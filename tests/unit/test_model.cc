@@ -68,25 +68,10 @@ TEST_F(ModelTest, GradientsMatchFiniteDifferences) {
     model.ForwardBackward(inputs.data(), targets.data(), scale);
     for (size_t i = 0; i < p.size(); ++i) {
       const Tensor w = p.param(i), g = p.grad(i);
-      const int64_t n = w.numel();
-      auto u = Normal(n);
-      double norm = 0.0;
-      for (float v : u) norm += static_cast<double>(v) * v;
-      norm = std::sqrt(norm);
-      double gu = 0.0;
-      for (int64_t j = 0; j < n; ++j) {
-        u[j] = static_cast<float>(u[j] / norm);
-        gu += static_cast<double>(g.as<float>()[j]) * u[j];
-      }
-      const std::vector<float> saved(w.as<float>(), w.as<float>() + n);
-      auto loss_at = [&](double step) {
-        for (int64_t j = 0; j < n; ++j) w.as<float>()[j] = static_cast<float>(saved[j] + step * u[j]);
+      const auto d = testing::CheckDirection(w, g, Normal(static_cast<size_t>(w.numel())), 0.01, [&] {
         return model.ForwardLoss(inputs.data(), targets.data()) * scale;
-      };
-      const double h = 0.01;
-      const double fd = (-loss_at(2 * h) + 8 * loss_at(h) - 8 * loss_at(-h) + loss_at(-2 * h)) / (12 * h);
-      std::copy(saved.begin(), saved.end(), w.as<float>());
-      EXPECT_NEAR(gu, fd, 0.02 * std::abs(fd) + 3e-4) << p.spec(i).name;
+      });
+      EXPECT_NEAR(d.analytic, d.numeric, 0.02 * std::abs(d.numeric) + 3e-4) << p.spec(i).name;
     }
   }
 }
